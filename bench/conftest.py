@@ -1,0 +1,73 @@
+"""Benchmark configuration. Each benchmark times one callable, with
+``impl`` in (convx, torch) so the two sit side by side in one group.
+
+Environment:
+  CONVX_BENCH_DEVICES  comma list (default: cpu, plus cuda when present)
+  CONVX_BENCH_SET      "quick" (default: ResNet-50 body + a few others) or "all"
+  CONVX_BENCH_CPU_N    CPU batch sizes (default "8")
+  CONVX_BENCH_CUDA_N   CUDA batch sizes (default "32,256")
+"""
+import math
+import os
+import time
+
+import pytest
+import torch
+
+import convx  # noqa: F401
+
+
+def _env_list(name, default):
+    return [v.strip() for v in os.environ.get(name, default).split(",") if v.strip()]
+
+
+def bench_devices():
+    default = "cpu,cuda" if torch.cuda.is_available() else "cpu"
+    return [d for d in _env_list("CONVX_BENCH_DEVICES", default) if d != "cuda" or torch.cuda.is_available()]
+
+
+def bench_set():
+    return os.environ.get("CONVX_BENCH_SET", "quick")
+
+
+def batches(device):
+    if device == "cuda":
+        return [int(v) for v in _env_list("CONVX_BENCH_CUDA_N", "32,256")]
+    return [int(v) for v in _env_list("CONVX_BENCH_CPU_N", "8")]
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_timed(benchmark, fn, device, work, unit):
+    """Time fn (synchronizing on CUDA) and record work/time in extra_info."""
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    def call():
+        fn()
+        sync(device)
+
+    call()  # warm-up (and cuDNN's algorithm search)
+    # Enough rounds for a stable minimum, bounded in time.
+    t0 = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - t0, 1e-6)
+    rounds = int(min(50, max(3, 0.5 / once)))
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+    best = benchmark.stats.stats.min
+    benchmark.extra_info[unit] = work / best / (1e12 if unit == "tflops" else 1e9)
+    benchmark.extra_info["ms"] = best * 1e3
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def geomean(values):
+    values = [v for v in values if v > 0]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")

@@ -1,0 +1,144 @@
+"""Turn a pytest-benchmark JSON file into the result format of SHAPES.md:
+
+  {"device", "torch", "cuda", "date", "command", "ceilings": {...}, "records": [...]}
+
+one record per (op, shape, dtype, layout) with convx_ms, torch_ms, their ratio
+(torch_ms / convx_ms: above 1 means convx is faster) and TFLOP/s or GB/s, plus a
+Markdown table beside it. The device's ceilings (copy bandwidth, dense matrix
+rate) are measured here, on the device the benchmarks ran on.
+
+    python bench/report.py RAW.json --outdir bench/results --what conv2d [--command "..."]
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import time
+from collections import defaultdict
+
+import torch
+
+
+def measure_ceilings(device):
+    """Copy bandwidth (bytes read + written) and the dense matrix-product rate."""
+    def best(fn, reps=10):
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = math.inf
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = min(t, time.perf_counter() - t0)
+        return t
+
+    n = (1 << 28) if device == "cuda" else (1 << 25)  # floats
+    a = torch.empty(n, device=device)
+    b = torch.empty_like(a)
+    copy_gbps = 2 * a.numel() * 4 / best(lambda: b.copy_(a)) / 1e9
+    del a, b
+    out = {"copy_gbps": round(copy_gbps, 1)}
+    if device == "cuda":
+        m = 8192
+        x = torch.randn(m, m, device=device, dtype=torch.bfloat16)
+        out["matmul_tflops_bf16"] = round(2 * m ** 3 / best(lambda: x @ x) / 1e12, 1)
+        x = x.float()
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out["matmul_tflops_fp32"] = round(2 * m ** 3 / best(lambda: x @ x, 3) / 1e12, 1)
+        out["matmul_tflops"] = out["matmul_tflops_bf16"]
+    else:
+        m = 2048
+        x = torch.randn(m, m)
+        out["matmul_tflops"] = round(2 * m ** 3 / best(lambda: x @ x, 5) / 1e12, 3)
+    return out
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def slug(s):
+    return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower()
+
+
+def build(raw, command):
+    groups = defaultdict(dict)
+    for b in raw["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "impl" not in info:
+            continue
+        groups[b["group"]][info["impl"]] = (b["stats"]["min"], info)
+    records = []
+    for g, impls in sorted(groups.items()):
+        if "convx" not in impls or "torch" not in impls:
+            continue
+        (tc, info), (tt, _) = impls["convx"], impls["torch"]
+        rec = {"op": info["op"], "layer": info.get("layer"), "shape": info["shape"], "device": info["device"],
+               "dtype": info["dtype"], "layout": info["layout"], "convx_ms": round(tc * 1e3, 4),
+               "torch_ms": round(tt * 1e3, 4), "ratio": round(tt / tc, 3)}
+        for unit in ("tflops", "gflops", "gbps"):
+            if unit in info:
+                rec[unit] = round(info[unit], 3)
+        records.append(rec)
+    devs = sorted({r["device"] for r in records})
+    main_dev = "cuda" if "cuda" in devs else "cpu"
+    return {
+        "device": device_name(main_dev),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "ceilings": {d: measure_ceilings(d) for d in devs},
+        "records": records,
+    }
+
+
+def markdown(res):
+    lines = [f"# {res['device']} — torch {res['torch']} (CUDA {res['cuda']}), {res['date']}", "",
+             f"Command: `{res['command']}`", "", f"Ceilings: `{json.dumps(res['ceilings'])}`", "",
+             "ratio = torch_ms / convx_ms (above 1: convx faster)", "",
+             "| op | layer | shape | device | dtype | layout | convx ms | torch ms | ratio | rate |",
+             "|---|---|---|---|---|---|---:|---:|---:|---:|"]
+    by = defaultdict(list)
+    for r in res["records"]:
+        rate = next((f"{r[u]:.2f} {u}" for u in ("tflops", "gflops", "gbps") if u in r), "")
+        lines.append(f"| {r['op']} | {r.get('layer') or ''} | {r['shape']} | {r['device']} | {r['dtype']} | "
+                     f"{r['layout']} | {r['convx_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f} | {rate} |")
+        by[(r["op"], r["device"], r["dtype"], r["layout"])].append(r["ratio"])
+    lines += ["", "Geometric mean of ratios:", "", "| op | device | dtype | layout | n | geomean ratio | min |",
+              "|---|---|---|---|---:|---:|---:|"]
+    for k, v in sorted(by.items()):
+        gm = math.exp(sum(map(math.log, v)) / len(v))
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {len(v)} | {gm:.3f} | {min(v):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("raw")
+    p.add_argument("--outdir", default="bench/results")
+    p.add_argument("--what", default="conv2d")
+    p.add_argument("--command", default="make bench")
+    a = p.parse_args()
+    with open(a.raw) as f:
+        raw = json.load(f)
+    res = build(raw, a.command)
+    os.makedirs(a.outdir, exist_ok=True)
+    stem = os.path.join(a.outdir, f"{res['date']}-{slug(res['device'])}-{a.what}")
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(res))
+    print(markdown(res))
+    print("wrote", stem + ".json", stem + ".md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""convx: handwritten CUDA kernels and C++ CPU fallbacks for the layers of
+convolutional networks, registered as PyTorch ops (``torch.ops.convx.*``) with
+autograd, fake kernels for torch.compile, and drop-in ``nn.Module`` twins.
+
+    import convx
+    conv = convx.Conv2d(64, 128, 3, padding=1)      # used exactly like torch.nn.Conv2d
+    y = convx.functional.conv2d(x, w, b, stride=2)  # like torch.nn.functional.conv2d
+"""
+import torch  # noqa: F401  (loads libtorch before our extension)
+
+from . import _C  # noqa: F401  (registers torch.ops.convx.*)
+from . import ops  # noqa: F401  (fake kernels + autograd)
+from . import functional
+from .convx_version import __version__
+from .nn import Conv2d
+
+__all__ = ["Conv2d", "functional", "__version__"]

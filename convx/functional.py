@@ -1,0 +1,89 @@
+"""Functional API: the same signatures as ``torch.nn.functional``.
+
+Shapes: ``input`` is ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``;
+``weight`` is ``(C_out, C_in / groups, kH, kW)``; ``bias`` is ``(C_out,)``.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.convx
+
+_IntOr2 = Union[int, Sequence[int]]
+
+
+def _pair(v, name: str) -> List[int]:
+    if isinstance(v, int):
+        return [v, v]
+    v = list(v)
+    if len(v) == 1:
+        return [int(v[0]), int(v[0])]
+    if len(v) != 2:
+        raise RuntimeError(
+            f"expected {name} to be a single integer value or a list of 2 values to match the "
+            f"convolution dimensions, but got {name}={v}")
+    return [int(v[0]), int(v[1])]
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> Tuple[int, int]:
+    """(before, after) padding of one axis for padding='same'.
+
+    With stride 1 this is torch's rule (total dilation*(kernel-1), the odd
+    element after). With stride > 1 it is TensorFlow's 'SAME': the output has
+    ceil(size / stride) elements and the padding needed for that is split with
+    the extra element after. torch.nn.functional.conv2d rejects stride > 1;
+    convx accepts it.
+    """
+    eff = dilation * (kernel - 1) + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d_padding(padding, input_hw: Sequence[int], kernel_hw: Sequence[int], stride: Sequence[int],
+                   dilation: Sequence[int]) -> List[int]:
+    """Any padding torch accepts (int, pair, 'valid', 'same') as [top, bottom, left, right]."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0, 0, 0]
+        if padding == "same":
+            t, b = same_padding(input_hw[0], kernel_hw[0], stride[0], dilation[0])
+            l, r = same_padding(input_hw[1], kernel_hw[1], stride[1], dilation[1])
+            return [t, b, l, r]
+        raise RuntimeError(f"Invalid padding string: '{padding}'")
+    ph, pw = _pair(padding, "padding")
+    return [ph, ph, pw, pw]
+
+
+def _batched(input: Tensor, name: str) -> Tuple[Tensor, bool]:
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to {name}, but got input of size: {list(input.shape)}")
+    if input.dim() == 3:
+        return input.unsqueeze(0), True
+    return input, False
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: _IntOr2 = 1,
+           padding: Union[str, _IntOr2] = 0, dilation: _IntOr2 = 1, groups: int = 1) -> Tensor:
+    """2D convolution, ``torch.nn.functional.conv2d``'s signature and semantics.
+
+    input ``(N, C_in, H, W)`` or ``(C_in, H, W)`` -> ``(N, C_out, H_out, W_out)``
+    (or unbatched), with ``H_out = (H + pad_top + pad_bottom - dilation*(kH-1) - 1) // stride + 1``.
+
+    ``padding='same'`` also works with ``stride > 1`` (TensorFlow 'SAME':
+    ``H_out = ceil(H / stride)``, the odd padding element at the bottom/right),
+    where torch raises. The result is channels_last if the input or the
+    weight is, as with torch.
+    """
+    x, unbatched = _batched(input, "conv2d")
+    if weight.dim() != 4:
+        raise RuntimeError(
+            f"convx.conv2d: expected weight of size (C_out, C_in / groups, kH, kW), but got weight of size "
+            f"{list(weight.shape)}")
+    s = _pair(stride, "stride")
+    d = _pair(dilation, "dilation")
+    pad = conv2d_padding(padding, x.shape[-2:], weight.shape[-2:], s, d)
+    y = _ops.conv2d(x, weight, bias, s, pad, d, int(groups))
+    return y.squeeze(0) if unbatched else y

@@ -1,0 +1,460 @@
+// Conv2d on the CPU: forward, data gradient, weight gradient (+ bias).
+//
+// Algorithm: im2col + the packed GEMM of gemm.cpp, per image and group, in the
+// layout of the input (no layout conversion of the activations):
+//
+//   NCHW  forward  Y[n,g] [Kg, P]   = W_g  [Kg, CgRS] * col [CgRS, P]
+//         dgrad    gcol   [CgRS, P] = W_g^T           * dY[n,g] [Kg, P]  -> col2im
+//         wgrad    dW_g   [Kg, CgRS] += dY[n,g] [Kg, P] * col^T
+//   NHWC  forward  Y[n]   [P, Kg]   = col [P, RSCg] * Wt_g [RSCg, Kg]
+//         dgrad    gcol   [P, RSCg] = dY[n] [P, Kg] * Wk_g [Kg, RSCg]       -> col2im
+//         wgrad    dW_g   [Kg, RSCg] += dY^T [Kg, P] * col [P, RSCg]
+//
+// with P = Ho*Wo. A 1x1 / stride 1 / unpadded convolution skips im2col: the
+// input is the column matrix. col2im is written as a gather (each input
+// pixel sums the column entries that read it), so it parallelises without
+// atomics and the result is the same whatever the thread count.
+//
+// Threading: with at least as many (image, group) tasks as threads, each
+// thread takes whole tasks and runs a serial GEMM; otherwise tasks run one
+// after another and the GEMM and im2col split across threads. The weight
+// gradient stacks several images into one GEMM (reduction over n*P) so small
+// late layers (7x7) still give the GEMM a long inner dimension.
+//
+// Napkin math (ResNet-50 layer3 3x3, N=8, 256->256 @14): 2*8*196*256*2304 =
+// 1.85 GFLOP; at ~150 GFLOP/s on 2 AVX2 cores that is ~12 ms; the im2col
+// buffer is 2304*196*4 B = 1.8 MB per image, L2/L3 resident.
+//
+// float16 / bfloat16 inputs (reached under CPU autocast) are computed in
+// float32 and rounded once at the end.
+#include "../common/conv_params.h"
+#include "gemm.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace convx::cpu {
+namespace {
+
+template <typename F>
+void maybe_parallel_for(bool parallel, int64_t begin, int64_t end, int64_t grain, const F& f) {
+  if (parallel && !at::in_parallel_region())
+    at::parallel_for(begin, end, grain, f);
+  else if (begin < end)
+    f(begin, end);
+}
+
+// col [Cg*R*S, P] (row stride ld) from one image x [C, H, W] (contiguous planes),
+// channels c0 .. c0+Cg.
+template <typename T>
+void im2col_nchw(const T* x, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_t S, int64_t Ho, int64_t Wo,
+                 const Conv2dParams& p, T* col, int64_t ld, bool parallel) {
+  maybe_parallel_for(parallel, 0, Cg * R * S, 16, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t c = row / (R * S), r = (row / S) % R, s = row % S;
+      const T* xc = x + c * H * W;
+      T* dst = col + row * ld;
+      for (int64_t ho = 0; ho < Ho; ++ho) {
+        const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
+        T* d = dst + ho * Wo;
+        if (h < 0 || h >= H) {
+          std::fill(d, d + Wo, T(0));
+          continue;
+        }
+        const T* xr = xc + h * W;
+        const int64_t w0 = s * p.dil_w - p.pad_l;
+        if (p.stride_w == 1 && w0 >= 0 && w0 + Wo <= W) {
+          std::memcpy(d, xr + w0, Wo * sizeof(T));
+          continue;
+        }
+        for (int64_t wo = 0; wo < Wo; ++wo) {
+          const int64_t w = w0 + wo * p.stride_w;
+          d[wo] = (w >= 0 && w < W) ? xr[w] : T(0);
+        }
+      }
+    }
+  });
+}
+
+// x [C, H, W] (channels c0..c0+Cg of this group) += col2im(gcol [Cg*R*S, P]).
+// Gather: each input row h sums the (r, ho) pairs that read it.
+template <typename T>
+void col2im_nchw(const T* gcol, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_t S, int64_t Ho, int64_t Wo,
+                 const Conv2dParams& p, T* gx, bool parallel) {
+  maybe_parallel_for(parallel, 0, Cg * H, 8, [&](int64_t b, int64_t e) {
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t c = ch / H, h = ch % H;
+      T* out = gx + (c * H + h) * W;
+      std::fill(out, out + W, T(0));
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t hn = h + p.pad_t - r * p.dil_h;
+        if (hn < 0 || hn % p.stride_h) continue;
+        const int64_t ho = hn / p.stride_h;
+        if (ho >= Ho) continue;
+        for (int64_t s = 0; s < S; ++s) {
+          const T* g = gcol + ((c * R + r) * S + s) * Ho * Wo + ho * Wo;
+          const int64_t off = s * p.dil_w - p.pad_l;  // w = wo*stride + off
+          // wo range with 0 <= wo*stride + off < W
+          int64_t wo_lo = off >= 0 ? 0 : (-off + p.stride_w - 1) / p.stride_w;
+          int64_t wo_hi = std::min(Wo, (W - off + p.stride_w - 1) / p.stride_w);
+          if (p.stride_w == 1) {
+            T* o = out + off;
+            for (int64_t wo = wo_lo; wo < wo_hi; ++wo) o[wo] += g[wo];
+          } else {
+            for (int64_t wo = wo_lo; wo < wo_hi; ++wo) out[wo * p.stride_w + off] += g[wo];
+          }
+        }
+      }
+    }
+  });
+}
+
+// col [P, R*S*Cg] (row stride ld) from one NHWC image x [H, W, C], channels c0..c0+Cg.
+template <typename T>
+void im2col_nhwc(const T* x, int64_t H, int64_t W, int64_t C, int64_t c0, int64_t Cg, int64_t R, int64_t S,
+                 int64_t Ho, int64_t Wo, const Conv2dParams& p, T* col, int64_t ld, bool parallel) {
+  maybe_parallel_for(parallel, 0, Ho * Wo, 64, [&](int64_t b, int64_t e) {
+    for (int64_t pix = b; pix < e; ++pix) {
+      const int64_t ho = pix / Wo, wo = pix % Wo;
+      T* d = col + pix * ld;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
+        for (int64_t s = 0; s < S; ++s, d += Cg) {
+          const int64_t w = wo * p.stride_w - p.pad_l + s * p.dil_w;
+          if (h < 0 || h >= H || w < 0 || w >= W)
+            std::fill(d, d + Cg, T(0));
+          else
+            std::memcpy(d, x + (h * W + w) * C + c0, Cg * sizeof(T));
+        }
+      }
+    }
+  });
+}
+
+// gx [H, W, C] channels c0..c0+Cg = col2im(gcol [P, R*S*Cg]), as a gather.
+template <typename T>
+void col2im_nhwc(const T* gcol, int64_t H, int64_t W, int64_t C, int64_t c0, int64_t Cg, int64_t R, int64_t S,
+                 int64_t Ho, int64_t Wo, const Conv2dParams& p, T* gx, bool parallel) {
+  maybe_parallel_for(parallel, 0, H * W, 16, [&](int64_t b, int64_t e) {
+    for (int64_t pix = b; pix < e; ++pix) {
+      const int64_t h = pix / W, w = pix % W;
+      T* out = gx + pix * C + c0;
+      std::fill(out, out + Cg, T(0));
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t hn = h + p.pad_t - r * p.dil_h;
+        if (hn < 0 || hn % p.stride_h || hn / p.stride_h >= Ho) continue;
+        const int64_t ho = hn / p.stride_h;
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t wn = w + p.pad_l - s * p.dil_w;
+          if (wn < 0 || wn % p.stride_w || wn / p.stride_w >= Wo) continue;
+          const T* g = gcol + (ho * Wo + wn / p.stride_w) * (R * S * Cg) + (r * S + s) * Cg;
+          for (int64_t c = 0; c < Cg; ++c) out[c] += g[c];
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, const Conv2dShape& sh,
+                  const Conv2dParams& p, bool nhwc, at::Tensor& y) {
+  const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
+  const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
+  const bool direct = p.is_pointwise_identity(R, S);
+  const T* xp = x.const_data_ptr<T>();
+  const T* bp = bias ? bias->const_data_ptr<T>() : nullptr;
+  T* yp = y.mutable_data_ptr<T>();
+  const int nt = at::get_num_threads();
+  const bool outer = N * G >= nt;
+
+  // NHWC multiplies by the weight transposed to [G, R*S*Cg, Kg].
+  at::Tensor wt;
+  const T* wp;
+  if (nhwc) {
+    wt = w.view({G, Kg, Cg, R, S}).permute({0, 3, 4, 2, 1}).contiguous();
+    wp = wt.const_data_ptr<T>();
+  } else {
+    wt = w.contiguous();
+    wp = wt.const_data_ptr<T>();
+  }
+
+  auto task = [&](int64_t n, int64_t g, T* col, bool par) {
+    if (!nhwc) {
+      const T* xg = xp + (n * sh.C + g * Cg) * HW;
+      T* yg = yp + (n * sh.K + g * Kg) * P;
+      if (bp)
+        for (int64_t k = 0; k < Kg; ++k) std::fill(yg + k * P, yg + (k + 1) * P, bp[g * Kg + k]);
+      const T* B = xg;
+      if (!direct) {
+        im2col_nchw(xg, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col, P, par);
+        B = col;
+      }
+      gemm<T>(Kg, P, CRS, wp + g * Kg * CRS, CRS, 1, B, P, 1, yg, P, 1, bp != nullptr, par);
+    } else {
+      const T* xn = xp + n * HW * sh.C;
+      T* yg = yp + n * P * sh.K + g * Kg;
+      if (bp)
+        for (int64_t q = 0; q < P; ++q) std::copy(bp + g * Kg, bp + (g + 1) * Kg, yg + q * sh.K);
+      const T* A = xn + g * Cg;
+      int64_t lda = sh.C;
+      if (!direct) {
+        im2col_nhwc(xn, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col, CRS, par);
+        A = col;
+        lda = CRS;
+      }
+      gemm<T>(P, Kg, CRS, A, lda, 1, wp + g * CRS * Kg, Kg, 1, yg, sh.K, 1, bp != nullptr, par);
+    }
+  };
+
+  const int64_t col_elems = direct ? 0 : CRS * P;
+  if (outer) {
+    at::parallel_for(0, N * G, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> col(col_elems);
+      for (int64_t t = b; t < e; ++t) task(t / G, t % G, col.data(), false);
+    });
+  } else {
+    std::vector<T> col(col_elems);
+    for (int64_t t = 0; t < N * G; ++t) task(t / G, t % G, col.data(), true);
+  }
+}
+
+// ---------------------------------------------------------------- data gradient
+
+template <typename T>
+void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const Conv2dShape& sh, const Conv2dParams& p,
+                         bool nhwc, at::Tensor& gx) {
+  const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
+  const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
+  const bool direct = p.is_pointwise_identity(R, S);
+  const T* gyp = gy.const_data_ptr<T>();
+  T* gxp = gx.mutable_data_ptr<T>();
+  const int nt = at::get_num_threads();
+  const bool outer = N * G >= nt;
+
+  // NCHW: W_g^T is a strided view of [K, Cg*R*S]. NHWC: W as [G, Kg, R*S*Cg].
+  at::Tensor wk = nhwc ? w.view({G, Kg, Cg, R, S}).permute({0, 1, 3, 4, 2}).contiguous() : w.contiguous();
+  const T* wp = wk.const_data_ptr<T>();
+
+  auto task = [&](int64_t n, int64_t g, T* col, bool par) {
+    if (!nhwc) {
+      const T* gyg = gyp + (n * sh.K + g * Kg) * P;
+      T* gxg = gxp + (n * sh.C + g * Cg) * HW;
+      // A = W_g^T [CRS, Kg]: element (crs, k) at k*CRS + crs.
+      if (direct) {
+        gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, gxg, HW, 1, false, par);
+      } else {
+        gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, col, P, 1, false, par);
+        col2im_nchw(col, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, gxg, par);
+      }
+    } else {
+      const T* gyg = gyp + n * P * sh.K + g * Kg;
+      T* gxn = gxp + n * HW * sh.C;
+      if (direct) {
+        gemm<T>(P, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, gxn + g * Cg, sh.C, 1, false, par);
+      } else {
+        gemm<T>(P, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, col, CRS, 1, false, par);
+        col2im_nhwc(col, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, gxn, par);
+      }
+    }
+  };
+
+  const int64_t col_elems = direct ? 0 : CRS * P;
+  if (outer) {
+    at::parallel_for(0, N * G, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> col(col_elems);
+      for (int64_t t = b; t < e; ++t) task(t / G, t % G, col.data(), false);
+    });
+  } else {
+    std::vector<T> col(col_elems);
+    for (int64_t t = 0; t < N * G; ++t) task(t / G, t % G, col.data(), true);
+  }
+}
+
+// ---------------------------------------------------------------- weight gradient
+
+// dW in [K, Cg, R, S] (NCHW) or [K, R, S, Cg] (NHWC) order, written to gw_buf.
+template <typename T>
+void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2dShape& sh, const Conv2dParams& p,
+                          bool nhwc, T* gw) {
+  const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
+  const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
+  const T* gyp = gy.const_data_ptr<T>();
+  const T* xp = x.const_data_ptr<T>();
+  const int nt = at::get_num_threads();
+  // Images per GEMM: enough to make the reduction long, bounded in memory.
+  const int64_t max_col = int64_t(1) << 23;  // elements (32 MB in float)
+  int64_t nb = std::max<int64_t>(1, std::min<int64_t>(N, (2048 + P - 1) / P));
+  nb = std::max<int64_t>(1, std::min(nb, max_col / std::max<int64_t>(1, CRS * P)));
+
+  auto group = [&](int64_t g, std::vector<T>& col, std::vector<T>& gyb, bool par) {
+    T* gwg = gw + g * Kg * CRS;
+    for (int64_t n0 = 0; n0 < N; n0 += nb) {
+      const int64_t nn = std::min(nb, N - n0), L = nn * P;
+      col.resize(CRS * L);
+      if (!nhwc) {
+        // B = col^T [L, CRS], col stored [CRS, L]; A = dY gathered into [Kg, L].
+        gyb.resize(Kg * L);
+        for (int64_t i = 0; i < nn; ++i) {
+          const int64_t n = n0 + i;
+          im2col_nchw(xp + (n * sh.C + g * Cg) * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col.data() + i * P, L,
+                      par);
+          for (int64_t k = 0; k < Kg; ++k)
+            std::memcpy(gyb.data() + k * L + i * P, gyp + (n * sh.K + g * Kg + k) * P, P * sizeof(T));
+        }
+        gemm<T>(Kg, CRS, L, gyb.data(), L, 1, col.data(), 1, L, gwg, CRS, 1, n0 > 0, par);
+      } else {
+        for (int64_t i = 0; i < nn; ++i) {
+          const int64_t n = n0 + i;
+          im2col_nhwc(xp + n * HW * sh.C, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p,
+                      col.data() + i * P * CRS, CRS, par);
+        }
+        // A = dY^T [Kg, L]: element (k, q) at q*K + k.
+        gemm<T>(Kg, CRS, L, gyp + n0 * P * sh.K + g * Kg, 1, sh.K, col.data(), CRS, 1, gwg, CRS, 1, n0 > 0,
+                par);
+      }
+    }
+  };
+
+  if (G >= nt) {
+    at::parallel_for(0, G, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> col, gyb;
+      for (int64_t g = b; g < e; ++g) group(g, col, gyb, false);
+    });
+  } else {
+    std::vector<T> col, gyb;
+    for (int64_t g = 0; g < G; ++g) group(g, col, gyb, true);
+  }
+}
+
+// Sum of dY over n, h, w per channel, accumulated in double.
+template <typename T>
+void bias_grad_impl(const at::Tensor& gy, int64_t N, int64_t K, int64_t P, bool nhwc, T* gb) {
+  const T* g = gy.const_data_ptr<T>();
+  at::parallel_for(0, K, 16, [&](int64_t b, int64_t e) {
+    std::vector<double> acc(e - b, 0.0);
+    for (int64_t n = 0; n < N; ++n) {
+      if (nhwc) {
+        for (int64_t q = 0; q < P; ++q) {
+          const T* row = g + (n * P + q) * K;
+          for (int64_t k = b; k < e; ++k) acc[k - b] += row[k];
+        }
+      } else {
+        for (int64_t k = b; k < e; ++k) {
+          const T* plane = g + (n * K + k) * P;
+          double s = 0;
+          for (int64_t q = 0; q < P; ++q) s += plane[q];
+          acc[k - b] += s;
+        }
+      }
+    }
+    for (int64_t k = b; k < e; ++k) gb[k] = T(acc[k - b]);
+  });
+}
+
+// Half types are computed in float and rounded once.
+at::ScalarType compute_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+void check_cpu_dtype(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(
+      t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kHalf ||
+          t.scalar_type() == at::kBFloat16,
+      "convx.conv2d (CPU): expected ", name, " to be float32, float64, float16 or bfloat16, but got ",
+      t.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_conv2d_params(stride, padding, dilation, groups);
+  check_same_device_and_dtype(input, weight, "weight");
+  check_cpu_dtype(input, "input");
+  check_bias(bias, input, weight);
+  const auto sh = conv2d_shape(input.sizes(), weight.sizes(), p);
+  const auto mf = conv_memory_format(input, weight);
+  const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+  const auto ct = compute_type(input.scalar_type());
+  auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(mf));
+  if (y.numel() == 0) return y.to(input.scalar_type());
+  auto x = input.to(ct).contiguous(mf);
+  auto w = weight.to(ct).contiguous();
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = bias->to(ct).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
+    forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
+  });
+  return y.to(input.scalar_type());
+}
+
+at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_conv2d_params(stride, padding, dilation, groups);
+  check_same_device_and_dtype(grad_output, weight, "weight");
+  check_cpu_dtype(grad_output, "grad_output");
+  const auto sh = conv2d_shape(input_size, weight.sizes(), p);
+  check_grad_output(grad_output, sh);
+  const auto mf = conv_memory_format(grad_output, weight);
+  const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+  const auto ct = compute_type(grad_output.scalar_type());
+  auto gx = at::empty(input_size, grad_output.options().dtype(ct).memory_format(mf));
+  if (gx.numel() == 0) return gx.to(grad_output.scalar_type());
+  if (grad_output.numel() == 0) return gx.zero_().to(grad_output.scalar_type());
+  auto gy = grad_output.to(ct).contiguous(mf);
+  auto w = weight.to(ct).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
+    backward_input_impl<scalar_t>(gy, w, sh, p, nhwc, gx);
+  });
+  return gx.to(grad_output.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> conv2d_backward_weight_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool bias_defined) {
+  const auto p = make_conv2d_params(stride, padding, dilation, groups);
+  check_same_device_and_dtype(grad_output, input, "input");
+  check_cpu_dtype(grad_output, "grad_output");
+  const auto sh = conv2d_shape(input.sizes(), weight_size, p);
+  check_grad_output(grad_output, sh);
+  // The gradient takes the layout of the activations, as torch's does.
+  const auto mf = conv_memory_format(grad_output, input);
+  const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+  const auto dt = grad_output.scalar_type();
+  const auto ct = compute_type(dt);
+  auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(mf));
+  auto gb = at::empty({bias_defined ? sh.K : 0}, grad_output.options().dtype(ct));
+  if (grad_output.numel() == 0) {
+    gw.zero_();
+    gb.zero_();
+    return {gw.to(dt), gb.to(dt)};
+  }
+  auto gy = grad_output.to(ct).contiguous(mf);
+  auto x = input.to(ct).contiguous(mf);
+  AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
+    // NHWC accumulates [K, R, S, Cg], which is exactly channels_last [K, Cg, R, S].
+    backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
+    if (bias_defined) bias_grad_impl<scalar_t>(gy, sh.N, sh.K, sh.Ho * sh.Wo, nhwc, gb.mutable_data_ptr<scalar_t>());
+  });
+  return {gw.to(dt), gb.to(dt)};
+}
+
+TORCH_LIBRARY_IMPL(convx, CPU, m) {
+  m.impl("conv2d", &conv2d_forward_cpu);
+  m.impl("conv2d_backward_input", &conv2d_backward_input_cpu);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cpu);
+}
+
+}  // namespace convx::cpu

@@ -1,0 +1,30 @@
+// A packed, register-blocked GEMM for the CPU kernels (float and double).
+//
+//   C[m, n] (+)= sum_k A[m, k] * B[k, n]
+//
+// Every operand is addressed through a (row stride, column stride) pair, so the
+// convolution code hands it NCHW or NHWC views, transposed or not, without a
+// copy. The loop nest is the BLIS one (Goto & van de Geijn, "Anatomy of
+// High-Performance Matrix Multiplication"): B is packed into KC x NR slivers
+// that stay in L1, A into MC x KC blocks that stay in L2, and a micro-kernel
+// keeps an MR x NR tile of C in registers (6 x 16 floats = 12 ymm registers).
+//
+// The micro-kernel is written with GCC vector types and compiled twice
+// (target_clones): once for Haswell-class x86 (AVX2 + FMA) and once for the
+// baseline ISA, chosen at load time, so the extension runs on any x86-64.
+#pragma once
+
+#include <cstdint>
+
+namespace convx::cpu {
+
+template <typename T>
+void gemm(
+    int64_t M, int64_t N, int64_t K,
+    const T* A, int64_t rsa, int64_t csa,
+    const T* B, int64_t rsb, int64_t csb,
+    T* C, int64_t rsc, int64_t csc,
+    bool accumulate,  // false: C = A B; true: C += A B
+    bool parallel);   // split C across at::parallel_for threads
+
+}  // namespace convx::cpu

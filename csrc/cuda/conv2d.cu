@@ -1,0 +1,527 @@
+// Conv2d on CUDA: forward, data gradient, weight gradient (+ bias gradient).
+//
+// Algorithm: tiled implicit GEMM, no im2col buffer. One kernel template,
+// `igemm_kernel`, computes C[m, n] = sum_k A(m, k) B(k, n) in 64 x 64 tiles of
+// C with a 16-deep reduction step staged through shared memory; each of the
+// 256 threads owns a 4 x 4 register tile and accumulates in float (double for
+// float64). What A, B and C are is a "problem" struct:
+//
+//   problem   M              N              K (reduction)   A(m,k)         B(k,n)
+//   forward   N*Ho*Wo        K/groups       C/g * R * S     input gather   weight
+//   dgrad     N*H*W          C/groups       K/g * R * S     dY gather      weight
+//   wgrad     K/groups       C/g * R * S    N*Ho*Wo         dY             input gather
+//
+// with the group in blockIdx.z. Every tensor is read and written through its
+// four strides, so NCHW, channels_last and non-contiguous views run in place,
+// and the output is allocated in torch's memory format. For channels_last the
+// reduction index is ordered (r, s, c) so neighbouring threads read
+// neighbouring channels; for NCHW it is (c, r, s).
+//
+// Weight gradient: its output is small and its reduction long, so it splits
+// the reduction over blockIdx.z (split-K) into a float workspace and a second
+// kernel sums the splits in a fixed order: deterministic, no atomics.
+//
+// Versions and choice: this is the portable, correct-for-every-case path
+// (every dtype, stride, dilation, padding, group count, layout). Tensor-core
+// kernels (mma.sync / wgmma) slot in per shape in `conv2d_forward_cuda` etc.
+// ahead of it; until then it is the only path.
+//
+// Napkin math for the tile: per 16-deep step a block loads (64 + 64) * 16
+// elements and does 64 * 64 * 16 FMAs, i.e. 32 FMAs per loaded element; the
+// gathers are L1/L2 hits for all but the first touch. Expect a few TFLOP/s in
+// float32 on an H100 (CUDA cores, no tensor cores), far from its ~50 TFLOP/s
+// FP32 peak: this is the fallback, not the fast path.
+#include "../common/conv_params.h"
+#include "../common/cuda_utils.cuh"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+namespace convx::cuda {
+namespace {
+
+constexpr int BM = 64, BN = 64, BK = 16, kThreads = 256;
+
+// (c, r, s) of a reduction index, in the order the layout prefers.
+struct Crs {
+  int c, r, s;
+};
+__device__ __forceinline__ Crs split_crs(int64_t k, int Cg, int R, int S, bool cl) {
+  Crs o;
+  if (cl) {  // (r, s, c), c fastest
+    o.c = int(k % Cg);
+    const int rs = int(k / Cg);
+    o.r = rs / S;
+    o.s = rs % S;
+  } else {  // (c, r, s), s fastest
+    o.c = int(k / (R * S));
+    const int rs = int(k % (R * S));
+    o.r = rs / S;
+    o.s = rs % S;
+  }
+  return o;
+}
+
+struct Geometry {
+  int H, W, Ho, Wo, R, S;
+  int stride_h, stride_w, pad_t, pad_l, dil_h, dil_w;
+  int Cg, Kg, groups;
+};
+
+template <typename T, typename acc_t>
+struct ForwardProblem {
+  Strided4<const T> x, w;
+  Strided4<T> y;
+  const T* bias;
+  Geometry g;
+  bool cl;
+  int64_t M, N, K;
+  bool a_kfast, b_kfast;
+
+  struct Row {
+    const T* p;
+    int h0, w0;
+    bool ok;
+  };
+  struct Col {
+    const T* p;
+    bool ok;
+  };
+  __device__ Row a_row(int grp, int64_t m) const {
+    Row r;
+    r.ok = m < M;
+    if (!r.ok) m = 0;
+    const int64_t P = int64_t(g.Ho) * g.Wo;
+    const int64_t n = m / P;
+    const int q = int(m % P);
+    r.p = x.p + n * x.s0 + int64_t(grp) * g.Cg * x.s1;
+    r.h0 = (q / g.Wo) * g.stride_h - g.pad_t;
+    r.w0 = (q % g.Wo) * g.stride_w - g.pad_l;
+    return r;
+  }
+  __device__ acc_t a(const Row& r, int64_t k) const {
+    const Crs t = split_crs(k, g.Cg, g.R, g.S, cl);
+    const int h = r.h0 + t.r * g.dil_h, w = r.w0 + t.s * g.dil_w;
+    if (!r.ok || h < 0 || h >= g.H || w < 0 || w >= g.W) return acc_t(0);
+    return acc_t(r.p[t.c * x.s1 + h * x.s2 + w * x.s3]);
+  }
+  __device__ Col b_col(int grp, int64_t n) const {
+    Col c;
+    c.ok = n < N;
+    c.p = w.p + (int64_t(grp) * g.Kg + (c.ok ? n : 0)) * w.s0;
+    return c;
+  }
+  __device__ acc_t b(const Col& c, int64_t k) const {
+    if (!c.ok) return acc_t(0);
+    const Crs t = split_crs(k, g.Cg, g.R, g.S, cl);
+    return acc_t(c.p[t.c * w.s1 + t.r * w.s2 + t.s * w.s3]);
+  }
+  __device__ void store(int grp, int /*split*/, int64_t m, int64_t n, acc_t v) const {
+    const int64_t P = int64_t(g.Ho) * g.Wo;
+    const int64_t img = m / P;
+    const int q = int(m % P);
+    const int64_t oc = int64_t(grp) * g.Kg + n;
+    if (bias) v += acc_t(bias[oc]);
+    y(img, oc, q / g.Wo, q % g.Wo) = T(v);
+  }
+};
+
+template <typename T, typename acc_t>
+struct DgradProblem {
+  Strided4<const T> dy, w;
+  Strided4<T> dx;
+  Geometry g;
+  bool cl;
+  int64_t M, N, K;
+  bool a_kfast, b_kfast;
+
+  struct Row {
+    const T* p;
+    int h, w;
+    bool ok;
+  };
+  struct Col {
+    const T* p;
+    bool ok;
+  };
+  __device__ Row a_row(int grp, int64_t m) const {
+    Row r;
+    r.ok = m < M;
+    if (!r.ok) m = 0;
+    const int64_t HW = int64_t(g.H) * g.W;
+    const int64_t n = m / HW;
+    const int q = int(m % HW);
+    r.p = dy.p + n * dy.s0 + int64_t(grp) * g.Kg * dy.s1;
+    r.h = q / g.W;
+    r.w = q % g.W;
+    return r;
+  }
+  __device__ acc_t a(const Row& r, int64_t k) const {
+    if (!r.ok) return acc_t(0);
+    const Crs t = split_crs(k, g.Kg, g.R, g.S, cl);  // t.c is the output channel here
+    const int hn = r.h + g.pad_t - t.r * g.dil_h, wn = r.w + g.pad_l - t.s * g.dil_w;
+    if (hn < 0 || wn < 0 || hn % g.stride_h || wn % g.stride_w) return acc_t(0);
+    const int ho = hn / g.stride_h, wo = wn / g.stride_w;
+    if (ho >= g.Ho || wo >= g.Wo) return acc_t(0);
+    return acc_t(r.p[t.c * dy.s1 + ho * dy.s2 + wo * dy.s3]);
+  }
+  __device__ Col b_col(int grp, int64_t n) const {
+    Col c;
+    c.ok = n < N;
+    c.p = w.p + int64_t(grp) * g.Kg * w.s0 + (c.ok ? n : 0) * w.s1;
+    return c;
+  }
+  __device__ acc_t b(const Col& c, int64_t k) const {
+    if (!c.ok) return acc_t(0);
+    const Crs t = split_crs(k, g.Kg, g.R, g.S, cl);
+    return acc_t(c.p[t.c * w.s0 + t.r * w.s2 + t.s * w.s3]);
+  }
+  __device__ void store(int grp, int /*split*/, int64_t m, int64_t n, acc_t v) const {
+    const int64_t HW = int64_t(g.H) * g.W;
+    const int64_t img = m / HW;
+    const int q = int(m % HW);
+    dx(img, int64_t(grp) * g.Cg + n, q / g.W, q % g.W) = T(v);
+  }
+};
+
+template <typename T, typename acc_t>
+struct WgradProblem {
+  Strided4<const T> dy, x;
+  Strided4<T> dw;   // used when splits == 1
+  acc_t* ws;        // [splits, K, Cg*R*S] when splits > 1
+  int splits;
+  Geometry g;
+  bool cl;
+  int64_t M, N, K;
+  bool a_kfast, b_kfast;
+
+  struct Row {
+    const T* p;
+    bool ok;
+  };
+  struct Col {
+    const T* p;
+    int hoff, woff;
+    bool ok;
+  };
+  __device__ Row a_row(int grp, int64_t m) const {
+    Row r;
+    r.ok = m < M;
+    r.p = dy.p + (int64_t(grp) * g.Kg + (r.ok ? m : 0)) * dy.s1;
+    return r;
+  }
+  __device__ acc_t a(const Row& r, int64_t k) const {
+    if (!r.ok) return acc_t(0);
+    const int64_t P = int64_t(g.Ho) * g.Wo;
+    const int64_t n = k / P;
+    const int q = int(k % P);
+    return acc_t(r.p[n * dy.s0 + (q / g.Wo) * dy.s2 + (q % g.Wo) * dy.s3]);
+  }
+  __device__ Col b_col(int grp, int64_t n) const {
+    Col c;
+    c.ok = n < N;
+    const Crs t = split_crs(c.ok ? n : 0, g.Cg, g.R, g.S, cl);
+    c.p = x.p + (int64_t(grp) * g.Cg + t.c) * x.s1;
+    c.hoff = t.r * g.dil_h - g.pad_t;
+    c.woff = t.s * g.dil_w - g.pad_l;
+    return c;
+  }
+  __device__ acc_t b(const Col& c, int64_t k) const {
+    if (!c.ok) return acc_t(0);
+    const int64_t P = int64_t(g.Ho) * g.Wo;
+    const int64_t n = k / P;
+    const int q = int(k % P);
+    const int h = (q / g.Wo) * g.stride_h + c.hoff, w = (q % g.Wo) * g.stride_w + c.woff;
+    if (h < 0 || h >= g.H || w < 0 || w >= g.W) return acc_t(0);
+    return acc_t(c.p[n * x.s0 + h * x.s2 + w * x.s3]);
+  }
+  __device__ void store(int grp, int split, int64_t m, int64_t n, acc_t v) const {
+    const Crs t = split_crs(n, g.Cg, g.R, g.S, cl);
+    const int64_t oc = int64_t(grp) * g.Kg + m;
+    if (splits == 1) {
+      dw(oc, t.c, t.r, t.s) = T(v);
+    } else {
+      const int64_t K = int64_t(g.Kg) * g.groups, CRS = int64_t(g.Cg) * g.R * g.S;
+      ws[(split * K + oc) * CRS + (int64_t(t.c) * g.R + t.r) * g.S + t.s] = v;
+    }
+  }
+};
+
+template <typename acc_t, typename Problem>
+__global__ void __launch_bounds__(kThreads) igemm_kernel(Problem prob, int splits, int64_t k_per_split) {
+  __shared__ acc_t As[BK][BM + 4];
+  __shared__ acc_t Bs[BK][BN + 4];
+  const int tid = threadIdx.x;
+  const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
+  const int grp = blockIdx.z / splits, split = blockIdx.z % splits;
+  const int64_t k_begin = split * k_per_split;
+  const int64_t k_end = min(prob.K, k_begin + k_per_split);
+
+  // Load mapping: "k fast" puts 16 neighbouring threads on 16 neighbouring k
+  // (coalesced when k is the contiguous axis), otherwise 64 threads on m.
+  int a_m[4], a_k[4], b_n[4], b_k[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (prob.a_kfast) { a_k[i] = tid % BK; a_m[i] = tid / BK + 16 * i; }
+    else { a_m[i] = tid % BM; a_k[i] = tid / BM + 4 * i; }
+    if (prob.b_kfast) { b_k[i] = tid % BK; b_n[i] = tid / BK + 16 * i; }
+    else { b_n[i] = tid % BN; b_k[i] = tid / BN + 4 * i; }
+  }
+  typename Problem::Row rows[4];
+  typename Problem::Col cols[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    rows[i] = prob.a_row(grp, m0 + a_m[i]);
+    cols[i] = prob.b_col(grp, n0 + b_n[i]);
+  }
+
+  const int tx = tid % 16, ty = tid / 16;
+  acc_t acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = acc_t(0);
+
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t ka = k0 + a_k[i], kb = k0 + b_k[i];
+      As[a_k[i]][a_m[i]] = ka < k_end ? prob.a(rows[i], ka) : acc_t(0);
+      Bs[b_k[i]][b_n[i]] = kb < k_end ? prob.b(cols[i], kb) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      acc_t av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty + 16 * i;
+    if (m >= prob.M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx + 16 * j;
+      if (n < prob.N) prob.store(grp, split, m, n, acc[i][j]);
+    }
+  }
+}
+
+// dW[k, c, r, s] = sum over splits of ws[split, k, (c, r, s)], in split order.
+template <typename T, typename acc_t>
+__global__ void sum_splits_kernel(const acc_t* ws, int splits, int64_t K, int Cg, int R, int S, Strided4<T> dw) {
+  const int64_t total = K * Cg * R * S;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    acc_t v = 0;
+    for (int sp = 0; sp < splits; ++sp) v += ws[sp * total + i];
+    const int s = int(i % S), r = int((i / S) % R), c = int((i / (int64_t(R) * S)) % Cg);
+    const int64_t k = i / (int64_t(Cg) * R * S);
+    dw(k, c, r, s) = T(v);
+  }
+}
+
+// db[k] = sum over n, h, w of dY[n, k, h, w]: one block per channel.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kThreads) bias_grad_kernel(Strided4<const T> dy, int64_t N, int Ho, int Wo, T* db) {
+  const int64_t k = blockIdx.x;
+  const int64_t P = int64_t(Ho) * Wo, total = N * P;
+  acc_t v = 0;
+  for (int64_t i = threadIdx.x; i < total; i += kThreads) {
+    const int64_t n = i / P;
+    const int q = int(i % P);
+    v += acc_t(dy(n, k, q / Wo, q % Wo));
+  }
+  v = block_reduce_sum<kThreads>(v);
+  if (threadIdx.x == 0) db[k] = T(v);
+}
+
+template <typename T>
+Strided4<T> strided(const at::Tensor& t) {
+  return {t.data_ptr<std::remove_const_t<T>>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+Geometry make_geometry(const Conv2dShape& sh, const Conv2dParams& p) {
+  auto fits = [](int64_t v) { return v <= int64_t(INT32_MAX); };
+  TORCH_CHECK(fits(sh.H) && fits(sh.W) && fits(sh.Cg * sh.R * sh.S) && fits(sh.Kg * sh.R * sh.S) &&
+                  fits(sh.H * sh.W) && fits(sh.Ho * sh.Wo),
+              "convx.conv2d (CUDA): a per-image extent exceeds 2^31 elements");
+  Geometry g;
+  g.H = int(sh.H), g.W = int(sh.W), g.Ho = int(sh.Ho), g.Wo = int(sh.Wo), g.R = int(sh.R), g.S = int(sh.S);
+  g.stride_h = int(p.stride_h), g.stride_w = int(p.stride_w), g.pad_t = int(p.pad_t), g.pad_l = int(p.pad_l);
+  g.dil_h = int(p.dil_h), g.dil_w = int(p.dil_w);
+  g.Cg = int(sh.Cg), g.Kg = int(sh.Kg), g.groups = int(p.groups);
+  return g;
+}
+
+template <typename acc_t, typename Problem>
+void launch_igemm(const Problem& prob, int groups, int splits, int64_t k_per_split) {
+  const int64_t gx = ceil_div<int64_t>(prob.M, BM), gy = ceil_div<int64_t>(prob.N, BN);
+  const int64_t gz = int64_t(groups) * splits;
+  TORCH_CHECK(gx <= INT32_MAX && gy <= 65535 && gz <= 65535, "convx.conv2d (CUDA): problem too large for the grid (",
+              gx, ", ", gy, ", ", gz, ")");
+  const dim3 grid{unsigned(gx), unsigned(gy), unsigned(gz)};
+  igemm_kernel<acc_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(prob, splits, k_per_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool is_cl(at::MemoryFormat mf) { return mf == at::MemoryFormat::ChannelsLast; }
+
+void check_cuda_inputs(const at::Tensor& a, const at::Tensor& b, const char* bname) {
+  TORCH_CHECK(a.is_cuda(), "convx.conv2d (CUDA): expected a CUDA tensor");
+  check_same_device_and_dtype(a, b, bname);
+  TORCH_CHECK(at::isFloatingType(a.scalar_type()), "convx.conv2d: expected a floating point input, but got ",
+              a.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_conv2d_params(stride, padding, dilation, groups);
+  check_cuda_inputs(input, weight, "weight");
+  check_bias(bias, input, weight);
+  const auto sh = conv2d_shape(input.sizes(), weight.sizes(), p);
+  c10::cuda::CUDAGuard guard(input.device());
+  const auto mf = conv_memory_format(input, weight);
+  auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
+  if (y.numel() == 0) return y;
+  const bool cl = is_cl(mf);
+  const auto g = make_geometry(sh, p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    ForwardProblem<scalar_t, acc_t> prob;
+    prob.x = strided<const scalar_t>(input);
+    prob.w = strided<const scalar_t>(weight);
+    prob.y = strided<scalar_t>(y);
+    prob.bias = (bias.has_value() && bias->defined()) ? bias->data_ptr<scalar_t>() : nullptr;
+    prob.g = g;
+    prob.cl = cl;
+    prob.M = sh.N * sh.Ho * sh.Wo;
+    prob.N = sh.Kg;
+    prob.K = sh.Cg * sh.R * sh.S;
+    prob.a_kfast = cl;  // channels_last: the reduction's c is the contiguous axis
+    prob.b_kfast = true;
+    launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
+  });
+  return y;
+}
+
+at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
+                                      at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_conv2d_params(stride, padding, dilation, groups);
+  check_cuda_inputs(grad_output, weight, "weight");
+  const auto sh = conv2d_shape(input_size, weight.sizes(), p);
+  check_grad_output(grad_output, sh);
+  c10::cuda::CUDAGuard guard(grad_output.device());
+  const auto mf = conv_memory_format(grad_output, weight);
+  auto dx = at::empty(input_size, grad_output.options().memory_format(mf));
+  if (dx.numel() == 0) return dx;
+  const bool cl = is_cl(mf);
+  const auto g = make_geometry(sh, p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_input_cuda",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    DgradProblem<scalar_t, acc_t> prob;
+    prob.dy = strided<const scalar_t>(grad_output);
+    prob.w = strided<const scalar_t>(weight);
+    prob.dx = strided<scalar_t>(dx);
+    prob.g = g;
+    prob.cl = cl;
+    prob.M = sh.N * sh.H * sh.W;
+    prob.N = sh.Cg;
+    prob.K = sh.Kg * sh.R * sh.S;
+    prob.a_kfast = cl;
+    prob.b_kfast = false;
+    launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
+  });
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor> conv2d_backward_weight_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool bias_defined) {
+  const auto p = make_conv2d_params(stride, padding, dilation, groups);
+  check_cuda_inputs(grad_output, input, "input");
+  const auto sh = conv2d_shape(input.sizes(), weight_size, p);
+  check_grad_output(grad_output, sh);
+  c10::cuda::CUDAGuard guard(grad_output.device());
+  const auto mf = conv_memory_format(grad_output, input);
+  auto dw = at::empty(weight_size, grad_output.options().memory_format(mf));
+  auto db = at::empty({bias_defined ? sh.K : 0}, grad_output.options());
+  if (grad_output.numel() == 0) {
+    dw.zero_();
+    db.zero_();
+    return {dw, db};
+  }
+  const bool cl = is_cl(mf);
+  const auto g = make_geometry(sh, p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_weight_cuda",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    WgradProblem<scalar_t, acc_t> prob;
+    prob.dy = strided<const scalar_t>(grad_output);
+    prob.x = strided<const scalar_t>(input);
+    prob.dw = strided<scalar_t>(dw);
+    prob.g = g;
+    prob.cl = cl;
+    prob.M = sh.Kg;
+    prob.N = sh.Cg * sh.R * sh.S;
+    prob.K = sh.N * sh.Ho * sh.Wo;
+    prob.a_kfast = !cl;  // NCHW: dY is contiguous along (h, w)
+    prob.b_kfast = !cl;
+    // Split the long reduction until the grid covers the GPU about twice;
+    // each split keeps at least 512 reduction steps.
+    const int64_t tiles = ceil_div<int64_t>(prob.M, BM) * ceil_div<int64_t>(prob.N, BN) * g.groups;
+    int64_t splits = std::max<int64_t>(1, ceil_div<int64_t>(2 * num_sms(), tiles));
+    splits = std::min<int64_t>({splits, std::max<int64_t>(1, prob.K / 512), 64, 65535 / g.groups});
+    const int64_t kps = ceil_div<int64_t>(ceil_div<int64_t>(prob.K, splits), BK) * BK;
+    splits = ceil_div<int64_t>(prob.K, kps);
+    at::Tensor ws;
+    prob.splits = int(splits);
+    prob.ws = nullptr;
+    if (splits > 1) {
+      ws = at::empty({splits, sh.K * sh.Cg * sh.R * sh.S},
+                     grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      prob.ws = ws.data_ptr<acc_t>();
+    }
+    launch_igemm<acc_t>(prob, g.groups, int(splits), kps);
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    if (splits > 1) {
+      const int64_t total = sh.K * sh.Cg * sh.R * sh.S;
+      const int blocks = int(std::min<int64_t>(ceil_div<int64_t>(total, kThreads), 4096));
+      sum_splits_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+          prob.ws, int(splits), sh.K, g.Cg, g.R, g.S, strided<scalar_t>(dw));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (bias_defined) {
+      bias_grad_kernel<scalar_t, acc_t><<<unsigned(sh.K), kThreads, 0, stream>>>(
+          strided<const scalar_t>(grad_output), sh.N, g.Ho, g.Wo, db.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {dw, db};
+}
+
+TORCH_LIBRARY_IMPL(convx, CUDA, m) {
+  m.impl("conv2d", &conv2d_forward_cuda);
+  m.impl("conv2d_backward_input", &conv2d_backward_input_cuda);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cuda);
+}
+
+}  // namespace convx::cuda
