@@ -87,3 +87,96 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     pad = conv2d_padding(padding, x.shape[-2:], weight.shape[-2:], s, d)
     y = _ops.conv2d(x, weight, bias, s, pad, d, int(groups))
     return y.squeeze(0) if unbatched else y
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: _IntOr2 = 1,
+                     padding: _IntOr2 = 0, output_padding: _IntOr2 = 0, groups: int = 1,
+                     dilation: _IntOr2 = 1) -> Tensor:
+    """Transposed 2D convolution, ``torch.nn.functional.conv_transpose2d``'s
+    signature (note: ``groups`` before ``dilation``).
+
+    input ``(N, C_in, H, W)`` or ``(C_in, H, W)``, weight ``(C_in, C_out / groups, kH, kW)``
+    -> ``(N, C_out, H_out, W_out)`` with
+    ``H_out = (H - 1)*stride - 2*padding + dilation*(kH - 1) + output_padding + 1``.
+    """
+    x, unbatched = _batched(input, "conv_transpose2d")
+    if weight.dim() != 4:
+        raise RuntimeError(f"convx.conv_transpose2d: expected weight of size (C_in, C_out / groups, kH, kW), but "
+                           f"got weight of size {list(weight.shape)}")
+    y = _ops.conv_transpose2d(x, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
+                              _pair(output_padding, "output_padding"), _pair(dilation, "dilation"), int(groups))
+    return y.squeeze(0) if unbatched else y
+
+
+def _pool_batched(input: Tensor, message: str) -> Tuple[Tensor, bool]:
+    if input.dim() not in (3, 4):
+        raise RuntimeError(message)
+    return (input.unsqueeze(0), True) if input.dim() == 3 else (input, False)
+
+
+def _pool_stride(stride, kernel):
+    if stride is None or (not isinstance(stride, int) and len(stride) == 0):
+        return list(kernel)
+    return _pair(stride, "stride")
+
+
+def max_pool2d(input: Tensor, kernel_size: _IntOr2, stride: Optional[_IntOr2] = None, padding: _IntOr2 = 0,
+               dilation: _IntOr2 = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """2D max pooling, ``torch.nn.functional.max_pool2d``'s signature.
+
+    ``(N, C, H, W)`` or ``(C, H, W)`` -> ``(N, C, H_out, W_out)``. A NaN in a
+    window gives NaN; ties give the first index; indices are flat ``h*W + w``
+    positions in each plane, as torch's (they feed ``max_unpool2d``).
+    """
+    x, unbatched = _pool_batched(input, "non-empty 3D or 4D (batch mode) tensor expected for input")
+    k = _pair(kernel_size, "kernel_size")
+    y, ind = _ops.max_pool2d(x, k, _pool_stride(stride, k), _pair(padding, "padding"), _pair(dilation, "dilation"),
+                             bool(ceil_mode))
+    if unbatched:
+        y, ind = y.squeeze(0), ind.squeeze(0)
+    return (y, ind) if return_indices else y
+
+
+def avg_pool2d(input: Tensor, kernel_size: _IntOr2, stride: Optional[_IntOr2] = None, padding: _IntOr2 = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: Optional[int] = None) -> Tensor:
+    """2D average pooling, ``torch.nn.functional.avg_pool2d``'s signature."""
+    x, unbatched = _pool_batched(input, "non-empty 3D or 4D (batch mode) tensor expected for input")
+    k = _pair(kernel_size, "kernel_size")
+    y = _ops.avg_pool2d(x, k, _pool_stride(stride, k), _pair(padding, "padding"), bool(ceil_mode),
+                        bool(count_include_pad), divisor_override)
+    return y.squeeze(0) if unbatched else y
+
+
+def _adaptive_size(output_size, input: Tensor) -> List[int]:
+    if isinstance(output_size, int):
+        return [output_size, output_size]
+    size = list(output_size)
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2:
+        raise RuntimeError(f"adaptive pooling: output_size must be 2, but got {output_size}")
+    return [input.shape[-2 + i] if v is None else int(v) for i, v in enumerate(size)]
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """2D adaptive average pooling; ``output_size`` an int or a pair whose
+    ``None`` entries keep the input's size. Output larger than input works."""
+    x, unbatched = _pool_batched(input, f"adaptive_avg_pool2d(): Expected 3D or 4D tensor, but got: "
+                                        f"{list(input.shape)}")
+    y = _ops.adaptive_avg_pool2d(x, _adaptive_size(output_size, x))
+    return y.squeeze(0) if unbatched else y
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    """2D adaptive max pooling; same window rule and index convention as torch."""
+    x, unbatched = _pool_batched(input, f"adaptive_max_pool2d(): Expected 3D or 4D tensor, but got: "
+                                        f"{list(input.shape)}")
+    size = _adaptive_size(output_size, x)
+    if min(size) < 0:
+        raise RuntimeError(f"adaptive_max_pool2d: elements of output_size must be greater than or equal to 0 but "
+                           f"received {{{size[0]}, {size[1]}}}")
+    y, ind = _ops.adaptive_max_pool2d(x, size)
+    if unbatched:
+        y, ind = y.squeeze(0), ind.squeeze(0)
+    return (y, ind) if return_indices else y

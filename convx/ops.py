@@ -120,3 +120,229 @@ def _bwd_weight_backward(ctx, ggw, ggb):
 
 
 torch.library.register_autograd("convx::conv2d_backward_weight", _bwd_weight_backward, setup_context=_bwd_weight_setup)
+
+
+# ---------------------------------------------------------------- conv_transpose2d
+# A transposed convolution is the data gradient of a convolution (csrc/common/conv_ops.h),
+# so every derivative below is again a convx convolution op.
+
+
+def _ct_out_size(n, k, s, p, op, d):
+    return (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+
+
+@torch.library.register_fake("convx::conv_transpose2d")
+def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding, dilation, groups):
+    torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "convx.conv_transpose2d: expected 4D input and weight")
+    n, _, h, w = input.shape
+    _, kg, r, s = weight.shape
+    ho = _ct_out_size(h, r, stride[0], padding[0], output_padding[0], dilation[0])
+    wo = _ct_out_size(w, s, stride[1], padding[1], output_padding[1], dilation[1])
+    return _empty(input, (n, kg * groups, ho, wo), _conv_memory_format(input, weight))
+
+
+@torch.library.register_fake("convx::conv_transpose2d_backward_input")
+def _ct_backward_input_fake(grad_output, weight, input_size, stride, padding, output_padding, dilation, groups):
+    return _empty(grad_output, tuple(input_size), _conv_memory_format(grad_output, weight))
+
+
+@torch.library.register_fake("convx::conv_transpose2d_backward_weight")
+def _ct_backward_weight_fake(grad_output, input, weight_size, stride, padding, output_padding, dilation, groups,
+                             bias_defined):
+    gw = _empty(grad_output, tuple(weight_size), _conv_memory_format(input, grad_output))
+    gb = grad_output.new_empty((weight_size[1] * groups if bias_defined else 0,))
+    return gw, gb
+
+
+def _ct_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, output_padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.args = (list(stride), list(padding), list(output_padding), list(dilation), groups)
+
+
+def _ct_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    gx = gw = gb = None
+    if need_x:
+        gx = _ops.conv_transpose2d_backward_input(grad, weight, list(input.shape), *ctx.args)
+    if need_w or need_b:
+        gw, gb = _ops.conv_transpose2d_backward_weight(grad, input, list(weight.shape), *ctx.args, bool(need_b))
+        gw = gw if need_w else None
+        gb = gb if need_b else None
+    return gx, gw, gb, None, None, None, None, None
+
+
+torch.library.register_autograd("convx::conv_transpose2d", _ct_backward, setup_context=_ct_setup)
+
+
+def _ct_bwd_input_setup(ctx, inputs, output):
+    grad_output, weight, input_size, stride, padding, output_padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_output, weight)
+    ctx.args = (list(stride), list(padding), list(output_padding), list(dilation), groups)
+
+
+def _ct_bwd_input_backward(ctx, ggx):
+    grad_output, weight = ctx.saved_tensors
+    d_gy = d_w = None
+    if ctx.needs_input_grad[0]:
+        d_gy = _ops.conv_transpose2d(ggx, weight, None, *ctx.args)
+    if ctx.needs_input_grad[1]:
+        d_w = _ops.conv_transpose2d_backward_weight(grad_output, ggx, list(weight.shape), *ctx.args, False)[0]
+    return d_gy, d_w, None, None, None, None, None, None
+
+
+torch.library.register_autograd("convx::conv_transpose2d_backward_input", _ct_bwd_input_backward,
+                                setup_context=_ct_bwd_input_setup)
+
+
+def _ct_bwd_weight_setup(ctx, inputs, output):
+    grad_output, input, weight_size, stride, padding, output_padding, dilation, groups, bias_defined = inputs
+    ctx.save_for_backward(grad_output, input)
+    ctx.args = (list(stride), list(padding), list(output_padding), list(dilation), groups)
+    ctx.bias_defined = bias_defined
+
+
+def _ct_bwd_weight_backward(ctx, ggw, ggb):
+    grad_output, input = ctx.saved_tensors
+    d_gy = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_gy = _ops.conv_transpose2d(input, ggw, ggb if ctx.bias_defined else None, *ctx.args)
+    if ctx.needs_input_grad[1]:
+        d_x = _ops.conv_transpose2d_backward_input(grad_output, ggw, list(input.shape), *ctx.args)
+    return d_gy, d_x, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("convx::conv_transpose2d_backward_weight", _ct_bwd_weight_backward,
+                                setup_context=_ct_bwd_weight_setup)
+
+
+# ---------------------------------------------------------------- pooling
+
+
+def _pool_out_size(n, k, p, s, d, ceil_mode):
+    num = n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
+    out = num // s + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def _pool_empty(input, size, dtype=None):
+    return _empty(input, size, suggest_memory_format(input), dtype)
+
+
+@torch.library.register_fake("convx::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    n, c, h, w = input.shape
+    size = (n, c, _pool_out_size(h, kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode),
+            _pool_out_size(w, kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode))
+    return _pool_empty(input, size), _pool_empty(input, size, torch.int64)
+
+
+@torch.library.register_fake("convx::avg_pool2d")
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    n, c, h, w = input.shape
+    size = (n, c, _pool_out_size(h, kernel_size[0], padding[0], stride[0], 1, ceil_mode),
+            _pool_out_size(w, kernel_size[1], padding[1], stride[1], 1, ceil_mode))
+    return _pool_empty(input, size)
+
+
+@torch.library.register_fake("convx::adaptive_avg_pool2d")
+def _adaptive_avg_pool2d_fake(input, output_size):
+    return _pool_empty(input, (*input.shape[:2], *output_size))
+
+
+@torch.library.register_fake("convx::adaptive_max_pool2d")
+def _adaptive_max_pool2d_fake(input, output_size):
+    size = (*input.shape[:2], *output_size)
+    return _pool_empty(input, size), _pool_empty(input, size, torch.int64)
+
+
+def _pool_backward_fake(grad_output, *args):
+    input_size = next(a for a in args if isinstance(a, (list, tuple)))
+    return _pool_empty(grad_output, tuple(input_size))
+
+
+for _name in ("max_pool2d_backward", "avg_pool2d_backward", "adaptive_avg_pool2d_backward",
+              "adaptive_max_pool2d_backward"):
+    torch.library.register_fake(f"convx::{_name}")(_pool_backward_fake)
+
+
+def _gather_at(t, indices):
+    """t[n, c, indices[n, c, i, j]] over flat planes: the derivative of a max-pool backward."""
+    n, c = indices.shape[:2]
+    return t.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).reshape(indices.shape)
+
+
+def _max_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.input_size = list(inputs[0].shape)
+    ctx.args = inputs[1:]
+
+
+def _max_pool2d_backward(ctx, grad, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    return (_ops.max_pool2d_backward(grad, indices, ctx.input_size, *ctx.args),) + (None,) * len(ctx.args)
+
+
+def _adaptive_max_pool2d_backward(ctx, grad, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    return _ops.adaptive_max_pool2d_backward(grad, indices, ctx.input_size), None
+
+
+torch.library.register_autograd("convx::max_pool2d", _max_pool2d_backward, setup_context=_max_setup)
+torch.library.register_autograd("convx::adaptive_max_pool2d", _adaptive_max_pool2d_backward,
+                                setup_context=_max_setup)
+
+
+def _max_bwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.nargs = len(inputs)
+
+
+def _max_bwd_backward(ctx, ggx):
+    (indices,) = ctx.saved_tensors
+    return (_gather_at(ggx, indices),) + (None,) * (ctx.nargs - 1)
+
+
+for _name in ("max_pool2d_backward", "adaptive_max_pool2d_backward"):
+    torch.library.register_autograd(f"convx::{_name}", _max_bwd_backward, setup_context=_max_bwd_setup)
+
+
+def _avg_setup(ctx, inputs, output):
+    ctx.input_size = list(inputs[0].shape)
+    ctx.args = inputs[1:]
+
+
+def _avg_pool2d_backward(ctx, grad):
+    return (_ops.avg_pool2d_backward(grad, ctx.input_size, *ctx.args),) + (None,) * len(ctx.args)
+
+
+def _adaptive_avg_pool2d_backward(ctx, grad):
+    return _ops.adaptive_avg_pool2d_backward(grad, ctx.input_size), None
+
+
+torch.library.register_autograd("convx::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_setup)
+torch.library.register_autograd("convx::adaptive_avg_pool2d", _adaptive_avg_pool2d_backward,
+                                setup_context=_avg_setup)
+
+
+def _avg_bwd_setup(ctx, inputs, output):
+    ctx.args = inputs[2:]
+    ctx.out_size = list(inputs[0].shape[-2:])
+
+
+def _avg_pool2d_bwd_backward(ctx, ggx):
+    return (_ops.avg_pool2d(ggx, *ctx.args),) + (None,) * (len(ctx.args) + 1)
+
+
+def _adaptive_avg_pool2d_bwd_backward(ctx, ggx):
+    return _ops.adaptive_avg_pool2d(ggx, ctx.out_size), None
+
+
+torch.library.register_autograd("convx::avg_pool2d_backward", _avg_pool2d_bwd_backward,
+                                setup_context=_avg_bwd_setup)
+torch.library.register_autograd("convx::adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_bwd_backward,
+                                setup_context=_avg_bwd_setup)

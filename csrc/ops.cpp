@@ -22,6 +22,35 @@ TORCH_LIBRARY(convx, m) {
   m.def(
       "conv2d_backward_weight(Tensor grad_output, Tensor input, int[] weight_size, int[2] stride, "
       "int[4] padding, int[2] dilation, int groups, bool bias_defined) -> (Tensor, Tensor)");
+
+  // Transposed convolution: weight [C_in, C_out / groups, R, S], torch's padding / output_padding.
+  m.def(
+      "conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] output_padding, int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "conv_transpose2d_backward_input(Tensor grad_output, Tensor weight, int[] input_size, int[2] stride, "
+      "int[2] padding, int[2] output_padding, int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "conv_transpose2d_backward_weight(Tensor grad_output, Tensor input, int[] weight_size, int[2] stride, "
+      "int[2] padding, int[2] output_padding, int[2] dilation, int groups, bool bias_defined) -> (Tensor, Tensor)");
+
+  // Pooling. Indices are flat positions h * W + w within each plane, as torch's.
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+  m.def(
+      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+      "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "avg_pool2d_backward(Tensor grad_output, int[] input_size, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, int[] input_size) -> Tensor");
+  m.def("adaptive_max_pool2d(Tensor input, int[2] output_size) -> (Tensor, Tensor)");
+  m.def("adaptive_max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
 }
 
 namespace convx {

@@ -27,7 +27,7 @@
 //
 // float16 / bfloat16 inputs (reached under CPU autocast) are computed in
 // float32 and rounded once at the end.
-#include "../common/conv_params.h"
+#include "../common/conv_ops.h"
 #include "gemm.h"
 
 #include <ATen/Dispatch.h>
@@ -86,14 +86,16 @@ void im2col_nchw(const T* x, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_
 
 // x [C, H, W] (channels c0..c0+Cg of this group) += col2im(gcol [Cg*R*S, P]).
 // Gather: each input row h sums the (r, ho) pairs that read it.
+// bias (optional, per channel of this group) initialises the sum: transposed
+// convolution's forward is this gather plus its bias.
 template <typename T>
 void col2im_nchw(const T* gcol, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_t S, int64_t Ho, int64_t Wo,
-                 const Conv2dParams& p, T* gx, bool parallel) {
+                 const Conv2dParams& p, T* gx, const T* bias, bool parallel) {
   maybe_parallel_for(parallel, 0, Cg * H, 8, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t c = ch / H, h = ch % H;
       T* out = gx + (c * H + h) * W;
-      std::fill(out, out + W, T(0));
+      std::fill(out, out + W, bias ? bias[c] : T(0));
       for (int64_t r = 0; r < R; ++r) {
         const int64_t hn = h + p.pad_t - r * p.dil_h;
         if (hn < 0 || hn % p.stride_h) continue;
@@ -142,12 +144,15 @@ void im2col_nhwc(const T* x, int64_t H, int64_t W, int64_t C, int64_t c0, int64_
 // gx [H, W, C] channels c0..c0+Cg = col2im(gcol [P, R*S*Cg]), as a gather.
 template <typename T>
 void col2im_nhwc(const T* gcol, int64_t H, int64_t W, int64_t C, int64_t c0, int64_t Cg, int64_t R, int64_t S,
-                 int64_t Ho, int64_t Wo, const Conv2dParams& p, T* gx, bool parallel) {
+                 int64_t Ho, int64_t Wo, const Conv2dParams& p, T* gx, const T* bias, bool parallel) {
   maybe_parallel_for(parallel, 0, H * W, 16, [&](int64_t b, int64_t e) {
     for (int64_t pix = b; pix < e; ++pix) {
       const int64_t h = pix / W, w = pix % W;
       T* out = gx + pix * C + c0;
-      std::fill(out, out + Cg, T(0));
+      if (bias)
+        std::copy(bias + c0, bias + c0 + Cg, out);
+      else
+        std::fill(out, out + Cg, T(0));
       for (int64_t r = 0; r < R; ++r) {
         const int64_t hn = h + p.pad_t - r * p.dil_h;
         if (hn < 0 || hn % p.stride_h || hn / p.stride_h >= Ho) continue;
@@ -231,8 +236,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
 // ---------------------------------------------------------------- data gradient
 
 template <typename T>
-void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const Conv2dShape& sh, const Conv2dParams& p,
-                         bool nhwc, at::Tensor& gx) {
+void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bias, const Conv2dShape& sh,
+                         const Conv2dParams& p, bool nhwc, at::Tensor& gx) {
   const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
   const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
   const bool direct = p.is_pointwise_identity(R, S);
@@ -251,19 +256,23 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const Conv2d
       T* gxg = gxp + (n * sh.C + g * Cg) * HW;
       // A = W_g^T [CRS, Kg]: element (crs, k) at k*CRS + crs.
       if (direct) {
-        gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, gxg, HW, 1, false, par);
+        if (bias)
+          for (int64_t c = 0; c < Cg; ++c) std::fill(gxg + c * HW, gxg + (c + 1) * HW, bias[g * Cg + c]);
+        gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, gxg, HW, 1, bias != nullptr, par);
       } else {
         gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, col, P, 1, false, par);
-        col2im_nchw(col, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, gxg, par);
+        col2im_nchw(col, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, gxg, bias ? bias + g * Cg : nullptr, par);
       }
     } else {
       const T* gyg = gyp + n * P * sh.K + g * Kg;
       T* gxn = gxp + n * HW * sh.C;
       if (direct) {
-        gemm<T>(P, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, gxn + g * Cg, sh.C, 1, false, par);
+        if (bias)
+          for (int64_t q = 0; q < HW; ++q) std::copy(bias + g * Cg, bias + (g + 1) * Cg, gxn + q * sh.C + g * Cg);
+        gemm<T>(P, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, gxn + g * Cg, sh.C, 1, bias != nullptr, par);
       } else {
         gemm<T>(P, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, col, CRS, 1, false, par);
-        col2im_nhwc(col, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, gxn, par);
+        col2im_nhwc(col, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, gxn, bias, par);
       }
     }
   };
@@ -376,85 +385,84 @@ void check_cpu_dtype(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto p = make_conv2d_params(stride, padding, dilation, groups);
-  check_same_device_and_dtype(input, weight, "weight");
-  check_cpu_dtype(input, "input");
-  check_bias(bias, input, weight);
-  const auto sh = conv2d_shape(input.sizes(), weight.sizes(), p);
-  const auto mf = conv_memory_format(input, weight);
-  const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
-  const auto ct = compute_type(input.scalar_type());
-  auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(mf));
-  if (y.numel() == 0) return y.to(input.scalar_type());
-  auto x = input.to(ct).contiguous(mf);
-  auto w = weight.to(ct).contiguous();
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) b = bias->to(ct).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
-    forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
-  });
-  return y.to(input.scalar_type());
-}
-
-at::Tensor conv2d_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
-                                     at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                     at::IntArrayRef dilation, int64_t groups) {
-  const auto p = make_conv2d_params(stride, padding, dilation, groups);
-  check_same_device_and_dtype(grad_output, weight, "weight");
-  check_cpu_dtype(grad_output, "grad_output");
-  const auto sh = conv2d_shape(input_size, weight.sizes(), p);
-  check_grad_output(grad_output, sh);
-  const auto mf = conv_memory_format(grad_output, weight);
-  const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
-  const auto ct = compute_type(grad_output.scalar_type());
-  auto gx = at::empty(input_size, grad_output.options().dtype(ct).memory_format(mf));
-  if (gx.numel() == 0) return gx.to(grad_output.scalar_type());
-  if (grad_output.numel() == 0) return gx.zero_().to(grad_output.scalar_type());
-  auto gy = grad_output.to(ct).contiguous(mf);
-  auto w = weight.to(ct).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
-    backward_input_impl<scalar_t>(gy, w, sh, p, nhwc, gx);
-  });
-  return gx.to(grad_output.scalar_type());
-}
-
-std::tuple<at::Tensor, at::Tensor> conv2d_backward_weight_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool bias_defined) {
-  const auto p = make_conv2d_params(stride, padding, dilation, groups);
-  check_same_device_and_dtype(grad_output, input, "input");
-  check_cpu_dtype(grad_output, "grad_output");
-  const auto sh = conv2d_shape(input.sizes(), weight_size, p);
-  check_grad_output(grad_output, sh);
-  // The gradient takes the layout of the activations, as torch's does.
-  const auto mf = conv_memory_format(grad_output, input);
-  const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
-  const auto dt = grad_output.scalar_type();
-  const auto ct = compute_type(dt);
-  auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(mf));
-  auto gb = at::empty({bias_defined ? sh.K : 0}, grad_output.options().dtype(ct));
-  if (grad_output.numel() == 0) {
-    gw.zero_();
-    gb.zero_();
-    return {gw.to(dt), gb.to(dt)};
+// The four primitives every convolution-shaped op is built from (see
+// common/conv_ops.h): checks have run; shapes are consistent.
+struct CpuConv {
+  static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                            const Conv2dShape& sh, const Conv2dParams& p) {
+    check_cpu_dtype(input, "input");
+    const auto mf = conv_memory_format(input, weight);
+    const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+    const auto ct = compute_type(input.scalar_type());
+    auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(mf));
+    if (y.numel() == 0) return y.to(input.scalar_type());
+    auto x = input.to(ct).contiguous(mf);
+    auto w = weight.to(ct).contiguous();
+    at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
+      forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
+    });
+    return y.to(input.scalar_type());
   }
-  auto gy = grad_output.to(ct).contiguous(mf);
-  auto x = input.to(ct).contiguous(mf);
-  AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
-    // NHWC accumulates [K, R, S, Cg], which is exactly channels_last [K, Cg, R, S].
-    backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
-    if (bias_defined) bias_grad_impl<scalar_t>(gy, sh.N, sh.K, sh.Ho * sh.Wo, nhwc, gb.mutable_data_ptr<scalar_t>());
-  });
-  return {gw.to(dt), gb.to(dt)};
-}
+
+  static at::Tensor data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor* bias,
+                              const Conv2dShape& sh, const Conv2dParams& p) {
+    check_cpu_dtype(grad_output, "grad_output");
+    const auto mf = conv_memory_format(grad_output, weight);
+    const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+    const auto ct = compute_type(grad_output.scalar_type());
+    auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct).memory_format(mf));
+    if (gx.numel() == 0) return gx.to(grad_output.scalar_type());
+    at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
+    if (grad_output.numel() == 0) {
+      if (b.defined()) return gx.copy_(b.view({1, -1, 1, 1}).expand_as(gx)).to(grad_output.scalar_type());
+      return gx.zero_().to(grad_output.scalar_type());
+    }
+    auto gy = grad_output.to(ct).contiguous(mf);
+    auto w = weight.to(ct).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
+      backward_input_impl<scalar_t>(gy, w, b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, sh, p, nhwc, gx);
+    });
+    return gx.to(grad_output.scalar_type());
+  }
+
+  // The gradient takes the layout of the activations, as torch's does.
+  static at::Tensor weight_grad(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size,
+                                const Conv2dShape& sh, const Conv2dParams& p) {
+    check_cpu_dtype(grad_output, "grad_output");
+    const auto mf = conv_memory_format(grad_output, input);
+    const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+    const auto dt = grad_output.scalar_type();
+    const auto ct = compute_type(dt);
+    auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(mf));
+    if (grad_output.numel() == 0) return gw.zero_().to(dt);
+    auto gy = grad_output.to(ct).contiguous(mf);
+    auto x = input.to(ct).contiguous(mf);
+    AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
+      // NHWC accumulates [K, R, S, Cg], which is exactly channels_last [K, Cg, R, S].
+      backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
+    });
+    return gw.to(dt);
+  }
+
+  // Per-channel sum over n, h, w (the bias gradient).
+  static at::Tensor channel_sum(const at::Tensor& t) {
+    const auto dt = t.scalar_type();
+    const auto ct = compute_type(dt);
+    auto out = at::empty({t.size(1)}, t.options().dtype(ct));
+    if (t.numel() == 0) return out.zero_().to(dt);
+    const auto mf = t.suggest_memory_format();
+    auto tc = t.to(ct).contiguous(mf);
+    AT_DISPATCH_FLOATING_TYPES(ct, "channel_sum_cpu", [&] {
+      bias_grad_impl<scalar_t>(tc, t.size(0), t.size(1), t.size(2) * t.size(3), mf == at::MemoryFormat::ChannelsLast,
+                               out.mutable_data_ptr<scalar_t>());
+    });
+    return out.to(dt);
+  }
+};
 
 TORCH_LIBRARY_IMPL(convx, CPU, m) {
-  m.impl("conv2d", &conv2d_forward_cpu);
-  m.impl("conv2d_backward_input", &conv2d_backward_input_cpu);
-  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cpu);
+  CONVX_REGISTER_CONV_OPS(m, CpuConv);
 }
 
 }  // namespace convx::cpu

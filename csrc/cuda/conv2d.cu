@@ -31,7 +31,7 @@
 // gathers are L1/L2 hits for all but the first touch. Expect a few TFLOP/s in
 // float32 on an H100 (CUDA cores, no tensor cores), far from its ~50 TFLOP/s
 // FP32 peak: this is the fallback, not the fast path.
-#include "../common/conv_params.h"
+#include "../common/conv_ops.h"
 #include "../common/cuda_utils.cuh"
 
 #include <ATen/Dispatch.h>
@@ -135,6 +135,7 @@ template <typename T, typename acc_t>
 struct DgradProblem {
   Strided4<const T> dy, w;
   Strided4<T> dx;
+  const T* bias;  // per input channel; transposed convolution's bias
   Geometry g;
   bool cl;
   int64_t M, N, K;
@@ -185,7 +186,9 @@ struct DgradProblem {
     const int64_t HW = int64_t(g.H) * g.W;
     const int64_t img = m / HW;
     const int q = int(m % HW);
-    dx(img, int64_t(grp) * g.Cg + n, q / g.W, q % g.W) = T(v);
+    const int64_t c = int64_t(grp) * g.Cg + n;
+    if (bias) v += acc_t(bias[c]);
+    dx(img, c, q / g.W, q % g.W) = T(v);
   }
 };
 
@@ -380,148 +383,143 @@ void launch_igemm(const Problem& prob, int groups, int splits, int64_t k_per_spl
 
 bool is_cl(at::MemoryFormat mf) { return mf == at::MemoryFormat::ChannelsLast; }
 
-void check_cuda_inputs(const at::Tensor& a, const at::Tensor& b, const char* bname) {
-  TORCH_CHECK(a.is_cuda(), "convx.conv2d (CUDA): expected a CUDA tensor");
-  check_same_device_and_dtype(a, b, bname);
-  TORCH_CHECK(at::isFloatingType(a.scalar_type()), "convx.conv2d: expected a floating point input, but got ",
-              a.scalar_type());
+void check_cuda(const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), "convx.conv2d (CUDA): expected a CUDA tensor, but got one on ", t.device());
+}
+
+template <typename T>
+const T* opt_ptr(const at::Tensor* t) {
+  return t ? t->const_data_ptr<T>() : nullptr;
 }
 
 }  // namespace
 
-at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto p = make_conv2d_params(stride, padding, dilation, groups);
-  check_cuda_inputs(input, weight, "weight");
-  check_bias(bias, input, weight);
-  const auto sh = conv2d_shape(input.sizes(), weight.sizes(), p);
-  c10::cuda::CUDAGuard guard(input.device());
-  const auto mf = conv_memory_format(input, weight);
-  auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
-  if (y.numel() == 0) return y;
-  const bool cl = is_cl(mf);
-  const auto g = make_geometry(sh, p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    ForwardProblem<scalar_t, acc_t> prob;
-    prob.x = strided<const scalar_t>(input);
-    prob.w = strided<const scalar_t>(weight);
-    prob.y = strided<scalar_t>(y);
-    prob.bias = (bias.has_value() && bias->defined()) ? bias->data_ptr<scalar_t>() : nullptr;
-    prob.g = g;
-    prob.cl = cl;
-    prob.M = sh.N * sh.Ho * sh.Wo;
-    prob.N = sh.Kg;
-    prob.K = sh.Cg * sh.R * sh.S;
-    prob.a_kfast = cl;  // channels_last: the reduction's c is the contiguous axis
-    prob.b_kfast = true;
-    launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
-  });
-  return y;
-}
-
-at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
-                                      at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                      at::IntArrayRef dilation, int64_t groups) {
-  const auto p = make_conv2d_params(stride, padding, dilation, groups);
-  check_cuda_inputs(grad_output, weight, "weight");
-  const auto sh = conv2d_shape(input_size, weight.sizes(), p);
-  check_grad_output(grad_output, sh);
-  c10::cuda::CUDAGuard guard(grad_output.device());
-  const auto mf = conv_memory_format(grad_output, weight);
-  auto dx = at::empty(input_size, grad_output.options().memory_format(mf));
-  if (dx.numel() == 0) return dx;
-  const bool cl = is_cl(mf);
-  const auto g = make_geometry(sh, p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_input_cuda",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    DgradProblem<scalar_t, acc_t> prob;
-    prob.dy = strided<const scalar_t>(grad_output);
-    prob.w = strided<const scalar_t>(weight);
-    prob.dx = strided<scalar_t>(dx);
-    prob.g = g;
-    prob.cl = cl;
-    prob.M = sh.N * sh.H * sh.W;
-    prob.N = sh.Cg;
-    prob.K = sh.Kg * sh.R * sh.S;
-    prob.a_kfast = cl;
-    prob.b_kfast = false;
-    launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
-  });
-  return dx;
-}
-
-std::tuple<at::Tensor, at::Tensor> conv2d_backward_weight_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, bool bias_defined) {
-  const auto p = make_conv2d_params(stride, padding, dilation, groups);
-  check_cuda_inputs(grad_output, input, "input");
-  const auto sh = conv2d_shape(input.sizes(), weight_size, p);
-  check_grad_output(grad_output, sh);
-  c10::cuda::CUDAGuard guard(grad_output.device());
-  const auto mf = conv_memory_format(grad_output, input);
-  auto dw = at::empty(weight_size, grad_output.options().memory_format(mf));
-  auto db = at::empty({bias_defined ? sh.K : 0}, grad_output.options());
-  if (grad_output.numel() == 0) {
-    dw.zero_();
-    db.zero_();
-    return {dw, db};
+// The four primitives of common/conv_ops.h; checks have run.
+struct CudaConv {
+  static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                            const Conv2dShape& sh, const Conv2dParams& p) {
+    check_cuda(input);
+    c10::cuda::CUDAGuard guard(input.device());
+    const auto mf = conv_memory_format(input, weight);
+    auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
+    if (y.numel() == 0) return y;
+    const bool cl = is_cl(mf);
+    const auto g = make_geometry(sh, p);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      ForwardProblem<scalar_t, acc_t> prob;
+      prob.x = strided<const scalar_t>(input);
+      prob.w = strided<const scalar_t>(weight);
+      prob.y = strided<scalar_t>(y);
+      prob.bias = opt_ptr<scalar_t>(bias);
+      prob.g = g;
+      prob.cl = cl;
+      prob.M = sh.N * sh.Ho * sh.Wo;
+      prob.N = sh.Kg;
+      prob.K = sh.Cg * sh.R * sh.S;
+      prob.a_kfast = cl;  // channels_last: the reduction's c is the contiguous axis
+      prob.b_kfast = true;
+      launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
+    });
+    return y;
   }
-  const bool cl = is_cl(mf);
-  const auto g = make_geometry(sh, p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "conv2d_backward_weight_cuda",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    WgradProblem<scalar_t, acc_t> prob;
-    prob.dy = strided<const scalar_t>(grad_output);
-    prob.x = strided<const scalar_t>(input);
-    prob.dw = strided<scalar_t>(dw);
-    prob.g = g;
-    prob.cl = cl;
-    prob.M = sh.Kg;
-    prob.N = sh.Cg * sh.R * sh.S;
-    prob.K = sh.N * sh.Ho * sh.Wo;
-    prob.a_kfast = !cl;  // NCHW: dY is contiguous along (h, w)
-    prob.b_kfast = !cl;
-    // Split the long reduction until the grid covers the GPU about twice;
-    // each split keeps at least 512 reduction steps.
-    const int64_t tiles = ceil_div<int64_t>(prob.M, BM) * ceil_div<int64_t>(prob.N, BN) * g.groups;
-    int64_t splits = std::max<int64_t>(1, ceil_div<int64_t>(2 * num_sms(), tiles));
-    splits = std::min<int64_t>({splits, std::max<int64_t>(1, prob.K / 512), 64, 65535 / g.groups});
-    const int64_t kps = ceil_div<int64_t>(ceil_div<int64_t>(prob.K, splits), BK) * BK;
-    splits = ceil_div<int64_t>(prob.K, kps);
-    at::Tensor ws;
-    prob.splits = int(splits);
-    prob.ws = nullptr;
-    if (splits > 1) {
-      ws = at::empty({splits, sh.K * sh.Cg * sh.R * sh.S},
-                     grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      prob.ws = ws.data_ptr<acc_t>();
-    }
-    launch_igemm<acc_t>(prob, g.groups, int(splits), kps);
-    auto stream = c10::cuda::getCurrentCUDAStream();
-    if (splits > 1) {
-      const int64_t total = sh.K * sh.Cg * sh.R * sh.S;
-      const int blocks = int(std::min<int64_t>(ceil_div<int64_t>(total, kThreads), 4096));
-      sum_splits_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-          prob.ws, int(splits), sh.K, g.Cg, g.R, g.S, strided<scalar_t>(dw));
+
+  static at::Tensor data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor* bias,
+                              const Conv2dShape& sh, const Conv2dParams& p) {
+    check_cuda(grad_output);
+    c10::cuda::CUDAGuard guard(grad_output.device());
+    const auto mf = conv_memory_format(grad_output, weight);
+    auto dx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().memory_format(mf));
+    if (dx.numel() == 0) return dx;
+    const bool cl = is_cl(mf);
+    const auto g = make_geometry(sh, p);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
+                                    "conv2d_backward_input_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      DgradProblem<scalar_t, acc_t> prob;
+      prob.dy = strided<const scalar_t>(grad_output);
+      prob.w = strided<const scalar_t>(weight);
+      prob.dx = strided<scalar_t>(dx);
+      prob.bias = opt_ptr<scalar_t>(bias);
+      prob.g = g;
+      prob.cl = cl;
+      prob.M = sh.N * sh.H * sh.W;
+      prob.N = sh.Cg;
+      prob.K = sh.Kg * sh.R * sh.S;
+      prob.a_kfast = cl;
+      prob.b_kfast = false;
+      launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
+    });
+    return dx;
+  }
+
+  static at::Tensor weight_grad(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size,
+                                const Conv2dShape& sh, const Conv2dParams& p) {
+    check_cuda(grad_output);
+    c10::cuda::CUDAGuard guard(grad_output.device());
+    const auto mf = conv_memory_format(grad_output, input);
+    auto dw = at::empty(weight_size, grad_output.options().memory_format(mf));
+    if (grad_output.numel() == 0) return dw.zero_();
+    const bool cl = is_cl(mf);
+    const auto g = make_geometry(sh, p);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
+                                    "conv2d_backward_weight_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      WgradProblem<scalar_t, acc_t> prob;
+      prob.dy = strided<const scalar_t>(grad_output);
+      prob.x = strided<const scalar_t>(input);
+      prob.dw = strided<scalar_t>(dw);
+      prob.g = g;
+      prob.cl = cl;
+      prob.M = sh.Kg;
+      prob.N = sh.Cg * sh.R * sh.S;
+      prob.K = sh.N * sh.Ho * sh.Wo;
+      prob.a_kfast = !cl;  // NCHW: dY is contiguous along (h, w)
+      prob.b_kfast = !cl;
+      // Split the long reduction until the grid covers the GPU about twice;
+      // each split keeps at least 512 reduction steps.
+      const int64_t tiles = ceil_div<int64_t>(prob.M, BM) * ceil_div<int64_t>(prob.N, BN) * g.groups;
+      int64_t splits = std::max<int64_t>(1, ceil_div<int64_t>(2 * num_sms(), tiles));
+      splits = std::min<int64_t>({splits, std::max<int64_t>(1, prob.K / 512), 64, 65535 / g.groups});
+      const int64_t kps = ceil_div<int64_t>(ceil_div<int64_t>(prob.K, splits), BK) * BK;
+      splits = ceil_div<int64_t>(prob.K, kps);
+      at::Tensor ws;
+      prob.splits = int(splits);
+      prob.ws = nullptr;
+      if (splits > 1) {
+        ws = at::empty({splits, sh.K * sh.Cg * sh.R * sh.S},
+                       grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        prob.ws = ws.data_ptr<acc_t>();
+      }
+      launch_igemm<acc_t>(prob, g.groups, int(splits), kps);
+      if (splits > 1) {
+        const int64_t total = sh.K * sh.Cg * sh.R * sh.S;
+        const int blocks = int(std::min<int64_t>(ceil_div<int64_t>(total, kThreads), 4096));
+        sum_splits_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            prob.ws, int(splits), sh.K, g.Cg, g.R, g.S, strided<scalar_t>(dw));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+    return dw;
+  }
+
+  static at::Tensor channel_sum(const at::Tensor& t) {
+    check_cuda(t);
+    c10::cuda::CUDAGuard guard(t.device());
+    auto out = at::empty({t.size(1)}, t.options());
+    if (t.numel() == 0) return out.zero_();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "channel_sum_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      bias_grad_kernel<scalar_t, acc_t><<<unsigned(t.size(1)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          strided<const scalar_t>(t), t.size(0), int(t.size(2)), int(t.size(3)), out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (bias_defined) {
-      bias_grad_kernel<scalar_t, acc_t><<<unsigned(sh.K), kThreads, 0, stream>>>(
-          strided<const scalar_t>(grad_output), sh.N, g.Ho, g.Wo, db.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
-  return {dw, db};
-}
+    });
+    return out;
+  }
+};
 
 TORCH_LIBRARY_IMPL(convx, CUDA, m) {
-  m.impl("conv2d", &conv2d_forward_cuda);
-  m.impl("conv2d_backward_input", &conv2d_backward_input_cuda);
-  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cuda);
+  CONVX_REGISTER_CONV_OPS(m, CudaConv);
 }
 
 }  // namespace convx::cuda
