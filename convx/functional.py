@@ -180,3 +180,75 @@ def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False
     if unbatched:
         y, ind = y.squeeze(0), ind.squeeze(0)
     return (y, ind) if return_indices else y
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, residual: Optional[Tensor] = None,
+               relu: bool = False) -> Tensor:
+    """Batch normalization, ``torch.nn.functional.batch_norm``'s signature, for
+    ``(N, C, H, W)`` input; plus, in the same single pass over memory, an
+    optional ``residual`` added after the affine transform and an optional
+    ReLU: ``relu(bn(input) + residual)`` is the tail of a ResNet block.
+
+    In training the batch statistics normalize (biased variance) and, when
+    given, ``running_mean`` / ``running_var`` are updated in place with
+    ``momentum`` (unbiased variance), as torch does.
+    """
+    if input.dim() != 4:
+        raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+    # Everything is checked before the statistics pass, which updates the
+    # running statistics in place: a bad argument must leave them untouched.
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
+    if residual is not None and residual.shape != input.shape:
+        raise RuntimeError(f"batch_norm: residual must have the input's size {list(input.shape)}, but got "
+                           f"{list(residual.shape)}")
+    if training:
+        size = input.shape
+        if input.numel() and size[0] * size[2] * size[3] <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+        if eps <= 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+        # The statistics are not differentiated on their own: batch_norm's backward accounts for them.
+        mean, var = _ops.batch_norm_stats(input.detach(), running_mean, running_var, float(momentum))
+    else:
+        if running_mean is None:
+            raise RuntimeError("running_mean must be defined in evaluation mode")
+        if running_var is None:
+            raise RuntimeError("running_var must be defined in evaluation mode")
+        mean, var = running_mean, running_var
+    return _ops.batch_norm(input, mean, var, weight, bias, residual, float(eps), bool(training), bool(relu))
+
+
+def batch_norm_relu(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``relu(batch_norm(input, ...))`` in one pass (forward and backward)."""
+    return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, relu=True)
+
+
+def batch_norm_add_relu(input: Tensor, residual: Tensor, running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], weight: Optional[Tensor] = None,
+                        bias: Optional[Tensor] = None, training: bool = False, momentum: float = 0.1,
+                        eps: float = 1e-5) -> Tensor:
+    """``relu(batch_norm(input, ...) + residual)``: the end of a ResNet block
+    (bn2 -> + identity -> relu) in one kernel, forward and backward."""
+    return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, residual=residual,
+                      relu=True)
+
+
+def add_relu(input: Tensor, other: Tensor, inplace: bool = False) -> Tensor:
+    """``relu(input + other)`` in one pass. ``inplace=True`` writes into
+    ``input`` and is for inference: it refuses tensors that need gradients
+    (use the out-of-place form when training)."""
+    if inplace:
+        if torch.is_grad_enabled() and (input.requires_grad or other.requires_grad):
+            raise RuntimeError("convx.add_relu(inplace=True) does not support autograd; use inplace=False when the "
+                               "inputs require grad")
+        _ops.add_relu_(input, other)
+        return input
+    return _ops.add_relu(input, other)

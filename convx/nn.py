@@ -68,3 +68,58 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
 class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
     def forward(self, input: Tensor):
         return CF.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
+
+class BatchNorm2d(torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` on convx kernels (identical parameters,
+    buffers and state_dict, ``num_batches_tracked`` included).
+
+    Extras: ``activation="relu"`` fuses a ReLU into the same pass, and
+    ``forward(input, residual)`` adds a residual before the activation, so
+    ``BatchNorm2d(C, activation="relu")(x, identity)`` is a ResNet block's
+    bn2 -> + identity -> relu in one kernel, forward and backward.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
+                 dtype=None, activation=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        if activation not in (None, "relu"):
+            raise ValueError(f"convx.BatchNorm2d: activation must be None or 'relu', got {activation!r}")
+        self.activation = activation
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + f", activation={self.activation!r}" if self.activation else s
+
+    def forward(self, input: Tensor, residual: Tensor = None) -> Tensor:
+        self._check_input_dim(input)
+        # torch.nn.modules.batchnorm._BatchNorm.forward's bookkeeping, verbatim in effect.
+        if self.momentum is None:
+            factor = 0.0
+        else:
+            factor = self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+            else:
+                factor = self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_stats = not self.training or self.track_running_stats
+        return CF.batch_norm(input, self.running_mean if use_stats else None,
+                             self.running_var if use_stats else None, self.weight, self.bias, bn_training, factor,
+                             self.eps, residual=residual, relu=self.activation == "relu")
+
+
+class AddReLU(torch.nn.Module):
+    """``relu(x + residual)`` in one pass; ``inplace=True`` for inference."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return CF.add_relu(x, residual, self.inplace)

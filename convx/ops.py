@@ -361,3 +361,96 @@ torch.library.register_autograd("convx::avg_pool2d_backward", _avg_pool2d_bwd_ba
                                 setup_context=_avg_bwd_setup)
 torch.library.register_autograd("convx::adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_bwd_backward,
                                 setup_context=_avg_bwd_setup)
+
+
+# ---------------------------------------------------------------- batch norm and the residual tail
+
+
+def _stat_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("convx::batch_norm_stats")
+def _bn_stats_fake(input, running_mean, running_var, momentum):
+    c = input.shape[1]
+    dt = _stat_dtype(input.dtype)
+    return input.new_empty((c,), dtype=dt), input.new_empty((c,), dtype=dt)
+
+
+def _like(t):
+    return torch.empty_like(t, memory_format=suggest_memory_format(t))
+
+
+@torch.library.register_fake("convx::batch_norm")
+def _bn_fake(input, mean, var, weight, bias, residual, eps, training, relu):
+    return _like(input)
+
+
+@torch.library.register_fake("convx::batch_norm_backward")
+def _bn_backward_fake(grad_output, input, mean, var, weight, output, eps, training, relu, output_mask):
+    c = input.shape[1]
+    wdt = weight.dtype if weight is not None else _stat_dtype(input.dtype)
+    empty = input.new_empty((0,))
+    return (_like(input) if output_mask[0] else empty,
+            input.new_empty((c,), dtype=wdt) if output_mask[1] else empty.to(wdt),
+            input.new_empty((c,), dtype=wdt) if output_mask[2] else empty.to(wdt),
+            _like(input) if output_mask[3] else empty)
+
+
+def _bn_setup(ctx, inputs, output):
+    input, mean, var, weight, bias, residual, eps, training, relu = inputs
+    ctx.save_for_backward(input, mean, var, weight, output if relu else None)
+    ctx.eps, ctx.training, ctx.relu = eps, training, relu
+
+
+def _bn_backward(ctx, grad):
+    input, mean, var, weight, output = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    mask = [n[0], n[3], n[4], n[5]]
+    gx, gw, gb, gr = _ops.batch_norm_backward(grad, input, mean, var, weight, output, ctx.eps, ctx.training,
+                                              ctx.relu, mask)
+    pick = lambda t, need: t if need else None  # noqa: E731
+    return pick(gx, n[0]), None, None, pick(gw, n[3]), pick(gb, n[4]), pick(gr, n[5]), None, None, None
+
+
+torch.library.register_autograd("convx::batch_norm", _bn_backward, setup_context=_bn_setup)
+
+
+@torch.library.register_fake("convx::add_relu")
+def _add_relu_fake(self, other):
+    return _like(self)
+
+
+@torch.library.register_fake("convx::add_relu_")
+def _add_relu_inplace_fake(self, other):
+    return None
+
+
+@torch.library.register_fake("convx::add_relu_backward")
+def _add_relu_backward_fake(grad_output, output):
+    return _like(output)
+
+
+def _add_relu_setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _add_relu_backward(ctx, grad):
+    (output,) = ctx.saved_tensors
+    g = _ops.add_relu_backward(grad, output)
+    return g if ctx.needs_input_grad[0] else None, g if ctx.needs_input_grad[1] else None
+
+
+torch.library.register_autograd("convx::add_relu", _add_relu_backward, setup_context=_add_relu_setup)
+
+
+def _relu_bwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _relu_bwd_backward(ctx, gg):
+    (output,) = ctx.saved_tensors
+    return _ops.add_relu_backward(gg, output), None
+
+
+torch.library.register_autograd("convx::add_relu_backward", _relu_bwd_backward, setup_context=_relu_bwd_setup)

@@ -51,6 +51,29 @@ TORCH_LIBRARY(convx, m) {
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, int[] input_size) -> Tensor");
   m.def("adaptive_max_pool2d(Tensor input, int[2] output_size) -> (Tensor, Tensor)");
   m.def("adaptive_max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
+
+  // Batch normalization, with the residual tail fused in (see csrc/common/norm_ops.h).
+  // batch_norm_stats updates the running statistics in place when they are given.
+  m.def(
+      "batch_norm_stats(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum) "
+      "-> (Tensor mean, Tensor var)");
+  m.def(
+      "batch_norm(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "float eps, bool training, bool relu) -> Tensor");
+  m.def(
+      "batch_norm_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor? output, float eps, bool training, bool relu, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("add_relu(Tensor self, Tensor other) -> Tensor");
+  m.def("add_relu_(Tensor(a!) self, Tensor other) -> ()");
+  m.def("add_relu_backward(Tensor grad_output, Tensor output) -> Tensor");
+}
+
+// Not differentiable by design: batch_norm's backward accounts for the
+// statistics, and in-place add+ReLU is for inference. Autograd passes them
+// through so their outputs carry no graph.
+TORCH_LIBRARY_IMPL(convx, Autograd, m) {
+  m.impl("batch_norm_stats", torch::CppFunction::makeFallthrough());
+  m.impl("add_relu_", torch::CppFunction::makeFallthrough());
 }
 
 namespace convx {

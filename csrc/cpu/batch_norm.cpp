@@ -1,0 +1,478 @@
+// Batch normalization and the fused residual tail on the CPU (ops and their
+// semantics: common/norm_ops.h).
+//
+// Statistics: two passes (mean, then the sum of squared deviations from it),
+// accumulated in double, so an input with a large offset (mean 1e3, std 1)
+// keeps its variance to full float precision where E[x^2] - E[x]^2 would not.
+// NCHW reduces one channel per task; channels_last reduces fixed pixel chunks
+// into per-chunk rows that are then summed in chunk order (deterministic for a
+// given thread count).
+//
+// Forward: y = act(x * scale[c] + shift[c] (+ residual)), one pass: reads x
+// (and the residual) once, writes y once. Backward: one reduction pass over
+// (dy, y, x) for sum(dz) and sum(dz * xhat), writing dz as the residual's
+// gradient when asked, then one elementwise pass for dx.
+//
+// Bytes (float32, training, N*C*H*W = E): forward 3E*4 (stats 2 reads, apply
+// 1 read + 1 write; +1 read with a residual, which torch's eager sequence
+// reads, writes and re-reads); backward about 5E*4 (+1 write for dresidual).
+#include "../common/norm_ops.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+namespace convx::cpu {
+namespace {
+
+struct Geom {
+  int64_t N, C, HW;
+  bool nhwc;
+};
+
+Geom geom(const at::Tensor& x) {
+  return {x.size(0), x.size(1), x.size(2) * x.size(3), x.suggest_memory_format() == at::MemoryFormat::ChannelsLast};
+}
+
+at::MemoryFormat fmt(const Geom& g) { return g.nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
+
+// ---------------------------------------------------------------- vectorisable building blocks
+// Plain functions over restrict pointers with the options as template
+// arguments, so each inner loop is branch-free and the compiler vectorises it.
+// Reductions keep 8 partial sums in the compute type over blocks of 1024
+// elements and fold each block into double: vector speed, double accuracy.
+
+constexpr int kLanes = 8;
+constexpr int64_t kBlock = 1024;
+
+// s[0] += sum(x - shift), s[1] += sum((x - shift)^2)  (shift = 0 for the mean pass)
+template <typename T, bool kSquares>
+void moments_span(const T* __restrict x, int64_t n, at::opmath_type<T> shift, double* s) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t m = std::min(kBlock, n - b);
+    acc_t a[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= m; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        const acc_t d = acc_t(x[b + i + l]) - shift;
+        a[l] += kSquares ? d * d : d;
+      }
+    for (; i < m; ++i) {
+      const acc_t d = acc_t(x[b + i]) - shift;
+      a[0] += kSquares ? d * d : d;
+    }
+    double t = 0;
+    for (int l = 0; l < kLanes; ++l) t += double(a[l]);
+    s[0] += t;
+  }
+}
+
+// Channel rows (channels_last): acc[c] += x[c] - shift[c] (or its square),
+// in the compute type; channel_sums folds the rows into double every few pixels.
+template <typename T, bool kSquares>
+void moments_row(const T* __restrict x, int64_t C, const at::opmath_type<T>* __restrict shift,
+                 at::opmath_type<T>* __restrict acc) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t d = acc_t(x[c]) - shift[c];
+    acc[c] += kSquares ? d * d : d;
+  }
+}
+
+// y = act(x * scale + shift (+ r)) over a span with one (scale, shift).
+template <typename T, bool kRes, bool kRelu>
+void apply_span(const T* __restrict x, const T* __restrict r, T* __restrict y, int64_t n, at::opmath_type<T> scale,
+                at::opmath_type<T> shift) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t v = acc_t(x[i]) * scale + shift;
+    if constexpr (kRes) v += acc_t(r[i]);
+    if constexpr (kRelu) v = v > acc_t(0) ? v : acc_t(0);
+    y[i] = T(v);
+  }
+}
+
+// The same over one channels_last row, per-channel (scale, shift).
+template <typename T, bool kRes, bool kRelu>
+void apply_row(const T* __restrict x, const T* __restrict r, T* __restrict y, int64_t C,
+               const at::opmath_type<T>* __restrict scale, const at::opmath_type<T>* __restrict shift) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t v = acc_t(x[c]) * scale[c] + shift[c];
+    if constexpr (kRes) v += acc_t(r[c]);
+    if constexpr (kRelu) v = v > acc_t(0) ? v : acc_t(0);
+    y[c] = T(v);
+  }
+}
+
+// dz = dy * [y > 0] (or dy); optionally stored; s[0] += sum dz, s[1] += sum dz * (x - mean).
+template <typename T, bool kRelu, bool kStore>
+void bwd_sums_span(const T* __restrict dy, const T* __restrict y, const T* __restrict x, T* __restrict dz, int64_t n,
+                   at::opmath_type<T> mean, double* s) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t m = std::min(kBlock, n - b);
+    acc_t a[kLanes] = {}, q[kLanes] = {};
+    for (int64_t i0 = 0; i0 < m; i0 += kLanes) {
+      const int64_t len = std::min<int64_t>(kLanes, m - i0);
+      for (int l = 0; l < len; ++l) {
+        const int64_t i = b + i0 + l;
+        acc_t d = acc_t(dy[i]);
+        if constexpr (kRelu) d = acc_t(y[i]) > acc_t(0) ? d : acc_t(0);
+        if constexpr (kStore) dz[i] = T(d);
+        a[l] += d;
+        q[l] += d * (acc_t(x[i]) - mean);
+      }
+    }
+    double ta = 0, tq = 0;
+    for (int l = 0; l < kLanes; ++l) {
+      ta += double(a[l]);
+      tq += double(q[l]);
+    }
+    s[0] += ta;
+    s[1] += tq;
+  }
+}
+
+template <typename T, bool kRelu, bool kStore>
+void bwd_sums_row(const T* __restrict dy, const T* __restrict y, const T* __restrict x, T* __restrict dz, int64_t C,
+                  const at::opmath_type<T>* __restrict mean, at::opmath_type<T>* __restrict s1,
+                  at::opmath_type<T>* __restrict s2) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t d = acc_t(dy[c]);
+    if constexpr (kRelu) d = acc_t(y[c]) > acc_t(0) ? d : acc_t(0);
+    if constexpr (kStore) dz[c] = T(d);
+    s1[c] += d;
+    s2[c] += d * (acc_t(x[c]) - mean[c]);
+  }
+}
+
+// dx = A * dz + B * x + C0 with dz read back or recomputed from (dy, y).
+template <typename T, bool kRelu, bool kHaveDz>
+void dx_span(const T* __restrict dy, const T* __restrict y, const T* __restrict dz, const T* __restrict x,
+             T* __restrict dx, int64_t n, at::opmath_type<T> A, at::opmath_type<T> B, at::opmath_type<T> C0) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t d;
+    if constexpr (kHaveDz) {
+      d = acc_t(dz[i]);
+    } else {
+      d = acc_t(dy[i]);
+      if constexpr (kRelu) d = acc_t(y[i]) > acc_t(0) ? d : acc_t(0);
+    }
+    dx[i] = T(A * d + B * acc_t(x[i]) + C0);
+  }
+}
+
+template <typename T, bool kRelu, bool kHaveDz>
+void dx_row(const T* __restrict dy, const T* __restrict y, const T* __restrict dz, const T* __restrict x,
+            T* __restrict dx, int64_t C, const at::opmath_type<T>* __restrict A, const at::opmath_type<T>* __restrict B,
+            const at::opmath_type<T>* __restrict C0) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t d;
+    if constexpr (kHaveDz) {
+      d = acc_t(dz[c]);
+    } else {
+      d = acc_t(dy[c]);
+      if constexpr (kRelu) d = acc_t(y[c]) > acc_t(0) ? d : acc_t(0);
+    }
+    dx[c] = T(A[c] * d + B[c] * acc_t(x[c]) + C0[c]);
+  }
+}
+
+template <typename T>
+void add_relu_span(const T* __restrict a, const T* __restrict b, T* __restrict out, int64_t n) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t v = acc_t(a[i]) + acc_t(b[i]);
+    out[i] = T(v > acc_t(0) ? v : acc_t(0));
+  }
+}
+
+template <typename T>
+void relu_backward_span(const T* __restrict g, const T* __restrict y, T* __restrict out, int64_t n) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t gv = acc_t(g[i]);
+    out[i] = T(acc_t(y[i]) > acc_t(0) ? gv : acc_t(0));
+  }
+}
+
+// Turn a pair of runtime flags into template arguments.
+template <typename F>
+void with_flags(bool a, bool b, F&& f) {
+  if (a && b) f(std::true_type{}, std::true_type{});
+  else if (a) f(std::true_type{}, std::false_type{});
+  else if (b) f(std::false_type{}, std::true_type{});
+  else f(std::false_type{}, std::false_type{});
+}
+
+// ---------------------------------------------------------------- channel reductions
+
+// NCHW: per channel, `span(plane_offset, HW, double* s)` over its N planes -> out[c][0..K).
+// NHWC: fixed pixel chunks, `row(pixel_offset, acc_t* rows)` accumulating K rows
+// of C in the compute type, folded into double every kFold pixels; the chunks
+// are summed in chunk order (deterministic for a given thread count).
+constexpr int64_t kFold = 256;
+
+template <int K, typename acc_t, typename Span, typename Row>
+std::vector<double> channel_sums(const Geom& g, Span span, Row row) {
+  std::vector<double> out(K * g.C, 0.0);
+  if (!g.nhwc) {
+    at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        double s[K] = {};
+        for (int64_t n = 0; n < g.N; ++n) span(c, (n * g.C + c) * g.HW, g.HW, s);
+        for (int k = 0; k < K; ++k) out[k * g.C + c] = s[k];
+      }
+    });
+    return out;
+  }
+  const int64_t P = g.N * g.HW;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P));
+  std::vector<double> part(chunks * K * g.C, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    std::vector<acc_t> rows(K * g.C);
+    for (int64_t ch = b; ch < e; ++ch) {
+      double* acc = part.data() + ch * K * g.C;
+      const int64_t p1 = (ch + 1) * P / chunks;
+      for (int64_t p0 = ch * P / chunks; p0 < p1; p0 += kFold) {
+        std::fill(rows.begin(), rows.end(), acc_t(0));
+        for (int64_t p = p0; p < std::min(p0 + kFold, p1); ++p) row(p * g.C, rows.data());
+        for (int64_t i = 0; i < K * g.C; ++i) acc[i] += double(rows[i]);
+      }
+    }
+  });
+  for (int64_t ch = 0; ch < chunks; ++ch)
+    for (int64_t i = 0; i < K * g.C; ++i) out[i] += part[ch * K * g.C + i];
+  return out;
+}
+
+template <typename acc_t>
+std::vector<acc_t> vec_of(const at::Tensor* t, int64_t C, acc_t dflt) {
+  std::vector<acc_t> out(C, dflt);
+  if (!t) return out;
+  auto v = t->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  std::copy(v.template const_data_ptr<acc_t>(), v.template const_data_ptr<acc_t>() + C, out.begin());
+  return out;
+}
+
+template <typename acc_t>
+std::vector<acc_t> invstd_of(const at::Tensor& var, int64_t C, double eps) {
+  auto v = vec_of<acc_t>(&var, C, acc_t(1));
+  for (auto& x : v) x = acc_t(1) / std::sqrt(x + acc_t(eps));
+  return v;
+}
+
+struct CpuNorm {
+  static void stats(const at::Tensor& input, at::Tensor& mean, at::Tensor& var, const at::Tensor* rm,
+                    const at::Tensor* rv, double momentum, int64_t count) {
+    const Geom g = geom(input);
+    auto x = input.contiguous(fmt(g));
+    const double cnt = double(g.N * g.HW);
+    std::vector<double> m(g.C), q;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_stats_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const std::vector<acc_t> zero(g.C, acc_t(0));
+      auto s = channel_sums<1, acc_t>(
+          g, [&](int64_t, int64_t off, int64_t n, double* acc) { moments_span<scalar_t, false>(xp + off, n, 0, acc); },
+          [&](int64_t off, acc_t* acc) { moments_row<scalar_t, false>(xp + off, g.C, zero.data(), acc); });
+      for (int64_t c = 0; c < g.C; ++c) m[c] = s[c] / cnt;
+      // Second pass: squared deviations from the mean (no E[x^2] - E[x]^2).
+      std::vector<acc_t> ma(m.begin(), m.end());
+      q = channel_sums<1, acc_t>(
+          g,
+          [&](int64_t c, int64_t off, int64_t n, double* acc) {
+            moments_span<scalar_t, true>(xp + off, n, ma[c], acc);
+          },
+          [&](int64_t off, acc_t* acc) { moments_row<scalar_t, true>(xp + off, g.C, ma.data(), acc); });
+    });
+    AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "batch_norm_stats_out", [&] {
+      for (int64_t c = 0; c < g.C; ++c) {
+        mean.data_ptr<scalar_t>()[c] = scalar_t(m[c]);
+        var.data_ptr<scalar_t>()[c] = scalar_t(q[c] / cnt);
+      }
+    });
+    if (!rm) return;
+    const double unbias = double(count) / double(count - 1);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rm->scalar_type(), "batch_norm_update_running", [&] {
+      auto* rmp = rm->data_ptr<scalar_t>();
+      auto* rvp = rv->data_ptr<scalar_t>();
+      for (int64_t c = 0; c < g.C; ++c) {
+        rmp[c] = scalar_t((1 - momentum) * double(rmp[c]) + momentum * m[c]);
+        rvp[c] = scalar_t((1 - momentum) * double(rvp[c]) + momentum * (q[c] / cnt) * unbias);
+      }
+    });
+  }
+
+  static at::Tensor apply(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+                          const at::Tensor* weight, const at::Tensor* bias, const at::Tensor* residual, double eps,
+                          bool relu) {
+    const Geom g = geom(input);
+    auto x = input.contiguous(fmt(g));
+    at::Tensor r = residual ? residual->contiguous(fmt(g)) : at::Tensor();
+    auto y = at::empty_like(x, fmt(g));
+    if (y.numel() == 0) return y;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto inv = invstd_of<acc_t>(var, g.C, eps);
+      const auto mu = vec_of<acc_t>(&mean, g.C, 0), w = vec_of<acc_t>(weight, g.C, 1), b = vec_of<acc_t>(bias, g.C, 0);
+      std::vector<acc_t> scale(g.C), shift(g.C);
+      for (int64_t c = 0; c < g.C; ++c) {
+        scale[c] = w[c] * inv[c];
+        shift[c] = b[c] - mu[c] * scale[c];
+      }
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* rp = residual ? r.const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      with_flags(rp != nullptr, relu, [&](auto kRes, auto kRelu) {
+        if (!g.nhwc) {
+          at::parallel_for(0, g.N * g.C, 4, [&](int64_t b0, int64_t e0) {
+            for (int64_t pl = b0; pl < e0; ++pl) {
+              const int64_t c = pl % g.C, off = pl * g.HW;
+              apply_span<scalar_t, kRes(), kRelu()>(xp + off, rp ? rp + off : nullptr, yp + off, g.HW, scale[c],
+                                                    shift[c]);
+            }
+          });
+        } else {
+          at::parallel_for(0, g.N * g.HW, 16, [&](int64_t b0, int64_t e0) {
+            for (int64_t p = b0; p < e0; ++p)
+              apply_row<scalar_t, kRes(), kRelu()>(xp + p * g.C, rp ? rp + p * g.C : nullptr, yp + p * g.C, g.C,
+                                                   scale.data(), shift.data());
+          });
+        }
+      });
+    });
+    return y;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+      const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+      const at::Tensor* weight, const at::Tensor* output, double eps, bool training, bool relu,
+      std::array<bool, 4> mask) {
+    const Geom g = geom(input);
+    auto x = input.contiguous(fmt(g));
+    auto gy = grad_out.contiguous(fmt(g));
+    at::Tensor y = relu ? output->contiguous(fmt(g)) : at::Tensor();
+    const auto wopts = weight ? weight->options() : x.options().dtype(stat_type(x.scalar_type()));
+    // Outputs not asked for are empty, not undefined.
+    at::Tensor gx = mask[0] ? at::empty_like(x, fmt(g)) : at::empty({0}, x.options());
+    at::Tensor gw = at::empty({mask[1] ? g.C : 0}, wopts);
+    at::Tensor gb = at::empty({mask[2] ? g.C : 0}, wopts);
+    at::Tensor gr = mask[3] ? at::empty_like(x, fmt(g)) : at::empty({0}, x.options());
+    const double cnt = double(g.N * g.HW);
+    std::vector<double> sums(2 * g.C, 0.0);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto inv = invstd_of<acc_t>(var, g.C, eps);
+      const auto mu = vec_of<acc_t>(&mean, g.C, 0), w = vec_of<acc_t>(weight, g.C, 1);
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+      const scalar_t* yp = relu ? y.const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* grp = mask[3] ? gr.data_ptr<scalar_t>() : nullptr;
+      const bool need_sums = training ? (mask[0] || mask[1] || mask[2]) : (mask[1] || mask[2]);
+      if (need_sums || grp) {
+        with_flags(relu, grp != nullptr, [&](auto kRelu, auto kStore) {
+          sums = channel_sums<2, acc_t>(
+              g,
+              [&](int64_t c, int64_t off, int64_t n, double* s) {
+                bwd_sums_span<scalar_t, kRelu(), kStore()>(gp + off, yp ? yp + off : nullptr, xp + off,
+                                                           grp ? grp + off : nullptr, n, mu[c], s);
+              },
+              [&](int64_t off, acc_t* acc) {
+                bwd_sums_row<scalar_t, kRelu(), kStore()>(gp + off, yp ? yp + off : nullptr, xp + off,
+                                                          grp ? grp + off : nullptr, g.C, mu.data(), acc, acc + g.C);
+              });
+        });
+      }
+      if (mask[0]) {
+        std::vector<acc_t> A(g.C), B(g.C), C0(g.C);
+        for (int64_t c = 0; c < g.C; ++c) {
+          const acc_t k = w[c] * inv[c];
+          A[c] = k;
+          if (training) {
+            const acc_t mg = acc_t(sums[c] / cnt), mgx = acc_t(sums[g.C + c] / cnt) * inv[c] * inv[c];
+            B[c] = -k * mgx;
+            C0[c] = -k * mg + k * mgx * mu[c];
+          } else {
+            B[c] = 0;
+            C0[c] = 0;
+          }
+        }
+        scalar_t* gxp = gx.data_ptr<scalar_t>();
+        with_flags(relu, grp != nullptr, [&](auto kRelu, auto kHaveDz) {
+          if (!g.nhwc) {
+            at::parallel_for(0, g.N * g.C, 4, [&](int64_t b0, int64_t e0) {
+              for (int64_t pl = b0; pl < e0; ++pl) {
+                const int64_t c = pl % g.C, off = pl * g.HW;
+                dx_span<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
+                                                      xp + off, gxp + off, g.HW, A[c], B[c], C0[c]);
+              }
+            });
+          } else {
+            at::parallel_for(0, g.N * g.HW, 16, [&](int64_t b0, int64_t e0) {
+              for (int64_t p = b0; p < e0; ++p) {
+                const int64_t off = p * g.C;
+                dx_row<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
+                                                     xp + off, gxp + off, g.C, A.data(), B.data(), C0.data());
+              }
+            });
+          }
+        });
+      }
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, wopts.dtype().toScalarType(), "bn_bwd_w", [&] {
+        for (int64_t c = 0; c < g.C; ++c) {
+          if (mask[1]) gw.data_ptr<scalar_t>()[c] = scalar_t(sums[g.C + c] * double(inv[c]));
+          if (mask[2]) gb.data_ptr<scalar_t>()[c] = scalar_t(sums[c]);
+        }
+      });
+    });
+    return {gx, gw, gb, gr};
+  }
+
+  static void add_relu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
+    const auto mf = out.suggest_memory_format();
+    auto ac = a.contiguous(mf), bc = b.contiguous(mf);
+    const int64_t n = out.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "add_relu_cpu", [&] {
+      const scalar_t* ap = ac.const_data_ptr<scalar_t>();
+      const scalar_t* bp = bc.const_data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      at::parallel_for(0, n, 32768, [&](int64_t s, int64_t e) { add_relu_span(ap + s, bp + s, op + s, e - s); });
+    });
+  }
+
+  static at::Tensor relu_backward(const at::Tensor& grad_out, const at::Tensor& output) {
+    const auto mf = output.suggest_memory_format();
+    auto g = grad_out.contiguous(mf), y = output.contiguous(mf);
+    auto gx = at::empty_like(y, mf);
+    const int64_t n = gx.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gx.scalar_type(), "relu_backward_cpu", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* yp = y.const_data_ptr<scalar_t>();
+      scalar_t* op = gx.data_ptr<scalar_t>();
+      at::parallel_for(0, n, 32768, [&](int64_t s, int64_t e) { relu_backward_span(gp + s, yp + s, op + s, e - s); });
+    });
+    return gx;
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convx, CPU, m) {
+  CONVX_REGISTER_NORM_OPS(m, CpuNorm);
+}
+
+}  // namespace convx::cpu

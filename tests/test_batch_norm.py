@@ -1,0 +1,335 @@
+"""BatchNorm2d and the fused tails (BN + ReLU, BN + add + ReLU): parity with
+torch's eager sequence (outputs, running stats after several steps,
+num_batches_tracked, every gradient), numerics with a large offset,
+gradcheck, opcheck, torch.compile, and bad input (with nothing written)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
+
+import convx
+from conftest import DEVICE_DTYPES, DEVICES, LAYOUTS, assert_close_to_reference, make_tensor, memory_format_of
+
+CF = convx.functional
+
+VARIANTS = {  # (activation, residual)
+    "bn": (None, False),
+    "bn_relu": ("relu", False),
+    "bn_add_relu": ("relu", True),
+    "bn_add": (None, True),
+}
+CONFIGS = {
+    "default": dict(),
+    "momentum_none": dict(momentum=None),
+    "no_running_stats": dict(track_running_stats=False),
+    "no_affine": dict(affine=False),
+    "eps_1e-3_momentum_0.3": dict(eps=1e-3, momentum=0.3),
+}
+
+
+def _reference(m, x, residual, activation):
+    y = m(x)
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if activation == "relu" else y
+
+
+def _pair(C, device, dtype, activation, **cfg):
+    ref = torch.nn.BatchNorm2d(C, **cfg).to(device)
+    m = convx.BatchNorm2d(C, activation=activation, **cfg).to(device)
+    if ref.affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+    if ref.track_running_stats:
+        with torch.no_grad():
+            ref.running_mean.uniform_(-1, 1)
+            ref.running_var.uniform_(0.5, 2)
+    m.load_state_dict(ref.state_dict(), strict=True)
+    if dtype == torch.float64:
+        ref.double()
+        m.double()
+    return m, ref
+
+
+def _run_steps(device, dtype, layout, variant, cfg, shape=(4, 6, 5, 7), steps=3, tol=None):
+    tol = tol or {}
+    activation, has_res = VARIANTS[variant]
+    m, ref = _pair(shape[1], device, dtype if dtype == torch.float64 else torch.float32, activation, **cfg)
+    half = dtype in (torch.float16, torch.bfloat16)
+    for step in range(steps):
+        x = make_tensor(shape, dtype, device, layout, requires_grad=True, low=-2, high=3)
+        r = make_tensor(shape, dtype, device, layout, requires_grad=True) if has_res else None
+        y = m(x, r) if has_res else m(x)
+        if half:
+            # torch's eager sequence in the same dtype, and a float64 reference
+            yr = _reference(ref, x, r, activation)
+            m64, ref64 = m, ref
+            assert y.dtype == dtype
+            assert_close_to_reference(y, yr, _reference(ref64.double(), x.double(), r.double() if has_res else None,
+                                                         activation).detach())
+            ref.float()
+            return
+        yr = _reference(ref, x, r, activation)
+        assert y.shape == yr.shape and y.dtype == yr.dtype
+        assert memory_format_of(y) == memory_format_of(yr)
+        torch.testing.assert_close(y, yr)
+        gy = make_tensor(shape, dtype, device)
+        inputs = [x] + ([r] if has_res else [])
+        params = [m.weight, m.bias] if m.affine else []
+        params_r = [ref.weight, ref.bias] if ref.affine else []
+        g = torch.autograd.grad(y, inputs + params, gy)
+        gr = torch.autograd.grad(yr, inputs + params_r, gy)
+        for a, b in zip(g, gr):
+            torch.testing.assert_close(a, b, **tol)
+    for (k, a), (_, b) in zip(m.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k, **tol)
+    # eval mode with the running statistics (or batch statistics without them)
+    m.eval()
+    ref.eval()
+    x = make_tensor(shape, dtype, device, layout, requires_grad=True)
+    r = make_tensor(shape, dtype, device, layout, requires_grad=True) if has_res else None
+    y = m(x, r) if has_res else m(x)
+    yr = _reference(ref, x, r, activation)
+    torch.testing.assert_close(y, yr)
+    gy = make_tensor(shape, dtype, device)
+    for a, b in zip(torch.autograd.grad(y, x, gy), torch.autograd.grad(yr, x, gy)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants_train_and_eval(variant, device, dtype, layout):
+    _run_steps(device, dtype, layout, variant, {})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", ["bn", "bn_add_relu"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_module_configs(config, variant, device):
+    _run_steps(device, torch.float64, "contiguous", variant, CONFIGS[config])
+    _run_steps(device, torch.float32, "channels_last", variant, CONFIGS[config])
+
+
+SHAPES_MD = {"56x56x256": (2, 256, 56, 56), "28x28x512": (2, 512, 28, 28), "14x14x1024": (2, 1024, 14, 14),
+             "7x7x2048": (2, 2048, 7, 7)}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", list(SHAPES_MD.values()), ids=list(SHAPES_MD))
+def test_benchmark_shapes(shape, device, layout):
+    # per-channel sums over N*H*W elements: reduction tolerances for float32
+    _run_steps(device, torch.float32, layout, "bn_add_relu", {}, shape=shape, steps=1, tol=dict(rtol=1e-4, atol=1e-4))
+
+
+@pytest.mark.parametrize("device,dtype", [p for p in DEVICE_DTYPES if "f16" not in p.id])
+def test_statistics_with_large_offset(device, dtype):
+    """Mean 1e3, std 1: E[x^2] - E[x]^2 would lose the variance; ours keeps it."""
+    x = (torch.randn(8, 4, 32, 32, dtype=torch.float64) + 1e3).to(dtype).to(device)
+    rm, rv = torch.zeros(4, device=device), torch.ones(4, device=device)
+    mean, var = torch.ops.convx.batch_norm_stats(x, rm, rv, 1.0)
+    x64 = x.double()
+    ref_var = x64.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-4 if dtype != torch.float64 else 1e-10, atol=0)
+    n = x.numel() // 4
+    torch.testing.assert_close(rv.double(), ref_var * n / (n - 1), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_value_per_channel(device):
+    m = convx.BatchNorm2d(3).to(device)
+    x = make_tensor((1, 3, 1, 1), torch.float32, device)
+    with pytest.raises(ValueError, match=r"Expected more than 1 value per channel when training, got input size "
+                                         r"torch.Size\(\[1, 3, 1, 1\]\)"):
+        m(x)
+    m.eval()
+    torch.testing.assert_close(m(x), torch.nn.BatchNorm2d(3).to(device).eval()(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch0(device):
+    m, ref = convx.BatchNorm2d(3).to(device), torch.nn.BatchNorm2d(3).to(device)
+    x = make_tensor((0, 3, 4, 4), torch.float32, device, requires_grad=True)
+    y = m(x)
+    assert y.shape == ref(x).shape
+    assert torch.autograd.grad(y.sum(), x)[0].shape == x.shape
+    for (k, a), (_, b) in zip(m.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
+def test_gradcheck(relu, residual, training, device):
+    x = make_tensor((3, 2, 4, 3), torch.float64, device, requires_grad=True)
+    r = make_tensor((3, 2, 4, 3), torch.float64, device, requires_grad=True) if residual else None
+    w = make_tensor((2,), torch.float64, device, requires_grad=True, low=0.5, high=1.5)
+    b = make_tensor((2,), torch.float64, device, requires_grad=True)
+    rm, rv = torch.zeros(2, dtype=torch.float64, device=device), torch.ones(2, dtype=torch.float64, device=device)
+
+    def f(x, w, b, *r):
+        return CF.batch_norm(x, None if training else rm, None if training else rv, w, b, training,
+                             residual=r[0] if r else None, relu=relu)
+
+    assert torch.autograd.gradcheck(f, (x, w, b) + ((r,) if residual else ()))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device, layout):
+    x = make_tensor((3, 4, 5, 2), torch.float64, device, layout, requires_grad=True)
+    r = make_tensor((3, 4, 5, 2), torch.float64, device, layout, requires_grad=True)
+    w = make_tensor((4,), torch.float64, device, requires_grad=True)
+    b = make_tensor((4,), torch.float64, device, requires_grad=True)
+    ops = torch.ops.convx
+    rm, rv = torch.zeros(4, dtype=torch.float64, device=device), torch.ones(4, dtype=torch.float64, device=device)
+    torch.library.opcheck(ops.batch_norm_stats, (x.detach(), rm, rv, 0.1))
+    torch.library.opcheck(ops.batch_norm_stats, (x.detach(), None, None, 0.1))
+    mean, var = ops.batch_norm_stats(x.detach(), None, None, 0.1)
+    for relu, res in [(False, None), (True, None), (True, r)]:
+        torch.library.opcheck(ops.batch_norm, (x, mean, var, w, b, res, 1e-5, True, relu))
+    torch.library.opcheck(ops.batch_norm, (x, rm, rv, None, None, None, 1e-5, False, False))
+    y = ops.batch_norm(x.detach(), mean, var, w.detach(), b.detach(), None, 1e-5, True, True)
+    torch.library.opcheck(ops.batch_norm_backward, (torch.randn_like(y), x.detach(), mean, var, w.detach(), y, 1e-5,
+                                                    True, True, [True, True, True, True]))
+    torch.library.opcheck(ops.add_relu, (x, r))
+    torch.library.opcheck(ops.add_relu_, (x.detach().clone(), r.detach()))
+    torch.library.opcheck(ops.add_relu_backward, (torch.randn_like(y).requires_grad_(), y))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, conv, bn, fused):
+        super().__init__()
+        self.conv = conv(4, 4, 3, padding=1, bias=False)
+        self.bn = bn(4, activation="relu") if fused else bn(4)
+        self.fused = fused
+
+    def forward(self, x):
+        if self.fused:
+            return self.bn(self.conv(x), x)
+        return torch.relu(self.bn(self.conv(x)) + x)
+
+
+def test_torch_compile_training_step():
+    torch._dynamo.reset()
+    ref = _Block(torch.nn.Conv2d, torch.nn.BatchNorm2d, False)
+    net = _Block(convx.Conv2d, convx.BatchNorm2d, True)
+    net.load_state_dict(ref.state_dict())
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    for _ in range(2):
+        x = make_tensor((2, 4, 6, 6), torch.float32, "cpu", requires_grad=True)
+        y, yr = compiled(x), ref(x)
+        torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-4)
+        g = torch.autograd.grad(y.sum(), [x, net.conv.weight, net.bn.weight])
+        gr = torch.autograd.grad(yr.sum(), [x, ref.conv.weight, ref.bn.weight])
+        for a, b in zip(g, gr):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for (k, a), (_, b) in zip(net.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_module_state_dict_and_repr():
+    m, ref = convx.BatchNorm2d(8), torch.nn.BatchNorm2d(8)
+    assert isinstance(m, torch.nn.BatchNorm2d) and repr(m) == repr(ref)
+    assert list(m.state_dict()) == list(ref.state_dict())
+    assert "activation='relu'" in repr(convx.BatchNorm2d(8, activation="relu"))
+    with pytest.raises(ValueError):
+        convx.BatchNorm2d(8, activation="gelu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic(device):
+    x = make_tensor((8, 16, 9, 9), torch.float32, device, "channels_last", requires_grad=True)
+    r = make_tensor((8, 16, 9, 9), torch.float32, device, "channels_last", requires_grad=True)
+    runs = []
+    for _ in range(2):
+        m = convx.BatchNorm2d(16, activation="relu").to(device)
+        y = m(x, r)
+        runs.append([y, m.running_var] + list(torch.autograd.grad(y.square().sum(), [x, r, m.weight])))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+BAD = {
+    "running_mean_length": (lambda x, d: CF.batch_norm(x, torch.zeros(3, device=d), torch.ones(4, device=d),
+                                                       training=True), RuntimeError,
+                            "running_mean should contain 4 elements not 3"),
+    "running_var_length": (lambda x, d: CF.batch_norm(x, torch.zeros(4, device=d), torch.ones(3, device=d)),
+                           RuntimeError, "running_var should contain 4 elements not 3"),
+    "weight_length": (lambda x, d: CF.batch_norm(x, torch.zeros(4, device=d), torch.ones(4, device=d),
+                                                 torch.ones(3, device=d), training=True), RuntimeError,
+                      "weight should contain 4 elements not 3"),
+    "eval_without_stats": (lambda x, d: CF.batch_norm(x, None, None, training=False), RuntimeError,
+                           "running_mean must be defined in evaluation mode"),
+    "eps_zero_training": (lambda x, d: CF.batch_norm(x, None, None, training=True, eps=0.0), ValueError,
+                          "batch_norm eps must be positive during training, but got 0.0"),
+    "eps_negative_training": (lambda x, d: CF.batch_norm(x, None, None, training=True, eps=-1.0), ValueError,
+                              "batch_norm eps must be positive during training"),
+    "module_3d": (lambda x, d: convx.BatchNorm2d(4).to(d)(x[0]), ValueError, "expected 4D input (got 3D input)"),
+    "residual_shape": (lambda x, d: CF.batch_norm(x, torch.zeros(4, device=d), torch.ones(4, device=d),
+                                                  training=True, residual=x[:, :2]), RuntimeError,
+                       "residual must have the input's size"),
+    "add_relu_shape": (lambda x, d: CF.add_relu(x, x[:, :2]), RuntimeError, "must have the same size"),
+    "add_relu_dtype": (lambda x, d: CF.add_relu(x, x.double()), RuntimeError, "must have the same dtype"),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_writes_nothing(name, device):
+    fn, exc, msg = BAD[name]
+    x = make_tensor((2, 4, 3, 3), torch.float32, device)
+    with pytest.raises(exc) as info:
+        fn(x, device)
+    assert msg in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_failed_call_leaves_running_stats(device):
+    m = convx.BatchNorm2d(4).to(device)
+    before = {k: v.clone() for k, v in m.state_dict().items() if k != "num_batches_tracked"}
+    x = make_tensor((2, 4, 3, 3), torch.float32, device)
+    with pytest.raises(RuntimeError):
+        CF.batch_norm(x, m.running_mean, m.running_var, torch.ones(3, device=device), None, True)
+    for k, v in before.items():
+        assert torch.equal(v, m.state_dict()[k]), k
+
+
+# ---------------------------------------------------------------- add + ReLU
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_add_relu(device, dtype, layout):
+    a = make_tensor((2, 5, 4, 6), dtype, device, layout, requires_grad=True)
+    b = make_tensor((2, 5, 4, 6), dtype, device, "contiguous", requires_grad=True)
+    y = CF.add_relu(a, b)
+    yr = torch.relu(a + b)
+    assert memory_format_of(y) == suggest_memory_format(a)  # the result takes the first operand's layout
+    torch.testing.assert_close(y, yr)
+    gy = make_tensor(y.shape, dtype, device)
+    for p, q in zip(torch.autograd.grad(y, [a, b], gy), torch.autograd.grad(yr, [a, b], gy)):
+        torch.testing.assert_close(p, q)
+    a2 = a.detach().clone()
+    out = CF.add_relu(a2, b.detach(), inplace=True)
+    assert out is a2
+    torch.testing.assert_close(a2, yr.detach())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_add_relu_module_and_gradgrad(device):
+    m = convx.AddReLU()
+    a = make_tensor((2, 3, 4, 4), torch.float64, device, requires_grad=True)
+    b = make_tensor((2, 3, 4, 4), torch.float64, device, requires_grad=True)
+    torch.testing.assert_close(m(a, b), torch.relu(a + b))
+    assert torch.autograd.gradcheck(CF.add_relu, (a, b))
+    assert torch.autograd.gradgradcheck(CF.add_relu, (a, b))
+    with pytest.raises(RuntimeError, match="does not support autograd"):
+        convx.AddReLU(inplace=True)(a, b)
+    with torch.no_grad():
+        x = a.clone()
+        convx.AddReLU(inplace=True)(x, b)
+        torch.testing.assert_close(x, torch.relu(a + b))
