@@ -1,6 +1,6 @@
 # convx: one command each for the main jobs (see README.md).
 #   make test    set up .venv, build the extension, run the test suite
-#   make demo    set up, build, run the main job (python -m convx demo)
+#   make demo    set up, build, run the main job (python -m convx train)
 #   make bench   set up, build, run the benchmarks beside torch
 #   make build   (re)build the extension in place; CONVX_CUDA=0 for CPU only
 PYTHON ?= python3
@@ -32,7 +32,7 @@ test: build
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
 
 demo: build
-	$(VPY) -m convx demo
+	$(VPY) -m convx train
 
 bench: build
 	$(VPY) -m pytest bench -q -o python_files='bench_*.py' --benchmark-group-by=group --benchmark-columns=min,median,ops $(BENCH_ARGS)

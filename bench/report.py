@@ -83,7 +83,7 @@ def build(raw, command):
         rec = {"op": info["op"], "layer": info.get("layer"), "shape": info["shape"], "device": info["device"],
                "dtype": info["dtype"], "layout": info["layout"], "convx_ms": round(tc * 1e3, 4),
                "torch_ms": round(tt * 1e3, 4), "ratio": round(tt / tc, 3)}
-        for unit in ("tflops", "gflops", "gbps"):
+        for unit in ("tflops", "gflops", "gbps", "images_per_s"):
             if unit in info:
                 rec[unit] = round(info[unit], 3)
         records.append(rec)
@@ -108,7 +108,7 @@ def markdown(res):
              "|---|---|---|---|---|---|---:|---:|---:|---:|"]
     by = defaultdict(list)
     for r in res["records"]:
-        rate = next((f"{r[u]:.2f} {u}" for u in ("tflops", "gflops", "gbps") if u in r), "")
+        rate = next((f"{r[u]:.2f} {u}" for u in ("tflops", "gflops", "gbps", "images_per_s") if u in r), "")
         lines.append(f"| {r['op']} | {r.get('layer') or ''} | {r['shape']} | {r['device']} | {r['dtype']} | "
                      f"{r['layout']} | {r['convx_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f} | {rate} |")
         by[(r["op"], r["device"], r["dtype"], r["layout"])].append(r["ratio"])

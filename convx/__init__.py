@@ -11,10 +11,12 @@ import torch  # noqa: F401  (loads libtorch before our extension)
 from . import _C  # noqa: F401  (registers torch.ops.convx.*)
 from . import ops  # noqa: F401  (fake kernels + autograd)
 from . import functional
+from . import models
+from .convert import convert
 from .convx_version import __version__
 from .nn import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AddReLU, AvgPool2d, BatchNorm2d, Conv2d, ConvTranspose2d,
                  MaxPool2d)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "BatchNorm2d", "AddReLU",
-           "functional", "__version__"]
+           "functional", "models", "convert", "__version__"]

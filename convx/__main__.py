@@ -1,5 +1,9 @@
 """python -m convx COMMAND
 
+  train [--model resnet20|lenet5|resnet18] [--epochs N] [--device cpu|cuda] ...
+        the main job: train a convx model on scikit-learn's digits, with the
+        identical torch.nn model beside it, and report both
+
   info [--conv N,C,H,W,K,R,S[,stride,pad,dil,groups]]
         build configuration, visible devices, and which kernel a conv shape runs
   demo [--device cpu|cuda] [--batch N]
@@ -148,6 +152,13 @@ def main(argv=None):
     pd.add_argument("--device", choices=["cpu", "cuda"])
     pd.add_argument("--batch", type=int, default=32)
     pd.add_argument("--reps", type=int, default=5)
+    sub.add_parser("train", help="train a convx model on scikit-learn's digits (see python -m convx train -h)",
+                   add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["train"]:
+        from .train import main as train_main
+        return train_main(argv[1:])
     args = p.parse_args(argv)
     return {"info": cmd_info, "demo": cmd_demo}[args.cmd](args) or 0
 

@@ -1,0 +1,188 @@
+"""Drop-in conversion of any nn.Module to convx kernels.
+
+    model = convx.convert(torchvision.models.resnet50())                 # swap layers
+    model, report = convx.convert(model, fuse=True, return_report=True)  # + fx fusion
+
+``convert`` replaces every torch.nn layer that convx implements (Conv2d,
+ConvTranspose2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+AdaptiveMaxPool2d) by its convx twin. The twin subclasses the torch module
+and is swapped in place of it, so the parameter tensors, buffers, hooks and
+state_dict keys are the very same objects; only ``forward`` changes.
+
+``fuse=True`` also rewrites the graph with torch.fx (where the model traces):
+  * training mode: batch_norm -> (+ residual) -> relu becomes one fused
+    convx.BatchNorm2d call (the tail of every ResNet block);
+  * eval mode: batch norm directly after a convolution is folded into the
+    convolution's weights and bias, and add -> relu becomes convx.AddReLU.
+Models that do not trace are returned converted but unfused (the report says so).
+"""
+import copy
+import operator
+from typing import List, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import nn as cnn
+
+_TWINS = {
+    nn.Conv2d: cnn.Conv2d,
+    nn.ConvTranspose2d: cnn.ConvTranspose2d,
+    nn.BatchNorm2d: cnn.BatchNorm2d,
+    nn.MaxPool2d: cnn.MaxPool2d,
+    nn.AvgPool2d: cnn.AvgPool2d,
+    nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d: cnn.AdaptiveMaxPool2d,
+}
+
+
+def convert(model: nn.Module, fuse: bool = False, inplace: bool = False,
+            return_report: bool = False) -> Union[nn.Module, Tuple[nn.Module, List[str]]]:
+    """Return ``model`` with convx kernels (a deep copy unless ``inplace``);
+    with ``return_report=True`` also a list of what was replaced or fused."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    report: List[str] = []
+    for name, m in model.named_modules():
+        twin = _TWINS.get(type(m))  # exact types: convx modules and other subclasses stay as they are
+        if twin is None:
+            continue
+        m.__class__ = twin
+        if twin is cnn.BatchNorm2d:
+            m.activation = None
+        report.append(f"{name or '<root>'}: torch.nn.{twin.__name__} -> convx.{twin.__name__}")
+    if fuse:
+        model = _fuse(model, report)
+    return (model, report) if return_report else model
+
+
+# ---------------------------------------------------------------- fx fusion
+
+
+def _is_relu(node, mods):
+    if node.op == "call_module":
+        return isinstance(mods.get(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _is_add(node):
+    if node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add):
+        return len(node.args) == 2 and not node.kwargs
+    return node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs
+
+
+def _module_node(node, mods, cls):
+    return node.op == "call_module" and isinstance(mods.get(node.target), cls)
+
+
+def _single_use(node):
+    return len(node.users) == 1
+
+
+def _uses(gm, target):
+    return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == target)
+
+
+class _Tracer(torch.fx.Tracer):
+    """convx modules are leaves: the graph calls them, it does not look inside."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m).__module__.startswith("convx.") or super().is_leaf_module(m, qualname)
+
+
+def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
+    try:
+        graph = _Tracer().trace(model)
+        gm = torch.fx.GraphModule(model, graph, model.__class__.__name__)
+    except Exception as e:  # noqa: BLE001 - any tracing failure means "leave it unfused"
+        report.append(f"fuse: not traceable by torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                      "layers converted, graph not fused")
+        return model
+    mods = dict(gm.named_modules())
+    graph = gm.graph
+    gm.train(model.training)
+    if model.training:
+        for node in list(graph.nodes):
+            if not _is_relu(node, mods):
+                continue
+            src = node.args[0]
+            if _module_node(src, mods, cnn.BatchNorm2d) and _single_use(src) and _uses(gm, src.target) == 1 \
+                    and mods[src.target].activation is None:
+                mods[src.target].activation = "relu"
+                node.replace_all_uses_with(src)
+                graph.erase_node(node)
+                report.append(f"fuse: {src.target} -> relu as one kernel (bn+relu)")
+                continue
+            if not (_is_add(src) and _single_use(src)):
+                continue
+            a, b = src.args
+            for bn_node, other in ((a, b), (b, a)):
+                if isinstance(bn_node, torch.fx.Node) and _module_node(bn_node, mods, cnn.BatchNorm2d) and \
+                        _single_use(bn_node) and _uses(gm, bn_node.target) == 1 and \
+                        mods[bn_node.target].activation is None:
+                    mods[bn_node.target].activation = "relu"
+                    with graph.inserting_before(node):
+                        fused = graph.call_module(bn_node.target, (bn_node.args[0], other))
+                    node.replace_all_uses_with(fused)
+                    graph.erase_node(node)
+                    graph.erase_node(src)
+                    graph.erase_node(bn_node)
+                    report.append(f"fuse: {bn_node.target} -> + residual -> relu as one kernel (bn+add+relu)")
+                    break
+    else:
+        for node in list(graph.nodes):
+            if not _module_node(node, mods, cnn.BatchNorm2d) or _uses(gm, node.target) != 1:
+                continue
+            bn = mods[node.target]
+            conv_node = node.args[0]
+            if bn.activation is not None or not bn.track_running_stats or not isinstance(conv_node, torch.fx.Node):
+                continue
+            if not (_module_node(conv_node, mods, cnn.Conv2d) and _single_use(conv_node)
+                    and _uses(gm, conv_node.target) == 1):
+                continue
+            _fold_bn_into_conv(mods[conv_node.target], bn)
+            node.replace_all_uses_with(conv_node)
+            graph.erase_node(node)
+            report.append(f"fold: {node.target} into {conv_node.target} (eval)")
+        relu_id = 0
+        for node in list(graph.nodes):
+            if not _is_relu(node, mods) or not _is_add(node.args[0]) or not _single_use(node.args[0]):
+                continue
+            add = node.args[0]
+            if not all(isinstance(t, torch.fx.Node) for t in add.args):
+                continue
+            name = f"convx_add_relu_{relu_id}"
+            relu_id += 1
+            gm.add_submodule(name, cnn.AddReLU())
+            with graph.inserting_before(node):
+                fused = graph.call_module(name, tuple(add.args))
+            node.replace_all_uses_with(fused)
+            graph.erase_node(node)
+            graph.erase_node(add)
+            report.append(f"fuse: add -> relu as one kernel ({name})")
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+@torch.no_grad()
+def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """w' = w * gamma / sqrt(var + eps); b' = (b - mean) * gamma / sqrt(var + eps) + beta."""
+    # in float64, rounded once into the convolution's dtype
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.affine:
+        shift = shift + bn.bias.double()
+    if conv.bias is not None:
+        shift = shift + conv.bias.double() * scale
+    conv.weight.copy_((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(shift.to(conv.weight.dtype))
+    else:
+        conv.bias.copy_(shift)

@@ -1,0 +1,241 @@
+"""Models against torchvision with the same weights (eval outputs, train
+outputs, every parameter gradient, running stats after a step), state_dict
+compatibility for every architecture, convx.convert, and the main job."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import convx
+from convx import models
+
+TORCHVISION_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "wide_resnet50_2", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+                     "vgg19_bn", "alexnet", "googlenet"]
+
+
+@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+def test_state_dict_keys_and_shapes_match_torchvision(arch):
+    with torch.device("meta"):
+        tv = getattr(torchvision.models, arch)(num_classes=17)
+        cx = getattr(models, arch)(num_classes=17)
+    assert {k: v.shape for k, v in cx.state_dict().items()} == {k: v.shape for k, v in tv.state_dict().items()}
+    assert list(cx.state_dict()) == list(tv.state_dict())
+
+
+def _randomise(model):
+    """Weights that keep the signal alive and statistics that are not trivial."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def _close(a, b, rel=2e-3):
+    err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    scale = b.double().abs().max().item() if b.numel() else 0.0
+    floor = 1e-12 if a.dtype == torch.float64 else 1e-5
+    assert err <= rel * scale + floor, f"max error {err:.3e} vs scale {scale:.3e}"
+
+
+PARITY = {  # arch: (input size, kwargs)
+    "resnet18": (64, {}),
+    "resnet50": (64, {}),
+    "resnext50_32x4d": (64, {}),
+    "vgg11_bn": (32, {}),
+    "vgg11": (32, {}),
+    "googlenet": (64, {"aux_logits": True, "init_weights": True}),
+    "alexnet": (64, {}),
+}
+
+
+@pytest.mark.parametrize("arch", list(PARITY))
+def test_parity_with_torchvision(arch):
+    """In float64: with batch 2 at these sizes the last batch norms see a
+    handful of values per channel, and float32 gradients through them are
+    ill-conditioned (torch's own float32 gradients are 10%+ off float64)."""
+    size, kw = PARITY[arch]
+    torch.manual_seed(0)
+    tv = getattr(torchvision.models, arch)(num_classes=10, **kw)
+    _randomise(tv)
+    cx = getattr(models, arch)(num_classes=10, **kw)
+    cx.load_state_dict(tv.state_dict(), strict=True)
+    tv.double(), cx.double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+
+    tv.eval(), cx.eval()
+    with torch.no_grad():
+        _close(cx(x), tv(x))
+
+    tv.train(), cx.train()
+    opt_t = torch.optim.SGD(tv.parameters(), lr=0.01)
+    opt_c = torch.optim.SGD(cx.parameters(), lr=0.01)
+    outs = []
+    for model, opt in ((tv, opt_t), (cx, opt_c)):
+        torch.manual_seed(1)  # the same dropout masks
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = logits.square().mean() + (sum(o.square().mean() for o in out[1:]) if isinstance(out, tuple) else 0)
+        opt.zero_grad()
+        loss.backward()
+        outs.append((out, {k: p.grad.clone() for k, p in model.named_parameters()}))
+        opt.step()
+    (out_t, grads_t), (out_c, grads_c) = outs
+    if isinstance(out_t, tuple):
+        assert type(out_c).__name__ == "GoogLeNetOutputs"
+        for a, b in zip(out_c, out_t):
+            _close(a, b)
+    else:
+        _close(out_c, out_t)
+    assert grads_c.keys() == grads_t.keys()
+    for k in grads_t:
+        _close(grads_c[k], grads_t[k], rel=1e-7)
+    for (k, a), (_, b) in zip(cx.state_dict().items(), tv.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("arch,in_ch,size", [("resnet20", 3, 32), ("resnet20", 1, 8), ("lenet5", 1, 32)])
+def test_small_models_match_their_torch_twin(arch, in_ch, size):
+    torch.manual_seed(0)
+    cx = getattr(models, arch)(num_classes=10, in_channels=in_ch).double()
+    tw = getattr(models, arch)(num_classes=10, in_channels=in_ch, impl="torch").double()
+    _randomise(cx)
+    tw.load_state_dict(cx.state_dict(), strict=True)
+    x = torch.randn(4, in_ch, size, size, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        cx.train(mode == "train"), tw.train(mode == "train")
+        y, yr = cx(x), tw(x)
+        assert y.shape == (4, 10)
+        _close(y, yr, rel=1e-9)
+        g = torch.autograd.grad(y.square().sum(), list(cx.parameters()))
+        gr = torch.autograd.grad(yr.square().sum(), list(tw.parameters()))
+        for a, b in zip(g, gr):
+            _close(a, b, rel=1e-7)
+
+
+def test_resnet_uses_fused_tail_and_runs_convx_kernels():
+    m = models.resnet18()
+    tails = [b.bn2 for b in m.modules() if isinstance(b, models.BasicBlock)]
+    assert tails and all(isinstance(bn, convx.BatchNorm2d) and bn.activation == "relu" for bn in tails)
+    assert not any(type(mod) in (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d) for mod in m.modules())
+    with torch.autograd.profiler.profile() as prof:
+        m(torch.randn(2, 3, 32, 32)).sum().backward()
+    names = {e.name for e in prof.function_events}
+    assert {"convx::conv2d", "convx::batch_norm", "convx::max_pool2d", "convx::adaptive_avg_pool2d",
+            "convx::conv2d_backward_weight", "convx::batch_norm_backward"} <= names
+    assert "aten::cudnn_convolution" not in names and "aten::mkldnn_convolution" not in names
+    assert "aten::native_batch_norm" not in names
+
+
+def test_weights_from_a_path(tmp_path):
+    tv = torchvision.models.resnet18(num_classes=5)
+    path = tmp_path / "r18.pt"
+    torch.save(tv.state_dict(), path)
+    cx = models.resnet18(weights=str(path), num_classes=5)
+    for (k, a), (_, b) in zip(cx.state_dict().items(), tv.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_googlenet_transform_input_and_eval_output():
+    tv = torchvision.models.googlenet(num_classes=10, aux_logits=True, transform_input=True, init_weights=True)
+    _randomise(tv)
+    cx = models.googlenet(num_classes=10, aux_logits=True, transform_input=True)
+    cx.load_state_dict(tv.state_dict())
+    tv.eval(), cx.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = cx(x)
+        assert isinstance(y, torch.Tensor)
+        _close(y, tv(x), rel=1e-4)
+
+
+# ---------------------------------------------------------------- convert
+
+
+def _tv_resnet18():
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=10)
+    _randomise(tv)
+    return tv.double()
+
+
+def test_convert_swaps_layers_and_keeps_tensors():
+    tv = _tv_resnet18()
+    cm, report = convx.convert(tv, inplace=False, return_report=True)
+    assert cm is not tv and len(report) == sum(
+        type(m) in (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.AdaptiveAvgPool2d)
+        for m in tv.modules())
+    assert isinstance(cm.conv1, convx.Conv2d) and isinstance(cm.layer1[0].bn1, convx.BatchNorm2d)
+    same = convx.convert(tv, inplace=True)
+    assert same is tv and tv.conv1.weight is same.conv1.weight
+    assert isinstance(tv.layer4[1].bn2, convx.BatchNorm2d)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_converted_torchvision_model_matches(mode, fuse):
+    tv = _tv_resnet18().train(mode == "train")
+    cm, report = convx.convert(tv, fuse=fuse, return_report=True)
+    if fuse:
+        kind = "bn+add+relu" if mode == "train" else "fold:"
+        assert any(kind in r for r in report), report
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    y, yr = cm(x), tv(x)
+    _close(y, yr, rel=1e-9)
+    if mode == "train":
+        g = torch.autograd.grad(y.square().sum(), [x] + list(cm.parameters()))
+        gr = torch.autograd.grad(yr.square().sum(), [x] + list(tv.parameters()))
+        for a, b in zip(g, gr):
+            _close(a, b, rel=1e-7)
+        assert list(cm.state_dict()) == list(tv.state_dict())
+
+
+def test_convert_fuse_counts_on_resnet18():
+    tv = _tv_resnet18().train()
+    _, report = convx.convert(tv, fuse=True, return_report=True)
+    assert sum("(bn+add+relu)" in r for r in report) == 8  # every BasicBlock's tail
+    assert sum("(bn+relu)" in r for r in report) == 9      # the stem and every block's bn1
+    tv.eval()
+    _, report = convx.convert(tv, fuse=True, return_report=True)
+    assert sum(r.startswith("fold:") for r in report) == 20
+    assert sum("add -> relu" in r for r in report) == 8
+
+
+def test_convert_untraceable_model_is_still_converted():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                x = -x
+            return torch.relu(self.bn(self.conv(x)))
+
+    m = Branchy()
+    cm, report = convx.convert(m, fuse=True, return_report=True)
+    assert isinstance(cm.conv, convx.Conv2d) and any("not traceable" in r for r in report)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    _close(cm.double()(x), m.double()(x), rel=1e-9)
+
+
+# ---------------------------------------------------------------- the main job
+
+
+def test_train_command_runs_and_learns():
+    out = subprocess.run([sys.executable, "-m", "convx", "train", "--epochs", "4", "--quiet"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "report" in out.stdout and "resnet20 (convx)" in out.stdout and "resnet20 (torch.nn)" in out.stdout
+    acc = float(out.stdout.split("resnet20 (convx)")[1].split("%")[0])
+    assert acc > 80.0, out.stdout
