@@ -12,15 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import convx
-from conftest import batches, bench_devices, run_timed
+from conftest import SHORT, device_cases, run_timed
 
 CF = convx.functional
 
 SHAPES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
-SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-CASES = [pytest.param(d, n, dt, id=f"{d}-N{n}-{SHORT[dt]}") for d in bench_devices() for n in batches(d)
-         for dt in DTYPES[d]]
+CASES = device_cases(DTYPES)
 
 # Minimal bytes per element (in units of the element size) for each op/pass.
 # train fwd: stats read + apply read + write (+ residual read); train fwd+bwd adds

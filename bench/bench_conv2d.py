@@ -11,18 +11,14 @@ import torch
 import torch.nn.functional as F
 
 import convx
-from conftest import batches, bench_devices, bench_set, run_timed
+from conftest import SHORT, bench_set, device_cases, run_timed
 from shapes import ALL, QUICK
 
 LAYERS = ALL if bench_set() == "all" else QUICK
 
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.float16, torch.bfloat16]}
-SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 
-CASES = [
-    pytest.param(dev, n, dt, id=f"{dev}-N{n}-{SHORT[dt]}")
-    for dev in bench_devices() for n in batches(dev) for dt in DTYPES[dev]
-]
+CASES = device_cases(DTYPES)
 
 
 @pytest.mark.parametrize("impl", ["convx", "torch"])

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import convx
-from conftest import batches, bench_devices, run_timed
+from conftest import SHORT, device_cases, run_timed
 
 # (name, C_in, H, C_out, k, stride, pad)
 LAYERS = [
@@ -14,9 +14,7 @@ LAYERS = [
     ("t2x2s2.512_256_28", 512, 28, 256, 2, 2, 0),
 ]
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.float16, torch.bfloat16]}
-SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-CASES = [pytest.param(d, n, dt, id=f"{d}-N{n}-{SHORT[dt]}") for d in bench_devices() for n in batches(d)
-         for dt in DTYPES[d]]
+CASES = device_cases(DTYPES)
 
 
 @pytest.mark.parametrize("impl", ["convx", "torch"])

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from convx import models
-from conftest import bench_devices, run_timed
+from conftest import SHORT, bench_devices, run_timed
 
 SIZE = int(os.environ.get("CONVX_BENCH_MODEL_SIZE", "224"))
 ARCHS = {"resnet50": {}, "vgg16": {}, "googlenet": {"aux_logits": False, "init_weights": True}}
-SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def cases():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import convx
-from conftest import batches, bench_devices, run_timed
+from conftest import SHORT, device_cases, run_timed
 
 CF = convx.functional
 
@@ -27,9 +27,7 @@ IMPLS = {
     "torch": {"max": F.max_pool2d, "avg": F.avg_pool2d, "adaptive_avg": F.adaptive_avg_pool2d},
 }
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
-SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-CASES = [pytest.param(d, n, dt, id=f"{d}-N{n}-{SHORT[dt]}") for d in bench_devices() for n in batches(d)
-         for dt in DTYPES[d]]
+CASES = device_cases(DTYPES)
 
 
 @pytest.mark.parametrize("impl", ["convx", "torch"])

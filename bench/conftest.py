@@ -36,6 +36,15 @@ def batches(device):
     return [int(v) for v in _env_list("CONVX_BENCH_CPU_N", "8")]
 
 
+SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+def device_cases(dtypes):
+    """(device, batch, dtype) parameters for every benchmarked device; dtypes: {device: [dtype, ...]}."""
+    return [pytest.param(d, n, dt, id=f"{d}-N{n}-{SHORT[dt]}") for d in bench_devices() for n in batches(d)
+            for dt in dtypes[d]]
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()

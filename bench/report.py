@@ -61,7 +61,13 @@ def measure_ceilings(device):
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def slug(s):

@@ -59,6 +59,17 @@ inline void check_same_shape(const at::Tensor& a, const at::Tensor& b, const cha
               a.scalar_type(), " and ", b.scalar_type());
 }
 
+// [N, C, H, W] seen as N*HW positions of C channels, in NCHW or channels_last.
+struct NormGeom {
+  int64_t N, C, HW;
+  bool nhwc;
+  at::MemoryFormat format() const { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
+};
+
+inline NormGeom norm_geom(const at::Tensor& x) {
+  return {x.size(0), x.size(1), x.size(2) * x.size(3), x.suggest_memory_format() == at::MemoryFormat::ChannelsLast};
+}
+
 // The statistics' dtype: float32 for half types, else the input's.
 inline at::ScalarType stat_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;

@@ -33,16 +33,9 @@
 namespace convx::cpu {
 namespace {
 
-struct Geom {
-  int64_t N, C, HW;
-  bool nhwc;
-};
-
-Geom geom(const at::Tensor& x) {
-  return {x.size(0), x.size(1), x.size(2) * x.size(3), x.suggest_memory_format() == at::MemoryFormat::ChannelsLast};
-}
-
-at::MemoryFormat fmt(const Geom& g) { return g.nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
+using Geom = NormGeom;
+inline Geom geom(const at::Tensor& x) { return norm_geom(x); }
+inline at::MemoryFormat fmt(const Geom& g) { return g.format(); }
 
 // ---------------------------------------------------------------- vectorisable building blocks
 // Plain functions over restrict pointers with the options as template
