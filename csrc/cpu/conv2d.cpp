@@ -28,6 +28,7 @@
 // float16 / bfloat16 inputs (reached under CPU autocast) are computed in
 // float32 and rounded once at the end.
 #include "../common/conv_ops.h"
+#include "depthwise.h"
 #include "gemm.h"
 
 #include <ATen/Dispatch.h>
@@ -400,7 +401,12 @@ struct CpuConv {
     auto w = weight.to(ct).contiguous();
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
-      forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
+      if (sh.Cg == 1 && p.groups == sh.C && p.groups > 1)
+        depthwise::forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                     b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), sh,
+                                     p, nhwc);
+      else
+        forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
     });
     return y.to(input.scalar_type());
   }
@@ -421,7 +427,12 @@ struct CpuConv {
     auto gy = grad_output.to(ct).contiguous(mf);
     auto w = weight.to(ct).contiguous();
     AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
-      backward_input_impl<scalar_t>(gy, w, b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, sh, p, nhwc, gx);
+      const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+      if (sh.Cg == 1 && p.groups == sh.C && p.groups > 1)
+        depthwise::data_grad<scalar_t>(gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
+                                       gx.data_ptr<scalar_t>(), sh, p, nhwc);
+      else
+        backward_input_impl<scalar_t>(gy, w, bp, sh, p, nhwc, gx);
     });
     return gx.to(grad_output.scalar_type());
   }
@@ -440,7 +451,13 @@ struct CpuConv {
     auto x = input.to(ct).contiguous(mf);
     AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
       // NHWC accumulates [K, R, S, Cg], which is exactly channels_last [K, Cg, R, S].
-      backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
+      if (sh.Cg == 1 && p.groups == sh.C && p.groups > 1) {
+        // [K, 1, R, S] is the same memory in both layouts.
+        depthwise::weight_grad<scalar_t>(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                         gw.mutable_data_ptr<scalar_t>(), sh, p, nhwc);
+      } else {
+        backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
+      }
     });
     return gw.to(dt);
   }
