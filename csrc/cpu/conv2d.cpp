@@ -169,6 +169,33 @@ void col2im_nhwc(const T* gcol, int64_t H, int64_t W, int64_t C, int64_t c0, int
   });
 }
 
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Images per GEMM: channels_last stacks images until the GEMM has >= 256
+// rows (bounded by a 32 MB column buffer); NCHW takes one at a time.
+inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, bool nhwc) {
+  if (!nhwc) return 1;
+  int64_t nb = std::min<int64_t>(N, ceil_div(256, P));
+  nb = std::min<int64_t>(nb, std::max<int64_t>(1, (int64_t(1) << 23) / std::max<int64_t>(1, P * CRS)));
+  return std::max<int64_t>(nb, 1);
+}
+
+// Run `tasks` (chunk, group) tasks: with at least as many tasks as threads each
+// thread takes whole tasks (serial GEMMs, its own column buffer); otherwise the
+// tasks run in turn and each one's im2col / GEMM is split across threads.
+template <typename T, typename Task>
+void run_tasks(int64_t tasks, int64_t G, int64_t col_elems, const Task& task) {
+  if (tasks >= at::get_num_threads()) {
+    at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> col(col_elems);
+      for (int64_t t = b; t < e; ++t) task(t / G, t % G, col.data(), false);
+    });
+  } else {
+    std::vector<T> col(col_elems);
+    for (int64_t t = 0; t < tasks; ++t) task(t / G, t % G, col.data(), true);
+  }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename T>
@@ -180,8 +207,6 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   const T* xp = x.const_data_ptr<T>();
   const T* bp = bias ? bias->const_data_ptr<T>() : nullptr;
   T* yp = y.mutable_data_ptr<T>();
-  const int nt = at::get_num_threads();
-  const bool outer = N * G >= nt;
 
   // NHWC multiplies by the weight transposed to [G, R*S*Cg, Kg].
   at::Tensor wt;
@@ -194,7 +219,11 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
     wp = wt.const_data_ptr<T>();
   }
 
-  auto task = [&](int64_t n, int64_t g, T* col, bool par) {
+  // NHWC stacks nb images per GEMM (their rows are contiguous), so small
+  // images still give the GEMM a tall M; NCHW runs one image per GEMM.
+  const int64_t nb = images_per_gemm(N, P, CRS, nhwc);
+  auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
+    const int64_t n = chunk * nb;
     if (!nhwc) {
       const T* xg = xp + (n * sh.C + g * Cg) * HW;
       T* yg = yp + (n * sh.K + g * Kg) * P;
@@ -207,31 +236,24 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       }
       gemm<T>(Kg, P, CRS, wp + g * Kg * CRS, CRS, 1, B, P, 1, yg, P, 1, bp != nullptr, par);
     } else {
+      const int64_t nn = std::min(nb, N - n), M = nn * P;
       const T* xn = xp + n * HW * sh.C;
       T* yg = yp + n * P * sh.K + g * Kg;
       if (bp)
-        for (int64_t q = 0; q < P; ++q) std::copy(bp + g * Kg, bp + (g + 1) * Kg, yg + q * sh.K);
+        for (int64_t q = 0; q < M; ++q) std::copy(bp + g * Kg, bp + (g + 1) * Kg, yg + q * sh.K);
       const T* A = xn + g * Cg;
       int64_t lda = sh.C;
       if (!direct) {
-        im2col_nhwc(xn, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col, CRS, par);
+        for (int64_t i = 0; i < nn; ++i)
+          im2col_nhwc(xn + i * HW * sh.C, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P * CRS,
+                      CRS, par);
         A = col;
         lda = CRS;
       }
-      gemm<T>(P, Kg, CRS, A, lda, 1, wp + g * CRS * Kg, Kg, 1, yg, sh.K, 1, bp != nullptr, par);
+      gemm<T>(M, Kg, CRS, A, lda, 1, wp + g * CRS * Kg, Kg, 1, yg, sh.K, 1, bp != nullptr, par);
     }
   };
-
-  const int64_t col_elems = direct ? 0 : CRS * P;
-  if (outer) {
-    at::parallel_for(0, N * G, 1, [&](int64_t b, int64_t e) {
-      std::vector<T> col(col_elems);
-      for (int64_t t = b; t < e; ++t) task(t / G, t % G, col.data(), false);
-    });
-  } else {
-    std::vector<T> col(col_elems);
-    for (int64_t t = 0; t < N * G; ++t) task(t / G, t % G, col.data(), true);
-  }
+  run_tasks<T>(ceil_div(N, nb) * G, G, direct ? 0 : nb * CRS * P, task);
 }
 
 // ---------------------------------------------------------------- data gradient
@@ -244,14 +266,14 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
   const bool direct = p.is_pointwise_identity(R, S);
   const T* gyp = gy.const_data_ptr<T>();
   T* gxp = gx.mutable_data_ptr<T>();
-  const int nt = at::get_num_threads();
-  const bool outer = N * G >= nt;
 
   // NCHW: W_g^T is a strided view of [K, Cg*R*S]. NHWC: W as [G, Kg, R*S*Cg].
   at::Tensor wk = nhwc ? w.view({G, Kg, Cg, R, S}).permute({0, 1, 3, 4, 2}).contiguous() : w.contiguous();
   const T* wp = wk.const_data_ptr<T>();
 
-  auto task = [&](int64_t n, int64_t g, T* col, bool par) {
+  const int64_t nb = images_per_gemm(N, P, CRS, nhwc);
+  auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
+    const int64_t n = chunk * nb;
     if (!nhwc) {
       const T* gyg = gyp + (n * sh.K + g * Kg) * P;
       T* gxg = gxp + (n * sh.C + g * Cg) * HW;
@@ -265,29 +287,22 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
         col2im_nchw(col, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, gxg, bias ? bias + g * Cg : nullptr, par);
       }
     } else {
+      const int64_t nn = std::min(nb, N - n), M = nn * P;
       const T* gyg = gyp + n * P * sh.K + g * Kg;
       T* gxn = gxp + n * HW * sh.C;
       if (direct) {
         if (bias)
-          for (int64_t q = 0; q < HW; ++q) std::copy(bias + g * Cg, bias + (g + 1) * Cg, gxn + q * sh.C + g * Cg);
-        gemm<T>(P, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, gxn + g * Cg, sh.C, 1, bias != nullptr, par);
+          for (int64_t q = 0; q < M; ++q) std::copy(bias + g * Cg, bias + (g + 1) * Cg, gxn + q * sh.C + g * Cg);
+        gemm<T>(M, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, gxn + g * Cg, sh.C, 1, bias != nullptr, par);
       } else {
-        gemm<T>(P, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, col, CRS, 1, false, par);
-        col2im_nhwc(col, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, gxn, bias, par);
+        gemm<T>(M, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, col, CRS, 1, false, par);
+        for (int64_t i = 0; i < nn; ++i)
+          col2im_nhwc(col + i * P * CRS, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, gxn + i * HW * sh.C,
+                      bias, par);
       }
     }
   };
-
-  const int64_t col_elems = direct ? 0 : CRS * P;
-  if (outer) {
-    at::parallel_for(0, N * G, 1, [&](int64_t b, int64_t e) {
-      std::vector<T> col(col_elems);
-      for (int64_t t = b; t < e; ++t) task(t / G, t % G, col.data(), false);
-    });
-  } else {
-    std::vector<T> col(col_elems);
-    for (int64_t t = 0; t < N * G; ++t) task(t / G, t % G, col.data(), true);
-  }
+  run_tasks<T>(ceil_div(N, nb) * G, G, direct ? 0 : nb * CRS * P, task);
 }
 
 // ---------------------------------------------------------------- weight gradient
@@ -384,6 +399,20 @@ void check_cpu_dtype(const at::Tensor& t, const char* name) {
       t.scalar_type());
 }
 
+bool is_depthwise(const Conv2dShape& sh, const Conv2dParams& p) {
+  return sh.Cg == 1 && p.groups == sh.C && p.groups > 1;
+}
+
+// The layout the kernels compute in. torch's rule picks the result's layout;
+// an NCHW convolution with few output pixels (<= 64: late ResNet stages, small
+// images) is computed channels_last instead, where images stack into one
+// GEMM, and converted back: two cheap copies against many tiny GEMMs.
+at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p) {
+  if (result == at::MemoryFormat::ChannelsLast || is_depthwise(sh, p) || sh.Ho * sh.Wo > 64)
+    return result;
+  return at::MemoryFormat::ChannelsLast;
+}
+
 }  // namespace
 
 // The four primitives every convolution-shaped op is built from (see
@@ -393,48 +422,51 @@ struct CpuConv {
                             const Conv2dShape& sh, const Conv2dParams& p) {
     check_cpu_dtype(input, "input");
     const auto mf = conv_memory_format(input, weight);
-    const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+    const auto cf = compute_format(mf, sh, p);
+    const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(input.scalar_type());
-    auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(mf));
-    if (y.numel() == 0) return y.to(input.scalar_type());
-    auto x = input.to(ct).contiguous(mf);
+    auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(cf));
+    if (y.numel() == 0) return y.contiguous(mf).to(input.scalar_type());
+    auto x = input.to(ct).contiguous(cf);
     auto w = weight.to(ct).contiguous();
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
-      if (sh.Cg == 1 && p.groups == sh.C && p.groups > 1)
+      if (is_depthwise(sh, p))
         depthwise::forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                      b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), sh,
                                      p, nhwc);
       else
         forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
     });
-    return y.to(input.scalar_type());
+    return y.contiguous(mf).to(input.scalar_type());
   }
 
   static at::Tensor data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor* bias,
                               const Conv2dShape& sh, const Conv2dParams& p) {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, weight);
-    const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+    const auto cf = compute_format(mf, sh, p);
+    const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
-    auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct).memory_format(mf));
-    if (gx.numel() == 0) return gx.to(grad_output.scalar_type());
+    auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct).memory_format(cf));
+    if (gx.numel() == 0) return gx.contiguous(mf).to(grad_output.scalar_type());
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     if (grad_output.numel() == 0) {
-      if (b.defined()) return gx.copy_(b.view({1, -1, 1, 1}).expand_as(gx)).to(grad_output.scalar_type());
-      return gx.zero_().to(grad_output.scalar_type());
+      if (b.defined()) gx.copy_(b.view({1, -1, 1, 1}).expand_as(gx));
+      else gx.zero_();
+      return gx.contiguous(mf).to(grad_output.scalar_type());
     }
-    auto gy = grad_output.to(ct).contiguous(mf);
+    auto gy = grad_output.to(ct).contiguous(cf);
     auto w = weight.to(ct).contiguous();
     AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
       const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-      if (sh.Cg == 1 && p.groups == sh.C && p.groups > 1)
+      if (is_depthwise(sh, p))
         depthwise::data_grad<scalar_t>(gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
                                        gx.data_ptr<scalar_t>(), sh, p, nhwc);
       else
         backward_input_impl<scalar_t>(gy, w, bp, sh, p, nhwc, gx);
     });
-    return gx.to(grad_output.scalar_type());
+    return gx.contiguous(mf).to(grad_output.scalar_type());
   }
 
   // The gradient takes the layout of the activations, as torch's does.
@@ -442,24 +474,25 @@ struct CpuConv {
                                 const Conv2dShape& sh, const Conv2dParams& p) {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, input);
-    const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
+    const auto cf = compute_format(mf, sh, p);
+    const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto dt = grad_output.scalar_type();
     const auto ct = compute_type(dt);
-    auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(mf));
-    if (grad_output.numel() == 0) return gw.zero_().to(dt);
-    auto gy = grad_output.to(ct).contiguous(mf);
-    auto x = input.to(ct).contiguous(mf);
+    auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(cf));
+    if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
+    auto gy = grad_output.to(ct).contiguous(cf);
+    auto x = input.to(ct).contiguous(cf);
     AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
-      // NHWC accumulates [K, R, S, Cg], which is exactly channels_last [K, Cg, R, S].
-      if (sh.Cg == 1 && p.groups == sh.C && p.groups > 1) {
+      if (is_depthwise(sh, p)) {
         // [K, 1, R, S] is the same memory in both layouts.
         depthwise::weight_grad<scalar_t>(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                          gw.mutable_data_ptr<scalar_t>(), sh, p, nhwc);
       } else {
+        // NHWC accumulates [K, R, S, Cg], which is exactly channels_last [K, Cg, R, S].
         backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
       }
     });
-    return gw.to(dt);
+    return gw.contiguous(mf).to(dt);
   }
 
   // Per-channel sum over n, h, w (the bias gradient).
