@@ -172,12 +172,18 @@ void col2im_nhwc(const T* gcol, int64_t H, int64_t W, int64_t C, int64_t c0, int
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Images per GEMM: channels_last stacks images until the GEMM has >= 256
-// rows (bounded by a 32 MB column buffer); NCHW takes one at a time.
-inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, bool nhwc) {
+// rows (bounded by a 32 MB column buffer); NCHW takes one at a time. The chunk
+// count is rounded to a multiple of the thread count (or to one chunk whose
+// GEMM is threaded) so the threads get equal work.
+inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, int64_t G, bool nhwc) {
   if (!nhwc) return 1;
   int64_t nb = std::min<int64_t>(N, ceil_div(256, P));
-  nb = std::min<int64_t>(nb, std::max<int64_t>(1, (int64_t(1) << 23) / std::max<int64_t>(1, P * CRS)));
-  return std::max<int64_t>(nb, 1);
+  nb = std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(1) << 23) / std::max<int64_t>(1, P * CRS)));
+  const int64_t nt = at::get_num_threads();
+  int64_t chunks = std::max<int64_t>(1, N / nb);
+  if (chunks * G >= nt && G < nt) chunks = std::max<int64_t>(nt, chunks / nt * nt);
+  else if (chunks * G < nt) chunks = 1;
+  return ceil_div(N, chunks);
 }
 
 // Run `tasks` (chunk, group) tasks: with at least as many tasks as threads each
@@ -221,7 +227,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
 
   // NHWC stacks nb images per GEMM (their rows are contiguous), so small
   // images still give the GEMM a tall M; NCHW runs one image per GEMM.
-  const int64_t nb = images_per_gemm(N, P, CRS, nhwc);
+  const int64_t nb = images_per_gemm(N, P, CRS, G, nhwc);
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
@@ -271,7 +277,7 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
   at::Tensor wk = nhwc ? w.view({G, Kg, Cg, R, S}).permute({0, 1, 3, 4, 2}).contiguous() : w.contiguous();
   const T* wp = wk.const_data_ptr<T>();
 
-  const int64_t nb = images_per_gemm(N, P, CRS, nhwc);
+  const int64_t nb = images_per_gemm(N, P, CRS, G, nhwc);
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
@@ -404,11 +410,12 @@ bool is_depthwise(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 
 // The layout the kernels compute in. torch's rule picks the result's layout;
-// an NCHW convolution with few output pixels (<= 64: late ResNet stages, small
-// images) is computed channels_last instead, where images stack into one
-// GEMM, and converted back: two cheap copies against many tiny GEMMs.
+// an NCHW convolution with a spatial kernel and few output pixels (<= 64: late
+// ResNet stages, small images) is computed channels_last instead, where images
+// stack into one GEMM, and converted back: two copies against many tiny GEMMs.
+// (Measured: it pays for 3x3 layers; for 1x1 layers the copies cost more.)
 at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p) {
-  if (result == at::MemoryFormat::ChannelsLast || is_depthwise(sh, p) || sh.Ho * sh.Wo > 64)
+  if (result == at::MemoryFormat::ChannelsLast || is_depthwise(sh, p) || sh.Ho * sh.Wo > 64 || sh.R * sh.S == 1)
     return result;
   return at::MemoryFormat::ChannelsLast;
 }
