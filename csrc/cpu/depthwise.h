@@ -29,6 +29,15 @@ inline void valid_range(int64_t n, int64_t out, int64_t stride, int64_t pad, int
   if (hi < lo) hi = lo;
 }
 
+// [K, R*S] -> [R*S, K]: the weight taps-major, so channels_last loops run over k.
+template <typename T>
+std::vector<T> taps_major(const T* w, int64_t K, int64_t RS) {
+  std::vector<T> wt(RS * K);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t rs = 0; rs < RS; ++rs) wt[rs * K + k] = w[k * RS + rs];
+  return wt;
+}
+
 // w: [K, R, S] (NCHW) ; x, y contiguous in their layout.
 template <typename T>
 void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh, const Conv2dParams& p, bool nhwc) {
@@ -65,9 +74,7 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
     return;
   }
   // NHWC: weight as [R, S, K] so the channel loop is contiguous.
-  std::vector<T> wt(R * S * K);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t rs = 0; rs < R * S; ++rs) wt[rs * K + k] = w[k * R * S + rs];
+  const std::vector<T> wt = taps_major(w, K, R * S);
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / Ho, ho = t % Ho;
@@ -139,9 +146,7 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
     });
     return;
   }
-  std::vector<T> wt(R * S * K);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t rs = 0; rs < R * S; ++rs) wt[rs * K + k] = w[k * R * S + rs];
+  const std::vector<T> wt = taps_major(w, K, R * S);
   at::parallel_for(0, N * H, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / H, h = t % H;
