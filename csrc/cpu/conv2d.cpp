@@ -410,13 +410,17 @@ bool is_depthwise(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 
 // The layout the kernels compute in. torch's rule picks the result's layout;
-// an NCHW convolution with a spatial kernel and few output pixels (<= 64: late
-// ResNet stages, small images) is computed channels_last instead, where images
-// stack into one GEMM, and converted back: two copies against many tiny GEMMs.
-// (Measured: it pays for 3x3 layers; for 1x1 layers the copies cost more.)
+// the kernels may compute in the other one and convert (two copies) where
+// measured to pay:
+//  * grouped (not depthwise): NCHW, whose per-group GEMMs have the pixels as
+//    their long side; in channels_last each group's GEMM is only Kg wide;
+//  * an NCHW convolution with a spatial kernel and few output pixels (<= 64:
+//    late ResNet stages, small images): channels_last, where images stack into
+//    one GEMM. (For 1x1 layers the copies cost more than that gains.)
 at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p) {
-  if (result == at::MemoryFormat::ChannelsLast || is_depthwise(sh, p) || sh.Ho * sh.Wo > 64 || sh.R * sh.S == 1)
-    return result;
+  if (is_depthwise(sh, p)) return result;
+  if (p.groups > 1) return at::MemoryFormat::Contiguous;
+  if (result == at::MemoryFormat::ChannelsLast || sh.Ho * sh.Wo > 64 || sh.R * sh.S == 1) return result;
   return at::MemoryFormat::ChannelsLast;
 }
 
