@@ -6,6 +6,8 @@
 #   bash scripts/gpu_check.sh                 # results into bench/results/
 #   OUT=/some/dir bash scripts/gpu_check.sh   # results into $OUT
 #   SKIP_TESTS=1 / SKIP_BENCH=1 / BENCHES="conv2d pool2d" / PYTEST_ARGS="-k conv2d"
+#   SANITIZE=1   also run a small CUDA subset under compute-sanitizer (memcheck,
+#                racecheck, initcheck, synccheck) with the caching allocator off
 #   CONVX_BENCH_SET=all CONVX_BENCH_CUDA_N=32,256 ...   (longer sweeps)
 #
 # Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default nproc).
@@ -33,6 +35,19 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== tests"
   $PY -m pytest tests -q -x --no-header -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25
   rc=$(( rc | ${PIPESTATUS[0]} ))
+fi
+
+if [ -n "${SANITIZE:-}" ]; then
+  echo "== compute-sanitizer"
+  SUBSET='cuda and (basic_3x3 or depthwise_mult2 or anisotropic or stride2_outpad1 or 3x3_s2_p1 or bn_add_relu) and not benchmark'
+  for tool in memcheck racecheck initcheck synccheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      $PY -m pytest tests -q -x -p no:cacheprovider -k "$SUBSET and (cuda-f32 or cuda-bf16) and contiguous" \
+      > "$OUT/sanitizer-$tool.log" 2>&1
+    st=$?
+    echo "$tool: exit $st ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitizer-$tool.log") clean summaries)"
+    rc=$(( rc | st ))
+  done
 fi
 
 if [ -z "${SKIP_BENCH:-}" ]; then
