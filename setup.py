@@ -7,6 +7,12 @@ Environment switches (documented in the README):
                           (H100/H200). E.g. "8.0;9.0" or "8.6+PTX".
   MAX_JOBS                parallel compile jobs (ninja).
   CONVX_DEBUG=1           -O0 -g host code, -lineinfo device code.
+  CONVX_SIMT=0            skip the emulated CUDA backend (convx._simt: csrc/cuda/*.cu
+                          compiled by g++ against the CPU emulator in csrc/simt);
+                          it is built by default, with or without nvcc.
+  CONVX_SANITIZE=1        build the CPU kernels and the emulated backend with
+                          AddressSanitizer + UndefinedBehaviorSanitizer (no CUDA);
+                          used by `make sanitize`, which builds into build/sanitize.
 """
 import os
 import shutil
@@ -60,7 +66,7 @@ def nvidia_include_dirs():
     return dirs
 
 
-def write_build_config(with_cuda, archs):
+def write_build_config(with_cuda, archs, with_simt, sanitize):
     import torch
 
     from convx_version import __version__  # noqa: E402  (tiny module, no torch import)
@@ -72,18 +78,31 @@ def write_build_config(with_cuda, archs):
         f"torch_cuda = {torch.version.cuda!r}\n"
         f"with_cuda = {with_cuda!r}\n"
         f"cuda_archs = {archs!r}\n"
+        f"with_simt = {with_simt!r}\n"
+        f"sanitize = {sanitize!r}\n"
     )
-    with open(os.path.join(ROOT, "convx", "_build_config.py"), "w") as f:
+    # `make sanitize` builds into its own folder (CONVX_BUILD_LIB) and must not
+    # touch the in-place build's configuration.
+    out_dir = os.path.join(os.environ.get("CONVX_BUILD_LIB", ROOT), "convx")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "_build_config.py"), "w") as f:
         f.write(text)
 
 
 sys.path.insert(0, os.path.join(ROOT, "convx"))
 from convx_version import __version__  # noqa: E402
 
-with_cuda = cuda_wanted()
-debug = os.environ.get("CONVX_DEBUG", "0") == "1"
+def flag(name, default):
+    return os.environ.get(name, default).lower() in ("1", "on", "true", "yes")
+
+
+sanitize = flag("CONVX_SANITIZE", "0")
+with_cuda = cuda_wanted() and not sanitize
+with_simt = flag("CONVX_SIMT", "1")
+debug = flag("CONVX_DEBUG", "0")
 opt = ["-O0", "-g"] if debug else ["-O3"]
-cxx_flags = opt + ["-std=c++20", "-fopenmp", "-ffp-contract=fast", "-fvisibility=hidden"]
+san_flags = ["-fsanitize=address,undefined", "-fno-sanitize=vptr", "-fno-omit-frame-pointer", "-g"] if sanitize else []
+cxx_flags = opt + ["-std=c++20", "-fopenmp", "-ffp-contract=fast", "-fvisibility=hidden"] + san_flags
 define_macros = []
 srcs = ["csrc/ops.cpp"] + sources("cpu", ".cpp")
 extra = {"cxx": cxx_flags}
@@ -98,21 +117,36 @@ if with_cuda:
 else:
     Ext = cpp_extension.CppExtension
 
-write_build_config(with_cuda, archs)
+write_build_config(with_cuda, archs, with_simt, sanitize)
 
 ext = Ext(
     name="convx._C",
     sources=srcs,
     include_dirs=[os.path.join(ROOT, "csrc")] + (nvidia_include_dirs() if with_cuda else []),
     extra_compile_args=extra,
-    extra_link_args=["-fopenmp"],
+    extra_link_args=["-fopenmp"] + san_flags,
     define_macros=define_macros,
 )
+
+ext_modules = [ext]
+if with_simt:
+    # The emulated CUDA backend: the same csrc/cuda/*.cu, compiled as C++
+    # (each csrc/simt/X.cpp includes ../cuda/X.cu) against the SIMT runtime.
+    simt_flags = (["-O0", "-g"] if debug else ["-O2"]) + [
+        "-std=c++20", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-subobject-linkage", "-fno-strict-aliasing"] + san_flags
+    ext_modules.append(cpp_extension.CppExtension(
+        name="convx._simt",
+        sources=sources("simt", ".cpp"),
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": simt_flags},
+        extra_link_args=san_flags,
+        define_macros=[("CONVX_SIMT", "1")],
+    ))
 
 setup(
     name="convx",
     version=__version__,
     packages=find_packages(include=["convx", "convx.*"]),
-    ext_modules=[ext],
+    ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -9,6 +9,7 @@ autograd, fake kernels for torch.compile, and drop-in ``nn.Module`` twins.
 import torch  # noqa: F401  (loads libtorch before our extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.convx.*)
+from . import simt  # noqa: F401  (the emulated CUDA backend, where built)
 from . import ops  # noqa: F401  (fake kernels + autograd)
 from . import functional
 from . import models

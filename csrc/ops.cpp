@@ -1,71 +1,16 @@
-// The one TORCH_LIBRARY(convx, m): every schema lives here, backward ops
-// included. Backends register their kernels in their own files
+// The one TORCH_LIBRARY(convx, m), over the schemas of common/schemas.h.
+// Backends register their kernels in their own files
 // (cpu/*.cpp: TORCH_LIBRARY_IMPL(convx, CPU, m); cuda/*.cu: ... CUDA ...).
 // Python (convx/ops.py) adds the fake (meta) kernels and autograd formulas.
-//
-// Padding is always four explicit numbers [top, bottom, left, right]: the
-// Python layer turns int / tuple / 'valid' / 'same' (including TensorFlow-style
-// asymmetric 'same' with stride > 1) into them, so the kernels know one form.
+#include "common/schemas.h"
+
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(convx, m) {
-  m.def(
-      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
-      "int groups) -> Tensor");
-  m.def(
-      "conv2d_backward_input(Tensor grad_output, Tensor weight, int[] input_size, int[2] stride, "
-      "int[4] padding, int[2] dilation, int groups) -> Tensor");
-  // Returns (grad_weight, grad_bias); grad_bias is empty when bias_defined is false.
-  m.def(
-      "conv2d_backward_weight(Tensor grad_output, Tensor input, int[] weight_size, int[2] stride, "
-      "int[4] padding, int[2] dilation, int groups, bool bias_defined) -> (Tensor, Tensor)");
-
-  // Transposed convolution: weight [C_in, C_out / groups, R, S], torch's padding / output_padding.
-  m.def(
-      "conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-      "int[2] output_padding, int[2] dilation, int groups) -> Tensor");
-  m.def(
-      "conv_transpose2d_backward_input(Tensor grad_output, Tensor weight, int[] input_size, int[2] stride, "
-      "int[2] padding, int[2] output_padding, int[2] dilation, int groups) -> Tensor");
-  m.def(
-      "conv_transpose2d_backward_weight(Tensor grad_output, Tensor input, int[] weight_size, int[2] stride, "
-      "int[2] padding, int[2] output_padding, int[2] dilation, int groups, bool bias_defined) -> (Tensor, Tensor)");
-
-  // Pooling. Indices are flat positions h * W + w within each plane, as torch's.
-  m.def(
-      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-      "bool ceil_mode) -> (Tensor, Tensor)");
-  m.def(
-      "max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size, int[2] kernel_size, "
-      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
-  m.def(
-      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
-      "bool count_include_pad, int? divisor_override) -> Tensor");
-  m.def(
-      "avg_pool2d_backward(Tensor grad_output, int[] input_size, int[2] kernel_size, int[2] stride, "
-      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
-  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
-  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, int[] input_size) -> Tensor");
-  m.def("adaptive_max_pool2d(Tensor input, int[2] output_size) -> (Tensor, Tensor)");
-  m.def("adaptive_max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
-
-  // Batch normalization, with the residual tail fused in (see csrc/common/norm_ops.h).
-  // batch_norm_stats updates the running statistics in place when they are given.
-  m.def(
-      "batch_norm_stats(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum) "
-      "-> (Tensor mean, Tensor var)");
-  m.def(
-      "batch_norm(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, "
-      "float eps, bool training, bool relu) -> Tensor");
-  m.def(
-      "batch_norm_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor var, Tensor? weight, "
-      "Tensor? output, float eps, bool training, bool relu, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("add_relu(Tensor self, Tensor other) -> Tensor");
-  m.def("add_relu_(Tensor(a!) self, Tensor other) -> ()");
-  m.def("add_relu_backward(Tensor grad_output, Tensor output) -> Tensor");
+  convx::define_schemas(m);
 }
 
 // Not differentiable by design: batch_norm's backward accounts for the

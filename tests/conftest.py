@@ -1,7 +1,11 @@
 """Shared fixtures and helpers for the convx test suite.
 
-CUDA cases are parametrized like the CPU ones and skip (not fail) where no GPU
-is present, so the same files run everywhere.
+Three devices: "cpu" (the C++ CPU kernels), "cuda" (the CUDA kernels on a GPU;
+skipped, not failed, where none is present) and "simt": the same CUDA kernels
+compiled for the CPU emulator (convx.simt), so every CUDA test also runs on
+machines without a GPU. A simt test gets CPU tensors (its device value is the
+string "cpu") and runs inside convx.simt.device(), which sends every convx op
+to the emulated CUDA kernels; torch's reference ops run on the CPU as usual.
 """
 import pytest
 import torch
@@ -10,8 +14,35 @@ import convx  # noqa: F401  (registers the ops)
 
 HAS_CUDA = torch.cuda.is_available()
 CUDA_SKIP = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+HAS_SIMT = convx.simt.available()
+SIMT_MARKS = [pytest.mark.simt, pytest.mark.skipif(not HAS_SIMT, reason="built without the emulated CUDA backend")]
 
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA_SKIP)]
+
+class _Simt(str):
+    """The emulated CUDA device: a str equal to "cpu" (where its tensors
+    live) that tests can tell apart with is_simt()."""
+
+    def __new__(cls):
+        return str.__new__(cls, "cpu")
+
+    def __repr__(self):
+        return "simt"
+
+
+SIMT = _Simt()
+
+
+def is_simt(device):
+    return isinstance(device, _Simt)
+
+
+def cuda_semantics(device):
+    """Whether convx follows torch's CUDA behaviour here (on a GPU or the emulator)."""
+    return is_simt(device) or str(device).startswith("cuda")
+
+
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA_SKIP),
+           pytest.param(SIMT, id="simt", marks=SIMT_MARKS)]
 
 # (device, dtype) pairs each op must support.
 DEVICE_DTYPES = [
@@ -21,7 +52,41 @@ DEVICE_DTYPES = [
     pytest.param("cuda", torch.float64, id="cuda-f64", marks=CUDA_SKIP),
     pytest.param("cuda", torch.float16, id="cuda-f16", marks=CUDA_SKIP),
     pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=CUDA_SKIP),
+    pytest.param(SIMT, torch.float32, id="simt-f32", marks=SIMT_MARKS),
+    pytest.param(SIMT, torch.float64, id="simt-f64", marks=SIMT_MARKS),
+    pytest.param(SIMT, torch.float16, id="simt-f16", marks=SIMT_MARKS),
+    pytest.param(SIMT, torch.bfloat16, id="simt-bf16", marks=SIMT_MARKS),
 ]
+
+
+def device_dtypes(*ids):
+    """The DEVICE_DTYPES entries with these ids, and their simt twins of the cuda ones."""
+    ids = set(ids) | {i.replace("cuda", "simt") for i in ids if i.startswith("cuda")}
+    return [p for p in DEVICE_DTYPES if p.id in ids]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _emulated_device(request):
+    """Runs simt-parametrized tests inside convx.simt.device()."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and any(is_simt(v) for v in callspec.params.values()):
+        with convx.simt.device():
+            yield
+    else:
+        yield
 
 LAYOUTS = ["contiguous", "channels_last", "noncontiguous", "channels_last_noncontiguous"]
 
@@ -65,9 +130,22 @@ def memory_format_of(t):
     return torch.contiguous_format
 
 
+def conv_format_on(device, dtype, torch_result):
+    """The memory format torch gives a convolution's result on `device`: on
+    CUDA float64 results are contiguous (cuDNN's rule) whatever the inputs'
+    layout, so an emulated-CUDA result is compared with that, not with the
+    CPU reference's format."""
+    if cuda_semantics(device) and dtype == torch.float64:
+        return torch.contiguous_format
+    return memory_format_of(torch_result)
+
+
 def assert_close_to_reference(actual, expected, reference, factor=2.0, floor=None):
     """For half types: convx's error against a float64 reference may be at
     most about `factor` times torch's own error against it."""
+    assert actual.shape == reference.shape, f"shape {tuple(actual.shape)} != {tuple(reference.shape)}"
+    if reference.numel() == 0:
+        return
     ref = reference.double()
     err_convx = (actual.double() - ref).abs().max().item()
     err_torch = (expected.double() - ref).abs().max().item()

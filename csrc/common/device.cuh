@@ -1,0 +1,105 @@
+// What differs between the two builds of csrc/cuda/*.cu, and nothing else:
+//
+//   nvcc (CONVX_SIMT undefined)          g++ -DCONVX_SIMT (csrc/simt/*.cpp)
+//   the CUDA runtime and c10::cuda       the CPU emulator, csrc/simt/simt.h
+//   kernels registered as convx::*       registered as convx_simt::* on CPU
+//   on CUDA tensors                      tensors, taking and returning CPU tensors
+//
+// Kernel files use only this header's names for the host side: `launch`
+// (the one launch helper: `<<<>>>` plus the launch check under nvcc),
+// `current_stream()`, `DeviceGuard`, `on_device(t)`, `num_sms()`, `max_grid_yz()` and
+// `CONVX_DEVICE_LIBRARY_IMPL(m)`. Kernel bodies have no #ifdef.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <utility>
+
+#if defined(CONVX_SIMT)
+
+#include "../simt/simt.h"
+
+namespace convx::cuda {
+
+using Stream = simt::Stream;
+inline Stream current_stream() { return {}; }
+
+struct DeviceGuard {
+  explicit DeviceGuard(c10::Device) {}
+};
+
+// The emulated device's memory is the host's: its tensors are CPU tensors.
+inline bool on_device(const at::Tensor& t) { return t.is_cpu(); }
+inline const char* device_name() { return "the emulated CUDA device (CPU tensors)"; }
+
+// The emulated device reports an H100's multiprocessor count, so grid and
+// split decisions are the GPU's.
+inline int num_sms() { return simt::device_props().multiprocessors; }
+// gridDim.y / gridDim.z limit (tests may lower it to reach multi-launch paths).
+inline int max_grid_yz() { return simt::device_props().max_grid_yz; }
+
+template <class... P, class... A>
+void launch_as(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, size_t smem, A&&... args) {
+  struct Ctx {
+    void (*k)(P...);
+    std::tuple<std::decay_t<P>...> params;
+  } ctx{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  // Each thread gets its own copy of the parameters, as on the device.
+  simt::launch({name, grid, block, smem},
+               [](void* c) {
+                 auto* x = static_cast<Ctx*>(c);
+                 std::apply(x->k, x->params);
+               },
+               &ctx);
+}
+
+template <auto Kernel, class... A>
+void launch(dim3 grid, dim3 block, size_t smem, Stream, A&&... args) {
+  launch_as(Kernel, simt::kernel_name<Kernel>(), grid, block, smem, std::forward<A>(args)...);
+}
+
+}  // namespace convx::cuda
+
+#define CONVX_DEVICE_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(convx_simt, CPU, m)
+
+#else  // nvcc
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+namespace convx::cuda {
+
+using Stream = cudaStream_t;
+inline Stream current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline bool on_device(const at::Tensor& t) { return t.is_cuda(); }
+inline const char* device_name() { return "a CUDA device"; }
+
+// Multiprocessor count of the current device (cached per device).
+inline int num_sms() {
+  static int cache[64] = {0};
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && cache[dev]) return cache[dev];
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < 64) cache[dev] = v;
+  return v;
+}
+
+constexpr int max_grid_yz() { return 65535; }
+
+template <auto Kernel, class... A>
+void launch(dim3 grid, dim3 block, size_t smem, Stream stream, A&&... args) {
+  Kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace convx::cuda
+
+#define CONVX_DEVICE_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(convx, CUDA, m)
+
+#endif

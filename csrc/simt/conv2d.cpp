@@ -1,0 +1,3 @@
+// The emulated build of csrc/cuda/conv2d.cu: the same source, compiled by g++
+// against the SIMT runtime (csrc/common/device.cuh picks it with CONVX_SIMT).
+#include "../cuda/conv2d.cu"
