@@ -3,6 +3,9 @@
 #   make demo    set up, build, run the main job (python -m convx train)
 #   make bench   set up, build, run the benchmarks beside torch
 #   make build   (re)build the extension in place; CONVX_CUDA=0 for CPU only
+#   make sanitize  build the CPU kernels + the emulated CUDA backend with
+#                AddressSanitizer/UBSan into build/sanitize and run the tests there
+#   make test-slow the tests marked slow (large tensors, long sweeps)
 PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
@@ -11,7 +14,10 @@ JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all venv deps build test demo bench clean info
+SAN_DIR := build/sanitize
+SAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libubsan.so)
+
+.PHONY: all venv deps build test test-slow sanitize demo bench clean info
 
 all: test
 
@@ -31,6 +37,23 @@ build: $(STAMP)
 test: build
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
 
+test-slow: build
+	$(VPY) -m pytest tests -q --run-slow -m slow $(PYTEST_ARGS)
+
+# The CPU kernels and the emulated CUDA backend built with -fsanitize=address,undefined
+# (no nvcc build) into $(SAN_DIR), next to a copy of the Python package; the test
+# suite then runs against that copy with the sanitizer runtimes preloaded into Python.
+# Any report aborts the run (halt_on_error), so passing means zero reports.
+sanitize: $(STAMP)
+	rm -rf $(SAN_DIR)/convx && mkdir -p $(SAN_DIR) && cp -r convx $(SAN_DIR)/convx
+	rm -f $(SAN_DIR)/convx/*.so $(SAN_DIR)/convx/_build_config.py
+	CONVX_SANITIZE=1 CONVX_BUILD_LIB=$(SAN_DIR) MAX_JOBS=$(JOBS) $(VPY) setup.py -q build_ext \
+		--build-lib $(SAN_DIR) --build-temp build/sanitize-tmp
+	cd $(SAN_DIR) && LD_PRELOAD="$(SAN_PRELOAD)" \
+		ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=0 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		$(abspath $(VPY)) -m pytest $(CURDIR)/tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
 demo: build
 	$(VPY) -m convx train
 
@@ -41,4 +64,4 @@ info: build
 	$(VPY) -m convx info
 
 clean:
-	rm -rf build convx/_C*.so convx/_build_config.py .pytest_cache .benchmarks
+	rm -rf build convx/_C*.so convx/_simt*.so convx/_build_config.py .pytest_cache .benchmarks

@@ -37,6 +37,12 @@ def cmd_info(args):
         print(f"  torch (built with)   {cfg.torch_version} (CUDA {cfg.torch_cuda})")
         print(f"  CUDA kernels         {'compiled for sm ' + ', '.join(cfg.cuda_archs) if cfg.with_cuda else 'not compiled (CPU-only build)'}")
     print(f"  CUDA kernels loaded  {has_cuda_kernels}")
+    if convx.simt.available():
+        print("  emulated CUDA        built: torch.ops.convx_simt runs the CUDA kernels on the CPU (convx.simt)")
+    else:
+        print("  emulated CUDA        not built (CONVX_SIMT=0)")
+    if cfg is not None and getattr(cfg, "sanitize", False):
+        print("  sanitizers           AddressSanitizer + UBSan build (make sanitize)")
     print(f"  CPU threads          {torch.get_num_threads()}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

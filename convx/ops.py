@@ -8,10 +8,44 @@ from csrc/cpu and csrc/cuda. Here each op gets:
 * ``register_autograd``: its backward, written with convx ops only, so every
   order of derivative (gradient penalties, gradgradcheck) runs convx kernels.
 """
+import contextlib
+
 import torch
 from torch._prims_common import suggest_memory_format
 
+from . import simt as _simt
+
 _ops = torch.ops.convx
+
+# Fake kernels serve torch.ops.convx.* and, where the emulated CUDA backend is
+# built, torch.ops.convx_simt.*: CPU tensors with the CUDA kernels' behaviour.
+_emulating_cuda = False
+
+
+@contextlib.contextmanager
+def _as_cuda():
+    global _emulating_cuda
+    saved, _emulating_cuda = _emulating_cuda, True
+    try:
+        yield
+    finally:
+        _emulating_cuda = saved
+
+
+def _register_fake(name):
+    def register(fn):
+        torch.library.register_fake(f"convx::{name}")(fn)
+        if _simt.available():
+            def emulated(*args, **kwargs):
+                with _as_cuda():
+                    return fn(*args, **kwargs)
+            torch.library.register_fake(f"convx_simt::{name}")(emulated)
+        return fn
+    return register
+
+
+def _cuda_rules(t):
+    return _emulating_cuda or t.device.type == "cuda"
 
 
 # ---------------------------------------------------------------- shapes
@@ -22,7 +56,10 @@ def _out_size(n, lo, hi, k, s, d):
 
 
 def _conv_memory_format(a, b):
-    """torch's rule: the result is channels_last if either operand is."""
+    """torch's rule: the result is channels_last if either operand is; on
+    CUDA, float64 results are contiguous (cuDNN's rule)."""
+    if a.dtype == torch.float64 and _cuda_rules(a):
+        return torch.contiguous_format
     if torch.channels_last in (suggest_memory_format(a), suggest_memory_format(b)):
         return torch.channels_last
     return torch.contiguous_format
@@ -36,7 +73,7 @@ def _empty(like, size, memory_format, dtype=None):
 # ---------------------------------------------------------------- conv2d
 
 
-@torch.library.register_fake("convx::conv2d")
+@_register_fake("conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     torch._check(input.dim() == 4, lambda: f"convx.conv2d: expected 4D input, got {tuple(input.shape)}")
     torch._check(weight.dim() == 4, lambda: f"convx.conv2d: expected 4D weight, got {tuple(weight.shape)}")
@@ -47,12 +84,12 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     return _empty(input, (n, k, ho, wo), _conv_memory_format(input, weight))
 
 
-@torch.library.register_fake("convx::conv2d_backward_input")
+@_register_fake("conv2d_backward_input")
 def _conv2d_backward_input_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
     return _empty(grad_output, tuple(input_size), _conv_memory_format(grad_output, weight))
 
 
-@torch.library.register_fake("convx::conv2d_backward_weight")
+@_register_fake("conv2d_backward_weight")
 def _conv2d_backward_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups, bias_defined):
     gw = _empty(grad_output, tuple(weight_size), _conv_memory_format(grad_output, input))
     gb = grad_output.new_empty((weight_size[0] if bias_defined else 0,))
@@ -131,7 +168,7 @@ def _ct_out_size(n, k, s, p, op, d):
     return (n - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
-@torch.library.register_fake("convx::conv_transpose2d")
+@_register_fake("conv_transpose2d")
 def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding, dilation, groups):
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "convx.conv_transpose2d: expected 4D input and weight")
     n, _, h, w = input.shape
@@ -141,12 +178,12 @@ def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding,
     return _empty(input, (n, kg * groups, ho, wo), _conv_memory_format(input, weight))
 
 
-@torch.library.register_fake("convx::conv_transpose2d_backward_input")
+@_register_fake("conv_transpose2d_backward_input")
 def _ct_backward_input_fake(grad_output, weight, input_size, stride, padding, output_padding, dilation, groups):
     return _empty(grad_output, tuple(input_size), _conv_memory_format(grad_output, weight))
 
 
-@torch.library.register_fake("convx::conv_transpose2d_backward_weight")
+@_register_fake("conv_transpose2d_backward_weight")
 def _ct_backward_weight_fake(grad_output, input, weight_size, stride, padding, output_padding, dilation, groups,
                              bias_defined):
     gw = _empty(grad_output, tuple(weight_size), _conv_memory_format(input, grad_output))
@@ -232,7 +269,7 @@ def _pool_empty(input, size, dtype=None):
     return _empty(input, size, suggest_memory_format(input), dtype)
 
 
-@torch.library.register_fake("convx::max_pool2d")
+@_register_fake("max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     n, c, h, w = input.shape
     size = (n, c, _pool_out_size(h, kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode),
@@ -240,7 +277,7 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     return _pool_empty(input, size), _pool_empty(input, size, torch.int64)
 
 
-@torch.library.register_fake("convx::avg_pool2d")
+@_register_fake("avg_pool2d")
 def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     n, c, h, w = input.shape
     size = (n, c, _pool_out_size(h, kernel_size[0], padding[0], stride[0], 1, ceil_mode),
@@ -248,12 +285,12 @@ def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_inclu
     return _pool_empty(input, size)
 
 
-@torch.library.register_fake("convx::adaptive_avg_pool2d")
+@_register_fake("adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_fake(input, output_size):
     return _pool_empty(input, (*input.shape[:2], *output_size))
 
 
-@torch.library.register_fake("convx::adaptive_max_pool2d")
+@_register_fake("adaptive_max_pool2d")
 def _adaptive_max_pool2d_fake(input, output_size):
     size = (*input.shape[:2], *output_size)
     return _pool_empty(input, size), _pool_empty(input, size, torch.int64)
@@ -266,7 +303,7 @@ def _pool_backward_fake(grad_output, *args):
 
 for _name in ("max_pool2d_backward", "avg_pool2d_backward", "adaptive_avg_pool2d_backward",
               "adaptive_max_pool2d_backward"):
-    torch.library.register_fake(f"convx::{_name}")(_pool_backward_fake)
+    _register_fake(_name)(_pool_backward_fake)
 
 
 def _gather_at(t, indices):
@@ -370,7 +407,7 @@ def _stat_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-@torch.library.register_fake("convx::batch_norm_stats")
+@_register_fake("batch_norm_stats")
 def _bn_stats_fake(input, running_mean, running_var, momentum):
     c = input.shape[1]
     dt = _stat_dtype(input.dtype)
@@ -381,12 +418,12 @@ def _like(t):
     return torch.empty_like(t, memory_format=suggest_memory_format(t))
 
 
-@torch.library.register_fake("convx::batch_norm")
+@_register_fake("batch_norm")
 def _bn_fake(input, mean, var, weight, bias, residual, eps, training, relu):
     return _like(input)
 
 
-@torch.library.register_fake("convx::batch_norm_backward")
+@_register_fake("batch_norm_backward")
 def _bn_backward_fake(grad_output, input, mean, var, weight, output, eps, training, relu, output_mask):
     c = input.shape[1]
     wdt = weight.dtype if weight is not None else _stat_dtype(input.dtype)
@@ -416,17 +453,17 @@ def _bn_backward(ctx, grad):
 torch.library.register_autograd("convx::batch_norm", _bn_backward, setup_context=_bn_setup)
 
 
-@torch.library.register_fake("convx::add_relu")
+@_register_fake("add_relu")
 def _add_relu_fake(self, other):
     return _like(self)
 
 
-@torch.library.register_fake("convx::add_relu_")
+@_register_fake("add_relu_")
 def _add_relu_inplace_fake(self, other):
     return None
 
 
-@torch.library.register_fake("convx::add_relu_backward")
+@_register_fake("add_relu_backward")
 def _add_relu_backward_fake(grad_output, output):
     return _like(output)
 

@@ -333,3 +333,77 @@ def test_add_relu_module_and_gradgrad(device):
         x = a.clone()
         convx.AddReLU(inplace=True)(x, b)
         torch.testing.assert_close(x, torch.relu(a + b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("view", ["transposed", "permuted", "strided", "channels_last"])
+def test_add_relu_inplace_any_layout(view, device):
+    """In place into a self whose memory order is not a standard format (a
+    transposed / permuted / strided view): every element lands in its place."""
+    base = make_tensor((2, 3, 5, 4), torch.float32, device)
+    self_ = {"transposed": lambda t: t.transpose(2, 3),
+             "permuted": lambda t: t.permute(0, 2, 3, 1),
+             "strided": lambda t: t[:, :, ::2],
+             "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last)}[view](base.clone())
+    other = make_tensor(self_.shape, torch.float32, device)
+    expected = torch.relu(self_ + other)
+    CF.add_relu(self_, other, inplace=True)
+    torch.testing.assert_close(self_, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_add_relu_inplace_overlap(device):
+    x = make_tensor((2, 3, 4, 4), torch.float32, device)
+    expected = torch.relu(x + x)
+    CF.add_relu(x, x, inplace=True)  # full overlap: fine, as for torch's in-place ops
+    torch.testing.assert_close(x, expected)
+    buf = make_tensor((2 * 3 * 4 * 4 + 5,), torch.float32, device)
+    a, b = buf[:96].view(2, 3, 4, 4), buf[5:101].view(2, 3, 4, 4)  # partial overlap, as torch rejects it
+    before = buf.clone()
+    with pytest.raises(RuntimeError, match="unsupported operation") as ours:
+        CF.add_relu(a, b, inplace=True)
+    assert torch.equal(buf, before), "a rejected call wrote"
+    with pytest.raises(RuntimeError, match="unsupported operation") as theirs:
+        a.add_(b)
+    assert str(ours.value).split(".")[0] == str(theirs.value).split(".")[0]
+    e = make_tensor((1, 3, 4, 4), torch.float32, device).expand(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="unsupported operation"):
+        CF.add_relu(e, x, inplace=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_relu_passes_nan_like_torch(device):
+    """relu(NaN) is NaN and its gradient passes where the output is NaN, as
+    torch.relu and its threshold_backward do (fused BN tails included)."""
+    a = make_tensor((2, 3, 4, 4), torch.float32, device)
+    a[0, 0, 0, :2] = float("nan")
+    a = a.requires_grad_()
+    b = make_tensor((2, 3, 4, 4), torch.float32, device, requires_grad=True)
+    gy = make_tensor(a.shape, torch.float32, device)
+    y, yr = CF.add_relu(a, b), torch.relu(a + b)
+    torch.testing.assert_close(y, yr, equal_nan=True)
+    for g, gr in zip(torch.autograd.grad(y, [a, b], gy), torch.autograd.grad(yr, [a, b], gy)):
+        torch.testing.assert_close(g, gr, equal_nan=True)
+    m, ref = convx.BatchNorm2d(3, activation="relu").to(device).eval(), torch.nn.BatchNorm2d(3).to(device).eval()
+    y, yr = m(a, b), torch.relu(ref(a) + b)
+    torch.testing.assert_close(y, yr, equal_nan=True)
+    for g, gr in zip(torch.autograd.grad(y, [a, b], gy), torch.autograd.grad(yr, [a, b], gy)):
+        torch.testing.assert_close(g, gr, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_statistics_over_more_than_2_24_values(device, layout):
+    """A channel with more values than a float counts exactly (2^24 + 3):
+    mean, variance and the running statistics against float64."""
+    x = (torch.rand(1, 2, 4099, 4097, dtype=torch.float64) * 4 + 10).float()
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    x = x.to(device)
+    rm, rv = torch.zeros(2, device=device), torch.ones(2, device=device)
+    mean, var = torch.ops.convx.batch_norm_stats(x, rm, rv, 0.5)
+    x64 = x.double()
+    n = x64[:, 0].numel()
+    assert n > 2 ** 24
+    torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
+    torch.testing.assert_close(rv.double(), 0.5 + 0.5 * x64.var((0, 2, 3)), rtol=1e-5, atol=0)

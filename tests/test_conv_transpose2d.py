@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import convx
-from conftest import (DEVICE_DTYPES, DEVICES, LAYOUTS, assert_close_to_reference, make_tensor, memory_format_of,
+from conftest import (conv_format_on, device_dtypes, DEVICE_DTYPES, DEVICES, LAYOUTS, assert_close_to_reference, make_tensor, memory_format_of,
                       tolerances)
 
 CF = convx.functional
@@ -49,7 +49,7 @@ def _check(case, device, dtype, layout, against_float64=False):
     yr = F.conv_transpose2d(x, w, b, *args)
     assert y.shape == yr.shape and y.dtype == yr.dtype
     if y.numel():
-        assert memory_format_of(y) == memory_format_of(yr)
+        assert memory_format_of(y) == conv_format_on(device, dtype, yr)
     gy = torch.randn(y.shape, dtype=torch.float64).to(dtype=dtype, device=device)
     grads = torch.autograd.grad(y, params, gy)
     grads_r = torch.autograd.grad(yr, params, gy)
@@ -74,7 +74,7 @@ def test_parity(case, device, dtype, layout):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("device,dtype", [p for p in DEVICE_DTYPES if p.id in ("cpu-f32", "cuda-f32", "cuda-bf16")])
+@pytest.mark.parametrize("device,dtype", device_dtypes("cpu-f32", "cuda-f32", "cuda-bf16"))
 @pytest.mark.parametrize("case", list(SHAPE_SAMPLE.values()), ids=list(SHAPE_SAMPLE))
 def test_parity_benchmark_shapes(case, device, dtype, layout):
     _check(case, device, dtype, layout, against_float64=True)
@@ -183,3 +183,15 @@ def test_bad_input(name, device):
     with pytest.raises(exc) as info:
         fn(x, w)
     assert msg in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_strided_bias(device):
+    x, w, _, args = _inputs(CASES["groups2"], device, torch.float32)
+    cout = w.shape[1] * args[3]
+    b = make_tensor((2 * cout,), torch.float32, device)[::2].requires_grad_()
+    y, yr = CF.conv_transpose2d(x, w, b, *args), F.conv_transpose2d(x, w, b, *args)
+    torch.testing.assert_close(y, yr, **tolerances(torch.float32))
+    gy = torch.randn_like(yr)
+    for g, gr in zip(torch.autograd.grad(y, [x, w, b], gy), torch.autograd.grad(yr, [x, w, b], gy)):
+        torch.testing.assert_close(g, gr, **tolerances(torch.float32))

@@ -1,8 +1,7 @@
 // Small CUDA helpers shared by the convx kernels.
 #pragma once
 
-#include <c10/cuda/CUDAException.h>
-#include <cuda_runtime.h>
+#include "device.cuh"
 
 #include <cstdint>
 
@@ -11,18 +10,6 @@ namespace convx::cuda {
 template <typename T>
 __host__ __device__ constexpr T ceil_div(T a, T b) {
   return (a + b - 1) / b;
-}
-
-// Multiprocessor count of the current device (cached per device).
-inline int num_sms() {
-  static int cache[64] = {0};
-  int dev = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 64 && cache[dev]) return cache[dev];
-  int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-  if (dev < 64) cache[dev] = v;
-  return v;
 }
 
 template <typename acc_t>
@@ -44,6 +31,8 @@ __device__ acc_t block_reduce_sum(acc_t v) {
   __syncthreads();
   v = threadIdx.x < kThreads / 32 ? partial[threadIdx.x] : acc_t(0);
   if (warp == 0) v = warp_reduce_sum(v);
+  // A second call must not overwrite `partial` while warp 0 still reads it.
+  __syncthreads();
   return v;
 }
 

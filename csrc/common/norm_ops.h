@@ -22,6 +22,7 @@
 //   B::add_relu(a, b, out), B::relu_backward(dy, y) -> dx
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -141,12 +142,26 @@ struct NormOps {
     return out;
   }
 
+  // In place into any self torch can write in place: the kernels write a
+  // dense buffer in a standard memory format, so any other layout (a
+  // permuted or strided view) is computed into a temporary and copied back.
+  // Like torch's in-place ops, it rejects a self with internal overlap and an
+  // other that partially overlaps self (full overlap, add_relu_(x, x), is fine).
   static void add_relu_(at::Tensor a, const at::Tensor& b) {
     check_same_shape(a, b, "self", "other");
     TORCH_CHECK(at::isFloatingType(a.scalar_type()), "add_relu_: expected floating point tensors, but got ",
                 a.scalar_type());
-    TORCH_CHECK(a.is_non_overlapping_and_dense(), "add_relu_: self must be dense (contiguous in some memory format)");
-    if (a.numel()) B::add_relu(a, b, a);
+    at::assert_no_internal_overlap(a);
+    at::assert_no_partial_overlap(a, b);
+    if (!a.numel()) return;
+    const auto mf = a.suggest_memory_format();
+    if (a.is_contiguous(mf)) {
+      B::add_relu(a, b, a);
+    } else {
+      auto out = at::empty_like(a, mf);
+      B::add_relu(a, b, out);
+      a.copy_(out);
+    }
   }
 
   static at::Tensor add_relu_backward(const at::Tensor& grad_out, const at::Tensor& output) {

@@ -89,7 +89,7 @@ void apply_span(const T* __restrict x, const T* __restrict r, T* __restrict y, i
   for (int64_t i = 0; i < n; ++i) {
     acc_t v = acc_t(x[i]) * scale + shift;
     if constexpr (kRes) v += acc_t(r[i]);
-    if constexpr (kRelu) v = v > acc_t(0) ? v : acc_t(0);
+    if constexpr (kRelu) v = v <= acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as torch.relu
     y[i] = T(v);
   }
 }
@@ -102,7 +102,7 @@ void apply_row(const T* __restrict x, const T* __restrict r, T* __restrict y, in
   for (int64_t c = 0; c < C; ++c) {
     acc_t v = acc_t(x[c]) * scale[c] + shift[c];
     if constexpr (kRes) v += acc_t(r[c]);
-    if constexpr (kRelu) v = v > acc_t(0) ? v : acc_t(0);
+    if constexpr (kRelu) v = v <= acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as torch.relu
     y[c] = T(v);
   }
 }
@@ -120,7 +120,7 @@ void bwd_sums_span(const T* __restrict dy, const T* __restrict y, const T* __res
       for (int l = 0; l < len; ++l) {
         const int64_t i = b + i0 + l;
         acc_t d = acc_t(dy[i]);
-        if constexpr (kRelu) d = acc_t(y[i]) > acc_t(0) ? d : acc_t(0);
+        if constexpr (kRelu) d = acc_t(y[i]) <= acc_t(0) ? acc_t(0) : d;
         if constexpr (kStore) dz[i] = T(d);
         a[l] += d;
         q[l] += d * (acc_t(x[i]) - mean);
@@ -143,17 +143,19 @@ void bwd_sums_row(const T* __restrict dy, const T* __restrict y, const T* __rest
   using acc_t = at::opmath_type<T>;
   for (int64_t c = 0; c < C; ++c) {
     acc_t d = acc_t(dy[c]);
-    if constexpr (kRelu) d = acc_t(y[c]) > acc_t(0) ? d : acc_t(0);
+    if constexpr (kRelu) d = acc_t(y[c]) <= acc_t(0) ? acc_t(0) : d;
     if constexpr (kStore) dz[c] = T(d);
     s1[c] += d;
     s2[c] += d * (acc_t(x[c]) - mean[c]);
   }
 }
 
-// dx = A * dz + B * x + C0 with dz read back or recomputed from (dy, y).
+// dx = A * dz + B * x + C0 with dz read back or recomputed from (dy, y); in
+// eval mode dx = A * dz (x is not read: a NaN in x must not reach dx, as in torch).
 template <typename T, bool kRelu, bool kHaveDz>
 void dx_span(const T* __restrict dy, const T* __restrict y, const T* __restrict dz, const T* __restrict x,
-             T* __restrict dx, int64_t n, at::opmath_type<T> A, at::opmath_type<T> B, at::opmath_type<T> C0) {
+             T* __restrict dx, int64_t n, at::opmath_type<T> A, at::opmath_type<T> B, at::opmath_type<T> C0,
+             bool train) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
     acc_t d;
@@ -161,16 +163,16 @@ void dx_span(const T* __restrict dy, const T* __restrict y, const T* __restrict 
       d = acc_t(dz[i]);
     } else {
       d = acc_t(dy[i]);
-      if constexpr (kRelu) d = acc_t(y[i]) > acc_t(0) ? d : acc_t(0);
+      if constexpr (kRelu) d = acc_t(y[i]) <= acc_t(0) ? acc_t(0) : d;
     }
-    dx[i] = T(A * d + B * acc_t(x[i]) + C0);
+    dx[i] = T(train ? A * d + B * acc_t(x[i]) + C0 : A * d);
   }
 }
 
 template <typename T, bool kRelu, bool kHaveDz>
 void dx_row(const T* __restrict dy, const T* __restrict y, const T* __restrict dz, const T* __restrict x,
             T* __restrict dx, int64_t C, const at::opmath_type<T>* __restrict A, const at::opmath_type<T>* __restrict B,
-            const at::opmath_type<T>* __restrict C0) {
+            const at::opmath_type<T>* __restrict C0, bool train) {
   using acc_t = at::opmath_type<T>;
   for (int64_t c = 0; c < C; ++c) {
     acc_t d;
@@ -178,9 +180,9 @@ void dx_row(const T* __restrict dy, const T* __restrict y, const T* __restrict d
       d = acc_t(dz[c]);
     } else {
       d = acc_t(dy[c]);
-      if constexpr (kRelu) d = acc_t(y[c]) > acc_t(0) ? d : acc_t(0);
+      if constexpr (kRelu) d = acc_t(y[c]) <= acc_t(0) ? acc_t(0) : d;
     }
-    dx[c] = T(A[c] * d + B[c] * acc_t(x[c]) + C0[c]);
+    dx[c] = T(train ? A[c] * d + B[c] * acc_t(x[c]) + C0[c] : A[c] * d);
   }
 }
 
@@ -189,7 +191,7 @@ void add_relu_span(const T* __restrict a, const T* __restrict b, T* __restrict o
   using acc_t = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
     const acc_t v = acc_t(a[i]) + acc_t(b[i]);
-    out[i] = T(v > acc_t(0) ? v : acc_t(0));
+    out[i] = T(v <= acc_t(0) ? acc_t(0) : v);
   }
 }
 
@@ -198,7 +200,7 @@ void relu_backward_span(const T* __restrict g, const T* __restrict y, T* __restr
   using acc_t = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
     const acc_t gv = acc_t(g[i]);
-    out[i] = T(acc_t(y[i]) > acc_t(0) ? gv : acc_t(0));
+    out[i] = T(acc_t(y[i]) <= acc_t(0) ? acc_t(0) : gv);  // NaN passes, as threshold_backward
   }
 }
 
@@ -411,7 +413,7 @@ struct CpuNorm {
               for (int64_t pl = b0; pl < e0; ++pl) {
                 const int64_t c = pl % g.C, off = pl * g.HW;
                 dx_span<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
-                                                      xp + off, gxp + off, g.HW, A[c], B[c], C0[c]);
+                                                      xp + off, gxp + off, g.HW, A[c], B[c], C0[c], training);
               }
             });
           } else {
@@ -419,7 +421,8 @@ struct CpuNorm {
               for (int64_t p = b0; p < e0; ++p) {
                 const int64_t off = p * g.C;
                 dx_row<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
-                                                     xp + off, gxp + off, g.C, A.data(), B.data(), C0.data());
+                                                     xp + off, gxp + off, g.C, A.data(), B.data(), C0.data(),
+                                                     training);
               }
             });
           }

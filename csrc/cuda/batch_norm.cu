@@ -29,8 +29,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -47,24 +45,27 @@ inline at::MemoryFormat fmt(const Geom& g) { return g.format(); }
 
 // ---------------------------------------------------------------- reductions
 
+// The count is an integer: a float count stops being exact past 2^24.
 template <typename acc_t>
 struct Welford {
-  acc_t n, mean, m2;
+  int64_t n;
+  acc_t mean, m2;
   __device__ void add(acc_t x) {
-    n += acc_t(1);
+    n += 1;
     const acc_t d = x - mean;
-    mean += d / n;
+    mean += d / acc_t(n);
     m2 += d * (x - mean);
   }
   __device__ void merge(const Welford& o) {
-    if (o.n == acc_t(0)) return;
-    if (n == acc_t(0)) {
+    if (o.n == 0) return;
+    if (n == 0) {
       *this = o;
       return;
     }
-    const acc_t tot = n + o.n, d = o.mean - mean;
-    mean += d * (o.n / tot);
-    m2 += o.m2 + d * d * (n * o.n / tot);
+    const int64_t tot = n + o.n;
+    const acc_t d = o.mean - mean, wo = acc_t(double(o.n) / double(tot));
+    mean += d * wo;
+    m2 += o.m2 + d * d * acc_t(double(n) * wo);
     n = tot;
   }
 };
@@ -95,7 +96,7 @@ struct BwdOp {
   T* dz_out;
   __device__ void add(Acc& a, int64_t i, int64_t c) const {
     acc_t d = acc_t(dy[i]);
-    if (y && !(acc_t(y[i]) > acc_t(0))) d = acc_t(0);
+    if (y && acc_t(y[i]) <= acc_t(0)) d = acc_t(0);
     if (dz_out) dz_out[i] = T(d);
     a.a += d;
     a.b += d * (acc_t(x[i]) - mean[c]);
@@ -158,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) reduce_nhwc(Op op, int64_t P, int64_
 template <typename Op>
 int launch_reduce(const Op& op, const Geom& g, at::Tensor& ws_t, const at::TensorOptions& opts) {
   using Acc = typename Op::Acc;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   const int64_t target = 2 * num_sms();
   int splits;
   if (!g.nhwc) {
@@ -172,12 +173,12 @@ int launch_reduce(const Op& op, const Geom& g, at::Tensor& ws_t, const at::Tenso
   Acc* ws = reinterpret_cast<Acc*>(ws_t.data_ptr());
   if (!g.nhwc) {
     TORCH_CHECK(g.C <= INT32_MAX, "too many channels");
-    reduce_nchw<Op><<<dim3(unsigned(g.C), unsigned(splits)), kThreads, 0, stream>>>(op, g.N, g.C, g.HW, splits, ws);
+    launch<reduce_nchw<Op>>(dim3(unsigned(g.C), unsigned(splits)), kThreads, 0, stream, op, g.N, g.C, g.HW, splits,
+                            ws);
   } else {
-    reduce_nhwc<Op><<<dim3(unsigned(ceil_div<int64_t>(g.C, 32)), unsigned(splits)), kThreads, 0, stream>>>(
-        op, g.N * g.HW, g.C, splits, ws);
+    launch<reduce_nhwc<Op>>(dim3(unsigned(ceil_div<int64_t>(g.C, 32)), unsigned(splits)), kThreads, 0, stream, op,
+                            g.N * g.HW, g.C, splits, ws);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return splits;
 }
 
@@ -190,7 +191,7 @@ __global__ void stats_finalize(const Welford<acc_t>* ws, int splits, int64_t C, 
   if (c >= C) return;
   Welford<acc_t> a = ws[c];
   for (int s = 1; s < splits; ++s) a.merge(ws[int64_t(s) * C + c]);
-  const acc_t v = a.m2 / a.n;
+  const acc_t v = a.m2 / acc_t(a.n);
   mean[c] = S(a.mean);
   var[c] = S(v);
   if (rm) {
@@ -247,14 +248,14 @@ __global__ void apply_kernel(const T* x, const T* r, T* y, const acc_t* scale, c
     const int64_t c = channel_of(i, C, HW, nhwc);
     acc_t v = acc_t(x[i]) * scale[c] + shift[c];
     if (r) v += acc_t(r[i]);
-    if (relu) v = v > acc_t(0) ? v : acc_t(0);
+    if (relu) v = v <= acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as torch.relu
     y[i] = T(v);
   }
 }
 
 template <typename T, typename acc_t>
 __global__ void dx_kernel(const T* dy, const T* y, const T* dz, const T* x, T* dx, const acc_t* coef, int64_t E,
-                          int64_t C, int64_t HW, bool nhwc) {
+                          int64_t C, int64_t HW, bool nhwc, bool training) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < E; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(i, C, HW, nhwc);
     acc_t d;
@@ -262,9 +263,10 @@ __global__ void dx_kernel(const T* dy, const T* y, const T* dz, const T* x, T* d
       d = acc_t(dz[i]);
     } else {
       d = acc_t(dy[i]);
-      if (y && !(acc_t(y[i]) > acc_t(0))) d = acc_t(0);
+      if (y && acc_t(y[i]) <= acc_t(0)) d = acc_t(0);
     }
-    dx[i] = T(coef[c] * d + coef[C + c] * acc_t(x[i]) + coef[2 * C + c]);
+    // Eval mode reads no x: a NaN there must not reach dx (torch's rule).
+    dx[i] = T(training ? coef[c] * d + coef[C + c] * acc_t(x[i]) + coef[2 * C + c] : coef[c] * d);
   }
 }
 
@@ -273,7 +275,7 @@ __global__ void add_relu_kernel(const T* a, const T* b, T* out, int64_t E) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < E; i += int64_t(gridDim.x) * blockDim.x) {
     const acc_t v = acc_t(a[i]) + acc_t(b[i]);
-    out[i] = T(v > acc_t(0) ? v : acc_t(0));
+    out[i] = T(v <= acc_t(0) ? acc_t(0) : v);
   }
 }
 
@@ -281,7 +283,7 @@ template <typename T>
 __global__ void relu_backward_kernel(const T* g, const T* y, T* out, int64_t E) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < E; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = acc_t(y[i]) > acc_t(0) ? g[i] : T(0);
+    out[i] = acc_t(y[i]) <= acc_t(0) ? T(0) : g[i];  // NaN passes, as threshold_backward
 }
 
 unsigned elementwise_grid(int64_t E) {
@@ -296,7 +298,7 @@ const T* ptr_or_null(const at::Tensor& t) {
 struct CudaNorm {
   static void stats(const at::Tensor& input, at::Tensor& mean, at::Tensor& var, const at::Tensor* rm,
                     const at::Tensor* rv, double momentum, int64_t count) {
-    c10::cuda::CUDAGuard guard(input.device());
+    DeviceGuard guard(input.device());
     const double unbias = double(count) / double(count - 1);
     const Geom g = geom(input);
     auto x = input.contiguous(fmt(g));
@@ -307,19 +309,17 @@ struct CudaNorm {
       const int splits = launch_reduce(StatsOp<scalar_t, acc_t>{x.const_data_ptr<scalar_t>()}, g, ws, x.options());
       const auto* wsp = reinterpret_cast<const Welford<acc_t>*>(ws.const_data_ptr());
       const unsigned blocks = unsigned(ceil_div<int64_t>(g.C, 128));
-      auto stream = c10::cuda::getCurrentCUDAStream();
+      auto stream = current_stream();
       if (!rm) {
-        stats_finalize<acc_t, S, S><<<blocks, 128, 0, stream>>>(wsp, splits, g.C, mean.data_ptr<S>(),
-                                                               var.data_ptr<S>(), static_cast<S*>(nullptr),
-                                                               static_cast<S*>(nullptr), 0.0, 1.0);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch<stats_finalize<acc_t, S, S>>(blocks, 128, 0, stream, wsp, splits, g.C, mean.data_ptr<S>(),
+                                            var.data_ptr<S>(), static_cast<S*>(nullptr), static_cast<S*>(nullptr),
+                                            0.0, 1.0);
         return;
       }
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rm->scalar_type(), "bn_running", [&] {
-        stats_finalize<acc_t, S, scalar_t><<<blocks, 128, 0, stream>>>(
-            wsp, splits, g.C, mean.data_ptr<S>(), var.data_ptr<S>(), rm->data_ptr<scalar_t>(),
-            rv->data_ptr<scalar_t>(), momentum, unbias);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch<stats_finalize<acc_t, S, scalar_t>>(blocks, 128, 0, stream, wsp, splits, g.C, mean.data_ptr<S>(),
+                                                   var.data_ptr<S>(), rm->data_ptr<scalar_t>(),
+                                                   rv->data_ptr<scalar_t>(), momentum, unbias);
       });
     });
   }
@@ -327,14 +327,14 @@ struct CudaNorm {
   static at::Tensor apply(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
                           const at::Tensor* weight, const at::Tensor* bias, const at::Tensor* residual, double eps,
                           bool relu) {
-    c10::cuda::CUDAGuard guard(input.device());
+    DeviceGuard guard(input.device());
     const Geom g = geom(input);
     auto x = input.contiguous(fmt(g));
     at::Tensor r = residual ? residual->contiguous(fmt(g)) : at::Tensor();
     auto y = at::empty_like(x, fmt(g));
     const int64_t E = y.numel();
     if (E == 0) return y;
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       auto coef = at::empty({2 * g.C}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
@@ -344,15 +344,13 @@ struct CudaNorm {
       const at::Tensor b = bias ? bias->to(mean.scalar_type()).contiguous() : at::Tensor();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "bn_coeffs", [&] {
         using S = scalar_t;
-        affine_coeffs<acc_t, S, S><<<unsigned(ceil_div<int64_t>(g.C, 128)), 128, 0, stream>>>(
-            mu.const_data_ptr<S>(), va.const_data_ptr<S>(), ptr_or_null<S>(w), ptr_or_null<S>(b), eps, g.C, cp,
-            cp + g.C);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch<affine_coeffs<acc_t, S, S>>(unsigned(ceil_div<int64_t>(g.C, 128)), 128, 0, stream,
+                                           mu.const_data_ptr<S>(), va.const_data_ptr<S>(), ptr_or_null<S>(w),
+                                           ptr_or_null<S>(b), eps, g.C, cp, cp + g.C);
       });
-      apply_kernel<scalar_t, acc_t><<<elementwise_grid(E), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(r), y.data_ptr<scalar_t>(), cp, cp + g.C, E, g.C,
-          g.HW, g.nhwc, relu);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<apply_kernel<scalar_t, acc_t>>(elementwise_grid(E), kThreads, 0, stream, x.const_data_ptr<scalar_t>(),
+                                            ptr_or_null<scalar_t>(r), y.data_ptr<scalar_t>(), cp, cp + g.C, E, g.C,
+                                            g.HW, g.nhwc, relu);
     });
     return y;
   }
@@ -361,7 +359,7 @@ struct CudaNorm {
       const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
       const at::Tensor* weight, const at::Tensor* output, double eps, bool training, bool relu,
       std::array<bool, 4> mask) {
-    c10::cuda::CUDAGuard guard(input.device());
+    DeviceGuard guard(input.device());
     const Geom g = geom(input);
     auto x = input.contiguous(fmt(g));
     auto gy = grad_out.contiguous(fmt(g));
@@ -377,7 +375,7 @@ struct CudaNorm {
       gb.zero_();
       return {gx, gw, gb, gr};
     }
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
@@ -389,17 +387,15 @@ struct CudaNorm {
       const int splits = launch_reduce(op, g, ws, x.options());
       auto coef = at::empty({3 * g.C}, x.options().dtype(acc_type));
       auto gwa = at::empty({g.C}, x.options().dtype(acc_type)), gba = at::empty({g.C}, x.options().dtype(acc_type));
-      backward_coeffs<acc_t, acc_t, acc_t><<<unsigned(ceil_div<int64_t>(g.C, 128)), 128, 0, stream>>>(
-          reinterpret_cast<const Sum2<acc_t>*>(ws.const_data_ptr()), splits, g.C, mu.const_data_ptr<acc_t>(),
-          va.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(w), eps, double(g.N * g.HW), training,
-          coef.data_ptr<acc_t>(), gwa.data_ptr<acc_t>(), gba.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<backward_coeffs<acc_t, acc_t, acc_t>>(
+          unsigned(ceil_div<int64_t>(g.C, 128)), 128, 0, stream, reinterpret_cast<const Sum2<acc_t>*>(ws.const_data_ptr()),
+          splits, g.C, mu.const_data_ptr<acc_t>(), va.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(w), eps,
+          double(g.N * g.HW), training, coef.data_ptr<acc_t>(), gwa.data_ptr<acc_t>(), gba.data_ptr<acc_t>());
       if (mask[0]) {
-        dx_kernel<scalar_t, acc_t><<<elementwise_grid(E), kThreads, 0, stream>>>(
-            gy.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(y), mask[3] ? gr.const_data_ptr<scalar_t>() : nullptr,
-            x.const_data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), coef.const_data_ptr<acc_t>(), E, g.C, g.HW,
-            g.nhwc);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch<dx_kernel<scalar_t, acc_t>>(elementwise_grid(E), kThreads, 0, stream, gy.const_data_ptr<scalar_t>(),
+                                           ptr_or_null<scalar_t>(y), mask[3] ? gr.const_data_ptr<scalar_t>() : nullptr,
+                                           x.const_data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
+                                           coef.const_data_ptr<acc_t>(), E, g.C, g.HW, g.nhwc, training);
       }
       if (mask[1]) gw.copy_(gwa);
       if (mask[2]) gb.copy_(gba);
@@ -408,28 +404,28 @@ struct CudaNorm {
   }
 
   static void add_relu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
-    c10::cuda::CUDAGuard guard(out.device());
+    DeviceGuard guard(out.device());
     const auto mf = out.suggest_memory_format();
     auto ac = a.contiguous(mf), bc = b.contiguous(mf);
     const int64_t E = out.numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "add_relu_cuda", [&] {
-      add_relu_kernel<scalar_t><<<elementwise_grid(E), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          ac.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), E);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<add_relu_kernel<scalar_t>>(elementwise_grid(E), kThreads, 0, current_stream(),
+                                        ac.const_data_ptr<scalar_t>(), bc.const_data_ptr<scalar_t>(),
+                                        out.data_ptr<scalar_t>(), E);
     });
   }
 
   static at::Tensor relu_backward(const at::Tensor& grad_out, const at::Tensor& output) {
-    c10::cuda::CUDAGuard guard(output.device());
+    DeviceGuard guard(output.device());
     const auto mf = output.suggest_memory_format();
     auto g = grad_out.contiguous(mf), y = output.contiguous(mf);
     auto gx = at::empty_like(y, mf);
     const int64_t E = gx.numel();
     if (E == 0) return gx;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gx.scalar_type(), "relu_backward_cuda", [&] {
-      relu_backward_kernel<scalar_t><<<elementwise_grid(E), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          g.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), E);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<relu_backward_kernel<scalar_t>>(elementwise_grid(E), kThreads, 0, current_stream(),
+                                             g.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
+                                             gx.data_ptr<scalar_t>(), E);
     });
     return gx;
   }
@@ -437,7 +433,7 @@ struct CudaNorm {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(convx, CUDA, m) {
+CONVX_DEVICE_LIBRARY_IMPL(m) {
   CONVX_REGISTER_NORM_OPS(m, CudaNorm);
 }
 

@@ -11,7 +11,8 @@
 //   dgrad     N*H*W          C/groups       K/g * R * S     dY gather      weight
 //   wgrad     K/groups       C/g * R * S    N*Ho*Wo         dY             input gather
 //
-// with the group in blockIdx.z. Every tensor is read and written through its
+// with the group in blockIdx.z (launches take at most 65,535 groups each, so
+// a depthwise convolution with more channels than that runs in several). Every tensor is read and written through its
 // four strides, so NCHW, channels_last and non-contiguous views run in place,
 // and the output is allocated in torch's memory format. For channels_last the
 // reduction index is ordered (r, s, c) so neighbouring threads read
@@ -38,8 +39,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 namespace convx::cuda {
@@ -256,12 +255,12 @@ struct WgradProblem {
 };
 
 template <typename acc_t, typename Problem>
-__global__ void __launch_bounds__(kThreads) igemm_kernel(Problem prob, int splits, int64_t k_per_split) {
+__global__ void __launch_bounds__(kThreads) igemm_kernel(Problem prob, int group0, int splits, int64_t k_per_split) {
   __shared__ acc_t As[BK][BM + 4];
   __shared__ acc_t Bs[BK][BN + 4];
   const int tid = threadIdx.x;
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
-  const int grp = blockIdx.z / splits, split = blockIdx.z % splits;
+  const int grp = group0 + int(blockIdx.z) / splits, split = int(blockIdx.z) % splits;
   const int64_t k_begin = split * k_per_split;
   const int64_t k_end = min(prob.K, k_begin + k_per_split);
 
@@ -370,26 +369,40 @@ Geometry make_geometry(const Conv2dShape& sh, const Conv2dParams& p) {
   return g;
 }
 
+// gridDim.z = (groups in this launch) x splits; more groups than fit in
+// gridDim.z (65,535) run in several launches.
 template <typename acc_t, typename Problem>
 void launch_igemm(const Problem& prob, int groups, int splits, int64_t k_per_split) {
   const int64_t gx = ceil_div<int64_t>(prob.M, BM), gy = ceil_div<int64_t>(prob.N, BN);
-  const int64_t gz = int64_t(groups) * splits;
-  TORCH_CHECK(gx <= INT32_MAX && gy <= 65535 && gz <= 65535, "convx.conv2d (CUDA): problem too large for the grid (",
-              gx, ", ", gy, ", ", gz, ")");
-  const dim3 grid{unsigned(gx), unsigned(gy), unsigned(gz)};
-  igemm_kernel<acc_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(prob, splits, k_per_split);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  TORCH_CHECK(gx <= INT32_MAX && gy <= max_grid_yz() && splits <= max_grid_yz(),
+              "convx.conv2d (CUDA): problem too large for the grid (", gx, ", ", gy, ", ", splits, ")");
+  const int per_launch = max_grid_yz() / splits;
+  for (int g0 = 0; g0 < groups; g0 += per_launch) {
+    const int ng = std::min(per_launch, groups - g0);
+    const dim3 grid{unsigned(gx), unsigned(gy), unsigned(ng * splits)};
+    launch<igemm_kernel<acc_t, Problem>>(grid, kThreads, 0, current_stream(), prob, g0, splits, k_per_split);
+  }
 }
 
 bool is_cl(at::MemoryFormat mf) { return mf == at::MemoryFormat::ChannelsLast; }
 
 void check_cuda(const at::Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), "convx.conv2d (CUDA): expected a CUDA tensor, but got one on ", t.device());
+  TORCH_CHECK(on_device(t), "convx.conv2d (CUDA): expected a tensor on ", device_name(), ", but got one on ",
+              t.device());
 }
 
+// The kernels index bias[c] densely: a strided view is copied first.
+at::Tensor dense_bias(const at::Tensor* bias) { return bias ? bias->contiguous() : at::Tensor(); }
+
 template <typename T>
-const T* opt_ptr(const at::Tensor* t) {
-  return t ? t->const_data_ptr<T>() : nullptr;
+const T* opt_ptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// torch's rule on CUDA: channels_last when either operand is, except for
+// float64, which cuDNN computes (and torch returns) contiguous.
+at::MemoryFormat cuda_conv_memory_format(const at::Tensor& a, const at::Tensor& b) {
+  return a.scalar_type() == at::kDouble ? at::MemoryFormat::Contiguous : conv_memory_format(a, b);
 }
 
 }  // namespace
@@ -399,8 +412,9 @@ struct CudaConv {
   static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                             const Conv2dShape& sh, const Conv2dParams& p) {
     check_cuda(input);
-    c10::cuda::CUDAGuard guard(input.device());
-    const auto mf = conv_memory_format(input, weight);
+    DeviceGuard guard(input.device());
+    const auto mf = cuda_conv_memory_format(input, weight);
+    const at::Tensor b = dense_bias(bias);
     auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
     if (y.numel() == 0) return y;
     const bool cl = is_cl(mf);
@@ -411,7 +425,7 @@ struct CudaConv {
       prob.x = strided<const scalar_t>(input);
       prob.w = strided<const scalar_t>(weight);
       prob.y = strided<scalar_t>(y);
-      prob.bias = opt_ptr<scalar_t>(bias);
+      prob.bias = opt_ptr<scalar_t>(b);
       prob.g = g;
       prob.cl = cl;
       prob.M = sh.N * sh.Ho * sh.Wo;
@@ -427,8 +441,9 @@ struct CudaConv {
   static at::Tensor data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor* bias,
                               const Conv2dShape& sh, const Conv2dParams& p) {
     check_cuda(grad_output);
-    c10::cuda::CUDAGuard guard(grad_output.device());
-    const auto mf = conv_memory_format(grad_output, weight);
+    DeviceGuard guard(grad_output.device());
+    const auto mf = cuda_conv_memory_format(grad_output, weight);
+    const at::Tensor b = dense_bias(bias);
     auto dx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().memory_format(mf));
     if (dx.numel() == 0) return dx;
     const bool cl = is_cl(mf);
@@ -440,7 +455,7 @@ struct CudaConv {
       prob.dy = strided<const scalar_t>(grad_output);
       prob.w = strided<const scalar_t>(weight);
       prob.dx = strided<scalar_t>(dx);
-      prob.bias = opt_ptr<scalar_t>(bias);
+      prob.bias = opt_ptr<scalar_t>(b);
       prob.g = g;
       prob.cl = cl;
       prob.M = sh.N * sh.H * sh.W;
@@ -456,8 +471,8 @@ struct CudaConv {
   static at::Tensor weight_grad(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef weight_size,
                                 const Conv2dShape& sh, const Conv2dParams& p) {
     check_cuda(grad_output);
-    c10::cuda::CUDAGuard guard(grad_output.device());
-    const auto mf = conv_memory_format(grad_output, input);
+    DeviceGuard guard(grad_output.device());
+    const auto mf = cuda_conv_memory_format(grad_output, input);
     auto dw = at::empty(weight_size, grad_output.options().memory_format(mf));
     if (grad_output.numel() == 0) return dw.zero_();
     const bool cl = is_cl(mf);
@@ -477,10 +492,12 @@ struct CudaConv {
       prob.a_kfast = !cl;  // NCHW: dY is contiguous along (h, w)
       prob.b_kfast = !cl;
       // Split the long reduction until the grid covers the GPU about twice;
-      // each split keeps at least 512 reduction steps.
+      // each split keeps at least 512 reduction steps. The split count (and
+      // so the summation order) follows the SM count: results are bitwise
+      // reproducible on one GPU model, not across models.
       const int64_t tiles = ceil_div<int64_t>(prob.M, BM) * ceil_div<int64_t>(prob.N, BN) * g.groups;
       int64_t splits = std::max<int64_t>(1, ceil_div<int64_t>(2 * num_sms(), tiles));
-      splits = std::min<int64_t>({splits, std::max<int64_t>(1, prob.K / 512), 64, 65535 / g.groups});
+      splits = std::min<int64_t>({splits, std::max<int64_t>(1, prob.K / 512), 64});
       const int64_t kps = ceil_div<int64_t>(ceil_div<int64_t>(prob.K, splits), BK) * BK;
       splits = ceil_div<int64_t>(prob.K, kps);
       at::Tensor ws;
@@ -495,9 +512,8 @@ struct CudaConv {
       if (splits > 1) {
         const int64_t total = sh.K * sh.Cg * sh.R * sh.S;
         const int blocks = int(std::min<int64_t>(ceil_div<int64_t>(total, kThreads), 4096));
-        sum_splits_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            prob.ws, int(splits), sh.K, g.Cg, g.R, g.S, strided<scalar_t>(dw));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch<sum_splits_kernel<scalar_t, acc_t>>(blocks, kThreads, 0, current_stream(), prob.ws, int(splits), sh.K,
+                                                   g.Cg, g.R, g.S, strided<scalar_t>(dw));
       }
     });
     return dw;
@@ -505,20 +521,20 @@ struct CudaConv {
 
   static at::Tensor channel_sum(const at::Tensor& t) {
     check_cuda(t);
-    c10::cuda::CUDAGuard guard(t.device());
+    DeviceGuard guard(t.device());
     auto out = at::empty({t.size(1)}, t.options());
     if (t.numel() == 0) return out.zero_();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "channel_sum_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      bias_grad_kernel<scalar_t, acc_t><<<unsigned(t.size(1)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          strided<const scalar_t>(t), t.size(0), int(t.size(2)), int(t.size(3)), out.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<bias_grad_kernel<scalar_t, acc_t>>(unsigned(t.size(1)), kThreads, 0, current_stream(),
+                                                strided<const scalar_t>(t), t.size(0), int(t.size(2)),
+                                                int(t.size(3)), out.data_ptr<scalar_t>());
     });
     return out;
   }
 };
 
-TORCH_LIBRARY_IMPL(convx, CUDA, m) {
+CONVX_DEVICE_LIBRARY_IMPL(m) {
   CONVX_REGISTER_CONV_OPS(m, CudaConv);
 }
 

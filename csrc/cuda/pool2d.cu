@@ -11,6 +11,11 @@
 // and average-pool backwards that torch refuses under
 // torch.use_deterministic_algorithms(True) (pytorch issue 50198) just run.
 //
+// Max pooling over a window that holds only -inf (or only padding-adjacent
+// -inf values): convx returns the window's first valid position, as torch's
+// CPU and NCHW CUDA kernels do; torch's channels_last CUDA kernel returns
+// index 0 there instead. The values agree; only that index differs.
+//
 // Napkin math: max-pool 3x3/2 at 112x112x64 (N=256, bf16) reads 411 MB and
 // writes 103 MB (+ 411 MB of int64 indices when they are kept): memory bound.
 #include "../common/cuda_utils.cuh"
@@ -20,8 +25,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -133,8 +136,8 @@ unsigned grid_for(int64_t total) {
 
 struct CudaPool {
   static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const PoolPlan& p, bool is_max) {
-    TORCH_CHECK(x.is_cuda(), "convx pooling (CUDA): expected a CUDA tensor");
-    c10::cuda::CUDAGuard guard(x.device());
+    TORCH_CHECK(on_device(x), "convx pooling (CUDA): expected a tensor on ", device_name());
+    DeviceGuard guard(x.device());
     const auto mf = x.suggest_memory_format();
     const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
     auto y = at::empty(p.out_size, x.options().memory_format(mf));
@@ -144,18 +147,17 @@ struct CudaPool {
     if (total == 0) return {y, ind};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool2d_forward_cuda", [&] {
       Strided4<const scalar_t> xs{x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
-      pool_forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          xs, y.data_ptr<scalar_t>(), is_max ? ind.data_ptr<int64_t>() : nullptr, total, p.out_size[1], p.h, p.w,
-          p.div, is_max, nhwc);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<pool_forward_kernel<scalar_t>>(grid_for(total), kThreads, 0, current_stream(), xs,
+                                            y.data_ptr<scalar_t>(), is_max ? ind.data_ptr<int64_t>() : nullptr, total,
+                                            p.out_size[1], p.h, p.w, p.div, is_max, nhwc);
     });
     return {y, ind};
   }
 
   static at::Tensor backward(const at::Tensor& gy, const at::Tensor& indices, at::IntArrayRef input_size,
                              const PoolPlan& p, bool is_max) {
-    TORCH_CHECK(gy.is_cuda(), "convx pooling (CUDA): expected a CUDA tensor");
-    c10::cuda::CUDAGuard guard(gy.device());
+    TORCH_CHECK(on_device(gy), "convx pooling (CUDA): expected a tensor on ", device_name());
+    DeviceGuard guard(gy.device());
     const auto mf = gy.suggest_memory_format();
     const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
     auto gx = at::empty(input_size, gy.options().memory_format(mf));
@@ -168,9 +170,9 @@ struct CudaPool {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "pool2d_backward_cuda", [&] {
       Strided4<const scalar_t> gs{gy.const_data_ptr<scalar_t>(), gy.stride(0), gy.stride(1), gy.stride(2),
                                   gy.stride(3)};
-      pool_backward_kernel<scalar_t><<<grid_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          gs, is, gx.data_ptr<scalar_t>(), total, input_size[1], p.h, p.w, p.div, is_max, nhwc);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<pool_backward_kernel<scalar_t>>(grid_for(total), kThreads, 0, current_stream(), gs, is,
+                                             gx.data_ptr<scalar_t>(), total, input_size[1], p.h, p.w, p.div, is_max,
+                                             nhwc);
     });
     return gx;
   }
@@ -178,7 +180,7 @@ struct CudaPool {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(convx, CUDA, m) {
+CONVX_DEVICE_LIBRARY_IMPL(m) {
   CONVX_REGISTER_POOL_OPS(m, CudaPool);
 }
 
