@@ -8,7 +8,8 @@
 // Kernel files use only this header's names for the host side: `launch`
 // (the one launch helper: `<<<>>>` plus the launch check under nvcc),
 // `current_stream()`, `DeviceGuard`, `on_device(t)`, `num_sms()`, `max_grid_yz()` and
-// `CONVX_DEVICE_LIBRARY_IMPL(m)`. Kernel bodies have no #ifdef.
+// `CONVX_DEVICE_LIBRARY_IMPL(m)`; kernels take dynamic shared memory through
+// `dynamic_shared<T>()`. Kernel bodies have no #ifdef.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -54,6 +55,12 @@ void launch_as(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, si
                &ctx);
 }
 
+// The block's dynamic shared memory (the launch's `smem` bytes).
+template <typename T>
+__device__ T* dynamic_shared() {
+  return static_cast<T*>(simt::dynamic_shared_memory());
+}
+
 template <auto Kernel, class... A>
 void launch(dim3 grid, dim3 block, size_t smem, Stream, A&&... args) {
   launch_as(Kernel, simt::kernel_name<Kernel>(), grid, block, smem, std::forward<A>(args)...);
@@ -91,6 +98,13 @@ inline int num_sms() {
 }
 
 constexpr int max_grid_yz() { return 65535; }
+
+// The block's dynamic shared memory (the launch's `smem` bytes).
+template <typename T>
+__device__ T* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char convx_dynamic_shared[];
+  return reinterpret_cast<T*>(convx_dynamic_shared);
+}
 
 template <auto Kernel, class... A>
 void launch(dim3 grid, dim3 block, size_t smem, Stream stream, A&&... args) {

@@ -221,16 +221,30 @@ void scan_shared_objects() {
   if (!dladdr(reinterpret_cast<void*>(&scan_shared_objects), &info) || !info.dli_fname) return;
   std::ifstream f(info.dli_fname, std::ios::binary);
   if (!f) return;
-  std::vector<char> img((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (img.size() < sizeof(Elf64_Ehdr)) return;
-  const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(img.data());
+  // Read the headers, the symbol table and its strings only (the library
+  // carries megabytes of debug information).
+  auto read = [&](uint64_t off, uint64_t n) {
+    std::vector<char> b(n);
+    f.seekg(std::streamoff(off));
+    f.read(b.data(), std::streamsize(n));
+    if (!f) b.clear();
+    return b;
+  };
+  const auto ehb = read(0, sizeof(Elf64_Ehdr));
+  if (ehb.empty()) return;
+  const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(ehb.data());
   if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64) return;
-  const auto* sh = reinterpret_cast<const Elf64_Shdr*>(img.data() + eh->e_shoff);
+  const auto shb = read(eh->e_shoff, uint64_t(eh->e_shnum) * sizeof(Elf64_Shdr));
+  if (shb.empty()) return;
+  const auto* sh = reinterpret_cast<const Elf64_Shdr*>(shb.data());
   char* base = static_cast<char*>(info.dli_fbase);
   for (int i = 0; i < eh->e_shnum; ++i) {
-    if (sh[i].sh_type != SHT_SYMTAB) continue;
-    const auto* syms = reinterpret_cast<const Elf64_Sym*>(img.data() + sh[i].sh_offset);
-    const char* strtab = img.data() + sh[sh[i].sh_link].sh_offset;
+    if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
+    const auto symb = read(sh[i].sh_offset, sh[i].sh_size);
+    const auto strb = read(sh[sh[i].sh_link].sh_offset, sh[sh[i].sh_link].sh_size);
+    if (symb.empty() || strb.empty()) continue;
+    const auto* syms = reinterpret_cast<const Elf64_Sym*>(symb.data());
+    const char* strtab = strb.data();
     const size_t n = sh[i].sh_size / sizeof(Elf64_Sym);
     // A __shared__ array has no initializer: it sits in a NOBITS (.bss)
     // section and has no guard variable (_ZGVZ...), unlike a static with a

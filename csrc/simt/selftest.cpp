@@ -100,9 +100,18 @@ __global__ void reduce_twice(float* out) {
 // One past the end of a shared array: AddressSanitizer's to catch.
 __global__ void shared_overrun(float* out) {
   __shared__ float s[32];
-  s[threadIdx.x] = 1.0f;  // launched with 33 threads
+  float* p = s;           // through a pointer, so that UBSan's array-bounds check does not see it first
+  p[threadIdx.x] = 1.0f;  // launched with 33 threads
   __syncthreads();
   out[threadIdx.x] = s[0];
+}
+
+// Dynamic shared memory: reverse a block's values through it.
+__global__ void reverse_dynamic(float* out) {
+  float* s = dynamic_shared<float>();
+  s[threadIdx.x] = float(blockIdx.x * 100 + threadIdx.x);
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
 }
 
 __global__ void noop(float* out) {
@@ -128,6 +137,7 @@ const std::map<std::string, Case>& cases() {
       {"deadlock", {[](float* o) { launch<deadlock>(1, 64, 0, {}, o); }, 64}},
       {"collectives", {[](float* o) { launch<collectives>(1, 64, 0, {}, o); }, 64 * 11}},
       {"reduce_twice", {[](float* o) { launch<reduce_twice>(8, 256, 0, {}, o); }, 16}},
+      {"reverse_dynamic", {[](float* o) { launch<reverse_dynamic>(3, 40, 40 * sizeof(float), {}, o); }, 120}},
       {"shared_overrun", {[](float* o) { launch<shared_overrun>(1, 33, 0, {}, o); }, 33}},
       {"throws", {[](float* o) { launch<throws>(1, 32, 0, {}, o); }, 32}},
       {"block_1025", {[](float* o) { launch<noop>(1, 1025, 0, {}, o); }, 1}},
