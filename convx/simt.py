@@ -29,7 +29,8 @@ class Launch(NamedTuple):
     kernel: str
     grid: tuple
     block: tuple
-    dynamic_shared: int
+    dynamic_shared: int  # bytes asked for at launch
+    static_shared: int   # bytes of the __shared__ arrays in the kernel's own body
 
 
 def available():

@@ -75,6 +75,11 @@ def test_launches_an_h100_rejects_fail(name):
         selftest(name)
 
 
+def test_static_shared_memory_limit():
+    with pytest.raises(RuntimeError, match="50176 bytes of __shared__ arrays; the limit is 49152"):
+        selftest("too_much_static_shared")
+
+
 def test_largest_legal_grid_runs():
     assert selftest("grid_y_65535") == [1.0]
 
@@ -159,6 +164,7 @@ def test_launch_log_records_each_launch():
     assert launch.kernel == "igemm_kernel<float, ForwardProblem<float, float> >"
     assert launch.grid == (math.ceil(2 * 9 * 8 / 64), 1, 1) and launch.block == (256, 1, 1)
     assert launch.dynamic_shared == 0
+    assert launch.static_shared == 2 * 16 * (64 + 4) * 4  # As and Bs: [BK][BM + 4] floats each
     convx.simt.clear_launches()
     assert convx.simt.launches() == []
 

@@ -47,7 +47,7 @@ void launch_as(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, si
     std::tuple<std::decay_t<P>...> params;
   } ctx{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
   // Each thread gets its own copy of the parameters, as on the device.
-  simt::launch({name, grid, block, smem},
+  simt::launch({name, grid, block, smem, reinterpret_cast<const void*>(kernel)},
                [](void* c) {
                  auto* x = static_cast<Ctx*>(c);
                  std::apply(x->k, x->params);

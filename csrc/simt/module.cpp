@@ -32,7 +32,8 @@ PyObject* py_launches(PyObject*, PyObject*) {
     const auto& r = log[i];
     PyObject* grid = dims(r.grid);
     PyObject* block = dims(r.block);
-    PyObject* t = Py_BuildValue("(sNNn)", r.kernel, grid, block, Py_ssize_t(r.dynamic_shared));
+    PyObject* t = Py_BuildValue("(sNNnn)", r.kernel, grid, block, Py_ssize_t(r.dynamic_shared),
+                                Py_ssize_t(r.static_shared));
     if (!t) {
       Py_DECREF(list);
       return nullptr;
@@ -95,7 +96,8 @@ PyObject* py_set_max_grid_yz(PyObject*, PyObject* arg) {
 }
 
 PyMethodDef methods[] = {
-    {"launches", py_launches, METH_NOARGS, "[(kernel, grid, block, dynamic_shared_bytes)], oldest first"},
+    {"launches", py_launches, METH_NOARGS,
+     "[(kernel, grid, block, dynamic_shared_bytes, static_shared_bytes)], oldest first"},
     {"clear_launches", py_clear_launches, METH_NOARGS, "empty the launch log"},
     {"set_seed", py_set_seed, METH_O, "seed the block order and the thread order after barriers"},
     {"shared_objects", py_shared_objects, METH_NOARGS, "number of __shared__ objects poisoned per block"},

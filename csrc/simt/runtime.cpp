@@ -27,6 +27,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <map>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -123,6 +124,7 @@ struct Warp {
 struct Region {
   char* p;
   size_t n;
+  std::string name;  // mangled
 };
 
 // splitmix64
@@ -195,6 +197,8 @@ uint64_t g_seed = 0;
 uint64_t g_launch_count = 0;
 std::vector<char*> g_stack_pool;
 std::vector<Region> g_shared;
+std::map<uintptr_t, std::string> g_functions;       // address -> mangled name, convx::cuda functions
+std::map<const void*, size_t> g_static_shared;      // kernel -> bytes of its own __shared__ arrays
 bool g_shared_scanned = false;
 std::vector<unsigned char> g_dynamic_shared;
 
@@ -256,12 +260,16 @@ void scan_shared_objects() {
     }
     for (size_t j = 0; j < n; ++j) {
       const auto& s = syms[j];
+      const char* fname = strtab + s.st_name;
+      if (ELF64_ST_TYPE(s.st_info) == STT_FUNC && s.st_shndx != SHN_UNDEF &&
+          std::strncmp(fname, "_ZN5convx4cuda", 14) == 0)
+        g_functions[reinterpret_cast<uintptr_t>(base + s.st_value)] = fname;
       if (ELF64_ST_TYPE(s.st_info) != STT_OBJECT || s.st_size == 0 || s.st_shndx == SHN_UNDEF ||
           s.st_shndx >= eh->e_shnum || sh[s.st_shndx].sh_type != SHT_NOBITS)
         continue;
       const char* name = strtab + s.st_name;
       if (std::strncmp(name, "_ZZN5convx4cuda", 15) != 0 || guarded.count(name)) continue;
-      g_shared.push_back({base + s.st_value, size_t(s.st_size)});
+      g_shared.push_back({base + s.st_value, size_t(s.st_size), name});
     }
   }
 }
@@ -564,6 +572,23 @@ void* dynamic_shared_memory() { return g_dynamic_shared.data(); }
 
 // ---------------------------------------------------------------- host side
 
+// Bytes of the __shared__ arrays declared in the kernel's own body (not in
+// the device functions it calls): function-local statics whose mangled name
+// nests in the kernel's ("_ZN...kernel...Ev" -> "_ZZN...kernel...EvE2As").
+size_t static_shared_bytes(const void* kernel) {
+  const auto it = g_static_shared.find(kernel);
+  if (it != g_static_shared.end()) return it->second;
+  size_t bytes = 0;
+  const auto f = g_functions.find(reinterpret_cast<uintptr_t>(kernel));
+  if (f != g_functions.end()) {
+    const std::string prefix = "_ZZ" + f->second.substr(2) + "E";
+    for (const auto& r : g_shared)
+      if (r.name.compare(0, prefix.size(), prefix) == 0) bytes += r.n;
+  }
+  g_static_shared[kernel] = bytes;
+  return bytes;
+}
+
 void launch(const LaunchSpec& spec, void (*body)(void*), void* ctx) {
   const auto& props = device_props();
   const dim3 g = spec.grid, b = spec.block;
@@ -577,12 +602,19 @@ void launch(const LaunchSpec& spec, void (*body)(void*), void* ctx) {
   TORCH_CHECK(spec.dynamic_shared <= props.max_dynamic_shared, "CUDA error: invalid argument (convx.simt: kernel ",
               spec.kernel, " asks for ", spec.dynamic_shared, " bytes of dynamic shared memory)");
   std::lock_guard<std::mutex> lock(g_launch_mutex);
+  if (!g_shared_scanned) scan_shared_objects();
+  const size_t static_bytes = spec.kernel_address ? static_shared_bytes(spec.kernel_address) : 0;
+  // nvcc refuses more than 48 KiB of static shared memory at compile time.
+  TORCH_CHECK(static_bytes <= props.max_static_shared, "convx.simt: kernel ", spec.kernel, " declares ", static_bytes,
+              " bytes of __shared__ arrays; the limit is ", props.max_static_shared, " (ptxas would refuse it)");
+  TORCH_CHECK(static_bytes + spec.dynamic_shared <= props.max_dynamic_shared,
+              "CUDA error: invalid argument (convx.simt: kernel ", spec.kernel, " needs ", static_bytes, " + ",
+              spec.dynamic_shared, " bytes of shared memory)");
   {
     std::lock_guard<std::mutex> log_lock(g_log_mutex);
     if (g_log.size() >= kMaxLogged) g_log.erase(g_log.begin(), g_log.begin() + kMaxLogged / 2);
-    g_log.push_back({spec.kernel, {g.x, g.y, g.z}, {b.x, b.y, b.z}, spec.dynamic_shared});
+    g_log.push_back({spec.kernel, {g.x, g.y, g.z}, {b.x, b.y, b.z}, spec.dynamic_shared, static_bytes});
   }
-  if (!g_shared_scanned) scan_shared_objects();
   if (g_dynamic_shared.size() < spec.dynamic_shared) g_dynamic_shared.resize(spec.dynamic_shared);
 
   Run r;

@@ -14,6 +14,7 @@ struct LaunchRecord {
   unsigned grid[3];
   unsigned block[3];
   size_t dynamic_shared;
+  size_t static_shared;  // the kernel body's own __shared__ arrays, in bytes
 };
 
 // The log keeps the newest records; past this many it drops its older half.

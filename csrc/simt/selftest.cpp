@@ -114,6 +114,14 @@ __global__ void reverse_dynamic(float* out) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
 }
 
+// 49 KiB of static shared memory: nvcc would refuse it.
+__global__ void too_much_static_shared(float* out) {
+  __shared__ float s[49 * 256];
+  s[threadIdx.x] = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = s[0];
+}
+
 __global__ void noop(float* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) out[0] = 1.0f;
 }
@@ -138,6 +146,7 @@ const std::map<std::string, Case>& cases() {
       {"collectives", {[](float* o) { launch<collectives>(1, 64, 0, {}, o); }, 64 * 11}},
       {"reduce_twice", {[](float* o) { launch<reduce_twice>(8, 256, 0, {}, o); }, 16}},
       {"reverse_dynamic", {[](float* o) { launch<reverse_dynamic>(3, 40, 40 * sizeof(float), {}, o); }, 120}},
+      {"too_much_static_shared", {[](float* o) { launch<too_much_static_shared>(1, 32, 0, {}, o); }, 32}},
       {"shared_overrun", {[](float* o) { launch<shared_overrun>(1, 33, 0, {}, o); }, 33}},
       {"throws", {[](float* o) { launch<throws>(1, 32, 0, {}, o); }, 32}},
       {"block_1025", {[](float* o) { launch<noop>(1, 1025, 0, {}, o); }, 1}},

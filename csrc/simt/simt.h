@@ -52,7 +52,8 @@ struct DeviceProps {
   int max_block_dim_z = 64;
   int64_t max_grid_x = 2147483647;
   int max_grid_yz = 65535;
-  size_t max_dynamic_shared = 227 * 1024;  // the opt-in limit
+  size_t max_dynamic_shared = 227 * 1024;  // the opt-in limit, static + dynamic
+  size_t max_static_shared = 48 * 1024;
   int warp_size = 32;
 };
 const DeviceProps& device_props();
@@ -69,6 +70,7 @@ struct LaunchSpec {
   const char* kernel;
   dim3 grid, block;
   size_t dynamic_shared;
+  const void* kernel_address;  // finds the kernel's static __shared__ arrays
 };
 void launch(const LaunchSpec& spec, void (*body)(void*), void* ctx);
 
