@@ -11,6 +11,9 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+# One architecture (H100/H200) keeps the build fast here; `pip install .` builds
+# for the visible GPU or a list covering current GPUs (convx/_archs.py).
+export TORCH_CUDA_ARCH_LIST ?= 9.0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -22,7 +25,7 @@ SAN_TESTS ?= tests
 SAN_SELECT ?= not (simt and (benchmark_shapes or gradcheck))
 SAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libubsan.so)
 
-.PHONY: all venv deps build test test-slow sanitize demo bench clean info
+.PHONY: all venv deps build test test-slow sanitize wheel-check demo bench clean info
 
 all: test
 
@@ -60,6 +63,11 @@ sanitize: $(STAMP)
 		$(abspath $(VPY)) -m pytest $(addprefix $(CURDIR)/,$(SAN_TESTS)) -q -p no:cacheprovider -k "$(SAN_SELECT)" \
 		$(PYTEST_ARGS)
 
+# Build the sdist and the wheel (from the sdist) as a user would, install the
+# wheel into a fresh venv and smoke-test it from outside the source tree.
+wheel-check: $(STAMP)
+	PYTHON=$(VPY) bash scripts/check_wheel.sh
+
 demo: build
 	$(VPY) -m convx train
 
@@ -70,4 +78,4 @@ info: build
 	$(VPY) -m convx info
 
 clean:
-	rm -rf build convx/_C*.so convx/_simt*.so convx/_build_config.py .pytest_cache .benchmarks
+	rm -rf build dist *.egg-info convx/_C*.so convx/_simt*.so convx/_build_config.py .pytest_cache .benchmarks

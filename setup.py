@@ -3,8 +3,10 @@
 Environment switches (documented in the README):
   CONVX_CUDA=0            CPU-only build, even where nvcc and a CUDA torch exist.
   CONVX_CUDA=1            require the CUDA build (fail if it is not possible).
-  TORCH_CUDA_ARCH_LIST    CUDA architectures to build for; default "9.0"
-                          (H100/H200). E.g. "8.0;9.0" or "8.6+PTX".
+  TORCH_CUDA_ARCH_LIST    CUDA architectures to build for. Unset: those of the GPUs
+                          visible at build time, or with none visible
+                          convx/_archs.py's DEFAULT_ARCHS (7.5 to 12.0+PTX).
+                          `make` and CI set "9.0" (H100/H200) to build fast.
   MAX_JOBS                parallel compile jobs (ninja).
   CONVX_DEBUG=1           -O0 -g host code, -lineinfo device code.
   CONVX_SIMT=0            skip the emulated CUDA backend (convx._simt: csrc/cuda/*.cu
@@ -29,7 +31,6 @@ if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.i
 from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "9.0"
 
 
 def cuda_wanted():
@@ -90,6 +91,7 @@ def write_build_config(with_cuda, archs, with_simt, sanitize):
 
 
 sys.path.insert(0, os.path.join(ROOT, "convx"))
+import _archs  # noqa: E402  (plain Python, no torch)
 from convx_version import __version__  # noqa: E402
 
 def flag(name, default):
@@ -108,8 +110,12 @@ srcs = ["csrc/ops.cpp"] + sources("cpu", ".cpp")
 extra = {"cxx": cxx_flags}
 archs = []
 if with_cuda:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
-    archs = [a.strip() for a in os.environ["TORCH_CUDA_ARCH_LIST"].replace(",", ";").split(";") if a.strip()]
+    import torch
+
+    visible = ([torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+               if torch.cuda.is_available() else [])
+    archs = _archs.choose(os.environ.get("TORCH_CUDA_ARCH_LIST"), visible)
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
     srcs += sources("cuda", ".cu")
     extra["nvcc"] = opt[:1] + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"] + (["-G"] if debug else [])
     Ext = cpp_extension.CUDAExtension
@@ -143,9 +149,23 @@ if with_simt:
         define_macros=[("CONVX_SIMT", "1")],
     ))
 
+def torch_requirement():
+    # The extension works only with the torch it is compiled against: the
+    # package requires that release (any local build tag, e.g. +cu130).
+    import torch
+
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
 setup(
     name="convx",
     version=__version__,
+    install_requires=[torch_requirement()],
+    extras_require={
+        "demo": ["scikit-learn", "matplotlib"],      # python -m convx train [--plot]
+        "bench": ["pytest", "pytest-benchmark", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark", "scikit-learn", "torchvision"],
+    },
     packages=find_packages(include=["convx", "convx.*"]),
     ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -126,15 +126,50 @@ def markdown(res):
     return "\n".join(lines) + "\n"
 
 
+def plot(res, path):
+    """One bar per record: torch's time over convx's (log scale), a line at
+    1.0; green where convx is faster. Returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = sorted(res["records"], key=lambda r: (r["op"], r["layout"], r.get("layer") or r["shape"], r["dtype"]))
+    labels = [f"{r['op']} {r.get('layer') or r['shape']} {r['dtype']} {r['layout']}" for r in recs]
+    ratios = [r["ratio"] for r in recs]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.19 * len(recs)))
+    ys = range(len(recs))
+    ax.barh(ys, [math.log2(v) for v in ratios], color=["#2e7d32" if v >= 1 else "#c62828" for v in ratios])
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(list(ys), labels, fontsize=7)
+    ax.set_ylim(len(recs) - 0.5, -0.5)
+    lo, hi = min(math.log2(v) for v in ratios), max(math.log2(v) for v in ratios)
+    ax.set_xlim(min(lo, 0) - 0.45, max(hi, 0) + 0.45)
+    ticks = [t for t in (-4, -3, -2, -1, 0, 1, 2, 3, 4) if min(lo, 0) - 0.45 <= t <= max(hi, 0) + 0.45]
+    ax.set_xticks(ticks, [f"{2.0 ** t:g}x" for t in ticks])
+    ax.set_xlabel("torch time / convx time (log scale; right of 1x: convx faster)")
+    for y, v in zip(ys, ratios):
+        ax.text(math.log2(v), y, f" {v:.2f}", va="center", ha="left" if v >= 1 else "right", fontsize=6)
+    ax.set_title(f"convx vs torch: {res['device']}, torch {res['torch']}, {res['date']}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("raw")
+    p.add_argument("raw", help="pytest-benchmark JSON, or with --plot-only a results JSON")
+    p.add_argument("--plot-only", action="store_true", help="only draw the PNG chart of a results JSON beside it")
     p.add_argument("--outdir", default="bench/results")
     p.add_argument("--what", default="conv2d")
     p.add_argument("--command", default="make bench")
     a = p.parse_args()
     with open(a.raw) as f:
         raw = json.load(f)
+    if a.plot_only:
+        print("wrote", plot(raw, os.path.splitext(a.raw)[0] + ".png"))
+        return
     res = build(raw, a.command)
     os.makedirs(a.outdir, exist_ok=True)
     stem = os.path.join(a.outdir, f"{res['date']}-{slug(res['device'])}-{a.what}")
@@ -144,6 +179,10 @@ def main():
         f.write(markdown(res))
     print(markdown(res))
     print("wrote", stem + ".json", stem + ".md")
+    try:
+        print("wrote", plot(res, stem + ".png"))
+    except ImportError:
+        print("no chart: matplotlib is not installed (pip install 'convx[bench]')")
 
 
 if __name__ == "__main__":

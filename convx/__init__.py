@@ -8,6 +8,9 @@ autograd, fake kernels for torch.compile, and drop-in ``nn.Module`` twins.
 """
 import torch  # noqa: F401  (loads libtorch before our extension)
 
+from ._version_check import check_torch_version
+
+check_torch_version()  # before loading _C: an extension built for another torch may not even load
 from . import _C  # noqa: F401  (registers torch.ops.convx.*)
 from . import simt  # noqa: F401  (the emulated CUDA backend, where built)
 from . import ops  # noqa: F401  (fake kernels + autograd)

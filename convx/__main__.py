@@ -7,8 +7,8 @@
   info [--conv N,C,H,W,K,R,S[,stride,pad,dil,groups]]
         build configuration, visible devices, and which kernel a conv shape runs
   demo [--device cpu|cuda] [--batch N]
-        the main job for now: a small CNN built from convx modules next to the
-        same torch.nn model: checks they agree, then times both
+        a quick look: a small CNN built from convx modules next to the same
+        torch.nn model: checks they agree, then times both
 """
 import argparse
 import math
@@ -45,10 +45,14 @@ def cmd_info(args):
         print("  sanitizers           AddressSanitizer + UBSan build (make sanitize)")
     print(f"  CPU threads          {torch.get_num_threads()}")
     if torch.cuda.is_available():
+        from ._archs import covers
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
+            ok = cfg is not None and cfg.with_cuda and covers(cfg.cuda_archs, (p.major, p.minor))
             print(f"  cuda:{i}               {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
-                  f"{p.total_memory / 2**30:.0f} GiB")
+                  f"{p.total_memory / 2**30:.0f} GiB: "
+                  + ("convx's kernels run here" if ok else
+                     f"NO convx kernels for sm_{p.major}{p.minor}: rebuild with TORCH_CUDA_ARCH_LIST={p.major}.{p.minor}"))
     else:
         print("  CUDA devices         none visible")
     if args.conv:

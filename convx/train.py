@@ -31,7 +31,8 @@ def load_digits(seed: int):
         from sklearn.datasets import load_digits as sk_load
         from sklearn.model_selection import train_test_split
     except ImportError:  # pragma: no cover - the Makefile installs it
-        sys.exit("python -m convx train needs scikit-learn (pip install scikit-learn): its digits data set is used")
+        sys.exit("python -m convx train needs scikit-learn, whose digits data set it trains on: "
+                 "pip install 'convx[demo]' (or pip install scikit-learn)")
     d = sk_load()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N x 1 x 8 x 8
     y = torch.tensor(d.target, dtype=torch.long)
@@ -102,12 +103,13 @@ def train_one(name, impl, init_state, data, args, device):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps,
                                                 pct_start=0.15, anneal_strategy="cos")
     gen = torch.Generator().manual_seed(args.seed)  # same batches and augmentation for both models
-    epoch_times, acc = [], 0.0
+    epoch_times, acc, history = [], 0.0, []
     for epoch in range(args.epochs):
         model.train()
         perm = torch.randperm(len(ytr), generator=gen).to(device)
         bar = Progress(steps, f"{impl:>5} {name} epoch {epoch + 1:2d}/{args.epochs}", not args.quiet)
         t0 = time.perf_counter()
+        loss_sum = 0.0
         for i in range(steps):
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
             xb = augment(xtr[idx].cpu(), gen).to(device)
@@ -120,16 +122,43 @@ def train_one(name, impl, init_state, data, args, device):
             loss.backward()
             opt.step()
             sched.step()
+            loss_sum += loss.item()
             bar.update(f"loss {loss.item():.3f}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_times.append(time.perf_counter() - t0)
         bar.close()
         acc = evaluate(model, xte, yte, size, 256)
+        history.append((epoch + 1, loss_sum / steps, acc))
         if not args.quiet:
             print(f"  {impl:>5} {name} epoch {epoch + 1:2d}: loss {loss.item():.3f}  test accuracy {acc * 100:5.2f}%  "
                   f"({epoch_times[-1]:.2f} s)", flush=True)
-    return model, acc, epoch_times
+    return model, acc, epoch_times, history
+
+
+def plot_curves(path, model_name, histories):
+    """Training loss and test accuracy per epoch, one line per implementation."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("--plot needs matplotlib: pip install 'convx[demo]' (or pip install matplotlib)")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for impl, hist in histories.items():
+        label = "convx" if impl == "convx" else "torch.nn"
+        epochs = [h[0] for h in hist]
+        ax_loss.plot(epochs, [h[1] for h in hist], marker="o", ms=3, label=label)
+        ax_acc.plot(epochs, [100 * h[2] for h in hist], marker="o", ms=3, label=label)
+    ax_loss.set(title="training loss (mean per epoch)", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.set(title="test accuracy", xlabel="epoch", ylabel="%")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"python -m convx train: {model_name} on scikit-learn digits")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -146,6 +175,7 @@ def main(argv=None):
     p.add_argument("--no-compare", action="store_true", help="skip training the torch.nn twin")
     p.add_argument("--weights", help="start from this state_dict (torch.save'd) instead of He initialisation")
     p.add_argument("--save", help="write the trained convx model's state_dict here")
+    p.add_argument("--plot", metavar="FILE.png", help="draw loss and accuracy curves of both models into FILE.png")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -162,10 +192,10 @@ def main(argv=None):
           f"({len(data[1])} train / {len(data[3])} test, 8x8 grayscale), {args.epochs} epochs, batch "
           f"{args.batch_size}, AdamW + one-cycle cosine, device {device}, threads {torch.get_num_threads()}")
 
-    runs = {}
+    runs, histories = {}, {}
     for impl in ["convx"] + ([] if args.no_compare else ["torch"]):
         t0 = time.perf_counter()
-        model, acc, times = train_one(args.model, impl, init, data, args, device)
+        model, acc, times, histories[impl] = train_one(args.model, impl, init, data, args, device)
         runs[impl] = (acc, times, time.perf_counter() - t0)
         if impl == "convx" and args.save:
             torch.save(model.state_dict(), args.save)
@@ -181,6 +211,9 @@ def main(argv=None):
               f"{sum(t[1]) / sum(c[1]):.2f}x torch's speed")
     if args.save:
         print(f"  saved the convx model's state_dict to {args.save}")
+    if args.plot:
+        plot_curves(args.plot, args.model, histories)
+        print(f"  wrote loss and accuracy curves to {args.plot}")
     return 0 if runs["convx"][0] >= 0.95 or args.model != "resnet20" or args.epochs < 10 else 1
 
 

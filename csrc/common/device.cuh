@@ -106,10 +106,24 @@ __device__ T* dynamic_shared() {
   return reinterpret_cast<T*>(convx_dynamic_shared);
 }
 
+// A GPU whose architecture the build left out: say which, and how to fix it.
+[[noreturn]] inline void no_kernel_image(cudaError_t err) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceProp p{};
+  cudaGetDeviceProperties(&p, dev);
+  TORCH_CHECK(false, "convx has no CUDA kernels for this GPU's architecture, sm_", p.major, p.minor, " (", p.name,
+              "; ", cudaGetErrorString(err), "): rebuild convx with TORCH_CUDA_ARCH_LIST=\"", p.major, ".", p.minor,
+              "\" (or unset, on this machine, to build for the visible GPU). `python -m convx info` lists the "
+              "architectures this build has.");
+}
+
 template <auto Kernel, class... A>
 void launch(dim3 grid, dim3 block, size_t smem, Stream stream, A&&... args) {
   Kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const cudaError_t err = cudaGetLastError();
+  if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction) no_kernel_image(err);
+  C10_CUDA_CHECK(err);
 }
 
 }  // namespace convx::cuda
