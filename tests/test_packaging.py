@@ -15,6 +15,9 @@ from convx import _archs
 from convx._version_check import TorchVersionMismatch, check_torch_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses run where they import the same convx as this process (the
+# in-place build, or make sanitize's copy).
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(convx.__file__)))
 
 
 # ---------------------------------------------------------------- torch version guard
@@ -86,7 +89,8 @@ def _has(tool):
 
 
 def test_help_texts_name_train_as_the_main_job():
-    out = subprocess.run([sys.executable, "-m", "convx", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    out = subprocess.run([sys.executable, "-m", "convx", "--help"], capture_output=True, text=True,
+                         cwd=PKG_PARENT).stdout
     assert "train" in out and "the main job: train" in out
     assert "the main job for now" not in out
 
@@ -114,7 +118,7 @@ y = ep.module()(io["x"])
 torch.testing.assert_close(y, io["y"], rtol=1e-5, atol=1e-5)
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=PKG_PARENT)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
@@ -139,7 +143,7 @@ def test_training_curves(tmp_path):
     pytest.importorskip("sklearn")
     png = tmp_path / "curves.png"
     r = subprocess.run([sys.executable, "-m", "convx", "train", "--model", "lenet5", "--epochs", "2", "--quiet",
-                        "--plot", str(png)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                        "--plot", str(png)], capture_output=True, text=True, timeout=300, cwd=PKG_PARENT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrote loss and accuracy curves" in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
