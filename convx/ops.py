@@ -9,6 +9,7 @@ from csrc/cpu and csrc/cuda. Here each op gets:
   order of derivative (gradient penalties, gradgradcheck) runs convx kernels.
 """
 import contextlib
+import threading
 
 import torch
 from torch._prims_common import suggest_memory_format
@@ -19,17 +20,16 @@ _ops = torch.ops.convx
 
 # Fake kernels serve torch.ops.convx.* and, where the emulated CUDA backend is
 # built, torch.ops.convx_simt.*: CPU tensors with the CUDA kernels' behaviour.
-_emulating_cuda = False
+_state = threading.local()  # per thread: tracing in one thread must not see another's flag
 
 
 @contextlib.contextmanager
 def _as_cuda():
-    global _emulating_cuda
-    saved, _emulating_cuda = _emulating_cuda, True
+    saved, _state.emulating_cuda = getattr(_state, "emulating_cuda", False), True
     try:
         yield
     finally:
-        _emulating_cuda = saved
+        _state.emulating_cuda = saved
 
 
 def _register_fake(name):
@@ -45,7 +45,7 @@ def _register_fake(name):
 
 
 def _cuda_rules(t):
-    return _emulating_cuda or t.device.type == "cuda"
+    return getattr(_state, "emulating_cuda", False) or t.device.type == "cuda"
 
 
 # ---------------------------------------------------------------- shapes

@@ -339,7 +339,7 @@ void fiber_entry() {
   __builtin_trap();
 }
 
-void start_fiber(Run& r, Fiber& f) {
+void start_fiber(Fiber& f) {
   f.stack = take_stack();
   uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + kStackSize) & ~uintptr_t(15);
   auto* sp = reinterpret_cast<uint64_t*>(top) - 9;
@@ -352,11 +352,10 @@ void start_fiber(Run& r, Fiber& f) {
   std::memcpy(reinterpret_cast<char*>(sp) + 4, &cw, 2);
   sp[7] = reinterpret_cast<uint64_t>(&fiber_entry);  // popped by ret
   f.sp = sp;
-  (void)r;
 }
 
 void resume(Run& r, Fiber& f) {
-  if (f.state == FState::NotStarted) start_fiber(r, f);
+  if (f.state == FState::NotStarted) start_fiber(f);
   f.state = FState::Runnable;
   r.running = &f;
   current_thread = &f.ts;
@@ -391,7 +390,6 @@ void abandon_block(Run& r) {
 
 // Runs one block to completion; returns false (with r.error set) on a bug.
 bool run_block(Run& r, std::vector<int>& order) {
-  const dim3 bd = r.spec->block;
   for (int t = 0; t < r.nthreads; ++t) {
     Fiber& f = r.fibers[t];
     f.state = FState::NotStarted;
@@ -462,7 +460,6 @@ bool run_block(Run& r, std::vector<int>& order) {
       }
     }
     for (auto& f : r.fibers) f.state = FState::Runnable;
-    (void)bd;
   }
 }
 
