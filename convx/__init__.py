@@ -18,9 +18,9 @@ from . import functional
 from . import models
 from .convert import convert
 from .convx_version import __version__
-from .nn import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AddReLU, AvgPool2d, BatchNorm2d, Conv2d, ConvTranspose2d,
-                 MaxPool2d)
+from .nn import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AddReLU, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNorm3d,
+                 Conv2d, ConvTranspose2d, MaxPool2d)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
-           "BatchNorm2d", "AddReLU",
+           "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "AddReLU",
            "functional", "models", "convert", "__version__"]

@@ -4,16 +4,23 @@
     model, report = convx.convert(model, fuse=True, return_report=True)  # + fx fusion
 
 ``convert`` replaces every torch.nn layer that convx implements (Conv2d,
-ConvTranspose2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
-AdaptiveMaxPool2d) by its convx twin. The twin subclasses the torch module
-and is swapped in place of it, so the parameter tensors, buffers, hooks and
-state_dict keys are the very same objects; only ``forward`` changes.
+ConvTranspose2d, BatchNorm1d/2d/3d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+AdaptiveMaxPool2d) by its convx twin, in place: the twin subclasses the torch
+module and takes its place, so the model, its parameter tensors, buffers,
+hooks and state_dict keys are the very same objects and only ``forward``
+changes. An optimizer built before the conversion keeps training the model
+(``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` keeps parameters too).
+``inplace=False`` converts a deep copy instead.
 
-``fuse=True`` also rewrites the graph with torch.fx (where the model traces):
+``fuse=True`` also rewrites the graph with torch.fx (where the model traces)
+and returns the new ``torch.fx.GraphModule``; the converted model itself is
+not changed by the fusion:
   * training mode: batch_norm -> (+ residual) -> relu becomes one fused
-    convx.BatchNorm2d call (the tail of every ResNet block);
-  * eval mode: batch norm directly after a convolution is folded into the
-    convolution's weights and bias, and add -> relu becomes convx.AddReLU.
+    convx.BatchNorm2d call (the tail of every ResNet block). The fused batch
+    norms share their parameters and running statistics with the model's.
+  * eval mode (inference): batch norm directly after a convolution is folded
+    into new weights and bias of a copy of the convolution, and add -> relu
+    becomes convx.AddReLU. Every other parameter is shared.
 Models that do not trace are returned converted but unfused (the report says so).
 """
 import copy
@@ -29,7 +36,9 @@ from . import nn as cnn
 _TWINS = {
     nn.Conv2d: cnn.Conv2d,
     nn.ConvTranspose2d: cnn.ConvTranspose2d,
+    nn.BatchNorm1d: cnn.BatchNorm1d,
     nn.BatchNorm2d: cnn.BatchNorm2d,
+    nn.BatchNorm3d: cnn.BatchNorm3d,
     nn.MaxPool2d: cnn.MaxPool2d,
     nn.AvgPool2d: cnn.AvgPool2d,
     nn.AdaptiveAvgPool2d: cnn.AdaptiveAvgPool2d,
@@ -37,10 +46,12 @@ _TWINS = {
 }
 
 
-def convert(model: nn.Module, fuse: bool = False, inplace: bool = False,
+def convert(model: nn.Module, fuse: bool = False, inplace: bool = True,
             return_report: bool = False) -> Union[nn.Module, Tuple[nn.Module, List[str]]]:
-    """Return ``model`` with convx kernels (a deep copy unless ``inplace``);
-    with ``return_report=True`` also a list of what was replaced or fused."""
+    """Swap ``model``'s layers for convx's in place and return it (with
+    ``inplace=False``: a converted deep copy; with ``fuse=True``: a fused
+    GraphModule over the converted model); with ``return_report=True`` also a
+    list of what was replaced or fused."""
     if not inplace:
         model = copy.deepcopy(model)
     report: List[str] = []
@@ -49,7 +60,7 @@ def convert(model: nn.Module, fuse: bool = False, inplace: bool = False,
         if twin is None:
             continue
         m.__class__ = twin
-        if twin is cnn.BatchNorm2d:
+        if issubclass(twin, cnn._BatchNormTail):
             m.activation = None
         report.append(f"{name or '<root>'}: torch.nn.{twin.__name__} -> convx.{twin.__name__}")
     if fuse:
@@ -93,6 +104,25 @@ class _Tracer(torch.fx.Tracer):
         return type(m).__module__.startswith("convx.") or super().is_leaf_module(m, qualname)
 
 
+def _shallow_clone(m: nn.Module) -> nn.Module:
+    """A second module object holding the same parameter and buffer tensors,
+    so that changing the clone's attributes leaves ``m`` as it was."""
+    c = copy.copy(m)
+    c._parameters = dict(m._parameters)
+    c._buffers = dict(m._buffers)
+    c._modules = dict(m._modules)
+    return c
+
+
+def _install(gm: torch.fx.GraphModule, mods: dict, target: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``target`` in the GraphModule only (its containers are
+    its own: fx copies the path to each called module, not the model's)."""
+    parent, _, field = target.rpartition(".")
+    setattr(gm.get_submodule(parent), field, new)
+    mods[target] = new
+    return new
+
+
 def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
     try:
         graph = _Tracer().trace(model)
@@ -111,7 +141,7 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
             src = node.args[0]
             if _module_node(src, mods, cnn.BatchNorm2d) and _single_use(src) and _uses(gm, src.target) == 1 \
                     and mods[src.target].activation is None:
-                mods[src.target].activation = "relu"
+                _install(gm, mods, src.target, _shallow_clone(mods[src.target])).activation = "relu"
                 node.replace_all_uses_with(src)
                 graph.erase_node(node)
                 report.append(f"fuse: {src.target} -> relu as one kernel (bn+relu)")
@@ -123,7 +153,7 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
                 if isinstance(bn_node, torch.fx.Node) and _module_node(bn_node, mods, cnn.BatchNorm2d) and \
                         _single_use(bn_node) and _uses(gm, bn_node.target) == 1 and \
                         mods[bn_node.target].activation is None:
-                    mods[bn_node.target].activation = "relu"
+                    _install(gm, mods, bn_node.target, _shallow_clone(mods[bn_node.target])).activation = "relu"
                     with graph.inserting_before(node):
                         fused = graph.call_module(bn_node.target, (bn_node.args[0], other))
                     node.replace_all_uses_with(fused)
@@ -143,7 +173,8 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
             if not (_module_node(conv_node, mods, cnn.Conv2d) and _single_use(conv_node)
                     and _uses(gm, conv_node.target) == 1):
                 continue
-            _fold_bn_into_conv(mods[conv_node.target], bn)
+            conv = _install(gm, mods, conv_node.target, _shallow_clone(mods[conv_node.target]))
+            _fold_bn_into_conv(conv, bn)
             node.replace_all_uses_with(conv_node)
             graph.erase_node(node)
             report.append(f"fold: {node.target} into {conv_node.target} (eval)")
@@ -171,7 +202,8 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
 
 @torch.no_grad()
 def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    """w' = w * gamma / sqrt(var + eps); b' = (b - mean) * gamma / sqrt(var + eps) + beta."""
+    """w' = w * gamma / sqrt(var + eps); b' = (b - mean) * gamma / sqrt(var + eps) + beta,
+    as new parameters of ``conv`` (the tensors it had are left as they were)."""
     # in float64, rounded once into the convolution's dtype
     scale = torch.rsqrt(bn.running_var.double() + bn.eps)
     if bn.affine:
@@ -181,8 +213,6 @@ def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
         shift = shift + bn.bias.double()
     if conv.bias is not None:
         shift = shift + conv.bias.double() * scale
-    conv.weight.copy_((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
-    if conv.bias is None:
-        conv.bias = nn.Parameter(shift.to(conv.weight.dtype))
-    else:
-        conv.bias.copy_(shift)
+    w = conv.weight
+    conv.weight = nn.Parameter((w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype), requires_grad=w.requires_grad)
+    conv.bias = nn.Parameter(shift.to(w.dtype), requires_grad=w.requires_grad)

@@ -182,46 +182,68 @@ def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False
     return (y, ind) if return_indices else y
 
 
+def _as_4d(t: Tensor) -> Tensor:
+    """(N, C, *rest) as a 4-D view with the same per-channel elements:
+    (N, C) -> (N, C, 1, 1), (N, C, L) -> (N, C, L, 1), (N, C, D, H, W, ...) ->
+    (N, C, D, H*W*...). The merged axes of a channels_last_3d tensor stay a
+    view (channels_last in 4-D); other layouts that cannot merge are copied."""
+    if t.dim() == 4:
+        return t
+    if t.dim() == 2:
+        return t.reshape(t.shape[0], t.shape[1], 1, 1)
+    if t.dim() == 3:
+        return t.unsqueeze(-1)
+    return t.flatten(3)
+
+
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, residual: Optional[Tensor] = None,
                relu: bool = False) -> Tensor:
     """Batch normalization, ``torch.nn.functional.batch_norm``'s signature, for
-    ``(N, C, H, W)`` input; plus, in the same single pass over memory, an
-    optional ``residual`` added after the affine transform and an optional
-    ReLU: ``relu(bn(input) + residual)`` is the tail of a ResNet block.
+    input ``(N, C, *)`` of any rank >= 2 (BatchNorm1d's ``(N, C)`` and
+    ``(N, C, L)``, 2d's ``(N, C, H, W)``, 3d's ``(N, C, D, H, W)``); plus, in
+    the same single pass over memory, an optional ``residual`` added after
+    the affine transform and an optional ReLU: ``relu(bn(input) + residual)``
+    is the tail of a ResNet block.
 
     In training the batch statistics normalize (biased variance) and, when
     given, ``running_mean`` / ``running_var`` are updated in place with
     ``momentum`` (unbiased variance), as torch does.
     """
-    if input.dim() != 4:
-        raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+    if input.dim() < 2:
+        raise RuntimeError(f"batch_norm: expected input of size (N, C, *) with at least 2 dimensions, but got "
+                           f"input of size {list(input.shape)}")
     # Everything is checked before the statistics pass, which updates the
     # running statistics in place: a bad argument must leave them untouched.
-    c = input.shape[1]
+    size = input.shape
+    c = size[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
         if t is not None and t.numel() != c:
             raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
-    if residual is not None and residual.shape != input.shape:
-        raise RuntimeError(f"batch_norm: residual must have the input's size {list(input.shape)}, but got "
+    if residual is not None and residual.shape != size:
+        raise RuntimeError(f"batch_norm: residual must have the input's size {list(size)}, but got "
                            f"{list(residual.shape)}")
     if training:
-        size = input.shape
-        if input.numel() and size[0] * size[2] * size[3] <= 1:
+        if input.numel() and input.numel() // c <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
         if eps <= 0.0:
             raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    elif running_mean is None:
+        raise RuntimeError("running_mean must be defined in evaluation mode")
+    elif running_var is None:
+        raise RuntimeError("running_var must be defined in evaluation mode")
+    x = _as_4d(input)
+    if residual is not None:
+        residual = _as_4d(residual)
+    if training:
         # The statistics are not differentiated on their own: batch_norm's backward accounts for them.
-        mean, var = _ops.batch_norm_stats(input.detach(), running_mean, running_var, float(momentum))
+        mean, var = _ops.batch_norm_stats(x.detach(), running_mean, running_var, float(momentum))
     else:
-        if running_mean is None:
-            raise RuntimeError("running_mean must be defined in evaluation mode")
-        if running_var is None:
-            raise RuntimeError("running_var must be defined in evaluation mode")
         mean, var = running_mean, running_var
-    return _ops.batch_norm(input, mean, var, weight, bias, residual, float(eps), bool(training), bool(relu))
+    y = _ops.batch_norm(x, mean, var, weight, bias, residual, float(eps), bool(training), bool(relu))
+    return y if input.dim() == 4 else y.view(size)  # splitting the merged axis is always a view
 
 
 def batch_norm_relu(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],

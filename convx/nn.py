@@ -70,26 +70,19 @@ class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
         return CF.adaptive_max_pool2d(input, self.output_size, self.return_indices)
 
 
-class BatchNorm2d(torch.nn.BatchNorm2d):
-    """``torch.nn.BatchNorm2d`` on convx kernels (identical parameters,
-    buffers and state_dict, ``num_batches_tracked`` included).
+class _BatchNormTail:
+    """The forward shared by convx's BatchNorm1d/2d/3d: torch's
+    ``_BatchNorm.forward`` bookkeeping, then one convx kernel that can also
+    add a residual and apply a ReLU."""
 
-    Extras: ``activation="relu"`` fuses a ReLU into the same pass, and
-    ``forward(input, residual)`` adds a residual before the activation, so
-    ``BatchNorm2d(C, activation="relu")(x, identity)`` is a ResNet block's
-    bn2 -> + identity -> relu in one kernel, forward and backward.
-    """
-
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
-                 dtype=None, activation=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+    def _init_activation(self, activation):
         if activation not in (None, "relu"):
-            raise ValueError(f"convx.BatchNorm2d: activation must be None or 'relu', got {activation!r}")
+            raise ValueError(f"convx.{type(self).__name__}: activation must be None or 'relu', got {activation!r}")
         self.activation = activation
 
     def extra_repr(self):
         s = super().extra_repr()
-        return s + f", activation={self.activation!r}" if self.activation else s
+        return s + f", activation={self.activation!r}" if getattr(self, "activation", None) else s
 
     def forward(self, input: Tensor, residual: Tensor = None) -> Tensor:
         self._check_input_dim(input)
@@ -108,7 +101,43 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
         use_stats = not self.training or self.track_running_stats
         return CF.batch_norm(input, self.running_mean if use_stats else None,
                              self.running_var if use_stats else None, self.weight, self.bias, bn_training, factor,
-                             self.eps, residual=residual, relu=self.activation == "relu")
+                             self.eps, residual=residual, relu=getattr(self, "activation", None) == "relu")
+
+
+class BatchNorm2d(_BatchNormTail, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` on convx kernels (identical parameters,
+    buffers and state_dict, ``num_batches_tracked`` included).
+
+    Extras: ``activation="relu"`` fuses a ReLU into the same pass, and
+    ``forward(input, residual)`` adds a residual before the activation, so
+    ``BatchNorm2d(C, activation="relu")(x, identity)`` is a ResNet block's
+    bn2 -> + identity -> relu in one kernel, forward and backward.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
+                 dtype=None, activation=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_activation(activation)
+
+
+class BatchNorm1d(_BatchNormTail, torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` on convx kernels: input ``(N, C)`` or
+    ``(N, C, L)``; the same extras as :class:`BatchNorm2d`."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
+                 dtype=None, activation=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_activation(activation)
+
+
+class BatchNorm3d(_BatchNormTail, torch.nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` on convx kernels: input ``(N, C, D, H, W)``
+    (channels_last_3d stays a view); the same extras as :class:`BatchNorm2d`."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
+                 dtype=None, activation=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_activation(activation)
 
 
 class AddReLU(torch.nn.Module):

@@ -253,6 +253,68 @@ def test_deterministic(device):
         assert torch.equal(a, b)
 
 
+RANKS = {  # name: (shape, layout)
+    "1d_nc": ((6, 5), "contiguous"),
+    "1d_ncl": ((3, 5, 7), "contiguous"),
+    "1d_ncl_noncontiguous": ((3, 5, 7), "noncontiguous"),
+    "1d_ncl_transposed": ((3, 5, 7), "transposed"),
+    "3d": ((2, 5, 3, 4, 3), "contiguous"),
+    "3d_channels_last_3d": ((2, 5, 3, 4, 3), "channels_last_3d"),
+    "3d_noncontiguous": ((2, 5, 3, 4, 3), "noncontiguous"),
+    "6d": ((2, 5, 2, 2, 3, 2), "contiguous"),
+}
+
+
+def _ranked(shape, layout, device, dtype=torch.float64):
+    if layout == "transposed":  # (N, L, C) storage seen as (N, C, L)
+        return make_tensor((shape[0], shape[2], shape[1]), dtype, device).transpose(1, 2).requires_grad_()
+    if layout == "channels_last_3d":
+        return make_tensor(shape, dtype, device).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    return make_tensor(shape, dtype, device, layout, requires_grad=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", ["bn", "bn_add_relu"])
+@pytest.mark.parametrize("rank", list(RANKS))
+def test_every_input_rank(rank, variant, device):
+    """functional.batch_norm takes (N, C, *) of any rank, as torch's does; the
+    modules BatchNorm1d / 3d are the twins of torch's."""
+    shape, layout = RANKS[rank]
+    activation, has_res = VARIANTS[variant]
+    C = shape[1]
+    cls, ref_cls = {2: (convx.BatchNorm1d, torch.nn.BatchNorm1d), 3: (convx.BatchNorm1d, torch.nn.BatchNorm1d),
+                    5: (convx.BatchNorm3d, torch.nn.BatchNorm3d)}.get(len(shape), (None, None))
+    for training in (True, False):
+        x = _ranked(shape, layout, device)
+        res = make_tensor(shape, torch.float64, device, requires_grad=True) if has_res else None
+        rm, rv = torch.rand(C, dtype=torch.float64, device=device), torch.rand(C, dtype=torch.float64,
+                                                                               device=device) + 0.5
+        w = torch.rand(C, dtype=torch.float64, device=device, requires_grad=True)
+        b = torch.rand(C, dtype=torch.float64, device=device, requires_grad=True)
+        rm_ref, rv_ref = rm.clone(), rv.clone()
+        y = CF.batch_norm(x, rm, rv, w, b, training, 0.2, 1e-3, residual=res, relu=activation == "relu")
+        yr = _reference(lambda t: F.batch_norm(t, rm_ref, rv_ref, w, b, training, 0.2, 1e-3), x, res, activation)
+        assert y.shape == x.shape
+        if layout == "channels_last_3d":
+            assert y.is_contiguous(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(y, yr)
+        torch.testing.assert_close(rm, rm_ref)
+        torch.testing.assert_close(rv, rv_ref)
+        inputs = [x, w, b] + ([res] if has_res else [])
+        gy = make_tensor(shape, torch.float64, device)
+        for p, q in zip(torch.autograd.grad(y, inputs, gy), torch.autograd.grad(yr, inputs, gy)):
+            torch.testing.assert_close(p, q)
+    if cls is not None and variant == "bn":
+        m, ref = cls(C, momentum=None).to(device).double(), ref_cls(C, momentum=None).to(device).double()
+        for step in range(2):
+            x = _ranked(shape, layout, device)
+            torch.testing.assert_close(m(x), ref(x))
+        for (k, a), (_, r) in zip(m.state_dict().items(), ref.state_dict().items()):
+            torch.testing.assert_close(a, r, msg=k)
+        m.eval(), ref.eval()
+        torch.testing.assert_close(m(x), ref(x))
+
+
 BAD = {
     "running_mean_length": (lambda x, d: CF.batch_norm(x, torch.zeros(3, device=d), torch.ones(4, device=d),
                                                        training=True), RuntimeError,
@@ -269,6 +331,12 @@ BAD = {
     "eps_negative_training": (lambda x, d: CF.batch_norm(x, None, None, training=True, eps=-1.0), ValueError,
                               "batch_norm eps must be positive during training"),
     "module_3d": (lambda x, d: convx.BatchNorm2d(4).to(d)(x[0]), ValueError, "expected 4D input (got 3D input)"),
+    "module1d_4d": (lambda x, d: convx.BatchNorm1d(4).to(d)(x), ValueError, "expected 2D or 3D input (got 4D input)"),
+    "module3d_4d": (lambda x, d: convx.BatchNorm3d(4).to(d)(x), ValueError, "expected 5D input (got 4D input)"),
+    "rank_1": (lambda x, d: CF.batch_norm(x[0, 0, 0], None, None, training=True), RuntimeError,
+               "at least 2 dimensions"),
+    "one_value_per_channel_2d": (lambda x, d: CF.batch_norm(x[:1, :, 0, 0], None, None, training=True), ValueError,
+                                 "Expected more than 1 value per channel when training"),
     "residual_shape": (lambda x, d: CF.batch_norm(x, torch.zeros(4, device=d), torch.ones(4, device=d),
                                                   training=True, residual=x[:, :2]), RuntimeError,
                        "residual must have the input's size"),

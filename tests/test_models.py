@@ -1,6 +1,7 @@
 """Models against torchvision with the same weights (eval outputs, train
 outputs, every parameter gradient, running stats after a step), state_dict
 compatibility for every architecture, convx.convert, and the main job."""
+import copy
 import subprocess
 import sys
 
@@ -170,33 +171,79 @@ def _tv_resnet18():
 
 def test_convert_swaps_layers_and_keeps_tensors():
     tv = _tv_resnet18()
+    n_swappable = sum(type(m) in (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d,
+                                  torch.nn.AdaptiveAvgPool2d) for m in tv.modules())
+    params = dict(tv.named_parameters())
+    buffers = dict(tv.named_buffers())
     cm, report = convx.convert(tv, inplace=False, return_report=True)
-    assert cm is not tv and len(report) == sum(
-        type(m) in (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.AdaptiveAvgPool2d)
-        for m in tv.modules())
+    assert cm is not tv and len(report) == n_swappable
+    assert type(tv.conv1) is torch.nn.Conv2d  # the copy was converted, not the model
     assert isinstance(cm.conv1, convx.Conv2d) and isinstance(cm.layer1[0].bn1, convx.BatchNorm2d)
-    same = convx.convert(tv, inplace=True)
-    assert same is tv and tv.conv1.weight is same.conv1.weight
-    assert isinstance(tv.layer4[1].bn2, convx.BatchNorm2d)
+    same = convx.convert(tv)  # in place by default
+    assert same is tv and isinstance(tv.layer4[1].bn2, convx.BatchNorm2d)
+    assert all(p is params[k] for k, p in tv.named_parameters())
+    assert all(b is buffers[k] for k, b in tv.named_buffers())
+
+
+def test_convert_keeps_an_existing_optimizer_training_the_model():
+    """An optimizer built before the conversion must train the converted model
+    (a converted copy would make every step a silent no-op)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    ref = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.5)
+    model = convx.convert(model)
+    assert isinstance(model[0], convx.Conv2d)
+    x = torch.randn(4, 3, 8, 8)
+    before = model[0].weight.detach().clone()
+    for m, o in ((model, opt), (ref, opt_ref)):
+        o.zero_grad()
+        m(x).square().sum().backward()
+        o.step()
+    assert not torch.equal(model[0].weight, before)
+    for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
 
 
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_converted_torchvision_model_matches(mode, fuse):
     tv = _tv_resnet18().train(mode == "train")
+    ref = copy.deepcopy(tv)
     cm, report = convx.convert(tv, fuse=fuse, return_report=True)
     if fuse:
         kind = "bn+add+relu" if mode == "train" else "fold:"
         assert any(kind in r for r in report), report
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
-    y, yr = cm(x), tv(x)
+    y, yr = cm(x), ref(x)
     _close(y, yr, rel=1e-9)
+    if fuse:  # the fused graph left the converted model itself unchanged
+        _close(tv(x), yr, rel=1e-9)
     if mode == "train":
         g = torch.autograd.grad(y.square().sum(), [x] + list(cm.parameters()))
-        gr = torch.autograd.grad(yr.square().sum(), [x] + list(tv.parameters()))
+        gr = torch.autograd.grad(yr.square().sum(), [x] + list(ref.parameters()))
         for a, b in zip(g, gr):
             _close(a, b, rel=1e-7)
-        assert list(cm.state_dict()) == list(tv.state_dict())
+        assert list(cm.state_dict()) == list(ref.state_dict())
+        if fuse:  # the fused batch norms train the model's own parameters and statistics
+            assert {id(p) for p in cm.parameters()} == {id(p) for p in tv.parameters()}
+            for (k, a), (_, b) in zip(cm.state_dict().items(), tv.state_dict().items()):
+                assert a is b or torch.equal(a, b), k
+
+
+def test_convert_batch_norm_1d_and_3d():
+    m = torch.nn.Sequential(torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4))
+    m3 = torch.nn.BatchNorm3d(3)
+    ref, ref3 = copy.deepcopy(m), copy.deepcopy(m3)
+    convx.convert(m), convx.convert(m3)
+    assert type(m[0]) is convx.BatchNorm1d and type(m3) is convx.BatchNorm3d
+    x, x3 = torch.randn(6, 5), torch.randn(2, 3, 4, 5, 6)
+    torch.testing.assert_close(m(x), ref(x))
+    torch.testing.assert_close(m3(x3), ref3(x3))
+    for (k, a), (_, b) in zip(m.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
 
 
 def test_convert_fuse_counts_on_resnet18():
@@ -223,10 +270,11 @@ def test_convert_untraceable_model_is_still_converted():
             return torch.relu(self.bn(self.conv(x)))
 
     m = Branchy()
+    ref = copy.deepcopy(m)
     cm, report = convx.convert(m, fuse=True, return_report=True)
-    assert isinstance(cm.conv, convx.Conv2d) and any("not traceable" in r for r in report)
+    assert cm is m and isinstance(cm.conv, convx.Conv2d) and any("not traceable" in r for r in report)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    _close(cm.double()(x), m.double()(x), rel=1e-9)
+    _close(cm.double()(x), ref.double()(x), rel=1e-9)
 
 
 # ---------------------------------------------------------------- the main job
