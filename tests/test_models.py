@@ -14,14 +14,16 @@ from convx import models
 
 TORCHVISION_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                      "wide_resnet50_2", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
-                     "vgg19_bn", "alexnet", "googlenet"]
+                     "vgg19_bn", "alexnet", "googlenet", "densenet121", "densenet161", "densenet169", "densenet201",
+                     "inception_v3", "mobilenet_v2"]
 
 
 @pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
 def test_state_dict_keys_and_shapes_match_torchvision(arch):
     with torch.device("meta"):
-        tv = getattr(torchvision.models, arch)(num_classes=17)
-        cx = getattr(models, arch)(num_classes=17)
+        kw = {"init_weights": False} if arch == "inception_v3" else {}
+        tv = getattr(torchvision.models, arch)(num_classes=17, **kw)
+        cx = getattr(models, arch)(num_classes=17, **kw)
     assert {k: v.shape for k, v in cx.state_dict().items()} == {k: v.shape for k, v in tv.state_dict().items()}
     assert list(cx.state_dict()) == list(tv.state_dict())
 
@@ -48,23 +50,32 @@ def _close(a, b, rel=2e-3):
     assert err <= rel * scale + floor, f"max error {err:.3e} vs scale {scale:.3e}"
 
 
-PARITY = {  # arch: (input size, kwargs)
-    "resnet18": (64, {}),
-    "resnet50": (64, {}),
-    "resnext50_32x4d": (64, {}),
-    "vgg11_bn": (32, {}),
-    "vgg11": (32, {}),
-    "googlenet": (64, {"aux_logits": True, "init_weights": True}),
-    "alexnet": (64, {}),
+PARITY = {  # id: (arch, input size, kwargs)
+    "resnet18": ("resnet18", 64, {}),
+    "resnet50": ("resnet50", 64, {}),
+    "resnext50_32x4d": ("resnext50_32x4d", 64, {}),
+    "vgg11_bn": ("vgg11_bn", 32, {}),
+    "vgg11": ("vgg11", 32, {}),
+    "googlenet": ("googlenet", 64, {"aux_logits": True, "init_weights": True}),
+    "alexnet": ("alexnet", 64, {}),
+    "densenet121": ("densenet121", 64, {}),
+    "densenet121_memory_efficient": ("densenet121", 64, {"memory_efficient": True}),
+    "densenet161_dropout": ("densenet161", 64, {"drop_rate": 0.2}),
+    # 299x299: the auxiliary classifier (5x5/3 pool, then a 5x5 conv) needs the full 17x17 grid
+    "inception_v3": ("inception_v3", 299, {"aux_logits": True, "init_weights": True}),
+    "inception_v3_transform_input": ("inception_v3", 139, {"aux_logits": False, "transform_input": True,
+                                                          "init_weights": True}),
+    "mobilenet_v2": ("mobilenet_v2", 32, {}),
+    "mobilenet_v2_width_0.5": ("mobilenet_v2", 32, {"width_mult": 0.5}),
 }
 
 
-@pytest.mark.parametrize("arch", list(PARITY))
-def test_parity_with_torchvision(arch):
+@pytest.mark.parametrize("case", list(PARITY))
+def test_parity_with_torchvision(case):
     """In float64: with batch 2 at these sizes the last batch norms see a
     handful of values per channel, and float32 gradients through them are
     ill-conditioned (torch's own float32 gradients are 10%+ off float64)."""
-    size, kw = PARITY[arch]
+    arch, size, kw = PARITY[case]
     torch.manual_seed(0)
     tv = getattr(torchvision.models, arch)(num_classes=10, **kw)
     _randomise(tv)
@@ -92,7 +103,7 @@ def test_parity_with_torchvision(arch):
         opt.step()
     (out_t, grads_t), (out_c, grads_c) = outs
     if isinstance(out_t, tuple):
-        assert type(out_c).__name__ == "GoogLeNetOutputs"
+        assert type(out_c).__name__ == type(out_t).__name__ and out_c._fields == out_t._fields
         for a, b in zip(out_c, out_t):
             _close(a, b)
     else:
@@ -135,6 +146,73 @@ def test_resnet_uses_fused_tail_and_runs_convx_kernels():
             "convx::conv2d_backward_weight", "convx::batch_norm_backward"} <= names
     assert "aten::cudnn_convolution" not in names and "aten::mkldnn_convolution" not in names
     assert "aten::native_batch_norm" not in names
+
+
+@pytest.mark.parametrize("arch,size", [("densenet121", 32), ("inception_v3", 75), ("mobilenet_v2", 32),
+                                       ("unet", 44)])
+def test_new_models_run_only_convx_kernels(arch, size):
+    """Every convolution, batch norm and pooling of the model is convx's, forward and backward."""
+    kw = {"num_classes": 10} if arch != "unet" else {"depth": 2, "width": 8, "batch_norm": True, "in_channels": 3}
+    if arch == "inception_v3":
+        kw["aux_logits"] = False
+    m = getattr(models, arch)(**kw)
+    assert not any(type(mod) in (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d,
+                                 torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d) for mod in m.modules())
+    with torch.autograd.profiler.profile() as prof:
+        m(torch.randn(2, 3, size, size)).sum().backward()
+    names = {e.name for e in prof.function_events}
+    assert {"convx::conv2d", "convx::batch_norm", "convx::conv2d_backward_weight"} <= names
+    forbidden = {"aten::mkldnn_convolution", "aten::cudnn_convolution", "aten::native_batch_norm",
+                 "aten::max_pool2d_with_indices", "aten::avg_pool2d", "aten::_adaptive_avg_pool2d",
+                 "aten::slow_conv_transpose2d", "aten::_convolution"}
+    assert not names & forbidden, names & forbidden
+
+
+def test_densenet_loads_the_published_checkpoint_key_spelling():
+    """torchvision's DenseNet checkpoint files spell norm1 as norm.1 (its loader renames them); so does ours."""
+    tv = torchvision.models.densenet121(num_classes=5)
+    old = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v for k, v in tv.state_dict().items()}
+    assert any(".norm.1." in k for k in old)
+    cx = models.densenet121(weights=old, num_classes=5)
+    for (k, a), (_, b) in zip(cx.state_dict().items(), tv.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_unet_is_the_papers_network():
+    """572x572 in, 388x388 out, 2 classes, 64 to 1024 channels, 23 convolutional layers (the paper's counts)."""
+    with torch.device("meta"):
+        m = models.unet()
+        y = m(torch.empty(1, 1, 572, 572))
+    assert y.shape == (1, 2, 388, 388) and m.output_size(572) == 388
+    convs = [mod for mod in m.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(convs) == 23
+    assert max(c.out_channels for c in convs) == 1024
+    assert all(isinstance(c, (convx.Conv2d, convx.ConvTranspose2d)) for c in convs)
+
+
+@pytest.mark.parametrize("depth,width,padding,batch_norm,size", [(2, 4, 0, False, 44), (2, 4, 0, True, 45),
+                                                                  (3, 3, 1, True, 24), (1, 5, 1, False, 11)])
+def test_unet_matches_its_torch_twin(depth, width, padding, batch_norm, size):
+    """Outputs, input and parameter gradients, running statistics: float64, against the same network
+    built from torch.nn layers; odd sizes exercise the skip connections' centre crop."""
+    torch.manual_seed(0)
+    kw = dict(in_channels=2, num_classes=3, depth=depth, width=width, padding=padding, batch_norm=batch_norm)
+    cx = models.unet(**kw).double()
+    tw = models.unet(impl="torch", **kw).double()
+    _randomise(cx)
+    tw.load_state_dict(cx.state_dict(), strict=True)
+    x = torch.randn(2, 2, size, size, dtype=torch.float64, requires_grad=True)
+    for mode in ("train", "eval"):
+        cx.train(mode == "train"), tw.train(mode == "train")
+        y, yr = cx(x), tw(x)
+        assert y.shape == (2, 3, cx.output_size(size), cx.output_size(size))
+        _close(y, yr, rel=1e-9)
+        g = torch.autograd.grad(y.square().sum(), [x] + list(cx.parameters()))
+        gr = torch.autograd.grad(yr.square().sum(), [x] + list(tw.parameters()))
+        for a, b in zip(g, gr):
+            _close(a, b, rel=1e-7)
+    for (k, a), (_, b) in zip(cx.state_dict().items(), tw.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
 
 
 def test_weights_from_a_path(tmp_path):
