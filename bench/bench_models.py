@@ -2,9 +2,11 @@
 process (convx.models.X(impl="torch") carries the same weights), forward in
 eval mode and one training step (forward, backward, SGD step), images/s.
 
-CPU: ResNet-50, VGG-16, GoogLeNet at batch CONVX_BENCH_MODEL_CPU_N (2) and
-224x224 (CONVX_BENCH_MODEL_SIZE). CUDA: batch 32 and 256 in float32, float16
-and bfloat16, channels_last.
+CPU: ResNet-50, VGG-16, GoogLeNet, DenseNet-121, MobileNetV2 at batch
+CONVX_BENCH_MODEL_CPU_N (2) and 224x224 (CONVX_BENCH_MODEL_SIZE), Inception-v3
+at 299x299, U-Net (the paper's network, 1 channel, 2 classes, per-pixel loss)
+at 252x252 (CONVX_BENCH_UNET_SIZE; 572 is the paper's tile). CUDA: batch 32
+and 256 in float32, float16 and bfloat16, channels_last.
 """
 import os
 
@@ -15,7 +17,16 @@ from convx import models
 from conftest import SHORT, bench_devices, run_timed
 
 SIZE = int(os.environ.get("CONVX_BENCH_MODEL_SIZE", "224"))
-ARCHS = {"resnet50": {}, "vgg16": {}, "googlenet": {"aux_logits": False, "init_weights": True}}
+UNET_SIZE = int(os.environ.get("CONVX_BENCH_UNET_SIZE", "252"))
+ARCHS = {  # name: (constructor kwargs, input channels, input size)
+    "resnet50": ({}, 3, SIZE),
+    "vgg16": ({}, 3, SIZE),
+    "googlenet": ({"aux_logits": False, "init_weights": True}, 3, SIZE),
+    "densenet121": ({}, 3, SIZE),
+    "inception_v3": ({"aux_logits": False, "init_weights": True}, 3, SIZE * 299 // 224),
+    "mobilenet_v2": ({}, 3, SIZE),
+    "unet": ({}, 1, UNET_SIZE),
+}
 
 
 def cases():
@@ -36,16 +47,21 @@ def cases():
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_model(benchmark, arch, device, n, dtype, mode, impl):
     torch.manual_seed(0)
-    model = getattr(models, arch)(impl=impl, **ARCHS[arch]).to(device=device, dtype=dtype)
+    kwargs, channels, size = ARCHS[arch]
+    model = getattr(models, arch)(impl=impl, **kwargs).to(device=device, dtype=dtype)
     mf = torch.channels_last if device == "cuda" else torch.contiguous_format
     model = model.to(memory_format=mf)
-    x = torch.randn(n, 3, SIZE, SIZE, device=device, dtype=dtype).contiguous(memory_format=mf)
-    target = torch.randint(0, 1000, (n,), device=device)
+    x = torch.randn(n, channels, size, size, device=device, dtype=dtype).contiguous(memory_format=mf)
+    if arch == "unet":  # a class per output pixel
+        out = model.output_size(size)
+        target = torch.randint(0, 2, (n, out, out), device=device)
+    else:
+        target = torch.randint(0, 1000, (n,), device=device)
     if device == "cuda" and dtype == torch.float32:
         torch.backends.cudnn.allow_tf32 = False
     benchmark.group = f"model {arch} {mode} {device} {SHORT[dtype]} N={n}"
     benchmark.extra_info.update(op=f"{arch}_{mode}", layer=arch, impl=impl, device=device, dtype=SHORT[dtype],
-                                layout="nhwc" if device == "cuda" else "nchw", shape=f"{n},3,{SIZE},{SIZE}")
+                                layout="nhwc" if device == "cuda" else "nchw", shape=f"{n},{channels},{size},{size}")
     if mode == "eval":
         model.eval()
 

@@ -4,6 +4,10 @@
         the main job: train a convx model on scikit-learn's digits, with the
         identical torch.nn model beside it, and report both
 
+  transfer [--weights FILE] [--modes scratch,continue,finetune,features] [--freeze layer1,layer2] ...
+        transfer learning: pre-train on digits 0-4, learn 5-9 from a few
+        labels per class in each mode, and report the table
+
   info [--conv N,C,H,W,K,R,S[,stride,pad,dil,groups]]
         build configuration, visible devices, and which kernel a conv shape runs
   demo [--device cpu|cuda] [--batch N]
@@ -164,11 +168,16 @@ def main(argv=None):
     pd.add_argument("--reps", type=int, default=5)
     sub.add_parser("train", help="train a convx model on scikit-learn's digits (see python -m convx train -h)",
                    add_help=False)
+    sub.add_parser("transfer", help="transfer learning on scikit-learn's digits (see python -m convx transfer -h)",
+                   add_help=False)
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["train"]:
         from .train import main as train_main
         return train_main(argv[1:])
+    if argv[:1] == ["transfer"]:
+        from .transfer import main as transfer_main
+        return transfer_main(argv[1:])
     args = p.parse_args(argv)
     return {"info": cmd_info, "demo": cmd_demo}[args.cmd](args) or 0
 
