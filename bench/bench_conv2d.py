@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import convx
 from conftest import SHORT, bench_set, device_cases, run_timed
-from shapes import ALL, QUICK
+from shapes import ALL, QUICK, kernel_hw
 
 LAYERS = ALL if bench_set() == "all" else QUICK
 
@@ -27,16 +27,18 @@ CASES = device_cases(DTYPES)
 @pytest.mark.parametrize("device,n,dtype", CASES)
 @pytest.mark.parametrize("layer", LAYERS, ids=[l[0] for l in LAYERS])
 def test_conv2d(benchmark, layer, device, n, dtype, pass_, layout, impl):
-    name, C, H, K, R, stride, pad, groups = layer
-    Ho = (H + 2 * pad - R) // stride + 1
-    flops = 2.0 * n * K * (C // groups) * R * R * Ho * Ho * (3 if pass_ == "fwdbwd" else 1)
+    name, C, H, K, RS, stride, pad, groups = layer
+    (R, S), pad = kernel_hw(RS), kernel_hw(pad)
+    Ho = (H + 2 * pad[0] - R) // stride + 1
+    Wo = (H + 2 * pad[1] - S) // stride + 1
+    flops = 2.0 * n * K * (C // groups) * R * S * Ho * Wo * (3 if pass_ == "fwdbwd" else 1)
     mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     x = torch.randn(n, C, H, H, device=device, dtype=dtype).contiguous(memory_format=mf)
-    w = (torch.randn(K, C // groups, R, R, device=device, dtype=dtype) * 0.05).contiguous(memory_format=mf)
+    w = (torch.randn(K, C // groups, R, S, device=device, dtype=dtype) * 0.05).contiguous(memory_format=mf)
     conv = convx.functional.conv2d if impl == "convx" else F.conv2d
     benchmark.group = f"conv2d {pass_} {name} {device} {SHORT[dtype]} {layout} N={n}"
     benchmark.extra_info.update(op=f"conv2d_{pass_}", layer=name, impl=impl, device=device, dtype=SHORT[dtype],
-                                layout=layout, shape=f"{n},{C},{H},{H},{K},{R},{R},{stride},{pad},1,{groups}")
+                                layout=layout, shape=f"{n},{C},{H},{H},{K},{R},{S},{stride},{pad[0]}x{pad[1]},1,{groups}")
     if pass_ == "fwd":
         def fn():
             with torch.no_grad():

@@ -1,6 +1,7 @@
 """The layer shapes of ../shared/SHAPES.md, as data shared by the benchmarks.
 
-A conv layer: (name, C, H, K, R, stride, pad, groups). Square inputs and kernels.
+A conv layer: (name, C, H, K, R, stride, pad, groups). Square inputs; R and pad
+are an int (square kernel) or a (height, width) pair (Inception-v3's 1x7 / 7x1).
 """
 RESNET50 = [
     ("r50.stem", 3, 224, 64, 7, 2, 3, 1),
@@ -59,11 +60,28 @@ GOOGLENET = [
     ("gnet.5b.3x3_48_128", 48, 7, 128, 3, 1, 1, 1),
 ]
 
+# Inception-v3's factorized layers (not in SHAPES.md): asymmetric kernels must not be slow
+INCEPTION_V3 = [
+    ("iv3.stem.3x3_32_64", 32, 147, 64, 3, 1, 1, 1),
+    ("iv3.5b.5x5_48_64", 48, 35, 64, 5, 1, 2, 1),
+    ("iv3.6b.1x7_128", 128, 17, 128, (1, 7), 1, (0, 3), 1),
+    ("iv3.6b.7x1_128_192", 128, 17, 192, (7, 1), 1, (3, 0), 1),
+    ("iv3.6e.1x7_192", 192, 17, 192, (1, 7), 1, (0, 3), 1),
+    ("iv3.6e.7x1_192", 192, 17, 192, (7, 1), 1, (3, 0), 1),
+    ("iv3.7b.1x3_384", 384, 8, 384, (1, 3), 1, (0, 1), 1),
+    ("iv3.7b.3x1_384", 384, 8, 384, (3, 1), 1, (1, 0), 1),
+]
+
 OTHER = [
     ("dw3x3.56_144", 144, 56, 144, 3, 1, 1, 144),
     ("dw3x3.14_576", 576, 14, 576, 3, 1, 1, 576),
     ("grouped32.56_128", 128, 56, 128, 3, 1, 1, 32),
 ]
 
-QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + OTHER
-ALL = RESNET50 + VGG16 + GOOGLENET + OTHER
+QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
+ALL = RESNET50 + VGG16 + GOOGLENET + INCEPTION_V3 + OTHER
+
+
+def kernel_hw(v):
+    """An int or a (height, width) pair as a pair."""
+    return (v, v) if isinstance(v, int) else tuple(v)
