@@ -46,16 +46,28 @@ _TWINS = {
 }
 
 
-def convert(model: nn.Module, fuse: bool = False, inplace: bool = True,
-            return_report: bool = False) -> Union[nn.Module, Tuple[nn.Module, List[str]]]:
+def convert(model: nn.Module, fuse: bool = False, inplace: bool = True, return_report: bool = False,
+            sync_bn: bool = False, process_group=None) -> Union[nn.Module, Tuple[nn.Module, List[str]]]:
     """Swap ``model``'s layers for convx's in place and return it (with
     ``inplace=False``: a converted deep copy; with ``fuse=True``: a fused
     GraphModule over the converted model); with ``return_report=True`` also a
-    list of what was replaced or fused."""
+    list of what was replaced or fused. ``sync_bn=True`` makes every batch norm
+    (torch's or convx's, 1d/2d/3d) a :class:`convx.SyncBatchNorm` over
+    ``process_group`` (default: the whole world), keeping its tensors and a
+    fused ReLU."""
     if not inplace:
         model = copy.deepcopy(model)
     report: List[str] = []
     for name, m in model.named_modules():
+        if sync_bn and isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) is not cnn.SyncBatchNorm:
+            src = type(m)
+            activation = getattr(m, "activation", None)
+            m.__class__ = cnn.SyncBatchNorm
+            m.process_group = process_group
+            m.activation = activation
+            origin = "convx" if src.__module__.startswith("convx") else "torch.nn"
+            report.append(f"{name or '<root>'}: {origin}.{src.__name__} -> convx.SyncBatchNorm")
+            continue
         twin = _TWINS.get(type(m))  # exact types: convx modules and other subclasses stay as they are
         if twin is None:
             continue

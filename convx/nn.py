@@ -115,8 +115,8 @@ class BatchNorm2d(_BatchNormTail, torch.nn.BatchNorm2d):
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
-                 dtype=None, activation=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+                 dtype=None, activation=None, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self._init_activation(activation)
 
 
@@ -125,8 +125,8 @@ class BatchNorm1d(_BatchNormTail, torch.nn.BatchNorm1d):
     ``(N, C, L)``; the same extras as :class:`BatchNorm2d`."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
-                 dtype=None, activation=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+                 dtype=None, activation=None, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self._init_activation(activation)
 
 
@@ -135,9 +135,79 @@ class BatchNorm3d(_BatchNormTail, torch.nn.BatchNorm3d):
     (channels_last_3d stays a view); the same extras as :class:`BatchNorm2d`."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
-                 dtype=None, activation=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+                 dtype=None, activation=None, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self._init_activation(activation)
+
+
+class SyncBatchNorm(_BatchNormTail, torch.nn.SyncBatchNorm):
+    """``torch.nn.SyncBatchNorm`` on convx kernels: in training under an
+    initialised ``torch.distributed`` process group of more than one rank,
+    the batch statistics are those of the batches of all ranks together (one
+    ``all_gather`` forward, one ``all_reduce`` backward; see
+    :mod:`convx.distributed`); otherwise it is :class:`BatchNorm2d` (any
+    input rank >= 2). The same extras: ``activation="relu"`` and
+    ``forward(input, residual)``.
+
+    Beyond torch: CPU tensors work (gloo), where torch.nn.SyncBatchNorm
+    raises; a rank's local batch may be empty, and batch sizes may differ.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, device=None, dtype=None, activation=None, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device, dtype,
+                         bias=bias)
+        self._init_activation(activation)
+
+    def forward(self, input: Tensor, residual: Tensor = None) -> Tensor:
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        group = self.process_group or (torch.distributed.group.WORLD if torch.distributed.is_available() else None)
+        if not (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size(group) > 1):
+            return super().forward(input, residual)
+        if residual is not None and residual.shape != input.shape:
+            raise RuntimeError(f"batch_norm: residual must have the input's size {list(input.shape)}, but got "
+                               f"{list(residual.shape)}")
+        for name, t in (("weight", self.weight), ("bias", self.bias)):
+            if t is not None and t.numel() != input.shape[1]:
+                raise RuntimeError(f"{name} should contain {input.shape[1]} elements not {t.numel()}")
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        track = self.track_running_stats
+        from .distributed import SyncBatchNormFunction
+        x, res = CF._as_4d(input), None if residual is None else CF._as_4d(residual)
+        y = SyncBatchNormFunction.apply(x, self.weight, self.bias, res, self.running_mean if track else None,
+                                        self.running_var if track else None, self.eps, factor, group,
+                                        torch.distributed.get_world_size(group),
+                                        getattr(self, "activation", None) == "relu")
+        return y if input.dim() == 4 else y.view(input.shape)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Every BatchNorm1d/2d/3d in ``module`` (torch's or convx's) becomes a
+        convx.SyncBatchNorm holding the same parameter and buffer tensors (a
+        fused ReLU is kept); like torch's, returns the converted module (a new
+        object only where ``module`` itself is a batch norm)."""
+        out = module
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                      process_group, activation=getattr(module, "activation", None), bias=module.bias is not None,
+                      device="meta")
+            if module.affine:
+                out.weight = module.weight
+                out.bias = module.bias
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+            out._forward_hooks, out._forward_pre_hooks = module._forward_hooks, module._forward_pre_hooks
+            out._backward_hooks = module._backward_hooks
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return out
 
 
 class AddReLU(torch.nn.Module):

@@ -96,6 +96,21 @@ def _conv2d_backward_weight_fake(grad_output, input, weight_size, stride, paddin
     return gw, gb
 
 
+def _strides_of(g, w):
+    """``g`` with ``w``'s strides (the gradient layout contract that AccumulateGrad and DDP's
+    buckets check exactly): re-strided where the two differ only in the meaningless strides of
+    size-1 dimensions (a 1-input-channel weight's gradient), made channels_last for a
+    channels_last weight."""
+    if g.stride() == w.stride() or g.shape != w.shape:
+        return g
+    for mf in (torch.contiguous_format, torch.channels_last):
+        if g.is_contiguous(memory_format=mf) and w.is_contiguous(memory_format=mf):
+            return g.as_strided(w.shape, w.stride())
+    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last):
+        return g.contiguous(memory_format=torch.channels_last)  # the copy AccumulateGrad would make
+    return g
+
+
 def _conv2d_setup(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups = inputs
     ctx.save_for_backward(input, weight)
@@ -110,7 +125,7 @@ def _conv2d_backward(ctx, grad):
         gx = _ops.conv2d_backward_input(grad, weight, list(input.shape), *ctx.args)
     if need_w or need_b:
         gw, gb = _ops.conv2d_backward_weight(grad, input, list(weight.shape), *ctx.args, bool(need_b))
-        gw = gw if need_w else None
+        gw = _strides_of(gw, weight) if need_w else None
         gb = gb if need_b else None
     return gx, gw, gb, None, None, None, None
 
@@ -205,7 +220,7 @@ def _ct_backward(ctx, grad):
         gx = _ops.conv_transpose2d_backward_input(grad, weight, list(input.shape), *ctx.args)
     if need_w or need_b:
         gw, gb = _ops.conv_transpose2d_backward_weight(grad, input, list(weight.shape), *ctx.args, bool(need_b))
-        gw = gw if need_w else None
+        gw = _strides_of(gw, weight) if need_w else None
         gb = gb if need_b else None
     return gx, gw, gb, None, None, None, None, None
 

@@ -6,9 +6,17 @@ initial weights on the same batches, then report both.
     python -m convx train                       # ResNet-20, 30 epochs, CPU
     python -m convx train --model lenet5 --epochs 20 --device cuda
     python -m convx train --save digits.pt      # keep the trained state_dict
+    torchrun --nproc_per_node=2 -m convx train --sync-bn   # data-parallel (gloo on CPUs, NCCL on GPUs)
+
+Under torchrun (WORLD_SIZE > 1) each process trains on its share of every
+batch (DistributedSampler; the global batch stays --batch-size), gradients
+are averaged by DistributedDataParallel, ``--sync-bn`` makes the batch norms
+convx.SyncBatchNorm, and rank 0 alone shows progress, evaluates and reports.
 """
 import argparse
+import datetime
 import math
+import os
 import sys
 import time
 
@@ -16,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from . import models
+from .convert import convert
+from .distributed import DistributedDataParallel
 
 MODELS = {
     # name: (constructor, input size it is trained at)
@@ -90,34 +100,67 @@ def evaluate(model, x, y, size, batch):
     return correct / len(y)
 
 
-def train_one(name, impl, init_state, data, args, device):
+class _Dist:
+    """This process's place in a torchrun launch (world 1 when not launched so)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.backend = None
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def train_one(name, impl, init_state, data, args, device, dist_ctx=None):
     ctor, size = MODELS[name]
+    dist_ctx = dist_ctx or _Dist()
     torch.manual_seed(args.seed)
     model = ctor(impl).to(device)
     model.load_state_dict(init_state)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if dist_ctx.world > 1 and args.sync_bn:
+        model = convert(model, sync_bn=True) if impl == "convx" else torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+            model)
+    net = model
+    if dist_ctx.world > 1:  # convx's DDP: torch's refuses SyncBatchNorm layers in CPU modules
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     xtr, ytr, xte, yte = [t.to(device) for t in data]
-    steps = math.ceil(len(ytr) / args.batch_size)
+    local_batch = max(1, args.batch_size // dist_ctx.world)
+    sampler = None
+    if dist_ctx.world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+        sampler = DistributedSampler(range(len(ytr)), num_replicas=dist_ctx.world, rank=dist_ctx.rank, shuffle=True,
+                                     seed=args.seed)
+    steps = math.ceil((len(sampler) if sampler is not None else len(ytr)) / local_batch)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps,
                                                 pct_start=0.15, anneal_strategy="cos")
-    gen = torch.Generator().manual_seed(args.seed)  # same batches and augmentation for both models
+    # same batches and augmentation for both models; each process its own augmentation stream
+    gen = torch.Generator().manual_seed(args.seed + 1000 * dist_ctx.rank)
     epoch_times, acc, history = [], 0.0, []
+    show = not args.quiet and dist_ctx.main
     for epoch in range(args.epochs):
         model.train()
-        perm = torch.randperm(len(ytr), generator=gen).to(device)
-        bar = Progress(steps, f"{impl:>5} {name} epoch {epoch + 1:2d}/{args.epochs}", not args.quiet)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            perm = torch.tensor(list(sampler), device=device)
+        else:
+            perm = torch.randperm(len(ytr), generator=gen).to(device)
+        bar = Progress(steps, f"{impl:>5} {name} epoch {epoch + 1:2d}/{args.epochs}", show)
         t0 = time.perf_counter()
         loss_sum = 0.0
         for i in range(steps):
-            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = perm[i * local_batch:(i + 1) * local_batch]
             xb = augment(xtr[idx].cpu(), gen).to(device)
             if size != xb.shape[-1]:
                 xb = F.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
             if args.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), ytr[idx], label_smoothing=0.05)
+            loss = F.cross_entropy(net(xb), ytr[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -128,9 +171,10 @@ def train_one(name, impl, init_state, data, args, device):
             torch.cuda.synchronize()
         epoch_times.append(time.perf_counter() - t0)
         bar.close()
-        acc = evaluate(model, xte, yte, size, 256)
+        # rank 0 evaluates the plain module (eval-mode batch norm needs no collective); the others go on
+        acc = evaluate(model, xte, yte, size, 256) if dist_ctx.main else float("nan")
         history.append((epoch + 1, loss_sum / steps, acc))
-        if not args.quiet:
+        if show:
             print(f"  {impl:>5} {name} epoch {epoch + 1:2d}: loss {loss.item():.3f}  test accuracy {acc * 100:5.2f}%  "
                   f"({epoch_times[-1]:.2f} s)", flush=True)
     return model, acc, epoch_times, history
@@ -176,11 +220,32 @@ def main(argv=None):
     p.add_argument("--weights", help="start from this state_dict (torch.save'd) instead of He initialisation")
     p.add_argument("--save", help="write the trained convx model's state_dict here")
     p.add_argument("--plot", metavar="FILE.png", help="draw loss and accuracy curves of both models into FILE.png")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: batch statistics over all processes (convx.SyncBatchNorm)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    dist_ctx = _Dist()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and dist_ctx.world > 1:
+        device = torch.device("cuda", dist_ctx.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if dist_ctx.world > 1:
+        dist_ctx.backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(dist_ctx.backend, timeout=datetime.timedelta(minutes=5))
+        try:
+            return _main(args, device, dist_ctx)
+        finally:
+            torch.distributed.destroy_process_group()
+    return _main(args, device, dist_ctx)
+
+
+def _main(args, device, dist_ctx):
+    say = print if dist_ctx.main else (lambda *a, **k: None)
+    if dist_ctx.world > 1 and args.sync_bn and device.type == "cpu" and not args.no_compare:
+        say("  (the torch.nn twin is skipped: torch.nn.SyncBatchNorm runs on GPUs only)")
+        args.no_compare = True
 
     data = load_digits(args.seed)
     torch.manual_seed(args.seed)
@@ -188,17 +253,23 @@ def main(argv=None):
     if args.weights:
         init = torch.load(args.weights, map_location="cpu", weights_only=True)
     n_params = sum(v.numel() for k, v in init.items() if "running" not in k and "num_batches" not in k)
-    print(f"convx train: {args.model} ({n_params / 1e3:.0f}k parameters) on scikit-learn digits "
-          f"({len(data[1])} train / {len(data[3])} test, 8x8 grayscale), {args.epochs} epochs, batch "
-          f"{args.batch_size}, AdamW + one-cycle cosine, device {device}, threads {torch.get_num_threads()}")
+    say(f"convx train: {args.model} ({n_params / 1e3:.0f}k parameters) on scikit-learn digits "
+        f"({len(data[1])} train / {len(data[3])} test, 8x8 grayscale), {args.epochs} epochs, batch "
+        f"{args.batch_size}, AdamW + one-cycle cosine, device {device}, threads {torch.get_num_threads()}")
+    if dist_ctx.world > 1:
+        say(f"data parallel: {dist_ctx.world} processes ({dist_ctx.backend}), {args.batch_size // dist_ctx.world} "
+            f"images per process and step, DistributedDataParallel"
+            + (", SyncBatchNorm" if args.sync_bn else ", batch statistics per process"))
 
     runs, histories = {}, {}
     for impl in ["convx"] + ([] if args.no_compare else ["torch"]):
         t0 = time.perf_counter()
-        model, acc, times, histories[impl] = train_one(args.model, impl, init, data, args, device)
+        model, acc, times, histories[impl] = train_one(args.model, impl, init, data, args, device, dist_ctx)
         runs[impl] = (acc, times, time.perf_counter() - t0)
-        if impl == "convx" and args.save:
+        if impl == "convx" and args.save and dist_ctx.main:
             torch.save(model.state_dict(), args.save)
+    if not dist_ctx.main:
+        return 0
 
     print("\nreport")
     print(f"  {'model':<24} {'test accuracy':>14} {'s / epoch':>10} {'total s':>8}")

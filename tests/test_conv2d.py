@@ -475,3 +475,18 @@ def test_strided_bias(device, layout):
     gy = torch.randn_like(yr)
     for g, gr in zip(torch.autograd.grad(y, [x, w, b], gy), torch.autograd.grad(yr, [x, w, b], gy)):
         torch.testing.assert_close(g, gr, **tolerances(torch.float32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cin,layout", [(1, "contiguous"), (1, "channels_last"), (4, "channels_last"),
+                                        (4, "contiguous")])
+def test_weight_gradient_has_the_weights_strides(device, cin, layout):
+    """The gradient layout contract (AccumulateGrad, DistributedDataParallel's buckets compare strides):
+    a 1-input-channel weight's gradient must not come back with other strides for its size-1 axis."""
+    w = make_tensor((8, cin, 3, 3), torch.float32, device, layout, requires_grad=True)
+    x = make_tensor((2, cin, 6, 6), torch.float32, device)
+    for fn, weight in ((convx.functional.conv2d, w), (convx.functional.conv_transpose2d, None)):
+        if weight is None:
+            weight = make_tensor((cin, 8, 3, 3), torch.float32, device, layout, requires_grad=True)
+        g, = torch.autograd.grad(fn(x, weight).sum(), weight)
+        assert g.stride() == weight.stride(), (fn.__name__, g.stride(), weight.stride())

@@ -33,7 +33,7 @@ class Layers:
 def bn_act(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor = None) -> torch.Tensor:
     """bn(x) (+ residual) (-> relu): one fused kernel for a convx.BatchNorm2d,
     torch's eager sequence otherwise."""
-    if isinstance(bn, cnn.BatchNorm2d):
+    if isinstance(bn, cnn._BatchNormTail):  # convx's BatchNorm2d, SyncBatchNorm, ...
         return bn(x, residual)
     y = bn(x)
     if residual is not None:
