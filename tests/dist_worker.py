@@ -97,7 +97,11 @@ def main():
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        result = {"sync_bn": run_sync_bn, "ddp": run_ddp}[scenario](rank, world)
+        if scenario == "sync_bn_simt":  # the same, with convx's CUDA kernels running on the emulator
+            with convx.simt.device():
+                result = run_sync_bn(rank, world)
+        else:
+            result = {"sync_bn": run_sync_bn, "ddp": run_ddp}[scenario](rank, world)
         torch.save(result, os.path.join(outdir, f"{scenario}-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -63,9 +63,12 @@ def launch(scenario, outdir, timeout=240):
     return [torch.load(os.path.join(outdir, f"{scenario}-rank{r}.pt"), weights_only=False) for r in range(WORLD)]
 
 
-@pytest.fixture(scope="module")
-def sync_results(tmp_path_factory):
-    return launch("sync_bn", tmp_path_factory.mktemp("sync_bn"))
+@pytest.fixture(scope="module", params=["sync_bn", pytest.param("sync_bn_simt", marks=pytest.mark.simt)])
+def sync_results(request, tmp_path_factory):
+    """Both ranks' results; ``sync_bn_simt``: convx's CUDA kernels on the emulator (convx.simt)."""
+    if request.param == "sync_bn_simt" and not convx.simt.available():
+        pytest.skip("the emulated CUDA backend is not built")
+    return launch(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def _reference(case):
