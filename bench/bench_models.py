@@ -5,8 +5,9 @@ eval mode and one training step (forward, backward, SGD step), images/s.
 CPU: ResNet-50, VGG-16, GoogLeNet, DenseNet-121, MobileNetV2 at batch
 CONVX_BENCH_MODEL_CPU_N (2) and 224x224 (CONVX_BENCH_MODEL_SIZE), Inception-v3
 at 299x299, U-Net (the paper's network, 1 channel, 2 classes, per-pixel loss)
-at 252x252 (CONVX_BENCH_UNET_SIZE; 572 is the paper's tile). CUDA: batch 32
-and 256 in float32, float16 and bfloat16, channels_last.
+at 252x252 (CONVX_BENCH_UNET_SIZE; 572 is the paper's tile), in NCHW and
+channels_last. CUDA: batch 32 and 256 in float32, float16 and bfloat16,
+channels_last.
 """
 import os
 
@@ -33,23 +34,24 @@ def cases():
     out = []
     for d in bench_devices():
         if d == "cpu":
-            out += [pytest.param(d, int(os.environ.get("CONVX_BENCH_MODEL_CPU_N", "2")), torch.float32,
-                                 id=f"cpu-N{os.environ.get('CONVX_BENCH_MODEL_CPU_N', '2')}-fp32")]
+            n = int(os.environ.get("CONVX_BENCH_MODEL_CPU_N", "2"))
+            out += [pytest.param(d, n, torch.float32, layout, id=f"cpu-N{n}-fp32-{layout}")
+                    for layout in ("nchw", "nhwc")]
         else:
-            out += [pytest.param(d, n, dt, id=f"cuda-N{n}-{SHORT[dt]}") for n in (32, 256)
+            out += [pytest.param(d, n, dt, "nhwc", id=f"cuda-N{n}-{SHORT[dt]}") for n in (32, 256)
                     for dt in (torch.float32, torch.float16, torch.bfloat16)]
     return out
 
 
 @pytest.mark.parametrize("impl", ["convx", "torch"])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("device,n,dtype", cases())
+@pytest.mark.parametrize("device,n,dtype,layout", cases())
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_model(benchmark, arch, device, n, dtype, mode, impl):
+def test_model(benchmark, arch, device, n, dtype, layout, mode, impl):
     torch.manual_seed(0)
     kwargs, channels, size = ARCHS[arch]
     model = getattr(models, arch)(impl=impl, **kwargs).to(device=device, dtype=dtype)
-    mf = torch.channels_last if device == "cuda" else torch.contiguous_format
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     model = model.to(memory_format=mf)
     x = torch.randn(n, channels, size, size, device=device, dtype=dtype).contiguous(memory_format=mf)
     if arch == "unet":  # a class per output pixel
@@ -59,9 +61,9 @@ def test_model(benchmark, arch, device, n, dtype, mode, impl):
         target = torch.randint(0, 1000, (n,), device=device)
     if device == "cuda" and dtype == torch.float32:
         torch.backends.cudnn.allow_tf32 = False
-    benchmark.group = f"model {arch} {mode} {device} {SHORT[dtype]} N={n}"
+    benchmark.group = f"model {arch} {mode} {device} {SHORT[dtype]} {layout} N={n}"
     benchmark.extra_info.update(op=f"{arch}_{mode}", layer=arch, impl=impl, device=device, dtype=SHORT[dtype],
-                                layout="nhwc" if device == "cuda" else "nchw", shape=f"{n},{channels},{size},{size}")
+                                layout=layout, shape=f"{n},{channels},{size},{size}")
     if mode == "eval":
         model.eval()
 

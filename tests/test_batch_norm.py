@@ -475,3 +475,21 @@ def test_statistics_over_more_than_2_24_values(device, layout):
     torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=0)
     torch.testing.assert_close(var.double(), x64.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
     torch.testing.assert_close(rv.double(), 0.5 + 0.5 * x64.var((0, 2, 3)), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("cls,ref_cls,shape", [(convx.BatchNorm1d, torch.nn.BatchNorm1d, (4, 3)),
+                                               (convx.BatchNorm2d, torch.nn.BatchNorm2d, (4, 3, 5, 5)),
+                                               (convx.BatchNorm3d, torch.nn.BatchNorm3d, (2, 3, 2, 3, 3))])
+def test_weight_without_bias(cls, ref_cls, shape):
+    """torch's bias=False (an affine scale with no shift): same state_dict, outputs and gradients."""
+    m, ref = cls(3, bias=False).double(), ref_cls(3, bias=False).double()
+    assert m.bias is None and list(m.state_dict()) == list(ref.state_dict())
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 1.5)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y, yr = m(x), ref(x)
+    torch.testing.assert_close(y, yr)
+    for a, b in zip(torch.autograd.grad(y.square().sum(), [x, m.weight]),
+                    torch.autograd.grad(yr.square().sum(), [x, ref.weight])):
+        torch.testing.assert_close(a, b)

@@ -10,6 +10,7 @@ torch.nn.BatchNorm over the batches of all ranks together. On a GPU the
 same parity is checked against torch.nn.SyncBatchNorm by the benchmark
 script (bench/sync_batch_norm.py)."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def launch(scenario, outdir, timeout=240):
     for rank in range(WORLD):
         procs.append(subprocess.Popen([sys.executable, os.path.join(HERE, "dist_worker.py"), scenario, str(outdir)],
                                       env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+                                      stderr=subprocess.STDOUT, text=True, start_new_session=True))
     outs = []
     try:
         for p in procs:
@@ -56,7 +57,7 @@ def launch(scenario, outdir, timeout=240):
     finally:
         for p in procs:
             if p.poll() is None:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     for rank, p in enumerate(procs):
         assert p.returncode == 0, f"rank {rank} failed:\n" + "\n".join(o or "" for o in outs)
@@ -180,7 +181,16 @@ def test_torchrun_trains_data_parallel(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={env['MASTER_PORT']}", "-m", "convx", "train", "--epochs", "3", "--sync-bn",
            "--quiet"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    # its own session, so that a timeout kills torchrun's workers too, not only torchrun
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("\nreport") == 1, out.stdout  # rank 0 reports, rank 1 does not
     assert "2 processes (gloo)" in out.stdout and "SyncBatchNorm" in out.stdout, out.stdout
