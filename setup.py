@@ -164,7 +164,7 @@ setup(
     extras_require={
         "demo": ["scikit-learn", "matplotlib"],      # python -m convx train [--plot]
         "bench": ["pytest", "pytest-benchmark", "matplotlib"],
-        "test": ["pytest", "pytest-benchmark", "scikit-learn", "torchvision"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scikit-learn", "torchvision"],
     },
     packages=find_packages(include=["convx", "convx.*"]),
     ext_modules=ext_modules,

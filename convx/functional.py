@@ -13,6 +13,12 @@ _ops = torch.ops.convx
 _IntOr2 = Union[int, Sequence[int]]
 
 
+def _require_tensor(t, name: str, fn: str):
+    """torch's TypeError for a non-tensor where a tensor belongs (its functional ops are C++ bindings)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{fn}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+
+
 def _pair(v, name: str) -> List[int]:
     if isinstance(v, int):
         return [v, v]
@@ -77,6 +83,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     where torch raises. The result is channels_last if the input or the
     weight is, as with torch.
     """
+    _require_tensor(input, "input", "conv2d")
+    _require_tensor(weight, "weight", "conv2d")
     x, unbatched = _batched(input, "conv2d")
     if weight.dim() != 4:
         raise RuntimeError(
@@ -99,6 +107,8 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     -> ``(N, C_out, H_out, W_out)`` with
     ``H_out = (H - 1)*stride - 2*padding + dilation*(kH - 1) + output_padding + 1``.
     """
+    _require_tensor(input, "input", "conv_transpose2d")
+    _require_tensor(weight, "weight", "conv_transpose2d")
     x, unbatched = _batched(input, "conv_transpose2d")
     if weight.dim() != 4:
         raise RuntimeError(f"convx.conv_transpose2d: expected weight of size (C_in, C_out / groups, kH, kW), but "
@@ -109,6 +119,7 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
 
 
 def _pool_batched(input: Tensor, message: str) -> Tuple[Tensor, bool]:
+    _require_tensor(input, "input", "pool2d")
     if input.dim() not in (3, 4):
         raise RuntimeError(message)
     return (input.unsqueeze(0), True) if input.dim() == 3 else (input, False)
@@ -164,7 +175,11 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     ``None`` entries keep the input's size. Output larger than input works."""
     x, unbatched = _pool_batched(input, f"adaptive_avg_pool2d(): Expected 3D or 4D tensor, but got: "
                                         f"{list(input.shape)}")
-    y = _ops.adaptive_avg_pool2d(x, _adaptive_size(output_size, x))
+    size = _adaptive_size(output_size, x)
+    if size == [1, 1] and x.numel() == 0:
+        # torch computes a 1x1 output as a mean, which takes empty images too (giving NaN); so does convx
+        return input.mean((-2, -1), keepdim=True)
+    y = _ops.adaptive_avg_pool2d(x, size)
     return y.squeeze(0) if unbatched else y
 
 
@@ -211,28 +226,58 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     given, ``running_mean`` / ``running_var`` are updated in place with
     ``momentum`` (unbiased variance), as torch does.
     """
+    _require_tensor(input, "input", "batch_norm")
+    if input.dim() == 0 and training:  # torch.nn.functional's batch-size check indexes the shape
+        raise IndexError("batch_norm: expected input of size (N, C, *), but got a 0-dimensional tensor")
     if input.dim() < 2:
         raise RuntimeError(f"batch_norm: expected input of size (N, C, *) with at least 2 dimensions, but got "
                            f"input of size {list(input.shape)}")
+    if training and (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
     # Everything is checked before the statistics pass, which updates the
     # running statistics in place: a bad argument must leave them untouched.
     size = input.shape
     c = size[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
-        if t is not None and t.numel() != c:
-            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
-    if residual is not None and residual.shape != size:
-        raise RuntimeError(f"batch_norm: residual must have the input's size {list(size)}, but got "
-                           f"{list(residual.shape)}")
-    if training:
+    if training:  # torch.nn.functional's own checks, made for every input
         if input.numel() and input.numel() // c <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
         if eps <= 0.0:
             raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    elif running_mean is None:
+    elif eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if residual is not None and residual.shape != size:
+        raise RuntimeError(f"batch_norm: residual must have the input's size {list(size)}, but got "
+                           f"{list(residual.shape)}")
+    if residual is not None and (residual.dtype != input.dtype or residual.device != input.device):
+        # checked here, before the statistics pass writes the running statistics
+        raise RuntimeError(f"input and residual must have the same dtype and device, but got {input.dtype} on "
+                           f"{input.device} and {residual.dtype} on {residual.device}")
+    if input.numel() == 0:
+        # torch returns an empty batch as it is, without looking at the statistics or the affine parameters
+        y = input.clone()
+        y = y + residual if residual is not None else y
+        return y.relu() if relu else y
+    # torch's CPU rule for the parameters' dtype: the input's, or float32 for a float16 / bfloat16 input
+    param_dtypes = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is None:
+            continue
+        _require_tensor(t, name, "batch_norm")
+        if t.numel() != c:
+            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
+        if name.startswith("running") and t.dim() != 1:
+            raise RuntimeError(f"batch_norm: expected {name} to be 1-dimensional, but got size {list(t.shape)}")
+        if t.dtype not in param_dtypes:
+            raise RuntimeError(f"mixed dtype (CPU): expect parameter to have scalar type of "
+                               f"{str(param_dtypes[-1]).replace('torch.', '').capitalize()} ({name} is "
+                               f"{t.dtype}, input {input.dtype})")
+        if t.device != input.device:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but got {name} on {t.device}, "
+                               f"input on {input.device}")
+    if not training and running_mean is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
-    elif running_var is None:
+    if not training and running_var is None:
         raise RuntimeError("running_var must be defined in evaluation mode")
     x = _as_4d(input)
     if residual is not None:

@@ -32,11 +32,24 @@ def _as_cuda():
         _state.emulating_cuda = saved
 
 
+def _one_device(args):
+    """The fake kernels also run for real calls that mix meta tensors with others (the dispatcher picks the
+    meta kernel then); such a call must fail as torch's device check does, not return uninitialized memory."""
+    devices = {a.device for a in args if isinstance(a, torch.Tensor)}
+    if len(devices) > 1:
+        raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices, "
+                           + " and ".join(sorted(str(d) for d in devices)) + "!")
+
+
 def _register_fake(name):
     def register(fn):
-        torch.library.register_fake(f"convx::{name}")(fn)
+        def fake(*args, **kwargs):
+            _one_device(args)
+            return fn(*args, **kwargs)
+        torch.library.register_fake(f"convx::{name}")(fake)
         if _simt.available():
             def emulated(*args, **kwargs):
+                _one_device(args)
                 with _as_cuda():
                     return fn(*args, **kwargs)
             torch.library.register_fake(f"convx_simt::{name}")(emulated)
@@ -81,7 +94,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     k, _, r, s = weight.shape
     ho = _out_size(h, padding[0], padding[1], r, stride[0], dilation[0])
     wo = _out_size(w, padding[2], padding[3], s, stride[1], dilation[1])
-    return _empty(input, (n, k, ho, wo), _conv_memory_format(input, weight))
+    return _empty(input, (n, k if input.shape[1] != 0 else 0, ho, wo), _conv_memory_format(input, weight))
 
 
 @_register_fake("conv2d_backward_input")
@@ -121,6 +134,9 @@ def _conv2d_backward(ctx, grad):
     input, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     gx = gw = gb = None
+    if input.shape[1] == 0:  # no input channels: the output was empty (torch's rule), so are the gradients
+        return (input.new_zeros(input.shape) if need_x else None, torch.zeros_like(weight) if need_w else None,
+                weight.new_zeros(weight.shape[0]) if need_b else None, None, None, None, None)
     if need_x:
         gx = _ops.conv2d_backward_input(grad, weight, list(input.shape), *ctx.args)
     if need_w or need_b:
@@ -216,6 +232,9 @@ def _ct_backward(ctx, grad):
     input, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     gx = gw = gb = None
+    if input.numel() == 0 or grad.numel() == 0:  # an empty batch or empty output images (torch allows both)
+        return (input.new_zeros(input.shape) if need_x else None, torch.zeros_like(weight) if need_w else None,
+                weight.new_zeros(grad.shape[1]) if need_b else None, None, None, None, None, None)
     if need_x:
         gx = _ops.conv_transpose2d_backward_input(grad, weight, list(input.shape), *ctx.args)
     if need_w or need_b:

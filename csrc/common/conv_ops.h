@@ -53,6 +53,9 @@ inline std::vector<int64_t> conv_transpose2d_output_size(c10::IntArrayRef in, c1
   TORCH_CHECK(in.size() == 4, "convx.conv_transpose2d: expected 4D (batched) input, but got input of size: ", in);
   TORCH_CHECK(wt.size() == 4, "convx.conv_transpose2d: expected 4D weight [C_in, C_out / groups, R, S], but got ",
               "weight of size: ", wt);
+  check_not_empty_spatially(in);
+  TORCH_CHECK(wt[0] >= p.groups, "Given groups=", p.groups, ", expected weight to be at least ", p.groups,
+              " at dimension 0, but got weight of size [", wt, "] instead");
   TORCH_CHECK(wt[0] % p.groups == 0, "Given groups=", p.groups, ", expected weight to be divisible by ", p.groups,
               " at dimension 0, but got weight of size [", wt, "] instead");
   TORCH_CHECK(wt[0] == in[1], "Given transposed=1, weight of size ", wt, ", expected input", in, " to have ", wt[0],
@@ -60,8 +63,11 @@ inline std::vector<int64_t> conv_transpose2d_output_size(c10::IntArrayRef in, c1
   // Conv frame: pad_t + pad_b = 2 * padding - output_padding.
   const int64_t ho = (in[2] - 1) * p.stride_h - (p.pad_t + p.pad_b) + p.dil_h * (wt[2] - 1) + 1;
   const int64_t wo = (in[3] - 1) * p.stride_w - (p.pad_l + p.pad_r) + p.dil_w * (wt[3] - 1) + 1;
-  TORCH_CHECK(ho > 0 && wo > 0, "Given input size per channel: (", in[2], " x ", in[3],
-              "). Calculated output size per channel: (", ho, " x ", wo, "). Output size is too small");
+  // An output extent must be positive (torch's float64 / CUDA rule; its float32 oneDNN path returns an empty
+  // result for 0), except for an empty batch, whose output images torch lets be empty.
+  const bool empty = in[0] == 0 || in[1] == 0;
+  TORCH_CHECK(empty ? (ho >= 0 && wo >= 0) : (ho > 0 && wo > 0), "Given input size per channel: (", in[2], " x ",
+              in[3], "). Calculated output size per channel: (", ho, " x ", wo, "). Output size is too small");
   return {in[0], wt[1] * p.groups, ho, wo};
 }
 
@@ -75,6 +81,9 @@ struct ConvOps {
     check_floating(input, "input");
     check_bias(bias, input, weight);
     const auto sh = conv2d_shape(input.sizes(), weight.sizes(), p);
+    if (sh.C == 0) {  // no input channels: torch returns an empty result of 0 channels (not K of bias)
+      return at::empty({sh.N, 0, sh.Ho, sh.Wo}, input.options().memory_format(conv_memory_format(input, weight)));
+    }
     return B::forward(input, weight, bias.has_value() && bias->defined() ? &*bias : nullptr, sh, p);
   }
 
@@ -118,6 +127,9 @@ struct ConvOps {
                   ") and bias type (", cpp_type_name(bias->scalar_type()), ") should be the same");
       TORCH_CHECK(bias->device() == input.device(), "Expected bias to be on the same device as input (",
                   input.device(), "), but got bias on ", bias->device());
+    }
+    if (input.numel() == 0 || out[2] == 0 || out[3] == 0) {  // an empty result (an empty batch, or images)
+      return at::empty(out, input.options().memory_format(conv_memory_format(input, weight)));
     }
     const auto sh = conv2d_shape(out, weight.sizes(), p);
     return B::data_grad(input, weight, bias.has_value() && bias->defined() ? &*bias : nullptr, sh, p);

@@ -93,6 +93,13 @@ inline void check_padded_size(int64_t H, int64_t W, int64_t R, int64_t S, const 
       "). Kernel size can't be greater than actual input size");
 }
 
+// torch convolves empty batches and zero channels, not empty images (even padded ones).
+inline void check_not_empty_spatially(c10::IntArrayRef in) {
+  TORCH_CHECK(
+      in.size() != 4 || in[0] == 0 || in[1] == 0 || (in[2] > 0 && in[3] > 0),
+      "Only zero batch or zero channel inputs are supported, but got input shape: ", in);
+}
+
 inline void check_same_device_and_dtype(const at::Tensor& input, const at::Tensor& weight, const char* weight_name) {
   TORCH_CHECK(
       input.device() == weight.device(),
@@ -124,6 +131,7 @@ inline Conv2dShape conv2d_shape(c10::IntArrayRef in, c10::IntArrayRef wt, const 
       in.size() == 4, "convx.conv2d: expected 4D (batched) input [N, C, H, W], but got input of size: ", in);
   TORCH_CHECK(
       wt.size() == 4, "convx.conv2d: expected 4D weight [K, C / groups, R, S], but got weight of size: ", wt);
+  check_not_empty_spatially(in);
   Conv2dShape s;
   s.N = in[0], s.C = in[1], s.H = in[2], s.W = in[3];
   s.K = wt[0], s.R = wt[2], s.S = wt[3];
@@ -133,7 +141,9 @@ inline Conv2dShape conv2d_shape(c10::IntArrayRef in, c10::IntArrayRef wt, const 
   TORCH_CHECK(
       wt[1] * p.groups == s.C, "Given groups=", p.groups, ", weight of size ", wt, ", expected input", in,
       " to have ", wt[1] * p.groups, " channels, but got ", s.C, " channels instead");
-  TORCH_CHECK(s.K > 0 && s.R > 0 && s.S > 0 && wt[1] > 0, "convx.conv2d: weight has a zero dimension: ", wt);
+  // Zero input channels (then the weight's dimension 1 is 0 too) give the bias, as torch's do.
+  TORCH_CHECK(s.K > 0 && s.R > 0 && s.S > 0 && (wt[1] > 0 || s.C == 0), "convx.conv2d: weight has a zero dimension: ",
+              wt);
   check_padded_size(s.H, s.W, s.R, s.S, p);
   s.Ho = conv_out_size(s.H, p.pad_t, p.pad_b, s.R, p.stride_h, p.dil_h);
   s.Wo = conv_out_size(s.W, p.pad_l, p.pad_r, s.S, p.stride_w, p.dil_w);

@@ -98,6 +98,9 @@ inline std::pair<int64_t, int64_t> check_pool2d(c10::IntArrayRef in, const Pool2
   TORCH_CHECK(a.ph <= ((a.kh - 1) * a.dh + 1) / 2 && a.pw <= ((a.kw - 1) * a.dw + 1) / 2,
               "pad should be at most half of effective kernel size, but got pad=", a.ph > a.pw ? a.ph : a.pw,
               ", kernel_size=", a.ph > a.pw ? a.kh : a.kw, " and dilation=", a.ph > a.pw ? a.dh : a.dw);
+  // torch's second rule (it matters for max pooling with dilation): the kernel itself, not dilated.
+  TORCH_CHECK(a.pw <= a.kw / 2 && a.ph <= a.kh / 2, "pad should be smaller than or equal to half of kernel size, but ",
+              "got padW = ", a.pw, ", padH = ", a.ph, ", kW = ", a.kw, ", kH = ", a.kh);
   TORCH_CHECK(in[1] > 0 && in[2] > 0 && in[3] > 0,
               "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:", in);
   const int64_t ho = pool_out_size(in[2], a.kh, a.ph, a.sh, a.dh, ceil_mode);

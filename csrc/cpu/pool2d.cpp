@@ -64,7 +64,9 @@ void forward_nchw(const T* x, T* y, int64_t* ind, int64_t planes, const PoolPlan
           const int64_t o = pl * Ho * Wo + oh * Wo + ow;
           if (is_max) {
             acc_t best = -std::numeric_limits<acc_t>::infinity();
-            int64_t bi = (h0 + ti.lo * sh) * W + (w0 + tj.lo * sw);  // first valid tap
+            // The first valid tap; -1 for a window that dilation puts wholly in the padding (torch's CPU
+            // kernel gives a position that is not in the window there, sometimes not even in the plane).
+            int64_t bi = ti.lo < ti.hi && tj.lo < tj.hi ? (h0 + ti.lo * sh) * W + (w0 + tj.lo * sw) : -1;
             for (int64_t i = ti.lo; i < ti.hi; ++i) {
               const T* row = xp + (h0 + i * sh) * W + w0;
               for (int64_t j = tj.lo; j < tj.hi; ++j) {
@@ -139,6 +141,10 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
           }
         }
       }
+      if (first) {  // no tap inside the image (dilation can put a whole window in the padding): -inf, index -1
+        for (int64_t c = 0; c < C; ++c) acc[c] = is_max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+        for (int64_t c = 0; c < C; ++c) idx[c] = idx_t(-1);
+      }
       T* __restrict yp = y + t * C;
       if (is_max) {
         int64_t* __restrict bi = ind + t * C;
@@ -159,8 +165,14 @@ void scatter_plane(const T* gy, const int64_t* ind, T* gx, const PoolPlan& p, bo
   const PoolAxis &ah = p.h, &aw = p.w;
   const int64_t H = ah.in, W = aw.in, Ho = ah.out, Wo = aw.out;
   if (is_max) {
+    // An index outside the plane is skipped: the forward gives -1 for a window that dilation puts
+    // wholly in the padding, and the op may be handed any indices. (torch's CPU kernel gives such a
+    // window an index past the plane and its backward writes there, corrupting the heap.)
     std::fill(gx, gx + H * W, T(0));
-    for (int64_t o = 0; o < Ho * Wo; ++o) gx[ind[o]] = T(acc_t(gx[ind[o]]) + acc_t(gy[o]));
+    for (int64_t o = 0; o < Ho * Wo; ++o) {
+      const int64_t i = ind[o];
+      if (i >= 0 && i < H * W) gx[i] = T(acc_t(gx[i]) + acc_t(gy[o]));
+    }
     return;
   }
   std::vector<acc_t> acc(H * W, acc_t(0));
@@ -220,7 +232,8 @@ void backward_nhwc(const T* gy, const int64_t* ind, T* gx, int64_t N, int64_t C,
           const T* __restrict g = gy + o;
           if (is_max) {
             const int64_t* id = ind + o;
-            for (int64_t c = 0; c < cn; ++c) acc[id[c] * ldq + c] += acc_t(g[c]);
+            for (int64_t c = 0; c < cn; ++c)  // out-of-plane indices skipped, as in scatter_plane
+              if (id[c] >= 0 && id[c] < H * W) acc[id[c] * ldq + c] += acc_t(g[c]);
             continue;
           }
           const int64_t w0 = aw.begin(ow), tw = aw.taps(ow);
