@@ -6,6 +6,7 @@
 #   make sanitize  build the CPU kernels + the emulated CUDA backend with
 #                AddressSanitizer/UBSan into build/sanitize and run the tests there
 #   make test-slow the tests marked slow (large tensors, long sweeps)
+#   make test-large the > 2^31-element CPU tensors alone (about 2 minutes, 17 GB; .ci/run runs it)
 PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
@@ -25,7 +26,7 @@ SAN_TESTS ?= tests
 SAN_SELECT ?= not (simt and (benchmark_shapes or gradcheck))
 SAN_PRELOAD = $(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libubsan.so)
 
-.PHONY: all venv deps build test test-slow sanitize wheel-check demo bench clean info
+.PHONY: all venv deps build test test-slow test-large sanitize wheel-check demo bench clean info
 
 all: test
 
@@ -47,6 +48,9 @@ test: build
 
 test-slow: build
 	$(VPY) -m pytest tests -q --run-slow -m slow $(PYTEST_ARGS)
+
+test-large: build
+	$(VPY) -m pytest tests/test_large.py -q --run-slow $(PYTEST_ARGS)
 
 # The CPU kernels and the emulated CUDA backend built with -fsanitize=address,undefined
 # (no nvcc build) into $(SAN_DIR), next to a copy of the Python package; the test

@@ -218,8 +218,10 @@ void with_flags(bool a, bool b, F&& f) {
 // NCHW: per channel, `span(plane_offset, HW, double* s)` over its N planes -> out[c][0..K).
 // NHWC: fixed pixel chunks, `row(pixel_offset, acc_t* rows)` accumulating K rows
 // of C in the compute type, folded into double every kFold pixels; the chunks
-// are summed in chunk order (deterministic for a given thread count).
+// are summed in chunk order. Chunks are kChunk pixels whatever the thread
+// count, so the bits do not depend on torch.get_num_threads().
 constexpr int64_t kFold = 256;
+constexpr int64_t kChunk = 8 * kFold;
 
 template <int K, typename acc_t, typename Span, typename Row>
 std::vector<double> channel_sums(const Geom& g, Span span, Row row) {
@@ -235,14 +237,14 @@ std::vector<double> channel_sums(const Geom& g, Span span, Row row) {
     return out;
   }
   const int64_t P = g.N * g.HW;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P));
+  const int64_t chunks = std::max<int64_t>(1, (P + kChunk - 1) / kChunk);
   std::vector<double> part(chunks * K * g.C, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     std::vector<acc_t> rows(K * g.C);
     for (int64_t ch = b; ch < e; ++ch) {
       double* acc = part.data() + ch * K * g.C;
-      const int64_t p1 = (ch + 1) * P / chunks;
-      for (int64_t p0 = ch * P / chunks; p0 < p1; p0 += kFold) {
+      const int64_t p1 = std::min(P, (ch + 1) * kChunk);
+      for (int64_t p0 = ch * kChunk; p0 < p1; p0 += kFold) {
         std::fill(rows.begin(), rows.end(), acc_t(0));
         for (int64_t p = p0; p < std::min(p0 + kFold, p1); ++p) row(p * g.C, rows.data());
         for (int64_t i = 0; i < K * g.C; ++i) acc[i] += double(rows[i]);
