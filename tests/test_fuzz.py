@@ -200,6 +200,10 @@ def test_conv2d(device):
     @example(cfg=dict(n=1, groups=1, cin=1, cout=1, h=1, w=1, k=(1, 1), stride=(1, 1), dilation=(1, 1),
                       padding=(0, 0), output_padding=None, bias=True, dtype=torch.float64, x_layout="expanded",
                       w_layout="expanded", seed=0))
+    # regressions the fuzzing found (fixed): an empty image, even padded, is rejected as torch does
+    @example(cfg=dict(n=1, groups=1, cin=1, cout=1, h=1, w=0, k=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 1),
+                      output_padding=None, bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
+                      seed=0))
     def run(cfg):
         x = make((cfg["n"], cfg["cin"], cfg["h"], cfg["w"]), cfg["dtype"], cfg["x_layout"], cfg["seed"])
         wt = make((cfg["cout"], cfg["cin"] // cfg["groups"], *cfg["k"]), cfg["dtype"], cfg["w_layout"],
@@ -219,6 +223,16 @@ def test_conv2d(device):
 def test_conv_transpose2d(device):
     @settings(max_examples=n_examples("conv_transpose2d", device))
     @given(cfg=conv_config(transposed=True))
+    # regressions the fuzzing found (fixed): empty batches of empty images, an output extent of 0
+    @example(cfg=dict(n=0, groups=1, cin=1, cout=1, h=0, w=0, k=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 0),
+                      output_padding=(0, 0), bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
+                      seed=0))
+    @example(cfg=dict(n=0, groups=1, cin=1, cout=1, h=0, w=0, k=(2, 2), stride=(1, 1), dilation=(1, 1), padding=(0, 0),
+                      output_padding=(0, 0), bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
+                      seed=0))
+    @example(cfg=dict(n=1, groups=1, cin=1, cout=1, h=1, w=1, k=(1, 1), stride=(1, 1), dilation=(1, 2), padding=(0, 1),
+                      output_padding=(0, 1), bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
+                      seed=0))
     def run(cfg):
         x = make((cfg["n"], cfg["cin"], cfg["h"], cfg["w"]), cfg["dtype"], cfg["x_layout"], cfg["seed"])
         wt = make((cfg["cin"], cfg["cout"] // cfg["groups"], *cfg["k"]), cfg["dtype"], cfg["w_layout"],
@@ -277,6 +291,10 @@ def test_max_pool2d(device):
            dil=st.tuples(SMALL_DILATION, SMALL_DILATION), ceil=st.booleans())
     @example(p=dict(shape=(2, 1, 14), dtype=torch.float64, layout="contiguous", seed=0, nan=False, ties=False),
              kp=((2, 3), (1, 1)), stride=None, dil=(2, 2), ceil=True)  # windows wholly in the padding
+    @example(p=dict(shape=(1, 2, 1, 2), dtype=torch.float64, layout="channels_last", seed=0, nan=True, ties=False),
+             kp=((1, 2), (0, 1)), stride=None, dil=(1, 3), ceil=False)  # the same in channels_last
+    @example(p=dict(shape=(1, 2, 1), dtype=torch.float64, layout="contiguous", seed=0, nan=True, ties=False),
+             kp=((1, 2), (0, 1)), stride=None, dil=(1, 2), ceil=False)  # torch's index lands inside the plane
     def run(p, kp, stride, dil, ceil):
         k, pad = kp
         def call(f):
@@ -323,6 +341,8 @@ OUT_SIZE = st.one_of(st.integers(1, 9), st.tuples(st.one_of(st.none(), st.intege
 def test_adaptive_avg_pool2d(device):
     @settings(max_examples=n_examples("adaptive_avg_pool2d", device))
     @given(p=pool_input(), size=OUT_SIZE)
+    @example(p=dict(shape=(1, 0, 0), dtype=torch.float64, layout="contiguous", seed=0, nan=True, ties=False),
+             size=1)  # a 1x1 output of empty images: torch's mean, NaN
     def run(p, size):
         check(lambda x: F.adaptive_avg_pool2d(x, size), lambda x: CF.adaptive_avg_pool2d(x, size), [_pool_x(p)],
               p["dtype"], f"adaptive_avg_pool2d {p} size={size}")
@@ -356,6 +376,11 @@ def bn_config(draw):
 def test_batch_norm(device):
     @settings(max_examples=n_examples("batch_norm", device))
     @given(cfg=bn_config())
+    # regressions: an empty batch in eval without statistics; zero variance at the ReLU's kink
+    @example(cfg=dict(shape=(0, 1), dtype=torch.float64, layout="contiguous", seed=0, training=False, momentum=0.0,
+                      affine=False, stats=False, eps=1e-5, residual=False, relu=False))
+    @example(cfg=dict(shape=(2, 1), dtype=torch.float64, layout="expanded", seed=0, training=True, momentum=0.0,
+                      affine=False, stats=False, eps=1e-5, residual=False, relu=True))
     def run(cfg):
         c = cfg["shape"][1]
         x = make(cfg["shape"], cfg["dtype"], cfg["layout"], cfg["seed"])
