@@ -148,8 +148,22 @@ def check(torch_fn, convx_fn, inputs, dtype, what, scale=1.0, index_out=False, g
             assert a is None or not a.any(), f"gradient {i}: torch has none ({what})"
             continue
         assert a is not None, f"gradient {i}: convx has none ({what})"
+        if dtype == torch.float32 and grad_ref is None and not torch.allclose(a, b, **tol(dtype, scale * 4),
+                                                                             equal_nan=True):
+            # Where torch's float32 gradient and convx's differ, torch in float64 (contiguous) decides: torch's
+            # oneDNN float32 path has wrong cases (e.g. conv_transpose2d's input gradient for a channels_last
+            # input of width 1 with output_padding), which convx must not be held to.
+            b = _float64_grad(torch_fn, inputs, g, i).to(a.dtype)
         torch.testing.assert_close(a, b, **tol(dtype, scale * 4), equal_nan=True,
                                    msg=lambda m: f"gradient {i} ({what}): {m}")
+
+
+def _float64_grad(torch_fn, inputs, g, i):
+    """torch's i-th input gradient computed in float64 from contiguous copies of the inputs."""
+    t64 = [t.detach().double().contiguous().requires_grad_() for t in inputs]
+    y = torch_fn(*t64)
+    y = y[0] if isinstance(y, tuple) else y
+    return torch.autograd.grad(y, t64, g.double(), allow_unused=True)[i]
 
 
 def relu_kink(y_t, y_c):
@@ -223,6 +237,10 @@ def test_conv2d(device):
 def test_conv_transpose2d(device):
     @settings(max_examples=n_examples("conv_transpose2d", device))
     @given(cfg=conv_config(transposed=True))
+    # torch's float32 channels_last input gradient is wrong here (float64 decides; convx is right)
+    @example(cfg=dict(n=1, groups=1, cin=2, cout=1, h=3, w=1, k=(4, 4), stride=(1, 2), dilation=(1, 1),
+                      padding=(0, 0), output_padding=(0, 1), bias=False, dtype=torch.float32,
+                      x_layout="channels_last", w_layout="contiguous", seed=0))
     # regressions the fuzzing found (fixed): empty batches of empty images, an output extent of 0
     @example(cfg=dict(n=0, groups=1, cin=1, cout=1, h=0, w=0, k=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 0),
                       output_padding=(0, 0), bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
