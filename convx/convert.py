@@ -61,10 +61,7 @@ def convert(model: nn.Module, fuse: bool = False, inplace: bool = True, return_r
     for name, m in model.named_modules():
         if sync_bn and isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) is not cnn.SyncBatchNorm:
             src = type(m)
-            activation = getattr(m, "activation", None)
-            m.__class__ = cnn.SyncBatchNorm
-            m.process_group = process_group
-            m.activation = activation
+            cnn.SyncBatchNorm.adopt(m, process_group)
             origin = "convx" if src.__module__.startswith("convx") else "torch.nn"
             report.append(f"{name or '<root>'}: {origin}.{src.__name__} -> convx.SyncBatchNorm")
             continue
@@ -116,16 +113,6 @@ class _Tracer(torch.fx.Tracer):
         return type(m).__module__.startswith("convx.") or super().is_leaf_module(m, qualname)
 
 
-def _shallow_clone(m: nn.Module) -> nn.Module:
-    """A second module object holding the same parameter and buffer tensors,
-    so that changing the clone's attributes leaves ``m`` as it was."""
-    c = copy.copy(m)
-    c._parameters = dict(m._parameters)
-    c._buffers = dict(m._buffers)
-    c._modules = dict(m._modules)
-    return c
-
-
 def _install(gm: torch.fx.GraphModule, mods: dict, target: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``target`` in the GraphModule only (its containers are
     its own: fx copies the path to each called module, not the model's)."""
@@ -153,7 +140,7 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
             src = node.args[0]
             if _module_node(src, mods, cnn.BatchNorm2d) and _single_use(src) and _uses(gm, src.target) == 1 \
                     and mods[src.target].activation is None:
-                _install(gm, mods, src.target, _shallow_clone(mods[src.target])).activation = "relu"
+                _install(gm, mods, src.target, cnn.shallow_clone(mods[src.target])).activation = "relu"
                 node.replace_all_uses_with(src)
                 graph.erase_node(node)
                 report.append(f"fuse: {src.target} -> relu as one kernel (bn+relu)")
@@ -165,7 +152,7 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
                 if isinstance(bn_node, torch.fx.Node) and _module_node(bn_node, mods, cnn.BatchNorm2d) and \
                         _single_use(bn_node) and _uses(gm, bn_node.target) == 1 and \
                         mods[bn_node.target].activation is None:
-                    _install(gm, mods, bn_node.target, _shallow_clone(mods[bn_node.target])).activation = "relu"
+                    _install(gm, mods, bn_node.target, cnn.shallow_clone(mods[bn_node.target])).activation = "relu"
                     with graph.inserting_before(node):
                         fused = graph.call_module(bn_node.target, (bn_node.args[0], other))
                     node.replace_all_uses_with(fused)
@@ -185,7 +172,7 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
             if not (_module_node(conv_node, mods, cnn.Conv2d) and _single_use(conv_node)
                     and _uses(gm, conv_node.target) == 1):
                 continue
-            conv = _install(gm, mods, conv_node.target, _shallow_clone(mods[conv_node.target]))
+            conv = _install(gm, mods, conv_node.target, cnn.shallow_clone(mods[conv_node.target]))
             _fold_bn_into_conv(conv, bn)
             node.replace_all_uses_with(conv_node)
             graph.erase_node(node)

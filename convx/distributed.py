@@ -19,11 +19,9 @@ local, as torch's: DistributedDataParallel averages them with the others.
 import torch
 import torch.distributed as dist
 
+from .ops import _stat_dtype
+
 _ops = torch.ops.convx
-
-
-def _stat_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def gather_stats(x: torch.Tensor, process_group, world_size: int):

@@ -211,6 +211,40 @@ def _as_4d(t: Tensor) -> Tensor:
     return t.flatten(3)
 
 
+def _check_residual(input: Tensor, residual: Optional[Tensor]):
+    """The fused residual: the input's size, dtype and device (checked before any statistics are written)."""
+    if residual is None:
+        return
+    if residual.shape != input.shape:
+        raise RuntimeError(f"batch_norm: residual must have the input's size {list(input.shape)}, but got "
+                           f"{list(residual.shape)}")
+    if residual.dtype != input.dtype or residual.device != input.device:
+        raise RuntimeError(f"input and residual must have the same dtype and device, but got {input.dtype} on "
+                           f"{input.device} and {residual.dtype} on {residual.device}")
+
+
+def _check_bn_params(input: Tensor, named):
+    """Per-channel tensors ((name, tensor or None), ...): C elements, running statistics 1-D, torch's CPU
+    dtype rule (the input's, or float32 for a float16 / bfloat16 input), the input's device."""
+    c = input.shape[1]
+    dtypes = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
+    for name, t in named:
+        if t is None:
+            continue
+        _require_tensor(t, name, "batch_norm")
+        if t.numel() != c:
+            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
+        if name.startswith("running") and t.dim() != 1:
+            raise RuntimeError(f"batch_norm: expected {name} to be 1-dimensional, but got size {list(t.shape)}")
+        if t.dtype not in dtypes:
+            raise RuntimeError(f"mixed dtype (CPU): expect parameter to have scalar type of "
+                               f"{str(dtypes[-1]).replace('torch.', '').capitalize()} ({name} is "
+                               f"{t.dtype}, input {input.dtype})")
+        if t.device != input.device:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but got {name} on {t.device}, "
+                               f"input on {input.device}")
+
+
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, residual: Optional[Tensor] = None,
@@ -245,36 +279,14 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
             raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     elif eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if residual is not None and residual.shape != size:
-        raise RuntimeError(f"batch_norm: residual must have the input's size {list(size)}, but got "
-                           f"{list(residual.shape)}")
-    if residual is not None and (residual.dtype != input.dtype or residual.device != input.device):
-        # checked here, before the statistics pass writes the running statistics
-        raise RuntimeError(f"input and residual must have the same dtype and device, but got {input.dtype} on "
-                           f"{input.device} and {residual.dtype} on {residual.device}")
+    _check_residual(input, residual)
     if input.numel() == 0:
         # torch returns an empty batch as it is, without looking at the statistics or the affine parameters
         y = input.clone()
         y = y + residual if residual is not None else y
         return y.relu() if relu else y
-    # torch's CPU rule for the parameters' dtype: the input's, or float32 for a float16 / bfloat16 input
-    param_dtypes = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
-        if t is None:
-            continue
-        _require_tensor(t, name, "batch_norm")
-        if t.numel() != c:
-            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
-        if name.startswith("running") and t.dim() != 1:
-            raise RuntimeError(f"batch_norm: expected {name} to be 1-dimensional, but got size {list(t.shape)}")
-        if t.dtype not in param_dtypes:
-            raise RuntimeError(f"mixed dtype (CPU): expect parameter to have scalar type of "
-                               f"{str(param_dtypes[-1]).replace('torch.', '').capitalize()} ({name} is "
-                               f"{t.dtype}, input {input.dtype})")
-        if t.device != input.device:
-            raise RuntimeError(f"Expected all tensors to be on the same device, but got {name} on {t.device}, "
-                               f"input on {input.device}")
+    _check_bn_params(input, (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                             ("bias", bias)))
     if not training and running_mean is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
     if not training and running_var is None:

@@ -1,12 +1,15 @@
 """Drop-in modules: each subclasses its torch.nn twin (same constructor,
 parameters, buffers, ``extra_repr`` and state_dict keys) and replaces only
 ``forward`` with convx's kernels."""
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from . import functional as CF
+from .distributed import SyncBatchNormFunction
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -166,24 +169,29 @@ class SyncBatchNorm(_BatchNormTail, torch.nn.SyncBatchNorm):
         if not (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()
                 and torch.distributed.get_world_size(group) > 1):
             return super().forward(input, residual)
-        if residual is not None and residual.shape != input.shape:
-            raise RuntimeError(f"batch_norm: residual must have the input's size {list(input.shape)}, but got "
-                               f"{list(residual.shape)}")
-        for name, t in (("weight", self.weight), ("bias", self.bias)):
-            if t is not None and t.numel() != input.shape[1]:
-                raise RuntimeError(f"{name} should contain {input.shape[1]} elements not {t.numel()}")
+        CF._check_residual(input, residual)
+        CF._check_bn_params(input, (("weight", self.weight), ("bias", self.bias)))
         factor = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         track = self.track_running_stats
-        from .distributed import SyncBatchNormFunction
         x, res = CF._as_4d(input), None if residual is None else CF._as_4d(residual)
         y = SyncBatchNormFunction.apply(x, self.weight, self.bias, res, self.running_mean if track else None,
                                         self.running_var if track else None, self.eps, factor, group,
                                         torch.distributed.get_world_size(group),
                                         getattr(self, "activation", None) == "relu")
         return y if input.dim() == 4 else y.view(input.shape)
+
+    @classmethod
+    def adopt(cls, module, process_group=None):
+        """Make the batch norm ``module`` itself (torch's or convx's, 1d/2d/3d) a convx.SyncBatchNorm: the
+        same object, parameters, buffers and hooks; a fused ReLU is kept."""
+        activation = getattr(module, "activation", None)
+        module.__class__ = cls
+        module.process_group = process_group
+        module.activation = activation
+        return module
 
     @classmethod
     def convert_sync_batchnorm(cls, module, process_group=None):
@@ -193,21 +201,20 @@ class SyncBatchNorm(_BatchNormTail, torch.nn.SyncBatchNorm):
         object only where ``module`` itself is a batch norm)."""
         out = module
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
-            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
-                      process_group, activation=getattr(module, "activation", None), bias=module.bias is not None,
-                      device="meta")
-            if module.affine:
-                out.weight = module.weight
-                out.bias = module.bias
-            out.running_mean = module.running_mean
-            out.running_var = module.running_var
-            out.num_batches_tracked = module.num_batches_tracked
-            out.training = module.training
-            out._forward_hooks, out._forward_pre_hooks = module._forward_hooks, module._forward_pre_hooks
-            out._backward_hooks = module._backward_hooks
+            out = cls.adopt(shallow_clone(module), process_group)
         for name, child in module.named_children():
             out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
         return out
+
+
+def shallow_clone(m: torch.nn.Module) -> torch.nn.Module:
+    """A second module object holding the same parameter and buffer tensors,
+    so that changing the clone's attributes (or class) leaves ``m`` as it was."""
+    c = copy.copy(m)
+    c._parameters = dict(m._parameters)
+    c._buffers = dict(m._buffers)
+    c._modules = dict(m._modules)
+    return c
 
 
 class AddReLU(torch.nn.Module):

@@ -207,29 +207,44 @@ def conv_config(draw, transposed=False):
                 dtype=draw(DTYPE), x_layout=draw(LAYOUT), w_layout=draw(LAYOUT), seed=draw(SEED))
 
 
+def _cfg(**kw):
+    """A conv_config() value for an @example: 1x1 of everything, float64, contiguous, and `kw`."""
+    cfg = dict(n=1, groups=1, cin=1, cout=1, h=1, w=1, k=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 0),
+               output_padding=None, bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
+               seed=0)
+    cfg.update(kw)
+    return cfg
+
+
+def _check_conv(cfg, transposed):
+    """conv2d or conv_transpose2d (torch's argument order) on the tensors `cfg` describes, through check()."""
+    g, k = cfg["groups"], cfg["k"]
+    wshape = (cfg["cin"], cfg["cout"] // g, *k) if transposed else (cfg["cout"], cfg["cin"] // g, *k)
+    x = make((cfg["n"], cfg["cin"], cfg["h"], cfg["w"]), cfg["dtype"], cfg["x_layout"], cfg["seed"])
+    wt = make(wshape, cfg["dtype"], cfg["w_layout"], cfg["seed"] + 1)
+    b = make((cfg["cout"],), cfg["dtype"], "contiguous", cfg["seed"] + 2) if cfg["bias"] else None
+    if transposed:
+        args = (cfg["stride"], cfg["padding"], cfg["output_padding"], g, cfg["dilation"])
+        fns, name, extra = (F.conv_transpose2d, CF.conv_transpose2d), "conv_transpose2d", cfg["cout"]
+    else:
+        args = (cfg["stride"], cfg["padding"], cfg["dilation"], g)
+        fns, name, extra = (F.conv2d, CF.conv2d), "conv2d", cfg["cin"]
+
+    def call(f):
+        return lambda x, w, *b: f(x, w, b[0] if b else None, *args)
+    check(call(fns[0]), call(fns[1]), [x, wt] + ([b] if b is not None else []), cfg["dtype"], f"{name} {cfg}",
+          scale=1 + extra * k[0] * k[1] / 10, stricter=_empty_batch_output_padding if transposed else None)
+
+
 @pytest.mark.parametrize("device", FUZZ_DEVICES)
 def test_conv2d(device):
     @settings(max_examples=n_examples("conv2d", device))
     @given(cfg=conv_config())
-    @example(cfg=dict(n=1, groups=1, cin=1, cout=1, h=1, w=1, k=(1, 1), stride=(1, 1), dilation=(1, 1),
-                      padding=(0, 0), output_padding=None, bias=True, dtype=torch.float64, x_layout="expanded",
-                      w_layout="expanded", seed=0))
+    @example(cfg=_cfg(bias=True, x_layout="expanded", w_layout="expanded"))
     # regressions the fuzzing found (fixed): an empty image, even padded, is rejected as torch does
-    @example(cfg=dict(n=1, groups=1, cin=1, cout=1, h=1, w=0, k=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 1),
-                      output_padding=None, bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
-                      seed=0))
+    @example(cfg=_cfg(w=0, padding=(0, 1)))
     def run(cfg):
-        x = make((cfg["n"], cfg["cin"], cfg["h"], cfg["w"]), cfg["dtype"], cfg["x_layout"], cfg["seed"])
-        wt = make((cfg["cout"], cfg["cin"] // cfg["groups"], *cfg["k"]), cfg["dtype"], cfg["w_layout"],
-                  cfg["seed"] + 1)
-        b = make((cfg["cout"],), cfg["dtype"], "contiguous", cfg["seed"] + 2) if cfg["bias"] else None
-        args = (cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
-        inputs = [x, wt] + ([b] if b is not None else [])
-
-        def call(f):
-            return lambda x, w, *b: f(x, w, b[0] if b else None, *args)
-        check(call(F.conv2d), call(CF.conv2d), inputs, cfg["dtype"], f"conv2d {cfg}",
-              scale=1 + cfg["cin"] * cfg["k"][0] * cfg["k"][1] / 10)
+        _check_conv(cfg, transposed=False)
     run()
 
 
@@ -238,32 +253,14 @@ def test_conv_transpose2d(device):
     @settings(max_examples=n_examples("conv_transpose2d", device))
     @given(cfg=conv_config(transposed=True))
     # torch's float32 channels_last input gradient is wrong here (float64 decides; convx is right)
-    @example(cfg=dict(n=1, groups=1, cin=2, cout=1, h=3, w=1, k=(4, 4), stride=(1, 2), dilation=(1, 1),
-                      padding=(0, 0), output_padding=(0, 1), bias=False, dtype=torch.float32,
-                      x_layout="channels_last", w_layout="contiguous", seed=0))
+    @example(cfg=_cfg(cin=2, h=3, k=(4, 4), stride=(1, 2), output_padding=(0, 1), dtype=torch.float32,
+                      x_layout="channels_last"))
     # regressions the fuzzing found (fixed): empty batches of empty images, an output extent of 0
-    @example(cfg=dict(n=0, groups=1, cin=1, cout=1, h=0, w=0, k=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 0),
-                      output_padding=(0, 0), bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
-                      seed=0))
-    @example(cfg=dict(n=0, groups=1, cin=1, cout=1, h=0, w=0, k=(2, 2), stride=(1, 1), dilation=(1, 1), padding=(0, 0),
-                      output_padding=(0, 0), bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
-                      seed=0))
-    @example(cfg=dict(n=1, groups=1, cin=1, cout=1, h=1, w=1, k=(1, 1), stride=(1, 1), dilation=(1, 2), padding=(0, 1),
-                      output_padding=(0, 1), bias=False, dtype=torch.float64, x_layout="contiguous", w_layout="contiguous",
-                      seed=0))
+    @example(cfg=_cfg(n=0, h=0, w=0, output_padding=(0, 0)))
+    @example(cfg=_cfg(n=0, h=0, w=0, k=(2, 2), output_padding=(0, 0)))
+    @example(cfg=_cfg(dilation=(1, 2), padding=(0, 1), output_padding=(0, 1)))
     def run(cfg):
-        x = make((cfg["n"], cfg["cin"], cfg["h"], cfg["w"]), cfg["dtype"], cfg["x_layout"], cfg["seed"])
-        wt = make((cfg["cin"], cfg["cout"] // cfg["groups"], *cfg["k"]), cfg["dtype"], cfg["w_layout"],
-                  cfg["seed"] + 1)
-        b = make((cfg["cout"],), cfg["dtype"], "contiguous", cfg["seed"] + 2) if cfg["bias"] else None
-        args = (cfg["stride"], cfg["padding"], cfg["output_padding"], cfg["groups"], cfg["dilation"])
-        inputs = [x, wt] + ([b] if b is not None else [])
-
-        def call(f):
-            return lambda x, w, *b: f(x, w, b[0] if b else None, *args)
-        check(call(F.conv_transpose2d), call(CF.conv_transpose2d), inputs, cfg["dtype"],
-              f"conv_transpose2d {cfg}", scale=1 + cfg["cout"] * cfg["k"][0] * cfg["k"][1] / 10,
-              stricter=_empty_batch_output_padding)
+        _check_conv(cfg, transposed=True)
     run()
 
 
