@@ -19,6 +19,7 @@ TORCH_LIBRARY(convx, m) {
 TORCH_LIBRARY_IMPL(convx, Autograd, m) {
   m.impl("batch_norm_stats", torch::CppFunction::makeFallthrough());
   m.impl("add_relu_", torch::CppFunction::makeFallthrough());
+  m.impl("tensor_core_probe", torch::CppFunction::makeFallthrough());
 }
 
 namespace convx {

@@ -34,6 +34,13 @@ $PY setup.py -q build_ext --inplace 2>&1 | grep -v -i "warning" | tail -20
 echo "build: $(( $(date +%s) - t0 )) s"
 $PY -m convx info | tee "$OUT/info.txt"
 
+echo "== tensor-core probe"
+# What this GPU's mma / ldmatrix / cp.async put in each lane, checked against
+# CuTe's layouts; the JSON is what the emulator's tests replay (commit it).
+$PY scripts/probe_tensor_cores.py --out tests/data/tensor_core_probe.json 2>&1 | tail -3
+rc=$(( rc | ${PIPESTATUS[0]} ))
+cp tests/data/tensor_core_probe.json "$OUT/" 2>/dev/null
+
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== tests"
   # No -x: the first GPU run must report every failure, not stop at the first.

@@ -58,6 +58,10 @@ inline const std::vector<const char*>& schemas() {
       "add_relu(Tensor self, Tensor other) -> Tensor",
       "add_relu_(Tensor(a!) self, Tensor other) -> ()",
       "add_relu_backward(Tensor grad_output, Tensor output) -> Tensor",
+
+      // Diagnostics: one warp runs one tensor-core / cp.async instruction on the
+      // given lane registers (csrc/cuda/tensor_core_probe.cu). CUDA and emulated only.
+      "tensor_core_probe(str instruction, Tensor input) -> Tensor",
   };
   return all;
 }

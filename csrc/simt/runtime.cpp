@@ -106,6 +106,8 @@ struct Fiber {
   const char* file = nullptr;  // where it waits
   int line = 0;
   uint64_t result = 0;  // what a completed collective gave this lane
+  std::vector<AsyncCopy> async;  // cp.async copies not yet waited for
+  long async_groups = 0;         // groups committed so far
 #if SIMT_ASAN
   void* fake_stack = nullptr;
 #endif
@@ -119,6 +121,8 @@ struct Warp {
   int line = 0;
   uint64_t val[32];
   int arg[32];
+  WarpOp op = nullptr;
+  const char* op_name = nullptr;
 };
 
 struct Region {
@@ -149,6 +153,7 @@ const char* collective_name(Collective k) {
     case Collective::Ballot: return "__ballot_sync";
     case Collective::Any: return "__any_sync";
     case Collective::All: return "__all_sync";
+    case Collective::Op: return "a warp-wide op";
   }
   return "?";
 }
@@ -394,6 +399,8 @@ bool run_block(Run& r, std::vector<int>& order) {
     Fiber& f = r.fibers[t];
     f.state = FState::NotStarted;
     f.ts.block_idx = r.block_idx;
+    f.async.clear();  // copies a thread never waited for are dropped with it
+    f.async_groups = 0;
     f.file = nullptr;
     f.line = 0;
   }
@@ -476,8 +483,9 @@ void syncthreads(const char* file, int line) {
   to_scheduler(f, false);
 }
 
-uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg, int width, const char* file,
-                         int line) {
+namespace {
+uint64_t collective(Collective kind, unsigned mask, uint64_t value, int arg, int width, const char* file, int line,
+                    WarpOp op, const char* op_name) {
   Run& r = *current_run;
   Fiber& f = *r.running;
   const int wi = f.linear / 32, lane = f.linear % 32;
@@ -485,8 +493,8 @@ uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg
   const int lanes_here = std::min(32, r.nthreads - wi * 32);
   const unsigned present = lanes_here == 32 ? 0xffffffffu : ((1u << lanes_here) - 1);
   auto fail = [&](const std::string& what) {
-    fail_in_fiber(block_prefix(r) + thread_desc(f) + ", " + collective_name(kind) + " at " + where(file, line) +
-                  ": " + what);
+    fail_in_fiber(block_prefix(r) + thread_desc(f) + ", " + (op_name ? op_name : collective_name(kind)) + " at " +
+                  where(file, line) + ": " + what);
   };
   if (!(mask & (1u << lane))) fail("the mask does not name the calling lane");
   if (mask & ~present) {
@@ -506,10 +514,13 @@ uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg
     w.width = width;
     w.file = file;
     w.line = line;
-  } else if (w.kind != kind || w.mask != mask || w.width != width || w.file != file || w.line != line) {
+    w.op = op;
+    w.op_name = op_name;
+  } else if (w.kind != kind || w.mask != mask || w.width != width || w.file != file || w.line != line ||
+             w.op != op) {
     std::ostringstream m;
     m << "lanes of the warp meet at different collectives: this one (mask 0x" << std::hex << mask << std::dec
-      << ") and " << collective_name(w.kind) << " at " << where(w.file, w.line) << " (mask 0x" << std::hex << w.mask
+      << ") and " << (w.op_name ? w.op_name : collective_name(w.kind)) << " at " << where(w.file, w.line) << " (mask 0x" << std::hex << w.mask
       << ")";
     fail(m.str());
   }
@@ -524,6 +535,15 @@ uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg
     return f.result;
   }
   // The last lane completes the collective for everyone.
+  if (kind == Collective::Op) {
+    void* lanes[32];
+    for (int l = 0; l < 32; ++l) lanes[l] = (mask & (1u << l)) ? reinterpret_cast<void*>(w.val[l]) : nullptr;
+    try {
+      op(lanes);
+    } catch (const std::exception& e) {
+      fail(e.what());
+    }
+  }
   uint64_t ballot = 0;
   for (int l = 0; l < 32; ++l)
     if ((mask & (1u << l)) && w.val[l]) ballot |= 1ull << l;
@@ -563,6 +583,46 @@ uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg
   w.arrived = 0;
   r.woke_warp = wi;
   return f.result;
+}
+}  // namespace
+
+uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg, int width, const char* file,
+                         int line) {
+  return collective(kind, mask, value, arg, width, file, line, nullptr, nullptr);
+}
+
+void warp_op(const char* name, WarpOp complete, unsigned mask, void* mine, const char* file, int line) {
+  collective(Collective::Op, mask, reinterpret_cast<uint64_t>(mine), 0, 32, file, line, complete, name);
+}
+
+// cp.async: the copy happens at the wait that covers it; until then the
+// destination holds 0xFF bytes, so a read before the wait sees NaNs.
+void async_copy(void* dst, const void* src, int bytes, int src_bytes) {
+  Fiber& f = *current_run->running;
+  std::memset(dst, 0xFF, size_t(bytes));
+  f.async.push_back({dst, src, bytes, src_bytes, -1});
+}
+
+void async_commit() {
+  Fiber& f = *current_run->running;
+  for (auto& c : f.async)
+    if (c.group < 0) c.group = f.async_groups;
+  ++f.async_groups;
+}
+
+void async_wait(int newest_pending) {
+  Fiber& f = *current_run->running;
+  const long done_below = f.async_groups - newest_pending;  // groups [0, done_below) complete
+  std::vector<AsyncCopy> keep;
+  for (const auto& c : f.async) {
+    if (c.group >= 0 && c.group < done_below) {
+      if (c.src_bytes > 0) std::memcpy(c.dst, c.src, size_t(c.src_bytes));
+      if (c.bytes > c.src_bytes) std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+    } else {
+      keep.push_back(c);
+    }
+  }
+  f.async.swap(keep);
 }
 
 void* dynamic_shared_memory() { return g_dynamic_shared.data(); }

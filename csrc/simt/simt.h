@@ -33,6 +33,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
   unsigned x, y, z;
@@ -84,13 +85,33 @@ extern thread_local ThreadState* current_thread;
 
 void syncthreads(const char* file, int line);
 
-enum class Collective : int { SyncWarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All };
+enum class Collective : int { SyncWarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, Op };
 // Every lane of `mask` must arrive at the same collective; returns what this
 // lane receives (shuffles: the source lane's 8 bytes; votes: the ballot).
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg, int width, const char* file,
                          int line);
 
+// A warp-wide operation on every lane's registers (the tensor-core wrappers
+// of csrc/common/tensor_core.cuh: mma, ldmatrix): each lane of `mask` passes a
+// pointer to its own operands; when the last lane arrives, `complete` runs once
+// with the 32 pointers (nullptr for lanes outside `mask`) while the others
+// wait, as with any collective. Lanes must meet at the same op and call site.
+using WarpOp = void (*)(void* const* lanes);
+void warp_op(const char* name, WarpOp complete, unsigned mask, void* mine, const char* file, int line);
+
 void* dynamic_shared_memory();
+
+// Asynchronous copies (cp.async) of the executing thread: issued copies wait
+// here, their destinations poisoned, until a wait_group covers their group.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int bytes, src_bytes;
+  long group;  // -1: not committed yet
+};
+void async_copy(void* dst, const void* src, int bytes, int src_bytes);
+void async_commit();
+void async_wait(int newest_pending);
 
 template <typename T>
 inline uint64_t to_bits(T v) {
@@ -199,6 +220,21 @@ inline float min(float a, float b) { return fminf(a, b); }
 inline float max(float a, float b) { return fmaxf(a, b); }
 inline double min(double a, double b) { return fmin(a, b); }
 inline double max(double a, double b) { return fmax(a, b); }
+inline float __int_as_float(int x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+inline int __float_as_int(float f) {
+  int x;
+  std::memcpy(&x, &f, 4);
+  return x;
+}
+inline float __uint_as_float(unsigned x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __fdividef(float a, float b) { return a / b; }

@@ -1,0 +1,2 @@
+// The emulated build of csrc/cuda/tensor_core_probe.cu.
+#include "../cuda/tensor_core_probe.cu"
