@@ -94,9 +94,11 @@ LAYOUTS = ["contiguous", "channels_last", "noncontiguous", "channels_last_noncon
 @pytest.fixture(autouse=True)
 def _seed_and_no_tf32():
     torch.manual_seed(0)
-    if HAS_CUDA:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    # Exact float32 convolutions unless a test asks for TF32 (torch's default
+    # for cuDNN, and so for convx's tensor-core kernels, is TF32): the emulated
+    # CUDA kernels read this flag too. tests/test_conv2d_tc.py turns it on.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     yield
 
 

@@ -7,7 +7,8 @@
 //
 // Kernel files use only this header's names for the host side: `launch`
 // (the one launch helper: `<<<>>>` plus the launch check under nvcc),
-// `current_stream()`, `DeviceGuard`, `on_device(t)`, `num_sms()`, `max_grid_yz()` and
+// `current_stream()`, `DeviceGuard`, `on_device(t)`, `num_sms()`, `max_grid_yz()`,
+// `compute_capability_major()` and
 // `CONVX_DEVICE_LIBRARY_IMPL(m)`; kernels take dynamic shared memory through
 // `dynamic_shared<T>()`. Kernel bodies have no #ifdef.
 #pragma once
@@ -39,6 +40,8 @@ inline const char* device_name() { return "the emulated CUDA device (CPU tensors
 inline int num_sms() { return simt::device_props().multiprocessors; }
 // gridDim.y / gridDim.z limit (tests may lower it to reach multi-launch paths).
 inline int max_grid_yz() { return simt::device_props().max_grid_yz; }
+// The emulated device is an sm_90 (tensor-core kernels need 8 or more).
+inline int compute_capability_major() { return 9; }
 
 template <class... P, class... A>
 void launch_as(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, size_t smem, A&&... args) {
@@ -98,6 +101,18 @@ inline int num_sms() {
 }
 
 constexpr int max_grid_yz() { return 65535; }
+
+// Compute capability major version of the current device (cached per device).
+inline int compute_capability_major() {
+  static int cache[64] = {0};
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && cache[dev]) return cache[dev];
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev));
+  if (dev < 64) cache[dev] = v;
+  return v;
+}
 
 // The block's dynamic shared memory (the launch's `smem` bytes).
 template <typename T>

@@ -42,6 +42,9 @@ struct dim3 {
 struct uint3 {
   unsigned x, y, z;
 };
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
 
 namespace simt {
 
@@ -227,6 +230,11 @@ inline float __int_as_float(int x) {
 }
 inline int __float_as_int(float f) {
   int x;
+  std::memcpy(&x, &f, 4);
+  return x;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned x;
   std::memcpy(&x, &f, 4);
   return x;
 }

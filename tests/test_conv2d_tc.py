@@ -1,0 +1,164 @@
+"""The tensor-core convolutions (csrc/cuda/conv2d_tc.cu) on the emulator, and on a GPU where present.
+
+Forward, data gradient and weight gradient in float16, bfloat16 and float32 through
+TF32, both layouts, over the cases that reach each path (the cp.async pipeline,
+the strided gather, split-K, the stride-1 data gradient as a flipped forward) and
+the channel counts tiles do not divide (3, 17, 130, 208). The reference is float64
+on the same (already rounded) inputs; the tolerance is derived per element from
+the reduction length and the precision:
+
+    |y - ref| <= u_out |ref| + (K 2^-23 + t) (|A| @ |B|) + tiny
+
+with u_out the output type's unit roundoff, K the reduction length, |A| @ |B|
+the same convolution of absolute values, and t = 2^-9 for TF32 (both operands
+lose up to 2^-10 of their value to the 10-bit mantissa), 0 otherwise.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convx
+from conftest import CUDA_SKIP, SIMT, SIMT_MARKS
+
+DEVICES = [pytest.param(SIMT, id="simt", marks=SIMT_MARKS),
+           pytest.param("cuda", id="cuda", marks=CUDA_SKIP)]
+DTYPES = [pytest.param(torch.float16, id="f16"), pytest.param(torch.bfloat16, id="bf16"),
+          pytest.param(torch.float32, id="tf32")]
+UNIT = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8, torch.float32: 2.0 ** -24}
+
+# name: (N, C, H, W, K, (R, S), stride, padding, dilation, groups)
+CASES = {
+    "3x3": (2, 32, 9, 9, 40, (3, 3), 1, 1, 1, 1),
+    "stem_c3_7x7_s2": (2, 3, 20, 20, 64, (7, 7), 2, 3, 1, 1),
+    "1x1": (2, 64, 7, 7, 48, (1, 1), 1, 0, 1, 1),
+    "1x7": (1, 24, 9, 9, 32, (1, 7), 1, (0, 3), 1, 1),
+    "7x1_c17": (1, 17, 9, 8, 24, (7, 1), 1, (3, 0), 1, 1),
+    "grouped_2": (2, 64, 6, 6, 64, (3, 3), 1, 1, 1, 2),
+    "aniso_stride_dil": (1, 16, 13, 11, 24, (3, 2), (2, 3), (2, 1), (2, 1), 1),
+    "k130_two_column_tiles": (1, 16, 12, 12, 130, (3, 3), 1, 1, 1, 1),
+    "c208_1x1": (1, 208, 5, 5, 24, (1, 1), 1, 0, 1, 1),
+    "split_k_wgrad": (4, 16, 16, 16, 32, (3, 3), 1, 1, 1, 1),
+    "no_padding_s2": (2, 24, 11, 11, 32, (3, 3), 2, 0, 1, 1),
+}
+
+
+def _make(case, dtype, layout, device):
+    N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(N, C, H, W, generator=g).to(dtype)
+    w = (torch.randn(K, C // groups, R, S, generator=g) / (C // groups * R * S) ** 0.5).to(dtype)
+    b = torch.randn(K, generator=g).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    dev = "cuda" if device == "cuda" else "cpu"
+    return x.to(dev), w.to(dev), b.to(dev), dict(stride=stride, padding=pad, dilation=dil, groups=groups)
+
+
+def _bound(ref, absref, dtype, k):
+    t = 2.0 ** -9 if dtype == torch.float32 else 0.0
+    return UNIT[dtype] * ref.abs() + (k * 2.0 ** -23 + t) * absref + 1e-30
+
+
+def _check(name, got, ref, absref, dtype, k):
+    err = (got.double().cpu() - ref).abs()
+    bound = _bound(ref, absref, dtype, k)
+    worst = (err / bound).max().item()
+    assert worst <= 1.0, f"{name}: error {err.max().item():.3g} exceeds the bound by {worst:.2f}x"
+
+
+@pytest.fixture
+def tf32_on():
+    torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_tensor_core_conv_within_bound(case, dtype, layout, device, tf32_on):
+    x, w, b, kw = _make(case, dtype, layout, device)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    y = convx.functional.conv2d(x, w, b, **kw)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dtype).to(y.device)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+
+    xd, wd, bd, gyd = (t.detach().double().cpu() for t in (x, w, b, gy))
+    ref = F.conv2d(xd, wd, bd, **kw)
+    absref = F.conv2d(xd.abs(), wd.abs(), bd.abs(), **kw)
+    N, C, H, W, K, (R, S), *_ , groups = CASES[case]
+    _check("forward", y, ref, absref, dtype, C // groups * R * S + 1)
+    _check("data gradient", gx, torch.nn.grad.conv2d_input(xd.shape, wd, gyd, **kw),
+           torch.nn.grad.conv2d_input(xd.shape, wd.abs(), gyd.abs(), **kw), dtype, K // groups * R * S)
+    _check("weight gradient", gw, torch.nn.grad.conv2d_weight(xd, wd.shape, gyd, **kw),
+           torch.nn.grad.conv2d_weight(xd.abs(), wd.shape, gyd.abs(), **kw), dtype, y.shape[0] * y.shape[2] * y.shape[3])
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+
+def _kernels(fn):
+    convx.simt.clear_launches()
+    fn()
+    return [launch.kernel for launch in convx.simt.launches()]
+
+
+@pytest.mark.parametrize("device", [pytest.param(SIMT, id="simt", marks=SIMT_MARKS)])
+def test_kernel_choice(device, tf32_on):
+    """Which kernel each case reaches (the emulator's launch log)."""
+    def fwd(case, dtype, layout="channels_last"):
+        x, w, b, kw = _make(case, dtype, layout, device)
+        return _kernels(lambda: convx.functional.conv2d(x, w, b, **kw))
+
+    def bwd(case, dtype, layout="channels_last"):
+        x, w, b, kw = _make(case, dtype, layout, device)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        y = convx.functional.conv2d(x, w, b, **kw)
+        return _kernels(lambda: torch.autograd.grad(y, (x, w), torch.ones_like(y)))
+
+    assert fwd("3x3", torch.float16)[-1].startswith("tc_fast_kernel<c10::Half")
+    assert fwd("3x3", torch.bfloat16, "contiguous")[-1].startswith("tc_gather_kernel<c10::BFloat16")
+    assert fwd("stem_c3_7x7_s2", torch.float16)[-1].startswith("tc_gather_kernel")  # 3 channels: no 16-byte runs
+    assert fwd("3x3", torch.float32)[-1].startswith("tc_fast_kernel<float")
+    assert any(k.startswith("tc_fast_kernel") for k in bwd("3x3", torch.float16))           # stride-1 dgrad
+    assert any(k.startswith("flip_weight_kernel") for k in bwd("3x3", torch.float16))
+    assert any("DgradProblem" in k and k.startswith("tc_gather") for k in bwd("no_padding_s2", torch.float16))
+    assert any("WgradProblem" in k and k.startswith("tc_gather") for k in bwd("3x3", torch.bfloat16))
+    assert any(k.startswith("sum_splits_kernel") for k in bwd("split_k_wgrad", torch.float16))
+    # the CUDA-core fallback: float64, exact float32, depthwise
+    assert fwd("3x3", torch.float64)[-1].startswith("igemm_kernel")
+    torch.backends.cudnn.allow_tf32 = False
+    assert fwd("3x3", torch.float32)[-1].startswith("igemm_kernel")
+    x = torch.randn(1, 32, 8, 8, dtype=torch.float16)
+    w = torch.randn(32, 1, 3, 3, dtype=torch.float16)
+    assert _kernels(lambda: convx.functional.conv2d(x, w, padding=1, groups=32))[-1].startswith("igemm_kernel")
+
+
+@pytest.mark.parametrize("device", [pytest.param(SIMT, id="simt", marks=SIMT_MARKS)])
+def test_tf32_follows_torch_flag(device):
+    """float32 is exact with allow_tf32 off, and within the TF32 bound (not exact) with it on."""
+    x, w, b, kw = _make("3x3", torch.float32, "channels_last", device)
+    ref = F.conv2d(x.double(), w.double(), b.double(), **kw)
+    exact = convx.functional.conv2d(x, w, b, **kw)
+    assert (exact.double() - ref).abs().max().item() < 1e-4
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        tf32 = convx.functional.conv2d(x, w, b, **kw)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+    err = (tf32.double() - ref).abs().max().item()
+    assert 1e-5 < err < 2e-2  # TF32 rounding is visible, and bounded
+
+
+@pytest.mark.parametrize("device", [pytest.param(SIMT, id="simt", marks=SIMT_MARKS)])
+def test_noncontiguous_nan_gaps(device):
+    """A strided channels_last view whose gaps hold NaN: the fast path must not read the gaps."""
+    big = torch.full((2, 48, 10, 10), float("nan"), dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    x = big[:, 8:40]
+    x.copy_(torch.randn(x.shape).to(torch.float16))
+    w = (torch.randn(24, 32, 3, 3) / 17).to(torch.float16)
+    y = convx.functional.conv2d(x, w, padding=1)
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    assert torch.isfinite(y).all()
+    assert (y.double() - ref).abs().max().item() < 2e-2
