@@ -19,8 +19,11 @@ not changed by the fusion:
     convx.BatchNorm2d call (the tail of every ResNet block). The fused batch
     norms share their parameters and running statistics with the model's.
   * eval mode (inference): batch norm directly after a convolution is folded
-    into new weights and bias of a copy of the convolution, and add -> relu
-    becomes convx.AddReLU. Every other parameter is shared.
+    into new weights and bias of a copy of the convolution; then
+    conv -> relu and conv -> + residual -> relu become one convolution with
+    the epilogue in its own pass (convx.Conv2d(activation="relu"),
+    torch.ops.convx.conv2d_fused), and any other add -> relu becomes
+    convx.AddReLU. Every other parameter is shared.
 Models that do not trace are returned converted but unfused (the report says so).
 """
 import copy
@@ -69,7 +72,7 @@ def convert(model: nn.Module, fuse: bool = False, inplace: bool = True, return_r
         if twin is None:
             continue
         m.__class__ = twin
-        if issubclass(twin, cnn._BatchNormTail):
+        if issubclass(twin, (cnn._BatchNormTail, cnn.Conv2d)):
             m.activation = None
         report.append(f"{name or '<root>'}: torch.nn.{twin.__name__} -> convx.{twin.__name__}")
     if fuse:
@@ -96,6 +99,13 @@ def _is_add(node):
 
 def _module_node(node, mods, cls):
     return node.op == "call_module" and isinstance(mods.get(node.target), cls)
+
+
+def _fusable_conv(node, mods, gm):
+    """A convx.Conv2d call whose output feeds one op only, with no epilogue yet."""
+    return (isinstance(node, torch.fx.Node) and _module_node(node, mods, cnn.Conv2d) and _single_use(node)
+            and _uses(gm, node.target) == 1 and len(node.args) == 1 and not node.kwargs
+            and getattr(mods[node.target], "activation", None) is None)
 
 
 def _single_use(node):
@@ -179,19 +189,40 @@ def _fuse(model: nn.Module, report: List[str]) -> nn.Module:
             report.append(f"fold: {node.target} into {conv_node.target} (eval)")
         relu_id = 0
         for node in list(graph.nodes):
-            if not _is_relu(node, mods) or not _is_add(node.args[0]) or not _single_use(node.args[0]):
+            if not _is_relu(node, mods):
                 continue
-            add = node.args[0]
-            if not all(isinstance(t, torch.fx.Node) for t in add.args):
+            src = node.args[0]
+            if _fusable_conv(src, mods, gm):
+                _install(gm, mods, src.target, cnn.shallow_clone(mods[src.target])).activation = "relu"
+                node.replace_all_uses_with(src)
+                graph.erase_node(node)
+                report.append(f"fuse: {src.target} -> relu as one kernel (conv+bias+relu)")
+                continue
+            if not _is_add(src) or not _single_use(src):
+                continue
+            if not all(isinstance(t, torch.fx.Node) for t in src.args):
+                continue
+            a, b = src.args
+            conv_node = a if _fusable_conv(a, mods, gm) else b if _fusable_conv(b, mods, gm) else None
+            if conv_node is not None:
+                other = b if conv_node is a else a
+                _install(gm, mods, conv_node.target, cnn.shallow_clone(mods[conv_node.target])).activation = "relu"
+                with graph.inserting_before(node):
+                    fused = graph.call_module(conv_node.target, (conv_node.args[0], other))
+                node.replace_all_uses_with(fused)
+                graph.erase_node(node)
+                graph.erase_node(src)
+                graph.erase_node(conv_node)
+                report.append(f"fuse: {conv_node.target} -> + residual -> relu as one kernel (conv+bias+add+relu)")
                 continue
             name = f"convx_add_relu_{relu_id}"
             relu_id += 1
             gm.add_submodule(name, cnn.AddReLU())
             with graph.inserting_before(node):
-                fused = graph.call_module(name, tuple(add.args))
+                fused = graph.call_module(name, tuple(src.args))
             node.replace_all_uses_with(fused)
             graph.erase_node(node)
-            graph.erase_node(add)
+            graph.erase_node(src)
             report.append(f"fuse: add -> relu as one kernel ({name})")
     graph.lint()
     gm.delete_all_unused_submodules()

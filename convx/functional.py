@@ -72,7 +72,8 @@ def _batched(input: Tensor, name: str) -> Tuple[Tensor, bool]:
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: _IntOr2 = 1,
-           padding: Union[str, _IntOr2] = 0, dilation: _IntOr2 = 1, groups: int = 1) -> Tensor:
+           padding: Union[str, _IntOr2] = 0, dilation: _IntOr2 = 1, groups: int = 1, *,
+           residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
     """2D convolution, ``torch.nn.functional.conv2d``'s signature and semantics.
 
     input ``(N, C_in, H, W)`` or ``(C_in, H, W)`` -> ``(N, C_out, H_out, W_out)``
@@ -82,6 +83,11 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     ``H_out = ceil(H / stride)``, the odd padding element at the bottom/right),
     where torch raises. The result is channels_last if the input or the
     weight is, as with torch.
+
+    Beyond torch (keyword-only): ``residual`` (the output's shape) is added and
+    ``relu=True`` applies a ReLU, in the convolution's own pass
+    (``torch.ops.convx.conv2d_fused``): ``relu(conv2d(x, w, b) + residual)``,
+    the inference tail of a ResNet block once batch norm is folded in.
     """
     _require_tensor(input, "input", "conv2d")
     _require_tensor(weight, "weight", "conv2d")
@@ -93,7 +99,13 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     s = _pair(stride, "stride")
     d = _pair(dilation, "dilation")
     pad = conv2d_padding(padding, x.shape[-2:], weight.shape[-2:], s, d)
-    y = _ops.conv2d(x, weight, bias, s, pad, d, int(groups))
+    if residual is None and not relu:
+        y = _ops.conv2d(x, weight, bias, s, pad, d, int(groups))
+    else:
+        if residual is not None:
+            _require_tensor(residual, "residual", "conv2d")
+            residual = residual.unsqueeze(0) if unbatched else residual
+        y = _ops.conv2d_fused(x, weight, bias, residual, s, pad, d, int(groups), bool(relu))
     return y.squeeze(0) if unbatched else y
 
 

@@ -5,6 +5,8 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from typing import Optional
+
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
@@ -16,27 +18,40 @@ class Conv2d(torch.nn.Conv2d):
     """``torch.nn.Conv2d`` on convx kernels.
 
     Beyond torch: ``padding='same'`` is accepted with ``stride > 1``
-    (TensorFlow 'SAME' padding, see :func:`convx.functional.conv2d`).
+    (TensorFlow 'SAME' padding, see :func:`convx.functional.conv2d`);
+    ``activation="relu"`` and ``forward(input, residual)`` compute
+    ``relu(conv(input) + bias + residual)`` in the convolution's own pass (what
+    ``convx.convert(model, fuse=True)`` builds in eval mode from
+    conv -> batch norm -> (+ identity) -> relu).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", device=None, dtype=None):
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, activation=None):
         strided_same = isinstance(padding, str) and padding == "same" and _pair(stride) != (1, 1)
         super().__init__(in_channels, out_channels, kernel_size, 1 if strided_same else stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype)
         if strided_same:
             self.stride = _pair(stride)
+        if activation not in (None, "relu"):
+            raise ValueError(f"convx.Conv2d: activation must be None or 'relu', got {activation!r}")
+        self.activation = activation
 
-    def forward(self, input: Tensor) -> Tensor:
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + f", activation={self.activation!r}" if getattr(self, "activation", None) else s
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        relu = getattr(self, "activation", None) == "relu"
         if self.padding_mode == "zeros":
-            return CF.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return CF.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                             residual=residual, relu=relu)
         if isinstance(self.padding, str) and self.padding == "same":
             t, b, l, r = CF.conv2d_padding("same", input.shape[-2:], self.kernel_size, self.stride, self.dilation)
             pad = (l, r, t, b)
         else:
             pad = self._reversed_padding_repeated_twice
         return CF.conv2d(F.pad(input, pad, mode=self.padding_mode), self.weight, self.bias, self.stride, 0,
-                         self.dilation, self.groups)
+                         self.dilation, self.groups, residual=residual, relu=relu)
 
 
 class ConvTranspose2d(torch.nn.ConvTranspose2d):

@@ -149,6 +149,48 @@ def _conv2d_backward(ctx, grad):
 torch.library.register_autograd("convx::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
 
 
+@_register_fake("conv2d_fused")
+def _conv2d_fused_fake(input, weight, bias, residual, stride, padding, dilation, groups, relu):
+    out = _conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        torch._check(tuple(residual.shape) == tuple(out.shape),
+                     lambda: f"convx.conv2d_fused: expected residual of size {list(out.shape)}, "
+                             f"but got {list(residual.shape)}")
+    return out
+
+
+# relu(conv + bias + residual): the ReLU's mask, then the convolution's own backward
+# (each a differentiable convx op, so double backward works); the residual gets the
+# masked gradient as it is.
+def _conv2d_fused_setup(ctx, inputs, output):
+    input, weight, bias, residual, stride, padding, dilation, groups, relu = inputs
+    ctx.save_for_backward(input, weight, output if relu else None)
+    ctx.args = (list(stride), list(padding), list(dilation), groups)
+    ctx.relu = relu
+
+
+def _conv2d_fused_backward(ctx, grad):
+    input, weight, output = ctx.saved_tensors
+    if ctx.relu:
+        grad = grad * (output > 0).to(grad.dtype)
+    need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
+    gx = gw = gb = None
+    if input.shape[1] == 0:
+        return (input.new_zeros(input.shape) if need_x else None, torch.zeros_like(weight) if need_w else None,
+                weight.new_zeros(weight.shape[0]) if need_b else None, grad if need_r else None,
+                None, None, None, None, None)
+    if need_x:
+        gx = _ops.conv2d_backward_input(grad, weight, list(input.shape), *ctx.args)
+    if need_w or need_b:
+        gw, gb = _ops.conv2d_backward_weight(grad, input, list(weight.shape), *ctx.args, bool(need_b))
+        gw = _strides_of(gw, weight) if need_w else None
+        gb = gb if need_b else None
+    return gx, gw, gb, (grad if need_r else None), None, None, None, None, None
+
+
+torch.library.register_autograd("convx::conv2d_fused", _conv2d_fused_backward, setup_context=_conv2d_fused_setup)
+
+
 # d(grad_input)/d(grad_output) is the forward convolution; d/d(weight) is the
 # weight gradient with the incoming gradient standing in for the input.
 def _bwd_input_setup(ctx, inputs, output):
@@ -188,6 +230,12 @@ def _bwd_weight_backward(ctx, ggw, ggb):
 
 
 torch.library.register_autograd("convx::conv2d_backward_weight", _bwd_weight_backward, setup_context=_bwd_weight_setup)
+
+
+@_register_fake("tensor_core_probe")
+def _tensor_core_probe_fake(instruction, input):
+    cols = {"x1": 1, "x2": 2}.get(instruction.split(".")[1] if instruction.startswith("ldmatrix.") else "", 4)
+    return input.new_empty((1,) if instruction.startswith("stats.") else (32, cols))
 
 
 # ---------------------------------------------------------------- conv_transpose2d

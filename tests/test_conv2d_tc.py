@@ -162,3 +162,21 @@ def test_noncontiguous_nan_gaps(device):
     ref = F.conv2d(x.double(), w.double(), padding=1)
     assert torch.isfinite(y).all()
     assert (y.double() - ref).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("device", [pytest.param(SIMT, id="simt", marks=SIMT_MARKS)])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_swizzle_has_no_bank_conflicts(device, layout, tf32_on):
+    """Every ldmatrix of the tensor-core kernels reads 8 rows from 8 different bank groups."""
+    conflicts = lambda: torch.ops.convx_simt.tensor_core_probe("stats.ldmatrix_conflicts", torch.zeros(1, dtype=torch.int32)).item()
+    for dtype in (torch.float16, torch.float32):
+        x, w, b, kw = _make("3x3", dtype, layout, device)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        conflicts()
+        y = convx.functional.conv2d(x, w, b, **kw)
+        torch.autograd.grad(y, (x, w), torch.ones_like(y))
+        assert conflicts() == 0
+    # the counter does count: a probe whose lanes all point at row 0 conflicts 7 extra times per matrix
+    torch.ops.convx_simt.tensor_core_probe("ldmatrix.x4", torch.zeros(32, dtype=torch.int32))
+    assert conflicts() == 4 * 7

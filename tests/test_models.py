@@ -332,7 +332,9 @@ def test_convert_fuse_counts_on_resnet18():
     tv.eval()
     _, report = convx.convert(tv, fuse=True, return_report=True)
     assert sum(r.startswith("fold:") for r in report) == 20
-    assert sum("add -> relu" in r for r in report) == 8
+    assert sum("(conv+bias+add+relu)" in r for r in report) == 8  # conv2 + folded bn2 + identity + relu
+    assert sum("(conv+bias+relu)" in r for r in report) == 9      # the stem and every block's conv1
+    assert not any("AddReLU" in r or "convx_add_relu" in r for r in report)
 
 
 def test_convert_untraceable_model_is_still_converted():

@@ -4,6 +4,7 @@
 // [K,C/g,R,S], output y [N,K,Ho,Wo]):
 //
 //   Backend::forward(x, w, bias*, shape, params)          y = conv(x, w) + bias
+//   Backend::forward_fused(x, w, bias*, res*, relu, ...)  relu?(conv(x, w) + bias + res), for inference
 //   Backend::data_grad(dy, w, bias*, shape, params)       dx (+ bias per C channel)
 //   Backend::weight_grad(dy, x, weight_size, shape, params)  dw
 //   Backend::channel_sum(t)                               sum over n, h, w
@@ -87,6 +88,31 @@ struct ConvOps {
     return B::forward(input, weight, bias.has_value() && bias->defined() ? &*bias : nullptr, sh, p);
   }
 
+  // The inference epilogue in the convolution's own pass: relu(conv(x, w) + bias + residual),
+  // what convx.convert(fuse=True) makes of conv -> (folded batch norm) -> (+ identity) -> relu.
+  static at::Tensor conv2d_fused(const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 int64_t groups, bool relu) {
+    const auto p = make_conv2d_params(stride, padding, dilation, groups);
+    check_same_device_and_dtype(input, weight, "weight");
+    check_floating(input, "input");
+    check_bias(bias, input, weight);
+    const auto sh = conv2d_shape(input.sizes(), weight.sizes(), p);
+    const bool has_res = residual.has_value() && residual->defined();
+    if (has_res) {
+      check_same_device_and_dtype(input, *residual, "residual");
+      const std::vector<int64_t> out{sh.N, sh.C == 0 ? 0 : sh.K, sh.Ho, sh.Wo};
+      TORCH_CHECK(residual->sizes() == c10::IntArrayRef(out), "convx.conv2d_fused: expected residual of size ",
+                  c10::IntArrayRef(out), " (the convolution's output), but got ", residual->sizes());
+    }
+    if (sh.C == 0) {
+      return at::empty({sh.N, 0, sh.Ho, sh.Wo}, input.options().memory_format(conv_memory_format(input, weight)));
+    }
+    return B::forward_fused(input, weight, bias.has_value() && bias->defined() ? &*bias : nullptr,
+                            has_res ? &*residual : nullptr, relu, sh, p);
+  }
+
   static at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                           at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                           at::IntArrayRef dilation, int64_t groups) {
@@ -168,6 +194,7 @@ struct ConvOps {
 
 #define CONVX_REGISTER_CONV_OPS(m, Backend)                                                          \
   m.impl("conv2d", &::convx::ConvOps<Backend>::conv2d);                                              \
+  m.impl("conv2d_fused", &::convx::ConvOps<Backend>::conv2d_fused);                                  \
   m.impl("conv2d_backward_input", &::convx::ConvOps<Backend>::conv2d_backward_input);                \
   m.impl("conv2d_backward_weight", &::convx::ConvOps<Backend>::conv2d_backward_weight);              \
   m.impl("conv_transpose2d", &::convx::ConvOps<Backend>::conv_transpose2d);                          \

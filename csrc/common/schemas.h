@@ -19,6 +19,9 @@ inline const std::vector<const char*>& schemas() {
   static const std::vector<const char*> all = {
       "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
           "int groups) -> Tensor",
+      // relu?(conv2d + bias + residual) in one pass: the inference epilogue.
+      "conv2d_fused(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, int[2] stride, int[4] padding, "
+          "int[2] dilation, int groups, bool relu) -> Tensor",
       "conv2d_backward_input(Tensor grad_output, Tensor weight, int[] input_size, int[2] stride, "
           "int[4] padding, int[2] dilation, int groups) -> Tensor",
       // Returns (grad_weight, grad_bias); grad_bias is empty when bias_defined is false.

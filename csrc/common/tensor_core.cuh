@@ -44,9 +44,11 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 namespace convx::cuda::tc {
 namespace emu {
@@ -106,11 +108,22 @@ struct LdmLane {
   const void* row;
 };
 
+// Shared-memory bank conflicts of ldmatrix: a matrix's eight 16-byte rows are
+// one wavefront when they fall in eight different 16-byte bank groups
+// (address / 16 mod 8); each further row in an occupied group costs one more.
+inline long ldmatrix_extra_wavefronts = 0;
+
 template <int N, bool Trans>
 void ldmatrix_complete(void* const* lanes) {
   uint16_t M[N][8][8];
   for (int l = 0; l < 32; ++l)
     if (!lanes[l]) throw std::runtime_error("ldmatrix needs all 32 lanes");
+  for (int j = 0; j < N; ++j) {
+    int per_group[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 8; ++i)
+      ++per_group[(reinterpret_cast<uintptr_t>(static_cast<const LdmLane*>(lanes[8 * j + i])->row) >> 4) & 7];
+    ldmatrix_extra_wavefronts += *std::max_element(per_group, per_group + 8) - 1;
+  }
   for (int j = 0; j < N; ++j)
     for (int i = 0; i < 8; ++i) {
       const void* p = static_cast<const LdmLane*>(lanes[8 * j + i])->row;
@@ -179,6 +192,14 @@ inline float to_tf32(float x) {
   float f;
   std::memcpy(&f, &b, 4);
   return f;
+}
+
+// Extra ldmatrix wavefronts (bank conflicts) since the last call; -1 where not
+// measured (on a GPU: use Nsight Compute's l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld).
+inline long take_ldmatrix_conflicts() {
+  const long v = emu::ldmatrix_extra_wavefronts;
+  emu::ldmatrix_extra_wavefronts = 0;
+  return v;
 }
 
 #undef CONVX_TC_OP
@@ -270,6 +291,8 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   CONVX_TC_ASM("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+
+inline long take_ldmatrix_conflicts() { return -1; }
 
 __device__ __forceinline__ float to_tf32(float x) {
   uint32_t r;

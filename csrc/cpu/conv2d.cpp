@@ -431,6 +431,13 @@ at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, 
 struct CpuConv {
   static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                             const Conv2dShape& sh, const Conv2dParams& p) {
+    return forward_fused(input, weight, bias, nullptr, false, sh, p);
+  }
+
+  // The epilogue runs on the compute-type result before its one rounding to the input's type.
+  static at::Tensor forward_fused(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                                  const at::Tensor* residual, bool relu, const Conv2dShape& sh,
+                                  const Conv2dParams& p) {
     check_cpu_dtype(input, "input");
     const auto mf = conv_memory_format(input, weight);
     const auto cf = compute_format(mf, sh, p);
@@ -449,6 +456,8 @@ struct CpuConv {
       else
         forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
     });
+    if (residual) y.add_(residual->to(ct));
+    if (relu) y.clamp_min_(0);
     return y.contiguous(mf).to(input.scalar_type());
   }
 

@@ -176,6 +176,13 @@ at::MemoryFormat cuda_conv_memory_format(const at::Tensor& a, const at::Tensor& 
 struct CudaConv {
   static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                             const Conv2dShape& sh, const Conv2dParams& p) {
+    return forward_fused(input, weight, bias, nullptr, false, sh, p);
+  }
+
+  // The residual and the ReLU are applied in the kernels' store (ForwardProblem::store).
+  static at::Tensor forward_fused(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
+                                  const at::Tensor* residual, bool relu, const Conv2dShape& sh,
+                                  const Conv2dParams& p) {
     check_cuda(input);
     DeviceGuard guard(input.device());
     const auto mf = cuda_conv_memory_format(input, weight);
@@ -183,7 +190,8 @@ struct CudaConv {
     auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
     if (y.numel() == 0) return y;
     const bool cl = is_cl(mf);
-    if (tc_forward(input, weight, b, y, sh, p, cl)) return y;
+    const at::Tensor res = residual ? *residual : at::Tensor();
+    if (tc_forward(input, weight, b, res, relu, y, sh, p, cl)) return y;
     const auto g = make_geometry(sh, p);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -192,8 +200,8 @@ struct CudaConv {
       prob.w = strided<const scalar_t>(weight);
       prob.y = strided<scalar_t>(y);
       prob.bias = opt_ptr<scalar_t>(b);
-      prob.res = {nullptr, 0, 0, 0, 0};
-      prob.relu = false;
+      prob.res = res.defined() ? strided<const scalar_t>(res) : Strided4<const scalar_t>{nullptr, 0, 0, 0, 0};
+      prob.relu = relu;
       prob.g = g;
       prob.cl = cl;
       prob.M = sh.N * sh.Ho * sh.Wo;

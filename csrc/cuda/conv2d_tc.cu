@@ -358,8 +358,9 @@ TcPlan tc_plan(at::ScalarType dtype, bool dgrad_or_fwd_fast_ok, const Conv2dShap
   return plan;
 }
 
-bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& y,
-                const Conv2dShape& sh, const Conv2dParams& p, bool cl) {
+bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                const at::Tensor& residual, bool relu, const at::Tensor& y, const Conv2dShape& sh,
+                const Conv2dParams& p, bool cl) {
   const bool fast_ok = cl && fast_input(input, sh.Cg);
   const TcPlan plan = tc_plan(input.scalar_type(), fast_ok, sh, p, TcOp::Forward);
   if (!plan.use) return false;
@@ -371,8 +372,9 @@ bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Ten
       prob.w = strided<const scalar_t>(weight);
       prob.y = strided<scalar_t>(y);
       prob.bias = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-      prob.res = {nullptr, 0, 0, 0, 0};
-      prob.relu = false;
+      prob.res = residual.defined() ? strided<const scalar_t>(residual)
+                                    : Strided4<const scalar_t>{nullptr, 0, 0, 0, 0};
+      prob.relu = relu;
       prob.g = g;
       prob.cl = cl;
       prob.M = sh.N * sh.Ho * sh.Wo;

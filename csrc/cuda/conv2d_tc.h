@@ -19,8 +19,10 @@ struct TcPlan {
 // `fast_ok`: the layout / alignment conditions of the fast path hold.
 TcPlan tc_plan(at::ScalarType dtype, bool fast_ok, const Conv2dShape& sh, const Conv2dParams& p, TcOp op);
 
-bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& y,
-                const Conv2dShape& sh, const Conv2dParams& p, bool cl);
+// `residual` (optional) and `relu`: the fused epilogue, applied in the store.
+bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                const at::Tensor& residual, bool relu, const at::Tensor& y, const Conv2dShape& sh,
+                const Conv2dParams& p, bool cl);
 bool tc_data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& bias,
                   const at::Tensor& dx, const Conv2dShape& sh, const Conv2dParams& p, bool cl);
 bool tc_weight_grad(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& dw,

@@ -15,11 +15,14 @@
 //   cp.async.ca.{4,8,16}     [64 + data]: per lane (word offset     [32, 4]: the lane's 16-byte
 //   cp.async.cg.16           into data, src_bytes), then data       destination (0x77 bytes
 //   cp.async.nowait          (nowait: reads before the wait)        where nothing was copied)
+//   stats.ldmatrix_conflicts  (ignored)                            [1]: extra ldmatrix wavefronts
+//                            (bank conflicts) since the last call; -1 on a GPU (not counted)
 #include "../common/cuda_utils.cuh"
 #include "../common/tensor_core.cuh"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <torch/library.h>
 
 #include <string>
@@ -86,6 +89,7 @@ at::Tensor tensor_core_probe(c10::string_view instruction, const at::Tensor& inp
     TORCH_CHECK(input.numel() >= n, "tensor_core_probe: ", ins, " needs at least ", n, " input elements");
   };
   using std::integral_constant;
+  if (ins == "stats.ldmatrix_conflicts") return at::full({1}, tc::take_ldmatrix_conflicts(), input.options());
   if (ins.rfind("mma.", 0) == 0) {
     need(320);
     if (ins == "mma.m16n8k16.f16") return run(integral_constant<decltype(&probe_mma_kernel<0>), &probe_mma_kernel<0>>{}, make(4));
