@@ -8,7 +8,7 @@
         transfer learning: pre-train on digits 0-4, learn 5-9 from a few
         labels per class in each mode, and report the table
 
-  info [--conv N,C,H,W,K,R,S[,stride,pad,dil,groups]]
+  info [--conv N,C,H,W,K,R,S[,stride,pad,dil,groups]] [--dtype float16] [--layout channels_last]
         build configuration, visible devices, and which kernel a conv shape runs
   demo [--device cpu|cuda] [--batch N]
         a quick look: a small CNN built from convx modules next to the same
@@ -72,8 +72,16 @@ def cmd_info(args):
         direct = r == s == 1 and stride == 1 and pad == 0
         print("  cpu : im2col + packed AVX2 GEMM" + (" (1x1: no im2col)" if direct else "")
               + (", parallel over (image, group)" if n * groups >= torch.get_num_threads() else ", parallel GEMM"))
-        print("  cuda: igemm 64x64x16 implicit GEMM (CUDA cores, fp32/fp64 accumulate); wgrad with deterministic "
-              "split-K")
+        from .algorithms import conv2d_cuda
+        dtype = getattr(torch, args.dtype)
+        cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
+        where = "this GPU" if torch.cuda.is_available() else "an H100 (sm_90, 132 SMs)"
+        tf32 = f", TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}" if dtype == torch.float32 else ""
+        print(f"  cuda ({args.dtype}, {args.layout}{tf32}, on {where}):")
+        for what, how in conv2d_cuda((n, c, h, w), (k, c // groups, r, s), dtype, stride, pad, dil, groups,
+                                     args.layout == "channels_last", capability=cap, num_sms=sms).items():
+            print(f"    {what:12s} {how}")
 
 
 class SmallNet(torch.nn.Module):
@@ -162,6 +170,10 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("info", help="build configuration and devices")
     pi.add_argument("--conv", help="N,C,H,W,K,R,S[,stride,pad,dil,groups]: say which kernel runs")
+    pi.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32", "float64"],
+                    help="for --conv (default float16)")
+    pi.add_argument("--layout", default="channels_last", choices=["channels_last", "contiguous"],
+                    help="for --conv (default channels_last)")
     pd = sub.add_parser("demo", help="convx vs torch.nn on a small CNN: parity and timing")
     pd.add_argument("--device", choices=["cpu", "cuda"])
     pd.add_argument("--batch", type=int, default=32)

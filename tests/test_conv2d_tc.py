@@ -180,3 +180,40 @@ def test_swizzle_has_no_bank_conflicts(device, layout, tf32_on):
     # the counter does count: a probe whose lanes all point at row 0 conflicts 7 extra times per matrix
     torch.ops.convx_simt.tensor_core_probe("ldmatrix.x4", torch.zeros(32, dtype=torch.int32))
     assert conflicts() == 4 * 7
+
+
+SWEEP = [  # (N, C, H, W, K, R, S, stride, pad, dil, groups)
+    (1, 16, 8, 8, 32, 3, 3, 1, 1, 1, 1), (2, 3, 12, 12, 16, 3, 3, 2, 1, 1, 1), (1, 8, 6, 6, 8, 1, 1, 1, 0, 1, 1),
+    (1, 32, 7, 7, 32, 3, 3, 1, 1, 1, 32), (1, 64, 5, 5, 64, 3, 3, 1, 1, 1, 4), (4, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1),
+    (1, 12, 9, 9, 24, 3, 3, 1, 2, 2, 1), (1, 24, 10, 10, 40, 1, 1, 2, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("device", [pytest.param(SIMT, id="simt", marks=SIMT_MARKS)])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("dtype,allow_tf32", [(torch.float16, True), (torch.bfloat16, True), (torch.float32, True),
+                                              (torch.float32, False), (torch.float64, True)])
+def test_algorithms_name_the_launched_kernels(device, layout, dtype, allow_tf32):
+    """convx.algorithms (python -m convx info --conv) predicts what the emulator launches."""
+    from convx.algorithms import conv2d_cuda
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    try:
+        for n, c, h, w, k, r, s, stride, pad, dil, groups in SWEEP:
+            x = torch.randn(n, c, h, w).to(dtype)
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            wt = torch.randn(k, c // groups, r, s).to(dtype).requires_grad_()
+            x.requires_grad_()
+            kw = dict(stride=stride, padding=pad, dilation=dil, groups=groups)
+            want = conv2d_cuda(x.shape, wt.shape, dtype, stride, pad, dil, groups, layout == "channels_last")
+            fwd = _kernels(lambda: convx.functional.conv2d(x, wt, **kw))
+            y = convx.functional.conv2d(x, wt, **kw)
+            dx = _kernels(lambda: torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True))
+            dw = _kernels(lambda: torch.autograd.grad(y, wt, torch.ones_like(y)))
+            for what, launched in (("forward", fwd), ("data_grad", dx), ("weight_grad", dw)):
+                name = want[what].split("(")[1].split(")")[0]
+                assert any(kn.startswith(name) for kn in launched), (what, want[what], launched, (n, c, k, groups))
+                if "split-K" in want[what]:
+                    assert any(kn.startswith("sum_splits_kernel") for kn in launched)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
