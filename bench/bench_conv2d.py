@@ -1,6 +1,9 @@
 """Conv2d beside torch (oneDNN on CPU; cuDNN with cudnn.benchmark on CUDA),
-forward and forward+backward, on the SHAPES.md layers. Each group holds
-convx and torch for one (layer, pass, device, dtype, layout, batch).
+forward and forward+backward, and on CUDA the data gradient and the weight
+gradient alone, on the SHAPES.md layers. Each group holds convx and torch for
+one (layer, pass, device, dtype, layout, batch). CUDA dtypes: fp32 (exact,
+allow_tf32 off for both), tf32 (float32 tensors with allow_tf32 on for both:
+convx's and cuDNN's tensor-core paths), fp16, bf16.
 
     make bench                                 # CPU (and CUDA when present)
     CONVX_BENCH_SET=all make bench             # every SHAPES.md conv layer
@@ -16,15 +19,16 @@ from shapes import ALL, QUICK, kernel_hw
 
 LAYERS = ALL if bench_set() == "all" else QUICK
 
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.float16, torch.bfloat16]}
+DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, "tf32", torch.float16, torch.bfloat16]}
+PASSES = {"cpu": ["fwd", "fwdbwd"], "cuda": ["fwd", "fwdbwd", "dgrad", "wgrad"]}
 
-CASES = device_cases(DTYPES)
+CASES = [pytest.param(*p.values, pass_, id=f"{p.id}-{pass_}") for p in device_cases(DTYPES)
+         for pass_ in PASSES[p.values[0]]]
 
 
 @pytest.mark.parametrize("impl", ["convx", "torch"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("pass_", ["fwd", "fwdbwd"])
-@pytest.mark.parametrize("device,n,dtype", CASES)
+@pytest.mark.parametrize("device,n,dtype,pass_", CASES)
 @pytest.mark.parametrize("layer", LAYERS, ids=[l[0] for l in LAYERS])
 def test_conv2d(benchmark, layer, device, n, dtype, pass_, layout, impl):
     name, C, H, K, RS, stride, pad, groups = layer
@@ -32,17 +36,36 @@ def test_conv2d(benchmark, layer, device, n, dtype, pass_, layout, impl):
     Ho = (H + 2 * pad[0] - R) // stride + 1
     Wo = (H + 2 * pad[1] - S) // stride + 1
     flops = 2.0 * n * K * (C // groups) * R * S * Ho * Wo * (3 if pass_ == "fwdbwd" else 1)
+    tf32 = dtype == "tf32"
+    label = "tf32" if tf32 else SHORT[dtype]
+    dtype = torch.float32 if tf32 else dtype
     mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     x = torch.randn(n, C, H, H, device=device, dtype=dtype).contiguous(memory_format=mf)
     w = (torch.randn(K, C // groups, R, S, device=device, dtype=dtype) * 0.05).contiguous(memory_format=mf)
     conv = convx.functional.conv2d if impl == "convx" else F.conv2d
-    benchmark.group = f"conv2d {pass_} {name} {device} {SHORT[dtype]} {layout} N={n}"
-    benchmark.extra_info.update(op=f"conv2d_{pass_}", layer=name, impl=impl, device=device, dtype=SHORT[dtype],
+    benchmark.group = f"conv2d {pass_} {name} {device} {label} {layout} N={n}"
+    benchmark.extra_info.update(op=f"conv2d_{pass_}", layer=name, impl=impl, device=device, dtype=label,
                                 layout=layout, shape=f"{n},{C},{H},{H},{K},{R},{S},{stride},{pad[0]}x{pad[1]},1,{groups}")
     if pass_ == "fwd":
         def fn():
             with torch.no_grad():
                 conv(x, w, None, stride, pad, 1, groups)
+    elif pass_ in ("dgrad", "wgrad"):
+        gy = torch.randn(n, K, Ho, Wo, device=device, dtype=dtype).contiguous(memory_format=mf)
+        padding = [pad[0], pad[0], pad[1], pad[1]]
+        if impl == "convx" and pass_ == "dgrad":
+            def fn():
+                torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [stride, stride], padding, [1, 1], groups)
+        elif impl == "convx":
+            def fn():
+                torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), [stride, stride], padding, [1, 1],
+                                                       groups, False)
+        else:
+            mask = [pass_ == "dgrad", pass_ == "wgrad", False]
+
+            def fn():
+                torch.ops.aten.convolution_backward(gy, x, w, None, [stride, stride], list(pad), [1, 1], False,
+                                                    [0, 0], groups, mask)
     else:
         x.requires_grad_()
         w.requires_grad_()
@@ -51,5 +74,5 @@ def test_conv2d(benchmark, layer, device, n, dtype, pass_, layout, impl):
             y = conv(x, w, None, stride, pad, 1, groups)
             torch.autograd.grad(y, [x, w], torch.ones_like(y))
     if device == "cuda" and dtype == torch.float32:
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = tf32
     run_timed(benchmark, fn, device, flops, "tflops" if device == "cuda" else "gflops")

@@ -6,6 +6,7 @@ Environment:
   CONVX_BENCH_SET      "quick" (default: ResNet-50 body + a few others) or "all"
   CONVX_BENCH_CPU_N    CPU batch sizes (default "8")
   CONVX_BENCH_CUDA_N   CUDA batch sizes (default "32,256")
+  CONVX_BENCH_CUDA_DTYPES  CUDA dtypes of the conv benchmarks (default "fp32,tf32,fp16,bf16")
 """
 import math
 import os
@@ -36,13 +37,14 @@ def batches(device):
     return [int(v) for v in _env_list("CONVX_BENCH_CPU_N", "8")]
 
 
-SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64", "tf32": "tf32"}
 
 
 def device_cases(dtypes):
     """(device, batch, dtype) parameters for every benchmarked device; dtypes: {device: [dtype, ...]}."""
+    keep = set(_env_list("CONVX_BENCH_CUDA_DTYPES", "fp32,tf32,fp16,bf16"))
     return [pytest.param(d, n, dt, id=f"{d}-N{n}-{SHORT[dt]}") for d in bench_devices() for n in batches(d)
-            for dt in dtypes[d]]
+            for dt in dtypes[d] if d != "cuda" or SHORT[dt] in keep]
 
 
 def sync(device):

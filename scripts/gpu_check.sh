@@ -8,7 +8,9 @@
 #   SKIP_TESTS=1 / SKIP_BENCH=1 / BENCHES="conv2d pool2d" / PYTEST_ARGS="-k conv2d"
 #   SANITIZE=1   also run a small CUDA subset under compute-sanitizer (memcheck,
 #                racecheck, initcheck, synccheck) with the caching allocator off
-#   CONVX_BENCH_SET=all CONVX_BENCH_CUDA_N=32,256 ...   (longer sweeps)
+#   CONVX_BENCH_SET=all CONVX_BENCH_CUDA_N=32,256 CONVX_BENCH_CUDA_DTYPES=fp32,tf32,fp16,bf16 ...
+#                (longer sweeps; each bench's report.py call writes the JSON, the
+#                Markdown table and a PNG of convx vs cuDNN per layer)
 #
 # Environment: TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default nproc).
 # Sized for one 10-minute call: the defaults time one batch (N=256) per layer.
@@ -26,6 +28,8 @@ export CONVX_CUDA=1
 export CONVX_SIMT=${CONVX_SIMT:-0}
 export CONVX_BENCH_DEVICES=${CONVX_BENCH_DEVICES:-cuda}
 export CONVX_BENCH_CUDA_N=${CONVX_BENCH_CUDA_N:-256}
+# The tensor-core dtypes (the goals); add fp32 for the exact CUDA-core path.
+export CONVX_BENCH_CUDA_DTYPES=${CONVX_BENCH_CUDA_DTYPES:-fp16,bf16,tf32}
 rc=0
 
 echo "== build"
