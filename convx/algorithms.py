@@ -47,11 +47,24 @@ def conv2d_cuda(input_size, weight_size, dtype, stride=1, padding=0, dilation=1,
     def plan(cols, red, rows=None):
         return tc and cols >= 16 and red >= 16 and (rows is None or rows >= 16)
 
+    def forward_splits(m, cols, red):
+        tiles = math.ceil(m / 128) * math.ceil(cols / 128) * groups
+        ktiles = math.ceil(red / (4 * vec))  # k per 64-byte stage: 32 halves or 16 floats
+        splits = 1 if tiles >= num_sms else math.ceil(num_sms / tiles)
+        splits = max(1, min(splits, ktiles // 8, 16))
+        per = math.ceil(ktiles / splits)
+        n = math.ceil(ktiles / per)
+        return f", split-K x{n} (sum_forward_splits_kernel)" if n > 1 else ""
+
     out = {}
     fwd = plan(kg, cg * r * s)
-    out["forward"] = (FAST if channels_last and cg % vec == 0 else GATHER) if fwd else CORES
+    out["forward"] = ((FAST if channels_last and cg % vec == 0 else GATHER) + forward_splits(n * ho * wo, kg, cg * r * s)
+                      if fwd else CORES)
     dgrad = plan(cg, kg * r * s)
-    out["data_grad"] = (FAST if channels_last and kg % vec == 0 and sh == sw == 1 else GATHER) if dgrad else CORES
+    if dgrad and channels_last and kg % vec == 0 and sh == sw == 1:
+        out["data_grad"] = FAST + forward_splits(n * h * w, cg, kg * r * s)  # the flipped-weight forward
+    else:
+        out["data_grad"] = GATHER if dgrad else CORES
     red = n * ho * wo
     if plan(cg * r * s, red, rows=kg):
         tiles = math.ceil(kg / 128) * math.ceil(cg * r * s / 128) * groups

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import convx
-from conftest import CUDA_SKIP, SIMT, SIMT_MARKS
+from conftest import CUDA_SKIP, SIMT, SIMT_MARKS, memory_format_of
 
 DEVICES = [pytest.param(SIMT, id="simt", marks=SIMT_MARKS),
            pytest.param("cuda", id="cuda", marks=CUDA_SKIP)]
@@ -39,7 +39,18 @@ CASES = {
     "c208_1x1": (1, 208, 5, 5, 24, (1, 1), 1, 0, 1, 1),
     "split_k_wgrad": (4, 16, 16, 16, 32, (3, 3), 1, 1, 1, 1),
     "no_padding_s2": (2, 24, 11, 11, 32, (3, 3), 2, 0, 1, 1),
+    # RELIABILITY.md's cases, with channel counts that reach the tensor cores
+    "batch0": (0, 16, 5, 5, 32, (3, 3), 1, 1, 1, 1),
+    "1x1_input": (2, 32, 1, 1, 24, (1, 1), 1, 0, 1, 1),
+    "kernel_eq_padded_input": (2, 16, 3, 3, 24, (5, 5), 1, 1, 1, 1),
+    "c5_5x5": (1, 5, 9, 9, 16, (5, 5), 1, 2, 1, 1),
+    "c832_1x1": (1, 832, 3, 3, 32, (1, 1), 1, 0, 1, 1),
+    "stride3": (1, 16, 10, 10, 16, (3, 3), 3, 0, 1, 1),
+    "dilation4": (1, 16, 12, 12, 16, (3, 3), 1, 4, 4, 1),
+    "groups4": (1, 128, 6, 6, 64, (3, 2), 1, 1, 1, 4),
+    "small_spatial_split_k": (1, 512, 3, 3, 64, (3, 3), 1, 1, 1, 1),
 }
+NO_BIAS = {"groups4", "stride3"}
 
 
 def _make(case, dtype, layout, device):
@@ -47,11 +58,14 @@ def _make(case, dtype, layout, device):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(N, C, H, W, generator=g).to(dtype)
     w = (torch.randn(K, C // groups, R, S, generator=g) / (C // groups * R * S) ** 0.5).to(dtype)
-    b = torch.randn(K, generator=g).to(dtype)
-    if layout == "channels_last":
+    b = None if case in NO_BIAS else torch.randn(K, generator=g).to(dtype)
+    if layout in ("channels_last", "channels_last_input_contiguous_weight"):
         x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "contiguous_input_channels_last_weight":
+        w = w.contiguous(memory_format=torch.channels_last)
     dev = "cuda" if device == "cuda" else "cpu"
-    return x.to(dev), w.to(dev), b.to(dev), dict(stride=stride, padding=pad, dilation=dil, groups=groups)
+    return (x.to(dev), w.to(dev), None if b is None else b.to(dev),
+            dict(stride=stride, padding=pad, dilation=dil, groups=groups))
 
 
 def _bound(ref, absref, dtype, k):
@@ -60,7 +74,10 @@ def _bound(ref, absref, dtype, k):
 
 
 def _check(name, got, ref, absref, dtype, k):
+    assert got.shape == ref.shape, name
     err = (got.double().cpu() - ref).abs()
+    if err.numel() == 0:
+        return
     bound = _bound(ref, absref, dtype, k)
     worst = (err / bound).max().item()
     assert worst <= 1.0, f"{name}: error {err.max().item():.3g} exceeds the bound by {worst:.2f}x"
@@ -73,8 +90,11 @@ def tf32_on():
     torch.backends.cudnn.allow_tf32 = False
 
 
+LAYOUTS = ["channels_last", "contiguous", "channels_last_input_contiguous_weight", "contiguous_input_channels_last_weight"]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_tensor_core_conv_within_bound(case, dtype, layout, device, tf32_on):
@@ -85,16 +105,18 @@ def test_tensor_core_conv_within_bound(case, dtype, layout, device, tf32_on):
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dtype).to(y.device)
     gx, gw = torch.autograd.grad(y, (x, w), gy)
 
-    xd, wd, bd, gyd = (t.detach().double().cpu() for t in (x, w, b, gy))
+    xd, wd, gyd = (t.detach().double().cpu() for t in (x, w, gy))
+    bd = None if b is None else b.double().cpu()
     ref = F.conv2d(xd, wd, bd, **kw)
-    absref = F.conv2d(xd.abs(), wd.abs(), bd.abs(), **kw)
+    absref = F.conv2d(xd.abs(), wd.abs(), None if bd is None else bd.abs(), **kw)
     N, C, H, W, K, (R, S), *_ , groups = CASES[case]
     _check("forward", y, ref, absref, dtype, C // groups * R * S + 1)
     _check("data gradient", gx, torch.nn.grad.conv2d_input(xd.shape, wd, gyd, **kw),
            torch.nn.grad.conv2d_input(xd.shape, wd.abs(), gyd.abs(), **kw), dtype, K // groups * R * S)
     _check("weight gradient", gw, torch.nn.grad.conv2d_weight(xd, wd.shape, gyd, **kw),
            torch.nn.grad.conv2d_weight(xd.abs(), wd.shape, gyd.abs(), **kw), dtype, y.shape[0] * y.shape[2] * y.shape[3])
-    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    if y.numel():  # torch's layout for the result
+        assert memory_format_of(y) == memory_format_of(F.conv2d(x.detach().float().cpu(), w.detach().float().cpu(), **kw))
 
 
 def _kernels(fn):
@@ -117,10 +139,13 @@ def test_kernel_choice(device, tf32_on):
         y = convx.functional.conv2d(x, w, b, **kw)
         return _kernels(lambda: torch.autograd.grad(y, (x, w), torch.ones_like(y)))
 
-    assert fwd("3x3", torch.float16)[-1].startswith("tc_fast_kernel<c10::Half")
-    assert fwd("3x3", torch.bfloat16, "contiguous")[-1].startswith("tc_gather_kernel<c10::BFloat16")
-    assert fwd("stem_c3_7x7_s2", torch.float16)[-1].startswith("tc_gather_kernel")  # 3 channels: no 16-byte runs
-    assert fwd("3x3", torch.float32)[-1].startswith("tc_fast_kernel<float")
+    first = lambda names: names[0]
+    assert first(fwd("3x3", torch.float16)).startswith("tc_fast_kernel<c10::Half")
+    assert first(fwd("3x3", torch.bfloat16, "contiguous")).startswith("tc_gather_kernel<c10::BFloat16")
+    assert first(fwd("stem_c3_7x7_s2", torch.float16)).startswith("tc_gather_kernel")  # 3 channels: no 16-byte runs
+    assert first(fwd("3x3", torch.float32)).startswith("tc_fast_kernel<float")
+    split = fwd("small_spatial_split_k", torch.float16)
+    assert split[0].startswith("tc_fast_kernel<c10::Half, SplitForward") and split[1].startswith("sum_forward_splits")
     assert any(k.startswith("tc_fast_kernel") for k in bwd("3x3", torch.float16))           # stride-1 dgrad
     assert any(k.startswith("flip_weight_kernel") for k in bwd("3x3", torch.float16))
     assert any("DgradProblem" in k and k.startswith("tc_gather") for k in bwd("no_padding_s2", torch.float16))
@@ -186,6 +211,7 @@ SWEEP = [  # (N, C, H, W, K, R, S, stride, pad, dil, groups)
     (1, 16, 8, 8, 32, 3, 3, 1, 1, 1, 1), (2, 3, 12, 12, 16, 3, 3, 2, 1, 1, 1), (1, 8, 6, 6, 8, 1, 1, 1, 0, 1, 1),
     (1, 32, 7, 7, 32, 3, 3, 1, 1, 1, 32), (1, 64, 5, 5, 64, 3, 3, 1, 1, 1, 4), (4, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1),
     (1, 12, 9, 9, 24, 3, 3, 1, 2, 2, 1), (1, 24, 10, 10, 40, 1, 1, 2, 0, 1, 1),
+    (1, 512, 3, 3, 64, 3, 3, 1, 1, 1, 1), (2, 256, 4, 4, 32, 3, 3, 1, 1, 1, 2),  # small spatial: forward split-K
 ]
 
 
@@ -195,25 +221,30 @@ SWEEP = [  # (N, C, H, W, K, R, S, stride, pad, dil, groups)
                                               (torch.float32, False), (torch.float64, True)])
 def test_algorithms_name_the_launched_kernels(device, layout, dtype, allow_tf32):
     """convx.algorithms (python -m convx info --conv) predicts what the emulator launches."""
-    from convx.algorithms import conv2d_cuda
+    from convx.algorithms import CORES, conv2d_cuda
     torch.backends.cudnn.allow_tf32 = allow_tf32
     try:
         for n, c, h, w, k, r, s, stride, pad, dil, groups in SWEEP:
             x = torch.randn(n, c, h, w).to(dtype)
             if layout == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
-            wt = torch.randn(k, c // groups, r, s).to(dtype).requires_grad_()
-            x.requires_grad_()
+            wt = torch.randn(k, c // groups, r, s).to(dtype)
             kw = dict(stride=stride, padding=pad, dilation=dil, groups=groups)
             want = conv2d_cuda(x.shape, wt.shape, dtype, stride, pad, dil, groups, layout == "channels_last")
             fwd = _kernels(lambda: convx.functional.conv2d(x, wt, **kw))
-            y = convx.functional.conv2d(x, wt, **kw)
-            dx = _kernels(lambda: torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True))
-            dw = _kernels(lambda: torch.autograd.grad(y, wt, torch.ones_like(y)))
+            xg, wg = x.clone().requires_grad_(), wt.clone().requires_grad_()
+            y = convx.functional.conv2d(xg, wt, **kw)
+            dx = _kernels(lambda: torch.autograd.grad(y, xg, torch.ones_like(y)))
+            y = convx.functional.conv2d(x, wg, **kw)
+            dw = _kernels(lambda: torch.autograd.grad(y, wg, torch.ones_like(y)))
             for what, launched in (("forward", fwd), ("data_grad", dx), ("weight_grad", dw)):
                 name = want[what].split("(")[1].split(")")[0]
                 assert any(kn.startswith(name) for kn in launched), (what, want[what], launched, (n, c, k, groups))
-                if "split-K" in want[what]:
-                    assert any(kn.startswith("sum_splits_kernel") for kn in launched)
+                if want[what] == CORES:
+                    continue  # the CUDA-core kernel's own split-K is not part of this rule
+                split = want[what].split("split-K x")[1].split(" (")[1].rstrip(")") if "split-K" in want[what] else None
+                reducers = [kn for kn in launched if "splits_kernel" in kn]
+                assert (not reducers) if split is None else any(kn.startswith(split) for kn in reducers), \
+                    (what, want[what], launched)
     finally:
         torch.backends.cudnn.allow_tf32 = False

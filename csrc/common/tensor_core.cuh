@@ -295,7 +295,7 @@ __device__ __forceinline__ void cp_async_wait() {
 inline long take_ldmatrix_conflicts() { return -1; }
 
 __device__ __forceinline__ float to_tf32(float x) {
-  uint32_t r;
+  uint32_t r = 0;
   CONVX_TC_ASM("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
   return __uint_as_float(r);
 }

@@ -35,10 +35,15 @@
 // Resources (sm_90, ptxas; tests/test_tensor_core_sass.py reads them back with
 // cuobjdump -res-usage and checks these limits, and the emulator's launch log
 // checks the shared memory):
-//   tc_fast_kernel:    <= 128 registers, 0 bytes local (no spills), 49152 bytes dynamic shared
+//   tc_fast_kernel:    <= 168 registers, 0 bytes local (no spills), 49152 bytes dynamic shared
 //   tc_gather_kernel:  <= 168 registers, 0 bytes local (no spills), 16384 bytes dynamic shared
-// (fast: 256 threads x 128 registers and 48 KiB let two blocks share an SM;
-// the 64 accumulators and 2 x 4 + 8 x 2 fragment registers dominate.)
+// (measured with nvcc 13.0: 128 to 159 and 156 to 162 registers across the
+// instantiations; the 64 accumulators and 2 x 4 + 8 x 2 fragment registers
+// dominate. Above 128 registers one block of 256 threads fits an SM at a time:
+// 8 warps, with the 3-stage cp.async pipeline covering the memory latency.
+// Capping the fast kernel at 128 registers (__launch_bounds__(256, 2), two
+// blocks an SM) made ptxas spill 8 bytes in its TF32 instantiation, so it is
+// not capped; which is faster is for the first GPU run to say.)
 #include "../common/tensor_core.cuh"
 #include "conv2d_problems.cuh"
 #include "conv2d_tc.h"
@@ -198,14 +203,15 @@ __global__ void __launch_bounds__(kTcThreads) tc_gather_kernel(Problem prob, int
 
 // The fast path: cp.async.cg of 16-byte channel runs, kStages stages.
 template <typename E, typename Problem>
-__global__ void __launch_bounds__(kTcThreads) tc_fast_kernel(FastForward<E> f, Problem prob, int group0) {
+__global__ void __launch_bounds__(kTcThreads) tc_fast_kernel(FastForward<E> f, Problem prob, int group0, int splits,
+                                                             int kt_per_split) {
   constexpr int kVec = 16 / int(sizeof(E));           // channels per 16-byte chunk
   constexpr int kStep = kRowBytes / int(sizeof(E));   // k per stage
   unsigned char* smem = dynamic_shared<unsigned char>();
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int warp_m = warp % 4, warp_n = warp / 4;
   const int64_t m0 = int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * kBN;
-  const int grp = group0 + int(blockIdx.z);
+  const int grp = group0 + int(blockIdx.z) / splits, split = int(blockIdx.z) % splits;
   const Geometry& g = f.g;
 
   // Thread tid copies chunk tid % 4 of rows tid / 4 and tid / 4 + 64, of A and of B.
@@ -229,8 +235,10 @@ __global__ void __launch_bounds__(kTcThreads) tc_fast_kernel(FastForward<E> f, P
     b_ok[i] = n < prob.N;
     b_base[i] = f.w + (int64_t(grp) * g.Kg + (b_ok[i] ? n : 0)) * f.K;
   }
-  const int ktiles = int(ceil_div<int64_t>(f.K, kStep));
-  auto load = [&](int stage, int kt) {
+  const int kt_begin = split * kt_per_split;
+  const int ktiles = min(int(ceil_div<int64_t>(f.K, kStep)) - kt_begin, kt_per_split);  // this split's
+  auto load = [&](int stage, int kt_rel) {
+    const int kt = kt_begin + kt_rel;
     unsigned char* As = smem + stage * kTileBytes;
     unsigned char* Bs = As + kBM * kRowBytes;
     const int64_t k = int64_t(kt) * kStep + chunk * kVec;
@@ -272,7 +280,30 @@ __global__ void __launch_bounds__(kTcThreads) tc_fast_kernel(FastForward<E> f, P
     mma_stage<E>(As, As + kBM * kRowBytes, warp_m, warp_n, lane, acc);
   }
   tc::cp_async_wait<0>();
-  store_tile(prob, grp, 0, m0, n0, warp_m, warp_n, lane, acc);
+  store_tile(prob, grp, split, m0, n0, warp_m, warp_n, lane, acc);
+}
+
+// Split-K for forward problems: each split stores its partial sums here, and
+// sum_forward_splits_kernel adds them in split order and runs the real store
+// (bias, residual, ReLU, the output's strides). Deterministic, no atomics.
+template <typename Problem>
+struct SplitForward : Problem {
+  float* ws;  // [splits][groups][M][N]
+  int groups;
+  __device__ void store(int grp, int split, int64_t m, int64_t n, float v) const {
+    ws[((int64_t(split) * groups + grp) * this->M + m) * this->N + n] = v;
+  }
+};
+
+template <typename Problem>
+__global__ void sum_forward_splits_kernel(Problem prob, const float* ws, int splits, int groups) {
+  const int64_t mn = prob.M * prob.N, total = mn * groups;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = 0.f;
+    for (int sp = 0; sp < splits; ++sp) v += ws[sp * total + i];
+    const int64_t r = i % mn;
+    prob.store(int(i / mn), 0, r / prob.N, r % prob.N, v);
+  }
 }
 
 // W'[g, c][r][s][k] = W[g, k][R-1-r][S-1-s][c]: the data gradient of a stride-1
@@ -312,12 +343,47 @@ void launch_gather(const Problem& prob, int groups, int splits, int64_t k_per_sp
   });
 }
 
+// Reduction splits for a forward problem: where the output tiles cover fewer
+// than the GPU's SMs (small spatial layers: ResNet-50's 7x7 stage at small
+// batches), split the reduction until they cover it, each split at least 8
+// stages long, at most 16 splits.
+int forward_splits(int64_t M, int64_t N, int64_t K, int groups, int k_step, int* kt_per_split) {
+  const int64_t tiles = ceil_div<int64_t>(M, kBM) * ceil_div<int64_t>(N, kBN) * groups;
+  const int64_t ktiles = ceil_div<int64_t>(K, k_step);
+  int64_t splits = tiles >= num_sms() ? 1 : ceil_div<int64_t>(num_sms(), tiles);
+  splits = std::max<int64_t>(1, std::min<int64_t>({splits, ktiles / 8, 16}));
+  const int64_t per = ceil_div<int64_t>(ktiles, splits);
+  *kt_per_split = int(per);
+  return int(ceil_div<int64_t>(ktiles, per));
+}
+
+// A forward problem on the fast or the gather kernel, split-K where it pays.
 template <typename E, typename Problem>
-void launch_fast(const FastForward<E>& f, const Problem& prob, int groups) {
-  launch_grid(prob, groups, 1, [&](dim3 grid, int g0) {
-    launch<tc_fast_kernel<E, Problem>>(grid, kTcThreads, size_t(kStages) * kTileBytes, current_stream(), f, prob,
-                                       g0);
-  });
+void run_forward(const Problem& prob, int groups, const FastForward<E>* fast, const at::Tensor& like) {
+  constexpr int kStep = kRowBytes / int(sizeof(E));
+  int kt_per_split = 0;
+  const int splits = forward_splits(prob.M, prob.N, prob.K, groups, kStep, &kt_per_split);
+  auto run = [&](const auto& p) {
+    using P = std::decay_t<decltype(p)>;
+    if (fast) {
+      launch_grid(p, groups, splits, [&](dim3 grid, int g0) {
+        launch<tc_fast_kernel<E, P>>(grid, kTcThreads, size_t(kStages) * kTileBytes, current_stream(), *fast, p, g0,
+                                     splits, kt_per_split);
+      });
+    } else {
+      launch_gather<E>(p, groups, splits, int64_t(kt_per_split) * kStep);
+    }
+  };
+  if (splits == 1) return run(prob);
+  at::Tensor ws = at::empty({int64_t(splits) * groups * prob.M * prob.N}, like.options().dtype(at::kFloat));
+  SplitForward<Problem> sp;
+  static_cast<Problem&>(sp) = prob;
+  sp.ws = ws.data_ptr<float>();
+  sp.groups = groups;
+  run(sp);
+  const int64_t total = int64_t(groups) * prob.M * prob.N;
+  launch<sum_forward_splits_kernel<Problem>>(unsigned(std::min<int64_t>(ceil_div<int64_t>(total, 256), 4096)), 256,
+                                             0, current_stream(), prob, sp.ws, splits, groups);
 }
 
 // The element types tensor-core kernels are built for (float: as TF32).
@@ -384,9 +450,9 @@ bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Ten
         const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
         FastForward<scalar_t> f{input.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), input.stride(0),
                                 input.stride(2), input.stride(3), g, prob.M, prob.K};
-        launch_fast<scalar_t>(f, prob, g.groups);
+        run_forward<scalar_t>(prob, g.groups, &f, input);
       } else {
-        launch_gather<scalar_t>(prob, g.groups, 1, prob.K);
+        run_forward<scalar_t>(prob, g.groups, static_cast<const FastForward<scalar_t>*>(nullptr), input);
       }
     }
   });
@@ -428,7 +494,7 @@ bool tc_data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const
         prob.K = sh.Kg * sh.R * sh.S;
         FastForward<scalar_t> ff{grad_output.const_data_ptr<scalar_t>(), wf.const_data_ptr<scalar_t>(),
                                  grad_output.stride(0), grad_output.stride(2), grad_output.stride(3), f, prob.M, prob.K};
-        launch_fast<scalar_t>(ff, prob, g.groups);
+        run_forward<scalar_t>(prob, g.groups, &ff, grad_output);
       } else {
         DgradProblem<scalar_t, float> prob;
         prob.dy = strided<const scalar_t>(grad_output);
