@@ -48,6 +48,7 @@ def cmd_info(args):
     if cfg is not None and getattr(cfg, "sanitize", False):
         print("  sanitizers           AddressSanitizer + UBSan build (make sanitize)")
     print(f"  CPU threads          {torch.get_num_threads()}")
+    print(f"  CPU GEMM             {torch.ops.convx.cpu_isa()} micro-kernel (CPU feature bits; CONVX_CPU_ISA caps it)")
     if torch.cuda.is_available():
         from ._archs import covers
         for i in range(torch.cuda.device_count()):
@@ -70,7 +71,7 @@ def cmd_info(args):
         print(f"conv {n}x{c}x{h}x{w} -> {n}x{k}x{ho}x{wo}, {r}x{s}/{stride} pad {pad} dil {dil} groups {groups}: "
               f"{2 * n * k * (c // groups) * r * s * ho * wo / 1e9:.3f} GFLOP")
         direct = r == s == 1 and stride == 1 and pad == 0
-        print("  cpu : im2col + packed AVX2 GEMM" + (" (1x1: no im2col)" if direct else "")
+        print(f"  cpu : im2col + packed {torch.ops.convx.cpu_isa()} GEMM" + (" (1x1: no im2col)" if direct else "")
               + (", parallel over (image, group)" if n * groups >= torch.get_num_threads() else ", parallel GEMM"))
         from .algorithms import conv2d_cuda
         dtype = getattr(torch, args.dtype)

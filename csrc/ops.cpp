@@ -3,6 +3,7 @@
 // (cpu/*.cpp: TORCH_LIBRARY_IMPL(convx, CPU, m); cuda/*.cu: ... CUDA ...).
 // Python (convx/ops.py) adds the fake (meta) kernels and autograd formulas.
 #include "common/schemas.h"
+#include "cpu/gemm.h"
 
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -11,6 +12,9 @@
 
 TORCH_LIBRARY(convx, m) {
   convx::define_schemas(m);
+  // Which instruction set the CPU GEMM runs with here ("avx512", "avx2", "base"):
+  // the CPU's feature bits, capped by CONVX_CPU_ISA.
+  m.def("cpu_isa() -> str", [] { return std::string(convx::cpu::cpu_isa_name()); });
 }
 
 // Not differentiable by design: batch_norm's backward accounts for the

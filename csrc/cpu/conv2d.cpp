@@ -57,15 +57,16 @@ void maybe_parallel_for(bool parallel, int64_t begin, int64_t end, int64_t grain
 // channels c0 .. c0+Cg.
 template <typename T>
 void im2col_nchw(const T* x, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_t S, int64_t Ho, int64_t Wo,
-                 const Conv2dParams& p, T* col, int64_t ld, bool parallel) {
+                 const Conv2dParams& p, T* col, int64_t ld, bool parallel, int64_t ho0 = 0, int64_t ho1 = -1) {
+  if (ho1 < 0) ho1 = Ho;
   maybe_parallel_for(parallel, 0, Cg * R * S, 16, [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t c = row / (R * S), r = (row / S) % R, s = row % S;
       const T* xc = x + c * H * W;
       T* dst = col + row * ld;
-      for (int64_t ho = 0; ho < Ho; ++ho) {
+      for (int64_t ho = ho0; ho < ho1; ++ho) {
         const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
-        T* d = dst + ho * Wo;
+        T* d = dst + (ho - ho0) * Wo;
         if (h < 0 || h >= H) {
           std::fill(d, d + Wo, T(0));
           continue;
@@ -123,11 +124,13 @@ void col2im_nchw(const T* gcol, int64_t H, int64_t W, int64_t Cg, int64_t R, int
 // col [P, R*S*Cg] (row stride ld) from one NHWC image x [H, W, C], channels c0..c0+Cg.
 template <typename T>
 void im2col_nhwc(const T* x, int64_t H, int64_t W, int64_t C, int64_t c0, int64_t Cg, int64_t R, int64_t S,
-                 int64_t Ho, int64_t Wo, const Conv2dParams& p, T* col, int64_t ld, bool parallel) {
-  maybe_parallel_for(parallel, 0, Ho * Wo, 64, [&](int64_t b, int64_t e) {
+                 int64_t Ho, int64_t Wo, const Conv2dParams& p, T* col, int64_t ld, bool parallel, int64_t pix0 = 0,
+                 int64_t pix1 = -1) {
+  if (pix1 < 0) pix1 = Ho * Wo;
+  maybe_parallel_for(parallel, pix0, pix1, 64, [&](int64_t b, int64_t e) {
     for (int64_t pix = b; pix < e; ++pix) {
       const int64_t ho = pix / Wo, wo = pix % Wo;
-      T* d = col + pix * ld;
+      T* d = col + (pix - pix0) * ld;
       for (int64_t r = 0; r < R; ++r) {
         const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
         for (int64_t s = 0; s < S; ++s, d += Cg) {
@@ -189,17 +192,46 @@ inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, int64_t G, boo
 // Run `tasks` (chunk, group) tasks: with at least as many tasks as threads each
 // thread takes whole tasks (serial GEMMs, its own column buffer); otherwise the
 // tasks run in turn and each one's im2col / GEMM is split across threads.
+// The calling thread's column buffer: kept between calls and grown on demand,
+// never zero-filled (im2col writes every element; a GEMM output is written
+// whole), so a call does not fault in and clear fresh pages (a 224x224 layer
+// used to take ~56,000 page faults a call for a whole-image buffer).
+template <typename T>
+T* workspace(int64_t n) {
+  struct Buf {
+    void* p = nullptr;
+    int64_t cap = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf buf;
+  const int64_t bytes = std::max<int64_t>(64, (n * int64_t(sizeof(T)) + 63) / 64 * 64);
+  if (buf.cap < bytes) {
+    std::free(buf.p);
+    buf.p = std::aligned_alloc(64, bytes);
+    TORCH_CHECK(buf.p != nullptr, "convx: out of memory for a ", bytes, "-byte convolution workspace");
+    buf.cap = bytes;
+  }
+  return static_cast<T*>(buf.p);
+}
+
 template <typename T, typename Task>
 void run_tasks(int64_t tasks, int64_t G, int64_t col_elems, const Task& task) {
   if (tasks >= at::get_num_threads()) {
     at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-      std::vector<T> col(col_elems);
-      for (int64_t t = b; t < e; ++t) task(t / G, t % G, col.data(), false);
+      T* col = workspace<T>(col_elems);
+      for (int64_t t = b; t < e; ++t) task(t / G, t % G, col, false);
     });
   } else {
-    std::vector<T> col(col_elems);
-    for (int64_t t = 0; t < tasks; ++t) task(t / G, t % G, col.data(), true);
+    T* col = workspace<T>(col_elems);
+    for (int64_t t = 0; t < tasks; ++t) task(t / G, t % G, col, true);
   }
+}
+
+// Column blocks: a one-image im2col is cut into blocks of whole output rows of
+// about kColBlock elements (2 MiB of floats: it stays in L2 while the GEMM reads it).
+constexpr int64_t kColBlock = int64_t(1) << 19;
+inline int64_t rows_per_block(int64_t CRS, int64_t Wo, int64_t Ho) {
+  return std::clamp<int64_t>(kColBlock / std::max<int64_t>(1, CRS * Wo), 1, Ho);
 }
 
 // ---------------------------------------------------------------- forward
@@ -228,6 +260,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   // NHWC stacks nb images per GEMM (their rows are contiguous), so small
   // images still give the GEMM a tall M; NCHW runs one image per GEMM.
   const int64_t nb = images_per_gemm(N, P, CRS, G, nhwc);
+  const int64_t rows = rows_per_block(CRS, sh.Wo, sh.Ho);
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
@@ -235,31 +268,41 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       T* yg = yp + (n * sh.K + g * Kg) * P;
       if (bp)
         for (int64_t k = 0; k < Kg; ++k) std::fill(yg + k * P, yg + (k + 1) * P, bp[g * Kg + k]);
-      const T* B = xg;
-      if (!direct) {
-        im2col_nchw(xg, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col, P, par);
-        B = col;
+      if (direct) {
+        gemm<T>(Kg, P, CRS, wp + g * Kg * CRS, CRS, 1, xg, P, 1, yg, P, 1, bp != nullptr, par);
+        return;
       }
-      gemm<T>(Kg, P, CRS, wp + g * Kg * CRS, CRS, 1, B, P, 1, yg, P, 1, bp != nullptr, par);
+      for (int64_t ho0 = 0; ho0 < sh.Ho; ho0 += rows) {  // blocks of output rows
+        const int64_t ho1 = std::min(sh.Ho, ho0 + rows), cols = (ho1 - ho0) * sh.Wo;
+        im2col_nchw(xg, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col, cols, par, ho0, ho1);
+        gemm<T>(Kg, cols, CRS, wp + g * Kg * CRS, CRS, 1, col, cols, 1, yg + ho0 * sh.Wo, P, 1, bp != nullptr, par);
+      }
     } else {
       const int64_t nn = std::min(nb, N - n), M = nn * P;
       const T* xn = xp + n * HW * sh.C;
       T* yg = yp + n * P * sh.K + g * Kg;
       if (bp)
         for (int64_t q = 0; q < M; ++q) std::copy(bp + g * Kg, bp + (g + 1) * Kg, yg + q * sh.K);
-      const T* A = xn + g * Cg;
-      int64_t lda = sh.C;
-      if (!direct) {
+      if (direct) {
+        gemm<T>(M, Kg, CRS, xn + g * Cg, sh.C, 1, wp + g * CRS * Kg, Kg, 1, yg, sh.K, 1, bp != nullptr, par);
+        return;
+      }
+      if (nn > 1) {  // small images stacked into one GEMM (a bounded buffer, see images_per_gemm)
         for (int64_t i = 0; i < nn; ++i)
           im2col_nhwc(xn + i * HW * sh.C, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P * CRS,
                       CRS, par);
-        A = col;
-        lda = CRS;
+        gemm<T>(M, Kg, CRS, col, CRS, 1, wp + g * CRS * Kg, Kg, 1, yg, sh.K, 1, bp != nullptr, par);
+        return;
       }
-      gemm<T>(M, Kg, CRS, A, lda, 1, wp + g * CRS * Kg, Kg, 1, yg, sh.K, 1, bp != nullptr, par);
+      for (int64_t q0 = 0; q0 < P; q0 += rows * sh.Wo) {  // blocks of output rows of one image
+        const int64_t q1 = std::min(P, q0 + rows * sh.Wo);
+        im2col_nhwc(xn, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col, CRS, par, q0, q1);
+        gemm<T>(q1 - q0, Kg, CRS, col, CRS, 1, wp + g * CRS * Kg, Kg, 1, yg + q0 * sh.K, sh.K, 1, bp != nullptr, par);
+      }
     }
   };
-  run_tasks<T>(ceil_div(N, nb) * G, G, direct ? 0 : nb * CRS * P, task);
+  const int64_t col_elems = direct ? 0 : nb > 1 ? nb * CRS * P : CRS * rows * sh.Wo;
+  run_tasks<T>(ceil_div(N, nb) * G, G, col_elems, task);
 }
 
 // ---------------------------------------------------------------- data gradient

@@ -9,14 +9,20 @@
 // that stay in L1, A into MC x KC blocks that stay in L2, and a micro-kernel
 // keeps an MR x NR tile of C in registers (6 x 16 floats = 12 ymm registers).
 //
-// The micro-kernel is written with GCC vector types and compiled twice
-// (target_clones): once for Haswell-class x86 (AVX2 + FMA) and once for the
-// baseline ISA, chosen at load time, so the extension runs on any x86-64.
+// The micro-kernel is written with GCC vector types and compiled three times:
+// AVX-512 (12 x 32 floats), AVX2 + FMA (6 x 16) and the baseline ISA, chosen
+// once at load time from the CPU's feature bits (CONVX_CPU_ISA=avx2|base
+// caps the choice), so the extension runs on any x86-64 and uses what it has.
 #pragma once
 
 #include <cstdint>
 
 namespace convx::cpu {
+
+enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
+// The instruction set the GEMM (and the kernels that follow it) run with.
+Isa cpu_isa();
+const char* cpu_isa_name();
 
 template <typename T>
 void gemm(

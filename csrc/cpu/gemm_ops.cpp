@@ -1,0 +1,71 @@
+// Diagnostics of the CPU GEMM, as ops for the tests and the benchmarks:
+//   torch.ops.convx.cpu_gemm(a, b)            a @ b through convx's packed GEMM (2-D, float32/float64)
+//   torch.ops.convx.cpu_fma_peak(iterations)  one core's float32 FMA rate in GFLOP/s, measured by a
+//                                            loop of independent FMAs in the widest vectors cpu_isa() allows
+#include "gemm.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <chrono>
+#include <cstring>
+
+namespace convx::cpu {
+namespace {
+
+at::Tensor cpu_gemm(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "cpu_gemm: expected a (M, K) and b (K, N), got ",
+              a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble),
+              "cpu_gemm: expected two float32 or two float64 tensors");
+  auto c = at::empty({a.size(0), b.size(1)}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "cpu_gemm", [&] {
+    gemm<scalar_t>(a.size(0), b.size(1), a.size(1), a.const_data_ptr<scalar_t>(), a.stride(0), a.stride(1),
+                   b.const_data_ptr<scalar_t>(), b.stride(0), b.stride(1), c.data_ptr<scalar_t>(), c.stride(0), 1,
+                   false, true);
+  });
+  return c;
+}
+
+// acc[i] = acc[i] * x + y, NA independent chains of VB-byte vectors (enough to
+// cover the FMA latency on both pipes), 2 * NA * (VB / 4) flops a step.
+template <int VB, int NA, typename F = float>  // F: a dependent type, so GCC applies vector_size(VB)
+__attribute__((always_inline)) inline double fma_loop(int64_t iterations) {
+  typedef F V __attribute__((vector_size(VB)));
+  V acc[NA];
+  V x, y;
+  for (int j = 0; j < VB / 4; ++j) x[j] = 0.999999f, y[j] = 1e-7f;
+  for (int i = 0; i < NA; ++i) acc[i] = y * float(i + 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t n = 0; n < iterations; ++n) {
+#pragma GCC unroll 32
+    for (int i = 0; i < NA; ++i) acc[i] = acc[i] * x + y;  // NA chains the compiler cannot merge (no fast-math)
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  float sink = 0;
+  for (int i = 0; i < NA; ++i) sink += acc[i][0];
+  asm volatile("" ::"r"(sink));
+  return 2.0 * NA * (VB / 4) * double(iterations) / s / 1e9;
+}
+__attribute__((target("avx512f,fma"))) double peak_avx512(int64_t it) { return fma_loop<64, 24>(it); }
+__attribute__((target("avx2,fma"))) double peak_avx2(int64_t it) { return fma_loop<32, 12>(it); }
+double peak_base(int64_t it) { return fma_loop<16, 12>(it); }
+
+double cpu_fma_peak(int64_t iterations) {
+  switch (cpu_isa()) {
+    case Isa::Avx512: return peak_avx512(iterations);
+    case Isa::Avx2: return peak_avx2(iterations);
+    default: return peak_base(iterations);
+  }
+}
+
+}  // namespace
+}  // namespace convx::cpu
+
+TORCH_LIBRARY_FRAGMENT(convx, m) {
+  m.def("cpu_gemm(Tensor a, Tensor b) -> Tensor");
+  m.def("cpu_fma_peak(int iterations) -> float", &convx::cpu::cpu_fma_peak);
+}
+TORCH_LIBRARY_IMPL(convx, CPU, m) { m.impl("cpu_gemm", &convx::cpu::cpu_gemm); }

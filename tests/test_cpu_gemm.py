@@ -1,0 +1,87 @@
+"""The CPU GEMM's micro-kernels: one per instruction set, chosen from the CPU's feature bits.
+
+Every build present on this machine is checked: the widest the CPU has in this
+process, and the narrower ones in subprocesses with CONVX_CPU_ISA capping the
+choice, on shapes whose edges cut every tile and cache block.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import convx  # noqa: F401
+
+SHAPES = [(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (50, 70, 600), (241, 97, 513), (7, 3100, 9)]
+
+
+def _flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def test_isa_follows_the_cpu():
+    flags = _flags()
+    want = ("avx512" if {"avx512f", "avx512vl", "avx512dq", "avx2", "fma"} <= flags
+            else "avx2" if {"avx2", "fma"} <= flags else "base")
+    if not flags or os.environ.get("CONVX_CPU_ISA"):
+        pytest.skip("no /proc/cpuinfo, or the choice is capped by CONVX_CPU_ISA")
+    assert torch.ops.convx.cpu_isa() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in SHAPES])
+def test_gemm_matches_float64(shape, dtype):
+    m, n, k = shape
+    a, b = torch.randn(m, k, dtype=torch.float64), torch.randn(k, n, dtype=torch.float64)
+    got = torch.ops.convx.cpu_gemm(a.to(dtype), b.to(dtype)).double()
+    tol = 1e-12 if dtype == torch.float64 else 3e-6 * k ** 0.5
+    torch.testing.assert_close(got, a.to(dtype).double() @ b.to(dtype).double(), atol=tol * 4, rtol=tol)
+    # strided operands (a transposed view): the packing reads through strides
+    got_t = torch.ops.convx.cpu_gemm(a.t().contiguous().t().to(dtype), b.to(dtype)).double()
+    torch.testing.assert_close(got_t, got, atol=tol * 4, rtol=tol)
+
+
+_CHILD = r"""
+import torch, convx, sys
+assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
+torch.manual_seed(0)
+for m, n, k in [(13, 33, 257), (241, 97, 513), (7, 3100, 9)]:
+    for dt in (torch.float32, torch.float64):
+        a, b = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
+        ref = a.double() @ b.double()
+        err = (torch.ops.convx.cpu_gemm(a, b).double() - ref).abs().max().item()
+        assert err < (1e-9 if dt == torch.float64 else 1e-3), (m, n, k, dt, err)
+x = torch.randn(2, 16, 12, 12)
+for mf in (torch.contiguous_format, torch.channels_last):
+    w = torch.randn(24, 16, 3, 3)
+    xx = x.contiguous(memory_format=mf).requires_grad_()
+    ww = w.clone().requires_grad_()
+    y = convx.functional.conv2d(xx, ww, padding=1)
+    gx, gw = torch.autograd.grad(y.square().sum(), (xx, ww))
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    yr = torch.nn.functional.conv2d(xr, wr, padding=1)
+    gxr, gwr = torch.autograd.grad(yr.square().sum(), (xr, wr))
+    for a, b in ((y, yr), (gx, gxr), (gw, gwr)):
+        torch.testing.assert_close(a.double(), b, atol=2e-3, rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_narrower_builds(isa):
+    """The AVX2 and baseline micro-kernels, forced on this machine: GEMM and convolution parity."""
+    if isa == "avx2" and not {"avx2", "fma"} <= _flags():
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, CONVX_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", _CHILD, isa], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_fma_peak_is_measured():
+    peak = torch.ops.convx.cpu_fma_peak(2_000_000)
+    assert 1.0 < peak < 2000.0  # GFLOP/s of one core: a measurement, not a constant
