@@ -23,7 +23,8 @@ import torch
 
 
 def measure_ceilings(device):
-    """Copy bandwidth (bytes read + written) and the dense matrix-product rate."""
+    """Copy bandwidth (bytes read + written) and the dense matrix-product rate; on CPU also
+    convx's GEMM rate and the FMA peak (one core's FMA loop x threads)."""
     def best(fn, reps=10):
         fn()
         if device == "cuda":
@@ -55,6 +56,17 @@ def measure_ceilings(device):
         m = 2048
         x = torch.randn(m, m)
         out["matmul_tflops"] = round(2 * m ** 3 / best(lambda: x @ x, 5) / 1e12, 3)
+        try:
+            import convx  # noqa: F401  (loads torch.ops.convx)
+        except ImportError:
+            pass
+        if hasattr(torch.ops.convx, "cpu_gemm"):
+            # convx's own GEMM on the same product, and the FMA peak it is measured against:
+            # one core's rate from a loop of independent FMAs (cpu_fma_peak), times the threads.
+            out["convx_gemm_tflops"] = round(2 * m ** 3 / best(lambda: torch.ops.convx.cpu_gemm(x, x), 5) / 1e12, 3)
+            one = max(torch.ops.convx.cpu_fma_peak(20_000_000) for _ in range(3))
+            out["fma_peak_tflops"] = round(one * torch.get_num_threads() / 1e3, 3)
+            out["cpu_isa"] = torch.ops.convx.cpu_isa()
     return out
 
 
