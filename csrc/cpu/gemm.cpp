@@ -119,11 +119,11 @@ Isa detect_isa() {
   return best;
 }
 
-template <typename T>
-const Kernel<T>& kernel() {
+template <typename T, Isa I>
+const Kernel<T>& kernel_of() {
   static const Kernel<T> k = [] {
     constexpr bool f = std::is_same_v<T, float>;
-    switch (cpu_isa()) {
+    switch (I) {
       case Isa::Avx512:
         return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, f ? 32 : 16>, "avx512"}
                  : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, f ? 32 : 16>, "avx512"};
@@ -136,6 +136,20 @@ const Kernel<T>& kernel() {
     }
   }();
   return k;
+}
+
+// The kernel for one product: the widest the CPU has, except that a product
+// with few rows or columns (grouped convolutions with 4 or 8 channels a group)
+// takes the AVX2 6 x 16 tile on an AVX-512 machine, whose 12 x 32 tile would
+// compute mostly padding there.
+template <typename T>
+const Kernel<T>& kernel_for(int64_t M, int64_t N) {
+  switch (cpu_isa()) {
+    case Isa::Avx512:
+      return (M <= 8 || N <= 16) ? kernel_of<T, Isa::Avx2>() : kernel_of<T, Isa::Avx512>();
+    case Isa::Avx2: return kernel_of<T, Isa::Avx2>();
+    default: return kernel_of<T, Isa::Base>();
+  }
 }
 
 // A's rows contiguous along k (csa == 1: the NHWC im2col, row-major operands):
@@ -213,11 +227,10 @@ void pack_b(int NR, int64_t kc, int64_t nc, const T* B, int64_t rsb, int64_t csb
 
 template <typename T>
 void gemm_serial(
-    int64_t M, int64_t N, int64_t K,
+    const Kernel<T>& kn, int64_t M, int64_t N, int64_t K,
     const T* A, int64_t rsa, int64_t csa,
     const T* B, int64_t rsb, int64_t csb,
     T* C, int64_t rsc, int64_t csc, bool accumulate) {
-  const Kernel<T>& kn = kernel<T>();
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -281,11 +294,11 @@ void gemm(
     const T* A, int64_t rsa, int64_t csa,
     const T* B, int64_t rsb, int64_t csb,
     T* C, int64_t rsc, int64_t csc, bool accumulate, bool parallel) {
-  const Kernel<T>& kn = kernel<T>();
+  const Kernel<T>& kn = kernel_for<T>(M, N);
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   const double flops = 2.0 * double(M) * double(N) * double(K);
   if (nt <= 1 || flops < 2e6 || at::in_parallel_region()) {
-    gemm_serial(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, accumulate);
+    gemm_serial(kn, M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, accumulate);
     return;
   }
   // Split the larger side of C into one stripe per thread (tile aligned). Each
@@ -297,7 +310,7 @@ void gemm(
     at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
         const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
-        gemm_serial(M, nj, K, A, rsa, csa, B + j0 * csb, rsb, csb, C + j0 * csc, rsc, csc, accumulate);
+        gemm_serial(kn, M, nj, K, A, rsa, csa, B + j0 * csb, rsb, csb, C + j0 * csc, rsc, csc, accumulate);
       }
     });
   } else {
@@ -306,7 +319,7 @@ void gemm(
     at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
         const int64_t i0 = t * chunk, mi = std::min(chunk, M - i0);
-        gemm_serial(mi, N, K, A + i0 * rsa, rsa, csa, B, rsb, csb, C + i0 * rsc, rsc, csc, accumulate);
+        gemm_serial(kn, mi, N, K, A + i0 * rsa, rsa, csa, B, rsb, csb, C + i0 * rsc, rsc, csc, accumulate);
       }
     });
   }
