@@ -177,6 +177,21 @@ def test_tf32_follows_torch_flag(device):
 
 
 @pytest.mark.parametrize("device", [pytest.param(SIMT, id="simt", marks=SIMT_MARKS)])
+def test_weight_view_at_odd_offset(device):
+    """A channels_last weight whose data starts 2 bytes into its storage: the pipeline must not
+    issue misaligned 16-byte copies (the emulator raises on them, as the GPU faults)."""
+    base = torch.randn(24 * 32 * 9 + 1).to(torch.float16)
+    w = base[1:].view(24, 3, 3, 32).permute(0, 3, 1, 2)  # channels_last strides, offset 1 element
+    assert w.is_contiguous(memory_format=torch.channels_last) and w.data_ptr() % 16
+    x = torch.randn(2, 32, 7, 7).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    convx.simt.clear_launches()
+    y = convx.functional.conv2d(x, w, padding=1)
+    assert convx.simt.launches()[0].kernel.startswith("tc_fast_kernel")
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    assert (y.double() - ref).abs().max().item() < 5e-2
+
+
+@pytest.mark.parametrize("device", [pytest.param(SIMT, id="simt", marks=SIMT_MARKS)])
 def test_noncontiguous_nan_gaps(device):
     """A strided channels_last view whose gaps hold NaN: the fast path must not read the gaps."""
     big = torch.full((2, 48, 10, 10), float("nan"), dtype=torch.float16).contiguous(memory_format=torch.channels_last)

@@ -447,7 +447,9 @@ bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Ten
       prob.N = sh.Kg;
       prob.K = sh.Cg * sh.R * sh.S;
       if (plan.fast) {
-        const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+        at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+        // cp.async reads 16-byte runs: a weight view at an odd storage offset is copied first
+        if (!aligned16(w.const_data_ptr())) w = w.clone(at::MemoryFormat::ChannelsLast);
         FastForward<scalar_t> f{input.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), input.stride(0),
                                 input.stride(2), input.stride(3), g, prob.M, prob.K};
         run_forward<scalar_t>(prob, g.groups, &f, input);
