@@ -57,14 +57,15 @@ for m, n, k in [(13, 33, 257), (241, 97, 513), (7, 3100, 9)]:
         err = (torch.ops.convx.cpu_gemm(a, b).double() - ref).abs().max().item()
         assert err < (1e-9 if dt == torch.float64 else 1e-3), (m, n, k, dt, err)
 x = torch.randn(2, 16, 12, 12)
-for mf in (torch.contiguous_format, torch.channels_last):
-    w = torch.randn(24, 16, 3, 3)
+for mf, k, groups in [(torch.contiguous_format, 24, 1), (torch.channels_last, 24, 1),
+                      (torch.contiguous_format, 32, 16), (torch.channels_last, 16, 16)]:  # + depthwise
+    w = torch.randn(k, 16 // groups, 3, 3)
     xx = x.contiguous(memory_format=mf).requires_grad_()
     ww = w.clone().requires_grad_()
-    y = convx.functional.conv2d(xx, ww, padding=1)
+    y = convx.functional.conv2d(xx, ww, padding=1, groups=groups)
     gx, gw = torch.autograd.grad(y.square().sum(), (xx, ww))
     xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-    yr = torch.nn.functional.conv2d(xr, wr, padding=1)
+    yr = torch.nn.functional.conv2d(xr, wr, padding=1, groups=groups)
     gxr, gwr = torch.autograd.grad(yr.square().sum(), (xr, wr))
     for a, b in ((y, yr), (gx, gxr), (gw, gwr)):
         torch.testing.assert_close(a.double(), b, atol=2e-3, rtol=1e-4)
@@ -74,7 +75,8 @@ print("ok")
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_narrower_builds(isa):
-    """The AVX2 and baseline micro-kernels, forced on this machine: GEMM and convolution parity."""
+    """The AVX2 and baseline builds (GEMM micro-kernel, depthwise loops), forced on this machine:
+    GEMM and convolution parity, dense and depthwise, both layouts, forward and both gradients."""
     if isa == "avx2" and not {"avx2", "fma"} <= _flags():
         pytest.skip("this CPU has no AVX2")
     env = dict(os.environ, CONVX_CPU_ISA=isa)
