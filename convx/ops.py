@@ -130,20 +130,24 @@ def _conv2d_setup(ctx, inputs, output):
     ctx.args = (list(stride), list(padding), list(dilation), groups)
 
 
-def _conv2d_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    gx = gw = gb = None
+def _conv2d_grads(grad, input, weight, args, need_x, need_w, need_b):
+    """(grad_input, grad_weight, grad_bias) of conv2d(input, weight, bias, *args), each None where not needed."""
     if input.shape[1] == 0:  # no input channels: the output was empty (torch's rule), so are the gradients
         return (input.new_zeros(input.shape) if need_x else None, torch.zeros_like(weight) if need_w else None,
-                weight.new_zeros(weight.shape[0]) if need_b else None, None, None, None, None)
+                weight.new_zeros(weight.shape[0]) if need_b else None)
+    gx = gw = gb = None
     if need_x:
-        gx = _ops.conv2d_backward_input(grad, weight, list(input.shape), *ctx.args)
+        gx = _ops.conv2d_backward_input(grad, weight, list(input.shape), *args)
     if need_w or need_b:
-        gw, gb = _ops.conv2d_backward_weight(grad, input, list(weight.shape), *ctx.args, bool(need_b))
+        gw, gb = _ops.conv2d_backward_weight(grad, input, list(weight.shape), *args, bool(need_b))
         gw = _strides_of(gw, weight) if need_w else None
         gb = gb if need_b else None
-    return gx, gw, gb, None, None, None, None
+    return gx, gw, gb
+
+
+def _conv2d_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    return (*_conv2d_grads(grad, input, weight, ctx.args, *ctx.needs_input_grad[:3]), None, None, None, None)
 
 
 torch.library.register_autograd("convx::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
@@ -174,18 +178,8 @@ def _conv2d_fused_backward(ctx, grad):
     if ctx.relu:
         grad = grad * (output > 0).to(grad.dtype)
     need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-    gx = gw = gb = None
-    if input.shape[1] == 0:
-        return (input.new_zeros(input.shape) if need_x else None, torch.zeros_like(weight) if need_w else None,
-                weight.new_zeros(weight.shape[0]) if need_b else None, grad if need_r else None,
-                None, None, None, None, None)
-    if need_x:
-        gx = _ops.conv2d_backward_input(grad, weight, list(input.shape), *ctx.args)
-    if need_w or need_b:
-        gw, gb = _ops.conv2d_backward_weight(grad, input, list(weight.shape), *ctx.args, bool(need_b))
-        gw = _strides_of(gw, weight) if need_w else None
-        gb = gb if need_b else None
-    return gx, gw, gb, (grad if need_r else None), None, None, None, None, None
+    return (*_conv2d_grads(grad, input, weight, ctx.args, need_x, need_w, need_b), grad if need_r else None,
+            None, None, None, None, None)
 
 
 torch.library.register_autograd("convx::conv2d_fused", _conv2d_fused_backward, setup_context=_conv2d_fused_setup)

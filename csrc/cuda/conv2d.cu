@@ -195,20 +195,7 @@ struct CudaConv {
     const auto g = make_geometry(sh, p);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_forward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      ForwardProblem<scalar_t, acc_t> prob;
-      prob.x = strided<const scalar_t>(input);
-      prob.w = strided<const scalar_t>(weight);
-      prob.y = strided<scalar_t>(y);
-      prob.bias = opt_ptr<scalar_t>(b);
-      prob.res = res.defined() ? strided<const scalar_t>(res) : Strided4<const scalar_t>{nullptr, 0, 0, 0, 0};
-      prob.relu = relu;
-      prob.g = g;
-      prob.cl = cl;
-      prob.M = sh.N * sh.Ho * sh.Wo;
-      prob.N = sh.Kg;
-      prob.K = sh.Cg * sh.R * sh.S;
-      prob.a_kfast = cl;  // channels_last: the reduction's c is the contiguous axis
-      prob.b_kfast = true;
+      const auto prob = forward_problem<scalar_t, acc_t>(input, weight, y, opt_ptr<scalar_t>(b), res, relu, g, sh, cl);
       launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
     });
     return y;
@@ -228,18 +215,7 @@ struct CudaConv {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
                                     "conv2d_backward_input_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      DgradProblem<scalar_t, acc_t> prob;
-      prob.dy = strided<const scalar_t>(grad_output);
-      prob.w = strided<const scalar_t>(weight);
-      prob.dx = strided<scalar_t>(dx);
-      prob.bias = opt_ptr<scalar_t>(b);
-      prob.g = g;
-      prob.cl = cl;
-      prob.M = sh.N * sh.H * sh.W;
-      prob.N = sh.Cg;
-      prob.K = sh.Kg * sh.R * sh.S;
-      prob.a_kfast = cl;
-      prob.b_kfast = false;
+      const auto prob = dgrad_problem<scalar_t, acc_t>(grad_output, weight, dx, opt_ptr<scalar_t>(b), g, sh, cl);
       launch_igemm<acc_t>(prob, g.groups, 1, prob.K);
     });
     return dx;
@@ -258,29 +234,11 @@ struct CudaConv {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
                                     "conv2d_backward_weight_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      WgradProblem<scalar_t, acc_t> prob;
-      prob.dy = strided<const scalar_t>(grad_output);
-      prob.x = strided<const scalar_t>(input);
-      prob.dw = strided<scalar_t>(dw);
-      prob.g = g;
-      prob.cl = cl;
-      prob.M = sh.Kg;
-      prob.N = sh.Cg * sh.R * sh.S;
-      prob.K = sh.N * sh.Ho * sh.Wo;
-      prob.a_kfast = !cl;  // NCHW: dY is contiguous along (h, w)
-      prob.b_kfast = !cl;
-      // Split the long reduction until the grid covers the GPU about twice;
-      // each split keeps at least 512 reduction steps. The split count (and
-      // so the summation order) follows the SM count: results are bitwise
-      // reproducible on one GPU model, not across models.
-      const int64_t tiles = ceil_div<int64_t>(prob.M, BM) * ceil_div<int64_t>(prob.N, BN) * g.groups;
-      int64_t splits = std::max<int64_t>(1, ceil_div<int64_t>(2 * num_sms(), tiles));
-      splits = std::min<int64_t>({splits, std::max<int64_t>(1, prob.K / 512), 64});
-      const int64_t kps = ceil_div<int64_t>(ceil_div<int64_t>(prob.K, splits), BK) * BK;
-      splits = ceil_div<int64_t>(prob.K, kps);
+      auto prob = wgrad_problem<scalar_t, acc_t>(grad_output, input, dw, g, sh, cl);
+      int64_t kps = 0;
+      const int64_t splits = wgrad_splits(prob.M, prob.N, prob.K, g.groups, BM, BN, BK, &kps);
       at::Tensor ws;
       prob.splits = int(splits);
-      prob.ws = nullptr;
       if (splits > 1) {
         ws = at::empty({splits, sh.K * sh.Cg * sh.R * sh.S},
                        grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value));

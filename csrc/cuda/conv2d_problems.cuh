@@ -9,6 +9,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
+
 namespace convx::cuda {
 namespace {
 
@@ -253,6 +255,81 @@ inline Geometry make_geometry(const Conv2dShape& sh, const Conv2dParams& p) {
   g.dil_h = int(p.dil_h), g.dil_w = int(p.dil_w);
   g.Cg = int(sh.Cg), g.Kg = int(sh.Kg), g.groups = int(p.groups);
   return g;
+}
+
+// The three problems of a convolution (shape sh, layout cl), as conv2d.cu and
+// conv2d_tc.cu both launch them. res (optional) and relu: the fused epilogue.
+template <typename T, typename acc_t>
+ForwardProblem<T, acc_t> forward_problem(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y, const T* bias,
+                                         const at::Tensor& res, bool relu, const Geometry& g,
+                                         const Conv2dShape& sh, bool cl) {
+  ForwardProblem<T, acc_t> prob;
+  prob.x = strided<const T>(x);
+  prob.w = strided<const T>(w);
+  prob.y = strided<T>(y);
+  prob.bias = bias;
+  prob.res = res.defined() ? strided<const T>(res) : Strided4<const T>{nullptr, 0, 0, 0, 0};
+  prob.relu = relu;
+  prob.g = g;
+  prob.cl = cl;
+  prob.M = sh.N * sh.Ho * sh.Wo;
+  prob.N = sh.Kg;
+  prob.K = sh.Cg * sh.R * sh.S;
+  prob.a_kfast = cl;  // channels_last: the reduction's c is the contiguous axis
+  prob.b_kfast = true;
+  return prob;
+}
+
+template <typename T, typename acc_t>
+DgradProblem<T, acc_t> dgrad_problem(const at::Tensor& dy, const at::Tensor& w, const at::Tensor& dx, const T* bias,
+                                     const Geometry& g, const Conv2dShape& sh, bool cl) {
+  DgradProblem<T, acc_t> prob;
+  prob.dy = strided<const T>(dy);
+  prob.w = strided<const T>(w);
+  prob.dx = strided<T>(dx);
+  prob.bias = bias;
+  prob.g = g;
+  prob.cl = cl;
+  prob.M = sh.N * sh.H * sh.W;
+  prob.N = sh.Cg;
+  prob.K = sh.Kg * sh.R * sh.S;
+  prob.a_kfast = cl;
+  prob.b_kfast = false;
+  return prob;
+}
+
+template <typename T, typename acc_t>
+WgradProblem<T, acc_t> wgrad_problem(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw,
+                                     const Geometry& g, const Conv2dShape& sh, bool cl) {
+  WgradProblem<T, acc_t> prob;
+  prob.dy = strided<const T>(dy);
+  prob.x = strided<const T>(x);
+  prob.dw = strided<T>(dw);
+  prob.ws = nullptr;
+  prob.splits = 1;
+  prob.g = g;
+  prob.cl = cl;
+  prob.M = sh.Kg;
+  prob.N = sh.Cg * sh.R * sh.S;
+  prob.K = sh.N * sh.Ho * sh.Wo;
+  prob.a_kfast = !cl;  // NCHW: dY is contiguous along (h, w)
+  prob.b_kfast = !cl;
+  return prob;
+}
+
+// The weight gradient's split of its long reduction, for a kernel of bm x bn
+// tiles: splits until the grid covers the GPU about twice, each split at least
+// 512 reduction steps and a multiple of `step` long, at most 64. Returns the
+// split count; *k_per_split its length. The count (and so the summation order)
+// follows the SM count: results are bitwise reproducible on one GPU model, not
+// across models.
+inline int64_t wgrad_splits(int64_t M, int64_t N, int64_t K, int groups, int bm, int bn, int step,
+                            int64_t* k_per_split) {
+  const int64_t tiles = ceil_div<int64_t>(M, bm) * ceil_div<int64_t>(N, bn) * groups;
+  int64_t splits = std::max<int64_t>(1, ceil_div<int64_t>(2 * num_sms(), tiles));
+  splits = std::min<int64_t>({splits, std::max<int64_t>(1, K / 512), 64});
+  *k_per_split = ceil_div<int64_t>(ceil_div<int64_t>(K, splits), step) * step;
+  return ceil_div<int64_t>(K, *k_per_split);
 }
 
 }  // namespace

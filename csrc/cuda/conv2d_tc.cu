@@ -433,19 +433,8 @@ bool tc_forward(const at::Tensor& input, const at::Tensor& weight, const at::Ten
   const Geometry g = make_geometry(sh, p);
   CONVX_DISPATCH_TC(input.scalar_type(), "conv2d_forward_tc", [&] {
     {
-      ForwardProblem<scalar_t, float> prob;
-      prob.x = strided<const scalar_t>(input);
-      prob.w = strided<const scalar_t>(weight);
-      prob.y = strided<scalar_t>(y);
-      prob.bias = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-      prob.res = residual.defined() ? strided<const scalar_t>(residual)
-                                    : Strided4<const scalar_t>{nullptr, 0, 0, 0, 0};
-      prob.relu = relu;
-      prob.g = g;
-      prob.cl = cl;
-      prob.M = sh.N * sh.Ho * sh.Wo;
-      prob.N = sh.Kg;
-      prob.K = sh.Cg * sh.R * sh.S;
+      const auto prob = forward_problem<scalar_t, float>(
+          input, weight, y, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, residual, relu, g, sh, cl);
       if (plan.fast) {
         at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
         // cp.async reads 16-byte runs: a weight view at an odd storage offset is copied first
@@ -482,32 +471,15 @@ bool tc_data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const
         f.pad_t = g.dil_h * (g.R - 1) - g.pad_t;
         f.pad_l = g.dil_w * (g.S - 1) - g.pad_l;
         f.Cg = g.Kg, f.Kg = g.Cg;
-        ForwardProblem<scalar_t, float> prob;
-        prob.x = strided<const scalar_t>(grad_output);
-        prob.w = strided<const scalar_t>(wf);
-        prob.y = strided<scalar_t>(dx);
-        prob.bias = b;
-        prob.res = {nullptr, 0, 0, 0, 0};
-        prob.relu = false;
-        prob.g = f;
-        prob.cl = true;
-        prob.M = sh.N * sh.H * sh.W;
-        prob.N = sh.Cg;
-        prob.K = sh.Kg * sh.R * sh.S;
+        Conv2dShape fs = sh;  // the forward convolution's shape: dY in, dX out, C and K swapped
+        fs.H = sh.Ho, fs.W = sh.Wo, fs.Ho = sh.H, fs.Wo = sh.W;
+        fs.C = sh.K, fs.K = sh.C, fs.Cg = sh.Kg, fs.Kg = sh.Cg;
+        const auto prob = forward_problem<scalar_t, float>(grad_output, wf, dx, b, at::Tensor(), false, f, fs, true);
         FastForward<scalar_t> ff{grad_output.const_data_ptr<scalar_t>(), wf.const_data_ptr<scalar_t>(),
                                  grad_output.stride(0), grad_output.stride(2), grad_output.stride(3), f, prob.M, prob.K};
         run_forward<scalar_t>(prob, g.groups, &ff, grad_output);
       } else {
-        DgradProblem<scalar_t, float> prob;
-        prob.dy = strided<const scalar_t>(grad_output);
-        prob.w = strided<const scalar_t>(weight);
-        prob.dx = strided<scalar_t>(dx);
-        prob.bias = b;
-        prob.g = g;
-        prob.cl = cl;
-        prob.M = sh.N * sh.H * sh.W;
-        prob.N = sh.Cg;
-        prob.K = sh.Kg * sh.R * sh.S;
+        const auto prob = dgrad_problem<scalar_t, float>(grad_output, weight, dx, b, g, sh, cl);
         launch_gather<scalar_t>(prob, g.groups, 1, prob.K);
       }
     }
@@ -522,25 +494,11 @@ bool tc_weight_grad(const at::Tensor& grad_output, const at::Tensor& input, cons
   const Geometry g = make_geometry(sh, p);
   CONVX_DISPATCH_TC(grad_output.scalar_type(), "conv2d_backward_weight_tc", [&] {
     {
-      WgradProblem<scalar_t, float> prob;
-      prob.dy = strided<const scalar_t>(grad_output);
-      prob.x = strided<const scalar_t>(input);
-      prob.dw = strided<scalar_t>(dw);
-      prob.g = g;
-      prob.cl = cl;
-      prob.M = sh.Kg;
-      prob.N = sh.Cg * sh.R * sh.S;
-      prob.K = sh.N * sh.Ho * sh.Wo;
-      // conv2d.cu's split rule with this kernel's tile: enough splits to cover the
-      // GPU twice, each at least 512 reduction steps, a whole number of stages.
-      const int64_t tiles = ceil_div<int64_t>(prob.M, kBM) * ceil_div<int64_t>(prob.N, kBN) * g.groups;
-      int64_t splits = std::max<int64_t>(1, ceil_div<int64_t>(2 * num_sms(), tiles));
-      splits = std::min<int64_t>({splits, std::max<int64_t>(1, prob.K / 512), 64});
-      const int64_t kps = ceil_div<int64_t>(ceil_div<int64_t>(prob.K, splits), 64) * 64;
-      splits = ceil_div<int64_t>(prob.K, kps);
+      auto prob = wgrad_problem<scalar_t, float>(grad_output, input, dw, g, sh, cl);
+      int64_t kps = 0;  // conv2d.cu's split rule with this kernel's tile and 64-element stages
+      const int64_t splits = wgrad_splits(prob.M, prob.N, prob.K, g.groups, kBM, kBN, 64, &kps);
       at::Tensor ws;
       prob.splits = int(splits);
-      prob.ws = nullptr;
       if (splits > 1) {
         ws = at::empty({splits, sh.K * sh.Cg * sh.R * sh.S}, grad_output.options().dtype(at::kFloat));
         prob.ws = ws.data_ptr<float>();
