@@ -76,3 +76,33 @@ def test_conv2d(benchmark, layer, device, n, dtype, pass_, layout, impl):
     if device == "cuda" and dtype == torch.float32:
         torch.backends.cudnn.allow_tf32 = tf32
     run_timed(benchmark, fn, device, flops, "tflops" if device == "cuda" else "gflops")
+
+
+FUSED_LAYERS = [l for l in LAYERS if l[7] == 1 and l[1] == l[3] and l[5] == 1][:4]  # shape-preserving: a residual fits
+
+
+@pytest.mark.parametrize("impl", ["convx", "torch"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("device,n,dtype", device_cases({"cpu": [torch.float32], "cuda": [torch.float16]}))
+@pytest.mark.parametrize("layer", FUSED_LAYERS, ids=[l[0] for l in FUSED_LAYERS])
+def test_conv2d_fused(benchmark, layer, device, n, dtype, layout, impl):
+    """Inference tail relu(conv(x) + b + residual): convx's conv2d_fused (one pass) against torch's
+    conv2d, add and relu (cuDNN / oneDNN convolution, then two elementwise passes)."""
+    name, C, H, K, RS, stride, pad, groups = layer
+    (R, S), pad = kernel_hw(RS), kernel_hw(pad)
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(n, C, H, H, device=device, dtype=dtype).contiguous(memory_format=mf)
+    w = (torch.randn(K, C, R, S, device=device, dtype=dtype) * 0.05).contiguous(memory_format=mf)
+    b = torch.randn(K, device=device, dtype=dtype)
+    res = torch.randn(n, K, H, H, device=device, dtype=dtype).contiguous(memory_format=mf)
+    benchmark.group = f"conv2d_fused {name} {device} {SHORT[dtype]} {layout} N={n}"
+    benchmark.extra_info.update(op="conv2d_fused", layer=name, impl=impl, device=device, dtype=SHORT[dtype],
+                                layout=layout, shape=f"{n},{C},{H},{H},{K},{R},{S},1,{pad[0]}x{pad[1]},1,1")
+
+    def fn():
+        with torch.no_grad():
+            if impl == "convx":
+                convx.functional.conv2d(x, w, b, 1, pad, residual=res, relu=True)
+            else:
+                torch.relu_(F.conv2d(x, w, b, 1, pad) + res)
+    run_timed(benchmark, fn, device, 2.0 * n * K * C * R * S * H * H, "tflops" if device == "cuda" else "gflops")
