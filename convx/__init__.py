@@ -14,7 +14,7 @@ check_torch_version()  # before loading _C: an extension built for another torch
 from . import _C  # noqa: F401  (registers torch.ops.convx.*)
 from . import simt  # noqa: F401  (the emulated CUDA backend, where built)
 from . import ops  # noqa: F401  (fake kernels + autograd)
-from . import distributed, functional
+from . import backends, distributed, functional
 from . import models
 from .convert import convert
 from .convx_version import __version__
@@ -23,4 +23,4 @@ from .nn import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AddReLU, AvgPool2d, Batch
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "AddReLU",
-           "distributed", "functional", "models", "convert", "__version__"]
+           "backends", "distributed", "functional", "models", "convert", "__version__"]

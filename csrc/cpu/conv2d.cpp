@@ -30,6 +30,7 @@
 #include "../common/conv_ops.h"
 #include "depthwise.h"
 #include "gemm.h"
+#include "winograd.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -452,6 +453,18 @@ bool is_depthwise(const Conv2dShape& sh, const Conv2dParams& p) {
   return sh.Cg == 1 && p.groups == sh.C && p.groups > 1;
 }
 
+// Winograd F(4x4, 3x3) (winograd.cpp) for float32 3x3 / stride-1 convolutions
+// while convx.backends.cpu.winograd is on: the forward convolution, and the
+// data gradient as the stride-1 convolution of dY with the rotated weight.
+bool winograd_forward(const Conv2dShape& sh, const Conv2dParams& p) {
+  return winograd::enabled() &&
+         winograd::applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.groups, sh.Ho, sh.Wo);
+}
+bool winograd_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
+  return winograd::enabled() &&
+         winograd::applicable(sh.N, sh.K, sh.C, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.groups, sh.H, sh.W);
+}
+
 // The layout the kernels compute in. torch's rule picks the result's layout;
 // the kernels may compute in the other one and convert (two copies) where
 // measured to pay:
@@ -483,7 +496,8 @@ struct CpuConv {
                                   const Conv2dParams& p) {
     check_cpu_dtype(input, "input");
     const auto mf = conv_memory_format(input, weight);
-    const auto cf = compute_format(mf, sh, p);
+    const bool wino = input.scalar_type() != at::kDouble && winograd_forward(sh, p);  // both layouts natively
+    const auto cf = wino ? mf : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(input.scalar_type());
     auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(cf));
@@ -491,7 +505,11 @@ struct CpuConv {
     auto x = input.to(ct).contiguous(cf);
     auto w = weight.to(ct).contiguous();
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
+    if (wino) {  // float32 here (half types are computed in float32)
+      winograd::conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, false,
+                        b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh.N, sh.C, sh.H,
+                        sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, nhwc);
+    } else AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
       if (is_depthwise(sh, p))
         depthwise::forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                      b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), sh,
@@ -508,7 +526,8 @@ struct CpuConv {
                               const Conv2dShape& sh, const Conv2dParams& p) {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, weight);
-    const auto cf = compute_format(mf, sh, p);
+    const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);
+    const auto cf = wino ? mf : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
     auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct).memory_format(cf));
@@ -521,7 +540,11 @@ struct CpuConv {
     }
     auto gy = grad_output.to(ct).contiguous(cf);
     auto w = weight.to(ct).contiguous();
-    AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
+    if (wino) {  // dX = dY (*) rot180(W)^T at stride 1, padding 2 - pad
+      winograd::conv3x3(gy.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, true,
+                        b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh.N, sh.K, sh.Ho,
+                        sh.Wo, sh.C, sh.H, sh.W, 2 - p.pad_t, 2 - p.pad_l, nhwc);
+    } else AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
       const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
       if (is_depthwise(sh, p))
         depthwise::data_grad<scalar_t>(gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,

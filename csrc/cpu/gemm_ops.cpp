@@ -1,8 +1,10 @@
 // Diagnostics of the CPU GEMM, as ops for the tests and the benchmarks:
 //   torch.ops.convx.cpu_gemm(a, b)            a @ b through convx's packed GEMM (2-D, float32/float64)
+//   torch.ops.convx.cpu_winograd(enabled=None) the Winograd switch (convx.backends.cpu.winograd)
 //   torch.ops.convx.cpu_fma_peak(iterations)  one core's float32 FMA rate in GFLOP/s, measured by a
 //                                            loop of independent FMAs in the widest vectors cpu_isa() allows
 #include "gemm.h"
+#include "winograd.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -11,6 +13,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 namespace convx::cpu {
 namespace {
@@ -61,11 +64,18 @@ double cpu_fma_peak(int64_t iterations) {
   }
 }
 
+// The Winograd switch: sets it when `enabled` is given; returns the setting in force.
+bool cpu_winograd(std::optional<bool> enabled) {
+  if (enabled.has_value()) winograd::set_enabled(*enabled);
+  return winograd::enabled();
+}
+
 }  // namespace
 }  // namespace convx::cpu
 
 TORCH_LIBRARY_FRAGMENT(convx, m) {
   m.def("cpu_gemm(Tensor a, Tensor b) -> Tensor");
   m.def("cpu_fma_peak(int iterations) -> float", &convx::cpu::cpu_fma_peak);
+  m.def("cpu_winograd(bool? enabled=None) -> bool", &convx::cpu::cpu_winograd);
 }
 TORCH_LIBRARY_IMPL(convx, CPU, m) { m.impl("cpu_gemm", &convx::cpu::cpu_gemm); }

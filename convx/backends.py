@@ -1,0 +1,53 @@
+"""Switches of convx's backends, in the spirit of ``torch.backends``.
+
+    convx.backends.cpu.winograd = False        # every CPU convolution on the exact (im2col + GEMM) path
+    with convx.backends.cpu.flags(winograd=False):
+        y = model(x)
+
+``winograd`` (default True; the environment variable ``CONVX_CPU_WINOGRAD=0``
+turns it off at load time): float32 3x3 convolutions at stride 1, dilation 1
+and one group, with 16 or more channels in and out and at least 24 output tiles
+of 4x4, run Winograd F(4x4, 3x3) on the CPU, forward and data gradient (so
+also the stride-1 3x3 transposed convolution). Its rounding error is larger
+than the direct path's (a few times 1e-6 of the output's scale against a
+float64 reference where the direct path has a few times 1e-7; see README,
+"Winograd"); float64 never takes it, nor does the weight gradient.
+The setting is process-wide, read when each convolution runs.
+"""
+import contextlib
+
+import torch
+
+__all__ = ["cpu"]
+
+
+class _CpuBackend:
+    @property
+    def winograd(self):
+        return bool(torch.ops.convx.cpu_winograd(None))
+
+    @winograd.setter
+    def winograd(self, enabled):
+        torch.ops.convx.cpu_winograd(bool(enabled))
+
+    @property
+    def isa(self):
+        """The instruction set the CPU kernels run with ('avx512', 'avx2' or 'base')."""
+        return torch.ops.convx.cpu_isa()
+
+    @contextlib.contextmanager
+    def flags(self, winograd=None):
+        """Set the switches for a ``with`` block and restore them after it."""
+        old = self.winograd
+        try:
+            if winograd is not None:
+                self.winograd = winograd
+            yield
+        finally:
+            self.winograd = old
+
+    def __repr__(self):
+        return f"convx.backends.cpu(winograd={self.winograd}, isa={self.isa!r})"
+
+
+cpu = _CpuBackend()

@@ -1,0 +1,29 @@
+// Winograd F(4x4, 3x3) convolution on the CPU (float32): 3x3 kernels, stride 1,
+// dilation 1, one group. See winograd.cpp for the algorithm and its error.
+#pragma once
+
+#include <cstdint>
+
+namespace convx::cpu::winograd {
+
+// The switch (torch.ops.convx.cpu_winograd / convx.backends.cpu.winograd).
+bool enabled();
+void set_enabled(bool on);
+
+// Whether a float32 convolution of this geometry takes the Winograd path
+// (when enabled): a 3x3 kernel at stride 1, dilation 1, one group, 16 or more
+// channels in and out, and enough output tiles to repay the weight transform.
+bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo);
+
+// y [N, K, Ho, Wo] = bias + sum_{c,r,s} g(k, c, r, s) x[n, c, ho - pad_t + r, wo - pad_l + s]
+// (positions outside x read 0; pad_t / pad_l may be negative). x and y are
+// contiguous NCHW, or NHWC when `nhwc`. The filter g is read from w:
+//   flip == false: g(k, c, r, s) = w[k*sk + c*sc + r*3 + s]           (the forward convolution)
+//   flip == true:  g(k, c, r, s) = w[c*sk + k*sc + (2-r)*3 + (2-s)]   (the data gradient: w
+//                  transposed and rotated, for the stride-1 convolution of dY)
+void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, const float* bias, float* y,
+             int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
+             int64_t pad_l, bool nhwc);
+
+}  // namespace convx::cpu::winograd

@@ -1,0 +1,244 @@
+"""Winograd F(4x4, 3x3) on the CPU (csrc/cpu/winograd.cpp): float32 3x3 convolutions at
+stride 1, forward and data gradient (and so the stride-1 transposed convolution).
+
+Its rounding error is larger than a direct convolution's, so it is judged element by
+element against float64: |y - y64| <= 64 * 2^-24 * M, where M is the largest value of
+|W| (*) |X| (the convolution of the absolute values) within 3 positions of the output:
+the transforms mix a whole 6x6 input tile into each of its 16 outputs, so an output's
+error follows its tile's magnitude, not only its own. Measured on these cases: at most
+39 * 2^-24 * M (the direct path: about 12 * 2^-24 * (|W| (*) |X|) at the element).
+Every case also checks that Winograd really ran (its bits differ from the exact path's).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convx
+from conftest import assert_close_to_reference
+from test_cpu_gemm import _flags
+
+U = 2.0 ** -24
+BOUND = 64 * U
+
+# N, C, H, W, K, (top, bottom, left, right) padding: odd channel counts, partial edge tiles,
+# asymmetric and zero padding, several reduction chunks (C > 256), K under one column tile.
+CASES = {
+    "16ch": (2, 16, 16, 16, 16, (1, 1, 1, 1)),
+    "odd_17_33_edges": (3, 17, 13, 11, 33, (1, 1, 1, 1)),
+    "valid_64_130": (1, 64, 30, 30, 130, (0, 0, 0, 0)),
+    "asym_pad": (2, 48, 9, 23, 20, (2, 0, 1, 2)),
+    "c300_chunks": (3, 300, 12, 12, 40, (1, 1, 1, 1)),
+    "k16_56": (1, 32, 56, 56, 16, (1, 1, 1, 1)),
+    "resnet_l2": (2, 128, 28, 28, 128, (1, 1, 1, 1)),
+}
+LAYOUTS = ["nchw", "nhwc", "x_nhwc_w_nchw"]
+
+
+def _tensors(case, layout, seed=0):
+    N, C, H, W, K, pad = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
+    w = torch.randn(K, C, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(K, generator=g, dtype=torch.float64)
+    x32 = x.float().contiguous(memory_format=torch.channels_last if layout != "nchw" else torch.contiguous_format)
+    w32 = w.float().contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    return x, w, b, x32, w32, b.float(), pad
+
+
+def _conv64(x, w, b, pad):
+    t, bo, l, r = pad
+    return F.conv2d(F.pad(x, (l, r, t, bo)), w, b)
+
+
+def _within_bound(got, ref, mag, what):
+    mag = F.max_pool2d(mag, 7, stride=1, padding=3)  # the largest within 3 positions: the tile's scale
+    err = (got.double() - ref).abs()
+    worst = (err - BOUND * mag).max().item()
+    ratio = (err / (mag + 1e-300)).max().item() / U
+    assert worst <= 1e-12, f"{what}: error {ratio:.1f} * 2^-24 * M, bound 64"
+
+
+def _exact(fn):
+    with convx.backends.cpu.flags(winograd=False):
+        return fn()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_forward_within_bound(case, layout):
+    x, w, b, x32, w32, b32, pad = _tensors(case, layout)
+    run = lambda: torch.ops.convx.conv2d(x32, w32, b32, [1, 1], list(pad), [1, 1], 1)  # noqa: E731
+    y = run()
+    ref = _conv64(x32.double(), w32.double(), b32.double(), pad)
+    mag = _conv64(x32.double().abs(), w32.double().abs(), b32.double().abs(), pad)
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    torch_y = F.conv2d(x32, w32, b32, padding=1)  # the output layout follows torch's rule
+    for mf in (torch.contiguous_format, torch.channels_last):
+        assert y.is_contiguous(memory_format=mf) == torch_y.is_contiguous(memory_format=mf)
+    _within_bound(y, ref, mag, "forward")
+    assert not torch.equal(y, _exact(run)), "the Winograd path did not run"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_data_gradient_within_bound(case, layout):
+    x, w, b, x32, w32, b32, pad = _tensors(case, layout, seed=1)
+    N, C, H, W, K, _ = case
+    y_shape = _conv64(x32.double(), w32.double(), None, pad).shape
+    gy = torch.randn(y_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).float()
+    gy = gy.contiguous(memory_format=torch.channels_last if layout != "nchw" else torch.contiguous_format)
+    run = lambda: torch.ops.convx.conv2d_backward_input(gy, w32, [N, C, H, W], [1, 1], list(pad), [1, 1], 1)  # noqa
+    gx = run()
+
+    def grad64(xd, wd, gyd):
+        xd = xd.clone().requires_grad_()
+        return torch.autograd.grad(_conv64(xd, wd, None, pad), xd, gyd)[0]
+
+    ref = grad64(x32.double(), w32.double(), gy.double())
+    mag = grad64(x32.double(), w32.double().abs(), gy.double().abs())
+    assert gx.shape == ref.shape
+    _within_bound(gx, ref, mag, "data gradient")
+    assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_transposed_stride1_with_bias(layout):
+    """conv_transpose2d at stride 1 is the data gradient plus the bias: Winograd too."""
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 15, 17, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(40, 24, 3, 3, generator=g)
+    b = torch.randn(24, generator=g)
+    run = lambda: convx.functional.conv_transpose2d(x, w, b, stride=1, padding=1)  # noqa: E731
+    y = run()
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=1, padding=1)
+    mag = F.conv_transpose2d(x.double().abs(), w.double().abs(), b.double().abs(), stride=1, padding=1)
+    _within_bound(y, ref, mag, "conv_transpose2d")
+    assert not torch.equal(y, _exact(run))
+
+
+def test_module_training_step_matches_torch():
+    """A convx.Conv2d forward + backward on Winograd-sized layers, against torch.nn.Conv2d."""
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(64, 64, 3, padding=1)
+    mine = convx.Conv2d(64, 64, 3, padding=1)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 64, 20, 20)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = mine(xa), ref(xb)
+    scale = yb.abs().max().item()
+    torch.testing.assert_close(ya, yb, atol=1e-5 * scale, rtol=0)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5 * xb.grad.abs().max().item(), rtol=0)
+    torch.testing.assert_close(mine.weight.grad, ref.weight.grad, atol=1e-5 * ref.weight.grad.abs().max().item(),
+                               rtol=0)
+
+
+def test_float64_and_other_geometries_stay_exact():
+    """float64, strides, dilation, groups, few channels and few tiles never take Winograd:
+    their results are bitwise those of the exact path."""
+    g = torch.Generator().manual_seed(4)
+    cases = [
+        (torch.randn(2, 32, 16, 16, generator=g, dtype=torch.float64), torch.randn(32, 32, 3, 3, dtype=torch.float64),
+         dict(padding=1)),
+        (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=1, stride=2)),
+        (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=2, dilation=2)),
+        (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 16, 3, 3, generator=g), dict(padding=1, groups=2)),
+        (torch.randn(2, 8, 16, 16, generator=g), torch.randn(32, 8, 3, 3, generator=g), dict(padding=1)),  # C < 16
+        (torch.randn(1, 64, 12, 12, generator=g), torch.randn(64, 64, 3, 3, generator=g), dict(padding=1)),  # 9 tiles
+    ]
+    for x, w, kw in cases:
+        y = convx.functional.conv2d(x, w, **kw)
+        assert torch.equal(y, _exact(lambda: convx.functional.conv2d(x, w, **kw))), kw
+
+
+def test_switch():
+    assert convx.backends.cpu.winograd is True  # the default
+    with convx.backends.cpu.flags(winograd=False):
+        assert convx.backends.cpu.winograd is False
+        assert torch.ops.convx.cpu_winograd() is False
+    assert convx.backends.cpu.winograd is True
+    convx.backends.cpu.winograd = False
+    try:
+        assert torch.ops.convx.cpu_winograd() is False
+    finally:
+        convx.backends.cpu.winograd = True
+    assert "winograd=True" in repr(convx.backends.cpu)
+
+
+def test_environment_variable_turns_it_off():
+    code = "import convx; print(convx.backends.cpu.winograd)"
+    env = dict(os.environ, CONVX_CPU_WINOGRAD="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_independent_of_thread_count():
+    x, w, b, x32, w32, b32, pad = _tensors(CASES["resnet_l2"], "nchw")
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = torch.ops.convx.conv2d(x32, w32, b32, [1, 1], list(pad), [1, 1], 1)
+        torch.set_num_threads(2)
+        y2 = torch.ops.convx.conv2d(x32, w32, b32, [1, 1], list(pad), [1, 1], 1)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(y1, y2)
+
+
+def test_half_inputs_computed_in_float32():
+    """float16 / bfloat16 CPU convolutions compute in float32 (Winograd included) and round once:
+    their error against float64 is at most about torch's own."""
+    x, w, b, x32, w32, b32, pad = _tensors(CASES["16ch"], "nchw")
+    for dt in (torch.float16, torch.bfloat16):
+        xh, wh, bh = x32.to(dt), w32.to(dt), b32.to(dt)
+        y = convx.functional.conv2d(xh, wh, bh, padding=1)
+        assert y.dtype == dt
+        ref = F.conv2d(xh.double(), wh.double(), bh.double(), padding=1)
+        assert_close_to_reference(y, F.conv2d(xh, wh, bh, padding=1), ref)
+
+
+def test_opcheck_on_a_winograd_shape():
+    x = torch.randn(2, 16, 16, 16, requires_grad=True)
+    w = torch.randn(16, 16, 3, 3, requires_grad=True)
+    torch.library.opcheck(torch.ops.convx.conv2d.default, (x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+_CHILD = r"""
+import sys, torch, convx, torch.nn.functional as F
+assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
+g = torch.Generator().manual_seed(0)
+for mf in (torch.contiguous_format, torch.channels_last):
+    x = torch.randn(2, 20, 13, 15, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(36, 20, 3, 3, generator=g)
+    b = torch.randn(36, generator=g)
+    y = convx.functional.conv2d(x, w, b, padding=1)
+    ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    mag = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), padding=1)
+    assert ((y.double() - ref).abs() <= 64 * 2.0 ** -24 * F.max_pool2d(mag, 7, 1, 3)).all(), "forward"
+    gy = torch.randn(ref.shape, generator=g).contiguous(memory_format=mf)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    xd = x.double().requires_grad_()
+    gref, = torch.autograd.grad(F.conv2d(xd, w.double(), None, padding=1), xd, gy.double())
+    gmag, = torch.autograd.grad(F.conv2d(xd, w.double().abs(), None, padding=1), xd, gy.double().abs())
+    assert ((gx.double() - gref).abs() <= 64 * 2.0 ** -24 * F.max_pool2d(gmag, 7, 1, 3)).all(), "data gradient"
+    with convx.backends.cpu.flags(winograd=False):
+        assert not torch.equal(y, convx.functional.conv2d(x, w, b, padding=1))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_narrower_builds(isa):
+    """The AVX2 and baseline builds of the transforms (and the GEMM tiles they use), forced on this machine."""
+    if isa == "avx2" and not {"avx2", "fma"} <= _flags():
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, CONVX_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", _CHILD, isa], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
