@@ -326,71 +326,32 @@ void gemm(
 }
 
 template <typename T>
-int gemm_nr() {
-  return kernel_for<T>(1 << 20, 1 << 20).NR;
-}
-
-template <typename T>
-int64_t gemm_kc() {
-  return kernel_for<T>(1 << 20, 1 << 20).KC;
-}
-
-template <typename T>
-int64_t packed_b_cols(int64_t N) {
-  const int64_t NR = gemm_nr<T>();
-  return (N + NR - 1) / NR * NR;
-}
-
-template <typename T>
-void pack_b_whole(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, T* dst) {
+MicroTile micro_tile() {
   const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
-  const int64_t Np = packed_b_cols<T>(N);
-  for (int64_t pc = 0; pc < K; pc += kn.KC) {
-    const int64_t kc = std::min(kn.KC, K - pc);
-    pack_b(kn.NR, kc, N, B + pc * rsb, rsb, csb, dst + pc * Np);
-    // pack_b wrote ceil(N / NR) panels; pad panels (none when N is a multiple of NR) are already zero-filled.
-  }
+  return MicroTile{kn.MR, kn.NR, kn.KC};
 }
 
 template <typename T>
-void gemm_packed(int64_t M, int64_t n0, int64_t n1, int64_t K, const T* A, int64_t lda, const T* Bp, int64_t Np,
-                 T* C, int64_t ldc) {
+void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
   const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
-  const int MR = kn.MR, NR = kn.NR;
-  if (M <= 0 || n1 <= n0) return;
-  T* apack = scratch<T>(1, kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR));
+  const int64_t Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
+  for (int64_t pc = 0; pc < K; pc += kn.KC)
+    pack_a(kn.MR, M, std::min(kn.KC, K - pc), A + pc, lda, int64_t(1), dst + pc * Mp);
+}
+
+template <typename T>
+void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr, bool add) {
+  const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
+  if (mr == kn.MR) return kn.uk(kc, Ap, Bp, C, ldc, add);
   alignas(64) T tile[12 * 32];
-  for (int64_t pc = 0; pc < K; pc += kn.KC) {
-    const int64_t kc = std::min(kn.KC, K - pc);
-    const bool add = pc > 0;
-    const T* bchunk = Bp + pc * Np;
-    for (int64_t ic = 0; ic < M; ic += kn.MC) {
-      const int64_t mc = std::min(kn.MC, M - ic);
-      pack_a(MR, mc, kc, A + ic * lda + pc, lda, 1, apack);
-      for (int64_t jr = n0; jr < n1; jr += NR) {
-        const T* bpanel = bchunk + jr * kc;
-        for (int64_t ir = 0; ir < mc; ir += MR) {
-          const int64_t mr = std::min<int64_t>(MR, mc - ir);
-          T* c = C + (ic + ir) * ldc + (jr - n0);
-          if (mr == MR) {
-            kn.uk(kc, apack + ir * kc, bpanel, c, ldc, add);
-            continue;
-          }
-          kn.uk(kc, apack + ir * kc, bpanel, tile, NR, false);
-          for (int64_t i = 0; i < mr; ++i)
-            for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] = add ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
-        }
-      }
-    }
-  }
+  kn.uk(kc, Ap, Bp, tile, kn.NR, false);
+  for (int64_t i = 0; i < mr; ++i)
+    for (int64_t j = 0; j < kn.NR; ++j) C[i * ldc + j] = add ? C[i * ldc + j] + tile[i * kn.NR + j] : tile[i * kn.NR + j];
 }
 
-template int gemm_nr<float>();
-template int64_t gemm_kc<float>();
-template int64_t packed_b_cols<float>(int64_t);
-template void pack_b_whole<float>(int64_t, int64_t, const float*, int64_t, int64_t, float*);
-template void gemm_packed<float>(int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
-                                 float*, int64_t);
+template MicroTile micro_tile<float>();
+template void pack_a_panels<float>(int64_t, int64_t, const float*, int64_t, float*);
+template void micro_tile_product<float>(int64_t, const float*, const float*, float*, int64_t, int64_t, bool);
 
 template void gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t,
                           float*, int64_t, int64_t, bool, bool);

@@ -33,23 +33,23 @@ void gemm(
     bool accumulate,  // false: C = A B; true: C += A B
     bool parallel);   // split C across at::parallel_for threads
 
-// A GEMM whose B is packed once and reused by many products (Winograd's 36
-// transformed weights): B [K, N] is packed whole, in the widest kernel's
-// format ([K/KC chunks][N/NR panels][kc][NR], columns past N zero), and
-// gemm_packed multiplies row-major A [M, K] (unit column stride) by the
-// columns [n0, n1) of it (multiples of gemm_nr, or n1 = the padded width)
-// into C [M, n1 - n0] (C points at column n0; row stride ldc; columns past N get zeros), serially.
+// The register tile as a building block, for products that pack their own
+// operands (Winograd's 36 small GEMMs, csrc/cpu/winograd.cpp). The tile is
+// that of the widest kernel for large products (12 x 32 floats on AVX-512,
+// 6 x 16 otherwise). A is packed per chunk of KC reduction rows into panels of
+// MR rows ([chunk][M/MR panels][kc][MR]; rows past M zero); B is one panel of
+// NR columns ([kc][NR]).
+struct MicroTile {
+  int MR, NR;
+  int64_t KC;
+};
 template <typename T>
-int gemm_nr();  // column tile of the kernel gemm_packed uses (16 or 32 floats)
+MicroTile micro_tile();
+// A [M, K] (row-major, row stride lda) -> packed (round_up(M, MR) * K elements).
 template <typename T>
-int64_t gemm_kc();  // rows of B per packed chunk (element (k, n) sits at
-                    // (k/KC)*KC*Np + (n/NR)*kc*NR + (k%KC)*NR + n%NR, kc = that chunk's rows)
+void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
+// C[mr, NR] (row stride ldc) (+)= Ap (one MR-row panel, kc deep) * Bp (kc x NR); mr <= MR rows stored.
 template <typename T>
-int64_t packed_b_cols(int64_t N);  // N rounded up to gemm_nr
-template <typename T>
-void pack_b_whole(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, T* dst);  // dst: K * packed_b_cols(N)
-template <typename T>
-void gemm_packed(int64_t M, int64_t n0, int64_t n1, int64_t K, const T* A, int64_t lda, const T* Bp, int64_t Np,
-                 T* C, int64_t ldc);
+void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr, bool add);
 
 }  // namespace convx::cpu

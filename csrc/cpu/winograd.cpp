@@ -9,16 +9,21 @@
 //
 //   M_xi [tiles, K] = V_xi [tiles, C] * U_xi [C, K]
 //
-// How it runs (float32; the register tiles are the GEMM's, gemm.cpp):
-//  * the weights are transformed once a call, vectorised along k, straight
-//    into the packed-B layout of gemm_packed (no per-block packing of B);
-//  * the output tiles (n, th, tw) are cut into blocks of TB tiles; a task is a
-//    (block, chunk of K) pair, so small layers still give every thread work;
+// How it runs (float32; the register tile is the GEMM's, gemm.cpp):
+//  * the output tiles (n, th, tw) are cut into blocks of up to 96; a task is a
+//    (block, share of the output channels) pair, so small layers still give
+//    every thread work;
 //  * a task copies each 6-row band of input it needs into a zero-padded NHWC
-//    buffer (from NHWC: row copies; from NCHW: a transposition), transforms
-//    its tiles vectorised along channels into V [36][TB][C], runs the 36
-//    GEMMs into M [36][TB][Kc] (L2-sized) and transforms M into the output,
-//    adding the bias (NCHW output through a 16 x Kc tile transposed on store).
+//    buffer (from NHWC: row copies; from NCHW: a transposing copy), transforms
+//    its tiles vectorised along channels into V [36][tiles][C] and packs each
+//    V_xi once into the GEMM's row panels;
+//  * for each panel of NR output channels and chunk of KC input channels it
+//    transforms that piece of the weights (vectorised along k, 36 x KC x NR
+//    floats: L2-sized, so the transformed weights, 4x the weights, never go
+//    to memory) and runs the micro-kernel over the block's row panels for
+//    each of the 36 points, into M [36][tiles][Kc];
+//  * it transforms M into the output, adding the bias (NCHW output through a
+//    16 x Kc tile transposed on store);
 //  * every task body is compiled for AVX-512, AVX2 + FMA and the baseline and
 //    picked by cpu_isa(), as the GEMM's micro-kernels are.
 // Nothing depends on the thread count: each output element is computed by one
@@ -35,6 +40,8 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+
+#include <xmmintrin.h>
 
 #include <algorithm>
 #include <atomic>
@@ -61,7 +68,7 @@ float* tls_buffer(int slot, int64_t n) {
     int64_t cap = 0;
     ~Buf() { std::free(p); }
   };
-  thread_local Buf bufs[4];
+  thread_local Buf bufs[6];
   Buf& b = bufs[slot];
   const int64_t bytes = std::max<int64_t>(64, round_up(n * int64_t(sizeof(float)), 64));
   if (b.cap < bytes) {
@@ -72,10 +79,6 @@ float* tls_buffer(int slot, int64_t n) {
   }
   return static_cast<float*>(b.p);
 }
-
-// The packed, transformed weights of one call: 36 * Cp * Kp floats. Kept
-// between calls (on the calling thread) so a call does not fault in fresh pages.
-float* weight_buffer(int64_t n) { return tls_buffer(3, n); }
 
 #define WINO_INLINE __attribute__((always_inline)) inline
 // The vector helpers below are always inlined into the per-ISA task functions;
@@ -97,13 +100,13 @@ struct Vec {
 
 // ---------------------------------------------------------------- weights
 
-// U_xi [Cp, Kp] = (G g G^T)[xi] for every (c, k), vectorised along k, written
-// where gemm_packed reads it; this call does the columns of one packed panel
-// [j0, j0 + NR) for every c, so each of the 36 destinations is written in
-// order. gk(k, c, r, s) gives the filter. Rows c >= C and columns k >= K are zero.
-template <int VB, typename G>
-WINO_INLINE void transform_weights_panel(int64_t j0, int64_t C, int64_t K, int64_t Kp, int64_t KC, int64_t NR,
-                                         int64_t Cp, const G& gk, float* Up) {
+// U_xi = (G g G^T)[xi] for the output channels [j0, j0 + NR) (one GEMM column
+// panel) and the input channels [pc, pc + kc) (one reduction chunk), vectorised
+// along k, into u[xi][c - pc][k - j0]: the B operand of the 36 tile products.
+// The filter comes as wt [Cp][9][Kp] (zero-padded; see gather_panel).
+template <int VB>
+WINO_INLINE void transform_weights_piece(int64_t j0, int64_t pc, int64_t kc, int64_t NR, int64_t Kp,
+                                         const float* wt, float* u) {
   using Vt = Vec<VB>;
   using V = typename Vt::V;
   constexpr int L = Vt::L;
@@ -119,26 +122,15 @@ WINO_INLINE void transform_weights_panel(int64_t j0, int64_t C, int64_t K, int64
     o[4] = e - f;
     o[5] = c2;
   };
-  const int64_t XS = Cp * Kp;  // one transform point's panel set
-  for (int64_t c = 0; c < Cp; ++c) {
-    const int64_t pc = c / KC * KC, kc = std::min(KC, Cp - pc);
-    float* dst0 = Up + pc * Kp + j0 * kc + (c - pc) * NR;
+  const int64_t XS = kc * NR;  // one transform point's piece
+  for (int64_t c = pc; c < pc + kc; ++c) {
+    const float* src = wt + c * 9 * Kp;
     for (int64_t k0 = j0; k0 < j0 + NR; k0 += L) {
-      float* dst = dst0 + (k0 - j0);
-      if (c >= C || k0 >= K) {
-        for (int xi = 0; xi < 36; ++xi) Vt::store(dst + xi * XS, V{});
-        continue;
-      }
-      alignas(64) float tmp[9][L];
-      const int64_t kn = std::min<int64_t>(L, K - k0);
-      for (int64_t l = 0; l < kn; ++l)
-        for (int rs = 0; rs < 9; ++rs) tmp[rs][l] = gk(k0 + l, c, rs / 3, rs % 3);
-      for (int64_t l = kn; l < L; ++l)
-        for (int rs = 0; rs < 9; ++rs) tmp[rs][l] = 0.f;
+      float* dst = u + (c - pc) * NR + (k0 - j0);
       V t[6][3];
       for (int s = 0; s < 3; ++s) {
         V col[6];
-        gt(Vt::load(tmp[s]), Vt::load(tmp[3 + s]), Vt::load(tmp[6 + s]), col);
+        gt(Vt::load(src + s * Kp + k0), Vt::load(src + (3 + s) * Kp + k0), Vt::load(src + (6 + s) * Kp + k0), col);
         for (int i = 0; i < 6; ++i) t[i][s] = col[i];
       }
       for (int i = 0; i < 6; ++i) {
@@ -148,6 +140,58 @@ WINO_INLINE void transform_weights_panel(int64_t j0, int64_t C, int64_t K, int64
       }
     }
   }
+}
+
+// The filter taps-major for one panel of output channels [k0, k0 + NR):
+// dst [Cp][9][NR], dst[c][r*3+s][k - k0] = g(k, c, r, s), zero for c >= C or
+// k >= K, so the transforms read whole vectors along k. g is w itself, or
+// for the data gradient w transposed and rotated (see winograd.h). Each task
+// gathers the panels it uses into an L2-sized buffer: the weights are read
+// from memory once a call and nothing weight-sized is written.
+struct WeightArgs {
+  const float* w;
+  int64_t sk, sc;
+  bool flip;
+};
+
+// dst[j][i] = src[i * rs + j] for i < ni (rows of dst past ni: 0 .. n), j < nj; dst row stride NR.
+inline void transpose_rows(const float* src, int64_t rs, int64_t ni, int64_t nj, float* dst, int64_t NR) {
+  int64_t i = 0;
+  for (; i + 4 <= ni; i += 4) {
+    const float *r0 = src + i * rs, *r1 = r0 + rs, *r2 = r1 + rs, *r3 = r2 + rs;
+    int64_t j = 0;
+    for (; j + 4 <= nj; j += 4) {
+      __m128 x0 = _mm_loadu_ps(r0 + j), x1 = _mm_loadu_ps(r1 + j), x2 = _mm_loadu_ps(r2 + j), x3 = _mm_loadu_ps(r3 + j);
+      _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+      _mm_storeu_ps(dst + (j + 0) * NR + i, x0);
+      _mm_storeu_ps(dst + (j + 1) * NR + i, x1);
+      _mm_storeu_ps(dst + (j + 2) * NR + i, x2);
+      _mm_storeu_ps(dst + (j + 3) * NR + i, x3);
+    }
+    for (; j < nj; ++j)
+      for (int64_t ii = 0; ii < 4; ++ii) dst[j * NR + i + ii] = src[(i + ii) * rs + j];
+  }
+  for (; i < ni; ++i)
+    for (int64_t j = 0; j < nj; ++j) dst[j * NR + i] = src[i * rs + j];
+  for (int64_t j = 0; j < nj; ++j) std::fill(dst + j * NR + ni, dst + (j + 1) * NR, 0.f);
+}
+
+void gather_panel(const WeightArgs& wa, int64_t k0, int64_t C, int64_t K, int64_t Cp, int64_t NR, float* dst) {
+  const int64_t nk = std::clamp<int64_t>(K - k0, 0, NR);
+  if (!wa.flip) {
+    // rows k of w are [C][9] contiguous: one transposition of nk x 9C
+    if (nk > 0) transpose_rows(wa.w + k0 * wa.sk, wa.sk, nk, 9 * C, dst, NR);
+    else std::fill(dst, dst + 9 * C * NR, 0.f);
+  } else {
+    // g(k, c, r, s) = w[c][k][2-r][2-s]: per c a transposition of nk x 9, then the taps reversed
+    for (int64_t c = 0; c < C; ++c) {
+      float* d = dst + c * 9 * NR;
+      if (nk > 0) transpose_rows(wa.w + c * wa.sk + k0 * wa.sc, wa.sc, nk, 9, d, NR);
+      else std::fill(d, d + 9 * NR, 0.f);
+      for (int rs = 0; rs < 4; ++rs) std::swap_ranges(d + rs * NR, d + (rs + 1) * NR, d + (8 - rs) * NR);
+    }
+  }
+  std::fill(dst + 9 * C * NR, dst + 9 * Cp * NR, 0.f);
 }
 
 // ---------------------------------------------------------------- the tile transforms
@@ -181,6 +225,7 @@ WINO_INLINE void at6(const V* m, int64_t step, V* o) {
 struct Geometry {
   int64_t N, C, H, W, K, Ho, Wo, pad_t, pad_l;
   int64_t Cp, Kp, TH, TW, Wb;  // padded channels, tiles, band width (4 TW + 2)
+  int64_t MR, NR, KC;          // the GEMM's register tile and reduction chunk
   bool nhwc;
 };
 
@@ -233,16 +278,21 @@ WINO_INLINE void fill_band(const float* x, const Geometry& g, int64_t n, int64_t
 
 // One task: tiles [t0, t1) of the flattened (n, th, tw) order, output channels [k0, k1).
 template <int VB>
-WINO_INLINE void task_body(const float* x, const float* Up, const float* bias, float* y, const Geometry& g, int64_t t0,
-                           int64_t t1, int64_t k0, int64_t k1, int64_t TB) {
+WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bias, float* y, const Geometry& g,
+                           int64_t t0, int64_t t1, int64_t k0, int64_t k1, int64_t TB) {
   using Vt = Vec<VB>;
   using V = typename Vt::V;
   constexpr int L = Vt::L;
-  const int64_t Cp = g.Cp, Kp = g.Kp, Kc = k1 - k0, nt = t1 - t0;
+  const int64_t Cp = g.Cp, Kc = k1 - k0, nt = t1 - t0, MR = g.MR, NR = g.NR;
+  const int64_t ntp = ceil_div(nt, MR) * MR;
   float* band = tls_buffer(0, 6 * g.Wb * Cp);
-  float* v = tls_buffer(1, 36 * TB * Cp);
-  float* m = tls_buffer(2, 36 * TB * Kc + 16 * Kc);
-  float* obuf = m + 36 * TB * Kc;  // NCHW: one output tile, [16][Kc]
+  // The 36 points' slices are 64 bytes more than their size apart: at sizes of
+  // a multiple of 4 KiB they would all map to one L1 set (and 4K-alias).
+  const int64_t vs = TB * Cp + 16, ms = TB * Kc + 16, ps = ntp * Cp + 16;
+  float* v = tls_buffer(1, 36 * vs);
+  float* m = tls_buffer(2, 36 * ms + 16 * Kc);
+  float* obuf = m + 36 * ms;  // NCHW: one output tile, [16][Kc]
+  float* vp = tls_buffer(3, 36 * ps);
 
   // Input transform: V[xi][t][c].
   int64_t band_row = -1;
@@ -262,14 +312,59 @@ WINO_INLINE void task_body(const float* x, const float* Up, const float* bias, f
       for (int i = 0; i < 6; ++i) {
         V o[6];
         bt6(tmp + i, 6, o);  // over j: row xi1 = i
-        for (int j = 0; j < 6; ++j) Vt::store(vt + (i * 6 + j) * TB * Cp + c, o[j]);
+        for (int j = 0; j < 6; ++j) Vt::store(vt + (i * 6 + j) * vs + c, o[j]);
       }
     }
   }
 
-  // 36 products.
-  for (int xi = 0; xi < 36; ++xi)
-    gemm_packed<float>(nt, k0, k1, Cp, v + xi * TB * Cp, Cp, Up + xi * Cp * Kp, Kp, m + xi * TB * Kc, Kc);
+  // 36 products M_xi [nt, Kc] = V_xi [nt, Cp] U_xi [Cp, Kc], U transformed by
+  // pieces of one column panel (NR output channels) and one reduction chunk
+  // (KC input channels): u[xi][kc][NR].
+  const int64_t nchunks = ceil_div(Cp, g.KC), piece = 36 * std::min(g.KC, Cp) * NR;
+  auto product = [&](const float* a, const float* up, int64_t kc, float* c, bool add) __attribute__((always_inline)) {
+    for (int64_t ir = 0; ir < nt; ir += MR)
+      micro_tile_product<float>(kc, a + ir * kc, up, c + ir * Kc, Kc, std::min(MR, nt - ir), add);
+  };
+  const int64_t panel_w = Cp * 9 * NR;  // one gathered panel of weights
+  if (int64_t(sizeof(float)) * piece * (Kc / NR) * nchunks <= (int64_t(1) << 20)) {
+    // Small weights (e.g. 64 x 64 channels): every piece of this task's channels
+    // first (at most 1 MiB, L2), then point by point V_xi is packed into the
+    // GEMM's row panels (an L1-sized buffer) and multiplied by all of them.
+    float* u = tls_buffer(4, piece * (Kc / NR) * nchunks);
+    float* wl = tls_buffer(5, panel_w);
+    for (int64_t jr = k0; jr < k1; jr += NR) {
+      gather_panel(wa, jr, g.C, g.K, Cp, NR, wl);
+      for (int64_t pc = 0; pc < Cp; pc += g.KC)
+        transform_weights_piece<VB>(0, pc, std::min(g.KC, Cp - pc), NR, NR, wl,
+                                    u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece);
+    }
+    for (int xi = 0; xi < 36; ++xi) {
+      pack_a_panels<float>(nt, Cp, v + xi * vs, Cp, vp);
+      for (int64_t jr = k0; jr < k1; jr += NR)
+        for (int64_t pc = 0; pc < Cp; pc += g.KC) {
+          const int64_t kc = std::min(g.KC, Cp - pc);
+          product(vp + pc * ntp, u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece + xi * kc * NR, kc,
+                  m + xi * ms + (jr - k0), pc > 0);
+        }
+    }
+  } else {
+    // Large weights: V packed once for all points; then one piece of U at a
+    // time (36 x KC x NR floats, L2-sized, so the transformed weights, 4x the
+    // weights, never go to memory), each U_xi piece reused from L1 by every
+    // row panel of the block.
+    float* u = tls_buffer(4, piece);
+    float* wl = tls_buffer(5, panel_w);
+    for (int xi = 0; xi < 36; ++xi) pack_a_panels<float>(nt, Cp, v + xi * vs, Cp, vp + xi * ps);
+    for (int64_t jr = k0; jr < k1; jr += NR) {
+      gather_panel(wa, jr, g.C, g.K, Cp, NR, wl);
+      for (int64_t pc = 0; pc < Cp; pc += g.KC) {
+        const int64_t kc = std::min(g.KC, Cp - pc);
+        transform_weights_piece<VB>(0, pc, kc, NR, NR, wl, u);
+        for (int xi = 0; xi < 36; ++xi)
+          product(vp + xi * ps + pc * ntp, u + xi * kc * NR, kc, m + xi * ms + (jr - k0), pc > 0);
+      }
+    }
+  }
 
   // Output transform.
   const int64_t kend = std::min(k1, g.K);
@@ -280,7 +375,7 @@ WINO_INLINE void task_body(const float* x, const float* Up, const float* bias, f
     const float* mt = m + (t - t0) * Kc;
     for (int64_t k = k0; k < kend; k += L) {
       V mm[36], tmp[24];
-      for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(mt + xi * TB * Kc + (k - k0));
+      for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(mt + xi * ms + (k - k0));
       for (int j = 0; j < 6; ++j) at6(mm + j, 6, tmp + j * 4);  // tmp[j][i] = (A^T m)[i][j]
       const int64_t kl = std::min<int64_t>(L, g.K - k);
       V b = V{};
@@ -319,34 +414,15 @@ WINO_INLINE void task_body(const float* x, const float* Up, const float* bias, f
   }
 }
 
-template <int VB, typename G>
-WINO_INLINE void weights_range(int64_t b, int64_t e, int64_t C, int64_t K, int64_t Kp, int64_t KC, int64_t NR,
-                               int64_t Cp, const G& gk, float* Up) {
-  for (int64_t j = b; j < e; ++j) transform_weights_panel<VB>(j * NR, C, K, Kp, KC, NR, Cp, gk, Up);
-}
-
-struct WeightArgs {
-  const float* w;
-  int64_t sk, sc;
-  bool flip;
-  WINO_INLINE float operator()(int64_t k, int64_t c, int r, int s) const {
-    return flip ? w[c * sk + k * sc + (2 - r) * 3 + (2 - s)] : w[k * sk + c * sc + r * 3 + s];
-  }
-};
-
 #define WINO_TARGETS(X)                                                            \
   X(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))), 64)     \
   X(avx2, __attribute__((target("avx2,fma"))), 32)                                 \
   X(base, , 16)
 
-#define WINO_DEFINE(name, attr, vb)                                                                               \
-  attr void weights_##name(int64_t b, int64_t e, int64_t C, int64_t K, int64_t Kp, int64_t KC, int64_t NR,      \
-                           int64_t Cp, const WeightArgs& gk, float* Up) {                                        \
-    weights_range<vb>(b, e, C, K, Kp, KC, NR, Cp, gk, Up);                                                       \
-  }                                                                                                              \
-  attr void task_##name(const float* x, const float* Up, const float* bias, float* y, const Geometry& g,          \
-                        int64_t t0, int64_t t1, int64_t k0, int64_t k1, int64_t TB) {                            \
-    task_body<vb>(x, Up, bias, y, g, t0, t1, k0, k1, TB);                                                        \
+#define WINO_DEFINE(name, attr, vb)                                                                      \
+  attr void task_##name(const float* x, const WeightArgs& wa, const float* bias, float* y, const Geometry& g, \
+                        int64_t t0, int64_t t1, int64_t k0, int64_t k1, int64_t TB) {                   \
+    task_body<vb>(x, wa, bias, y, g, t0, t1, k0, k1, TB);                                               \
   }
 WINO_TARGETS(WINO_DEFINE)
 #undef WINO_DEFINE
@@ -370,39 +446,37 @@ bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t s
 void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, const float* bias, float* y,
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
              int64_t pad_l, bool nhwc) {
+  const MicroTile mt = micro_tile<float>();
   Geometry g;
   g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad_t = pad_t, g.pad_l = pad_l;
   g.nhwc = nhwc;
+  g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
   g.Cp = round_up(C, kCAlign);
-  g.Kp = packed_b_cols<float>(K);
+  g.Kp = round_up(K, g.NR);
   g.TH = ceil_div(Ho, 4), g.TW = ceil_div(Wo, 4), g.Wb = 4 * g.TW + 2;
-  const int64_t NR = gemm_nr<float>(), KC = gemm_kc<float>();
   const Isa isa = cpu_isa();
+  const WeightArgs wa{w, sk, sc, flip};
 
-  // Weights: 36 packed [Cp, Kp] panels.
-  float* Up = weight_buffer(36 * g.Cp * g.Kp);
-  const WeightArgs gk{w, sk, sc, flip};
-  at::parallel_for(0, g.Kp / NR, 1, [&](int64_t b, int64_t e) {  // one packed panel of columns a step
-    switch (isa) {
-      case Isa::Avx512: return weights_avx512(b, e, C, K, g.Kp, KC, NR, g.Cp, gk, Up);
-      case Isa::Avx2: return weights_avx2(b, e, C, K, g.Kp, KC, NR, g.Cp, gk, Up);
-      default: return weights_base(b, e, C, K, g.Kp, KC, NR, g.Cp, gk, Up);
-    }
-  });
-
-  // Blocks of TB tiles (V and M of a block about 1 MiB together: L2), and
-  // chunks of K so that there are at least 2 tasks a thread.
+  // Blocks of TB tiles, and chunks of the output channels so that there are at
+  // least 2 tasks a thread. Each task transforms the weights of its channels,
+  // so fewer, larger blocks transform them fewer times.
   const int64_t T = N * g.TH * g.TW;
   const int64_t nt = at::get_num_threads();
-  int64_t Kc = g.Kp;
-  int64_t TB = std::clamp<int64_t>((int64_t(1) << 20) / (36 * 4 * (g.Cp + std::min<int64_t>(Kc, 256))) / 12 * 12,
-                                   12, 96);
-  if (const char* e = std::getenv("CONVX_WINOGRAD_TB")) TB = std::max<int64_t>(1, std::atoll(e));
-  TB = std::min(TB, T);
+  // Block size: the multiple of the row tile (up to 96) whose blocks spread
+  // most evenly over the threads (fewest tiles on the busiest thread; the
+  // larger block on a tie within 3%).
+  int64_t TB = std::min<int64_t>(T, 96);
+  if (T > 96) {
+    int64_t best = -1;
+    for (int64_t tb = 96; tb >= 2 * g.MR; tb -= g.MR) {
+      const int64_t load = ceil_div(ceil_div(T, tb), nt) * tb;
+      if (best < 0 || load * 100 < best * 97) best = load, TB = tb;
+    }
+  }
   const int64_t blocks = ceil_div(T, TB);
-  const int64_t panels = g.Kp / NR;
+  const int64_t panels = g.Kp / g.NR;
   const int64_t chunks = std::clamp<int64_t>(ceil_div(2 * nt, blocks), 1, panels);
-  Kc = ceil_div(panels, chunks) * NR;
+  const int64_t Kc = ceil_div(panels, chunks) * g.NR;
   const int64_t nk = ceil_div(g.Kp, Kc);
   at::parallel_for(0, blocks * nk, 1, [&](int64_t b, int64_t e) {
     for (int64_t task = b; task < e; ++task) {
@@ -410,9 +484,9 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, 
       const int64_t t0 = blk * TB, t1 = std::min(T, t0 + TB);
       const int64_t k0 = kb * Kc, k1 = std::min(g.Kp, k0 + Kc);
       switch (isa) {
-        case Isa::Avx512: task_avx512(x, Up, bias, y, g, t0, t1, k0, k1, TB); break;
-        case Isa::Avx2: task_avx2(x, Up, bias, y, g, t0, t1, k0, k1, TB); break;
-        default: task_base(x, Up, bias, y, g, t0, t1, k0, k1, TB); break;
+        case Isa::Avx512: task_avx512(x, wa, bias, y, g, t0, t1, k0, k1, TB); break;
+        case Isa::Avx2: task_avx2(x, wa, bias, y, g, t0, t1, k0, k1, TB); break;
+        default: task_base(x, wa, bias, y, g, t0, t1, k0, k1, TB); break;
       }
     }
   });
