@@ -39,24 +39,32 @@ T* scratch(int slot, int64_t n) {
 // The register tile: C[MR][NR] (+)= a[:, k] (x) b[k, :], k = 0..kc-1, with a
 // packed MR-major per k and b NR-major per k; the tile goes straight to C
 // (row stride rsc, unit column stride), added to it when `add`.
-template <typename T, int MR, int NR, int VB>
+// ROWS: a is not packed but MR rows of row-major A (row stride lda, unit
+// stride along k), for products whose A block would serve only one or two
+// column panels (few output columns), where packing A costs as much as the
+// product.
+template <typename T, int MR, int NR, int VB, bool ROWS = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
-                                                        T* __restrict c, int64_t rsc, bool add) {
+                                                        T* __restrict c, int64_t rsc, bool add, int64_t lda = 0) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
   V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = V{};
+  // The C tile's lines are requested for writing now, so their misses (C is
+  // often far out of cache: a 1x1 convolution's output) overlap the k loop.
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR * int(sizeof(T)); j += 64) __builtin_prefetch(reinterpret_cast<const char*>(c + i * rsc) + j, 1, 3);
   for (int64_t k = 0; k < kc; ++k) {
     V bv[NV];
     for (int j = 0; j < NV; ++j) std::memcpy(&bv[j], b + j * VL, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const T ai = a[i];
+      const T ai = ROWS ? a[i * lda] : a[i];
       for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
     }
-    a += MR;
+    a += ROWS ? 1 : MR;
     b += NR;
   }
   for (int i = 0; i < MR; ++i)
@@ -73,6 +81,8 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
 
 template <typename T>
 using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
+template <typename T>
+using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool);
 
 // One build of the register tile per instruction set, chosen once at load
 // time from the CPU's feature bits (not its model name: an AMD EPYC has AVX2
@@ -93,6 +103,21 @@ template <typename T, int MR, int NR>
 void ukernel_base(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, bool add) {
   ukernel_body<T, MR, NR, 16>(kc, a, b, c, rsc, add);
 }
+template <typename T, int MR, int NR>
+__attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_rows_avx512(int64_t kc, const T* a,
+                                                                                   int64_t lda, const T* b, T* c,
+                                                                                   int64_t rsc, bool add) {
+  ukernel_body<T, MR, NR, 64, true>(kc, a, b, c, rsc, add, lda);
+}
+template <typename T, int MR, int NR>
+__attribute__((target("avx2,fma"))) void ukernel_rows_avx2(int64_t kc, const T* a, int64_t lda, const T* b, T* c,
+                                                           int64_t rsc, bool add) {
+  ukernel_body<T, MR, NR, 32, true>(kc, a, b, c, rsc, add, lda);
+}
+template <typename T, int MR, int NR>
+void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add) {
+  ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda);
+}
 
 // A kernel and its blocking: KC x NR slivers of B stay in L1 (48 KiB on these
 // Xeons), MC x KC blocks of A in L2.
@@ -101,6 +126,7 @@ struct Kernel {
   int MR, NR;
   int64_t KC, MC, NC;
   UKernel<T> uk;
+  UKernelRows<T> ur;  // the same tile reading A unpacked (row-major rows)
   const char* isa;
 };
 
@@ -125,14 +151,16 @@ const Kernel<T>& kernel_of() {
     constexpr bool f = std::is_same_v<T, float>;
     switch (I) {
       case Isa::Avx512:
-        return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, f ? 32 : 16>, "avx512"}
-                 : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, f ? 32 : 16>, "avx512"};
+        return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, 32>, &ukernel_rows_avx512<T, 12, 32>,
+                             "avx512"}
+                 : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
+                             "avx512"};
       case Isa::Avx2:
-        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_avx2<T, 6, f ? 16 : 8>, "avx2"}
-                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_avx2<T, 6, f ? 16 : 8>, "avx2"};
+        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_avx2<T, 6, 16>, &ukernel_rows_avx2<T, 6, 16>, "avx2"}
+                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_avx2<T, 6, 8>, &ukernel_rows_avx2<T, 6, 8>, "avx2"};
       default:
-        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_base<T, 6, f ? 16 : 8>, "base"}
-                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_base<T, 6, f ? 16 : 8>, "base"};
+        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_base<T, 6, 16>, &ukernel_rows_base<T, 6, 16>, "base"}
+                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_base<T, 6, 8>, &ukernel_rows_base<T, 6, 8>, "base"};
     }
   }();
   return k;
@@ -248,8 +276,46 @@ void gemm_serial(
       const int64_t kc = std::min(kn.KC, K - pc);
       const bool add = accumulate || pc > 0;
       pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
+      // A block serving at most two column panels: read unpacked where rows are
+      // contiguous along k (packing it would cost about what the product does).
+      const bool rows = csa == 1 && nc <= 2 * NR;
       for (int64_t ic = 0; ic < M; ic += kn.MC) {
         const int64_t mc = std::min(kn.MC, M - ic);
+        if (rows) {
+          const int64_t mfull = mc / MR * MR;
+          const T* ablk = A + ic * rsa + pc;
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int64_t nr = std::min<int64_t>(NR, nc - jr);
+            for (int64_t ir = 0; ir < mfull; ir += MR) {
+              T* c = C + (ic + ir) * rsc + (jc + jr) * csc;
+              if (csc == 1 && nr == NR) {
+                kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, c, rsc, add);
+                continue;
+              }
+              kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, tile, NR, false);
+              for (int64_t i = 0; i < MR; ++i)
+                for (int64_t j = 0; j < nr; ++j) {
+                  T& dst = c[i * rsc + j * csc];
+                  dst = add ? dst + tile[i * NR + j] : tile[i * NR + j];
+                }
+            }
+          }
+          if (mfull == mc) continue;
+          // the last, partial row panel goes through the packed path below
+          pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, apack);
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int64_t nr = std::min<int64_t>(NR, nc - jr);
+            const int64_t mr = mc - mfull;
+            T* c = C + (ic + mfull) * rsc + (jc + jr) * csc;
+            kn.uk(kc, apack, bpack + jr * kc, tile, NR, false);
+            for (int64_t i = 0; i < mr; ++i)
+              for (int64_t j = 0; j < nr; ++j) {
+                T& dst = c[i * rsc + j * csc];
+                dst = add ? dst + tile[i * NR + j] : tile[i * NR + j];
+              }
+          }
+          continue;
+        }
         pack_a(MR, mc, kc, A + ic * rsa + pc * csa, rsa, csa, apack);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
