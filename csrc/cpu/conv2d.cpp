@@ -41,6 +41,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace convx::cpu {
@@ -56,15 +57,18 @@ void maybe_parallel_for(bool parallel, int64_t begin, int64_t end, int64_t grain
 
 // col [Cg*R*S, P] (row stride ld) from one image x [C, H, W] (contiguous planes),
 // channels c0 .. c0+Cg.
+// Only rows [row0, row1) of col when given (written from col's first row).
 template <typename T>
 void im2col_nchw(const T* x, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_t S, int64_t Ho, int64_t Wo,
-                 const Conv2dParams& p, T* col, int64_t ld, bool parallel, int64_t ho0 = 0, int64_t ho1 = -1) {
+                 const Conv2dParams& p, T* col, int64_t ld, bool parallel, int64_t ho0 = 0, int64_t ho1 = -1,
+                 int64_t row0 = 0, int64_t row1 = -1) {
   if (ho1 < 0) ho1 = Ho;
-  maybe_parallel_for(parallel, 0, Cg * R * S, 16, [&](int64_t b, int64_t e) {
+  if (row1 < 0) row1 = Cg * R * S;
+  maybe_parallel_for(parallel, row0, row1, 16, [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t c = row / (R * S), r = (row / S) % R, s = row % S;
       const T* xc = x + c * H * W;
-      T* dst = col + row * ld;
+      T* dst = col + (row - row0) * ld;
       for (int64_t ho = ho0; ho < ho1; ++ho) {
         const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
         T* d = dst + (ho - ho0) * Wo;
@@ -144,6 +148,28 @@ void im2col_nhwc(const T* x, int64_t H, int64_t W, int64_t C, int64_t c0, int64_
       }
     }
   });
+}
+
+// Columns [j0, j1) of the NHWC im2col (column j = (r*S + s)*Cg + c) for output
+// pixels [pix0, pix1): col [pix1 - pix0, j1 - j0] (row stride j1 - j0), serial.
+template <typename T>
+void im2col_nhwc_cols(const T* x, int64_t H, int64_t W, int64_t C, int64_t c0, int64_t Cg, int64_t S, int64_t Wo,
+                      const Conv2dParams& p, T* col, int64_t pix0, int64_t pix1, int64_t j0, int64_t j1) {
+  const int64_t nj = j1 - j0, tap0 = j0 / Cg, tap1 = (j1 - 1) / Cg + 1;
+  for (int64_t pix = pix0; pix < pix1; ++pix) {
+    const int64_t ho = pix / Wo, wo = pix % Wo;
+    T* d = col + (pix - pix0) * nj;
+    for (int64_t tap = tap0; tap < tap1; ++tap) {
+      const int64_t r = tap / S, s = tap % S;
+      const int64_t a = std::max(j0, tap * Cg), b = std::min(j1, (tap + 1) * Cg);  // columns of this tap
+      const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h, w = wo * p.stride_w - p.pad_l + s * p.dil_w;
+      T* dd = d + (a - j0);
+      if (h < 0 || h >= H || w < 0 || w >= W)
+        std::fill(dd, dd + (b - a), T(0));
+      else
+        std::memcpy(dd, x + (h * W + w) * C + c0 + (a - tap * Cg), (b - a) * sizeof(T));
+    }
+  }
 }
 
 // gx [H, W, C] channels c0..c0+Cg = col2im(gcol [P, R*S*Cg]), as a gather.
@@ -357,6 +383,76 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
 
 // ---------------------------------------------------------------- weight gradient
 
+// The channels_last float32 weight gradient of group g, columns [j0, j1) of
+// dW [Kg, CRS] (row stride CRS; column (r*S + s)*Cg + c), on the GEMM's
+// register tile with both operands packed here: for each chunk of KC output
+// pixels, dY^T's rows go into the tile's row panels and the im2col is written
+// straight into its column panels (no im2col matrix, no second packing pass).
+// Serial; the images and chunks are summed in order.
+void wgrad_nhwc_tiles(const float* x, const float* gy, float* gw /* group g's dW */, const Conv2dShape& sh, const Conv2dParams& p,
+                      int64_t g, int64_t j0, int64_t j1) {
+  const MicroTile mt = micro_tile<float>();
+  const int64_t MR = mt.MR, NR = mt.NR, KC = mt.KC;
+  const int64_t Cg = sh.Cg, Kg = sh.Kg, S = sh.S, CRS = Cg * sh.R * S, P = sh.Ho * sh.Wo;
+  const int64_t mp = ceil_div(Kg, MR), np = ceil_div(j1 - j0, NR);
+  float* ap = workspace<float>(mp * MR * KC + np * NR * KC);
+  float* bp = ap + mp * MR * KC;
+  alignas(64) float tile[12 * 32];
+  for (int64_t n = 0; n < sh.N; ++n) {
+    const float* xn = x + n * sh.H * sh.W * sh.C;
+    for (int64_t q0 = 0; q0 < P; q0 += KC) {
+      const int64_t kc = std::min(KC, P - q0);
+      // A: dY^T [Kg, kc] in row panels [mp][kc][MR]
+      for (int64_t ip = 0; ip < mp; ++ip) {
+        const int64_t k0 = ip * MR, kn = std::min(MR, Kg - k0);
+        float* d = ap + ip * kc * MR;
+        const float* src = gy + (n * P + q0) * sh.K + g * Kg + k0;
+        for (int64_t q = 0; q < kc; ++q, d += MR, src += sh.K) {
+          for (int64_t i = 0; i < kn; ++i) d[i] = src[i];
+          for (int64_t i = kn; i < MR; ++i) d[i] = 0.f;
+        }
+      }
+      // B: im2col rows (pixels) in column panels [np][kc][NR]
+      for (int64_t q = 0; q < kc; ++q) {
+        const int64_t pix = q0 + q, ho = pix / sh.Wo, wo = pix % sh.Wo;
+        for (int64_t jp = 0; jp < np; ++jp) {
+          float* d = bp + (jp * kc + q) * NR;
+          const int64_t a0 = j0 + jp * NR, a1 = std::min(j1, a0 + NR);
+          for (int64_t a = a0; a < a1;) {
+            const int64_t tap = a / Cg, r = tap / S, s = tap % S, b = std::min(a1, (tap + 1) * Cg);
+            const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h, w = wo * p.stride_w - p.pad_l + s * p.dil_w;
+            float* dd = d + (a - a0);
+            if (h < 0 || h >= sh.H || w < 0 || w >= sh.W)
+              for (int64_t i = 0; i < b - a; ++i) dd[i] = 0.f;
+            else {
+              const float* src = xn + (h * sh.W + w) * sh.C + g * Cg + (a - tap * Cg);
+              for (int64_t i = 0; i < b - a; ++i) dd[i] = src[i];
+            }
+            a = b;
+          }
+          for (int64_t i = a1 - a0; i < NR; ++i) d[i] = 0.f;
+        }
+      }
+      const bool add = n > 0 || q0 > 0;
+      for (int64_t jp = 0; jp < np; ++jp) {
+        const int64_t c0 = j0 + jp * NR, nc = std::min(NR, j1 - c0);
+        for (int64_t ip = 0; ip < mp; ++ip) {
+          const int64_t mr = std::min(MR, Kg - ip * MR);
+          float* c = gw + ip * MR * CRS + c0;
+          if (nc == NR) {
+            micro_tile_product<float>(kc, ap + ip * kc * MR, bp + jp * kc * NR, c, CRS, mr, add);
+            continue;
+          }
+          micro_tile_product<float>(kc, ap + ip * kc * MR, bp + jp * kc * NR, tile, NR, mr, false);
+          for (int64_t i = 0; i < mr; ++i)
+            for (int64_t j = 0; j < nc; ++j) c[i * CRS + j] = add ? c[i * CRS + j] + tile[i * NR + j] : tile[i * NR + j];
+        }
+      }
+    }
+  }
+}
+
+
 // dW in [K, Cg, R, S] (NCHW) or [K, R, S, Cg] (NHWC) order, written to gw_buf.
 template <typename T>
 void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2dShape& sh, const Conv2dParams& p,
@@ -365,49 +461,105 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
   const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
   const T* gyp = gy.const_data_ptr<T>();
   const T* xp = x.const_data_ptr<T>();
-  const int nt = at::get_num_threads();
   // Images per GEMM: enough to make the reduction long, bounded in memory.
   const int64_t max_col = int64_t(1) << 23;  // elements (32 MB in float)
   int64_t nb = std::max<int64_t>(1, std::min<int64_t>(N, (2048 + P - 1) / P));
   nb = std::max<int64_t>(1, std::min(nb, max_col / std::max<int64_t>(1, CRS * P)));
 
-  auto group = [&](int64_t g, std::vector<T>& col, std::vector<T>& gyb, bool par) {
+  // col (and NCHW's gathered dY) live in the calling thread's workspace: kept
+  // between calls, never zero-filled (every element is written before use).
+  const bool direct = p.is_pointwise_identity(R, S);
+  // One image at a time (large images): the threads split dW's columns
+  // (CRS) between them, each building only its columns of the im2col, in
+  // blocks of whole output rows of about 1 MiB multiplied in while in L2 (not
+  // the whole 9x-expanded image through memory), with one parallel region a
+  // group instead of two a block. Every dW element has one thread and a fixed
+  // order of images and blocks: the result does not depend on the thread count.
+  const int64_t nthr = at::get_num_threads();
+  const int64_t per = std::max<int64_t>(32, ceil_div(ceil_div(CRS, nthr), 32) * 32);  // whole column panels
+  const int64_t rows = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, per * sh.Wo), 1, sh.Ho);
+  auto group_blocked = [&](int64_t g, T*, bool par) {
+    T* gwg = gw + g * Kg * CRS;
+    maybe_parallel_for(par, 0, ceil_div(CRS, per), 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t j0 = t * per, j1 = std::min(CRS, j0 + per), nj = j1 - j0;
+        if constexpr (std::is_same_v<T, float>) {
+          if (nhwc) {
+            wgrad_nhwc_tiles(xp, gyp, gwg, sh, p, g, j0, j1);
+            continue;
+          }
+        }
+        T* col = workspace<T>(per * rows * sh.Wo);
+        for (int64_t n = 0; n < N; ++n) {
+          for (int64_t ho0 = 0; ho0 < sh.Ho; ho0 += rows) {
+            const int64_t ho1 = std::min(sh.Ho, ho0 + rows), q0 = ho0 * sh.Wo, cols = (ho1 - ho0) * sh.Wo;
+            const bool acc = n > 0 || ho0 > 0;
+            if (!nhwc) {
+              im2col_nchw(xp + (n * sh.C + g * Cg) * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col, cols, false, ho0,
+                          ho1, j0, j1);
+              gemm<T>(Kg, nj, cols, gyp + (n * sh.K + g * Kg) * P + q0, P, 1, col, 1, cols, gwg + j0, CRS, 1, acc,
+                      false);
+            } else {
+              im2col_nhwc_cols(xp + n * HW * sh.C, sh.H, sh.W, sh.C, g * Cg, Cg, S, sh.Wo, p, col, q0, q0 + cols, j0,
+                               j1);
+              gemm<T>(Kg, nj, cols, gyp + (n * P + q0) * sh.K + g * Kg, 1, sh.K, col, nj, 1, gwg + j0, CRS, 1, acc,
+                      false);
+            }
+          }
+        }
+      }
+    });
+  };
+  const bool blocked = nb == 1 && !direct && G < nthr;
+  auto group = [&](int64_t g, T* col, bool par) {
+    if (blocked) return group_blocked(g, col, par);
     T* gwg = gw + g * Kg * CRS;
     for (int64_t n0 = 0; n0 < N; n0 += nb) {
       const int64_t nn = std::min(nb, N - n0), L = nn * P;
-      col.resize(CRS * L);
       if (!nhwc) {
-        // B = col^T [L, CRS], col stored [CRS, L]; A = dY gathered into [Kg, L].
-        gyb.resize(Kg * L);
+        // A = dY [Kg, L] (one image: a view; several: gathered), B = col^T [L, CRS] with col stored
+        // [CRS, L] (one unpadded 1x1 image: the input itself).
+        T* gyb = col + (direct && nn == 1 ? 0 : CRS * L);
+        const T *a = gyb, *b = col;
+        if (nn == 1) a = gyp + (n0 * sh.K + g * Kg) * P;
+        if (direct && nn == 1) b = xp + (n0 * sh.C + g * Cg) * HW;
         for (int64_t i = 0; i < nn; ++i) {
           const int64_t n = n0 + i;
-          im2col_nchw(xp + (n * sh.C + g * Cg) * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col.data() + i * P, L,
-                      par);
-          for (int64_t k = 0; k < Kg; ++k)
-            std::memcpy(gyb.data() + k * L + i * P, gyp + (n * sh.K + g * Kg + k) * P, P * sizeof(T));
+          if (!(direct && nn == 1))
+            im2col_nchw(xp + (n * sh.C + g * Cg) * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P, L, par);
+          if (nn > 1)
+            for (int64_t k = 0; k < Kg; ++k)
+              std::memcpy(gyb + k * L + i * P, gyp + (n * sh.K + g * Kg + k) * P, P * sizeof(T));
         }
-        gemm<T>(Kg, CRS, L, gyb.data(), L, 1, col.data(), 1, L, gwg, CRS, 1, n0 > 0, par);
+        gemm<T>(Kg, CRS, L, a, L, 1, b, 1, L, gwg, CRS, 1, n0 > 0, par);
       } else {
-        for (int64_t i = 0; i < nn; ++i) {
-          const int64_t n = n0 + i;
-          im2col_nhwc(xp + n * HW * sh.C, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p,
-                      col.data() + i * P * CRS, CRS, par);
+        const T* b = col;
+        if (direct) {
+          b = xp + n0 * HW * sh.C + g * Cg;  // the input's pixels are the rows of col
+        } else {
+          for (int64_t i = 0; i < nn; ++i) {
+            const int64_t n = n0 + i;
+            im2col_nhwc(xp + n * HW * sh.C, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P * CRS,
+                        CRS, par);
+          }
         }
         // A = dY^T [Kg, L]: element (k, q) at q*K + k.
-        gemm<T>(Kg, CRS, L, gyp + n0 * P * sh.K + g * Kg, 1, sh.K, col.data(), CRS, 1, gwg, CRS, 1, n0 > 0,
+        gemm<T>(Kg, CRS, L, gyp + n0 * P * sh.K + g * Kg, 1, sh.K, b, direct ? sh.C : CRS, 1, gwg, CRS, 1, n0 > 0,
                 par);
       }
     }
   };
+  const int64_t col_elems =
+      blocked ? 0 : nhwc ? (direct ? 0 : CRS * nb * P) : (CRS + Kg) * nb * P;
 
-  if (G >= nt) {
+  if (G >= nthr) {
     at::parallel_for(0, G, 1, [&](int64_t b, int64_t e) {
-      std::vector<T> col, gyb;
-      for (int64_t g = b; g < e; ++g) group(g, col, gyb, false);
+      T* col = workspace<T>(col_elems);
+      for (int64_t g = b; g < e; ++g) group(g, col, false);
     });
   } else {
-    std::vector<T> col, gyb;
-    for (int64_t g = 0; g < G; ++g) group(g, col, gyb, true);
+    T* col = workspace<T>(col_elems);
+    for (int64_t g = 0; g < G; ++g) group(g, col, true);
   }
 }
 

@@ -218,6 +218,18 @@ inline void pack_a_rows_f32(int MR, int64_t mc, int64_t kc, const float* A, int6
   }
 }
 
+// A panel row (6 to 32 elements): an inline copy, not a library call per row
+// (at 128 bytes the call cost about as much as the copy).
+template <typename T>
+inline void copy_short(T* __restrict dst, const T* __restrict src, int n) {
+  int j = 0;
+  for (; j + 4 <= n; j += 4) {
+    T t0 = src[j], t1 = src[j + 1], t2 = src[j + 2], t3 = src[j + 3];
+    dst[j] = t0, dst[j + 1] = t1, dst[j + 2] = t2, dst[j + 3] = t3;
+  }
+  for (; j < n; ++j) dst[j] = src[j];
+}
+
 template <typename T>
 void pack_a(int MR, int64_t mc, int64_t kc, const T* A, int64_t rsa, int64_t csa, T* dst) {
   if constexpr (std::is_same_v<T, float>) {
@@ -226,6 +238,10 @@ void pack_a(int MR, int64_t mc, int64_t kc, const T* A, int64_t rsa, int64_t csa
   for (int64_t i0 = 0; i0 < mc; i0 += MR) {
     const int64_t mr = std::min<int64_t>(MR, mc - i0);
     const T* a = A + i0 * rsa;
+    if (rsa == 1 && mr == MR) {  // columns of A contiguous (a transposed operand): MR elements a step
+      for (int64_t k = 0; k < kc; ++k, dst += MR) copy_short(dst, a + k * csa, MR);
+      continue;
+    }
     for (int64_t k = 0; k < kc; ++k) {
       int64_t i = 0;
       for (; i < mr; ++i) dst[i] = a[i * rsa + k * csa];
@@ -237,11 +253,16 @@ void pack_a(int MR, int64_t mc, int64_t kc, const T* A, int64_t rsa, int64_t csa
 
 template <typename T>
 void pack_b(int NR, int64_t kc, int64_t nc, const T* B, int64_t rsb, int64_t csb, T* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    // Columns of B contiguous (B is a transposed operand, e.g. the NCHW weight
+    // gradient's col^T): the same 4 x 4 transposing copy as A's rows.
+    if (rsb == 1 && csb != 1) return pack_a_rows_f32(NR, nc, kc, B, csb, dst);
+  }
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int64_t nr = std::min<int64_t>(NR, nc - j0);
     const T* b = B + j0 * csb;
     if (csb == 1 && nr == NR) {
-      for (int64_t k = 0; k < kc; ++k, dst += NR) std::memcpy(dst, b + k * rsb, NR * sizeof(T));
+      for (int64_t k = 0; k < kc; ++k, dst += NR) copy_short(dst, b + k * rsb, NR);
       continue;
     }
     for (int64_t k = 0; k < kc; ++k) {
