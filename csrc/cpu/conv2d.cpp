@@ -224,13 +224,14 @@ inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, int64_t G, boo
 // whole), so a call does not fault in and clear fresh pages (a 224x224 layer
 // used to take ~56,000 page faults a call for a whole-image buffer).
 template <typename T>
-T* workspace(int64_t n) {
+T* workspace(int64_t n, int slot = 0) {  // slot 1: a second buffer (the weight gradient's padded input)
   struct Buf {
     void* p = nullptr;
     int64_t cap = 0;
     ~Buf() { std::free(p); }
   };
-  thread_local Buf buf;
+  thread_local Buf bufs[2];
+  Buf& buf = bufs[slot];
   const int64_t bytes = std::max<int64_t>(64, (n * int64_t(sizeof(T)) + 63) / 64 * 64);
   if (buf.cap < bytes) {
     std::free(buf.p);
@@ -383,6 +384,81 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
 
 // ---------------------------------------------------------------- weight gradient
 
+// The channels_last float32 weight gradient at stride 1 (any kernel size,
+// dilation and padding), with no im2col: the input is zero-padded once into
+// xpad [N][Hp][Wp][C] (Hp = H + pad_t + pad_b, Wp = W + pad_l + pad_r), the
+// output pixels are counted on that padded grid (q = (n*Hp + ho)*Wp + wo,
+// dY taken as 0 where ho >= Ho or wo >= Wo), and then tap (r, s)'s block of
+// im2col columns is xpad itself read from pixel q + r*dh*Wp + s*dw: the
+// micro-kernel reads it in place (rows C apart), and dY^T, packed once a
+// chunk of pixels, serves all taps. Work units are (group, tap, column panel),
+// split between the threads in contiguous ranges; each unit sums the chunks in
+// order, so the result does not depend on the thread count.
+void wgrad_nhwc_shifted(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
+  const MicroTile mt = micro_tile<float>();
+  const int64_t MR = mt.MR, NR = mt.NR, KC = mt.KC;
+  const int64_t C = sh.C, K = sh.K, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S, G = p.groups, CRS = Cg * R * S;
+  const int64_t Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r, L = sh.N * Hp * Wp;
+  const int64_t tail = ((R - 1) * p.dil_h * Wp + (S - 1) * p.dil_w + 1) * C + NR;
+  float* xpad = workspace<float>(L * C + tail, 1);
+  at::parallel_for(0, sh.N * Hp, 8, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t n = row / Hp, h = row % Hp - p.pad_t;
+      float* d = xpad + row * Wp * C;
+      if (h < 0 || h >= sh.H) {
+        std::fill(d, d + Wp * C, 0.f);
+        continue;
+      }
+      std::fill(d, d + p.pad_l * C, 0.f);
+      std::memcpy(d + p.pad_l * C, x + (n * sh.H + h) * sh.W * C, sh.W * C * sizeof(float));
+      std::fill(d + (p.pad_l + sh.W) * C, d + Wp * C, 0.f);
+    }
+  });
+  std::fill(xpad + L * C, xpad + L * C + tail, 0.f);
+
+  const int64_t mp = ceil_div(Kg, MR), np = ceil_div(Cg, NR), units = G * R * S * np;
+  at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) {
+    float* ap = workspace<float>(mp * MR * KC);
+    alignas(64) float tile[12 * 32];
+    for (int64_t q0 = 0; q0 < L; q0 += KC) {
+      const int64_t kc = std::min(KC, L - q0);
+      int64_t packed_g = -1;
+      for (int64_t u = b; u < e; ++u) {
+        const int64_t g = u / (R * S * np), tap = (u / np) % (R * S), jp = u % np;
+        if (g != packed_g) {  // dY^T [Kg, kc] of group g in row panels [mp][kc][MR]
+          for (int64_t q = 0; q < kc; ++q) {
+            const int64_t qq = q0 + q, n = qq / (Hp * Wp), ho = (qq / Wp) % Hp, wo = qq % Wp;
+            const bool valid = ho < sh.Ho && wo < sh.Wo;
+            const float* src = gy + ((n * sh.Ho + ho) * sh.Wo + wo) * K + g * Kg;
+            for (int64_t ip = 0; ip < mp; ++ip) {
+              float* d = ap + (ip * kc + q) * MR;
+              const int64_t k0 = ip * MR, kn = valid ? std::min(MR, Kg - k0) : 0;
+              for (int64_t i = 0; i < kn; ++i) d[i] = src[k0 + i];
+              for (int64_t i = kn; i < MR; ++i) d[i] = 0.f;
+            }
+          }
+          packed_g = g;
+        }
+        const int64_t r = tap / S, s = tap % S, c0 = jp * NR, nc = std::min(NR, Cg - c0);
+        const float* bsrc = xpad + (q0 + r * p.dil_h * Wp + s * p.dil_w) * C + g * Cg + c0;
+        float* gwt = gw + g * Kg * CRS + tap * Cg + c0;
+        const bool add = q0 > 0;
+        for (int64_t ip = 0; ip < mp; ++ip) {
+          const int64_t mr = std::min(MR, Kg - ip * MR);
+          float* c = gwt + ip * MR * CRS;
+          if (nc == NR) {
+            micro_tile_product_b_rows<float>(kc, ap + ip * kc * MR, bsrc, C, c, CRS, mr, add);
+            continue;
+          }
+          micro_tile_product_b_rows<float>(kc, ap + ip * kc * MR, bsrc, C, tile, NR, mr, false);
+          for (int64_t i = 0; i < mr; ++i)
+            for (int64_t j = 0; j < nc; ++j) c[i * CRS + j] = add ? c[i * CRS + j] + tile[i * NR + j] : tile[i * NR + j];
+        }
+      }
+    }
+  });
+}
+
 // The channels_last float32 weight gradient of group g, columns [j0, j1) of
 // dW [Kg, CRS] (row stride CRS; column (r*S + s)*Cg + c), on the GEMM's
 // register tile with both operands packed here: for each chunk of KC output
@@ -461,6 +537,10 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
   const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
   const T* gyp = gy.const_data_ptr<T>();
   const T* xp = x.const_data_ptr<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (nhwc && p.stride_h == 1 && p.stride_w == 1 && !p.is_pointwise_identity(R, S) && sh.Cg >= 8)
+      return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
+  }
   // Images per GEMM: enough to make the reduction long, bounded in memory.
   const int64_t max_col = int64_t(1) << 23;  // elements (32 MB in float)
   int64_t nb = std::max<int64_t>(1, std::min<int64_t>(N, (2048 + P - 1) / P));

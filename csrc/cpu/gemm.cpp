@@ -43,9 +43,11 @@ T* scratch(int slot, int64_t n) {
 // stride along k), for products whose A block would serve only one or two
 // column panels (few output columns), where packing A costs as much as the
 // product.
-template <typename T, int MR, int NR, int VB, bool ROWS = false>
+// BROWS: b is not packed but kc rows of NR contiguous elements, ldb apart.
+template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
-                                                        T* __restrict c, int64_t rsc, bool add, int64_t lda = 0) {
+                                                        T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
+                                                        int64_t ldb = 0) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
@@ -65,7 +67,7 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
       for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
     }
     a += ROWS ? 1 : MR;
-    b += NR;
+    b += BROWS ? ldb : NR;
   }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) {
@@ -83,6 +85,8 @@ template <typename T>
 using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
 template <typename T>
 using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool);
+template <typename T>
+using UKernelBRows = void (*)(int64_t, const T*, const T*, int64_t, T*, int64_t, bool);
 
 // One build of the register tile per instruction set, chosen once at load
 // time from the CPU's feature bits (not its model name: an AMD EPYC has AVX2
@@ -118,6 +122,21 @@ template <typename T, int MR, int NR>
 void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add) {
   ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda);
 }
+template <typename T, int MR, int NR>
+__attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_brows_avx512(int64_t kc, const T* a,
+                                                                                    const T* b, int64_t ldb, T* c,
+                                                                                    int64_t rsc, bool add) {
+  ukernel_body<T, MR, NR, 64, false, true>(kc, a, b, c, rsc, add, 0, ldb);
+}
+template <typename T, int MR, int NR>
+__attribute__((target("avx2,fma"))) void ukernel_brows_avx2(int64_t kc, const T* a, const T* b, int64_t ldb, T* c,
+                                                            int64_t rsc, bool add) {
+  ukernel_body<T, MR, NR, 32, false, true>(kc, a, b, c, rsc, add, 0, ldb);
+}
+template <typename T, int MR, int NR>
+void ukernel_brows_base(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t rsc, bool add) {
+  ukernel_body<T, MR, NR, 16, false, true>(kc, a, b, c, rsc, add, 0, ldb);
+}
 
 // A kernel and its blocking: KC x NR slivers of B stay in L1 (48 KiB on these
 // Xeons), MC x KC blocks of A in L2.
@@ -127,6 +146,7 @@ struct Kernel {
   int64_t KC, MC, NC;
   UKernel<T> uk;
   UKernelRows<T> ur;  // the same tile reading A unpacked (row-major rows)
+  UKernelBRows<T> ub;  // the same tile reading B unpacked (rows of NR, ldb apart)
   const char* isa;
 };
 
@@ -152,15 +172,19 @@ const Kernel<T>& kernel_of() {
     switch (I) {
       case Isa::Avx512:
         return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, 32>, &ukernel_rows_avx512<T, 12, 32>,
-                             "avx512"}
+                             &ukernel_brows_avx512<T, 12, 32>, "avx512"}
                  : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
-                             "avx512"};
+                             &ukernel_brows_avx512<T, 12, 16>, "avx512"};
       case Isa::Avx2:
-        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_avx2<T, 6, 16>, &ukernel_rows_avx2<T, 6, 16>, "avx2"}
-                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_avx2<T, 6, 8>, &ukernel_rows_avx2<T, 6, 8>, "avx2"};
+        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_avx2<T, 6, 16>, &ukernel_rows_avx2<T, 6, 16>,
+                             &ukernel_brows_avx2<T, 6, 16>, "avx2"}
+                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_avx2<T, 6, 8>, &ukernel_rows_avx2<T, 6, 8>,
+                             &ukernel_brows_avx2<T, 6, 8>, "avx2"};
       default:
-        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_base<T, 6, 16>, &ukernel_rows_base<T, 6, 16>, "base"}
-                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_base<T, 6, 8>, &ukernel_rows_base<T, 6, 8>, "base"};
+        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_base<T, 6, 16>, &ukernel_rows_base<T, 6, 16>,
+                             &ukernel_brows_base<T, 6, 16>, "base"}
+                 : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_base<T, 6, 8>, &ukernel_rows_base<T, 6, 8>,
+                             &ukernel_brows_base<T, 6, 8>, "base"};
     }
   }();
   return k;
@@ -436,7 +460,20 @@ void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
     for (int64_t j = 0; j < kn.NR; ++j) C[i * ldc + j] = add ? C[i * ldc + j] + tile[i * kn.NR + j] : tile[i * kn.NR + j];
 }
 
+template <typename T>
+void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t mr,
+                               bool add) {
+  const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
+  if (mr == kn.MR) return kn.ub(kc, Ap, B, ldb, C, ldc, add);
+  alignas(64) T tile[12 * 32];
+  kn.ub(kc, Ap, B, ldb, tile, kn.NR, false);
+  for (int64_t i = 0; i < mr; ++i)
+    for (int64_t j = 0; j < kn.NR; ++j) C[i * ldc + j] = add ? C[i * ldc + j] + tile[i * kn.NR + j] : tile[i * kn.NR + j];
+}
+
 template MicroTile micro_tile<float>();
+template void micro_tile_product_b_rows<float>(int64_t, const float*, const float*, int64_t, float*, int64_t, int64_t,
+                                               bool);
 template void pack_a_panels<float>(int64_t, int64_t, const float*, int64_t, float*);
 template void micro_tile_product<float>(int64_t, const float*, const float*, float*, int64_t, int64_t, bool);
 

@@ -1,0 +1,89 @@
+"""The CPU weight gradient's paths, against float64 (csrc/cpu/conv2d.cpp):
+
+* channels_last float32 at stride 1: no im2col, each tap's columns read in place from a
+  zero-padded copy of the input (wgrad_nhwc_shifted), any kernel size, dilation, padding
+  and groups with 8 or more channels each;
+* channels_last float32 at other strides: im2col written into the micro-kernel's panels
+  (wgrad_nhwc_tiles), the threads splitting dW's columns;
+* NCHW: im2col in blocks of output rows, the 1x1 input read as the column matrix.
+
+Shapes cut every register tile (Kg not a multiple of 12 or 6, Cg*R*S not of 32 or 16).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+# N, C, H, W, K, (R, S), stride, (top, bottom, left, right) padding, dilation, groups
+CASES = {
+    "3x3_s1": (2, 24, 13, 11, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),
+    "3x3_s1_big": (2, 64, 30, 30, 64, (3, 3), 1, (1, 1, 1, 1), 1, 1),
+    "asym_pad_dil": (2, 16, 12, 15, 13, (3, 3), 1, (2, 0, 1, 3), 2, 1),
+    "1x7": (3, 20, 9, 17, 36, (1, 7), 1, (0, 0, 3, 3), 1, 1),
+    "5x5_valid": (1, 40, 20, 20, 24, (5, 5), 1, (0, 0, 0, 0), 1, 1),
+    "groups_cg8": (2, 32, 10, 10, 40, (3, 3), 1, (1, 1, 1, 1), 1, 4),
+    "groups_cg20": (2, 40, 9, 9, 26, (3, 3), 1, (1, 1, 1, 1), 1, 2),
+    "stride2": (2, 24, 17, 17, 30, (3, 3), 2, (1, 1, 1, 1), 1, 1),
+    "stride2_big": (1, 64, 56, 56, 64, (3, 3), 2, (1, 1, 1, 1), 1, 1),
+    "1x1": (2, 48, 14, 14, 40, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_s2": (2, 48, 14, 14, 40, (1, 1), 2, (0, 0, 0, 0), 1, 1),
+    "large_image": (1, 16, 96, 96, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
+}
+
+
+def _grad64(x, gy, w_shape, stride, pad, dil, groups):
+    t, b, l, r = pad
+    w = torch.zeros(w_shape, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(F.pad(x.double(), (l, r, t, b)), w, None, stride, 0, dil, groups)
+    return torch.autograd.grad(y, w, gy.double())[0]
+
+
+def _mag64(x, gy, w_shape, stride, pad, dil, groups):
+    return _grad64(x.abs(), gy.abs(), w_shape, stride, pad, dil, groups)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_weight_grad_matches_float64(case, layout, dtype):
+    N, C, H, W, K, (R, S), stride, pad, dil, groups = case
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, H, W, generator=g, dtype=dtype).contiguous(memory_format=mf)
+    Ho = (H + pad[0] + pad[1] - dil * (R - 1) - 1) // stride + 1
+    Wo = (W + pad[2] + pad[3] - dil * (S - 1) - 1) // stride + 1
+    gy = torch.randn(N, K, Ho, Wo, generator=g, dtype=dtype).contiguous(memory_format=mf)
+    w_shape = [K, C // groups, R, S]
+    gw = torch.ops.convx.conv2d_backward_weight(gy, x, w_shape, [stride, stride], list(pad), [dil, dil], groups,
+                                                False)[0]
+    assert gw.shape == tuple(w_shape) and gw.dtype == dtype
+    assert gw.is_contiguous(memory_format=mf) or gw.is_contiguous()
+    ref = _grad64(x, gy, w_shape, stride, pad, dil, groups)
+    mag = _mag64(x, gy, w_shape, stride, pad, dil, groups)
+    u = torch.finfo(dtype).eps / 2
+    reduction = N * Ho * Wo
+    err = (gw.double() - ref).abs()
+    # a sum of `reduction` products in float: within (reduction * u) * sum |x||dy|, far looser than
+    # what blocked sums give; the check is that nothing is missing, doubled or misplaced
+    assert (err <= 2 * reduction * u * mag + 1e-30).all(), err.max().item()
+    assert (err <= 1e-4 * mag.max()).all() if dtype == torch.float32 else (err <= 1e-12 * mag.max()).all()
+
+
+def test_weight_grad_independent_of_thread_count():
+    g = torch.Generator().manual_seed(1)
+    for case in ("3x3_s1_big", "stride2_big", "groups_cg8"):
+        N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
+        for mf in (torch.channels_last, torch.contiguous_format):
+            x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
+            Ho = (H + pad[0] + pad[1] - dil * (R - 1) - 1) // stride + 1
+            Wo = (W + pad[2] + pad[3] - dil * (S - 1) - 1) // stride + 1
+            gy = torch.randn(N, K, Ho, Wo, generator=g).contiguous(memory_format=mf)
+            args = (gy, x, [K, C // groups, R, S], [stride, stride], list(pad), [dil, dil], groups, False)
+            old = torch.get_num_threads()
+            try:
+                torch.set_num_threads(1)
+                one = torch.ops.convx.conv2d_backward_weight(*args)[0]
+                torch.set_num_threads(2)
+                two = torch.ops.convx.conv2d_backward_weight(*args)[0]
+            finally:
+                torch.set_num_threads(old)
+            assert torch.equal(one, two), (case, mf)
