@@ -30,6 +30,7 @@
 #include "../common/conv_ops.h"
 #include "depthwise.h"
 #include "gemm.h"
+#include "grouped.h"
 #include "winograd.h"
 
 #include <ATen/Dispatch.h>
@@ -729,7 +730,9 @@ struct CpuConv {
     check_cpu_dtype(input, "input");
     const auto mf = conv_memory_format(input, weight);
     const bool wino = input.scalar_type() != at::kDouble && winograd_forward(sh, p);  // both layouts natively
-    const auto cf = wino ? mf : compute_format(mf, sh, p);
+    // few channels a group: the channels_last direct kernel, whatever the layout (grouped.h)
+    const bool grp = !wino && input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
+    const auto cf = wino ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(input.scalar_type());
     auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(cf));
@@ -741,6 +744,9 @@ struct CpuConv {
       winograd::conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, false,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh.N, sh.C, sh.H,
                         sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, nhwc);
+    } else if (grp) {
+      grouped::forward(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                       b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p);
     } else AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_forward_cpu", [&] {
       if (is_depthwise(sh, p))
         depthwise::forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -759,7 +765,8 @@ struct CpuConv {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, weight);
     const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);
-    const auto cf = wino ? mf : compute_format(mf, sh, p);
+    const bool grp = !wino && grad_output.scalar_type() != at::kDouble && grouped::data_grad_applicable(sh, p);
+    const auto cf = wino ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
     auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct).memory_format(cf));
@@ -776,6 +783,9 @@ struct CpuConv {
       winograd::conv3x3(gy.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, true,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh.N, sh.K, sh.Ho,
                         sh.Wo, sh.C, sh.H, sh.W, 2 - p.pad_t, 2 - p.pad_l, nhwc);
+    } else if (grp) {
+      grouped::data_grad(gy.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                         b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh, p);
     } else AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_input_cpu", [&] {
       const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
       if (is_depthwise(sh, p))

@@ -1,0 +1,40 @@
+// Grouped convolution with few channels a group (ResNeXt's 32 groups of 4, 8
+// or 16), channels_last, float32: direct loops vectorised along the output
+// channels instead of one tiny GEMM a group (whose product is 4 x 36 there).
+//
+// With Cg == Kg channels a group dividing the vector width, the input channels
+// a lane k needs are those of k's own group, and they sit in the same vector
+// positions as the group's outputs: for each tap, one load of the input pixel
+// at the output block's channel offset, then for c < Cg a shuffle that
+// broadcasts element c of each group of Kg lanes, times the weight vector
+// w[k][c][tap] (taken along k), accumulated:
+//
+//   y[p, k0:k0+L] = b + sum_{tap, c} shuffle_c(x[p + tap, k0:k0+L]) * wv[tap][c][k0:k0+L]
+//
+// One FMA and one shuffle a multiply-add of Cg lanes. The data gradient at
+// stride 1 is the same loop over dY with the rotated weight (for a group,
+// dX[c] sums w[k][c] dY[k] over the group's k: Cg == Kg makes it the same
+// shape). Compiled for AVX-512, AVX2 + FMA and the baseline, picked by cpu_isa().
+#pragma once
+
+#include "../common/conv_params.h"
+
+#include <cstdint>
+
+namespace convx::cpu::grouped {
+
+// Whether a float32 channels_last convolution takes this path: groups > 1,
+// Cg == Kg in {2, 4, 8, 16} and dividing the widest vector the CPU runs.
+bool applicable(const Conv2dShape& sh, const Conv2dParams& p);
+
+// y [N, Ho, Wo, K] (NHWC) = conv(x [N, H, W, C] NHWC, w [K, Cg, R, S] contiguous) + bias.
+void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
+             const Conv2dParams& p);
+
+// Whether the data gradient takes it: the forward's condition at stride 1.
+bool data_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p);
+// gx [N, H, W, C] (NHWC) = the data gradient of the convolution above, from gy [N, Ho, Wo, K] (NHWC), + bias.
+void data_grad(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
+               const Conv2dParams& p);
+
+}  // namespace convx::cpu::grouped

@@ -1,0 +1,107 @@
+"""Grouped convolutions with few channels a group on the CPU (csrc/cpu/grouped.cpp): float32,
+Cg == Kg in {2, 4, 8, 16}, computed in channels_last whatever the layout; forward at any stride,
+data gradient at stride 1. Against float64, both layouts, and every ISA build."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convx  # noqa: F401
+from test_cpu_gemm import _flags
+
+# N, C, H, W, groups, (R, S), stride, (top, bottom, left, right) padding, dilation, bias
+CASES = {
+    "resnext_cg4": (2, 128, 14, 13, 32, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg2": (2, 32, 9, 20, 16, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "cg8": (1, 64, 11, 11, 8, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg16": (2, 64, 7, 9, 4, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "stride2": (2, 64, 15, 15, 16, (3, 3), 2, (1, 1, 1, 1), 1, True),
+    "asym_dil_5x3": (1, 32, 12, 17, 8, (5, 3), 1, (3, 1, 0, 2), 2, True),
+    "wide_rows": (1, 64, 5, 40, 16, (3, 3), 1, (1, 1, 1, 1), 1, False),
+}
+
+
+def _run(case, layout, seed=0):
+    N, C, H, W, G, (R, S), st, pad, dil, bias = case
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(C, C // G, R, S, generator=g)
+    b = torch.randn(C, generator=g) if bias else None
+    y = torch.ops.convx.conv2d(x, w, b, [st, st], list(pad), [dil, dil], G)
+    t, bo, l, r = pad
+    xd = F.pad(x.double(), (l, r, t, bo)).requires_grad_()
+    ref = F.conv2d(xd, w.double(), None if b is None else b.double(), st, 0, dil, G)
+    mag = F.conv2d(xd.detach().abs(), w.double().abs(), None if b is None else b.double().abs(), st, 0, dil, G)
+    return x, w, b, y, ref, mag, xd
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_forward_and_data_grad(case, layout):
+    N, C, H, W, G, (R, S), st, pad, dil, bias = case
+    x, w, b, y, ref, mag, xd = _run(case, layout)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=(
+        torch.channels_last if layout == "nhwc" else torch.contiguous_format))
+    u = 2.0 ** -24
+    taps = (C // G) * R * S + 1
+    assert ((y.double() - ref).abs() <= 2 * taps * u * mag + 1e-30).all()
+    if st != 1:
+        return
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, [N, C, H, W], [st, st], list(pad), [dil, dil], G)
+    t, bo, l, r = pad
+    gref = torch.autograd.grad(ref, xd, gy.double())[0][:, :, t:t + H, l:l + W]
+    xa = xd.detach().abs().requires_grad_()
+    gmag = torch.autograd.grad(F.conv2d(xa, w.double().abs(), None, st, 0, dil, G), xa, gy.double().abs())[0]
+    gmag = gmag[:, :, t:t + H, l:l + W]
+    assert gx.shape == gref.shape
+    assert ((gx.double() - gref).abs() <= 2 * taps * u * gmag + 1e-30).all()
+
+
+def test_autograd_through_module():
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(64, 64, 3, padding=1, groups=16)
+    mine = convx.Conv2d(64, 64, 3, padding=1, groups=16)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 64, 10, 10).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = mine(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mine.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-3)
+
+
+_CHILD = r"""
+import sys, torch, convx, torch.nn.functional as F
+assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
+g = torch.Generator().manual_seed(0)
+for cg in (2, 4, 8, 16):
+    C = 64
+    x = torch.randn(2, C, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C, cg, 3, 3, generator=g)
+    y = convx.functional.conv2d(x, w, None, 1, 1, 1, C // cg)
+    ref = F.conv2d(x.double(), w.double(), None, 1, 1, 1, C // cg)
+    assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max(), cg
+    gy = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [1, 1], [1, 1, 1, 1], [1, 1], C // cg)
+    xd = x.double().requires_grad_()
+    gr, = torch.autograd.grad(F.conv2d(xd, w.double(), None, 1, 1, 1, C // cg), xd, gy.double())
+    assert (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), cg
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_narrower_builds(isa):
+    if isa == "avx2" and not {"avx2", "fma"} <= _flags():
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, CONVX_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", _CHILD, isa], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
