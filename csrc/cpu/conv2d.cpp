@@ -558,7 +558,9 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
   // order of images and blocks: the result does not depend on the thread count.
   const int64_t nthr = at::get_num_threads();
   const int64_t per = std::max<int64_t>(32, ceil_div(ceil_div(CRS, nthr), 32) * 32);  // whole column panels
-  const int64_t rows = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, per * sh.Wo), 1, sh.Ho);
+  // (rows from CRS, not from a thread's share: the blocks are the reduction's chunks, so they must not
+  // depend on the thread count)
+  const int64_t rows = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, CRS * sh.Wo), 1, sh.Ho);
   auto group_blocked = [&](int64_t g, T*, bool par) {
     T* gwg = gw + g * Kg * CRS;
     maybe_parallel_for(par, 0, ceil_div(CRS, per), 1, [&](int64_t b, int64_t e) {
@@ -591,7 +593,7 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
       }
     });
   };
-  const bool blocked = nb == 1 && !direct && G < nthr;
+  const bool blocked = nb == 1 && !direct;  // (not on the thread count: the path sets the summation order)
   auto group = [&](int64_t g, T* col, bool par) {
     if (blocked) return group_blocked(g, col, par);
     T* gwg = gw + g * Kg * CRS;
@@ -701,8 +703,11 @@ bool winograd_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
 // The layout the kernels compute in. torch's rule picks the result's layout;
 // the kernels may compute in the other one and convert (two copies) where
 // measured to pay:
-//  * grouped (not depthwise): NCHW, whose per-group GEMMs have the pixels as
-//    their long side; in channels_last each group's GEMM is only Kg wide;
+//  * grouped (not depthwise) on the GEMM path: NCHW, whose per-group GEMMs
+//    have the pixels as their long side; in channels_last each group's GEMM is
+//    only Kg wide (groups of 2 to 16 channels take grouped.cpp's channels_last
+//    kernel instead, decided by the callers: it is 2-5x faster than either);
+//  * Winograd (winograd.cpp) computes in the result's layout;
 //  * an NCHW convolution with a spatial kernel and few output pixels (<= 64:
 //    late ResNet stages, small images): channels_last, where images stack into
 //    one GEMM. (For 1x1 layers the copies cost more than that gains.)
