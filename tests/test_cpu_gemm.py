@@ -73,15 +73,21 @@ print("ok")
 """
 
 
+def run_with_isa(code, isa):
+    """Run `code` (which checks its results and prints "ok") in a subprocess whose CPU kernels are
+    capped at `isa` by CONVX_CPU_ISA; skips where the CPU lacks AVX2."""
+    if isa == "avx2" and not {"avx2", "fma"} <= _flags():
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, CONVX_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", code, isa], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_narrower_builds(isa):
     """The AVX2 and baseline builds (GEMM micro-kernel, depthwise loops), forced on this machine:
     GEMM and convolution parity, dense and depthwise, both layouts, forward and both gradients."""
-    if isa == "avx2" and not {"avx2", "fma"} <= _flags():
-        pytest.skip("this CPU has no AVX2")
-    env = dict(os.environ, CONVX_CPU_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", _CHILD, isa], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    run_with_isa(_CHILD, isa)
 
 
 def test_fma_peak_is_measured():

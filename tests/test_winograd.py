@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import convx
 from conftest import assert_close_to_reference
-from test_cpu_gemm import _flags
+from test_cpu_gemm import run_with_isa
 
 U = 2.0 ** -24
 BOUND = 64 * U
@@ -237,8 +237,4 @@ print("ok")
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_narrower_builds(isa):
     """The AVX2 and baseline builds of the transforms (and the GEMM tiles they use), forced on this machine."""
-    if isa == "avx2" and not {"avx2", "fma"} <= _flags():
-        pytest.skip("this CPU has no AVX2")
-    env = dict(os.environ, CONVX_CPU_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", _CHILD, isa], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    run_with_isa(_CHILD, isa)

@@ -225,22 +225,8 @@ inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, int64_t G, boo
 // whole), so a call does not fault in and clear fresh pages (a 224x224 layer
 // used to take ~56,000 page faults a call for a whole-image buffer).
 template <typename T>
-T* workspace(int64_t n, int slot = 0) {  // slot 1: a second buffer (the weight gradient's padded input)
-  struct Buf {
-    void* p = nullptr;
-    int64_t cap = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf bufs[2];
-  Buf& buf = bufs[slot];
-  const int64_t bytes = std::max<int64_t>(64, (n * int64_t(sizeof(T)) + 63) / 64 * 64);
-  if (buf.cap < bytes) {
-    std::free(buf.p);
-    buf.p = std::aligned_alloc(64, bytes);
-    TORCH_CHECK(buf.p != nullptr, "convx: out of memory for a ", bytes, "-byte convolution workspace");
-    buf.cap = bytes;
-  }
-  return static_cast<T*>(buf.p);
+T* workspace(int64_t n, int slot = kConvCol) {  // kConvPadded: the weight gradient's padded input
+  return thread_buffer<T>(slot, n);
 }
 
 template <typename T, typename Task>
@@ -401,7 +387,7 @@ void wgrad_nhwc_shifted(const float* x, const float* gy, float* gw, const Conv2d
   const int64_t C = sh.C, K = sh.K, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S, G = p.groups, CRS = Cg * R * S;
   const int64_t Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r, L = sh.N * Hp * Wp;
   const int64_t tail = ((R - 1) * p.dil_h * Wp + (S - 1) * p.dil_w + 1) * C + NR;
-  float* xpad = workspace<float>(L * C + tail, 1);
+  float* xpad = workspace<float>(L * C + tail, kConvPadded);
   at::parallel_for(0, sh.N * Hp, 8, [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t n = row / Hp, h = row % Hp - p.pad_t;

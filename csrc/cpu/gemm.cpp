@@ -17,25 +17,6 @@
 namespace convx::cpu {
 namespace {
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
-// Per-thread packing buffers, 64-byte aligned, grown on demand and kept.
-template <typename T>
-T* scratch(int slot, int64_t n) {
-  thread_local std::unique_ptr<void, FreeDeleter> bufs[2];
-  thread_local int64_t caps[2] = {0, 0};
-  const int64_t bytes = n * int64_t(sizeof(T));
-  if (caps[slot] < bytes) {
-    const int64_t rounded = (bytes + 63) / 64 * 64;
-    bufs[slot].reset(std::aligned_alloc(64, rounded));
-    TORCH_CHECK(bufs[slot] != nullptr, "convx: out of memory packing a GEMM panel");
-    caps[slot] = rounded;
-  }
-  return static_cast<T*>(bufs[slot].get());
-}
-
 // The register tile: C[MR][NR] (+)= a[:, k] (x) b[k, :], k = 0..kc-1, with a
 // packed MR-major per k and b NR-major per k; the tile goes straight to C
 // (row stride rsc, unit column stride), added to it when `add`.
@@ -312,8 +293,8 @@ void gemm_serial(
         for (int64_t j = 0; j < N; ++j) C[i * rsc + j * csc] = T(0);
     return;
   }
-  T* bpack = scratch<T>(0, kn.KC * ((std::min(N, kn.NC) + NR - 1) / NR * NR));
-  T* apack = scratch<T>(1, kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR));
+  T* bpack = thread_buffer<T>(kGemmPackB, kn.KC * ((std::min(N, kn.NC) + NR - 1) / NR * NR));
+  T* apack = thread_buffer<T>(kGemmPackA, kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR));
   alignas(64) T tile[12 * 32];
   for (int64_t jc = 0; jc < N; jc += kn.NC) {
     const int64_t nc = std::min(kn.NC, N - jc);
@@ -385,6 +366,25 @@ void gemm_serial(
 }
 
 }  // namespace
+
+void* thread_buffer(int slot, int64_t bytes) {
+  struct Buf {
+    void* p = nullptr;
+    int64_t cap = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kThreadBufferSlots];
+  TORCH_CHECK(slot >= 0 && slot < kThreadBufferSlots, "convx: no thread buffer slot ", slot);
+  Buf& b = bufs[slot];
+  const int64_t rounded = std::max<int64_t>(64, (bytes + 63) / 64 * 64);
+  if (b.cap < rounded) {
+    std::free(b.p);
+    b.p = std::aligned_alloc(64, rounded);
+    b.cap = b.p ? rounded : 0;
+    TORCH_CHECK(b.p != nullptr, "convx: out of memory for a ", rounded, "-byte CPU kernel buffer");
+  }
+  return b.p;
+}
 
 Isa cpu_isa() {
   static const Isa isa = detect_isa();

@@ -20,6 +20,20 @@
 namespace convx::cpu {
 
 enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
+
+// Per-thread scratch buffers for the CPU kernels: 64-byte aligned, grown on
+// demand and kept between calls, never zero-filled (so a call neither faults
+// in nor clears fresh pages). Each user owns its slots, so buffers used at the
+// same time never share one: the GEMM's packing 0-1, the convolution's
+// im2col / padded input 2-3, Winograd 4-9.
+enum ThreadBufferSlot {
+  kGemmPackB = 0, kGemmPackA = 1, kConvCol = 2, kConvPadded = 3, kWinogradFirst = 4, kThreadBufferSlots = 10
+};
+void* thread_buffer(int slot, int64_t bytes);
+template <typename T>
+T* thread_buffer(int slot, int64_t n) {
+  return static_cast<T*>(thread_buffer(slot, n * int64_t(sizeof(T))));
+}
 // The instruction set the GEMM (and the kernels that follow it) run with.
 Isa cpu_isa();
 const char* cpu_isa_name();

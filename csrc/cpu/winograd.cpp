@@ -61,24 +61,8 @@ constexpr int64_t kCAlign = 16;  // channels padded to the widest vector (16 flo
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Per-thread float buffers, 64-byte aligned, grown on demand and kept (never zero-filled).
-float* tls_buffer(int slot, int64_t n) {
-  struct Buf {
-    void* p = nullptr;
-    int64_t cap = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf bufs[6];
-  Buf& b = bufs[slot];
-  const int64_t bytes = std::max<int64_t>(64, round_up(n * int64_t(sizeof(float)), 64));
-  if (b.cap < bytes) {
-    std::free(b.p);
-    b.p = std::aligned_alloc(64, bytes);
-    TORCH_CHECK(b.p != nullptr, "convx: out of memory for a ", bytes, "-byte Winograd buffer");
-    b.cap = bytes;
-  }
-  return static_cast<float*>(b.p);
-}
+// Per-thread float buffers (gemm.h's thread_buffer, Winograd's own slots 0-5).
+float* tls_buffer(int slot, int64_t n) { return thread_buffer<float>(kWinogradFirst + slot, n); }
 
 #define WINO_INLINE __attribute__((always_inline)) inline
 // The vector helpers below are always inlined into the per-ISA task functions;
