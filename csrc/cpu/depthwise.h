@@ -13,6 +13,7 @@
 
 #include "../common/conv_params.h"
 #include "gemm.h"
+#include "isa_each.h"
 
 #include <ATen/Parallel.h>
 
@@ -21,32 +22,10 @@
 
 namespace convx::cpu::depthwise {
 
-// The loops below vectorise along W (NCHW) or along channels (NHWC). Each
-// parallel task runs through `each`, which is compiled three times (AVX-512,
-// AVX2 + FMA, baseline) and picks the CPU's widest: the task body, an
-// always-inline lambda, is inlined into each and vectorised with its ISA
-// (this file is otherwise compiled for baseline x86-64, 4 floats a register).
-#define CONVX_ALWAYS_INLINE __attribute__((always_inline))
-template <typename F>
-__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void each_avx512(int64_t b, int64_t e, const F& f) {
-  for (int64_t t = b; t < e; ++t) f(t);
-}
-template <typename F>
-__attribute__((target("avx2,fma"))) void each_avx2(int64_t b, int64_t e, const F& f) {
-  for (int64_t t = b; t < e; ++t) f(t);
-}
-template <typename F>
-void each_base(int64_t b, int64_t e, const F& f) {
-  for (int64_t t = b; t < e; ++t) f(t);
-}
-template <typename F>
-void each(int64_t b, int64_t e, const F& f) {
-  switch (cpu_isa()) {
-    case Isa::Avx512: return each_avx512(b, e, f);
-    case Isa::Avx2: return each_avx2(b, e, f);
-    default: return each_base(b, e, f);
-  }
-}
+// The loops below vectorise along W (NCHW) or along channels (NHWC); each
+// parallel task runs through isa_each.h's `each` (compiled for AVX-512, AVX2 +
+// FMA and the baseline; the CPU's widest is picked).
+using ::convx::cpu::each;
 
 // Output positions o with 0 <= o*stride - pad + t*dil < n: [lo, hi).
 inline void valid_range(int64_t n, int64_t out, int64_t stride, int64_t pad, int64_t tap_off, int64_t& lo,

@@ -16,6 +16,7 @@
 // ties keep the first index, and an all -inf window returns -inf with the
 // index of its first valid element.
 #include "../common/pool_ops.h"
+#include "isa_each.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -109,7 +110,7 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
     std::vector<idx_t> idx_buf(C);
     acc_t* __restrict acc = acc_buf.data();
     idx_t* __restrict idx = idx_buf.data();
-    for (int64_t t = b; t < e; ++t) {
+    each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {  // the channel loops in the CPU's widest vectors
       const int64_t n = t / (Ho * Wo), oh = (t / Wo) % Ho, ow = t % Wo;
       const int64_t h0 = ah.begin(oh), th = ah.taps(oh), sh = ah.step();
       const int64_t w0 = aw.begin(ow), tw = aw.taps(ow), sw = aw.step();
@@ -154,7 +155,7 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
         const acc_t d = acc_t(p.div(ah, aw, oh, ow));
         for (int64_t c = 0; c < C; ++c) yp[c] = T(acc[c] / d);
       }
-    }
+    });
   });
 }
 
@@ -211,7 +212,7 @@ void backward_nhwc(const T* gy, const int64_t* ind, T* gx, int64_t N, int64_t C,
   constexpr bool direct = std::is_same_v<acc_t, T>;
   at::parallel_for(0, N * nblk, 1, [&](int64_t b, int64_t e) {
     std::vector<acc_t> buf;
-    for (int64_t t = b; t < e; ++t) {
+    each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
       const int64_t n = t / nblk, c0 = (t % nblk) * CB, cn = std::min(CB, C - c0);
       // acc[q * ldq + c]: pixel q, channel c0 + c
       acc_t* acc;
@@ -252,7 +253,7 @@ void backward_nhwc(const T* gy, const int64_t* ind, T* gx, int64_t N, int64_t C,
           for (int64_t c = 0; c < cn; ++c) out[c] = T(a[c]);
         }
       }
-    }
+    });
   });
 }
 
