@@ -416,10 +416,11 @@ WINO_TARGETS(WINO_DEFINE)
 bool enabled() { return g_enabled.load(std::memory_order_relaxed); }
 void set_enabled(bool on) { g_enabled.store(on, std::memory_order_relaxed); }
 
-// The transformed weights are 4 times the weights and are written and read
-// once a call, so a convolution needs enough output tiles to repay them:
-// measured here (2-core Xeon), 16 tiles of 256 -> 256 channels ran at 0.55 -
-// 0.8x the direct path, 32 tiles and more at 1.1x - 3x.
+// The weights are transformed on every call (36 values for 9, by each task for
+// its channels), so a convolution needs enough output tiles to repay that:
+// measured here (2-core Xeon, when the transformed weights still went through
+// memory), 16 tiles of 256 -> 256 channels ran at 0.55 - 0.8x the direct path,
+// 32 tiles and more at 1.1x - 3x; 24 is the threshold.
 bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
                 int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo) {
   const int64_t tiles = N * ceil_div(Ho, 4) * ceil_div(Wo, 4);
