@@ -106,7 +106,7 @@ opt = ["-O0", "-g"] if debug else ["-O3"]
 san_flags = ["-fsanitize=address,undefined", "-fno-sanitize=vptr", "-fno-omit-frame-pointer", "-g"] if sanitize else []
 cxx_flags = opt + ["-std=c++20", "-fopenmp", "-ffp-contract=fast", "-fvisibility=hidden"] + san_flags
 define_macros = []
-srcs = ["csrc/ops.cpp"] + sources("cpu", ".cpp")
+srcs = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sources("cpu", ".cpp")
 extra = {"cxx": cxx_flags}
 archs = []
 if with_cuda:

@@ -7,6 +7,9 @@ from csrc/cpu and csrc/cuda. Here each op gets:
   kernel returns them, so torch.compile and opcheck can trace it;
 * ``register_autograd``: its backward, written with convx ops only, so every
   order of derivative (gradient penalties, gradgradcheck) runs convx kernels.
+  The ops a training step calls most (conv2d, conv2d_fused, batch_norm,
+  add_relu) have theirs in C++ instead (csrc/autograd.cpp, the same formulas):
+  no Python runs per call.
 """
 import contextlib
 import threading
@@ -124,35 +127,6 @@ def _strides_of(g, w):
     return g
 
 
-def _conv2d_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.args = (list(stride), list(padding), list(dilation), groups)
-
-
-def _conv2d_grads(grad, input, weight, args, need_x, need_w, need_b):
-    """(grad_input, grad_weight, grad_bias) of conv2d(input, weight, bias, *args), each None where not needed."""
-    if input.shape[1] == 0:  # no input channels: the output was empty (torch's rule), so are the gradients
-        return (input.new_zeros(input.shape) if need_x else None, torch.zeros_like(weight) if need_w else None,
-                weight.new_zeros(weight.shape[0]) if need_b else None)
-    gx = gw = gb = None
-    if need_x:
-        gx = _ops.conv2d_backward_input(grad, weight, list(input.shape), *args)
-    if need_w or need_b:
-        gw, gb = _ops.conv2d_backward_weight(grad, input, list(weight.shape), *args, bool(need_b))
-        gw = _strides_of(gw, weight) if need_w else None
-        gb = gb if need_b else None
-    return gx, gw, gb
-
-
-def _conv2d_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    return (*_conv2d_grads(grad, input, weight, ctx.args, *ctx.needs_input_grad[:3]), None, None, None, None)
-
-
-torch.library.register_autograd("convx::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
-
-
 @_register_fake("conv2d_fused")
 def _conv2d_fused_fake(input, weight, bias, residual, stride, padding, dilation, groups, relu):
     out = _conv2d_fake(input, weight, bias, stride, padding, dilation, groups)
@@ -161,28 +135,6 @@ def _conv2d_fused_fake(input, weight, bias, residual, stride, padding, dilation,
                      lambda: f"convx.conv2d_fused: expected residual of size {list(out.shape)}, "
                              f"but got {list(residual.shape)}")
     return out
-
-
-# relu(conv + bias + residual): the ReLU's mask, then the convolution's own backward
-# (each a differentiable convx op, so double backward works); the residual gets the
-# masked gradient as it is.
-def _conv2d_fused_setup(ctx, inputs, output):
-    input, weight, bias, residual, stride, padding, dilation, groups, relu = inputs
-    ctx.save_for_backward(input, weight, output if relu else None)
-    ctx.args = (list(stride), list(padding), list(dilation), groups)
-    ctx.relu = relu
-
-
-def _conv2d_fused_backward(ctx, grad):
-    input, weight, output = ctx.saved_tensors
-    if ctx.relu:
-        grad = grad * (output > 0).to(grad.dtype)
-    need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-    return (*_conv2d_grads(grad, input, weight, ctx.args, need_x, need_w, need_b), grad if need_r else None,
-            None, None, None, None, None)
-
-
-torch.library.register_autograd("convx::conv2d_fused", _conv2d_fused_backward, setup_context=_conv2d_fused_setup)
 
 
 # d(grad_input)/d(grad_output) is the forward convolution; d/d(weight) is the
@@ -510,25 +462,6 @@ def _bn_backward_fake(grad_output, input, mean, var, weight, output, eps, traini
             _like(input) if output_mask[3] else empty)
 
 
-def _bn_setup(ctx, inputs, output):
-    input, mean, var, weight, bias, residual, eps, training, relu = inputs
-    ctx.save_for_backward(input, mean, var, weight, output if relu else None)
-    ctx.eps, ctx.training, ctx.relu = eps, training, relu
-
-
-def _bn_backward(ctx, grad):
-    input, mean, var, weight, output = ctx.saved_tensors
-    n = ctx.needs_input_grad
-    mask = [n[0], n[3], n[4], n[5]]
-    gx, gw, gb, gr = _ops.batch_norm_backward(grad, input, mean, var, weight, output, ctx.eps, ctx.training,
-                                              ctx.relu, mask)
-    pick = lambda t, need: t if need else None  # noqa: E731
-    return pick(gx, n[0]), None, None, pick(gw, n[3]), pick(gb, n[4]), pick(gr, n[5]), None, None, None
-
-
-torch.library.register_autograd("convx::batch_norm", _bn_backward, setup_context=_bn_setup)
-
-
 @_register_fake("add_relu")
 def _add_relu_fake(self, other):
     return _like(self)
@@ -542,19 +475,6 @@ def _add_relu_inplace_fake(self, other):
 @_register_fake("add_relu_backward")
 def _add_relu_backward_fake(grad_output, output):
     return _like(output)
-
-
-def _add_relu_setup(ctx, inputs, output):
-    ctx.save_for_backward(output)
-
-
-def _add_relu_backward(ctx, grad):
-    (output,) = ctx.saved_tensors
-    g = _ops.add_relu_backward(grad, output)
-    return g if ctx.needs_input_grad[0] else None, g if ctx.needs_input_grad[1] else None
-
-
-torch.library.register_autograd("convx::add_relu", _add_relu_backward, setup_context=_add_relu_setup)
 
 
 def _relu_bwd_setup(ctx, inputs, output):

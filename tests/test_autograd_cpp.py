@@ -1,0 +1,95 @@
+"""The autograd of conv2d, conv2d_fused, batch_norm and add_relu is registered in C++
+(csrc/autograd.cpp): no Python runs per call. These check that it is, and that the
+gradient of each input lands in its place whichever optional inputs are given and
+whichever require grad (needs_input_grad counts only the tensors given)."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convx
+
+CPP_NODE = "torch::autograd::CppNode<convx::"
+
+
+def test_grad_fns_are_cpp_nodes():
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    y = convx.functional.conv2d(x, w, padding=1)
+    assert y.grad_fn.name().startswith(CPP_NODE + "(anonymous namespace)::Conv2dFunction")
+    assert convx.functional.conv2d(x, w, padding=1, relu=True).grad_fn.name().startswith(CPP_NODE)
+    assert convx.BatchNorm2d(4)(y).grad_fn.name().startswith(CPP_NODE)
+    assert convx.functional.add_relu(y, y).grad_fn.name().startswith(CPP_NODE)
+
+
+@pytest.mark.parametrize("with_bias,with_residual,relu", list(itertools.product([False, True], repeat=3)))
+def test_conv2d_fused_gradients_by_input(with_bias, with_residual, relu):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 3, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64) if with_bias else None
+    r = torch.randn(2, 5, 7, 7, generator=g, dtype=torch.float64) if with_residual else None
+    inputs = [t for t in (x, w, b, r) if t is not None]
+    for need in itertools.product([False, True], repeat=len(inputs)):
+        if not any(need):
+            continue
+        ours = [t.detach().clone().requires_grad_(n) for t, n in zip(inputs, need)]
+        ref = [t.detach().clone().requires_grad_(n) for t, n in zip(inputs, need)]
+
+        def unpack(ts):
+            it = iter(ts)
+            return next(it), next(it), next(it) if with_bias else None, next(it) if with_residual else None
+
+        xo, wo, bo, ro = unpack(ours)
+        xr, wr, br, rr = unpack(ref)
+        y = convx.functional.conv2d(xo, wo, bo, padding=1, residual=ro, relu=relu)
+        yr = F.conv2d(xr, wr, br, padding=1)
+        yr = yr + rr if rr is not None else yr
+        yr = yr.relu() if relu else yr
+        gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+        got = torch.autograd.grad(y, [t for t in ours if t.requires_grad], gy)
+        want = torch.autograd.grad(yr, [t for t in ref if t.requires_grad], gy)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("affine,with_residual", list(itertools.product([False, True], repeat=2)))
+def test_batch_norm_gradients_by_input(affine, with_residual):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True) if affine else None
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True) if affine else None
+    r = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True) if with_residual else None
+    y = convx.functional.batch_norm(x, None, None, w, b, True, residual=r, relu=True)
+    yr = F.batch_norm(x, None, None, w, b, True)
+    yr = (yr + r if r is not None else yr).relu()
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    leaves = [t for t in (x, w, b, r) if t is not None]
+    for a, e in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(yr, leaves, gy)):
+        torch.testing.assert_close(a, e)
+
+
+def test_double_backward_through_cpp_conv2d():
+    """create_graph: the backward ops are recorded (their own formulas), so a gradient penalty
+    differentiates; without it nothing is recorded."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    gx, = torch.autograd.grad(convx.functional.conv2d(x, w, padding=1).square().sum(), x, create_graph=True)
+    assert gx.grad_fn is not None
+    penalty_w, = torch.autograd.grad(gx.square().sum(), w)
+    xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+    gxr, = torch.autograd.grad(F.conv2d(xr, wr, padding=1).square().sum(), xr, create_graph=True)
+    torch.testing.assert_close(penalty_w, torch.autograd.grad(gxr.square().sum(), wr)[0])
+    gx2, = torch.autograd.grad(convx.functional.conv2d(x, w, padding=1).sum(), x)
+    assert gx2.grad_fn is None and not gx2.requires_grad
+
+
+def test_no_grad_and_inference_mode_record_nothing():
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    w = torch.randn(2, 2, 3, 3, requires_grad=True)
+    with torch.no_grad():
+        assert convx.functional.conv2d(x, w).grad_fn is None
+    with torch.inference_mode():
+        assert not convx.functional.conv2d(x, w).requires_grad
