@@ -1,11 +1,15 @@
 """The CPU weight gradient's paths, against float64 (csrc/cpu/conv2d.cpp):
 
-* channels_last float32 at stride 1: no im2col, each tap's columns read in place from a
-  zero-padded copy of the input (wgrad_nhwc_shifted), any kernel size, dilation, padding
-  and groups with 8 or more channels each;
-* channels_last float32 at other strides: im2col written into the micro-kernel's panels
-  (wgrad_nhwc_tiles), the threads splitting dW's columns;
-* NCHW: im2col in blocks of output rows, the 1x1 input read as the column matrix.
+* float32 with a spatial kernel and >= 8 channels a group is computed in channels_last
+  whatever the layout (weight_grad_format);
+* channels_last float32 at stride 1 on images of more than 256 output pixels: no im2col,
+  each tap's columns read in place from a zero-padded copy of the input
+  (wgrad_nhwc_shifted), any kernel size, dilation, padding and groups;
+* other channels_last float32: im2col written into the micro-kernel's panels
+  (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
+  columns, chunk of the pixels), the chunks summed into copies of dW added in order;
+* NCHW (fewer than 8 channels a group, float64): im2col in blocks of output rows, the
+  1x1 input read as the column matrix.
 
 Shapes cut every register tile (Kg not a multiple of 12 or 6, Cg*R*S not of 32 or 16).
 """
@@ -27,6 +31,9 @@ CASES = {
     "1x1": (2, 48, 14, 14, 40, (1, 1), 1, (0, 0, 0, 0), 1, 1),
     "1x1_s2": (2, 48, 14, 14, 40, (1, 1), 2, (0, 0, 0, 0), 1, 1),
     "large_image": (1, 16, 96, 96, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
+    "tiny_images": (40, 16, 4, 4, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # pixel chunks across images
+    "late_3x3": (4, 64, 7, 7, 40, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # > 16 column panels: column blocks
+    "stem_c3": (2, 3, 20, 20, 16, (7, 7), 2, (3, 3, 3, 3), 1, 1),  # < 8 channels: the layout's own path
 }
 
 
@@ -70,7 +77,7 @@ def test_weight_grad_matches_float64(case, layout, dtype):
 
 def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
-    for case in ("3x3_s1_big", "stride2_big", "groups_cg8"):
+    for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)

@@ -171,6 +171,19 @@ const Kernel<T>& kernel_of() {
   return k;
 }
 
+// AVX-512's 8 x 32 tile (16 accumulators), for products whose row count
+// fills 8-row panels better than 12-row ones (micro_tile_for_rows).
+template <typename T>
+const Kernel<T>& kernel_avx512_short() {
+  static const Kernel<T> k =
+      std::is_same_v<T, float>
+          ? Kernel<T>{8, 32, 256, 240, 3072, &ukernel_avx512<T, 8, 32>, &ukernel_rows_avx512<T, 8, 32>,
+                      &ukernel_brows_avx512<T, 8, 32>, "avx512"}
+          : Kernel<T>{8, 16, 256, 120, 1536, &ukernel_avx512<T, 8, 16>, &ukernel_rows_avx512<T, 8, 16>,
+                      &ukernel_brows_avx512<T, 8, 16>, "avx512"};
+  return k;
+}
+
 // The kernel for one product: the widest the CPU has, except that a product
 // with few rows or columns (grouped convolutions with 4 or 8 channels a group)
 // takes the AVX2 6 x 16 tile on an AVX-512 machine, whose 12 x 32 tile would
@@ -439,7 +452,15 @@ void gemm(
 template <typename T>
 MicroTile micro_tile() {
   const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
-  return MicroTile{kn.MR, kn.NR, kn.KC};
+  return MicroTile{kn.MR, kn.NR, kn.KC, &kn};
+}
+
+template <typename T>
+MicroTile micro_tile_for_rows(int64_t rows) {
+  const MicroTile wide = micro_tile<T>();
+  if (cpu_isa() != Isa::Avx512 || (rows + 7) / 8 * 8 >= (rows + wide.MR - 1) / wide.MR * wide.MR) return wide;
+  const Kernel<T>& kn = kernel_avx512_short<T>();
+  return MicroTile{kn.MR, kn.NR, kn.KC, &kn};
 }
 
 template <typename T>
@@ -451,8 +472,9 @@ void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
 }
 
 template <typename T>
-void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr, bool add) {
-  const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
+void micro_tile_product(const MicroTile& mt, int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr,
+                        bool add) {
+  const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
   if (mr == kn.MR) return kn.uk(kc, Ap, Bp, C, ldc, add);
   alignas(64) T tile[12 * 32];
   kn.uk(kc, Ap, Bp, tile, kn.NR, false);
@@ -461,9 +483,20 @@ void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
 }
 
 template <typename T>
+void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr, bool add) {
+  micro_tile_product<T>(micro_tile<T>(), kc, Ap, Bp, C, ldc, mr, add);
+}
+
+template <typename T>
 void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t mr,
                                bool add) {
-  const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
+  micro_tile_product_b_rows<T>(micro_tile<T>(), kc, Ap, B, ldb, C, ldc, mr, add);
+}
+
+template <typename T>
+void micro_tile_product_b_rows(const MicroTile& mt, int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C,
+                               int64_t ldc, int64_t mr, bool add) {
+  const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
   if (mr == kn.MR) return kn.ub(kc, Ap, B, ldb, C, ldc, add);
   alignas(64) T tile[12 * 32];
   kn.ub(kc, Ap, B, ldb, tile, kn.NR, false);
@@ -472,6 +505,11 @@ void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb,
 }
 
 template MicroTile micro_tile<float>();
+template MicroTile micro_tile_for_rows<float>(int64_t);
+template void micro_tile_product<float>(const MicroTile&, int64_t, const float*, const float*, float*, int64_t,
+                                        int64_t, bool);
+template void micro_tile_product_b_rows<float>(const MicroTile&, int64_t, const float*, const float*, int64_t,
+                                               float*, int64_t, int64_t, bool);
 template void micro_tile_product_b_rows<float>(int64_t, const float*, const float*, int64_t, float*, int64_t, int64_t,
                                                bool);
 template void pack_a_panels<float>(int64_t, int64_t, const float*, int64_t, float*);

@@ -56,9 +56,15 @@ void gemm(
 struct MicroTile {
   int MR, NR;
   int64_t KC;
+  const void* kernel = nullptr;  // which build (gemm.cpp); pass the tile back to the products below
 };
 template <typename T>
 MicroTile micro_tile();
+// The tile for products of `rows` rows (a weight gradient's output channels):
+// on AVX-512, 8 x 32 where 8-row panels waste less than 12-row ones (16 rows:
+// 2 full panels instead of 12 + 4), else micro_tile().
+template <typename T>
+MicroTile micro_tile_for_rows(int64_t rows);
 // A [M, K] (row-major, row stride lda) -> packed (round_up(M, MR) * K elements).
 template <typename T>
 void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
@@ -69,5 +75,12 @@ void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
 template <typename T>
 void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t mr,
                                bool add);
+// Both on a given tile (from micro_tile_for_rows; its MR panels).
+template <typename T>
+void micro_tile_product(const MicroTile& mt, int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr,
+                        bool add);
+template <typename T>
+void micro_tile_product_b_rows(const MicroTile& mt, int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C,
+                               int64_t ldc, int64_t mr, bool add);
 
 }  // namespace convx::cpu
