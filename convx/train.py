@@ -115,6 +115,15 @@ class _Dist:
 
 
 def train_one(name, impl, init_state, data, args, device, dist_ctx=None):
+    """Trains one model to the end: (model, final accuracy, seconds per epoch, history)."""
+    for state in train_epochs(name, impl, init_state, data, args, device, dist_ctx):
+        pass
+    return state
+
+
+def train_epochs(name, impl, init_state, data, args, device, dist_ctx=None):
+    """Trains one model an epoch at a time: yields (model, accuracy, seconds per epoch so far, history)
+    after each epoch, so that two implementations can take turns (see _main)."""
     ctor, size = MODELS[name]
     dist_ctx = dist_ctx or _Dist()
     torch.manual_seed(args.seed)
@@ -177,7 +186,7 @@ def train_one(name, impl, init_state, data, args, device, dist_ctx=None):
         if show:
             print(f"  {impl:>5} {name} epoch {epoch + 1:2d}: loss {loss.item():.3f}  test accuracy {acc * 100:5.2f}%  "
                   f"({epoch_times[-1]:.2f} s)", flush=True)
-    return model, acc, epoch_times, history
+        yield model, acc, epoch_times, history
 
 
 def plot_curves(path, model_name, histories):
@@ -224,6 +233,8 @@ def main(argv=None):
                    help="under torchrun: batch statistics over all processes (convx.SyncBatchNorm)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
     dist_ctx = _Dist()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and dist_ctx.world > 1:
@@ -261,18 +272,27 @@ def _main(args, device, dist_ctx):
             f"images per process and step, DistributedDataParallel"
             + (", SyncBatchNorm" if args.sync_bn else ", batch statistics per process"))
 
-    runs, histories = {}, {}
-    for impl in ["convx"] + ([] if args.no_compare else ["torch"]):
-        t0 = time.perf_counter()
-        model, acc, times, histories[impl] = train_one(args.model, impl, init, data, args, device, dist_ctx)
-        runs[impl] = (acc, times, time.perf_counter() - t0)
+    # The two models take turns an epoch at a time (convx first in odd epochs, torch.nn first in even
+    # ones), so that a drift of the machine's speed weighs on both alike; each keeps its own batches'
+    # generator, so both still see the same batches.
+    impls = ["convx"] + ([] if args.no_compare else ["torch"])
+    runs, histories, states, totals = {}, {}, {}, dict.fromkeys(impls, 0.0)
+    trainers = {impl: train_epochs(args.model, impl, init, data, args, device, dist_ctx) for impl in impls}
+    for epoch in range(args.epochs):
+        for impl in (impls if epoch % 2 == 0 else impls[::-1]):
+            t0 = time.perf_counter()
+            states[impl] = next(trainers[impl])
+            totals[impl] += time.perf_counter() - t0
+    for impl in impls:
+        model, acc, times, histories[impl] = states[impl]
+        runs[impl] = (acc, times, totals[impl])
         if impl == "convx" and args.save and dist_ctx.main:
             torch.save(model.state_dict(), args.save)
     if not dist_ctx.main:
         return 0
 
     print("\nreport")
-    print(f"  {'model':<24} {'test accuracy':>14} {'s / epoch':>10} {'total s':>8}")
+    print(f"  {'model':<24} {'test accuracy':>14} {'s / epoch':>10} {'total s':>8}   (epochs taken in turns)")
     for impl, (acc, times, total) in runs.items():
         label = f"{args.model} ({'convx' if impl == 'convx' else 'torch.nn'})"
         print(f"  {label:<24} {acc * 100:13.2f}% {sum(times) / len(times):10.2f} {total:8.1f}")
