@@ -81,3 +81,7 @@ def test_model(benchmark, arch, device, n, dtype, layout, mode, impl):
     # images per second, reported in the "gbps" slot's place as img/s
     run_timed(benchmark, fn, device, n * 1e9, "gflops")
     benchmark.extra_info["images_per_s"] = benchmark.extra_info.pop("gflops")
+    pair = benchmark.extra_info.get("interleaved")
+    if pair:
+        for side in ("convx", "torch"):
+            pair[f"{side}_images_per_s"] = pair.pop(f"{side}_gflops")

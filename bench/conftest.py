@@ -1,5 +1,7 @@
 """Benchmark configuration. Each benchmark times one callable, with
-``impl`` in (convx, torch) so the two sit side by side in one group.
+``impl`` in (convx, torch) so the two sit side by side in one group; the
+torch test of a group then times both again in alternating rounds
+(extra_info["interleaved"]: medians), and report.py's ratios come from those.
 
 Environment:
   CONVX_BENCH_DEVICES  comma list (default: cpu, plus cuda when present)
@@ -10,6 +12,7 @@ Environment:
 """
 import math
 import os
+import statistics
 import time
 
 import pytest
@@ -52,8 +55,28 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# The convx callable of the group being timed, kept until its torch twin (the
+# next test: ``impl`` is the fastest-varying parameter) times both in turns.
+_pending = {}
+
+
+def _interleaved(first, second, rounds):
+    """Times two callables in alternating rounds (which goes first alternates too), so that a
+    drift of the machine's speed (clock, other load, allocator state) weighs on both alike;
+    returns their median round times."""
+    ta, tb = [], []
+    for r in range(rounds):
+        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            (first, second)[which]()
+            (ta, tb)[which].append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def run_timed(benchmark, fn, device, work, unit):
-    """Time fn (synchronizing on CUDA) and record work/time in extra_info."""
+    """Time fn (synchronizing on CUDA) and record work/time in extra_info. The torch test of a
+    group also times itself against the group's convx callable in alternating rounds and
+    records both medians in extra_info["interleaved"], which report.py's ratios use."""
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -69,8 +92,17 @@ def run_timed(benchmark, fn, device, work, unit):
     rounds = int(min(50, max(3, 0.5 / once)))
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
     best = benchmark.stats.stats.min
-    benchmark.extra_info[unit] = work / best / (1e12 if unit == "tflops" else 1e9)
+    scale = 1e12 if unit == "tflops" else 1e9
+    benchmark.extra_info[unit] = work / best / scale
     benchmark.extra_info["ms"] = best * 1e3
+    impl, group = benchmark.extra_info.get("impl"), benchmark.group
+    if impl == "convx":
+        _pending.clear()
+        _pending[group] = call
+    elif impl == "torch" and group in _pending:
+        mc, mt = _interleaved(_pending.pop(group), call, rounds)
+        benchmark.extra_info["interleaved"] = {"rounds": rounds, "convx_ms": mc * 1e3, "torch_ms": mt * 1e3,
+                                               "convx_" + unit: work / mc / scale, "torch_" + unit: work / mt / scale}
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,9 @@
   {"device", "torch", "cuda", "date", "command", "ceilings": {...}, "records": [...]}
 
 one record per (op, shape, dtype, layout) with convx_ms, torch_ms, their ratio
-(torch_ms / convx_ms: above 1 means convx is faster) and TFLOP/s or GB/s, plus a
-Markdown table beside it. The device's ceilings (copy bandwidth, dense matrix
+(torch_ms / convx_ms: above 1 means convx is faster; medians of rounds in which
+the two alternate, where the benchmark recorded them) and TFLOP/s or GB/s, plus
+a Markdown table beside it. The device's ceilings (copy bandwidth, dense matrix
 rate) are measured here, on the device the benchmarks ran on.
 
     python bench/report.py RAW.json --outdir bench/results --what conv2d [--command "..."]
@@ -97,13 +98,17 @@ def build(raw, command):
     for g, impls in sorted(groups.items()):
         if "convx" not in impls or "torch" not in impls:
             continue
-        (tc, info), (tt, _) = impls["convx"], impls["torch"]
+        (tc, info), (tt, tinfo) = impls["convx"], impls["torch"]
+        pair = tinfo.get("interleaved")
+        if pair:  # medians of alternating rounds (bench/conftest.py); else each one's minimum
+            tc, tt = pair["convx_ms"] / 1e3, pair["torch_ms"] / 1e3
         rec = {"op": info["op"], "layer": info.get("layer"), "shape": info["shape"], "device": info["device"],
                "dtype": info["dtype"], "layout": info["layout"], "convx_ms": round(tc * 1e3, 4),
-               "torch_ms": round(tt * 1e3, 4), "ratio": round(tt / tc, 3)}
+               "torch_ms": round(tt * 1e3, 4), "ratio": round(tt / tc, 3),
+               "timing": f"interleaved median of {pair['rounds']}" if pair else "minimum"}
         for unit in ("tflops", "gflops", "gbps", "images_per_s"):
             if unit in info:
-                rec[unit] = round(info[unit], 3)
+                rec[unit] = round(pair["convx_" + unit] if pair and "convx_" + unit in pair else info[unit], 3)
         records.append(rec)
     devs = sorted({r["device"] for r in records})
     main_dev = "cuda" if "cuda" in devs else "cpu"
@@ -121,7 +126,8 @@ def build(raw, command):
 def markdown(res):
     lines = [f"# {res['device']} — torch {res['torch']} (CUDA {res['cuda']}), {res['date']}", "",
              f"Command: `{res['command']}`", "", f"Ceilings: `{json.dumps(res['ceilings'])}`", "",
-             "ratio = torch_ms / convx_ms (above 1: convx faster)", "",
+             "ratio = torch_ms / convx_ms (above 1: convx faster); times: medians of rounds in which convx and "
+             "torch alternate (bench/conftest.py)", "",
              "| op | layer | shape | device | dtype | layout | convx ms | torch ms | ratio | rate |",
              "|---|---|---|---|---|---|---:|---:|---:|---:|"]
     by = defaultdict(list)
