@@ -1,5 +1,6 @@
 """Winograd F(4x4, 3x3) on the CPU (csrc/cpu/winograd.cpp): float32 3x3 convolutions at
-stride 1, forward and data gradient (and so the stride-1 transposed convolution).
+stride 1, forward, data gradient (and so the stride-1 transposed convolution) and, with
+enough tiles, the weight gradient.
 
 Its rounding error is larger than a direct convolution's, so it is judged element by
 element against float64: |y - y64| <= 64 * 2^-24 * M, where M is the largest value of
@@ -103,6 +104,79 @@ def test_data_gradient_within_bound(case, layout):
     assert gx.shape == ref.shape
     _within_bound(gx, ref, mag, "data gradient")
     assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
+
+
+# N, C, H, W, K, padding: weight-gradient geometries (128 or more output tiles, 3 or more a
+# row): stream mode (M under 1 MiB, several chunks a stream), shared mode (M larger), edges.
+WGRAD_CASES = {
+    "16ch_128tiles": (8, 16, 16, 16, 20, (1, 1, 1, 1)),
+    "odd_17_33_edges": (3, 17, 30, 26, 33, (2, 0, 1, 2)),
+    "streams_64": (4, 64, 48, 48, 64, (1, 1, 1, 1)),
+    "shared_96": (2, 96, 40, 40, 96, (1, 1, 1, 1)),
+    "valid_32_48": (2, 32, 34, 34, 48, (0, 0, 0, 0)),
+}
+
+
+def _wgrad_tensors(case, layout, seed=5):
+    N, C, H, W, K, pad = case
+    g = torch.Generator().manual_seed(seed)
+    mf = torch.channels_last if layout != "nchw" else torch.contiguous_format
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
+    Ho, Wo = H + pad[0] + pad[1] - 2, W + pad[2] + pad[3] - 2
+    gy = torch.randn(N, K, Ho, Wo, generator=g).contiguous(memory_format=mf)
+    return x, gy
+
+
+def _wgrad64(x, gy, K, pad):
+    t, bo, l, r = pad
+    w = torch.zeros(K, x.shape[1], 3, 3, dtype=torch.float64, requires_grad=True)
+    return torch.autograd.grad(F.conv2d(F.pad(x.double(), (l, r, t, bo)), w), w, gy.double())[0]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(WGRAD_CASES.values()), ids=list(WGRAD_CASES))
+def test_weight_gradient_within_bound(case, layout):
+    """dW = G^T [sum over tiles (A dY A^T) (.) (B^T d B)] G: each dW element mixes its filter's 9
+    taps, so its error is bounded by 64 * 2^-24 * (the largest of those 9 taps' sum |x||dy|)."""
+    N, C, H, W, K, pad = case
+    x, gy = _wgrad_tensors(case, layout)
+    run = lambda: torch.ops.convx.conv2d_backward_weight(gy, x, [K, C, 3, 3], [1, 1], list(pad), [1, 1], 1,  # noqa
+                                                         False)[0]
+    gw = run()
+    assert gw.shape == (K, C, 3, 3) and gw.dtype == torch.float32
+    assert gw.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    ref = _wgrad64(x, gy, K, pad)
+    mag = _wgrad64(x.abs(), gy.abs(), K, pad).amax(dim=(2, 3), keepdim=True)
+    err = (gw.double() - ref).abs()
+    assert (err <= BOUND * mag).all(), f"error {(err / mag).max().item() / U:.1f} * 2^-24 * M, bound 64"
+    assert not torch.equal(gw, _exact(run)), "the Winograd path did not run"
+
+
+def test_weight_gradient_few_tiles_takes_the_direct_path():
+    """Under 128 tiles, 2 tiles a row (8x8 images) or C * K over 256 * 256: the direct product."""
+    g = torch.Generator().manual_seed(6)
+    for N, C, H, K in ((4, 32, 16, 32), (32, 32, 8, 32), (2, 272, 32, 256)):
+        x = torch.randn(N, C, H, H, generator=g)
+        gy = torch.randn(N, K, H, H, generator=g)
+        run = lambda: torch.ops.convx.conv2d_backward_weight(gy, x, [K, C, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1,  # noqa
+                                                             False)[0]
+        assert torch.equal(run(), _exact(run)), (N, C, H, K)
+
+
+def test_weight_gradient_independent_of_thread_count():
+    old = torch.get_num_threads()
+    try:
+        for name in ("streams_64", "shared_96"):
+            N, C, H, W, K, pad = WGRAD_CASES[name]
+            x, gy = _wgrad_tensors(WGRAD_CASES[name], "nchw")
+            args = (gy, x, [K, C, 3, 3], [1, 1], list(pad), [1, 1], 1, False)
+            torch.set_num_threads(1)
+            g1 = torch.ops.convx.conv2d_backward_weight(*args)[0]
+            torch.set_num_threads(2)
+            g2 = torch.ops.convx.conv2d_backward_weight(*args)[0]
+            assert torch.equal(g1, g2), name
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
@@ -230,6 +304,14 @@ for mf in (torch.contiguous_format, torch.channels_last):
     assert ((gx.double() - gref).abs() <= 64 * 2.0 ** -24 * F.max_pool2d(gmag, 7, 1, 3)).all(), "data gradient"
     with convx.backends.cpu.flags(winograd=False):
         assert not torch.equal(y, convx.functional.conv2d(x, w, b, padding=1))
+    # the weight gradient (128 tiles)
+    x = torch.randn(8, 20, 16, 15, generator=g).contiguous(memory_format=mf)
+    gy = torch.randn(8, 36, 16, 15, generator=g).contiguous(memory_format=mf)
+    gw = torch.ops.convx.conv2d_backward_weight(gy, x, [36, 20, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, False)[0]
+    wd = torch.zeros(36, 20, 3, 3, dtype=torch.float64, requires_grad=True)
+    wref, = torch.autograd.grad(F.conv2d(x.double(), wd, padding=1), wd, gy.double())
+    wmag, = torch.autograd.grad(F.conv2d(x.double().abs(), wd, padding=1), wd, gy.double().abs())
+    assert ((gw.double() - wref).abs() <= 64 * 2.0 ** -24 * wmag.amax(dim=(2, 3), keepdim=True)).all(), "wgrad"
 print("ok")
 """
 

@@ -29,6 +29,15 @@
 // Nothing depends on the thread count: each output element is computed by one
 // task in a fixed order, so results are bitwise reproducible.
 //
+// The weight gradient (weight_grad3x3, below) runs the same transforms the
+// other way round: 36 products M_xi [C, K] reducing over the tiles, in
+// chunks of tiles whose transforms are made just before (L2-sized when M is
+// small, each of 4 fixed streams of chunks with its own M, summed in order at
+// the end; shared by the threads otherwise), then dW = G^T M G. Its error
+// against float64 (tests/test_winograd.py): at most 14 * 2^-24 times the
+// largest sum |x||dy| of the filter's 9 taps on the test shapes (the direct
+// product: under 1).
+//
 // Error: the transforms add and scale by up to 8 and 1/24, so the result's
 // rounding error is larger than a direct convolution's: measured against
 // float64 (tests/test_winograd.py) it stays within a small multiple of the
@@ -39,6 +48,7 @@
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <xmmintrin.h>
@@ -398,6 +408,150 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   }
 }
 
+// ---------------------------------------------------------------- weight gradient
+//
+// dL/dg = G^T [ sum over tiles (A dY A^T) (.) (B^T d B) ] G   (the forward's
+// transforms, transposed): per transform point xi, M_xi [C, K] = sum_t
+// V_xi[t, c] dU_xi[t, k] (the product runs as M_xi^T = V_xi^T dU_xi: rows c in
+// the micro-kernel's row panels, packed from V; columns k read from dU in
+// place), then dW[k, c] = G^T M[., c, k] G. A 4x4 output tile costs 36
+// multiplies a (c, k) pair instead of 144.
+
+// A's rows (A = (A^T)^T, 6 x 4): (1,0,0,0), (1,1,1,1), (1,-1,1,-1), (1,2,4,8), (1,-2,4,-8), (0,0,0,1).
+template <typename V>
+WINO_INLINE void a6(const V* d, int64_t step, V* o) {
+  const V d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step];
+  const V e = d0 + d2, f = d1 + d3, e4 = d0 + d2 * 4.f, f8 = d1 * 2.f + d3 * 8.f;
+  o[0] = d0;
+  o[1] = e + f;
+  o[2] = e - f;
+  o[3] = e4 + f8;
+  o[4] = e4 - f8;
+  o[5] = d3;
+}
+
+// G^T's rows (3 x 6): (1/4, -1/6, -1/6, 1/24, 1/24, 0), (0, -1/6, 1/6, 1/12, -1/12, 0), (0, -1/6, -1/6, 1/6, 1/6, 1).
+template <typename V>
+WINO_INLINE void gt6(const V* m, int64_t step, V* o) {
+  const V m0 = m[0], m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step], m5 = m[5 * step];
+  const V s12 = (m1 + m2) * (-1.f / 6), s34 = m3 + m4;
+  o[0] = m0 * 0.25f + s12 + s34 * (1.f / 24);
+  o[1] = (m2 - m1) * (1.f / 6) + (m3 - m4) * (1.f / 12);
+  o[2] = s12 + s34 * (1.f / 6) + m5;
+}
+
+// The 4-row band of dY that tile row (n, th) covers, zero past Ho / Wo: band [4][4 TW][Kp].
+WINO_INLINE void fill_dy_band(const float* dy, const Geometry& g, int64_t n, int64_t th, float* band) {
+  const int64_t K = g.K, Kp = g.Kp, Wb = 4 * g.TW;
+  for (int i = 0; i < 4; ++i) {
+    float* row = band + i * Wb * Kp;
+    const int64_t h = th * 4 + i;
+    if (h >= g.Ho) {
+      std::memset(row, 0, Wb * Kp * sizeof(float));
+      continue;
+    }
+    std::memset(row + g.Wo * Kp, 0, (Wb - g.Wo) * Kp * sizeof(float));
+    if (g.nhwc) {
+      const float* src = dy + ((n * g.Ho + h) * g.Wo) * K;
+      for (int64_t u = 0; u < g.Wo; ++u) {
+        std::memcpy(row + u * Kp, src + u * K, K * sizeof(float));
+        std::memset(row + u * Kp + K, 0, (Kp - K) * sizeof(float));
+      }
+    } else {
+      const int64_t P = g.Ho * g.Wo;
+      const float* src = dy + n * K * P + h * g.Wo;  // src[k * P + u]
+      int64_t k0 = 0;
+      for (; k0 + 8 <= K; k0 += 8) {
+        int64_t u = 0;
+        for (; u + 8 <= g.Wo; u += 8)
+          for (int kk = 0; kk < 8; ++kk) {
+            const float* sp = src + (k0 + kk) * P + u;
+            for (int uu = 0; uu < 8; ++uu) row[(u + uu) * Kp + k0 + kk] = sp[uu];
+          }
+        for (; u < g.Wo; ++u)
+          for (int kk = 0; kk < 8; ++kk) row[u * Kp + k0 + kk] = src[(k0 + kk) * P + u];
+      }
+      for (int64_t u = 0; u < g.Wo; ++u) {
+        for (int64_t k = k0; k < K; ++k) row[u * Kp + k] = src[k * P + u];
+        for (int64_t k = K; k < Kp; ++k) row[u * Kp + k] = 0.f;
+      }
+    }
+  }
+}
+
+// Tiles [t0, t1) of the chunk starting at tc: V [36][TB][Cp] (stride vs a point)
+// and dU [36][TB][Kp] (stride us).
+template <int VB>
+WINO_INLINE void wgrad_transforms(const float* x, const float* dy, const Geometry& g, int64_t tc, int64_t t0,
+                                  int64_t t1, float* v, int64_t vs, float* du, int64_t us) {
+  using Vt = Vec<VB>;
+  using V = typename Vt::V;
+  constexpr int L = Vt::L;
+  const int64_t Cp = g.Cp, Kp = g.Kp;
+  float* band = tls_buffer(0, 6 * g.Wb * Cp);
+  float* dband = tls_buffer(1, 4 * 4 * g.TW * Kp);
+  int64_t band_row = -1;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t row = t / g.TW, tw = t % g.TW;
+    if (row != band_row) {
+      fill_band(x, g, row / g.TH, row % g.TH, band);
+      fill_dy_band(dy, g, row / g.TH, row % g.TH, dband);
+      band_row = row;
+    }
+    const float* d0 = band + tw * 4 * Cp;
+    float* vt = v + (t - tc) * Cp;
+    for (int64_t c = 0; c < Cp; c += L) {
+      V d[36], tmp[36];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j) d[i * 6 + j] = Vt::load(d0 + (i * g.Wb + j) * Cp + c);
+      for (int j = 0; j < 6; ++j) bt6(d + j, 6, tmp + j * 6);
+      for (int i = 0; i < 6; ++i) {
+        V o[6];
+        bt6(tmp + i, 6, o);
+        for (int j = 0; j < 6; ++j) Vt::store(vt + (i * 6 + j) * vs + c, o[j]);
+      }
+    }
+    const float* e0 = dband + tw * 4 * Kp;
+    float* ut = du + (t - tc) * Kp;
+    for (int64_t k = 0; k < Kp; k += L) {
+      V d[16], tmp[24];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) d[i * 4 + j] = Vt::load(e0 + (i * 4 * g.TW + j) * Kp + k);
+      for (int j = 0; j < 4; ++j) a6(d + j, 4, tmp + j * 6);  // tmp[j][xi1] = (A d)[xi1][j]
+      for (int i = 0; i < 6; ++i) {
+        V o[6];
+        a6(tmp + i, 6, o);  // over j
+        for (int j = 0; j < 6; ++j) Vt::store(ut + (i * 6 + j) * us + k, o[j]);
+      }
+    }
+  }
+}
+
+// dW from M [36][Cp][Kp] for input channels [c0, c1): dW[k][c][r][s] (kcrs) or dW[k][r][s][c].
+template <int VB>
+WINO_INLINE void wgrad_output(const float* m, const Geometry& g, int64_t c0, int64_t c1, bool krsc, float* dw) {
+  using Vt = Vec<VB>;
+  using V = typename Vt::V;
+  constexpr int L = Vt::L;
+  const int64_t ms = g.Cp * g.Kp;
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t k = 0; k < g.K; k += L) {
+      V mm[36], tmp[18];
+      for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(m + xi * ms + c * g.Kp + k);
+      for (int j = 0; j < 6; ++j) gt6(mm + j, 6, tmp + j * 3);  // tmp[j][r] = (G^T m)[r][j]
+      alignas(64) float o9[9][L];
+      for (int r = 0; r < 3; ++r) {
+        V o[3];
+        gt6(tmp + r, 3, o);
+        for (int s = 0; s < 3; ++s) Vt::store(o9[r * 3 + s], o[s]);
+      }
+      const int64_t kl = std::min<int64_t>(L, g.K - k);
+      for (int64_t kk = 0; kk < kl; ++kk)
+        for (int rs = 0; rs < 9; ++rs)
+          dw[krsc ? ((k + kk) * 9 + rs) * g.C + c : ((k + kk) * g.C + c) * 9 + rs] = o9[rs][kk];
+    }
+}
+
 #define WINO_TARGETS(X)                                                            \
   X(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))), 64)     \
   X(avx2, __attribute__((target("avx2,fma"))), 32)                                 \
@@ -410,6 +564,17 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   }
 WINO_TARGETS(WINO_DEFINE)
 #undef WINO_DEFINE
+
+#define WINO_DEFINE_WGRAD(name, attr, vb)                                                                      \
+  attr void wgrad_transforms_##name(const float* x, const float* dy, const Geometry& g, int64_t tc, int64_t t0, \
+                                    int64_t t1, float* v, int64_t vs, float* du, int64_t us) {                 \
+    wgrad_transforms<vb>(x, dy, g, tc, t0, t1, v, vs, du, us);                                                 \
+  }                                                                                                            \
+  attr void wgrad_output_##name(const float* m, const Geometry& g, int64_t c0, int64_t c1, bool krsc, float* dw) { \
+    wgrad_output<vb>(m, g, c0, c1, krsc, dw);                                                                  \
+  }
+WINO_TARGETS(WINO_DEFINE_WGRAD)
+#undef WINO_DEFINE_WGRAD
 
 }  // namespace
 
@@ -473,6 +638,117 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, 
         case Isa::Avx2: task_avx2(x, wa, bias, y, g, t0, t1, k0, k1, TB); break;
         default: task_base(x, wa, bias, y, g, t0, t1, k0, k1, TB); break;
       }
+    }
+  });
+}
+
+// The weight gradient wants many tiles: its 36 products reduce over the tiles,
+// and M (36 x C x K floats) is written (large M: read and written once per
+// chunk of tiles) and transformed at the end. Measured here (2-core Xeon,
+// batch 8 unless noted, against the direct paths): 64 ch @56 8.5-11.5 ->
+// 4.2-6.6 ms, 128 @28 8.4-8.9 -> 4.6, 256 @28 -> 1.7x torch's, 128 @14 2.8-3.2
+// -> 1.8-1.9, 16 @112 5.7-7.6 -> 2.8-4.2; slower: 512 @14 (M 38 MB) 31-34 ->
+// 37-45 ms, 512 @7 and 512 @14 at batch 2 (32 tiles) 2-3x, 8x8 images (2
+// tiles a row, the bands' copies dominate) 16 and 32 channels 0.26-0.34 ->
+// 0.36-0.44 ms.
+bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
+                            int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo) {
+  const int64_t tiles = N * ceil_div(Ho, 4) * ceil_div(Wo, 4);
+  return R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 &&
+         C >= 16 && K >= 16 && C * K <= 256 * 256 && Ho >= 4 && ceil_div(Wo, 4) >= 3 && tiles >= kWgradMinTiles;
+}
+
+void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64_t N, int64_t C, int64_t H, int64_t W,
+                    int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc) {
+  const MicroTile mt = micro_tile_for_rows<float>(C);
+  Geometry g;
+  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad_t = pad_t, g.pad_l = pad_l;
+  g.nhwc = nhwc;
+  g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
+  g.Cp = round_up(C, kCAlign);
+  g.Kp = round_up(K, g.NR);
+  g.TH = ceil_div(Ho, 4), g.TW = ceil_div(Wo, 4), g.Wb = 4 * g.TW + 2;
+  const Isa isa = cpu_isa();
+  const int64_t T = N * g.TH * g.TW, MR = g.MR, NR = g.NR, msize = 36 * g.Cp * g.Kp;
+  const int64_t cpanels = ceil_div(g.Cp, MR), units = 36 * cpanels;
+  auto transforms = [&](int64_t tc, int64_t b, int64_t e, float* v, int64_t vs, float* du, int64_t us) {
+    switch (isa) {
+      case Isa::Avx512: return wgrad_transforms_avx512(x, dy, g, tc, b, e, v, vs, du, us);
+      case Isa::Avx2: return wgrad_transforms_avx2(x, dy, g, tc, b, e, v, vs, du, us);
+      default: return wgrad_transforms_base(x, dy, g, tc, b, e, v, vs, du, us);
+    }
+  };
+  // M_xi^T [Cp, Kp] (+)= V_xi^T [Cp, kc] dU_xi [kc, Kp] for units [u0, u1): one unit a (point, row panel of c).
+  auto products = [&](int64_t u0, int64_t u1, int64_t kc, const float* v, int64_t vs, const float* du, int64_t us,
+                      float* m, bool add) {
+    float* ap = tls_buffer(2, MR * g.KC);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t xi = u / cpanels, c0 = (u % cpanels) * MR, mr = std::min(MR, g.Cp - c0);
+      const float* vx = v + xi * vs;
+      for (int64_t t = 0; t < kc; ++t) {
+        float* d = ap + t * MR;
+        const float* src = vx + t * g.Cp + c0;
+        for (int64_t i = 0; i < mr; ++i) d[i] = src[i];
+        for (int64_t i = mr; i < MR; ++i) d[i] = 0.f;
+      }
+      float* mrow = m + (xi * g.Cp + c0) * g.Kp;
+      for (int64_t j = 0; j < g.Kp; j += NR)
+        micro_tile_product_b_rows<float>(mt, kc, ap, du + xi * us + j, g.Kp, mrow + j, g.Kp, mr, add);
+    }
+  };
+  at::Tensor mbuf;
+  float* m;
+  if (int64_t(sizeof(float)) * msize <= (int64_t(1) << 20)) {
+    // Small M (e.g. 64 x 64 channels): kStreams fixed streams of chunks, each
+    // run by one thread start to end with its own M (L2-resident, as is its
+    // L2-sized chunk of transforms), the streams' M summed in order at the end.
+    constexpr int64_t kStreams = 4;
+    const int64_t TB = std::clamp<int64_t>((int64_t(1) << 18) / (36 * (g.Cp + g.Kp)) / 8 * 8, 16, g.KC);
+    const int64_t vs = TB * g.Cp + 16, us = TB * g.Kp + 16, nch = ceil_div(T, TB);
+    mbuf = at::empty({(kStreams + 1) * msize}, at::kFloat);
+    m = mbuf.data_ptr<float>();
+    float* parts = m + msize;
+    at::parallel_for(0, kStreams, 1, [&](int64_t b, int64_t e) {
+      float* v = tls_buffer(3, 36 * (vs + us) + NR);
+      float* du = v + 36 * vs;
+      for (int64_t st = b; st < e; ++st) {
+        float* ms = parts + st * msize;
+        if (st >= nch) std::fill(ms, ms + msize, 0.f);
+        for (int64_t ch = st; ch < nch; ch += kStreams) {
+          const int64_t tc = ch * TB, kc = std::min(TB, T - tc);
+          transforms(tc, tc, tc + kc, v, vs, du, us);
+          products(0, units, kc, v, vs, du, us, ms, ch != st);
+        }
+      }
+    });
+    at::parallel_for(0, msize, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        float sum = parts[i];
+        for (int64_t st = 1; st < kStreams; ++st) sum += parts[st * msize + i];
+        m[i] = sum;
+      }
+    });
+  } else {
+    // Large M: chunks of tiles in turn, their transforms (36 x TB x (Cp + Kp)
+    // floats, about 4 MiB) shared by the threads, which split the products.
+    const int64_t TB = std::clamp<int64_t>((int64_t(1) << 20) / (36 * (g.Cp + g.Kp)) / 8 * 8, 32, g.KC);
+    const int64_t vs = TB * g.Cp + 16, us = TB * g.Kp + 16;
+    auto tbuf = at::empty({36 * (vs + us) + NR}, at::kFloat);
+    float* v = tbuf.data_ptr<float>();
+    float* du = v + 36 * vs;
+    mbuf = at::empty({msize}, at::kFloat);
+    m = mbuf.data_ptr<float>();
+    for (int64_t tc = 0; tc < T; tc += TB) {
+      const int64_t kc = std::min(TB, T - tc);
+      at::parallel_for(tc, tc + kc, 8, [&](int64_t b, int64_t e) { transforms(tc, b, e, v, vs, du, us); });
+      at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { products(b, e, kc, v, vs, du, us, m, tc > 0); });
+    }
+  }
+  at::parallel_for(0, C, 4, [&](int64_t b, int64_t e) {
+    switch (isa) {
+      case Isa::Avx512: return wgrad_output_avx512(m, g, b, e, krsc, dw);
+      case Isa::Avx2: return wgrad_output_avx2(m, g, b, e, krsc, dw);
+      default: return wgrad_output_base(m, g, b, e, krsc, dw);
     }
   });
 }

@@ -1,5 +1,6 @@
 // Winograd F(4x4, 3x3) convolution on the CPU (float32): 3x3 kernels, stride 1,
-// dilation 1, one group. See winograd.cpp for the algorithm and its error.
+// dilation 1, one group; forward, data gradient and weight gradient. See
+// winograd.cpp for the algorithm and its error.
 #pragma once
 
 #include <cstdint>
@@ -25,5 +26,16 @@ bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t s
 void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, const float* bias, float* y,
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
              int64_t pad_l, bool nhwc);
+
+// The weight gradient of a float32 3x3 / stride-1 convolution (geometry as
+// applicable's) by the same tiles: dw[k][c][r][s] (krsc == false) or
+// dw[k][r][s][c] (krsc) = sum over n, ho, wo of dy[n, k, ho, wo] x[n, c, ho - pad_t + r, wo - pad_l + s];
+// x and dy contiguous NCHW, or NHWC when `nhwc`. Taken (weight_grad_applicable)
+// with at least kWgradMinTiles output tiles, 3 a row, and C * K <= 256 * 256.
+constexpr int64_t kWgradMinTiles = 128;
+bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
+                            int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo);
+void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64_t N, int64_t C, int64_t H, int64_t W,
+                    int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc);
 
 }  // namespace convx::cpu::winograd
