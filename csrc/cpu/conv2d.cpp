@@ -253,6 +253,47 @@ inline int64_t rows_per_block(int64_t CRS, int64_t Wo, int64_t Ho) {
 
 // ---------------------------------------------------------------- forward
 
+// The channels_last im2col made row by row as the GEMM packs it (gemm_rows):
+// row i = output pixel i of the images from x, columns (r*S + s)*Cg + c.
+struct Im2colRows {
+  const float* x;  // image 0's first pixel, channel c0 of the group
+  int64_t H, W, C, Cg, S, Ho, Wo;
+  const Conv2dParams* p;
+};
+
+void im2col_nhwc_row(const void* ctx, int64_t i, int64_t k0, int64_t kc, float* dst) {
+  const Im2colRows& a = *static_cast<const Im2colRows*>(ctx);
+  const Conv2dParams& p = *a.p;
+  const int64_t P = a.Ho * a.Wo, n = i / P, pix = i - n * P, ho = pix / a.Wo, wo = pix - ho * a.Wo;
+  const float* xn = a.x + n * a.H * a.W * a.C;
+  const int64_t hb = ho * p.stride_h - p.pad_t, wb = wo * p.stride_w - p.pad_l;
+  int64_t tap = k0 / a.Cg, c = k0 - tap * a.Cg, r = tap / a.S, s = tap - r * a.S;  // then counted on
+  // One group spanning all channels at dilation 1: a filter row's taps read consecutive pixels,
+  // contiguous in memory, so they go as one run (the 3-channel stem: 21 floats, not 7 x 3).
+  const bool merge = a.C == a.Cg && p.dil_w == 1;
+  const int64_t end = k0 + kc;
+  for (int64_t k = k0; k < end;) {
+    int64_t len = std::min(a.Cg - c, end - k);
+    const int64_t h = hb + r * p.dil_h, w = wb + s * p.dil_w;
+    float* d = dst + (k - k0);
+    int64_t taps = 1;
+    if (h >= 0 && h < a.H && w >= 0 && w < a.W) {
+      if (merge)
+        while (k + len < end && s + taps < a.S && w + taps < a.W) len += std::min(a.Cg, end - k - len), ++taps;
+      const float* src = xn + (h * a.W + w) * a.C + c;
+      if (len >= 16)
+        std::memcpy(d, src, len * sizeof(float));
+      else
+        for (int64_t j = 0; j < len; ++j) d[j] = src[j];
+    } else {
+      for (int64_t j = 0; j < len; ++j) d[j] = 0.f;
+    }
+    k += len;
+    c = 0;
+    for (s += taps; s >= a.S; s -= a.S) ++r;
+  }
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, const Conv2dShape& sh,
                   const Conv2dParams& p, bool nhwc, at::Tensor& y) {
@@ -272,7 +313,11 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
 
   // NHWC stacks nb images per GEMM (their rows are contiguous), so small
   // images still give the GEMM a tall M; NCHW runs one image per GEMM.
-  const int64_t nb = images_per_gemm(N, P, CRS, G, nhwc);
+  // float32 channels_last with a spatial kernel or stride: the im2col is made as the GEMM packs
+  // it (gemm_rows), all images in one product; no im2col matrix (7 MB for ResNet-50's
+  // 512-channel stride-2 layer at batch 8) goes through memory.
+  const bool on_the_fly = std::is_same_v<T, float> && nhwc && !direct;
+  const int64_t nb = on_the_fly ? N : images_per_gemm(N, P, CRS, G, nhwc);
   const int64_t rows = rows_per_block(CRS, sh.Wo, sh.Ho);
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
@@ -300,6 +345,13 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
         gemm<T>(M, Kg, CRS, xn + g * Cg, sh.C, 1, wp + g * CRS * Kg, brs, bcs, yg, sh.K, 1, bp != nullptr, par);
         return;
       }
+      if constexpr (std::is_same_v<T, float>) {
+        if (on_the_fly) {
+          const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p};
+          gemm_rows(M, Kg, CRS, &im2col_nhwc_row, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, bp != nullptr, par);
+          return;
+        }
+      }
       if (nn > 1) {  // small images stacked into one GEMM (a bounded buffer, see images_per_gemm)
         maybe_parallel_for(par, 0, nn, 1, [&](int64_t ib, int64_t ie) {  // one region, not one an image
           for (int64_t i = ib; i < ie; ++i)
@@ -317,7 +369,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       }
     }
   };
-  const int64_t col_elems = direct ? 0 : nb > 1 ? nb * CRS * P : CRS * rows * sh.Wo;
+  const int64_t col_elems = direct || on_the_fly ? 0 : nb > 1 ? nb * CRS * P : CRS * rows * sh.Wo;
   run_tasks<T>(ceil_div(N, nb) * G, G, col_elems, task);
 }
 

@@ -378,7 +378,89 @@ void gemm_serial(
   }
 }
 
+// gemm_serial with A's rows made by a callback (gemm_rows in gemm.h): each MR x kc
+// block of A is written row by row into an L1-sized buffer, then transposed into
+// the micro-kernel's panel; B is packed as in gemm_serial.
+void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
+                      const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate) {
+  const int MR = kn.MR, NR = kn.NR;
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  float* bpack = thread_buffer<float>(kGemmPackB, kn.KC * ((std::min(N, kn.NC) + NR - 1) / NR * NR));
+  float* apack = thread_buffer<float>(kGemmPackA, kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR) + MR * kn.KC);
+  float* arows = apack + kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR);  // MR rows of kc
+  alignas(64) float tile[12 * 32];
+  for (int64_t jc = 0; jc < N; jc += kn.NC) {
+    const int64_t nc = std::min(kn.NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kn.KC) {
+      const int64_t kc = std::min(kn.KC, K - pc);
+      const bool add = accumulate || pc > 0;
+      pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
+      for (int64_t ic = 0; ic < M; ic += kn.MC) {
+        const int64_t mc = std::min(kn.MC, M - ic);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int64_t mr = std::min<int64_t>(MR, mc - ir);
+          for (int64_t i = 0; i < mr; ++i) rows(ctx, ic + ir + i, pc, kc, arows + i * kc);
+          pack_a_rows_f32(MR, mr, kc, arows, kc, apack + ir * kc);
+        }
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int64_t nr = std::min<int64_t>(NR, nc - jr);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t mr = std::min<int64_t>(MR, mc - ir);
+            float* c = C + (ic + ir) * rsc + (jc + jr);
+            if (mr == MR && nr == NR) {
+              kn.uk(kc, apack + ir * kc, bpack + jr * kc, c, rsc, add);
+              continue;
+            }
+            kn.uk(kc, apack + ir * kc, bpack + jr * kc, tile, NR, false);
+            for (int64_t i = 0; i < mr; ++i)
+              for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
+               int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel) {
+  const Kernel<float>& kn = kernel_for<float>(M, N);
+  const int64_t nt = parallel ? at::get_num_threads() : 1;
+  if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
+    return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate);
+  // Rows split between the threads (each makes only its rows of A; B is packed by each), unless
+  // there are few rows: then columns (A's rows made by every thread).
+  if (M >= 4 * kn.MR * nt) {
+    const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
+    struct Shift {
+      RowsFn rows;
+      const void* ctx;
+      int64_t i0;
+    };
+    at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t i0 = t * chunk, mi = std::min(chunk, M - i0);
+        const Shift sh{rows, ctx, i0};
+        gemm_rows_serial(
+            kn, mi, N, K,
+            [](const void* c, int64_t i, int64_t k0, int64_t kc, float* dst) {
+              const Shift* s = static_cast<const Shift*>(c);
+              s->rows(s->ctx, s->i0 + i, k0, kc, dst);
+            },
+            &sh, B, rsb, csb, C + i0 * rsc, rsc, accumulate);
+      }
+    });
+  } else {
+    const int64_t chunk = ((N + nt - 1) / nt + kn.NR - 1) / kn.NR * kn.NR;
+    at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
+        gemm_rows_serial(kn, M, nj, K, rows, ctx, B + j0 * csb, rsb, csb, C + j0, rsc, accumulate);
+      }
+    });
+  }
+}
 
 void* thread_buffer(int slot, int64_t bytes) {
   struct Buf {

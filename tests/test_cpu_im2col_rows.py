@@ -1,0 +1,54 @@
+"""The channels_last float32 CPU forward with a spatial kernel or a stride: its im2col is
+made row by row as the GEMM packs it (gemm_rows, csrc/cpu/gemm.cpp; im2col_nhwc_row,
+csrc/cpu/conv2d.cpp), with a filter row's taps merged into one run when they read
+consecutive pixels (one group, dilation 1). Against float64, on geometries that cut
+the merging at every image edge, chunk boundary (K past 256) and thread split."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+# N, C, H, W, K, (R, S), stride, (pad_h, pad_w), dilation, groups
+CASES = {
+    "stem_3ch_7x7_s2": (2, 3, 30, 27, 16, (7, 7), 2, (3, 3), 1, 1),
+    "3x3_s2": (2, 40, 15, 16, 36, (3, 3), 2, (1, 1), 1, 1),
+    "1x7": (2, 24, 9, 17, 20, (1, 7), 1, (0, 3), 1, 1),
+    "7x1_no_pad": (1, 20, 17, 9, 28, (7, 1), 1, (0, 0), 1, 1),
+    "dilated_no_merge": (2, 16, 14, 14, 24, (3, 3), 1, (2, 2), 2, 1),
+    "k_past_256": (1, 40, 12, 12, 20, (3, 3), 1, (1, 1), 1, 1),  # C*R*S = 360: two chunks, a tap cut
+    "few_rows": (1, 64, 5, 5, 96, (3, 3), 2, (1, 1), 1, 1),  # 9 output rows: the columns split
+    "5x5_odd": (3, 5, 13, 11, 7, (5, 5), 2, (2, 1), 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_forward_matches_float64(case):
+    N, C, H, W, K, (R, S), stride, pad, dil, groups = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C // groups, R, S, generator=g).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(K, generator=g)
+    y = torch.ops.convx.conv2d(x, w, b, [stride, stride], [pad[0], pad[0], pad[1], pad[1]], [dil, dil], groups)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride, pad, dil, groups)
+    mag = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), stride, pad, dil, groups)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    err = (y.double() - ref).abs()
+    assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / mag).max().item() / 2.0 ** -24
+
+
+def test_nchw_weight_and_thread_count():
+    """An NCHW weight with a channels_last input, and 1 vs 2 threads: the same bits."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 40, 15, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(36, 40, 3, 3, generator=g)
+    args = ([2, 2], [1, 1, 1, 1], [1, 1], 1)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = torch.ops.convx.conv2d(x, w, None, *args)
+        torch.set_num_threads(2)
+        y2 = torch.ops.convx.conv2d(x, w, None, *args)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(y1, y2)
+    ref = F.conv2d(x.double(), w.double(), None, 2, 1)
+    torch.testing.assert_close(y2.double(), ref, atol=1e-4, rtol=1e-5)
