@@ -58,6 +58,8 @@ def measure_ceilings(device):
         x = torch.randn(m, m)
         out["matmul_tflops"] = round(2 * m ** 3 / best(lambda: x @ x, 5) / 1e12, 3)
         try:
+            import sys
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo's convx
             import convx  # noqa: F401  (loads torch.ops.convx)
         except ImportError:
             pass
