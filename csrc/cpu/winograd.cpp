@@ -270,6 +270,25 @@ WINO_INLINE void fill_band(const float* x, const Geometry& g, int64_t n, int64_t
   }
 }
 
+// One 6x6 tile of a band (d0: its first column, band width Wb, Cp channels)
+// -> V = B^T d B, vectorised along channels, point xi at vt[xi * vs].
+template <int VB>
+WINO_INLINE void input_tile_transform(const float* d0, int64_t Wb, int64_t Cp, float* vt, int64_t vs) {
+  using Vt = Vec<VB>;
+  using V = typename Vt::V;
+  for (int64_t c = 0; c < Cp; c += Vt::L) {
+    V d[36], tmp[36];
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 6; ++j) d[i * 6 + j] = Vt::load(d0 + (i * Wb + j) * Cp + c);
+    for (int j = 0; j < 6; ++j) bt6(d + j, 6, tmp + j * 6);  // tmp[j][xi1] = (B^T d)[xi1][j]
+    for (int i = 0; i < 6; ++i) {
+      V o[6];
+      bt6(tmp + i, 6, o);  // over j: row xi1 = i
+      for (int j = 0; j < 6; ++j) Vt::store(vt + (i * 6 + j) * vs + c, o[j]);
+    }
+  }
+}
+
 // One task: tiles [t0, t1) of the flattened (n, th, tw) order, output channels [k0, k1).
 template <int VB>
 WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bias, float* y, const Geometry& g,
@@ -298,17 +317,7 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
     }
     const float* d0 = band + tw * 4 * Cp;
     float* vt = v + (t - t0) * Cp;
-    for (int64_t c = 0; c < Cp; c += L) {
-      V d[36], tmp[36];
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j) d[i * 6 + j] = Vt::load(d0 + (i * g.Wb + j) * Cp + c);
-      for (int j = 0; j < 6; ++j) bt6(d + j, 6, tmp + j * 6);  // tmp[j][xi1] = (B^T d)[xi1][j]
-      for (int i = 0; i < 6; ++i) {
-        V o[6];
-        bt6(tmp + i, 6, o);  // over j: row xi1 = i
-        for (int j = 0; j < 6; ++j) Vt::store(vt + (i * 6 + j) * vs + c, o[j]);
-      }
-    }
+    input_tile_transform<VB>(d0, g.Wb, Cp, vt, vs);
   }
 
   // 36 products M_xi [nt, Kc] = V_xi [nt, Cp] U_xi [Cp, Kc], U transformed by
@@ -500,17 +509,7 @@ WINO_INLINE void wgrad_transforms(const float* x, const float* dy, const Geometr
     }
     const float* d0 = band + tw * 4 * Cp;
     float* vt = v + (t - tc) * Cp;
-    for (int64_t c = 0; c < Cp; c += L) {
-      V d[36], tmp[36];
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j) d[i * 6 + j] = Vt::load(d0 + (i * g.Wb + j) * Cp + c);
-      for (int j = 0; j < 6; ++j) bt6(d + j, 6, tmp + j * 6);
-      for (int i = 0; i < 6; ++i) {
-        V o[6];
-        bt6(tmp + i, 6, o);
-        for (int j = 0; j < 6; ++j) Vt::store(vt + (i * 6 + j) * vs + c, o[j]);
-      }
-    }
+    input_tile_transform<VB>(d0, g.Wb, Cp, vt, vs);
     const float* e0 = dband + tw * 4 * Kp;
     float* ut = du + (t - tc) * Kp;
     for (int64_t k = 0; k < Kp; k += L) {
