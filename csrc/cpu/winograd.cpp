@@ -223,6 +223,18 @@ struct Geometry {
   bool nhwc;
 };
 
+Geometry geometry(const MicroTile& mt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho,
+                  int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc) {
+  Geometry g;
+  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad_t = pad_t, g.pad_l = pad_l;
+  g.nhwc = nhwc;
+  g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
+  g.Cp = round_up(C, kCAlign);
+  g.Kp = round_up(K, g.NR);
+  g.TH = ceil_div(Ho, 4), g.TW = ceil_div(Wo, 4), g.Wb = 4 * g.TW + 2;
+  return g;
+}
+
 // The 6-row band of zero-padded input that tile row (n, th) reads: band [6][Wb][Cp].
 WINO_INLINE void fill_band(const float* x, const Geometry& g, int64_t n, int64_t th, float* band) {
   const int64_t C = g.C, Cp = g.Cp, Wb = g.Wb;
@@ -596,13 +608,7 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, 
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
              int64_t pad_l, bool nhwc) {
   const MicroTile mt = micro_tile<float>();
-  Geometry g;
-  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad_t = pad_t, g.pad_l = pad_l;
-  g.nhwc = nhwc;
-  g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
-  g.Cp = round_up(C, kCAlign);
-  g.Kp = round_up(K, g.NR);
-  g.TH = ceil_div(Ho, 4), g.TW = ceil_div(Wo, 4), g.Wb = 4 * g.TW + 2;
+  const Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
   const Isa isa = cpu_isa();
   const WeightArgs wa{w, sk, sc, flip};
 
@@ -660,13 +666,7 @@ bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t 
 void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64_t N, int64_t C, int64_t H, int64_t W,
                     int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc) {
   const MicroTile mt = micro_tile_for_rows<float>(C);
-  Geometry g;
-  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad_t = pad_t, g.pad_l = pad_l;
-  g.nhwc = nhwc;
-  g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
-  g.Cp = round_up(C, kCAlign);
-  g.Kp = round_up(K, g.NR);
-  g.TH = ceil_div(Ho, 4), g.TW = ceil_div(Wo, 4), g.Wb = 4 * g.TW + 2;
+  const Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
   const Isa isa = cpu_isa();
   const int64_t T = N * g.TH * g.TW, MR = g.MR, NR = g.NR, msize = 36 * g.Cp * g.Kp;
   const int64_t cpanels = ceil_div(g.Cp, MR), units = 36 * cpanels;
