@@ -949,25 +949,20 @@ struct CpuConv {
     const auto mf = conv_memory_format(grad_output, input);
     const auto dt = grad_output.scalar_type();
     const auto ct = compute_type(dt);
-    if (ct == at::kFloat && winograd::enabled() &&
-        winograd::weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w,
-                                         p.groups, sh.Ho, sh.Wo)) {
-      // Winograd, in the layout given (dW [K][R][S][C] is the channels_last weight)
-      const bool cl = mf == at::MemoryFormat::ChannelsLast;
-      auto gy = grad_output.to(ct).contiguous(mf);
-      auto x = input.to(ct).contiguous(mf);
-      auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(mf));
-      winograd::weight_grad3x3(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(), cl,
-                               sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, cl);
-      return gw.to(dt);
-    }
-    const auto cf = weight_grad_format(mf, sh, p, ct);
+    // Winograd computes in the layout given (its dW [K][R][S][C] is the channels_last weight)
+    const bool wino = ct == at::kFloat && winograd::enabled() &&
+                      winograd::weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h,
+                                                       p.dil_w, p.groups, sh.Ho, sh.Wo);
+    const auto cf = wino ? mf : weight_grad_format(mf, sh, p, ct);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(cf));
     if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
     auto gy = grad_output.to(ct).contiguous(cf);
     auto x = input.to(ct).contiguous(cf);
-    AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
+    if (wino)
+      winograd::weight_grad3x3(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(),
+                               nhwc, sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, nhwc);
+    else AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
       if (is_depthwise(sh, p)) {
         // [K, 1, R, S] is the same memory in both layouts.
         depthwise::weight_grad<scalar_t>(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
