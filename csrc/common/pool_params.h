@@ -57,18 +57,18 @@ struct AvgDivisor {
 
   C10_HOST_DEVICE int64_t operator()(const PoolAxis& h, const PoolAxis& w, int64_t oh, int64_t ow) const {
     if (divisor_override) return divisor_override;
-    if (h.adaptive) return h.taps(oh) * w.taps(ow);
-    int64_t hs = oh * h.s - h.p, ws = ow * w.s - w.p;
-    int64_t he = hs + h.k, we = ws + w.k;
-    he = he < h.in + h.p ? he : h.in + h.p;
-    we = we < w.in + w.p ? we : w.in + w.p;
-    const int64_t pool = (he - hs) * (we - ws);
-    if (count_include_pad) return pool;
-    hs = hs > 0 ? hs : 0;
-    ws = ws > 0 ? ws : 0;
-    he = he < h.in ? he : h.in;
-    we = we < w.in ? we : w.in;
-    return (he - hs) * (we - ws);
+    return extent(h, oh) * extent(w, ow);
+  }
+  // One axis's factor of the divisor (without an override): the window's
+  // extent, inside the padded input or inside the input.
+  C10_HOST_DEVICE int64_t extent(const PoolAxis& a, int64_t o) const {
+    if (a.adaptive) return a.taps(o);
+    int64_t s = o * a.s - a.p, e = s + a.k;
+    e = e < a.in + a.p ? e : a.in + a.p;
+    if (count_include_pad) return e - s;
+    s = s > 0 ? s : 0;
+    e = e < a.in ? e : a.in;
+    return e - s;
   }
 };
 

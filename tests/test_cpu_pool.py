@@ -1,0 +1,138 @@
+"""The CPU pooling kernels' vector paths, on shapes that reach them (test_pool2d's
+shapes are too small to): channels_last with 37 channels (two AVX-512 blocks,
+four AVX2 blocks, and a tail), NCHW rows of 8 or more outputs at strides 1, 2
+and 3, adaptive windows of one size and of several, global average; every
+dtype; NaN, +-inf and ties against torch's index rules; gradients; the result
+independent of the thread count; and the AVX2 and baseline builds, forced."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convx
+from conftest import assert_close_to_reference
+from test_cpu_gemm import run_with_isa
+
+CF = convx.functional
+
+SHAPE = (2, 37, 23, 40)
+MAX_CASES = [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=1, padding=1),
+    dict(kernel_size=(3, 2), stride=3, padding=1, dilation=(1, 2), ceil_mode=True),
+    dict(kernel_size=2, stride=2, ceil_mode=True),
+]
+AVG_CASES = [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=1, padding=1, count_include_pad=False),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=(2, 3), stride=(1, 3), divisor_override=5),
+]
+ADAPTIVE_SIZES = [(1, 1), (23, 8), (6, 13), (5, 40)]  # global, one window size, several, mixed
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+def _input(dtype, layout, seed=0):
+    """Small integers (ties everywhere), a NaN patch, an all -inf patch and a +inf."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-3, 4, SHAPE, generator=g).to(dtype)
+    x[0, 5, 3:6, 7:12] = float("nan")
+    x[1, 20, :, 0:5] = float("-inf")
+    x[1, 36, 10, 10] = float("inf")
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return x.contiguous(memory_format=mf)
+
+
+def _tol(dtype):
+    return dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else {}
+
+
+def _grads(fn, x, gy):
+    xa = x.detach().clone().requires_grad_()
+    out = fn(xa)
+    y = out[0] if isinstance(out, tuple) else out
+    (g,) = torch.autograd.grad(y, xa, gy)
+    return out, g
+
+
+def check_layout(layout, dtype):
+    x = _input(dtype, layout)
+    g = torch.Generator().manual_seed(1)
+
+    def compare(mine, ref, with_indices):
+        gy = torch.randn(ref(x)[0].shape if with_indices else ref(x).shape, generator=g).to(dtype)
+        gy = gy.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+        out, gx = _grads(mine, x, gy)
+        rout, rgx = _grads(ref, x, gy)
+        if with_indices:
+            torch.testing.assert_close(out[0], rout[0], equal_nan=True, rtol=0, atol=0)
+            assert torch.equal(out[1], rout[1]), "indices differ from torch's"
+        else:
+            torch.testing.assert_close(out, rout, equal_nan=True, **_tol(dtype))
+        if dtype == torch.bfloat16:  # convx sums in float, torch in bfloat16 here: both against float64
+            _, g64 = _grads(ref, x.double(), gy.double())
+            assert_close_to_reference(gx.nan_to_num(), rgx.nan_to_num(), g64.nan_to_num())
+        else:
+            torch.testing.assert_close(gx, rgx, equal_nan=True)
+        if gy.shape[-2:] != (1, 1):  # (torch's global average is a mean, whose gradient may take either layout)
+            assert gx.stride() == rgx.stride()
+
+    for case in MAX_CASES:
+        compare(lambda t: CF.max_pool2d(t, return_indices=True, **case),
+                lambda t: F.max_pool2d(t, return_indices=True, **case), True)
+    for case in AVG_CASES:
+        compare(lambda t: CF.avg_pool2d(t, **case), lambda t: F.avg_pool2d(t, **case), False)
+    for size in ADAPTIVE_SIZES:
+        compare(lambda t: CF.adaptive_avg_pool2d(t, size), lambda t: F.adaptive_avg_pool2d(t, size), False)
+        compare(lambda t: CF.adaptive_max_pool2d(t, size, True), lambda t: F.adaptive_max_pool2d(t, size, True), True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_parity(layout, dtype):
+    check_layout(layout, dtype)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_thread_count_does_not_change_bits(layout):
+    x = torch.randn(SHAPE).contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+    def run():
+        outs = []
+        for fn in (lambda t: CF.max_pool2d(t, 3, 2, 1), lambda t: CF.avg_pool2d(t, 3, 1, 1),
+                   lambda t: CF.adaptive_avg_pool2d(t, (6, 13)), lambda t: CF.adaptive_avg_pool2d(t, 1)):
+            xa = x.clone().requires_grad_()
+            y = fn(xa)
+            (gx,) = torch.autograd.grad(y, xa, torch.ones_like(y))
+            outs += [y, gx]
+        return outs
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+    finally:
+        torch.set_num_threads(n)
+    for a, b in zip(one, run()):
+        assert torch.equal(a, b)
+
+
+_CHILD = r"""
+import sys
+sys.path.insert(0, {tests!r})
+import torch, convx
+assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
+import test_cpu_pool as t
+for layout in ("contiguous", "channels_last"):
+    t.check_layout(layout, torch.float32)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_narrower_builds(isa):
+    """The AVX2 and baseline builds of the channels_last max kernels, forced on this machine."""
+    run_with_isa(_CHILD.format(tests=os.path.dirname(os.path.abspath(__file__))), isa)
