@@ -340,41 +340,10 @@ def _gather_at(t, indices):
     return t.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).reshape(indices.shape)
 
 
-# The input gradient takes the input's memory format, as torch's does; the
-# backward kernels write in their grad_output's format, so align that first
-# (a no-op in the usual case, where the gradient arrives in the output's format).
-# A 1x1 output is both layouts at once, so the result is aligned too (a copy
-# only in that case).
-def _pool_setup(ctx, inputs):
-    ctx.input_size = list(inputs[0].shape)
-    ctx.memory_format = suggest_memory_format(inputs[0])
-    ctx.args = inputs[1:]
-
-
-def _aligned(ctx, grad):
-    return grad.contiguous(memory_format=ctx.memory_format)
-
-
-def _max_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
-    _pool_setup(ctx, inputs)
-
-
-def _max_pool2d_backward(ctx, grad, _grad_indices):
-    (indices,) = ctx.saved_tensors
-    gx = _ops.max_pool2d_backward(_aligned(ctx, grad), indices, ctx.input_size, *ctx.args)
-    return (_aligned(ctx, gx),) + (None,) * len(ctx.args)
-
-
-def _adaptive_max_pool2d_backward(ctx, grad, _grad_indices):
-    (indices,) = ctx.saved_tensors
-    return _aligned(ctx, _ops.adaptive_max_pool2d_backward(_aligned(ctx, grad), indices, ctx.input_size)), None
-
-
-torch.library.register_autograd("convx::max_pool2d", _max_pool2d_backward, setup_context=_max_setup)
-torch.library.register_autograd("convx::adaptive_max_pool2d", _adaptive_max_pool2d_backward,
-                                setup_context=_max_setup)
+# The forward poolings' autograd is in C++ (csrc/autograd.cpp: the input
+# gradient in the input's memory format, indices not differentiable). Their
+# backward ops' own derivatives (double backward) are here: the max backward's
+# is a gather at the indices, the average backward's is the average pooling.
 
 
 def _max_bwd_setup(ctx, inputs, output):
@@ -389,24 +358,6 @@ def _max_bwd_backward(ctx, ggx):
 
 for _name in ("max_pool2d_backward", "adaptive_max_pool2d_backward"):
     torch.library.register_autograd(f"convx::{_name}", _max_bwd_backward, setup_context=_max_bwd_setup)
-
-
-def _avg_setup(ctx, inputs, output):
-    _pool_setup(ctx, inputs)
-
-
-def _avg_pool2d_backward(ctx, grad):
-    gx = _ops.avg_pool2d_backward(_aligned(ctx, grad), ctx.input_size, *ctx.args)
-    return (_aligned(ctx, gx),) + (None,) * len(ctx.args)
-
-
-def _adaptive_avg_pool2d_backward(ctx, grad):
-    return _aligned(ctx, _ops.adaptive_avg_pool2d_backward(_aligned(ctx, grad), ctx.input_size)), None
-
-
-torch.library.register_autograd("convx::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_setup)
-torch.library.register_autograd("convx::adaptive_avg_pool2d", _adaptive_avg_pool2d_backward,
-                                setup_context=_avg_setup)
 
 
 def _avg_bwd_setup(ctx, inputs, output):

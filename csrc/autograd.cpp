@@ -1,5 +1,5 @@
 // Autograd for the ops a training step calls most (conv2d, conv2d_fused,
-// batch_norm, add_relu), registered in C++ (TORCH_LIBRARY_IMPL(convx,
+// batch_norm, add_relu, the four poolings), registered in C++ (TORCH_LIBRARY_IMPL(convx,
 // Autograd, m)): no Python runs per call, forward or backward. Python's
 // register_autograd cost about 20 us per forward and 70 us per backward of a
 // convolution, more than the kernels of a small network's layers
@@ -254,10 +254,172 @@ struct AddReluFunction : torch::autograd::Function<AddReluFunction> {
 
 Tensor add_relu_autograd(const Tensor& self, const Tensor& other) { return AddReluFunction::apply(self, other); }
 
+// Pooling. The input gradient takes the input's memory format, as torch's
+// does; the backward kernels write in their grad_output's format, so that is
+// aligned first (a no-op in the usual case, where the gradient arrives in the
+// output's format; a 1x1 output is both layouts at once, hence the second
+// alignment). Indices are not differentiable and their (absent) gradient is
+// not materialised: a zero int64 tensor the size of the output per call.
+using MaxPoolSig = std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef,
+                                              bool);
+using MaxPoolBwdSig = Tensor(const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef,
+                             IntArrayRef, bool);
+using AvgPoolSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool, std::optional<int64_t>);
+using AvgPoolBwdSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool,
+                             std::optional<int64_t>);
+using AdaptiveMaxSig = std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef);
+using AdaptiveMaxBwdSig = Tensor(const Tensor&, const Tensor&, IntArrayRef);
+using AdaptiveAvgSig = Tensor(const Tensor&, IntArrayRef);
+using AdaptiveAvgBwdSig = Tensor(const Tensor&, IntArrayRef);
+
+void save_pool_input(AutogradContext* ctx, const Tensor& input) {
+  ctx->set_materialize_grads(false);
+  ctx->saved_data["input_size"] = input.sizes().vec();
+  ctx->saved_data["channels_last"] = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+at::MemoryFormat pool_format(AutogradContext* ctx) {
+  return ctx->saved_data["channels_last"].toBool() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
+                               IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+    static const auto h = op<MaxPoolSig>("convx::max_pool2d");
+    Tensor y, ind;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(y, ind) = h.call(input, kernel, stride, padding, dilation, ceil_mode);
+    }
+    ctx->mark_non_differentiable({ind});
+    ctx->save_for_backward({ind});
+    save_pool_input(ctx, input);
+    ctx->saved_data["kernel"] = kernel.vec();
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["ceil_mode"] = ceil_mode;
+    return {y, ind};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    static const auto h = op<MaxPoolBwdSig>("convx::max_pool2d_backward");
+    const auto mf = pool_format(ctx);
+    auto& d = ctx->saved_data;
+    auto gx = call_in_backward(h, grads[0].contiguous(mf), ctx->get_saved_variables()[0],
+                               d["input_size"].toIntVector(), d["kernel"].toIntVector(), d["stride"].toIntVector(),
+                               d["padding"].toIntVector(), d["dilation"].toIntVector(), d["ceil_mode"].toBool());
+    return {gx.contiguous(mf), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> max_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
+                                               IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+  auto out = MaxPool2dFunction::apply(input, kernel, stride, padding, dilation, ceil_mode);
+  return {out[0], out[1]};
+}
+
+struct AdaptiveMaxPool2dFunction : torch::autograd::Function<AdaptiveMaxPool2dFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, IntArrayRef output_size) {
+    static const auto h = op<AdaptiveMaxSig>("convx::adaptive_max_pool2d");
+    Tensor y, ind;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(y, ind) = h.call(input, output_size);
+    }
+    ctx->mark_non_differentiable({ind});
+    ctx->save_for_backward({ind});
+    save_pool_input(ctx, input);
+    return {y, ind};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return {Tensor(), Tensor()};
+    static const auto h = op<AdaptiveMaxBwdSig>("convx::adaptive_max_pool2d_backward");
+    const auto mf = pool_format(ctx);
+    auto gx = call_in_backward(h, grads[0].contiguous(mf), ctx->get_saved_variables()[0],
+                               ctx->saved_data["input_size"].toIntVector());
+    return {gx.contiguous(mf), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> adaptive_max_pool2d_autograd(const Tensor& input, IntArrayRef output_size) {
+  auto out = AdaptiveMaxPool2dFunction::apply(input, output_size);
+  return {out[0], out[1]};
+}
+
+struct AvgPool2dFunction : torch::autograd::Function<AvgPool2dFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
+                        IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                        std::optional<int64_t> divisor_override) {
+    static const auto h = op<AvgPoolSig>("convx::avg_pool2d");
+    Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      y = h.call(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
+    }
+    save_pool_input(ctx, input);
+    ctx->saved_data["kernel"] = kernel.vec();
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["ceil_mode"] = ceil_mode;
+    ctx->saved_data["count_include_pad"] = count_include_pad;
+    ctx->saved_data["divisor_override"] = divisor_override;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined() || !ctx->needs_input_grad(0))
+      return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    static const auto h = op<AvgPoolBwdSig>("convx::avg_pool2d_backward");
+    const auto mf = pool_format(ctx);
+    auto& d = ctx->saved_data;
+    auto gx = call_in_backward(h, grads[0].contiguous(mf), d["input_size"].toIntVector(), d["kernel"].toIntVector(),
+                               d["stride"].toIntVector(), d["padding"].toIntVector(), d["ceil_mode"].toBool(),
+                               d["count_include_pad"].toBool(), d["divisor_override"].toOptional<int64_t>());
+    return {gx.contiguous(mf), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor avg_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
+                           bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  return AvgPool2dFunction::apply(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
+}
+
+struct AdaptiveAvgPool2dFunction : torch::autograd::Function<AdaptiveAvgPool2dFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef output_size) {
+    static const auto h = op<AdaptiveAvgSig>("convx::adaptive_avg_pool2d");
+    Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      y = h.call(input, output_size);
+    }
+    save_pool_input(ctx, input);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return {Tensor(), Tensor()};
+    static const auto h = op<AdaptiveAvgBwdSig>("convx::adaptive_avg_pool2d_backward");
+    const auto mf = pool_format(ctx);
+    auto gx = call_in_backward(h, grads[0].contiguous(mf), ctx->saved_data["input_size"].toIntVector());
+    return {gx.contiguous(mf), Tensor()};
+  }
+};
+
+Tensor adaptive_avg_pool2d_autograd(const Tensor& input, IntArrayRef output_size) {
+  return AdaptiveAvgPool2dFunction::apply(input, output_size);
+}
+
 }  // namespace
 }  // namespace convx
 
 TORCH_LIBRARY_IMPL(convx, Autograd, m) {
+  m.impl("max_pool2d", &convx::max_pool2d_autograd);
+  m.impl("adaptive_max_pool2d", &convx::adaptive_max_pool2d_autograd);
+  m.impl("avg_pool2d", &convx::avg_pool2d_autograd);
+  m.impl("adaptive_avg_pool2d", &convx::adaptive_avg_pool2d_autograd);
   m.impl("conv2d", &convx::conv2d_autograd);
   m.impl("conv2d_fused", &convx::conv2d_fused_autograd);
   m.impl("batch_norm", &convx::batch_norm_autograd);

@@ -1,4 +1,4 @@
-"""The autograd of conv2d, conv2d_fused, batch_norm and add_relu is registered in C++
+"""The autograd of conv2d, conv2d_fused, batch_norm, add_relu and the four poolings is registered in C++
 (csrc/autograd.cpp): no Python runs per call. These check that it is, and that the
 gradient of each input lands in its place whichever optional inputs are given and
 whichever require grad (needs_input_grad counts only the tensors given)."""
@@ -21,6 +21,48 @@ def test_grad_fns_are_cpp_nodes():
     assert convx.functional.conv2d(x, w, padding=1, relu=True).grad_fn.name().startswith(CPP_NODE)
     assert convx.BatchNorm2d(4)(y).grad_fn.name().startswith(CPP_NODE)
     assert convx.functional.add_relu(y, y).grad_fn.name().startswith(CPP_NODE)
+
+
+POOLS = {
+    "max_pool2d": lambda t: convx.functional.max_pool2d(t, 3, 2, 1, return_indices=True),
+    "adaptive_max_pool2d": lambda t: convx.functional.adaptive_max_pool2d(t, (3, 4), return_indices=True),
+    "avg_pool2d": lambda t: convx.functional.avg_pool2d(t, 3, 2, 1),
+    "adaptive_avg_pool2d": lambda t: convx.functional.adaptive_avg_pool2d(t, (3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_pooling_grad_fns_are_cpp_nodes(name):
+    x = torch.randn(2, 3, 8, 9, requires_grad=True)
+    out = POOLS[name](x)
+    y, ind = out if isinstance(out, tuple) else (out, None)
+    assert y.grad_fn.name().startswith(CPP_NODE), y.grad_fn.name()
+    if ind is not None:
+        assert not ind.requires_grad and ind.grad_fn is None
+    # its gradient in the input's memory format whatever the gradient's; double backward through the
+    # backward ops' formulas (the gradient is linear in grad_output, constant in the input)
+    for mf in (torch.contiguous_format, torch.channels_last):
+        xd = torch.randn(2, 3, 8, 9, dtype=torch.float64).contiguous(memory_format=mf).requires_grad_()
+        yd = POOLS[name](xd)
+        yd = yd[0] if isinstance(yd, tuple) else yd
+        for gmf in (torch.contiguous_format, torch.channels_last):
+            gy = torch.randn_like(yd).contiguous(memory_format=gmf).requires_grad_()
+            (gx,) = torch.autograd.grad(yd, xd, gy, create_graph=True)
+            assert gx.is_contiguous(memory_format=mf)
+            assert gx.grad_fn is not None
+    assert torch.autograd.gradgradcheck(lambda t: (lambda o: o[0] if isinstance(o, tuple) else o)(POOLS[name](t)),
+                                        (torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True),))
+
+
+def test_max_pool_backward_does_not_materialise_the_indices_gradient():
+    """A Python autograd.Function fills a zero int64 tensor the size of the output for the indices'
+    absent gradient on every backward; the C++ one is told not to (set_materialize_grads(false))."""
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    y = convx.functional.max_pool2d(x, 2)
+    with torch.profiler.profile() as prof:
+        y.backward(torch.ones_like(y))
+    names = {e.name for e in prof.events()}
+    assert "aten::zeros_like" not in names and "aten::zero_" not in names, sorted(names)
 
 
 @pytest.mark.parametrize("with_bias,with_residual,relu", list(itertools.product([False, True], repeat=3)))
