@@ -45,6 +45,107 @@ std::vector<T> taps_major(const T* w, int64_t K, int64_t RS) {
   return wt;
 }
 
+// One NCHW plane of a stride-1 depthwise correlation: y[H', W'] from x[H, W]
+// and an R x S filter (padding pt / pl, dilation dh / dw): each output row 64
+// bytes of outputs at a time, the sum in registers over the taps (bias first,
+// then the taps in (r, s) order, as the general loop); the columns whose taps
+// leave the image, one output at a time. The forward, and (with the filter
+// turned 180 degrees) the data gradient.
+struct PlaneS1 {
+  int64_t H, W, Ho, Wo, R, S, pt, pl, dh, dw;
+};
+template <typename T>
+CONVX_ALWAYS_INLINE inline void correlate_plane_s1(const T* xp, const T* wk, T bias, T* yp, const PlaneS1& g) {
+  using V = typename Block<T>::v;
+  constexpr int L = Block<T>::n;
+  const int64_t H = g.H, W = g.W, R = g.R, S = g.S, Ho = g.Ho, Wo = g.Wo;
+  // Columns wo whose every tap wo - pl + s * dw is inside [0, W).
+  const int64_t in_lo = std::min(Wo, g.pl), in_hi = std::max(in_lo, std::min(Wo, W + g.pl - (S - 1) * g.dw));
+  for (int64_t ho = 0; ho < Ho; ++ho) {
+    int64_t r_lo = 0, r_hi = R;  // taps r with a row inside the image
+    while (r_lo < R && ho - g.pt + r_lo * g.dh < 0) ++r_lo;
+    while (r_hi > r_lo && ho - g.pt + (r_hi - 1) * g.dh >= H) --r_hi;
+    T* __restrict yr = yp + ho * Wo;
+    const T* x0 = xp + (ho - g.pt) * W - g.pl;  // tap (0, 0) of output column 0
+    auto block = [&](int64_t o) {
+      V acc = V{} + bias;
+      for (int64_t r = r_lo; r < r_hi; ++r)
+        for (int64_t s = 0; s < S; ++s) acc += wk[r * S + s] * load_block<T>(x0 + r * g.dh * W + s * g.dw + o);
+      store_block<T>(yr + o, acc);
+    };
+    int64_t wo = in_lo;
+    for (; wo + L <= in_hi; wo += L) block(wo);
+    if (wo < in_hi && in_hi - in_lo >= L) {  // the last interior columns: a block overlapping the previous one
+      block(in_hi - L);
+      wo = in_hi;
+    }
+    auto one = [&](int64_t o) {
+      T a = bias;
+      for (int64_t r = r_lo; r < r_hi; ++r)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t ww = o - g.pl + s * g.dw;
+          if (ww >= 0 && ww < W) a += wk[r * S + s] * x0[r * g.dh * W + s * g.dw + o];
+        }
+      yr[o] = a;
+    };
+    for (int64_t o = 0; o < in_lo; ++o) one(o);
+    for (int64_t o = wo; o < Wo; ++o) one(o);
+  }
+}
+
+template <typename T>
+constexpr bool kBlockType = std::is_same_v<T, float> || std::is_same_v<T, double>;
+constexpr int64_t kMaxTurnedTaps = 64;  // filters of up to 8x8 for the NCHW data gradient's fast path
+
+// Channels_last forward, multiplier 1, an R x S filter (compile-time): the
+// pixels [wlo, whi) of output row ho of image n, all of whose taps are inside
+// the image. Per 64-byte channel block the filter's taps stay in registers and
+// four output pixels run at once (four independent sums hide the FMA
+// latency). Returns the channels written (whole blocks).
+template <int R, int S, typename T>
+CONVX_ALWAYS_INLINE inline int64_t nhwc_interior(const T* x, const T* wt, const T* bias, T* y, int64_t n, int64_t ho,
+                                                 int64_t wlo, int64_t whi, const Conv2dShape& sh,
+                                                 const Conv2dParams& p) {
+  using V = typename Block<T>::v;
+  constexpr int L = Block<T>::n;
+  const int64_t C = sh.C, K = sh.K, H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo;
+  const int64_t step = p.stride_w * C;  // between neighbouring outputs' taps
+  const T* row0 = x + ((n * H + ho * p.stride_h - p.pad_t) * W - p.pad_l) * C;  // tap (0, 0) of output column 0
+  T* yrow = y + (n * Ho + ho) * Wo * K;
+  int64_t k0 = 0;
+  for (; k0 + L <= K; k0 += L) {
+    V wv[R * S];
+    for (int t = 0; t < R * S; ++t) wv[t] = load_block<T>(wt + t * K + k0);
+    const V bv = bias ? load_block<T>(bias + k0) : V{};
+    int64_t wo = wlo;
+    for (; wo + 4 <= whi; wo += 4) {
+      V a0 = bv, a1 = bv, a2 = bv, a3 = bv;
+      for (int r = 0; r < R; ++r)
+        for (int s = 0; s < S; ++s) {
+          const T* xp = row0 + (r * p.dil_h * W + s * p.dil_w) * C + wo * step + k0;
+          const V wrs = wv[r * S + s];
+          a0 += wrs * load_block<T>(xp);
+          a1 += wrs * load_block<T>(xp + step);
+          a2 += wrs * load_block<T>(xp + 2 * step);
+          a3 += wrs * load_block<T>(xp + 3 * step);
+        }
+      T* yp = yrow + wo * K + k0;
+      store_block<T>(yp, a0);
+      store_block<T>(yp + K, a1);
+      store_block<T>(yp + 2 * K, a2);
+      store_block<T>(yp + 3 * K, a3);
+    }
+    for (; wo < whi; ++wo) {
+      V a = bv;
+      for (int r = 0; r < R; ++r)
+        for (int s = 0; s < S; ++s)
+          a += wv[r * S + s] * load_block<T>(row0 + (r * p.dil_h * W + s * p.dil_w) * C + wo * step + k0);
+      store_block<T>(yrow + wo * K + k0, a);
+    }
+  }
+  return k0;
+}
+
 // w: [K, R, S] (NCHW) ; x, y contiguous in their layout.
 template <typename T>
 void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh, const Conv2dParams& p, bool nhwc) {
@@ -57,6 +158,13 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
         const T* xp = x + (n * C + c) * H * W;
         const T* wk = w + k * R * S;
         T* yp = y + t * Ho * Wo;
+        if constexpr (kBlockType<T>) {
+          if (p.stride_h == 1 && p.stride_w == 1 && Wo >= Block<T>::n) {
+            correlate_plane_s1(xp, wk, bias ? bias[k] : T(0), yp,
+                               PlaneS1{H, W, Ho, Wo, R, S, p.pad_t, p.pad_l, p.dil_h, p.dil_w});
+            return;
+          }
+        }
         std::fill(yp, yp + Ho * Wo, bias ? bias[k] : T(0));
         for (int64_t r = 0; r < R; ++r) {
           int64_t ho_lo, ho_hi;
@@ -80,31 +188,70 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
     });
     return;
   }
-  // NHWC: weight as [R, S, K] so the channel loop is contiguous.
+  // NHWC: weight as [R, S, K] so the channel loop is contiguous. Rows whose
+  // every filter row is inside the image run their interior pixels through
+  // nhwc_interior (3x3 and 5x5 filters, multiplier 1); every other pixel lists
+  // its taps inside the image once and, multiplier 1, runs them over the
+  // channels 64 bytes at a time, the sum in registers. Every output is the
+  // bias, then the taps in (r, s) order.
   const std::vector<T> wt = taps_major(w, K, R * S);
+  const int64_t in_lo = std::min(Wo, (p.pad_l + p.stride_w - 1) / p.stride_w);
+  const int64_t in_hi =
+      std::max(in_lo, std::min(Wo, W - 1 + p.pad_l - (S - 1) * p.dil_w < 0
+                                       ? int64_t(0)
+                                       : (W - 1 + p.pad_l - (S - 1) * p.dil_w) / p.stride_w + 1));
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(2 * R * S);  // [x offset, weight offset] per tap inside the image
     each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
       const int64_t n = t / Ho, ho = t % Ho;
+      const bool rows_in = ho * p.stride_h - p.pad_t >= 0 && ho * p.stride_h - p.pad_t + (R - 1) * p.dil_h < H;
+      int64_t done_lo = 0, done_hi = 0, done_k = 0;  // pixels [lo, hi) have channels [0, done_k) written
+      if constexpr (kBlockType<T>) {
+        if (rows_in && mult == 1 && in_lo < in_hi) {
+          if (R == 3 && S == 3)
+            done_k = nhwc_interior<3, 3>(x, wt.data(), bias, y, n, ho, in_lo, in_hi, sh, p);
+          else if (R == 5 && S == 5)
+            done_k = nhwc_interior<5, 5>(x, wt.data(), bias, y, n, ho, in_lo, in_hi, sh, p);
+          done_lo = in_lo;
+          done_hi = in_hi;
+        }
+      }
       for (int64_t wo = 0; wo < Wo; ++wo) {
+        if (wo == done_lo && done_k == K) wo = done_hi;  // those pixels are whole
+        if (wo >= Wo) break;
         T* __restrict yp = y + ((n * Ho + ho) * Wo + wo) * K;
-        if (bias)
-          std::copy(bias, bias + K, yp);
-        else
-          std::fill(yp, yp + K, T(0));
+        int64_t nt = 0;
         for (int64_t r = 0; r < R; ++r) {
           const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
           if (h < 0 || h >= H) continue;
           for (int64_t s = 0; s < S; ++s) {
             const int64_t ww = wo * p.stride_w - p.pad_l + s * p.dil_w;
             if (ww < 0 || ww >= W) continue;
-            const T* __restrict xp = x + ((n * H + h) * W + ww) * C;
-            const T* __restrict wp = wt.data() + (r * S + s) * K;
-            if (mult == 1) {
-              for (int64_t k = 0; k < K; ++k) yp[k] += wp[k] * xp[k];
-            } else {
-              for (int64_t c = 0; c < C; ++c)
-                for (int64_t m = 0; m < mult; ++m) yp[c * mult + m] += wp[c * mult + m] * xp[c];
+            taps[2 * nt] = ((n * H + h) * W + ww) * C;
+            taps[2 * nt++ + 1] = (r * S + s) * K;
+          }
+        }
+        int64_t k0 = wo >= done_lo && wo < done_hi ? done_k : 0;
+        if constexpr (kBlockType<T>) {
+          using V = typename Block<T>::v;
+          constexpr int L = Block<T>::n;
+          if (mult == 1)
+            for (; k0 + L <= K; k0 += L) {
+              V acc = bias ? load_block<T>(bias + k0) : V{};
+              for (int64_t i = 0; i < nt; ++i)
+                acc += load_block<T>(wt.data() + taps[2 * i + 1] + k0) * load_block<T>(x + taps[2 * i] + k0);
+              store_block<T>(yp + k0, acc);
             }
+        }
+        for (int64_t k = k0; k < K; ++k) yp[k] = bias ? bias[k] : T(0);
+        for (int64_t i = 0; i < nt; ++i) {
+          const T* __restrict xp = x + taps[2 * i];
+          const T* __restrict wp = wt.data() + taps[2 * i + 1];
+          if (mult == 1) {
+            for (int64_t k = k0; k < K; ++k) yp[k] += wp[k] * xp[k];
+          } else {
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t m = 0; m < mult; ++m) yp[c * mult + m] += wp[c * mult + m] * xp[c];
           }
         }
       }
@@ -125,6 +272,18 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
       each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
         const int64_t n = t / C, c = t % C;
         T* gp = gx + t * H * W;
+        if constexpr (kBlockType<T>) {
+          // stride 1, multiplier 1: the correlation of dy with the filter turned 180 degrees
+          const int64_t pt = (R - 1) * p.dil_h - p.pad_t, pl = (S - 1) * p.dil_w - p.pad_l;
+          if (p.stride_h == 1 && p.stride_w == 1 && mult == 1 && pt >= 0 && pl >= 0 && W >= Block<T>::n &&
+              R * S <= kMaxTurnedTaps) {
+            T turned[kMaxTurnedTaps];
+            for (int64_t rs = 0; rs < R * S; ++rs) turned[rs] = w[c * R * S + R * S - 1 - rs];
+            correlate_plane_s1(gy + t * Ho * Wo, turned, bias ? bias[c] : T(0), gp,
+                               PlaneS1{Ho, Wo, H, W, R, S, pt, pl, p.dil_h, p.dil_w});
+            return;
+          }
+        }
         std::fill(gp, gp + H * W, bias ? bias[c] : T(0));
         for (int64_t m = 0; m < mult; ++m) {
           const int64_t k = c * mult + m;
@@ -153,16 +312,16 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
     });
     return;
   }
+  // NHWC: a gather per input pixel over the taps whose output reads it, listed
+  // once; multiplier 1 then runs 64 bytes of channels at a time in registers.
   const std::vector<T> wt = taps_major(w, K, R * S);
   at::parallel_for(0, N * H, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> taps(2 * R * S);  // [dy offset, weight offset] per tap
     each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
       const int64_t n = t / H, h = t % H;
       for (int64_t ww = 0; ww < W; ++ww) {
         T* __restrict gp = gx + ((n * H + h) * W + ww) * C;
-        if (bias)
-          std::copy(bias, bias + C, gp);
-        else
-          std::fill(gp, gp + C, T(0));
+        int64_t nt = 0;
         for (int64_t r = 0; r < R; ++r) {
           const int64_t hn = h + p.pad_t - r * p.dil_h;
           if (hn < 0 || hn % p.stride_h || hn / p.stride_h >= Ho) continue;
@@ -170,14 +329,31 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
           for (int64_t s = 0; s < S; ++s) {
             const int64_t wn = ww + p.pad_l - s * p.dil_w;
             if (wn < 0 || wn % p.stride_w || wn / p.stride_w >= Wo) continue;
-            const T* __restrict g = gy + ((n * Ho + ho) * Wo + wn / p.stride_w) * K;
-            const T* __restrict wp = wt.data() + (r * S + s) * K;
-            if (mult == 1) {
-              for (int64_t c = 0; c < C; ++c) gp[c] += wp[c] * g[c];
-            } else {
-              for (int64_t c = 0; c < C; ++c)
-                for (int64_t m = 0; m < mult; ++m) gp[c] += wp[c * mult + m] * g[c * mult + m];
+            taps[2 * nt] = ((n * Ho + ho) * Wo + wn / p.stride_w) * K;
+            taps[2 * nt++ + 1] = (r * S + s) * K;
+          }
+        }
+        int64_t c0 = 0;
+        if constexpr (kBlockType<T>) {
+          using V = typename Block<T>::v;
+          constexpr int L = Block<T>::n;
+          if (mult == 1)
+            for (; c0 + L <= C; c0 += L) {
+              V acc = bias ? load_block<T>(bias + c0) : V{};
+              for (int64_t i = 0; i < nt; ++i)
+                acc += load_block<T>(wt.data() + taps[2 * i + 1] + c0) * load_block<T>(gy + taps[2 * i] + c0);
+              store_block<T>(gp + c0, acc);
             }
+        }
+        for (int64_t c = c0; c < C; ++c) gp[c] = bias ? bias[c] : T(0);
+        for (int64_t i = 0; i < nt; ++i) {
+          const T* __restrict g = gy + taps[2 * i];
+          const T* __restrict wp = wt.data() + taps[2 * i + 1];
+          if (mult == 1) {
+            for (int64_t c = c0; c < C; ++c) gp[c] += wp[c] * g[c];
+          } else {
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t m = 0; m < mult; ++m) gp[c] += wp[c * mult + m] * g[c * mult + m];
           }
         }
       }

@@ -10,6 +10,7 @@
 #include "gemm.h"
 
 #include <cstdint>
+#include <type_traits>
 
 #define CONVX_ALWAYS_INLINE __attribute__((always_inline))
 
@@ -35,6 +36,55 @@ void each(int64_t b, int64_t e, const F& f) {
     case Isa::Avx2: return each_avx2(b, e, f);
     default: return each_base(b, e, f);
   }
+}
+
+// 64 bytes of A (float or double) as a GCC vector type, for bodies run
+// through each(): one zmm, two ymm or four xmm registers, whichever build.
+// Arithmetic only: GCC lowers a vector compare or select in such a body before
+// it is inlined into the ISA build, one lane at a time (use intrinsics there).
+template <typename A>
+struct Block {
+  static_assert(std::is_same_v<A, float> || std::is_same_v<A, double>);
+  static constexpr int n = int(64 / sizeof(A));
+  typedef A v __attribute__((vector_size(64)));
+};
+
+// n values of T from p as a block of A (converted one by one unless T is A).
+template <typename A, typename T>
+CONVX_ALWAYS_INLINE inline typename Block<A>::v load_block(const T* p) {
+  typename Block<A>::v r;
+  if constexpr (std::is_same_v<A, T>) {
+    __builtin_memcpy(&r, p, sizeof r);
+  } else {
+    for (int i = 0; i < Block<A>::n; ++i) r[i] = A(p[i]);
+  }
+  return r;
+}
+template <typename A, typename T>
+CONVX_ALWAYS_INLINE inline void store_block(T* p, typename Block<A>::v r) {
+  if constexpr (std::is_same_v<A, T>) {
+    __builtin_memcpy(p, &r, sizeof r);
+  } else {
+    for (int i = 0; i < Block<A>::n; ++i) p[i] = T(r[i]);
+  }
+}
+
+// The sum of a block's lanes, by halves (64 -> 32 -> 16 bytes, then the last lanes).
+template <typename A>
+CONVX_ALWAYS_INLINE inline A lane_sum(typename Block<A>::v v) {
+  typedef A half_t __attribute__((vector_size(32)));
+  typedef A quarter_t __attribute__((vector_size(16)));
+  half_t h0, h1;
+  __builtin_memcpy(&h0, &v, 32);
+  __builtin_memcpy(&h1, reinterpret_cast<const char*>(&v) + 32, 32);
+  const half_t h = h0 + h1;
+  quarter_t q0, q1;
+  __builtin_memcpy(&q0, &h, 16);
+  __builtin_memcpy(&q1, reinterpret_cast<const char*>(&h) + 16, 16);
+  const quarter_t q = q0 + q1;
+  A s = q[0];
+  for (int l = 1; l < int(16 / sizeof(A)); ++l) s += q[l];
+  return s;
 }
 
 }  // namespace convx::cpu

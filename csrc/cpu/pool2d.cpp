@@ -289,56 +289,6 @@ void forward_nchw_rows(const T* x, T* y, int64_t* ind, int64_t planes, const Poo
   });
 }
 
-// Channels_last pixels run their channels 64 bytes at a time in GCC vector
-// types (one zmm, two ymm or four xmm registers, whichever ISA each() built),
-// the running max, its index lanes and the sums held in registers across the
-// taps; the channels past the last full block run one at a time.
-template <typename A>
-struct Block;
-template <>
-struct Block<float> {
-  static constexpr int n = 16;
-  typedef float v __attribute__((vector_size(64)));
-  typedef int32_t m __attribute__((vector_size(64)));
-  typedef int64_t wide __attribute__((vector_size(128)));
-};
-template <>
-struct Block<double> {
-  static constexpr int n = 8;
-  typedef double v __attribute__((vector_size(64)));
-  typedef int64_t m __attribute__((vector_size(64)));
-  typedef int64_t wide __attribute__((vector_size(64)));
-};
-
-template <typename A, typename T>
-CONVX_ALWAYS_INLINE inline typename Block<A>::v load_block(const T* p) {
-  typename Block<A>::v r;
-  if constexpr (std::is_same_v<A, T>) {
-    __builtin_memcpy(&r, p, sizeof r);
-  } else {
-    for (int i = 0; i < Block<A>::n; ++i) r[i] = A(p[i]);
-  }
-  return r;
-}
-template <typename A, typename T>
-CONVX_ALWAYS_INLINE inline void store_block(T* p, typename Block<A>::v r) {
-  if constexpr (std::is_same_v<A, T>) {
-    __builtin_memcpy(p, &r, sizeof r);
-  } else {
-    for (int i = 0; i < Block<A>::n; ++i) p[i] = T(r[i]);
-  }
-}
-// The index lanes (floats for float / half types, doubles for double) widened to int64.
-template <typename A>
-CONVX_ALWAYS_INLINE inline void store_index_block(int64_t* p, typename Block<A>::v ix) {
-  typename Block<A>::wide w;
-  if constexpr (std::is_same_v<A, float>)
-    w = __builtin_convertvector(__builtin_convertvector(ix, typename Block<A>::m), typename Block<A>::wide);
-  else
-    w = __builtin_convertvector(ix, typename Block<A>::wide);
-  __builtin_memcpy(p, &w, sizeof w);
-}
-
 // Max pooling in channels_last, one output pixel: channels [c0, C) over the
 // pixel's nt taps (offsets off[k] into x, plane positions here[k], in window
 // order), one channel at a time. The first tap seeds the running max (torch's
@@ -658,24 +608,6 @@ void backward_nhwc(const T* gy, const int64_t* ind, T* gx, int64_t N, int64_t C,
       }
     });
   });
-}
-
-// The sum of a block's lanes, by halves (64 -> 32 -> 16 bytes, then the last lanes).
-template <typename A>
-CONVX_ALWAYS_INLINE inline A lane_sum(typename Block<A>::v v) {
-  typedef A half_t __attribute__((vector_size(32)));
-  typedef A quarter_t __attribute__((vector_size(16)));
-  half_t h0, h1;
-  __builtin_memcpy(&h0, &v, 32);
-  __builtin_memcpy(&h1, reinterpret_cast<const char*>(&v) + 32, 32);
-  const half_t h = h0 + h1;
-  quarter_t q0, q1;
-  __builtin_memcpy(&q0, &h, 16);
-  __builtin_memcpy(&q1, reinterpret_cast<const char*>(&h) + 16, 16);
-  const quarter_t q = q0 + q1;
-  A s = q[0];
-  for (int l = 1; l < int(16 / sizeof(A)); ++l) s += q[l];
-  return s;
 }
 
 // Global average (adaptive to 1x1, ResNet's head): a reduction per plane

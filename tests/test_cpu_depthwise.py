@@ -1,0 +1,73 @@
+"""The CPU depthwise kernels' vector paths on shapes that reach them: 37 channels
+(whole 64-byte blocks and a tail), rows of 16 or more outputs (NCHW stride-1
+planes, and the data gradient as the correlation with the turned filter), the
+channels_last interior of 3x3 and 5x5 filters, padding, dilation, strides 1
+and 2, both layouts, float32 and float64, forward and both gradients against
+torch in float64, and the AVX2 and baseline builds, forced."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convx
+from test_cpu_gemm import run_with_isa
+
+# (kernel, stride, padding, dilation)
+CASES = [
+    ((3, 3), 1, 1, 1),
+    ((5, 5), 1, 2, 1),
+    ((3, 3), 1, 2, 2),
+    ((3, 3), 1, 0, 1),
+    ((5, 5), 1, 1, 1),
+    ((3, 5), 1, (1, 2), 1),
+    ((3, 3), 2, 1, 1),
+]
+C, H, W = 37, 23, 40
+
+
+def check(layout, dtype, case):
+    k, stride, padding, dilation = case
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, C, H, W, generator=g, dtype=dtype).contiguous(memory_format=mf)
+    w = torch.randn(C, 1, *k, generator=g, dtype=dtype).contiguous(memory_format=mf)
+    b = torch.randn(C, generator=g, dtype=dtype)
+    args = (stride, padding, dilation, C)
+    xa, wa, ba = (t.clone().requires_grad_() for t in (x, w, b))
+    y = convx.functional.conv2d(xa, wa, ba, *args)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    y64 = F.conv2d(x64, w64, b64, *args)
+    assert y.is_contiguous(memory_format=mf)
+    gy = torch.randn(y.shape, generator=g, dtype=dtype).contiguous(memory_format=mf)
+    got = torch.autograd.grad(y, (xa, wa, ba), gy)
+    want = torch.autograd.grad(y64, (x64, w64, b64), gy.double())
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y.double(), y64, **tol)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, **tol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0][0]}x{c[0][1]}_s{c[1]}_p{c[2]}_d{c[3]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_parity(layout, dtype, case):
+    check(layout, dtype, case)
+
+
+_CHILD = r"""
+import sys
+sys.path.insert(0, {tests!r})
+import torch, convx
+assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
+import test_cpu_depthwise as t
+for layout in ("contiguous", "channels_last"):
+    for case in t.CASES:
+        t.check(layout, torch.float32, case)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_narrower_builds(isa):
+    run_with_isa(_CHILD.format(tests=os.path.dirname(os.path.abspath(__file__))), isa)
