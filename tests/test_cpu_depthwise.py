@@ -1,6 +1,7 @@
 """The CPU depthwise kernels' vector paths on shapes that reach them: 37 channels
-(whole 64-byte blocks and a tail), rows of 16 or more outputs (NCHW stride-1
-planes, and the data gradient as the correlation with the turned filter), the
+(whole 64-byte blocks and a tail), rows of 32 or more outputs and narrow
+planes (NCHW stride-1 planes, directly or through a zero-padded copy, and the
+data gradient as the correlation with the turned filter), the
 channels_last interior of 3x3 and 5x5 filters, padding, dilation, strides 1
 and 2, both layouts, float32 and float64, forward and both gradients against
 torch in float64, and the AVX2 and baseline builds, forced."""
@@ -23,11 +24,13 @@ CASES = [
     ((3, 5), 1, (1, 2), 1),
     ((3, 3), 2, 1, 1),
 ]
-C, H, W = 37, 23, 40
+C = 37
+SIZES = [(23, 40), (9, 13)]  # rows of two or more 64-byte blocks; narrow planes (the zero-padded copy)
 
 
-def check(layout, dtype, case):
+def check(layout, dtype, case, size=SIZES[0]):
     k, stride, padding, dilation = case
+    H, W = size
     mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, C, H, W, generator=g, dtype=dtype).contiguous(memory_format=mf)
@@ -48,11 +51,12 @@ def check(layout, dtype, case):
         torch.testing.assert_close(a.double(), e, **tol)
 
 
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0][0]}x{c[0][1]}_s{c[1]}_p{c[2]}_d{c[3]}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_parity(layout, dtype, case):
-    check(layout, dtype, case)
+def test_parity(layout, dtype, case, size):
+    check(layout, dtype, case, size)
 
 
 _CHILD = r"""
@@ -63,7 +67,8 @@ assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
 import test_cpu_depthwise as t
 for layout in ("contiguous", "channels_last"):
     for case in t.CASES:
-        t.check(layout, torch.float32, case)
+        for size in t.SIZES:
+            t.check(layout, torch.float32, case, size)
 print("ok")
 """
 

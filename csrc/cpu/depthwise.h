@@ -93,6 +93,40 @@ CONVX_ALWAYS_INLINE inline void correlate_plane_s1(const T* xp, const T* wk, T b
   }
 }
 
+// The same for planes of few columns (Wo under two blocks: the row kernel's
+// blocks would mostly be edges): the plane is copied into a zero-padded
+// buffer Wp = Wo + (S - 1) * dw wide, whose rows then form one flat run of
+// outputs (ho * Wp + wo, the Wp - Wo columns past each row computed and
+// dropped), every tap a shifted 64-byte load; the sums are the row kernel's.
+// buf: plane_buffer_size() elements.
+inline int64_t plane_buffer_size(const PlaneS1& g, int64_t L) {
+  const int64_t Wp = g.Wo + (g.S - 1) * g.dw, Hp = g.Ho + (g.R - 1) * g.dh;
+  return Hp * Wp + (g.S - 1) * g.dw + 2 * L + g.Ho * Wp + L;
+}
+template <typename T>
+CONVX_ALWAYS_INLINE inline void correlate_plane_padded(const T* xp, const T* wk, T bias, T* yp, const PlaneS1& g,
+                                                       T* buf) {
+  using V = typename Block<T>::v;
+  constexpr int L = Block<T>::n;
+  const int64_t Wp = g.Wo + (g.S - 1) * g.dw, Hp = g.Ho + (g.R - 1) * g.dh;
+  const int64_t xn = Hp * Wp + (g.S - 1) * g.dw + 2 * L;
+  T* xb = buf;       // [Hp, Wp] and slack, zero where the input is not
+  T* yb = buf + xn;  // [Ho, Wp] and slack
+  std::fill(xb, xb + xn, T(0));
+  const int64_t j0 = std::max<int64_t>(0, -g.pl), j1 = std::min(g.W, Wp - g.pl);
+  for (int64_t pr = 0; pr < Hp; ++pr) {
+    const int64_t i = pr - g.pt;
+    if (i >= 0 && i < g.H && j0 < j1) std::copy(xp + i * g.W + j0, xp + i * g.W + j1, xb + pr * Wp + j0 + g.pl);
+  }
+  for (int64_t j = 0; j < g.Ho * Wp; j += L) {
+    V acc = V{} + bias;
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) acc += wk[r * g.S + s] * load_block<T>(xb + j + r * g.dh * Wp + s * g.dw);
+    store_block<T>(yb + j, acc);
+  }
+  for (int64_t ho = 0; ho < g.Ho; ++ho) std::copy(yb + ho * Wp, yb + ho * Wp + g.Wo, yp + ho * g.Wo);
+}
+
 template <typename T>
 constexpr bool kBlockType = std::is_same_v<T, float> || std::is_same_v<T, double>;
 constexpr int64_t kMaxTurnedTaps = 64;  // filters of up to 8x8 for the NCHW data gradient's fast path
@@ -152,16 +186,21 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
   const int64_t N = sh.N, C = sh.C, H = sh.H, W = sh.W, K = sh.K, R = sh.R, S = sh.S, Ho = sh.Ho, Wo = sh.Wo;
   const int64_t mult = K / C;
   if (!nhwc) {
+    const PlaneS1 g{H, W, Ho, Wo, R, S, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
+    const bool s1 = kBlockType<T> && p.stride_h == 1 && p.stride_w == 1, narrow = Wo < 2 * Block<T>::n;
     at::parallel_for(0, N * K, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> buf(s1 && narrow ? plane_buffer_size(g, Block<T>::n) : 0);
       each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
         const int64_t n = t / K, k = t % K, c = k / mult;
         const T* xp = x + (n * C + c) * H * W;
         const T* wk = w + k * R * S;
         T* yp = y + t * Ho * Wo;
         if constexpr (kBlockType<T>) {
-          if (p.stride_h == 1 && p.stride_w == 1 && Wo >= Block<T>::n) {
-            correlate_plane_s1(xp, wk, bias ? bias[k] : T(0), yp,
-                               PlaneS1{H, W, Ho, Wo, R, S, p.pad_t, p.pad_l, p.dil_h, p.dil_w});
+          if (s1) {
+            if (narrow)
+              correlate_plane_padded(xp, wk, bias ? bias[k] : T(0), yp, g, buf.data());
+            else
+              correlate_plane_s1(xp, wk, bias ? bias[k] : T(0), yp, g);
             return;
           }
         }
@@ -268,19 +307,24 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
   if (!nhwc) {
     // per (n, c) plane: a scatter of each of its mult output planes, sequential
     // within the plane (one writer, fixed order).
+    // stride 1, multiplier 1: the correlation of dy with the filter turned 180 degrees
+    const PlaneS1 g{Ho, Wo, H, W, R, S, (R - 1) * p.dil_h - p.pad_t, (S - 1) * p.dil_w - p.pad_l, p.dil_h, p.dil_w};
+    const bool s1 = kBlockType<T> && p.stride_h == 1 && p.stride_w == 1 && mult == 1 && g.pt >= 0 && g.pl >= 0 &&
+                    R * S <= kMaxTurnedTaps;
+    const bool narrow = W < 2 * Block<T>::n;
     at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      std::vector<T> buf(s1 && narrow ? plane_buffer_size(g, Block<T>::n) : 0);
       each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
         const int64_t n = t / C, c = t % C;
         T* gp = gx + t * H * W;
         if constexpr (kBlockType<T>) {
-          // stride 1, multiplier 1: the correlation of dy with the filter turned 180 degrees
-          const int64_t pt = (R - 1) * p.dil_h - p.pad_t, pl = (S - 1) * p.dil_w - p.pad_l;
-          if (p.stride_h == 1 && p.stride_w == 1 && mult == 1 && pt >= 0 && pl >= 0 && W >= Block<T>::n &&
-              R * S <= kMaxTurnedTaps) {
+          if (s1) {
             T turned[kMaxTurnedTaps];
             for (int64_t rs = 0; rs < R * S; ++rs) turned[rs] = w[c * R * S + R * S - 1 - rs];
-            correlate_plane_s1(gy + t * Ho * Wo, turned, bias ? bias[c] : T(0), gp,
-                               PlaneS1{Ho, Wo, H, W, R, S, pt, pl, p.dil_h, p.dil_w});
+            if (narrow)
+              correlate_plane_padded(gy + t * Ho * Wo, turned, bias ? bias[c] : T(0), gp, g, buf.data());
+            else
+              correlate_plane_s1(gy + t * Ho * Wo, turned, bias ? bias[c] : T(0), gp, g);
             return;
           }
         }
