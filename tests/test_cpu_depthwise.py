@@ -76,3 +76,25 @@ print("ok")
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_narrower_builds(isa):
     run_with_isa(_CHILD.format(tests=os.path.dirname(os.path.abspath(__file__))), isa)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_thread_count_does_not_change_bits(layout):
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, C, 30, 33, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(C, 1, 3, 3, generator=g).contiguous(memory_format=mf)
+
+    def run():
+        xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = convx.functional.conv2d(xa, wa, None, 1, 1, 1, C)
+        return [y, *torch.autograd.grad(y, (xa, wa), torch.ones_like(y))]
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+    finally:
+        torch.set_num_threads(n)
+    for a, b in zip(one, run()):
+        assert torch.equal(a, b)

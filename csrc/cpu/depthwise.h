@@ -180,6 +180,36 @@ CONVX_ALWAYS_INLINE inline int64_t nhwc_interior(const T* x, const T* wt, const 
   return k0;
 }
 
+// Channels_last weight gradient, multiplier 1, an R x S filter (compile-time):
+// the pixels [wlo, whi) of output row ho of image n (every tap inside the
+// image), summed per 64-byte channel block in R * S registers, then added to
+// acc ([R * S][K]). Returns the channels done (whole blocks).
+constexpr int64_t kWgradChunks = 8;  // the channels_last weight gradient's dW copies
+template <int R, int S, typename T>
+CONVX_ALWAYS_INLINE inline int64_t nhwc_wgrad_interior(const T* gy, const T* x, T* acc, int64_t n, int64_t ho,
+                                                       int64_t wlo, int64_t whi, const Conv2dShape& sh,
+                                                       const Conv2dParams& p) {
+  using V = typename Block<T>::v;
+  constexpr int L = Block<T>::n;
+  const int64_t C = sh.C, K = sh.K, H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo;
+  const int64_t step = p.stride_w * C;
+  const T* row0 = x + ((n * H + ho * p.stride_h - p.pad_t) * W - p.pad_l) * C;  // tap (0, 0) of output column 0
+  const T* grow = gy + (n * Ho + ho) * Wo * K;
+  int64_t k0 = 0;
+  for (; k0 + L <= K; k0 += L) {
+    V sum[R * S];
+    for (int t = 0; t < R * S; ++t) sum[t] = V{};
+    for (int64_t wo = wlo; wo < whi; ++wo) {
+      const V g = load_block<T>(grow + wo * K + k0);
+      const T* xp = row0 + wo * step + k0;
+      for (int r = 0; r < R; ++r)
+        for (int s = 0; s < S; ++s) sum[r * S + s] += g * load_block<T>(xp + (r * p.dil_h * W + s * p.dil_w) * C);
+    }
+    for (int t = 0; t < R * S; ++t) store_block<T>(acc + t * K + k0, load_block<T>(acc + t * K + k0) + sum[t]);
+  }
+  return k0;
+}
+
 // w: [K, R, S] (NCHW) ; x, y contiguous in their layout.
 template <typename T>
 void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh, const Conv2dParams& p, bool nhwc) {
@@ -356,8 +386,22 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
     });
     return;
   }
-  // NHWC: a gather per input pixel over the taps whose output reads it, listed
-  // once; multiplier 1 then runs 64 bytes of channels at a time in registers.
+  // NHWC at stride 1, multiplier 1: the forward (its register-blocked
+  // interior included) of dY with the filter turned 180 degrees.
+  if (p.stride_h == 1 && p.stride_w == 1 && mult == 1 && (R - 1) * p.dil_h >= p.pad_t &&
+      (S - 1) * p.dil_w >= p.pad_l) {
+    std::vector<T> turned(K * R * S);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t rs = 0; rs < R * S; ++rs) turned[k * R * S + rs] = w[k * R * S + R * S - 1 - rs];
+    Conv2dShape t = sh;
+    t.H = Ho, t.W = Wo, t.Ho = H, t.Wo = W;
+    Conv2dParams q = p;
+    q.pad_t = (R - 1) * p.dil_h - p.pad_t, q.pad_l = (S - 1) * p.dil_w - p.pad_l;
+    q.pad_b = (R - 1) * p.dil_h - p.pad_b, q.pad_r = (S - 1) * p.dil_w - p.pad_r;
+    return forward<T>(gy, turned.data(), bias, gx, t, q, true);
+  }
+  // Otherwise a gather per input pixel over the taps whose output reads it,
+  // listed once; multiplier 1 then runs 64 bytes of channels at a time.
   const std::vector<T> wt = taps_major(w, K, R * S);
   at::parallel_for(0, N * H, 1, [&](int64_t b, int64_t e) {
     std::vector<int64_t> taps(2 * R * S);  // [dy offset, weight offset] per tap
@@ -405,12 +449,60 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
   });
 }
 
+// NCHW weight gradient at stride 1: per output channel k and image, x's plane
+// in a zero-padded copy Wp = Wo + (S - 1) * dw wide and dY's plane in one of
+// the same width (zero past Wo), so tap (r, s) is the dot product of two flat
+// runs, one shifted: 64-byte blocks of partial sums, added across the lanes
+// and then over the images in double, in image order.
+template <typename T>
+void weight_grad_nchw_s1(const T* gy, const T* x, T* gw, const Conv2dShape& sh, const Conv2dParams& p) {
+  using V = typename Block<T>::v;
+  constexpr int L = Block<T>::n;
+  const int64_t N = sh.N, C = sh.C, H = sh.H, W = sh.W, K = sh.K, R = sh.R, S = sh.S, Ho = sh.Ho, Wo = sh.Wo;
+  const int64_t mult = K / C;
+  const int64_t Wp = Wo + (S - 1) * p.dil_w, Hp = Ho + (R - 1) * p.dil_h;
+  const int64_t n_run = (Ho * Wp + L - 1) / L * L;           // dY's run, whole blocks
+  const int64_t xn = Hp * Wp + (S - 1) * p.dil_w + n_run;   // x's copy and its slack past the last shift
+  at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> xb(xn), gb(n_run);
+    std::vector<double> acc(R * S);
+    each(b, e, [&](int64_t k) CONVX_ALWAYS_INLINE {
+      const int64_t c = k / mult;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* xp = x + (n * C + c) * H * W;
+        const T* gp = gy + (n * K + k) * Ho * Wo;
+        std::fill(xb.begin(), xb.end(), T(0));
+        const int64_t j1 = std::min(W, Wp - p.pad_l);
+        for (int64_t pr = 0; pr < Hp; ++pr) {
+          const int64_t i = pr - p.pad_t;
+          if (i >= 0 && i < H && j1 > 0) std::copy(xp + i * W, xp + i * W + j1, xb.data() + pr * Wp + p.pad_l);
+        }
+        std::fill(gb.begin(), gb.end(), T(0));
+        for (int64_t ho = 0; ho < Ho; ++ho) std::copy(gp + ho * Wo, gp + (ho + 1) * Wo, gb.data() + ho * Wp);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s) {
+            const T* xs = xb.data() + r * p.dil_h * Wp + s * p.dil_w;
+            V part = V{};
+            for (int64_t j = 0; j < n_run; j += L) part += load_block<T>(gb.data() + j) * load_block<T>(xs + j);
+            acc[r * S + s] += double(lane_sum<T>(part));
+          }
+      }
+      for (int64_t rs = 0; rs < R * S; ++rs) gw[k * R * S + rs] = T(acc[rs]);
+    });
+  });
+}
+
 // dw: [K, R, S] (NCHW order; the caller lays it out).
 template <typename T>
 void weight_grad(const T* gy, const T* x, T* gw, const Conv2dShape& sh, const Conv2dParams& p, bool nhwc) {
   const int64_t N = sh.N, C = sh.C, H = sh.H, W = sh.W, K = sh.K, R = sh.R, S = sh.S, Ho = sh.Ho, Wo = sh.Wo;
   const int64_t mult = K / C;
   if (!nhwc) {
+    if constexpr (kBlockType<T>) {
+      if (p.stride_h == 1 && p.stride_w == 1)
+        return weight_grad_nchw_s1(gy, x, gw, sh, p);
+    }
     at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
       each(b, e, [&](int64_t k) CONVX_ALWAYS_INLINE {
         const int64_t c = k / mult;
@@ -443,27 +535,53 @@ void weight_grad(const T* gy, const T* x, T* gw, const Conv2dShape& sh, const Co
     });
     return;
   }
-  const int64_t P = N * Ho * Wo;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P));
+  // NHWC: the output rows cut into a fixed number of chunks (not one per
+  // thread: the sums must not depend on the thread count), each summing into
+  // its own dW copy, added in chunk order at the end. Within a row, the
+  // interior pixels of a 3x3 / 5x5 filter with multiplier 1 sum in registers
+  // (nhwc_wgrad_interior), the rest pixel by pixel.
+  const int64_t rows = N * Ho;
+  const int64_t chunks = std::min<int64_t>(rows, kWgradChunks);
+  const int64_t in_lo = std::min(Wo, (p.pad_l + p.stride_w - 1) / p.stride_w);
+  const int64_t in_hi =
+      std::max(in_lo, std::min(Wo, W - 1 + p.pad_l - (S - 1) * p.dil_w < 0
+                                       ? int64_t(0)
+                                       : (W - 1 + p.pad_l - (S - 1) * p.dil_w) / p.stride_w + 1));
   std::vector<T> part(chunks * R * S * K, T(0));  // [chunk][r][s][k]
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     each(b, e, [&](int64_t ch) CONVX_ALWAYS_INLINE {
       T* acc = part.data() + ch * R * S * K;
-      for (int64_t q = ch * P / chunks; q < (ch + 1) * P / chunks; ++q) {
-        const int64_t n = q / (Ho * Wo), ho = (q / Wo) % Ho, wo = q % Wo;
-        const T* __restrict g = gy + q * K;
-        for (int64_t r = 0; r < R; ++r) {
-          const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
-          if (h < 0 || h >= H) continue;
-          for (int64_t s = 0; s < S; ++s) {
-            const int64_t ww = wo * p.stride_w - p.pad_l + s * p.dil_w;
-            if (ww < 0 || ww >= W) continue;
-            const T* __restrict xp = x + ((n * H + h) * W + ww) * C;
-            T* __restrict a = acc + (r * S + s) * K;
-            if (mult == 1) {
-              for (int64_t k = 0; k < K; ++k) a[k] += g[k] * xp[k];
-            } else {
-              for (int64_t k = 0; k < K; ++k) a[k] += g[k] * xp[k / mult];
+      for (int64_t row = ch * rows / chunks; row < (ch + 1) * rows / chunks; ++row) {
+        const int64_t n = row / Ho, ho = row % Ho;
+        const bool rows_in = ho * p.stride_h - p.pad_t >= 0 && ho * p.stride_h - p.pad_t + (R - 1) * p.dil_h < H;
+        int64_t done_lo = 0, done_hi = 0, done_k = 0;  // pixels [lo, hi) have channels [0, done_k) summed
+        if constexpr (kBlockType<T>) {
+          if (rows_in && mult == 1 && in_lo < in_hi) {
+            if (R == 3 && S == 3)
+              done_k = nhwc_wgrad_interior<3, 3>(gy, x, acc, n, ho, in_lo, in_hi, sh, p);
+            else if (R == 5 && S == 5)
+              done_k = nhwc_wgrad_interior<5, 5>(gy, x, acc, n, ho, in_lo, in_hi, sh, p);
+            done_lo = in_lo;
+            done_hi = in_hi;
+          }
+        }
+        for (int64_t wo = 0; wo < Wo; ++wo) {
+          const int64_t k0 = wo >= done_lo && wo < done_hi ? done_k : 0;
+          if (k0 == K) continue;
+          const T* __restrict g = gy + (row * Wo + wo) * K;
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
+            if (h < 0 || h >= H) continue;
+            for (int64_t s = 0; s < S; ++s) {
+              const int64_t ww = wo * p.stride_w - p.pad_l + s * p.dil_w;
+              if (ww < 0 || ww >= W) continue;
+              const T* __restrict xp = x + ((n * H + h) * W + ww) * C;
+              T* __restrict a = acc + (r * S + s) * K;
+              if (mult == 1) {
+                for (int64_t k = k0; k < K; ++k) a[k] += g[k] * xp[k];
+              } else {
+                for (int64_t k = 0; k < K; ++k) a[k] += g[k] * xp[k / mult];
+              }
             }
           }
         }
