@@ -161,3 +161,14 @@ def tolerances(dtype):
     if dtype == torch.float64:
         return dict(rtol=1e-7, atol=1e-7)
     return dict(rtol=1e-4, atol=1e-4)
+
+
+def single_threaded(fn):
+    """fn() with torch on one thread (the thread count restored after): for checks that a
+    result does not depend on the number of threads."""
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        return fn()
+    finally:
+        torch.set_num_threads(n)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import convx
+from conftest import single_threaded
 from test_cpu_gemm import run_with_isa
 
 # (kernel, stride, padding, dilation)
@@ -90,11 +91,5 @@ def test_thread_count_does_not_change_bits(layout):
         y = convx.functional.conv2d(xa, wa, None, 1, 1, 1, C)
         return [y, *torch.autograd.grad(y, (xa, wa), torch.ones_like(y))]
 
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-    finally:
-        torch.set_num_threads(n)
-    for a, b in zip(one, run()):
+    for a, b in zip(single_threaded(run), run()):
         assert torch.equal(a, b)

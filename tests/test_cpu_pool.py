@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import convx
-from conftest import assert_close_to_reference
+from conftest import assert_close_to_reference, single_threaded
 from test_cpu_gemm import run_with_isa
 
 CF = convx.functional
@@ -110,13 +110,7 @@ def test_thread_count_does_not_change_bits(layout):
             outs += [y, gx]
         return outs
 
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-    finally:
-        torch.set_num_threads(n)
-    for a, b in zip(one, run()):
+    for a, b in zip(single_threaded(run), run()):
         assert torch.equal(a, b)
 
 

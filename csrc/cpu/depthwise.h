@@ -131,6 +131,31 @@ template <typename T>
 constexpr bool kBlockType = std::is_same_v<T, float> || std::is_same_v<T, double>;
 constexpr int64_t kMaxTurnedTaps = 64;  // filters of up to 8x8 for the NCHW data gradient's fast path
 
+// Channels_last, multiplier 1, one pixel's gather over its listed taps:
+// out[k] = bias[k] + sum_i wt[taps[2i + 1] + k] * src[taps[2i] + k] for k in
+// [k0, K), 64 bytes of channels at a time in registers, then one at a time
+// (the bias first, then the taps in order). The forward's and, with dY and
+// its taps, the data gradient's.
+template <typename T>
+CONVX_ALWAYS_INLINE inline void tap_sum(const T* src, const T* wt, const int64_t* taps, int64_t nt, const T* bias,
+                                        T* __restrict out, int64_t k0, int64_t K) {
+  if constexpr (kBlockType<T>) {
+    using V = typename Block<T>::v;
+    constexpr int L = Block<T>::n;
+    for (; k0 + L <= K; k0 += L) {
+      V acc = bias ? load_block<T>(bias + k0) : V{};
+      for (int64_t i = 0; i < nt; ++i)
+        acc += load_block<T>(wt + taps[2 * i + 1] + k0) * load_block<T>(src + taps[2 * i] + k0);
+      store_block<T>(out + k0, acc);
+    }
+  }
+  for (int64_t k = k0; k < K; ++k) {
+    T a = bias ? bias[k] : T(0);
+    for (int64_t i = 0; i < nt; ++i) a += wt[taps[2 * i + 1] + k] * src[taps[2 * i] + k];
+    out[k] = a;
+  }
+}
+
 // Channels_last forward, multiplier 1, an R x S filter (compile-time): the
 // pixels [wlo, whi) of output row ho of image n, all of whose taps are inside
 // the image. Per 64-byte channel block the filter's taps stay in registers and
@@ -300,28 +325,16 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
             taps[2 * nt++ + 1] = (r * S + s) * K;
           }
         }
-        int64_t k0 = wo >= done_lo && wo < done_hi ? done_k : 0;
-        if constexpr (kBlockType<T>) {
-          using V = typename Block<T>::v;
-          constexpr int L = Block<T>::n;
-          if (mult == 1)
-            for (; k0 + L <= K; k0 += L) {
-              V acc = bias ? load_block<T>(bias + k0) : V{};
-              for (int64_t i = 0; i < nt; ++i)
-                acc += load_block<T>(wt.data() + taps[2 * i + 1] + k0) * load_block<T>(x + taps[2 * i] + k0);
-              store_block<T>(yp + k0, acc);
-            }
+        if (mult == 1) {
+          tap_sum(x, wt.data(), taps.data(), nt, bias, yp, wo >= done_lo && wo < done_hi ? done_k : 0, K);
+          continue;
         }
-        for (int64_t k = k0; k < K; ++k) yp[k] = bias ? bias[k] : T(0);
+        for (int64_t k = 0; k < K; ++k) yp[k] = bias ? bias[k] : T(0);
         for (int64_t i = 0; i < nt; ++i) {
           const T* __restrict xp = x + taps[2 * i];
           const T* __restrict wp = wt.data() + taps[2 * i + 1];
-          if (mult == 1) {
-            for (int64_t k = k0; k < K; ++k) yp[k] += wp[k] * xp[k];
-          } else {
-            for (int64_t c = 0; c < C; ++c)
-              for (int64_t m = 0; m < mult; ++m) yp[c * mult + m] += wp[c * mult + m] * xp[c];
-          }
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t m = 0; m < mult; ++m) yp[c * mult + m] += wp[c * mult + m] * xp[c];
         }
       }
     });
@@ -421,28 +434,16 @@ void data_grad(const T* gy, const T* w, const T* bias, T* gx, const Conv2dShape&
             taps[2 * nt++ + 1] = (r * S + s) * K;
           }
         }
-        int64_t c0 = 0;
-        if constexpr (kBlockType<T>) {
-          using V = typename Block<T>::v;
-          constexpr int L = Block<T>::n;
-          if (mult == 1)
-            for (; c0 + L <= C; c0 += L) {
-              V acc = bias ? load_block<T>(bias + c0) : V{};
-              for (int64_t i = 0; i < nt; ++i)
-                acc += load_block<T>(wt.data() + taps[2 * i + 1] + c0) * load_block<T>(gy + taps[2 * i] + c0);
-              store_block<T>(gp + c0, acc);
-            }
+        if (mult == 1) {
+          tap_sum(gy, wt.data(), taps.data(), nt, bias, gp, 0, C);
+          continue;
         }
-        for (int64_t c = c0; c < C; ++c) gp[c] = bias ? bias[c] : T(0);
+        for (int64_t c = 0; c < C; ++c) gp[c] = bias ? bias[c] : T(0);
         for (int64_t i = 0; i < nt; ++i) {
           const T* __restrict g = gy + taps[2 * i];
           const T* __restrict wp = wt.data() + taps[2 * i + 1];
-          if (mult == 1) {
-            for (int64_t c = c0; c < C; ++c) gp[c] += wp[c] * g[c];
-          } else {
-            for (int64_t c = 0; c < C; ++c)
-              for (int64_t m = 0; m < mult; ++m) gp[c] += wp[c * mult + m] * g[c * mult + m];
-          }
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t m = 0; m < mult; ++m) gp[c] += wp[c * mult + m] * g[c * mult + m];
         }
       }
     });
