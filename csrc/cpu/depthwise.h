@@ -36,6 +36,31 @@ inline void valid_range(int64_t n, int64_t out, int64_t stride, int64_t pad, int
   if (hi < lo) hi = lo;
 }
 
+// The interior of a channels_last row: output columns [lo, hi) all of whose
+// taps are inside the image; and whether output row ho's every filter row is.
+struct Interior {
+  int64_t lo, hi;
+};
+inline Interior interior_columns(const Conv2dShape& sh, const Conv2dParams& p) {
+  const int64_t lo = std::min(sh.Wo, (p.pad_l + p.stride_w - 1) / p.stride_w);
+  const int64_t last = sh.W - 1 + p.pad_l - (sh.S - 1) * p.dil_w;  // the last tap-0 position allowed
+  return {lo, std::max(lo, std::min(sh.Wo, last < 0 ? int64_t(0) : last / p.stride_w + 1))};
+}
+inline bool rows_inside(int64_t ho, const Conv2dShape& sh, const Conv2dParams& p) {
+  const int64_t h0 = ho * p.stride_h - p.pad_t;
+  return h0 >= 0 && h0 + (sh.R - 1) * p.dil_h < sh.H;
+}
+
+// dst [Hp, Wp], zero-filled by the caller, gets the plane src [H, W] with its
+// (0, 0) at (pt, pl); what falls outside dst is dropped.
+template <typename T>
+inline void place_plane(const T* src, int64_t H, int64_t W, T* dst, int64_t Hp, int64_t Wp, int64_t pt, int64_t pl) {
+  const int64_t j0 = std::max<int64_t>(0, -pl), j1 = std::min(W, Wp - pl);
+  if (j0 >= j1) return;
+  for (int64_t pr = std::max<int64_t>(0, pt); pr < std::min(Hp, H + pt); ++pr)
+    std::copy(src + (pr - pt) * W + j0, src + (pr - pt) * W + j1, dst + pr * Wp + j0 + pl);
+}
+
 // [K, R*S] -> [R*S, K]: the weight taps-major, so channels_last loops run over k.
 template <typename T>
 std::vector<T> taps_major(const T* w, int64_t K, int64_t RS) {
@@ -113,11 +138,7 @@ CONVX_ALWAYS_INLINE inline void correlate_plane_padded(const T* xp, const T* wk,
   T* xb = buf;       // [Hp, Wp] and slack, zero where the input is not
   T* yb = buf + xn;  // [Ho, Wp] and slack
   std::fill(xb, xb + xn, T(0));
-  const int64_t j0 = std::max<int64_t>(0, -g.pl), j1 = std::min(g.W, Wp - g.pl);
-  for (int64_t pr = 0; pr < Hp; ++pr) {
-    const int64_t i = pr - g.pt;
-    if (i >= 0 && i < g.H && j0 < j1) std::copy(xp + i * g.W + j0, xp + i * g.W + j1, xb + pr * Wp + j0 + g.pl);
-  }
+  place_plane(xp, g.H, g.W, xb, Hp, Wp, g.pt, g.pl);
   for (int64_t j = 0; j < g.Ho * Wp; j += L) {
     V acc = V{} + bias;
     for (int64_t r = 0; r < g.R; ++r)
@@ -289,16 +310,12 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
   // channels 64 bytes at a time, the sum in registers. Every output is the
   // bias, then the taps in (r, s) order.
   const std::vector<T> wt = taps_major(w, K, R * S);
-  const int64_t in_lo = std::min(Wo, (p.pad_l + p.stride_w - 1) / p.stride_w);
-  const int64_t in_hi =
-      std::max(in_lo, std::min(Wo, W - 1 + p.pad_l - (S - 1) * p.dil_w < 0
-                                       ? int64_t(0)
-                                       : (W - 1 + p.pad_l - (S - 1) * p.dil_w) / p.stride_w + 1));
+  const auto [in_lo, in_hi] = interior_columns(sh, p);
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
     std::vector<int64_t> taps(2 * R * S);  // [x offset, weight offset] per tap inside the image
     each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
       const int64_t n = t / Ho, ho = t % Ho;
-      const bool rows_in = ho * p.stride_h - p.pad_t >= 0 && ho * p.stride_h - p.pad_t + (R - 1) * p.dil_h < H;
+      const bool rows_in = rows_inside(ho, sh, p);
       int64_t done_lo = 0, done_hi = 0, done_k = 0;  // pixels [lo, hi) have channels [0, done_k) written
       if constexpr (kBlockType<T>) {
         if (rows_in && mult == 1 && in_lo < in_hi) {
@@ -474,13 +491,9 @@ void weight_grad_nchw_s1(const T* gy, const T* x, T* gw, const Conv2dShape& sh, 
         const T* xp = x + (n * C + c) * H * W;
         const T* gp = gy + (n * K + k) * Ho * Wo;
         std::fill(xb.begin(), xb.end(), T(0));
-        const int64_t j1 = std::min(W, Wp - p.pad_l);
-        for (int64_t pr = 0; pr < Hp; ++pr) {
-          const int64_t i = pr - p.pad_t;
-          if (i >= 0 && i < H && j1 > 0) std::copy(xp + i * W, xp + i * W + j1, xb.data() + pr * Wp + p.pad_l);
-        }
+        place_plane(xp, H, W, xb.data(), Hp, Wp, p.pad_t, p.pad_l);
         std::fill(gb.begin(), gb.end(), T(0));
-        for (int64_t ho = 0; ho < Ho; ++ho) std::copy(gp + ho * Wo, gp + (ho + 1) * Wo, gb.data() + ho * Wp);
+        place_plane(gp, Ho, Wo, gb.data(), Ho, Wp, 0, 0);
         for (int64_t r = 0; r < R; ++r)
           for (int64_t s = 0; s < S; ++s) {
             const T* xs = xb.data() + r * p.dil_h * Wp + s * p.dil_w;
@@ -543,18 +556,14 @@ void weight_grad(const T* gy, const T* x, T* gw, const Conv2dShape& sh, const Co
   // (nhwc_wgrad_interior), the rest pixel by pixel.
   const int64_t rows = N * Ho;
   const int64_t chunks = std::min<int64_t>(rows, kWgradChunks);
-  const int64_t in_lo = std::min(Wo, (p.pad_l + p.stride_w - 1) / p.stride_w);
-  const int64_t in_hi =
-      std::max(in_lo, std::min(Wo, W - 1 + p.pad_l - (S - 1) * p.dil_w < 0
-                                       ? int64_t(0)
-                                       : (W - 1 + p.pad_l - (S - 1) * p.dil_w) / p.stride_w + 1));
+  const auto [in_lo, in_hi] = interior_columns(sh, p);
   std::vector<T> part(chunks * R * S * K, T(0));  // [chunk][r][s][k]
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     each(b, e, [&](int64_t ch) CONVX_ALWAYS_INLINE {
       T* acc = part.data() + ch * R * S * K;
       for (int64_t row = ch * rows / chunks; row < (ch + 1) * rows / chunks; ++row) {
         const int64_t n = row / Ho, ho = row % Ho;
-        const bool rows_in = ho * p.stride_h - p.pad_t >= 0 && ho * p.stride_h - p.pad_t + (R - 1) * p.dil_h < H;
+        const bool rows_in = rows_inside(ho, sh, p);
         int64_t done_lo = 0, done_hi = 0, done_k = 0;  // pixels [lo, hi) have channels [0, done_k) summed
         if constexpr (kBlockType<T>) {
           if (rows_in && mult == 1 && in_lo < in_hi) {
