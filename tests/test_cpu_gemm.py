@@ -93,3 +93,35 @@ def test_narrower_builds(isa):
 def test_fma_peak_is_measured():
     peak = torch.ops.convx.cpu_fma_peak(2_000_000)
     assert 1.0 < peak < 2000.0  # GFLOP/s of one core: a measurement, not a constant
+
+
+# NCHW, one group: the layer's weights are packed once (pack_a_once) and every image's product and
+# every im2col block reads that packing. Batch 1 splits one product between the threads (by
+# columns where pixels outnumber output channels, by rows otherwise: the packed rows then start
+# mid-packing); batch 3 gives each thread whole images. Shapes stay off Winograd (stride 2,
+# 1x1, 5x5) and cut the tiles (12 x 32 on AVX-512) and the 256-deep reduction blocks.
+PACKED_WEIGHT_CASES = {
+    "3x3s2_cols_split": (1, 37, 21, 19, 50, (3, 3), 2, 1),   # N = 110 pixels > M = 50 channels
+    "1x1_rows_split": (1, 300, 8, 7, 270, (1, 1), 1, 0),     # M = 270 > N = 56; K = 300 (2 blocks)
+    "5x5_batch3": (3, 23, 11, 13, 29, (5, 5), 1, 2),
+    "1x1_tiny_pixels": (3, 64, 3, 3, 40, (1, 1), 1, 0),       # 9 pixels: the narrow tile
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", PACKED_WEIGHT_CASES.values(), ids=PACKED_WEIGHT_CASES.keys())
+def test_weights_packed_once_nchw(case, dtype):
+    n, c, h, w_, k, ks, stride, pad = case
+    x = torch.randn(n, c, h, w_, dtype=torch.float64)
+    w = torch.randn(k, c, *ks, dtype=torch.float64) / (c * ks[0] * ks[1]) ** 0.5
+    b = torch.randn(k, dtype=torch.float64)
+    xx, ww, bb = (t.to(dtype).requires_grad_() for t in (x, w, b))
+    y = convx.functional.conv2d(xx, ww, bb, stride=stride, padding=pad)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (xx, ww), gy)
+    xr, wr = x.requires_grad_(), w.requires_grad_()
+    yr = torch.nn.functional.conv2d(xr, wr, b, stride=stride, padding=pad)
+    gxr, gwr = torch.autograd.grad(yr, (xr, wr), gy.double())
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-4, rtol=1e-4)
+    for got, ref in ((y, yr), (gx, gxr), (gw, gwr)):
+        torch.testing.assert_close(got.double(), ref, **tol)

@@ -67,11 +67,18 @@ void im2col_nchw(const T* x, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_
                  int64_t row0 = 0, int64_t row1 = -1) {
   if (ho1 < 0) ho1 = Ho;
   if (row1 < 0) row1 = Cg * R * S;
+  const int64_t sw = p.stride_w;
   maybe_parallel_for(parallel, row0, row1, 16, [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
       const int64_t c = row / (R * S), r = (row / S) % R, s = row % S;
       const T* xc = x + c * H * W;
       T* dst = col + (row - row0) * ld;
+      // Output columns [lo, hi) read inside the row (w = w0 + wo * stride in [0, W)): the rest
+      // is padding, written as zeros, and the interior is copied without a bounds test a
+      // column (a strided copy the compiler vectorises; stride 1 is a memcpy).
+      const int64_t w0 = s * p.dil_w - p.pad_l;
+      const int64_t lo = std::min(Wo, w0 >= 0 ? 0 : (-w0 + sw - 1) / sw);
+      const int64_t hi = std::max(lo, std::min(Wo, W - w0 > 0 ? (W - w0 + sw - 1) / sw : 0));
       for (int64_t ho = ho0; ho < ho1; ++ho) {
         const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h;
         T* d = dst + (ho - ho0) * Wo;
@@ -79,16 +86,15 @@ void im2col_nchw(const T* x, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_
           std::fill(d, d + Wo, T(0));
           continue;
         }
-        const T* xr = xc + h * W;
-        const int64_t w0 = s * p.dil_w - p.pad_l;
-        if (p.stride_w == 1 && w0 >= 0 && w0 + Wo <= W) {
-          std::memcpy(d, xr + w0, Wo * sizeof(T));
-          continue;
-        }
-        for (int64_t wo = 0; wo < Wo; ++wo) {
-          const int64_t w = w0 + wo * p.stride_w;
-          d[wo] = (w >= 0 && w < W) ? xr[w] : T(0);
-        }
+        const T* xr = xc + h * W + w0;
+        std::fill(d, d + lo, T(0));
+        if (sw == 1)
+          std::memcpy(d + lo, xr + lo, (hi - lo) * sizeof(T));
+        else if (sw == 2)
+          for (int64_t wo = lo; wo < hi; ++wo) d[wo] = xr[2 * wo];
+        else
+          for (int64_t wo = lo; wo < hi; ++wo) d[wo] = xr[wo * sw];
+        std::fill(d + hi, d + Wo, T(0));
       }
     }
   });
@@ -319,6 +325,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   const bool on_the_fly = std::is_same_v<T, float> && nhwc && !direct;
   const int64_t nb = on_the_fly ? N : images_per_gemm(N, P, CRS, G, nhwc);
   const int64_t rows = rows_per_block(CRS, sh.Wo, sh.Ho);
+  // NCHW, one group: the weights are the A of every image's product (and of every block of its
+  // im2col); packed once here instead of once a product.
+  const PackedA<T> wpack = !nhwc && G == 1 ? pack_a_once<T>(Kg, CRS, wp, CRS, 1, direct ? P : rows * sh.Wo)
+                                           : PackedA<T>{};
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
@@ -326,14 +336,18 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       T* yg = yp + (n * sh.K + g * Kg) * P;
       if (bp)
         for (int64_t k = 0; k < Kg; ++k) std::fill(yg + k * P, yg + (k + 1) * P, bp[g * Kg + k]);
-      if (direct) {
-        gemm<T>(Kg, P, CRS, wp + g * Kg * CRS, CRS, 1, xg, P, 1, yg, P, 1, bp != nullptr, par);
-        return;
-      }
+      // yc [Kg, cols] (row stride P) (+)= W_g col [CRS, cols]
+      auto product = [&](int64_t cols, const T* colp, T* yc) {
+        if (wpack.data)
+          gemm_packed_a<T>(wpack, cols, colp, cols, 1, yc, P, 1, bp != nullptr, par);
+        else
+          gemm<T>(Kg, cols, CRS, wp + g * Kg * CRS, CRS, 1, colp, cols, 1, yc, P, 1, bp != nullptr, par);
+      };
+      if (direct) return product(P, xg, yg);
       for (int64_t ho0 = 0; ho0 < sh.Ho; ho0 += rows) {  // blocks of output rows
         const int64_t ho1 = std::min(sh.Ho, ho0 + rows), cols = (ho1 - ho0) * sh.Wo;
         im2col_nchw(xg, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col, cols, par, ho0, ho1);
-        gemm<T>(Kg, cols, CRS, wp + g * Kg * CRS, CRS, 1, col, cols, 1, yg + ho0 * sh.Wo, P, 1, bp != nullptr, par);
+        product(cols, col, yg + ho0 * sh.Wo);
       }
     } else {
       const int64_t nn = std::min(nb, N - n), M = nn * P;
@@ -389,18 +403,26 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
   const T* wp = wk.const_data_ptr<T>();
 
   const int64_t nb = images_per_gemm(N, P, CRS, G, nhwc);
+  // NCHW, one group: W^T packed once for all images (as in the forward).
+  const PackedA<T> wpack = !nhwc && G == 1 ? pack_a_once<T>(CRS, Kg, wp, 1, CRS, P) : PackedA<T>{};
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
       const T* gyg = gyp + (n * sh.K + g * Kg) * P;
       T* gxg = gxp + (n * sh.C + g * Cg) * HW;
-      // A = W_g^T [CRS, Kg]: element (crs, k) at k*CRS + crs.
+      // out [CRS, P] (row stride ldo) (+)= A dY, A = W_g^T [CRS, Kg]: element (crs, k) at k*CRS + crs.
+      auto product = [&](T* out, int64_t ldo, bool acc) {
+        if (wpack.data)
+          gemm_packed_a<T>(wpack, P, gyg, P, 1, out, ldo, 1, acc, par);
+        else
+          gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, out, ldo, 1, acc, par);
+      };
       if (direct) {
         if (bias)
           for (int64_t c = 0; c < Cg; ++c) std::fill(gxg + c * HW, gxg + (c + 1) * HW, bias[g * Cg + c]);
-        gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, gxg, HW, 1, bias != nullptr, par);
+        product(gxg, HW, bias != nullptr);
       } else {
-        gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, col, P, 1, false, par);
+        product(col, P, false);
         col2im_nchw(col, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, gxg, bias ? bias + g * Cg : nullptr, par);
       }
     } else {

@@ -25,9 +25,11 @@ enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 // demand and kept between calls, never zero-filled (so a call neither faults
 // in nor clears fresh pages). Each user owns its slots, so buffers used at the
 // same time never share one: the GEMM's packing 0-1, the convolution's
-// im2col / padded input 2-3, Winograd 4-9.
+// im2col / padded input 2-3, Winograd 4-9, an A packed once for several
+// products (PackedA below) 10.
 enum ThreadBufferSlot {
-  kGemmPackB = 0, kGemmPackA = 1, kConvCol = 2, kConvPadded = 3, kWinogradFirst = 4, kThreadBufferSlots = 10
+  kGemmPackB = 0, kGemmPackA = 1, kConvCol = 2, kConvPadded = 3, kWinogradFirst = 4, kGemmPackedA = 10,
+  kThreadBufferSlots = 11
 };
 void* thread_buffer(int slot, int64_t bytes);
 template <typename T>
@@ -46,6 +48,26 @@ void gemm(
     T* C, int64_t rsc, int64_t csc,
     bool accumulate,  // false: C = A B; true: C += A B
     bool parallel);   // split C across at::parallel_for threads
+
+// An A operand packed once and multiplied by several B (an NCHW layer's weights
+// by each image of the batch and each block of its im2col): gemm() packs A
+// again for every product, which for a late ResNet layer (7x7 or 14x14 pixels
+// an image, 2048 x 512 weights) costs a tenth of the product or more. The
+// packing lives in the calling thread's kGemmPackedA buffer (valid until that
+// thread packs another A); other threads may read it meanwhile. n_hint: the
+// column count of the products (it picks the register tile, as gemm() does).
+template <typename T>
+struct PackedA {
+  const T* data = nullptr;
+  int64_t M = 0, K = 0;
+  const void* kernel = nullptr;  // the tile it was packed for (gemm.cpp)
+};
+template <typename T>
+PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, int64_t n_hint);
+// C [a.M, N] (+)= A B with the packed A; otherwise as gemm().
+template <typename T>
+void gemm_packed_a(const PackedA<T>& a, int64_t N, const T* B, int64_t rsb, int64_t csb, T* C, int64_t rsc,
+                   int64_t csc, bool accumulate, bool parallel);
 
 // C [M, N] (row stride rsc, unit column stride) (+)= A [M, K] B [K, N] (float32),
 // A never stored whole: rows(ctx, i, k0, kc, dst) writes A[i][k0, k0 + kc) to dst
