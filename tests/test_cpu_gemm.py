@@ -95,16 +95,19 @@ def test_fma_peak_is_measured():
     assert 1.0 < peak < 2000.0  # GFLOP/s of one core: a measurement, not a constant
 
 
-# NCHW, one group: the layer's weights are packed once (pack_a_once) and every image's product and
-# every im2col block reads that packing. Batch 1 splits one product between the threads (by
-# columns where pixels outnumber output channels, by rows otherwise: the packed rows then start
-# mid-packing); batch 3 gives each thread whole images. Shapes stay off Winograd (stride 2,
-# 1x1, 5x5) and cut the tiles (12 x 32 on AVX-512) and the 256-deep reduction blocks.
+# NCHW, one group: the layer's weights are packed once (pack_a_once) and every product reads that
+# packing; images under 256 pixels go several to a product (columns of a batch: a 32-column panel
+# then spans two or more images). One product split between the threads by columns where pixels
+# outnumber output channels (the split point inside an image), by rows otherwise (the packed rows
+# then start mid-packing); or whole products a thread. Shapes stay off Winograd (stride 2, 1x1,
+# 5x5) and cut the tiles (12 x 32 on AVX-512) and the 256-deep reduction blocks.
 PACKED_WEIGHT_CASES = {
     "3x3s2_cols_split": (1, 37, 21, 19, 50, (3, 3), 2, 1),   # N = 110 pixels > M = 50 channels
     "1x1_rows_split": (1, 300, 8, 7, 270, (1, 1), 1, 0),     # M = 270 > N = 56; K = 300 (2 blocks)
-    "5x5_batch3": (3, 23, 11, 13, 29, (5, 5), 1, 2),
-    "1x1_tiny_pixels": (3, 64, 3, 3, 40, (1, 1), 1, 0),       # 9 pixels: the narrow tile
+    "5x5_batch3_cols_split": (3, 23, 11, 13, 29, (5, 5), 1, 2),  # 3 images' im2col in one product
+    "1x1_batch4_rows_split": (4, 300, 5, 5, 270, (1, 1), 1, 0),  # 4 x 25 pixels, M = 270 > N = 100
+    "3x3s2_batch8_two_products": (8, 20, 20, 20, 24, (3, 3), 2, 1),  # 4 images a thread
+    "1x1_tiny_pixels": (3, 64, 3, 3, 40, (1, 1), 1, 0),       # 9 pixels an image
 }
 
 

@@ -210,14 +210,17 @@ void col2im_nhwc(const T* gcol, int64_t H, int64_t W, int64_t C, int64_t c0, int
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Images per GEMM: channels_last stacks images until the GEMM has >= 256
-// rows (bounded by a 32 MB column buffer); NCHW takes one at a time. The chunk
-// count is rounded to a multiple of the thread count (or to one chunk whose
-// GEMM is threaded) so the threads get equal work.
-inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, int64_t G, bool nhwc) {
-  if (!nhwc) return 1;
+// Images per GEMM: `stack` (channels_last; NCHW with one group, small images
+// and weights packed once, see forward_impl) stacks images until the GEMM has
+// >= 256 rows (columns in NCHW), bounded by a column buffer of `cap` elements
+// (CRS = 0: no buffer); otherwise one at a time. The chunk count is rounded to
+// a multiple of the thread count (or to one chunk whose GEMM is threaded) so
+// the threads get equal work.
+inline int64_t images_per_gemm(int64_t N, int64_t P, int64_t CRS, int64_t G, bool stack,
+                               int64_t cap = int64_t(1) << 23) {
+  if (!stack) return 1;
   int64_t nb = std::min<int64_t>(N, ceil_div(256, P));
-  nb = std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(1) << 23) / std::max<int64_t>(1, P * CRS)));
+  nb = std::max<int64_t>(1, std::min<int64_t>(nb, cap / std::max<int64_t>(1, P * CRS)));
   const int64_t nt = at::get_num_threads();
   int64_t chunks = std::max<int64_t>(1, N / nb);
   if (chunks * G >= nt && G < nt) chunks = std::max<int64_t>(nt, chunks / nt * nt);
@@ -323,23 +326,39 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   // it (gemm_rows), all images in one product; no im2col matrix (7 MB for ResNet-50's
   // 512-channel stride-2 layer at batch 8) goes through memory.
   const bool on_the_fly = std::is_same_v<T, float> && nhwc && !direct;
-  const int64_t nb = on_the_fly ? N : images_per_gemm(N, P, CRS, G, nhwc);
+  // NCHW, one group: the weights are the A of every product; packed once here (not once an
+  // image and im2col block), and images under 256 pixels go several to a product (columns of
+  // a batch, gemm.h) so each block of the weights is read once for all of them (ResNet-50's
+  // last 1x1 layers: 4 MB of weights for 49 pixels an image).
+  const bool packed = !nhwc && G == 1;
+  const int64_t nb = on_the_fly ? N
+                     : nhwc    ? images_per_gemm(N, P, CRS, G, true)
+                               : images_per_gemm(N, P, direct ? 0 : CRS, G, packed && P < 256, int64_t(1) << 20);
   const int64_t rows = rows_per_block(CRS, sh.Wo, sh.Ho);
-  // NCHW, one group: the weights are the A of every image's product (and of every block of its
-  // im2col); packed once here instead of once a product.
-  const PackedA<T> wpack = !nhwc && G == 1 ? pack_a_once<T>(Kg, CRS, wp, CRS, 1, direct ? P : rows * sh.Wo)
-                                           : PackedA<T>{};
+  const PackedA<T> wpack = packed ? pack_a_once<T>(Kg, CRS, wp, CRS, 1, direct || nb > 1 ? nb * P : rows * sh.Wo)
+                                  : PackedA<T>{};
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
+      const int64_t nn = std::min(nb, N - n);
       const T* xg = xp + (n * sh.C + g * Cg) * HW;
       T* yg = yp + (n * sh.K + g * Kg) * P;
       if (bp)
-        for (int64_t k = 0; k < Kg; ++k) std::fill(yg + k * P, yg + (k + 1) * P, bp[g * Kg + k]);
+        for (int64_t i = 0; i < nn; ++i)
+          for (int64_t k = 0; k < Kg; ++k) std::fill(yg + (i * sh.K + k) * P, yg + (i * sh.K + k + 1) * P, bp[g * Kg + k]);
+      if (wpack.data && direct)  // B: the images' planes themselves
+        return gemm_packed_a<T>(wpack, nn * P, BatchCols{P, sh.C * HW, sh.K * P}, xg, P, yg, P, bp != nullptr, par);
+      if (nn > 1) {  // the images' im2col side by side: col [CRS, nn * P]
+        maybe_parallel_for(par, 0, nn, 1, [&](int64_t ib, int64_t ie) {
+          for (int64_t i = ib; i < ie; ++i)
+            im2col_nchw(xg + i * sh.C * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P, nn * P, false);
+        });
+        return gemm_packed_a<T>(wpack, nn * P, BatchCols{P, P, sh.K * P}, col, nn * P, yg, P, bp != nullptr, par);
+      }
       // yc [Kg, cols] (row stride P) (+)= W_g col [CRS, cols]
       auto product = [&](int64_t cols, const T* colp, T* yc) {
         if (wpack.data)
-          gemm_packed_a<T>(wpack, cols, colp, cols, 1, yc, P, 1, bp != nullptr, par);
+          gemm_packed_a<T>(wpack, cols, BatchCols{cols, 0, 0}, colp, cols, yc, P, bp != nullptr, par);
         else
           gemm<T>(Kg, cols, CRS, wp + g * Kg * CRS, CRS, 1, colp, cols, 1, yc, P, 1, bp != nullptr, par);
       };
@@ -413,7 +432,7 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
       // out [CRS, P] (row stride ldo) (+)= A dY, A = W_g^T [CRS, Kg]: element (crs, k) at k*CRS + crs.
       auto product = [&](T* out, int64_t ldo, bool acc) {
         if (wpack.data)
-          gemm_packed_a<T>(wpack, P, gyg, P, 1, out, ldo, 1, acc, par);
+          gemm_packed_a<T>(wpack, P, BatchCols{P, 0, 0}, gyg, P, out, ldo, acc, par);
         else
           gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, out, ldo, 1, acc, par);
       };

@@ -304,15 +304,12 @@ int64_t block_n(const Kernel<T>& kn, int64_t M) {
   return std::clamp<int64_t>(nc, kn.NR, kn.NC);
 }
 
-// packed: A already packed whole (pack_a_once) for rows [0, Mp) of which this
-// product's rows start at row0 (a multiple of MR): no packing here.
 template <typename T>
 void gemm_serial(
     const Kernel<T>& kn, int64_t M, int64_t N, int64_t K,
     const T* A, int64_t rsa, int64_t csa,
     const T* B, int64_t rsb, int64_t csb,
-    T* C, int64_t rsc, int64_t csc, bool accumulate,
-    const T* packed = nullptr, int64_t Mp = 0, int64_t row0 = 0) {
+    T* C, int64_t rsc, int64_t csc, bool accumulate) {
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -323,7 +320,7 @@ void gemm_serial(
   }
   const int64_t NC = block_n(kn, M);
   T* bpack = thread_buffer<T>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
-  T* abuf = packed ? nullptr : thread_buffer<T>(kGemmPackA, kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR));
+  T* apack = thread_buffer<T>(kGemmPackA, kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR));
   alignas(64) T tile[12 * 32];
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
@@ -333,7 +330,7 @@ void gemm_serial(
       pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
       // A block serving at most two column panels: read unpacked where rows are
       // contiguous along k (packing it would cost about what the product does).
-      const bool rows = !packed && csa == 1 && nc <= 2 * NR;
+      const bool rows = csa == 1 && nc <= 2 * NR;
       for (int64_t ic = 0; ic < M; ic += kn.MC) {
         const int64_t mc = std::min(kn.MC, M - ic);
         if (rows) {
@@ -357,12 +354,12 @@ void gemm_serial(
           }
           if (mfull == mc) continue;
           // the last, partial row panel goes through the packed path below
-          pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, abuf);
+          pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, apack);
           for (int64_t jr = 0; jr < nc; jr += NR) {
             const int64_t nr = std::min<int64_t>(NR, nc - jr);
             const int64_t mr = mc - mfull;
             T* c = C + (ic + mfull) * rsc + (jc + jr) * csc;
-            kn.uk(kc, abuf, bpack + jr * kc, tile, NR, false);
+            kn.uk(kc, apack, bpack + jr * kc, tile, NR, false);
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j) {
                 T& dst = c[i * rsc + j * csc];
@@ -371,11 +368,7 @@ void gemm_serial(
           }
           continue;
         }
-        const T* apack = abuf;
-        if (packed)
-          apack = packed + pc * Mp + (row0 + ic) * kc;
-        else
-          pack_a(MR, mc, kc, A + ic * rsa + pc * csa, rsa, csa, abuf);
+        pack_a(MR, mc, kc, A + ic * rsa + pc * csa, rsa, csa, apack);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
           for (int64_t ir = 0; ir < mc; ir += MR) {
@@ -390,6 +383,107 @@ void gemm_serial(
               for (int64_t j = 0; j < nr; ++j) {
                 T& dst = c[i * rsc + j * csc];
                 dst = add ? dst + tile[i * NR + j] : tile[i * NR + j];
+              }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Columns [first, first + nr) of a batch (nr <= 32) as runs inside one image:
+// run r is columns j[r] .. j[r] + len[r] of the panel, at off[r] (image n at
+// n * image, pixel p at p).
+struct ColumnRuns {
+  int n = 0;
+  int64_t j[32], off[32], len[32];
+  ColumnRuns(int64_t first, int64_t nr, int64_t P, int64_t image) {
+    for (int64_t jj = 0; jj < nr; ++n) {
+      const int64_t col = first + jj, img = col / P, p = col - img * P;
+      j[n] = jj, off[n] = img * image + p, len[n] = std::min(nr - jj, P - p);
+      jj += len[n];
+    }
+  }
+};
+
+// B's columns [j0, j0 + nc) of a batch (BatchCols, gemm.h) packed as pack_b
+// does (panels of NR, zero past nc): a panel inside one image is NR contiguous
+// elements a row; one across an image boundary is gathered column by column.
+template <typename T>
+void pack_b_batch(int NR, int64_t kc, int64_t j0, int64_t nc, const T* B, int64_t rsb, const BatchCols& bc, T* dst) {
+  for (int64_t jp = 0; jp < nc; jp += NR, dst += NR * kc) {
+    const int64_t nr = std::min<int64_t>(NR, nc - jp), first = j0 + jp, n0 = first / bc.P, p0 = first - n0 * bc.P;
+    T* d = dst;
+    if (p0 + nr <= bc.P) {
+      const T* b = B + n0 * bc.b_image + p0;
+      if (nr == NR) {
+        for (int64_t k = 0; k < kc; ++k, d += NR) copy_short(d, b + k * rsb, NR);
+        continue;
+      }
+      for (int64_t k = 0; k < kc; ++k, d += NR) {
+        copy_short(d, b + k * rsb, int(nr));
+        for (int64_t j = nr; j < NR; ++j) d[j] = T(0);
+      }
+      continue;
+    }
+    const ColumnRuns runs(first, nr, bc.P, bc.b_image);
+    for (int64_t k = 0; k < kc; ++k, d += NR) {
+      const T* b = B + k * rsb;
+      for (int r = 0; r < runs.n; ++r) copy_short(d + runs.j[r], b + runs.off[r], int(runs.len[r]));
+      for (int64_t j = nr; j < NR; ++j) d[j] = T(0);
+    }
+  }
+}
+
+// C [M, N] (+)= A B over the columns [col0, col0 + N) of a batch (BatchCols):
+// A packed whole (pack_a_once: [K / KC blocks][Mp / MR panels][kc][MR]), this
+// product's rows starting at its row `row0` (a multiple of MR; C points at that
+// row). A tile inside one image goes straight to C; one across an image
+// boundary through the tile buffer, column by column.
+template <typename T>
+void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, const T* packed, int64_t Mp, int64_t row0,
+                       const T* B, int64_t rsb, const BatchCols& bc, int64_t col0, T* C, int64_t rsc, bool accumulate) {
+  const int MR = kn.MR, NR = kn.NR;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t j = col0; j < col0 + N; ++j)
+        for (int64_t i = 0; i < M; ++i) C[j / bc.P * bc.c_image + i * rsc + j % bc.P] = T(0);
+    return;
+  }
+  const int64_t NC = block_n(kn, M);
+  T* bpack = thread_buffer<T>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
+  alignas(64) T tile[12 * 32];
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = std::min(NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kn.KC) {
+      const int64_t kc = std::min(kn.KC, K - pc);
+      const bool add = accumulate || pc > 0;
+      pack_b_batch(NR, kc, col0 + jc, nc, B + pc * rsb, rsb, bc, bpack);
+      for (int64_t ic = 0; ic < M; ic += kn.MC) {
+        const int64_t mc = std::min(kn.MC, M - ic);
+        const T* apack = packed + pc * Mp + (row0 + ic) * kc;
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int64_t nr = std::min<int64_t>(NR, nc - jr), first = col0 + jc + jr;
+          const int64_t n0 = first / bc.P, p0 = first - n0 * bc.P;
+          const bool one_image = p0 + nr <= bc.P;
+          const ColumnRuns runs(first, nr, bc.P, bc.c_image);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t mr = std::min<int64_t>(MR, mc - ir);
+            T* crow = C + (ic + ir) * rsc;
+            if (one_image && mr == MR && nr == NR) {  // a whole tile: straight into C
+              kn.uk(kc, apack + ir * kc, bpack + jr * kc, crow + n0 * bc.c_image + p0, rsc, add);
+              continue;
+            }
+            kn.uk(kc, apack + ir * kc, bpack + jr * kc, tile, NR, false);
+            for (int64_t i = 0; i < mr; ++i, crow += rsc)
+              for (int r = 0; r < runs.n; ++r) {
+                T* c = crow + runs.off[r];
+                const T* t = tile + i * NR + runs.j[r];
+                if (add)
+                  for (int64_t j = 0; j < runs.len[r]; ++j) c[j] += t[j];
+                else
+                  for (int64_t j = 0; j < runs.len[r]; ++j) c[j] = t[j];
               }
           }
         }
@@ -557,36 +651,43 @@ PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t cs
   const Kernel<T>& kn = kernel_for<T>(M, n_hint);
   const int64_t Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
   T* dst = thread_buffer<T>(kGemmPackedA, std::max<int64_t>(1, Mp * K));
-  // Blocks of KC reduction rows, each [Mp / MR panels][kc][MR] (the layout gemm_serial reads).
-  for (int64_t pc = 0; pc < K; pc += kn.KC) pack_a(kn.MR, M, std::min(kn.KC, K - pc), A + pc * csa, rsa, csa, dst + pc * Mp);
+  // Blocks of KC reduction rows, each [Mp / MR panels][kc][MR] (the layout gemm_batch_serial
+  // reads), split between the threads where there are several (4 MB of weights: ~5% of the
+  // layer's time packed by one thread while the other waits).
+  const int64_t blocks = (K + kn.KC - 1) / kn.KC;
+  auto pack = [&](int64_t b, int64_t e) {
+    for (int64_t pc = b * kn.KC; pc < std::min(K, e * kn.KC); pc += kn.KC)
+      pack_a(kn.MR, M, std::min(kn.KC, K - pc), A + pc * csa, rsa, csa, dst + pc * Mp);
+  };
+  if (blocks > 1 && M * K >= (int64_t(1) << 16) && !at::in_parallel_region())
+    at::parallel_for(0, blocks, 1, pack);
+  else
+    pack(0, blocks);
   return PackedA<T>{dst, M, K, &kn};
 }
 
 template <typename T>
-void gemm_packed_a(const PackedA<T>& a, int64_t N, const T* B, int64_t rsb, int64_t csb, T* C, int64_t rsc,
-                   int64_t csc, bool accumulate, bool parallel) {
+void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T* B, int64_t rsb, T* C, int64_t rsc,
+                   bool accumulate, bool parallel) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(a.kernel);
   const int64_t M = a.M, K = a.K, Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
-    return gemm_serial(kn, M, N, K, static_cast<const T*>(nullptr), 0, 0, B, rsb, csb, C, rsc, csc, accumulate, a.data,
-                       Mp, 0);
+    return gemm_batch_serial(kn, M, N, K, a.data, Mp, 0, B, rsb, bc, 0, C, rsc, accumulate);
   if (N >= M) {  // as gemm(): stripes of the longer side of C, one a thread
     const int64_t chunk = ((N + nt - 1) / nt + kn.NR - 1) / kn.NR * kn.NR;
     at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
-        gemm_serial(kn, M, nj, K, static_cast<const T*>(nullptr), 0, 0, B + j0 * csb, rsb, csb, C + j0 * csc, rsc, csc,
-                    accumulate, a.data, Mp, 0);
-      }
+      for (int64_t t = b; t < e; ++t)
+        gemm_batch_serial(kn, M, std::min(chunk, N - t * chunk), K, a.data, Mp, 0, B, rsb, bc, t * chunk, C, rsc,
+                          accumulate);
     });
   } else {
     const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
     at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
-        const int64_t i0 = t * chunk, mi = std::min(chunk, M - i0);
-        gemm_serial(kn, mi, N, K, static_cast<const T*>(nullptr), 0, 0, B, rsb, csb, C + i0 * rsc, rsc, csc,
-                    accumulate, a.data, Mp, i0);
+        const int64_t i0 = t * chunk;
+        gemm_batch_serial(kn, std::min(chunk, M - i0), N, K, a.data, Mp, i0, B, rsb, bc, 0, C + i0 * rsc, rsc,
+                          accumulate);
       }
     });
   }
@@ -660,9 +761,9 @@ template void micro_tile_product<float>(int64_t, const float*, const float*, flo
 
 template PackedA<float> pack_a_once<float>(int64_t, int64_t, const float*, int64_t, int64_t, int64_t);
 template PackedA<double> pack_a_once<double>(int64_t, int64_t, const double*, int64_t, int64_t, int64_t);
-template void gemm_packed_a<float>(const PackedA<float>&, int64_t, const float*, int64_t, int64_t, float*, int64_t,
+template void gemm_packed_a<float>(const PackedA<float>&, int64_t, const BatchCols&, const float*, int64_t, float*,
                                    int64_t, bool, bool);
-template void gemm_packed_a<double>(const PackedA<double>&, int64_t, const double*, int64_t, int64_t, double*, int64_t,
+template void gemm_packed_a<double>(const PackedA<double>&, int64_t, const BatchCols&, const double*, int64_t, double*,
                                     int64_t, bool, bool);
 template void gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t,
                           float*, int64_t, int64_t, bool, bool);

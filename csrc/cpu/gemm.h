@@ -64,10 +64,19 @@ struct PackedA {
 };
 template <typename T>
 PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, int64_t n_hint);
-// C [a.M, N] (+)= A B with the packed A; otherwise as gemm().
+// The columns of B and C gathered from a batch of images: column j is pixel
+// p = j % P of image n = j / P, at B + n * b_image + k * rsb + p and
+// C + n * c_image + i * rsc + p. One product then covers several small images
+// (an NCHW layer of 7x7 or 14x14 pixels), each block of A read once for all of
+// them. {N, 0, 0}: a plain matrix with unit column strides.
+struct BatchCols {
+  int64_t P, b_image, c_image;
+};
+// C [a.M, N] (+)= A B with the packed A over the columns of a batch (unit column
+// strides); split between the threads as gemm() is.
 template <typename T>
-void gemm_packed_a(const PackedA<T>& a, int64_t N, const T* B, int64_t rsb, int64_t csb, T* C, int64_t rsc,
-                   int64_t csc, bool accumulate, bool parallel);
+void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T* B, int64_t rsb, T* C, int64_t rsc,
+                   bool accumulate, bool parallel);
 
 // C [M, N] (row stride rsc, unit column stride) (+)= A [M, K] B [K, N] (float32),
 // A never stored whole: rows(ctx, i, k0, kc, dst) writes A[i][k0, k0 + kc) to dst
