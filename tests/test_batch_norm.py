@@ -493,3 +493,34 @@ def test_weight_without_bias(cls, ref_cls, shape):
     for a, b in zip(torch.autograd.grad(y.square().sum(), [x, m.weight]),
                     torch.autograd.grad(yr.square().sum(), [x, ref.weight])):
         torch.testing.assert_close(a, b)
+
+
+# channels_last on the CPU: the channel sums run in (pixel chunk of 2048, channel block) units.
+# Few pixels and many channels (one chunk: the channel blocks alone spread the work; 300 is no
+# multiple of the 16-channel block step) and many pixels with few channels (several chunks).
+@pytest.mark.parametrize("shape", [(2, 300, 3, 3), (3, 40, 40, 40), (1, 2048, 7, 7)], ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+def test_cpu_channels_last_sums_by_channel_blocks(shape, relu):
+    from conftest import single_threaded
+
+    x0 = torch.randn(shape, dtype=torch.float64) * 3 + 2
+    w0, b0 = torch.randn(shape[1], dtype=torch.float64), torch.randn(shape[1], dtype=torch.float64)
+    gy = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+
+    def run():
+        x = x0.float().contiguous(memory_format=torch.channels_last).requires_grad_()
+        w, b = w0.float().requires_grad_(), b0.float().requires_grad_()
+        rm, rv = torch.zeros(shape[1]), torch.ones(shape[1])
+        y = CF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, relu=relu)
+        return (y, *torch.autograd.grad(y, (x, w, b), gy.float()), rm, rv)
+
+    got = run()
+    xr, wr, br = x0.clone().requires_grad_(), w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    rmr, rvr = torch.zeros(shape[1], dtype=torch.float64), torch.ones(shape[1], dtype=torch.float64)
+    yr = F.batch_norm(xr, rmr, rvr, wr, br, True, 0.1, 1e-5)
+    yr = yr.relu() if relu else yr
+    ref = (yr, *torch.autograd.grad(yr, (xr, wr, br), gy), rmr, rvr)
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-4 * (1 + r.abs().max().item()))
+    for a, b in zip(single_threaded(run), got):  # the same bits on one thread
+        assert torch.equal(a, b)

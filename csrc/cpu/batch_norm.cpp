@@ -69,16 +69,28 @@ void moments_span(const T* __restrict x, int64_t n, at::opmath_type<T> shift, do
   }
 }
 
-// Channel rows (channels_last): acc[c] += x[c] - shift[c] (or its square),
-// in the compute type; channel_sums folds the rows into double every few pixels.
+// Channel rows (channels_last): acc[c] += x[c] - shift[c] (or its square) over
+// npix pixel rows `stride` apart, in the compute type; channel_sums folds the
+// rows into double every few pixels. Four pixels a pass: one load and store of
+// acc per four elements (the row-at-a-time loop was bound by them).
 template <typename T, bool kSquares>
-void moments_row(const T* __restrict x, int64_t C, const at::opmath_type<T>* __restrict shift,
-                 at::opmath_type<T>* __restrict acc) {
+void moments_rows(const T* __restrict x, int64_t stride, int64_t npix, int64_t C,
+                  const at::opmath_type<T>* __restrict shift, at::opmath_type<T>* __restrict acc) {
   using acc_t = at::opmath_type<T>;
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t d = acc_t(x[c]) - shift[c];
-    acc[c] += kSquares ? d * d : d;
+  auto f = [&](const T* r, int64_t c) {
+    const acc_t d = acc_t(r[c]) - shift[c];
+    return kSquares ? d * d : d;
+  };
+  int64_t p = 0;
+  for (; p + 4 <= npix; p += 4) {
+    const T* __restrict r0 = x + p * stride;
+    const T* __restrict r1 = r0 + stride;
+    const T* __restrict r2 = r1 + stride;
+    const T* __restrict r3 = r2 + stride;
+    for (int64_t c = 0; c < C; ++c) acc[c] += (f(r0, c) + f(r1, c)) + (f(r2, c) + f(r3, c));
   }
+  for (; p < npix; ++p)
+    for (int64_t c = 0; c < C; ++c) acc[c] += f(x + p * stride, c);
 }
 
 // y = act(x * scale + shift (+ r)) over a span with one (scale, shift).
@@ -94,16 +106,19 @@ void apply_span(const T* __restrict x, const T* __restrict r, T* __restrict y, i
   }
 }
 
-// The same over one channels_last row, per-channel (scale, shift).
+// The same over npix channels_last rows (C channels, `stride` apart), per-channel (scale, shift).
 template <typename T, bool kRes, bool kRelu>
-void apply_row(const T* __restrict x, const T* __restrict r, T* __restrict y, int64_t C,
-               const at::opmath_type<T>* __restrict scale, const at::opmath_type<T>* __restrict shift) {
+void apply_rows(const T* __restrict x, const T* __restrict r, T* __restrict y, int64_t stride, int64_t npix, int64_t C,
+                const at::opmath_type<T>* __restrict scale, const at::opmath_type<T>* __restrict shift) {
   using acc_t = at::opmath_type<T>;
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t v = acc_t(x[c]) * scale[c] + shift[c];
-    if constexpr (kRes) v += acc_t(r[c]);
-    if constexpr (kRelu) v = v <= acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as torch.relu
-    y[c] = T(v);
+  for (int64_t p = 0; p < npix; ++p, x += stride, y += stride) {
+    const T* __restrict rp = kRes ? r + p * stride : nullptr;
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t v = acc_t(x[c]) * scale[c] + shift[c];
+      if constexpr (kRes) v += acc_t(rp[c]);
+      if constexpr (kRelu) v = v <= acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as torch.relu
+      y[c] = T(v);
+    }
   }
 }
 
@@ -136,17 +151,35 @@ void bwd_sums_span(const T* __restrict dy, const T* __restrict y, const T* __res
   }
 }
 
+// The same over npix channels_last rows `stride` apart (C channels), per-channel
+// mean, into s1[c] (sum dz) and s2[c] (sum dz * (x - mean)); two pixels a pass.
 template <typename T, bool kRelu, bool kStore>
-void bwd_sums_row(const T* __restrict dy, const T* __restrict y, const T* __restrict x, T* __restrict dz, int64_t C,
-                  const at::opmath_type<T>* __restrict mean, at::opmath_type<T>* __restrict s1,
-                  at::opmath_type<T>* __restrict s2) {
+void bwd_sums_rows(const T* __restrict dy, const T* __restrict y, const T* __restrict x, T* __restrict dz,
+                   int64_t stride, int64_t npix, int64_t C, const at::opmath_type<T>* __restrict mean,
+                   at::opmath_type<T>* __restrict s1, at::opmath_type<T>* __restrict s2) {
   using acc_t = at::opmath_type<T>;
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t d = acc_t(dy[c]);
-    if constexpr (kRelu) d = acc_t(y[c]) <= acc_t(0) ? acc_t(0) : d;
-    if constexpr (kStore) dz[c] = T(d);
-    s1[c] += d;
-    s2[c] += d * (acc_t(x[c]) - mean[c]);
+  auto grad = [&](int64_t i) {
+    acc_t d = acc_t(dy[i]);
+    if constexpr (kRelu) d = acc_t(y[i]) <= acc_t(0) ? acc_t(0) : d;
+    if constexpr (kStore) dz[i] = T(d);
+    return d;
+  };
+  int64_t p = 0;
+  for (; p + 2 <= npix; p += 2) {
+    const int64_t o0 = p * stride, o1 = o0 + stride;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t d0 = grad(o0 + c), d1 = grad(o1 + c);
+      s1[c] += d0 + d1;
+      s2[c] += d0 * (acc_t(x[o0 + c]) - mean[c]) + d1 * (acc_t(x[o1 + c]) - mean[c]);
+    }
+  }
+  for (; p < npix; ++p) {
+    const int64_t o = p * stride;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t d = grad(o + c);
+      s1[c] += d;
+      s2[c] += d * (acc_t(x[o + c]) - mean[c]);
+    }
   }
 }
 
@@ -170,19 +203,22 @@ void dx_span(const T* __restrict dy, const T* __restrict y, const T* __restrict 
 }
 
 template <typename T, bool kRelu, bool kHaveDz>
-void dx_row(const T* __restrict dy, const T* __restrict y, const T* __restrict dz, const T* __restrict x,
-            T* __restrict dx, int64_t C, const at::opmath_type<T>* __restrict A, const at::opmath_type<T>* __restrict B,
-            const at::opmath_type<T>* __restrict C0, bool train) {
+void dx_rows(const T* __restrict dy, const T* __restrict y, const T* __restrict dz, const T* __restrict x,
+             T* __restrict dx, int64_t stride, int64_t npix, int64_t C, const at::opmath_type<T>* __restrict A,
+             const at::opmath_type<T>* __restrict B, const at::opmath_type<T>* __restrict C0, bool train) {
   using acc_t = at::opmath_type<T>;
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t d;
-    if constexpr (kHaveDz) {
-      d = acc_t(dz[c]);
-    } else {
-      d = acc_t(dy[c]);
-      if constexpr (kRelu) d = acc_t(y[c]) <= acc_t(0) ? acc_t(0) : d;
+  for (int64_t p = 0; p < npix; ++p) {
+    const int64_t o = p * stride;
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t d;
+      if constexpr (kHaveDz) {
+        d = acc_t(dz[o + c]);
+      } else {
+        d = acc_t(dy[o + c]);
+        if constexpr (kRelu) d = acc_t(y[o + c]) <= acc_t(0) ? acc_t(0) : d;
+      }
+      dx[o + c] = T(train ? A[c] * d + B[c] * acc_t(x[o + c]) + C0[c] : A[c] * d);
     }
-    dx[c] = T(train ? A[c] * d + B[c] * acc_t(x[c]) + C0[c] : A[c] * d);
   }
 }
 
@@ -216,12 +252,19 @@ void with_flags(bool a, bool b, F&& f) {
 // ---------------------------------------------------------------- channel reductions
 
 // NCHW: per channel, `span(plane_offset, HW, double* s)` over its N planes -> out[c][0..K).
-// NHWC: fixed pixel chunks, `row(pixel_offset, acc_t* rows)` accumulating K rows
-// of C in the compute type, folded into double every kFold pixels; the chunks
-// are summed in chunk order. Chunks are kChunk pixels whatever the thread
-// count, so the bits do not depend on torch.get_num_threads().
+// NHWC: pixel chunks, `row(pixel_offset, c0, nc, npix, acc_t* rows)` accumulating
+// channels [c0, c0 + nc) of npix pixels into K rows of nc in the compute type,
+// folded into double every kFold pixels; the chunks are summed in chunk order.
+// The chunks depend on the pixel count alone (up to kMaxChunks of at least
+// kMinChunk pixels), not on the thread count, so the bits do not depend on
+// torch.get_num_threads(); they are small enough that a layer with few pixels
+// (7x7 at batch 8: 392) still spreads over the threads, each chunk reading
+// whole pixel rows (contiguous: a split by channels read 512-byte pieces of
+// rows 4-8 KB apart, which the prefetchers do not follow across pages). Only a
+// product with under four chunks a thread splits channels too (units: chunk x
+// channel block); a channel's sums are the same whatever the blocks.
 constexpr int64_t kFold = 256;
-constexpr int64_t kChunk = 8 * kFold;
+constexpr int64_t kMinChunk = 64, kMaxChunks = 32;
 
 template <int K, typename acc_t, typename Span, typename Row>
 std::vector<double> channel_sums(const Geom& g, Span span, Row row) {
@@ -237,17 +280,28 @@ std::vector<double> channel_sums(const Geom& g, Span span, Row row) {
     return out;
   }
   const int64_t P = g.N * g.HW;
-  const int64_t chunks = std::max<int64_t>(1, (P + kChunk - 1) / kChunk);
+  if (g.C == 0 || P == 0) return out;
+  const int64_t chunks = std::clamp<int64_t>((P + kMinChunk - 1) / kMinChunk, 1, kMaxChunks);
+  const int64_t chunk = (P + chunks - 1) / chunks;
+  // Channel blocks: at most 256 channels (the K rows stay in L1), fewer where that gives
+  // under four units a thread; multiples of 16 channels (whole vectors).
+  const int64_t want = 4 * at::get_num_threads();
+  int64_t cb = std::min<int64_t>(g.C, 256);
+  if (chunks * ((g.C + cb - 1) / cb) < want) cb = std::max<int64_t>(16, (chunks * g.C / want + 15) / 16 * 16);
+  cb = std::min(cb, g.C);
+  const int64_t blocks = (g.C + cb - 1) / cb;
   std::vector<double> part(chunks * K * g.C, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-    std::vector<acc_t> rows(K * g.C);
-    for (int64_t ch = b; ch < e; ++ch) {
+  at::parallel_for(0, chunks * blocks, 1, [&](int64_t b, int64_t e) {
+    std::vector<acc_t> rows(K * cb);
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t ch = u / blocks, c0 = u % blocks * cb, nc = std::min(cb, g.C - c0);
       double* acc = part.data() + ch * K * g.C;
-      const int64_t p1 = std::min(P, (ch + 1) * kChunk);
-      for (int64_t p0 = ch * kChunk; p0 < p1; p0 += kFold) {
-        std::fill(rows.begin(), rows.end(), acc_t(0));
-        for (int64_t p = p0; p < std::min(p0 + kFold, p1); ++p) row(p * g.C, rows.data());
-        for (int64_t i = 0; i < K * g.C; ++i) acc[i] += double(rows[i]);
+      const int64_t p1 = std::min(P, (ch + 1) * chunk);
+      for (int64_t p0 = ch * chunk; p0 < p1; p0 += kFold) {
+        std::fill(rows.begin(), rows.begin() + K * nc, acc_t(0));
+        row(p0 * g.C, c0, nc, std::min(p0 + kFold, p1) - p0, rows.data());
+        for (int k = 0; k < K; ++k)
+          for (int64_t j = 0; j < nc; ++j) acc[k * g.C + c0 + j] += double(rows[k * nc + j]);
       }
     }
   });
@@ -285,7 +339,9 @@ struct CpuNorm {
       const std::vector<acc_t> zero(g.C, acc_t(0));
       auto s = channel_sums<1, acc_t>(
           g, [&](int64_t, int64_t off, int64_t n, double* acc) { moments_span<scalar_t, false>(xp + off, n, 0, acc); },
-          [&](int64_t off, acc_t* acc) { moments_row<scalar_t, false>(xp + off, g.C, zero.data(), acc); });
+          [&](int64_t off, int64_t c0, int64_t nc, int64_t np, acc_t* acc) {
+            moments_rows<scalar_t, false>(xp + off + c0, g.C, np, nc, zero.data() + c0, acc);
+          });
       for (int64_t c = 0; c < g.C; ++c) m[c] = s[c] / cnt;
       // Second pass: squared deviations from the mean (no E[x^2] - E[x]^2).
       std::vector<acc_t> ma(m.begin(), m.end());
@@ -294,7 +350,9 @@ struct CpuNorm {
           [&](int64_t c, int64_t off, int64_t n, double* acc) {
             moments_span<scalar_t, true>(xp + off, n, ma[c], acc);
           },
-          [&](int64_t off, acc_t* acc) { moments_row<scalar_t, true>(xp + off, g.C, ma.data(), acc); });
+          [&](int64_t off, int64_t c0, int64_t nc, int64_t np, acc_t* acc) {
+            moments_rows<scalar_t, true>(xp + off + c0, g.C, np, nc, ma.data() + c0, acc);
+          });
     });
     AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "batch_norm_stats_out", [&] {
       for (int64_t c = 0; c < g.C; ++c) {
@@ -345,9 +403,9 @@ struct CpuNorm {
           });
         } else {
           at::parallel_for(0, g.N * g.HW, 16, [&](int64_t b0, int64_t e0) {
-            for (int64_t p = b0; p < e0; ++p)
-              apply_row<scalar_t, kRes(), kRelu()>(xp + p * g.C, rp ? rp + p * g.C : nullptr, yp + p * g.C, g.C,
-                                                   scale.data(), shift.data());
+            const int64_t off = b0 * g.C;
+            apply_rows<scalar_t, kRes(), kRelu()>(xp + off, rp ? rp + off : nullptr, yp + off, g.C, e0 - b0, g.C,
+                                                  scale.data(), shift.data());
           });
         }
       });
@@ -388,9 +446,11 @@ struct CpuNorm {
                 bwd_sums_span<scalar_t, kRelu(), kStore()>(gp + off, yp ? yp + off : nullptr, xp + off,
                                                            grp ? grp + off : nullptr, n, mu[c], s);
               },
-              [&](int64_t off, acc_t* acc) {
-                bwd_sums_row<scalar_t, kRelu(), kStore()>(gp + off, yp ? yp + off : nullptr, xp + off,
-                                                          grp ? grp + off : nullptr, g.C, mu.data(), acc, acc + g.C);
+              [&](int64_t off, int64_t c0, int64_t nc, int64_t np, acc_t* acc) {
+                off += c0;
+                bwd_sums_rows<scalar_t, kRelu(), kStore()>(gp + off, yp ? yp + off : nullptr, xp + off,
+                                                           grp ? grp + off : nullptr, g.C, np, nc, mu.data() + c0, acc,
+                                                           acc + nc);
               });
         });
       }
@@ -420,12 +480,10 @@ struct CpuNorm {
             });
           } else {
             at::parallel_for(0, g.N * g.HW, 16, [&](int64_t b0, int64_t e0) {
-              for (int64_t p = b0; p < e0; ++p) {
-                const int64_t off = p * g.C;
-                dx_row<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
-                                                     xp + off, gxp + off, g.C, A.data(), B.data(), C0.data(),
-                                                     training);
-              }
+              const int64_t off = b0 * g.C;
+              dx_rows<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
+                                                    xp + off, gxp + off, g.C, e0 - b0, g.C, A.data(), B.data(),
+                                                    C0.data(), training);
             });
           }
         });
