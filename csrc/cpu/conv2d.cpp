@@ -106,7 +106,8 @@ void im2col_nchw(const T* x, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_
 // convolution's forward is this gather plus its bias.
 template <typename T>
 void col2im_nchw(const T* gcol, int64_t H, int64_t W, int64_t Cg, int64_t R, int64_t S, int64_t Ho, int64_t Wo,
-                 const Conv2dParams& p, T* gx, const T* bias, bool parallel) {
+                 const Conv2dParams& p, T* gx, const T* bias, bool parallel, int64_t ld = -1) {
+  if (ld < 0) ld = Ho * Wo;  // gcol's row stride
   maybe_parallel_for(parallel, 0, Cg * H, 8, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t c = ch / H, h = ch % H;
@@ -118,7 +119,7 @@ void col2im_nchw(const T* gcol, int64_t H, int64_t W, int64_t Cg, int64_t R, int
         const int64_t ho = hn / p.stride_h;
         if (ho >= Ho) continue;
         for (int64_t s = 0; s < S; ++s) {
-          const T* g = gcol + ((c * R + r) * S + s) * Ho * Wo + ho * Wo;
+          const T* g = gcol + ((c * R + r) * S + s) * ld + ho * Wo;
           const int64_t off = s * p.dil_w - p.pad_l;  // w = wo*stride + off
           // wo range with 0 <= wo*stride + off < W
           int64_t wo_lo = off >= 0 ? 0 : (-off + p.stride_w - 1) / p.stride_w;
@@ -421,28 +422,39 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
   at::Tensor wk = nhwc ? w.view({G, Kg, Cg, R, S}).permute({0, 1, 3, 4, 2}).contiguous() : w.contiguous();
   const T* wp = wk.const_data_ptr<T>();
 
-  const int64_t nb = images_per_gemm(N, P, CRS, G, nhwc);
-  // NCHW, one group: W^T packed once for all images (as in the forward).
-  const PackedA<T> wpack = !nhwc && G == 1 ? pack_a_once<T>(CRS, Kg, wp, 1, CRS, P) : PackedA<T>{};
+  // NCHW, one group: W^T packed once for all images, and images under 256 pixels several to a
+  // product (as in the forward).
+  const bool packed = !nhwc && G == 1;
+  const int64_t nb = nhwc ? images_per_gemm(N, P, CRS, G, true)
+                          : images_per_gemm(N, P, direct ? 0 : CRS, G, packed && P < 256, int64_t(1) << 20);
+  const PackedA<T> wpack = packed ? pack_a_once<T>(CRS, Kg, wp, 1, CRS, nb * P) : PackedA<T>{};
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
+      const int64_t nn = std::min(nb, N - n);
       const T* gyg = gyp + (n * sh.K + g * Kg) * P;
       T* gxg = gxp + (n * sh.C + g * Cg) * HW;
-      // out [CRS, P] (row stride ldo) (+)= A dY, A = W_g^T [CRS, Kg]: element (crs, k) at k*CRS + crs.
-      auto product = [&](T* out, int64_t ldo, bool acc) {
+      // out [CRS, nn * P] (+)= A dY, A = W_g^T [CRS, Kg] (element (crs, k) at k*CRS + crs); out's
+      // image i at out + i * image, row stride ldo.
+      auto product = [&](T* out, int64_t ldo, int64_t image, bool acc) {
         if (wpack.data)
-          gemm_packed_a<T>(wpack, P, BatchCols{P, 0, 0}, gyg, P, out, ldo, acc, par);
+          gemm_packed_a<T>(wpack, nn * P, BatchCols{P, sh.K * P, image}, gyg, P, out, ldo, acc, par);
         else
           gemm<T>(CRS, P, Kg, wp + g * Kg * CRS, 1, CRS, gyg, P, 1, out, ldo, 1, acc, par);
       };
       if (direct) {
         if (bias)
-          for (int64_t c = 0; c < Cg; ++c) std::fill(gxg + c * HW, gxg + (c + 1) * HW, bias[g * Cg + c]);
-        product(gxg, HW, bias != nullptr);
+          for (int64_t i = 0; i < nn; ++i)
+            for (int64_t c = 0; c < Cg; ++c)
+              std::fill(gxg + (i * sh.C + c) * HW, gxg + (i * sh.C + c + 1) * HW, bias[g * Cg + c]);
+        product(gxg, HW, sh.C * HW, bias != nullptr);
       } else {
-        product(col, P, false);
-        col2im_nchw(col, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, gxg, bias ? bias + g * Cg : nullptr, par);
+        product(col, nn * P, P, false);  // col [CRS, nn * P]: the images side by side
+        maybe_parallel_for(par && nn > 1, 0, nn, 1, [&](int64_t ib, int64_t ie) {
+          for (int64_t i = ib; i < ie; ++i)
+            col2im_nchw(col + i * P, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, gxg + i * sh.C * HW,
+                        bias ? bias + g * Cg : nullptr, par && nn == 1, nn * P);
+        });
       }
     } else {
       const int64_t nn = std::min(nb, N - n), M = nn * P;
