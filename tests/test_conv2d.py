@@ -490,3 +490,29 @@ def test_weight_gradient_has_the_weights_strides(device, cin, layout):
             weight = make_tensor((cin, 8, 3, 3), torch.float32, device, layout, requires_grad=True)
         g, = torch.autograd.grad(fn(x, weight).sum(), weight)
         assert g.stride() == weight.stride(), (fn.__name__, g.stride(), weight.stride())
+
+
+# The CPU GEMM path reads the weight in the layout it comes in (a channels_last weight in place for
+# an NHWC product; anything else through a copy): channels_last, contiguous, and strided weights
+# (a slice of a larger weight, a transposed view), with activations in both layouts, forward and
+# both gradients, against float64. Stride 2 keeps the 3x3 layers off Winograd.
+@pytest.mark.parametrize("weight_view", ["channels_last", "contiguous", "sliced", "transposed"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_cpu_weight_layouts(weight_view, layout, groups):
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x0 = torch.randn(3, 16, 11, 10, dtype=torch.float64)
+    big = torch.randn(12, 16 // groups + 3, 3, 3, dtype=torch.float64)
+    w0 = big[:, 1:1 + 16 // groups]  # non-contiguous
+    w0 = {"channels_last": w0.contiguous(memory_format=torch.channels_last), "contiguous": w0.contiguous(),
+          "sliced": w0, "transposed": w0.contiguous().transpose(2, 3)}[weight_view]
+    x = x0.float().contiguous(memory_format=mf).requires_grad_()
+    w = w0.float().requires_grad_()
+    y = CF.conv2d(x, w, None, 2, 1, 1, groups)
+    gy = torch.randn(y.shape, dtype=torch.float64)
+    gx, gw = torch.autograd.grad(y, (x, w), gy.float())
+    xr, wr = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    yr = F.conv2d(xr, wr, None, 2, 1, 1, groups)
+    gxr, gwr = torch.autograd.grad(yr, (xr, wr), gy)
+    for got, ref in ((y, yr), (gx, gxr), (gw, gwr)):
+        torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=1e-4)

@@ -419,7 +419,7 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
   T* gxp = gx.mutable_data_ptr<T>();
 
   // NCHW: W_g^T is a strided view of [K, Cg*R*S]. NHWC: W as [G, Kg, R*S*Cg].
-  at::Tensor wk = nhwc ? w.view({G, Kg, Cg, R, S}).permute({0, 1, 3, 4, 2}).contiguous() : w.contiguous();
+  at::Tensor wk = nhwc ? w.reshape({G, Kg, Cg, R, S}).permute({0, 1, 3, 4, 2}).contiguous() : w.contiguous();
   const T* wp = wk.const_data_ptr<T>();
 
   // NCHW, one group: W^T packed once for all images, and images under 256 pixels several to a
@@ -936,7 +936,12 @@ struct CpuConv {
     auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(cf));
     if (y.numel() == 0) return y.contiguous(mf).to(input.scalar_type());
     auto x = input.to(ct).contiguous(cf);
-    auto w = weight.to(ct).contiguous();
+    // The GEMM path takes the weight in either layout (forward_impl: a channels_last weight is
+    // read in place by the NHWC product); the other kernels want it contiguous. (A channels_last
+    // weight went through a contiguous copy and, for NHWC, back: 2 x 9.4 MB a call for
+    // 512 x 512 x 3 x 3, ~5% of a stride-2 layer's time.)
+    const bool gemm_path = !wino && !grp && !is_depthwise(sh, p);
+    auto w = gemm_path ? weight.to(ct) : weight.to(ct).contiguous();
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     if (wino) {  // float32 here (half types are computed in float32)
       winograd::conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, false,
@@ -976,7 +981,10 @@ struct CpuConv {
       return gx.contiguous(mf).to(grad_output.scalar_type());
     }
     auto gy = grad_output.to(ct).contiguous(cf);
-    auto w = weight.to(ct).contiguous();
+    // As in the forward: backward_input_impl takes either layout (for NHWC a channels_last weight
+    // is already the [G][Kg][R*S*Cg] it multiplies by).
+    const bool gemm_path = !wino && !grp && !is_depthwise(sh, p);
+    auto w = gemm_path ? weight.to(ct) : weight.to(ct).contiguous();
     if (wino) {  // dX = dY (*) rot180(W)^T at stride 1, padding 2 - pad
       winograd::conv3x3(gy.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, true,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh.N, sh.K, sh.Ho,
