@@ -510,6 +510,28 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
       const int64_t kc = std::min(kn.KC, K - pc);
       const bool add = accumulate || pc > 0;
       pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
+      if (nc <= 2 * NR) {
+        // One or two column panels (a stem's or VGG's first layer: 64 output channels): each MR
+        // rows of A serve at most two tiles, so they are read where made (the ROWS tile, rows kc
+        // apart, L1-hot), not transposed into a panel first (that cost about what the product did).
+        for (int64_t ir = 0; ir < M; ir += MR) {
+          const int64_t mr = std::min<int64_t>(MR, M - ir);
+          for (int64_t i = 0; i < mr; ++i) rows(ctx, ir + i, pc, kc, arows + i * kc);
+          if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int64_t nr = std::min<int64_t>(NR, nc - jr);
+            float* c = C + ir * rsc + (jc + jr);
+            if (mr == MR && nr == NR) {
+              kn.ur(kc, arows, kc, bpack + jr * kc, c, rsc, add);
+              continue;
+            }
+            kn.ur(kc, arows, kc, bpack + jr * kc, tile, NR, false);
+            for (int64_t i = 0; i < mr; ++i)
+              for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
+          }
+        }
+        continue;
+      }
       for (int64_t ic = 0; ic < M; ic += kn.MC) {
         const int64_t mc = std::min(kn.MC, M - ic);
         for (int64_t ir = 0; ir < mc; ir += MR) {
