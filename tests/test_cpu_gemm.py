@@ -108,14 +108,20 @@ PACKED_WEIGHT_CASES = {
     "1x1_batch4_rows_split": (4, 300, 5, 5, 270, (1, 1), 1, 0),  # 4 x 25 pixels, M = 270 > N = 100
     "3x3s2_batch8_two_products": (8, 20, 20, 20, 24, (3, 3), 2, 1),  # 4 images a thread
     "1x1_tiny_pixels": (3, 64, 3, 3, 40, (1, 1), 1, 0),       # 9 pixels an image
+    "1x1_400px_40ch": (1, 64, 20, 20, 40, (1, 1), 1, 0),      # channels_last: rows split (M = 400 > N = 40)
 }
 
 
+# channels_last, one group: the weights are B of every product, packed once (pack_b_once) for the
+# 1x1 layers and the float64 im2col ones (float32 spatial layers make A on the fly instead);
+# products split by columns (the packed columns then start mid-packing) or by rows.
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", PACKED_WEIGHT_CASES.values(), ids=PACKED_WEIGHT_CASES.keys())
-def test_weights_packed_once_nchw(case, dtype):
+def test_weights_packed_once(case, dtype, layout):
     n, c, h, w_, k, ks, stride, pad = case
-    x = torch.randn(n, c, h, w_, dtype=torch.float64)
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(n, c, h, w_, dtype=torch.float64).contiguous(memory_format=mf)
     w = torch.randn(k, c, *ks, dtype=torch.float64) / (c * ks[0] * ks[1]) ** 0.5
     b = torch.randn(k, dtype=torch.float64)
     xx, ww, bb = (t.to(dtype).requires_grad_() for t in (x, w, b))

@@ -338,6 +338,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   const int64_t rows = rows_per_block(CRS, sh.Wo, sh.Ho);
   const PackedA<T> wpack = packed ? pack_a_once<T>(Kg, CRS, wp, CRS, 1, direct || nb > 1 ? nb * P : rows * sh.Wo)
                                   : PackedA<T>{};
+  // NHWC, one group, im2col or none (not on the fly): the weights are B of every chunk's
+  // product, packed once here (gemm() packed them again for every chunk of images).
+  const PackedB<T> wpack_b = nhwc && G == 1 && !on_the_fly ? pack_b_once<T>(CRS, Kg, wp, brs, bcs, nb * P)
+                                                           : PackedB<T>{};
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
@@ -375,10 +379,14 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       T* yg = yp + n * P * sh.K + g * Kg;
       if (bp)
         for (int64_t q = 0; q < M; ++q) std::copy(bp + g * Kg, bp + (g + 1) * Kg, yg + q * sh.K);
-      if (direct) {
-        gemm<T>(M, Kg, CRS, xn + g * Cg, sh.C, 1, wp + g * CRS * Kg, brs, bcs, yg, sh.K, 1, bp != nullptr, par);
-        return;
-      }
+      // yc [m, Kg] (row stride K) (+)= a [m, CRS] (row stride lda) W_g^T
+      auto product = [&](int64_t m, const T* a, int64_t lda, T* yc) {
+        if (wpack_b.data)
+          gemm_packed_b<T>(m, a, lda, 1, wpack_b, yc, sh.K, 1, bp != nullptr, par);
+        else
+          gemm<T>(m, Kg, CRS, a, lda, 1, wp + g * CRS * Kg, brs, bcs, yc, sh.K, 1, bp != nullptr, par);
+      };
+      if (direct) return product(M, xn + g * Cg, sh.C, yg);
       if constexpr (std::is_same_v<T, float>) {
         if (on_the_fly) {
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p};
@@ -392,14 +400,12 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
             im2col_nhwc(xn + i * HW * sh.C, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P * CRS,
                         CRS, false);
         });
-        gemm<T>(M, Kg, CRS, col, CRS, 1, wp + g * CRS * Kg, brs, bcs, yg, sh.K, 1, bp != nullptr, par);
-        return;
+        return product(M, col, CRS, yg);
       }
       for (int64_t q0 = 0; q0 < P; q0 += rows * sh.Wo) {  // blocks of output rows of one image
         const int64_t q1 = std::min(P, q0 + rows * sh.Wo);
         im2col_nhwc(xn, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, col, CRS, par, q0, q1);
-        gemm<T>(q1 - q0, Kg, CRS, col, CRS, 1, wp + g * CRS * Kg, brs, bcs, yg + q0 * sh.K, sh.K, 1, bp != nullptr,
-                par);
+        product(q1 - q0, col, CRS, yg + q0 * sh.K);
       }
     }
   };
@@ -428,6 +434,8 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
   const int64_t nb = nhwc ? images_per_gemm(N, P, CRS, G, true)
                           : images_per_gemm(N, P, direct ? 0 : CRS, G, packed && P < 256, int64_t(1) << 20);
   const PackedA<T> wpack = packed ? pack_a_once<T>(CRS, Kg, wp, 1, CRS, nb * P) : PackedA<T>{};
+  // NHWC, one group: W [Kg, CRS] is B of every chunk's product; packed once.
+  const PackedB<T> wpack_b = nhwc && G == 1 ? pack_b_once<T>(Kg, CRS, wp, CRS, 1, nb * P) : PackedB<T>{};
   auto task = [&](int64_t chunk, int64_t g, T* col, bool par) {
     const int64_t n = chunk * nb;
     if (!nhwc) {
@@ -460,12 +468,19 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
       const int64_t nn = std::min(nb, N - n), M = nn * P;
       const T* gyg = gyp + n * P * sh.K + g * Kg;
       T* gxn = gxp + n * HW * sh.C;
+      // out [M, CRS] (row stride ldo) (+)= dY W_g
+      auto product = [&](T* out, int64_t ldo, bool acc) {
+        if (wpack_b.data)
+          gemm_packed_b<T>(M, gyg, sh.K, 1, wpack_b, out, ldo, 1, acc, par);
+        else
+          gemm<T>(M, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, out, ldo, 1, acc, par);
+      };
       if (direct) {
         if (bias)
           for (int64_t q = 0; q < M; ++q) std::copy(bias + g * Cg, bias + (g + 1) * Cg, gxn + q * sh.C + g * Cg);
-        gemm<T>(M, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, gxn + g * Cg, sh.C, 1, bias != nullptr, par);
+        product(gxn + g * Cg, sh.C, bias != nullptr);
       } else {
-        gemm<T>(M, CRS, Kg, gyg, sh.K, 1, wp + g * Kg * CRS, CRS, 1, col, CRS, 1, false, par);
+        product(col, CRS, false);
         maybe_parallel_for(par && nn > 1, 0, nn, 1, [&](int64_t ib, int64_t ie) {  // one region, not one an image
           for (int64_t i = ib; i < ie; ++i)
             col2im_nhwc(col + i * P * CRS, sh.H, sh.W, sh.C, g * Cg, Cg, R, S, sh.Ho, sh.Wo, p, gxn + i * HW * sh.C,

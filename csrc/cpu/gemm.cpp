@@ -309,7 +309,10 @@ void gemm_serial(
     const Kernel<T>& kn, int64_t M, int64_t N, int64_t K,
     const T* A, int64_t rsa, int64_t csa,
     const T* B, int64_t rsb, int64_t csb,
-    T* C, int64_t rsc, int64_t csc, bool accumulate) {
+    T* C, int64_t rsc, int64_t csc, bool accumulate,
+    const T* bpacked = nullptr, int64_t Np = 0, int64_t col0 = 0) {
+  // bpacked: B packed whole (pack_b_once; Np columns rounded up to NR), this
+  // product's columns starting at its column col0 (a multiple of NR).
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -319,7 +322,7 @@ void gemm_serial(
     return;
   }
   const int64_t NC = block_n(kn, M);
-  T* bpack = thread_buffer<T>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
+  T* bbuf = bpacked ? nullptr : thread_buffer<T>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
   T* apack = thread_buffer<T>(kGemmPackA, kn.KC * ((std::min(M, kn.MC) + MR - 1) / MR * MR));
   alignas(64) T tile[12 * 32];
   for (int64_t jc = 0; jc < N; jc += NC) {
@@ -327,7 +330,11 @@ void gemm_serial(
     for (int64_t pc = 0; pc < K; pc += kn.KC) {
       const int64_t kc = std::min(kn.KC, K - pc);
       const bool add = accumulate || pc > 0;
-      pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
+      const T* bpack = bbuf;
+      if (bpacked)
+        bpack = bpacked + pc * Np + (col0 + jc) * kc;
+      else
+        pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bbuf);
       // A block serving at most two column panels: read unpacked where rows are
       // contiguous along k (packing it would cost about what the product does).
       const bool rows = csa == 1 && nc <= 2 * NR;
@@ -669,6 +676,55 @@ void gemm(
 }
 
 template <typename T>
+PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, int64_t m_hint) {
+  const Kernel<T>& kn = kernel_for<T>(m_hint, N);
+  const int64_t Np = (N + kn.NR - 1) / kn.NR * kn.NR;
+  T* dst = thread_buffer<T>(kGemmPackedB, std::max<int64_t>(1, Np * K));
+  // Blocks of KC reduction rows, each [Np / NR panels][kc][NR] (what gemm_serial packs a block
+  // of B into), split between the threads where there are several.
+  const int64_t blocks = (K + kn.KC - 1) / kn.KC;
+  auto pack = [&](int64_t b, int64_t e) {
+    for (int64_t pc = b * kn.KC; pc < std::min(K, e * kn.KC); pc += kn.KC)
+      pack_b(kn.NR, std::min(kn.KC, K - pc), N, B + pc * rsb, rsb, csb, dst + pc * Np);
+  };
+  if (blocks > 1 && N * K >= (int64_t(1) << 16) && !at::in_parallel_region())
+    at::parallel_for(0, blocks, 1, pack);
+  else
+    pack(0, blocks);
+  return PackedB<T>{dst, K, N, &kn};
+}
+
+template <typename T>
+void gemm_packed_b(int64_t M, const T* A, int64_t rsa, int64_t csa, const PackedB<T>& b, T* C, int64_t rsc,
+                   int64_t csc, bool accumulate, bool parallel) {
+  const Kernel<T>& kn = *static_cast<const Kernel<T>*>(b.kernel);
+  const int64_t N = b.N, K = b.K, Np = (N + kn.NR - 1) / kn.NR * kn.NR;
+  const int64_t nt = parallel ? at::get_num_threads() : 1;
+  const T* none = nullptr;
+  if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
+    return gemm_serial(kn, M, N, K, A, rsa, csa, none, 0, 0, C, rsc, csc, accumulate, b.data, Np, 0);
+  if (N >= M) {  // as gemm()
+    const int64_t chunk = ((N + nt - 1) / nt + kn.NR - 1) / kn.NR * kn.NR;
+    at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t j0 = t * chunk;
+        gemm_serial(kn, M, std::min(chunk, N - j0), K, A, rsa, csa, none, 0, 0, C + j0 * csc, rsc, csc, accumulate,
+                    b.data, Np, j0);
+      }
+    });
+  } else {
+    const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
+    at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t i0 = t * chunk;
+        gemm_serial(kn, std::min(chunk, M - i0), N, K, A + i0 * rsa, rsa, csa, none, 0, 0, C + i0 * rsc, rsc, csc,
+                    accumulate, b.data, Np, 0);
+      }
+    });
+  }
+}
+
+template <typename T>
 PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, int64_t n_hint) {
   const Kernel<T>& kn = kernel_for<T>(M, n_hint);
   const int64_t Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
@@ -781,6 +837,12 @@ template void micro_tile_product_b_rows<float>(int64_t, const float*, const floa
 template void pack_a_panels<float>(int64_t, int64_t, const float*, int64_t, float*);
 template void micro_tile_product<float>(int64_t, const float*, const float*, float*, int64_t, int64_t, bool);
 
+template PackedB<float> pack_b_once<float>(int64_t, int64_t, const float*, int64_t, int64_t, int64_t);
+template PackedB<double> pack_b_once<double>(int64_t, int64_t, const double*, int64_t, int64_t, int64_t);
+template void gemm_packed_b<float>(int64_t, const float*, int64_t, int64_t, const PackedB<float>&, float*, int64_t,
+                                   int64_t, bool, bool);
+template void gemm_packed_b<double>(int64_t, const double*, int64_t, int64_t, const PackedB<double>&, double*,
+                                    int64_t, int64_t, bool, bool);
 template PackedA<float> pack_a_once<float>(int64_t, int64_t, const float*, int64_t, int64_t, int64_t);
 template PackedA<double> pack_a_once<double>(int64_t, int64_t, const double*, int64_t, int64_t, int64_t);
 template void gemm_packed_a<float>(const PackedA<float>&, int64_t, const BatchCols&, const float*, int64_t, float*,

@@ -25,11 +25,11 @@ enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 // demand and kept between calls, never zero-filled (so a call neither faults
 // in nor clears fresh pages). Each user owns its slots, so buffers used at the
 // same time never share one: the GEMM's packing 0-1, the convolution's
-// im2col / padded input 2-3, Winograd 4-9, an A packed once for several
-// products (PackedA below) 10.
+// im2col / padded input 2-3, Winograd 4-9, an A or a B packed once for
+// several products (PackedA, PackedB below) 10-11.
 enum ThreadBufferSlot {
   kGemmPackB = 0, kGemmPackA = 1, kConvCol = 2, kConvPadded = 3, kWinogradFirst = 4, kGemmPackedA = 10,
-  kThreadBufferSlots = 11
+  kGemmPackedB = 11, kThreadBufferSlots = 12
 };
 void* thread_buffer(int slot, int64_t bytes);
 template <typename T>
@@ -64,6 +64,22 @@ struct PackedA {
 };
 template <typename T>
 PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, int64_t n_hint);
+// The same for a B operand (a channels_last layer's weights, B of every
+// image's product): packed once into the calling thread's kGemmPackedB
+// buffer; m_hint: the products' row count (it picks the register tile).
+template <typename T>
+struct PackedB {
+  const T* data = nullptr;
+  int64_t K = 0, N = 0;
+  const void* kernel = nullptr;
+};
+template <typename T>
+PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, int64_t m_hint);
+// C [M, b.N] (+)= A B with the packed B; otherwise as gemm().
+template <typename T>
+void gemm_packed_b(int64_t M, const T* A, int64_t rsa, int64_t csa, const PackedB<T>& b, T* C, int64_t rsc,
+                   int64_t csc, bool accumulate, bool parallel);
+
 // The columns of B and C gathered from a batch of images: column j is pixel
 // p = j % P of image n = j / P, at B + n * b_image + k * rsb + p and
 // C + n * c_image + i * rsc + p. One product then covers several small images
