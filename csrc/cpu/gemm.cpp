@@ -638,6 +638,44 @@ const char* cpu_isa_name() {
   }
 }
 
+// Run a product as one serial call, or split between the threads: the longer
+// side of C cut into one tile-aligned stripe a thread. Each stripe packs its
+// own panels and every C element is written by one thread, so the result does
+// not depend on scheduling. stripe(i0, mi, j0, nj): rows [i0, i0 + mi) and
+// columns [j0, j0 + nj) of C.
+template <typename T, typename Stripe>
+void split_product(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, bool parallel, const Stripe& stripe) {
+  const int64_t nt = parallel ? at::get_num_threads() : 1;
+  if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
+    return stripe(int64_t(0), M, int64_t(0), N);
+  if (N >= M) {
+    const int64_t chunk = ((N + nt - 1) / nt + kn.NR - 1) / kn.NR * kn.NR;
+    at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) stripe(int64_t(0), M, t * chunk, std::min(chunk, N - t * chunk));
+    });
+  } else {
+    const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
+    at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) stripe(t * chunk, std::min(chunk, M - t * chunk), int64_t(0), N);
+    });
+  }
+}
+
+// pack(pc, kc) for each block of KC reduction rows, split between the threads
+// where there are several and `elems` (the operand's size) is worth it (4 MB of
+// weights: ~5% of a layer's time packed by one thread while the other waits).
+template <typename Pack>
+void pack_blocks(int64_t K, int64_t KC, int64_t elems, const Pack& pack) {
+  const int64_t blocks = (K + KC - 1) / KC;
+  auto run = [&](int64_t b, int64_t e) {
+    for (int64_t pc = b * KC; pc < std::min(K, e * KC); pc += KC) pack(pc, std::min(KC, K - pc));
+  };
+  if (blocks > 1 && elems >= (int64_t(1) << 16) && !at::in_parallel_region())
+    at::parallel_for(0, blocks, 1, run);
+  else
+    run(0, blocks);
+}
+
 template <typename T>
 void gemm(
     int64_t M, int64_t N, int64_t K,
@@ -645,34 +683,10 @@ void gemm(
     const T* B, int64_t rsb, int64_t csb,
     T* C, int64_t rsc, int64_t csc, bool accumulate, bool parallel) {
   const Kernel<T>& kn = kernel_for<T>(M, N);
-  const int64_t nt = parallel ? at::get_num_threads() : 1;
-  const double flops = 2.0 * double(M) * double(N) * double(K);
-  if (nt <= 1 || flops < 2e6 || at::in_parallel_region()) {
-    gemm_serial(kn, M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, accumulate);
-    return;
-  }
-  // Split the larger side of C into one stripe per thread (tile aligned). Each
-  // thread packs its own panels; every C element is written by one thread,
-  // so the result does not depend on scheduling.
-  if (N >= M) {
-    const int64_t step = (N + nt - 1) / nt;
-    const int64_t chunk = (step + kn.NR - 1) / kn.NR * kn.NR;
-    at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
-        gemm_serial(kn, M, nj, K, A, rsa, csa, B + j0 * csb, rsb, csb, C + j0 * csc, rsc, csc, accumulate);
-      }
-    });
-  } else {
-    const int64_t step = (M + nt - 1) / nt;
-    const int64_t chunk = (step + kn.MR - 1) / kn.MR * kn.MR;
-    at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t i0 = t * chunk, mi = std::min(chunk, M - i0);
-        gemm_serial(kn, mi, N, K, A + i0 * rsa, rsa, csa, B, rsb, csb, C + i0 * rsc, rsc, csc, accumulate);
-      }
-    });
-  }
+  split_product(kn, M, N, K, parallel, [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
+    gemm_serial(kn, mi, nj, K, A + i0 * rsa, rsa, csa, B + j0 * csb, rsb, csb, C + i0 * rsc + j0 * csc, rsc, csc,
+                accumulate);
+  });
 }
 
 template <typename T>
@@ -680,17 +694,10 @@ PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t cs
   const Kernel<T>& kn = kernel_for<T>(m_hint, N);
   const int64_t Np = (N + kn.NR - 1) / kn.NR * kn.NR;
   T* dst = thread_buffer<T>(kGemmPackedB, std::max<int64_t>(1, Np * K));
-  // Blocks of KC reduction rows, each [Np / NR panels][kc][NR] (what gemm_serial packs a block
-  // of B into), split between the threads where there are several.
-  const int64_t blocks = (K + kn.KC - 1) / kn.KC;
-  auto pack = [&](int64_t b, int64_t e) {
-    for (int64_t pc = b * kn.KC; pc < std::min(K, e * kn.KC); pc += kn.KC)
-      pack_b(kn.NR, std::min(kn.KC, K - pc), N, B + pc * rsb, rsb, csb, dst + pc * Np);
-  };
-  if (blocks > 1 && N * K >= (int64_t(1) << 16) && !at::in_parallel_region())
-    at::parallel_for(0, blocks, 1, pack);
-  else
-    pack(0, blocks);
+  // Blocks of KC reduction rows, each [Np / NR panels][kc][NR] (what gemm_serial packs a block of B into).
+  pack_blocks(K, kn.KC, N * K, [&](int64_t pc, int64_t kc) {
+    pack_b(kn.NR, kc, N, B + pc * rsb, rsb, csb, dst + pc * Np);
+  });
   return PackedB<T>{dst, K, N, &kn};
 }
 
@@ -698,30 +705,11 @@ template <typename T>
 void gemm_packed_b(int64_t M, const T* A, int64_t rsa, int64_t csa, const PackedB<T>& b, T* C, int64_t rsc,
                    int64_t csc, bool accumulate, bool parallel) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(b.kernel);
-  const int64_t N = b.N, K = b.K, Np = (N + kn.NR - 1) / kn.NR * kn.NR;
-  const int64_t nt = parallel ? at::get_num_threads() : 1;
-  const T* none = nullptr;
-  if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
-    return gemm_serial(kn, M, N, K, A, rsa, csa, none, 0, 0, C, rsc, csc, accumulate, b.data, Np, 0);
-  if (N >= M) {  // as gemm()
-    const int64_t chunk = ((N + nt - 1) / nt + kn.NR - 1) / kn.NR * kn.NR;
-    at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t t = lo; t < hi; ++t) {
-        const int64_t j0 = t * chunk;
-        gemm_serial(kn, M, std::min(chunk, N - j0), K, A, rsa, csa, none, 0, 0, C + j0 * csc, rsc, csc, accumulate,
-                    b.data, Np, j0);
-      }
-    });
-  } else {
-    const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
-    at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t t = lo; t < hi; ++t) {
-        const int64_t i0 = t * chunk;
-        gemm_serial(kn, std::min(chunk, M - i0), N, K, A + i0 * rsa, rsa, csa, none, 0, 0, C + i0 * rsc, rsc, csc,
-                    accumulate, b.data, Np, 0);
-      }
-    });
-  }
+  const int64_t Np = (b.N + kn.NR - 1) / kn.NR * kn.NR;
+  split_product(kn, M, b.N, b.K, parallel, [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
+    gemm_serial(kn, mi, nj, b.K, A + i0 * rsa, rsa, csa, static_cast<const T*>(nullptr), 0, 0,
+                C + i0 * rsc + j0 * csc, rsc, csc, accumulate, b.data, Np, j0);
+  });
 }
 
 template <typename T>
@@ -729,18 +717,10 @@ PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t cs
   const Kernel<T>& kn = kernel_for<T>(M, n_hint);
   const int64_t Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
   T* dst = thread_buffer<T>(kGemmPackedA, std::max<int64_t>(1, Mp * K));
-  // Blocks of KC reduction rows, each [Mp / MR panels][kc][MR] (the layout gemm_batch_serial
-  // reads), split between the threads where there are several (4 MB of weights: ~5% of the
-  // layer's time packed by one thread while the other waits).
-  const int64_t blocks = (K + kn.KC - 1) / kn.KC;
-  auto pack = [&](int64_t b, int64_t e) {
-    for (int64_t pc = b * kn.KC; pc < std::min(K, e * kn.KC); pc += kn.KC)
-      pack_a(kn.MR, M, std::min(kn.KC, K - pc), A + pc * csa, rsa, csa, dst + pc * Mp);
-  };
-  if (blocks > 1 && M * K >= (int64_t(1) << 16) && !at::in_parallel_region())
-    at::parallel_for(0, blocks, 1, pack);
-  else
-    pack(0, blocks);
+  // Blocks of KC reduction rows, each [Mp / MR panels][kc][MR] (the layout gemm_batch_serial reads).
+  pack_blocks(K, kn.KC, M * K, [&](int64_t pc, int64_t kc) {
+    pack_a(kn.MR, M, kc, A + pc * csa, rsa, csa, dst + pc * Mp);
+  });
   return PackedA<T>{dst, M, K, &kn};
 }
 
@@ -748,27 +728,10 @@ template <typename T>
 void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T* B, int64_t rsb, T* C, int64_t rsc,
                    bool accumulate, bool parallel) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(a.kernel);
-  const int64_t M = a.M, K = a.K, Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
-  const int64_t nt = parallel ? at::get_num_threads() : 1;
-  if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
-    return gemm_batch_serial(kn, M, N, K, a.data, Mp, 0, B, rsb, bc, 0, C, rsc, accumulate);
-  if (N >= M) {  // as gemm(): stripes of the longer side of C, one a thread
-    const int64_t chunk = ((N + nt - 1) / nt + kn.NR - 1) / kn.NR * kn.NR;
-    at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t)
-        gemm_batch_serial(kn, M, std::min(chunk, N - t * chunk), K, a.data, Mp, 0, B, rsb, bc, t * chunk, C, rsc,
-                          accumulate);
-    });
-  } else {
-    const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
-    at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t i0 = t * chunk;
-        gemm_batch_serial(kn, std::min(chunk, M - i0), N, K, a.data, Mp, i0, B, rsb, bc, 0, C + i0 * rsc, rsc,
-                          accumulate);
-      }
-    });
-  }
+  const int64_t Mp = (a.M + kn.MR - 1) / kn.MR * kn.MR;
+  split_product(kn, a.M, N, a.K, parallel, [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
+    gemm_batch_serial(kn, mi, nj, a.K, a.data, Mp, i0, B, rsb, bc, j0, C + i0 * rsc, rsc, accumulate);
+  });
 }
 
 template <typename T>
