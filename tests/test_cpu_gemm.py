@@ -69,6 +69,20 @@ for mf, k, groups in [(torch.contiguous_format, 24, 1), (torch.channels_last, 24
     gxr, gwr = torch.autograd.grad(yr.square().sum(), (xr, wr))
     for a, b in ((y, yr), (gx, gxr), (gw, gwr)):
         torch.testing.assert_close(a.double(), b, atol=2e-3, rtol=1e-4)
+# channels_last batch norm (its row loops run through each()'s builds), training, with ReLU
+xb = (torch.randn(3, 40, 5, 7, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
+gb = torch.randn(3, 40, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+wb, bb = torch.randn(40, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+outs = []
+for dt in (torch.float32, torch.float64):
+    xx, ww, b2 = xb.to(dt).requires_grad_(), wb.to(dt).requires_grad_(), bb.to(dt).requires_grad_()
+    if dt == torch.float32:  # the fused ReLU: the backward's row loops with the ReLU mask
+        y = convx.functional.batch_norm(xx, None, None, ww, b2, True, 0.1, 1e-5, relu=True)
+    else:
+        y = torch.nn.functional.batch_norm(xx, None, None, ww, b2, True, 0.1, 1e-5).relu()
+    outs.append((y, *torch.autograd.grad(y, (xx, ww, b2), gb.to(dt))))
+for a, b in zip(*outs):
+    torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
 print("ok")
 """
 
