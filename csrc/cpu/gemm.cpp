@@ -414,26 +414,14 @@ struct ColumnRuns {
 };
 
 // B's columns [j0, j0 + nc) of a batch (BatchCols, gemm.h) packed as pack_b
-// does (panels of NR, zero past nc): a panel inside one image is NR contiguous
-// elements a row; one across an image boundary is gathered column by column.
+// does (panels of NR, zero past nc), each panel row copied a run of columns
+// inside one image at a time (one run unless the panel spans images).
 template <typename T>
 void pack_b_batch(int NR, int64_t kc, int64_t j0, int64_t nc, const T* B, int64_t rsb, const BatchCols& bc, T* dst) {
   for (int64_t jp = 0; jp < nc; jp += NR, dst += NR * kc) {
-    const int64_t nr = std::min<int64_t>(NR, nc - jp), first = j0 + jp, n0 = first / bc.P, p0 = first - n0 * bc.P;
+    const int64_t nr = std::min<int64_t>(NR, nc - jp);
+    const ColumnRuns runs(j0 + jp, nr, bc.P, bc.b_image);
     T* d = dst;
-    if (p0 + nr <= bc.P) {
-      const T* b = B + n0 * bc.b_image + p0;
-      if (nr == NR) {
-        for (int64_t k = 0; k < kc; ++k, d += NR) copy_short(d, b + k * rsb, NR);
-        continue;
-      }
-      for (int64_t k = 0; k < kc; ++k, d += NR) {
-        copy_short(d, b + k * rsb, int(nr));
-        for (int64_t j = nr; j < NR; ++j) d[j] = T(0);
-      }
-      continue;
-    }
-    const ColumnRuns runs(first, nr, bc.P, bc.b_image);
     for (int64_t k = 0; k < kc; ++k, d += NR) {
       const T* b = B + k * rsb;
       for (int r = 0; r < runs.n; ++r) copy_short(d + runs.j[r], b + runs.off[r], int(runs.len[r]));
@@ -471,15 +459,13 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
         const int64_t mc = std::min(kn.MC, M - ic);
         const T* apack = packed + pc * Mp + (row0 + ic) * kc;
         for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int64_t nr = std::min<int64_t>(NR, nc - jr), first = col0 + jc + jr;
-          const int64_t n0 = first / bc.P, p0 = first - n0 * bc.P;
-          const bool one_image = p0 + nr <= bc.P;
-          const ColumnRuns runs(first, nr, bc.P, bc.c_image);
+          const int64_t nr = std::min<int64_t>(NR, nc - jr);
+          const ColumnRuns runs(col0 + jc + jr, nr, bc.P, bc.c_image);
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
             T* crow = C + (ic + ir) * rsc;
-            if (one_image && mr == MR && nr == NR) {  // a whole tile: straight into C
-              kn.uk(kc, apack + ir * kc, bpack + jr * kc, crow + n0 * bc.c_image + p0, rsc, add);
+            if (runs.n == 1 && mr == MR && nr == NR) {  // a whole tile inside one image: straight into C
+              kn.uk(kc, apack + ir * kc, bpack + jr * kc, crow + runs.off[0], rsc, add);
               continue;
             }
             kn.uk(kc, apack + ir * kc, bpack + jr * kc, tile, NR, false);
