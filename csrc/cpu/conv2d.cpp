@@ -31,6 +31,7 @@
 #include "depthwise.h"
 #include "gemm.h"
 #include "grouped.h"
+#include "layout.h"
 #include "isa_each.h"
 #include "winograd.h"
 
@@ -948,9 +949,11 @@ struct CpuConv {
     const auto cf = wino ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(input.scalar_type());
-    auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct).memory_format(cf));
-    if (y.numel() == 0) return y.contiguous(mf).to(input.scalar_type());
-    auto x = input.to(ct).contiguous(cf);
+    // computed in the other layout: the operand's copy and the result before its copy back are
+    // scratch tensors (layout.h)
+    auto y = scratch_result({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct), cf, mf, kLayoutSecond);
+    if (y.numel() == 0) return to_format(y, mf).to(input.scalar_type());
+    auto x = to_format_scratch(input.to(ct), cf, kLayoutFirst);
     // The GEMM path takes the weight in either layout (forward_impl: a channels_last weight is
     // read in place by the NHWC product); the other kernels want it contiguous. (A channels_last
     // weight went through a contiguous copy and, for NHWC, back: 2 x 9.4 MB a call for
@@ -975,7 +978,7 @@ struct CpuConv {
     });
     if (residual) y.add_(residual->to(ct));
     if (relu) y.clamp_min_(0);
-    return y.contiguous(mf).to(input.scalar_type());
+    return to_format(y, mf).to(input.scalar_type());
   }
 
   static at::Tensor data_grad(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor* bias,
@@ -987,15 +990,15 @@ struct CpuConv {
     const auto cf = wino ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
-    auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct).memory_format(cf));
-    if (gx.numel() == 0) return gx.contiguous(mf).to(grad_output.scalar_type());
+    auto gx = scratch_result({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct), cf, mf, kLayoutSecond);
+    if (gx.numel() == 0) return to_format(gx, mf).to(grad_output.scalar_type());
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     if (grad_output.numel() == 0) {
       if (b.defined()) gx.copy_(b.view({1, -1, 1, 1}).expand_as(gx));
       else gx.zero_();
-      return gx.contiguous(mf).to(grad_output.scalar_type());
+      return to_format(gx, mf).to(grad_output.scalar_type());
     }
-    auto gy = grad_output.to(ct).contiguous(cf);
+    auto gy = to_format_scratch(grad_output.to(ct), cf, kLayoutFirst);
     // As in the forward: backward_input_impl takes either layout (for NHWC a channels_last weight
     // is already the [G][Kg][R*S*Cg] it multiplies by).
     const bool gemm_path = !wino && !grp && !is_depthwise(sh, p);
@@ -1015,7 +1018,7 @@ struct CpuConv {
       else
         backward_input_impl<scalar_t>(gy, w, bp, sh, p, nhwc, gx);
     });
-    return gx.contiguous(mf).to(grad_output.scalar_type());
+    return to_format(gx, mf).to(grad_output.scalar_type());
   }
 
   // The gradient takes the layout of the activations, as torch's does.
@@ -1033,8 +1036,8 @@ struct CpuConv {
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(cf));
     if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
-    auto gy = grad_output.to(ct).contiguous(cf);
-    auto x = input.to(ct).contiguous(cf);
+    auto gy = to_format_scratch(grad_output.to(ct), cf, kLayoutFirst);
+    auto x = to_format_scratch(input.to(ct), cf, kLayoutSecond);
     if (wino)
       winograd::weight_grad3x3(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(),
                                nhwc, sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, nhwc);
@@ -1049,7 +1052,7 @@ struct CpuConv {
       }
     });
     if (nhwc && mf == at::MemoryFormat::Contiguous) gw = kcrs_from_krsc(gw);
-    return gw.contiguous(mf).to(dt);
+    return to_format(gw, mf).to(dt);
   }
 
   // Per-channel sum over n, h, w (the bias gradient).
@@ -1059,7 +1062,7 @@ struct CpuConv {
     auto out = at::empty({t.size(1)}, t.options().dtype(ct));
     if (t.numel() == 0) return out.zero_().to(dt);
     const auto mf = t.suggest_memory_format();
-    auto tc = t.to(ct).contiguous(mf);
+    auto tc = to_format(t.to(ct), mf);
     AT_DISPATCH_FLOATING_TYPES(ct, "channel_sum_cpu", [&] {
       bias_grad_impl<scalar_t>(tc, t.size(0), t.size(1), t.size(2) * t.size(3), mf == at::MemoryFormat::ChannelsLast,
                                out.mutable_data_ptr<scalar_t>());

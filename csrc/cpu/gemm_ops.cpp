@@ -1,9 +1,11 @@
 // Diagnostics of the CPU GEMM, as ops for the tests and the benchmarks:
 //   torch.ops.convx.cpu_gemm(a, b)            a @ b through convx's packed GEMM (2-D, float32/float64)
 //   torch.ops.convx.cpu_winograd(enabled=None) the Winograd switch (convx.backends.cpu.winograd)
+//   torch.ops.convx.cpu_to_format(t, channels_last) t in NCHW or channels_last through layout.h's copy
 //   torch.ops.convx.cpu_fma_peak(iterations)  one core's float32 FMA rate in GFLOP/s, measured by a
 //                                            loop of independent FMAs in the widest vectors cpu_isa() allows
 #include "gemm.h"
+#include "layout.h"
 #include "winograd.h"
 
 #include <ATen/core/Tensor.h>
@@ -30,6 +32,11 @@ at::Tensor cpu_gemm(const at::Tensor& a, const at::Tensor& b) {
                    false, true);
   });
   return c;
+}
+
+at::Tensor cpu_to_format(const at::Tensor& t, bool channels_last) {
+  const auto mf = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return t.is_contiguous(mf) ? t.clone(mf) : to_format(t, mf);  // never t itself (an op's result)
 }
 
 // acc[i] = acc[i] * x + y, NA independent chains of VB-byte vectors (enough to
@@ -75,7 +82,11 @@ bool cpu_winograd(std::optional<bool> enabled) {
 
 TORCH_LIBRARY_FRAGMENT(convx, m) {
   m.def("cpu_gemm(Tensor a, Tensor b) -> Tensor");
+  m.def("cpu_to_format(Tensor t, bool channels_last) -> Tensor");
   m.def("cpu_fma_peak(int iterations) -> float", &convx::cpu::cpu_fma_peak);
   m.def("cpu_winograd(bool? enabled=None) -> bool", &convx::cpu::cpu_winograd);
 }
-TORCH_LIBRARY_IMPL(convx, CPU, m) { m.impl("cpu_gemm", &convx::cpu::cpu_gemm); }
+TORCH_LIBRARY_IMPL(convx, CPU, m) { 
+  m.impl("cpu_gemm", &convx::cpu::cpu_gemm);
+  m.impl("cpu_to_format", &convx::cpu::cpu_to_format);
+}

@@ -1,0 +1,136 @@
+// See layout.h.
+#include "layout.h"
+
+#include "gemm.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/util/accumulate.h>
+#include <c10/util/strides.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+// The vectors never cross a call boundary (pair() is inlined into tile_avx2).
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace convx::cpu {
+namespace {
+
+constexpr int64_t kTile = 64;
+
+// dst[j][i] = src[i][j] for an ni x nj block (any size), src row stride ls, dst row stride ld.
+void block_scalar(const float* src, int64_t ls, float* dst, int64_t ld, int64_t ni, int64_t nj) {
+  for (int64_t j = 0; j < nj; ++j)
+    for (int64_t i = 0; i < ni; ++i) dst[j * ld + i] = src[i * ls + j];
+}
+
+// Rows r and r + 4 of s, 4 floats from column c, as the two lanes of one register.
+__attribute__((target("avx2"), always_inline)) inline __m256 pair(const float* s, int64_t ls, int64_t r, int64_t c) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(s + r * ls + c)), _mm_loadu_ps(s + (r + 4) * ls + c),
+                              1);
+}
+
+// The same for one tile, 8 x 8 blocks in AVX2 registers: the rows' 4-float
+// halves are paired by the loads (two lanes of one register), then each lane
+// is a 4 x 4 transpose (8 unpacks, 8 shuffles for 64 floats).
+__attribute__((target("avx2"))) void tile_avx2(const float* src, int64_t ls, float* dst, int64_t ld, int64_t ni,
+                                              int64_t nj) {
+  const int64_t ni8 = ni & ~int64_t(7), nj8 = nj & ~int64_t(7);
+  for (int64_t i = 0; i < ni8; i += 8) {
+    for (int64_t j = 0; j < nj8; j += 8) {
+      const float* s = src + i * ls + j;
+      float* d = dst + j * ld + i;
+      for (int64_t c = 0; c < 8; c += 4) {
+        const __m256 r0 = pair(s, ls, 0, c), r1 = pair(s, ls, 1, c), r2 = pair(s, ls, 2, c), r3 = pair(s, ls, 3, c);
+        const __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
+        const __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
+        _mm256_storeu_ps(d + (c + 0) * ld, _mm256_shuffle_ps(u0, u2, _MM_SHUFFLE(1, 0, 1, 0)));
+        _mm256_storeu_ps(d + (c + 1) * ld, _mm256_shuffle_ps(u0, u2, _MM_SHUFFLE(3, 2, 3, 2)));
+        _mm256_storeu_ps(d + (c + 2) * ld, _mm256_shuffle_ps(u1, u3, _MM_SHUFFLE(1, 0, 1, 0)));
+        _mm256_storeu_ps(d + (c + 3) * ld, _mm256_shuffle_ps(u1, u3, _MM_SHUFFLE(3, 2, 3, 2)));
+      }
+    }
+    if (nj8 < nj) block_scalar(src + i * ls + nj8, ls, dst + nj8 * ld + i, ld, 8, nj - nj8);
+  }
+  if (ni8 < ni) block_scalar(src + ni8 * ls, ls, dst + ni8, ld, ni - ni8, nj);
+}
+
+}  // namespace
+
+void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
+  const int64_t ti = (rows + kTile - 1) / kTile, tj = (cols + kTile - 1) / kTile;
+  const bool avx2 = cpu_isa() != Isa::Base;
+  at::parallel_for(0, batch * ti * tj, 4, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / (ti * tj), i0 = (t / tj) % ti * kTile, j0 = t % tj * kTile;
+      const int64_t ni = std::min(kTile, rows - i0), nj = std::min(kTile, cols - j0);
+      const float* s = src + n * rows * cols + i0 * cols + j0;
+      float* d = dst + n * rows * cols + j0 * rows + i0;
+      if (avx2) tile_avx2(s, cols, d, rows, ni, nj);
+      else block_scalar(s, cols, d, rows, ni, nj);
+    }
+  });
+}
+
+namespace {
+
+// Whether copy_into's transpose takes t to format mf.
+bool transposable(const at::Tensor& t, at::MemoryFormat mf) {
+  const bool to_nhwc = mf == at::MemoryFormat::ChannelsLast;
+  const auto from = to_nhwc ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+  return t.dim() == 4 && t.element_size() == 4 && (to_nhwc || mf == at::MemoryFormat::Contiguous) &&
+         t.is_contiguous(from) && !t.is_conj() && !t.is_neg();
+}
+
+// out (format mf, t's sizes and type) = t
+void copy_into(const at::Tensor& t, at::MemoryFormat mf, at::Tensor& out) {
+  if (!transposable(t, mf)) {
+    out.copy_(t);
+    return;
+  }
+  const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
+  // 4-byte elements moved as floats (bit patterns kept: no arithmetic on them)
+  const float* src = static_cast<const float*>(t.const_data_ptr());
+  float* dst = static_cast<float*>(out.mutable_data_ptr());
+  if (mf == at::MemoryFormat::ChannelsLast) transpose_batch(src, dst, N, C, HW);
+  else transpose_batch(src, dst, N, HW, C);
+}
+
+constexpr int64_t kScratchCap = int64_t(64) << 20;
+
+}  // namespace
+
+at::Tensor to_format(const at::Tensor& t, at::MemoryFormat mf) {
+  if (t.is_contiguous(mf)) return t;
+  if (!transposable(t, mf)) return t.contiguous(mf);
+  auto out = at::empty(t.sizes(), t.options().memory_format(mf));
+  copy_into(t, mf, out);
+  return out;
+}
+
+at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat mf, int slot) {
+  const int64_t bytes = c10::multiply_integers(sizes) * int64_t(options.dtype().itemsize());
+  if (bytes == 0 || bytes > kScratchCap) return at::empty(sizes, options.memory_format(mf));
+  void* p = thread_buffer(slot, bytes);
+  // non-owning: the thread's buffer
+  if (mf == at::MemoryFormat::ChannelsLast) return at::from_blob(p, sizes, c10::get_channels_last_strides_2d(sizes), options);
+  return at::from_blob(p, sizes, c10::contiguous_strides(sizes), options);
+}
+
+at::Tensor scratch_result(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat cf,
+                          at::MemoryFormat mf, int slot) {
+  auto t = scratch_empty(sizes, options, cf, slot);
+  return t.is_contiguous(mf) ? at::empty(sizes, options.memory_format(cf)) : t;
+}
+
+at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot) {
+  if (t.is_contiguous(mf)) return t;
+  auto out = scratch_empty(t.sizes(), t.options(), mf, slot);
+  copy_into(t, mf, out);
+  return out;
+}
+
+}  // namespace convx::cpu

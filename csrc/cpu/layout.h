@@ -1,0 +1,39 @@
+// NCHW <-> NHWC copies of 4-byte tensors: per image, the [C][HW] matrix
+// transposed to [HW][C] (or back) in 64 x 64 tiles of 8 x 8 AVX2 transposes,
+// every tile a separate task. torch's copy between the two layouts ran at
+// 3-14 GB/s here (2 threads: 3.6 ms for 8 x 128 x 56 x 56 to channels_last,
+// 18.8 ms for 8 x 64 x 112 x 112 back), against 50 GB/s for a plain copy;
+// the convolution paths that compute in the other layout pay it twice a call.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace convx::cpu {
+
+// t in memory format mf: t itself when it already is; a tiled transpose when t
+// is a 4-byte, 4-D tensor dense in the other of NCHW / channels_last; else
+// t.contiguous(mf).
+at::Tensor to_format(const at::Tensor& t, at::MemoryFormat mf);
+
+// Scratch tensors for a convolution that computes in the other layout: the
+// operands' copies and the result before its copy back live only during the
+// call, and each fresh allocation of them faulted in new pages on every call
+// (glibc hands large blocks back to the kernel when freed; here a 4 KiB page
+// fault costs about 1.4 us: 12.8 MB of activations, 4.5 ms). These tensors
+// view the calling thread's buffer `slot` (gemm.h's kLayoutFirst / Second,
+// kept between calls; one use of a slot at a time) and are valid until the
+// thread's next use of that slot: never return one. Above 64 MiB (a cap on
+// what the buffers keep) they are ordinary allocations.
+at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat mf, int slot);
+// A result computed in format cf and copied to format mf afterwards: a scratch
+// tensor unless its sizes make it dense in mf too (then to_format(t, mf) would
+// return it as it is), when it is an ordinary one.
+at::Tensor scratch_result(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat cf,
+                          at::MemoryFormat mf, int slot);
+// t in memory format mf: t itself when it already is, else a scratch copy (as to_format's).
+at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot);
+
+// dst[n][j][i] = src[n][i][j] for i < rows, j < cols, n < batch (4-byte elements).
+void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols);
+
+}  // namespace convx::cpu
