@@ -1,6 +1,7 @@
 """Grouped convolutions with few channels a group on the CPU (csrc/cpu/grouped.cpp): float32,
-Cg == Kg in {2, 4, 8, 16}, computed in channels_last whatever the layout; forward at any stride,
-data gradient at stride 1. Against float64, both layouts, and every ISA build."""
+Cg == Kg in {2, 4, 8, 16}, computed in channels_last whatever the layout; forward and weight
+gradient at any stride, data gradient at stride 1. Against float64, both layouts, and every ISA
+build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,30 @@ def test_forward_and_data_grad(case, layout):
     assert ((gx.double() - gref).abs() <= 2 * taps * u * gmag + 1e-30).all()
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_weight_grad(case, layout):
+    """dW sums N * Ho * Wo products a weight: bounded by that many roundings of the sum of their
+    magnitudes (any summation order), against float64."""
+    N, C, H, W, G, (R, S), st, pad, dil, bias = case
+    x, w, b, y, ref, mag, xd = _run(case, layout)
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=mf)
+    gw, gb = torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), [st, st], list(pad), [dil, dil], G, bias)
+    wd = w.double().requires_grad_()
+    t, bo, l, r = pad
+    xp = F.pad(x.double(), (l, r, t, bo))
+    gref, = torch.autograd.grad(F.conv2d(xp, wd, None, st, 0, dil, G), wd, gy.double())
+    wa = w.double().abs().requires_grad_()
+    gmag, = torch.autograd.grad(F.conv2d(xp.abs(), wa, None, st, 0, dil, G), wa, gy.double().abs())
+    assert gw.shape == w.shape and gw.is_contiguous(memory_format=mf)
+    n = N * y.shape[2] * y.shape[3]
+    assert ((gw.double() - gref).abs() <= n * 2.0 ** -24 * gmag + 1e-30).all()
+    assert (gmag > 0).any()  # the bound is not vacuous
+    if bias:
+        torch.testing.assert_close(gb.double(), gy.double().sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
+
+
 def test_autograd_through_module():
     torch.manual_seed(0)
     ref = torch.nn.Conv2d(64, 64, 3, padding=1, groups=16)
@@ -90,11 +115,18 @@ for cg in (2, 4, 8, 16):
     xd = x.double().requires_grad_()
     gr, = torch.autograd.grad(F.conv2d(xd, w.double(), None, 1, 1, 1, C // cg), xd, gy.double())
     assert (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), cg
+    for st in (1, 2):  # the weight gradient at both strides
+        gy = torch.randn(F.conv2d(x, w, None, st, 1, 1, C // cg).shape, generator=g)
+        gw = torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), [st, st], [1, 1, 1, 1], [1, 1],
+                                                    C // cg, False)[0]
+        wd = w.double().requires_grad_()
+        gr, = torch.autograd.grad(F.conv2d(x.double(), wd, None, st, 1, 1, C // cg), wd, gy.double())
+        assert (gw.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, st)
 print("ok")
 """
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_narrower_builds(isa):
-    """The AVX2 and baseline builds of the grouped kernel, forced on this machine."""
+    """The AVX2 and baseline builds of the grouped kernels, forced on this machine."""
     run_with_isa(_CHILD, isa)

@@ -1032,15 +1032,19 @@ struct CpuConv {
     const bool wino = ct == at::kFloat && winograd::enabled() &&
                       winograd::weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h,
                                                        p.dil_w, p.groups, sh.Ho, sh.Wo);
-    const auto cf = wino ? mf : weight_grad_format(mf, sh, p, ct);
+    // few channels a group: grouped.h's channels_last kernel, whatever the layout (it writes [K][Cg][R][S])
+    const bool grp = !wino && ct == at::kFloat && grouped::applicable(sh, p);
+    const auto cf = wino || grp ? (grp ? at::MemoryFormat::ChannelsLast : mf) : weight_grad_format(mf, sh, p, ct);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
-    auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(cf));
+    auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(grp ? at::MemoryFormat::Contiguous : cf));
     if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
     auto gy = to_format_scratch(grad_output.to(ct), cf, kLayoutFirst);
     auto x = to_format_scratch(input.to(ct), cf, kLayoutSecond);
     if (wino)
       winograd::weight_grad3x3(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(),
                                nhwc, sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, nhwc);
+    else if (grp)
+      grouped::weight_grad(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(), sh, p);
     else AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
       if (is_depthwise(sh, p)) {
         // [K, 1, R, S] is the same memory in both layouts.
@@ -1051,7 +1055,7 @@ struct CpuConv {
         backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
       }
     });
-    if (nhwc && mf == at::MemoryFormat::Contiguous) gw = kcrs_from_krsc(gw);
+    if (nhwc && !grp && mf == at::MemoryFormat::Contiguous) gw = kcrs_from_krsc(gw);
     return to_format(gw, mf).to(dt);
   }
 

@@ -165,6 +165,129 @@ void run(const Job& j, int64_t kg) {
   });
 }
 
+// The weight gradient: acc[(t * KG + c) * K + k] += sum over output pixels p of
+// dY[p, k] * X[p + tap t, (k / KG) * KG + c], the forward's shuffle of X times
+// dY's vector: NT taps of KG channels in registers (NT * KG accumulators)
+// while the pixels of one output row pass.
+struct WJob {
+  const float* x;
+  const float* dy;
+  int64_t N, H, W, Ho, Wo, K, R, S, sh, sw, pt, pl, dh, dw;
+};
+
+template <int VB, int KG>
+constexpr int wgrad_taps() {  // taps a register block: 24 (AVX-512) or 8 accumulators
+  constexpr int acc = VB == 64 ? 24 : 8;
+  return acc / KG > 0 ? acc / KG : 1;
+}
+
+// Output pixels [wb, we) of row (n, ho), channels [k0, k0 + L), taps [t0, t0 + nt): CHECK tests
+// each tap's column against the image's edges.
+template <int VB, int KG, bool CHECK>
+GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho, int64_t wb, int64_t we, int64_t k0,
+                               int64_t t0, int64_t nt) {
+  using V = typename Vec<float, VB>::type;
+  constexpr int NT = wgrad_taps<VB, KG>();
+  auto load = [](const float* p) __attribute__((always_inline)) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  };
+  auto splat = [](float v) __attribute__((always_inline)) {
+    V r;
+    for (int l = 0; l < VB / 4; ++l) r[l] = v;
+    return r;
+  };
+  const float* xrow[NT];  // tap i's input row at column s*dw - pl (nullptr: the row is outside the image)
+  int64_t xcol[NT];
+  V a[NT][KG];
+#pragma GCC unroll 24
+  for (int i = 0; i < NT; ++i) {
+    xrow[i] = nullptr;
+    xcol[i] = 0;
+#pragma GCC unroll 16
+    for (int c = 0; c < KG; ++c) a[i][c] = V{};
+    if (i >= nt) continue;
+    const int64_t t = t0 + i, r = t / j.S, s = t % j.S, h = ho * j.sh - j.pt + r * j.dh;
+    xcol[i] = s * j.dw - j.pl;
+    if (h >= 0 && h < j.H) xrow[i] = j.x + (n * j.H + h) * j.W * j.K + k0;
+#pragma GCC unroll 16
+    for (int c = 0; c < KG; ++c) a[i][c] = load(acc + (t * KG + c) * j.K + k0);
+  }
+  const float* dyp = j.dy + ((n * j.Ho + ho) * j.Wo) * j.K + k0;
+  for (int64_t wo = wb; wo < we; ++wo) {
+    const V dv = load(dyp + wo * j.K);
+#pragma GCC unroll 24
+    for (int i = 0; i < NT; ++i) {
+      if (i >= nt || !xrow[i]) continue;
+      const int64_t w = wo * j.sw + xcol[i];
+      if (CHECK && (w < 0 || w >= j.W)) continue;
+      const float* xp = xrow[i] + w * j.K;
+      if constexpr (KG == VB / 4) {
+#pragma GCC unroll 16
+        for (int c = 0; c < KG; ++c) a[i][c] += dv * splat(xp[c]);
+      } else {
+        const V xv = load(xp);
+        [&]<std::size_t... Cs>(std::index_sequence<Cs...>) __attribute__((always_inline)) {
+          ((a[i][Cs] += dv * lane_broadcast<VB, KG, int(Cs)>(xv)), ...);
+        }(std::make_index_sequence<KG>{});
+      }
+    }
+  }
+#pragma GCC unroll 24
+  for (int i = 0; i < NT; ++i) {
+    if (i >= nt) continue;
+#pragma GCC unroll 16
+    for (int c = 0; c < KG; ++c) std::memcpy(acc + ((t0 + i) * KG + c) * j.K + k0, &a[i][c], sizeof(V));
+  }
+}
+
+template <int VB, int KG>
+GROUPED_INLINE void wgrad_rows_body(const WJob& j, float* acc, int64_t b, int64_t e) {
+  constexpr int64_t L = VB / 4, NT = wgrad_taps<VB, KG>();
+  const int64_t RS = j.R * j.S;
+  const int64_t wlo = std::min(j.Wo, (j.pl + j.sw - 1) / j.sw);
+  const int64_t span = j.W - 1 - (j.S - 1) * j.dw + j.pl;
+  const int64_t whi = span < 0 ? wlo : std::clamp<int64_t>(span / j.sw + 1, wlo, j.Wo);
+  for (int64_t row = b; row < e; ++row) {
+    const int64_t n = row / j.Ho, ho = row % j.Ho;
+    for (int64_t k0 = 0; k0 < j.K; k0 += L)
+      for (int64_t t0 = 0; t0 < RS; t0 += NT) {
+        const int64_t nt = std::min(NT, RS - t0);
+        wgrad_span<VB, KG, true>(j, acc, n, ho, 0, wlo, k0, t0, nt);
+        wgrad_span<VB, KG, false>(j, acc, n, ho, wlo, whi, k0, t0, nt);
+        wgrad_span<VB, KG, true>(j, acc, n, ho, whi, j.Wo, k0, t0, nt);
+      }
+  }
+}
+
+template <int VB>
+GROUPED_INLINE void wgrad_rows_any(const WJob& j, int64_t kg, float* acc, int64_t b, int64_t e) {
+  switch (kg) {
+    case 2: return wgrad_rows_body<VB, 2>(j, acc, b, e);
+    case 4: return wgrad_rows_body<VB, 4>(j, acc, b, e);
+    case 8:
+      if constexpr (VB >= 32) return wgrad_rows_body<VB, 8>(j, acc, b, e);
+      break;
+    case 16:
+      if constexpr (VB >= 64) return wgrad_rows_body<VB, 16>(j, acc, b, e);
+      break;
+  }
+}
+
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void wgrad_rows_avx512(const WJob& j, int64_t kg,
+                                                                                      float* acc, int64_t b,
+                                                                                      int64_t e) {
+  wgrad_rows_any<64>(j, kg, acc, b, e);
+}
+__attribute__((target("avx2,fma"))) void wgrad_rows_avx2(const WJob& j, int64_t kg, float* acc, int64_t b,
+                                                        int64_t e) {
+  wgrad_rows_any<32>(j, kg, acc, b, e);
+}
+void wgrad_rows_base(const WJob& j, int64_t kg, float* acc, int64_t b, int64_t e) {
+  wgrad_rows_any<16>(j, kg, acc, b, e);
+}
+
 }  // namespace
 
 bool applicable(const Conv2dShape& sh, const Conv2dParams& p) {
@@ -206,6 +329,40 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
   const Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
               p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
   run(j, Kg);
+}
+
+}  // namespace convx::cpu::grouped
+
+namespace convx::cpu::grouped {
+
+void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
+  const int64_t K = sh.K, Kg = sh.Kg, RS = sh.R * sh.S, rows = sh.N * sh.Ho, size = RS * Kg * K;
+  const WJob j{x, gy, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
+               p.stride_h, p.stride_w, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
+  // one accumulator block a chunk of rows, summed in chunk order afterwards (the same
+  // result for the same thread count, whichever thread runs a chunk)
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  std::vector<float> acc(chunks * size, 0.0f);
+  const Isa isa = cpu_isa();
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      const int64_t b = rows * ch / chunks, e = rows * (ch + 1) / chunks;
+      float* a = acc.data() + ch * size;
+      switch (isa) {
+        case Isa::Avx512: wgrad_rows_avx512(j, Kg, a, b, e); break;
+        case Isa::Avx2: wgrad_rows_avx2(j, Kg, a, b, e); break;
+        default: wgrad_rows_base(j, Kg, a, b, e);
+      }
+    }
+  });
+  // gw [K][Kg][R][S] = acc[(t * Kg + c) * K + k], summed over the chunks
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < Kg; ++c)
+      for (int64_t t = 0; t < RS; ++t) {
+        float v = 0;
+        for (int64_t ch = 0; ch < chunks; ++ch) v += acc[ch * size + (t * Kg + c) * K + k];
+        gw[(k * Kg + c) * RS + t] = v;
+      }
 }
 
 }  // namespace convx::cpu::grouped

@@ -37,4 +37,8 @@ bool data_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 void data_grad(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
                const Conv2dParams& p);
 
+// gw [K, Cg, R, S] (contiguous) = the weight gradient of the convolution above, from x and gy (NHWC),
+// under the forward's condition (any stride): for each tap, dY's vector times X's shuffled one.
+void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p);
+
 }  // namespace convx::cpu::grouped
