@@ -13,7 +13,8 @@ import torch
 
 import convx  # noqa: F401
 
-SHAPES = [(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (50, 70, 600), (241, 97, 513), (7, 3100, 9)]
+SHAPES = [(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (50, 70, 600), (241, 97, 513), (7, 3100, 9),
+          (500, 700, 300)]  # M > MC, N over one 512 KiB group of B panels (rows of A read in place)
 
 
 def _flags():
