@@ -5,6 +5,9 @@
 * channels_last float32 at stride 1 on images of more than 256 output pixels: no im2col,
   each tap's columns read in place from a zero-padded copy of the input
   (wgrad_nhwc_shifted), any kernel size, dilation, padding and groups;
+* channels_last float32 1x1 (stride 1, no padding) whose channels fill whole register tiles
+  (C, K <= 512): both operands read in place by the tile (wgrad_nhwc_in_place), units of
+  (group, row block, column block) and chunks of the pixels;
 * other channels_last float32: im2col written into the micro-kernel's panels
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
   columns, chunk of the pixels), the chunks summed into copies of dW added in order;
@@ -34,6 +37,9 @@ CASES = {
     "tiny_images": (40, 16, 4, 4, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # pixel chunks across images
     "late_3x3": (4, 64, 7, 7, 40, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # > 16 column panels: column blocks
     "stem_c3": (2, 3, 20, 20, 16, (7, 7), 2, (3, 3, 3, 3), 1, 1),  # < 8 channels: the layout's own path
+    "1x1_in_place": (2, 64, 20, 20, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # one tile block: pixel chunks
+    "1x1_in_place_blocks": (1, 288, 6, 7, 288, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 2 x 2 blocks, partial
+    "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32 a group
 }
 
 
@@ -77,7 +83,7 @@ def test_weight_grad_matches_float64(case, layout, dtype):
 
 def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
-    for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3"):
+    for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)

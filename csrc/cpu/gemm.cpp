@@ -24,7 +24,9 @@ namespace {
 // stride along k), for products whose A block would serve only one or two
 // column panels (few output columns), where packing A costs as much as the
 // product.
-// BROWS: b is not packed but kc rows of NR contiguous elements, ldb apart.
+// BROWS: b is not packed but kc rows of NR contiguous elements, ldb apart, and
+// a steps lda a k (MR: a packed panel; more: MR contiguous elements of each of
+// kc rows of a row-major operand, read in place).
 template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
                                                         T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
@@ -47,7 +49,7 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
       const T ai = ROWS ? a[i * lda] : a[i];
       for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
     }
-    a += ROWS ? 1 : MR;
+    a += ROWS ? 1 : BROWS ? lda : MR;
     b += BROWS ? ldb : NR;
   }
   for (int i = 0; i < MR; ++i)
@@ -67,7 +69,7 @@ using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
 template <typename T>
 using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool);
 template <typename T>
-using UKernelBRows = void (*)(int64_t, const T*, const T*, int64_t, T*, int64_t, bool);
+using UKernelBRows = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, bool);
 
 // One build of the register tile per instruction set, chosen once at load
 // time from the CPU's feature bits (not its model name: an AMD EPYC has AVX2
@@ -105,18 +107,20 @@ void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, in
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_brows_avx512(int64_t kc, const T* a,
-                                                                                    const T* b, int64_t ldb, T* c,
-                                                                                    int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 64, false, true>(kc, a, b, c, rsc, add, 0, ldb);
+                                                                                    int64_t lda, const T* b,
+                                                                                    int64_t ldb, T* c, int64_t rsc,
+                                                                                    bool add) {
+  ukernel_body<T, MR, NR, 64, false, true>(kc, a, b, c, rsc, add, lda, ldb);
 }
 template <typename T, int MR, int NR>
-__attribute__((target("avx2,fma"))) void ukernel_brows_avx2(int64_t kc, const T* a, const T* b, int64_t ldb, T* c,
-                                                            int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 32, false, true>(kc, a, b, c, rsc, add, 0, ldb);
+__attribute__((target("avx2,fma"))) void ukernel_brows_avx2(int64_t kc, const T* a, int64_t lda, const T* b,
+                                                            int64_t ldb, T* c, int64_t rsc, bool add) {
+  ukernel_body<T, MR, NR, 32, false, true>(kc, a, b, c, rsc, add, lda, ldb);
 }
 template <typename T, int MR, int NR>
-void ukernel_brows_base(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 16, false, true>(kc, a, b, c, rsc, add, 0, ldb);
+void ukernel_brows_base(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t rsc,
+                        bool add) {
+  ukernel_body<T, MR, NR, 16, false, true>(kc, a, b, c, rsc, add, lda, ldb);
 }
 
 // A kernel and its blocking: KC x NR slivers of B stay in L1 (48 KiB on these
@@ -127,7 +131,7 @@ struct Kernel {
   int64_t KC, MC, NC;
   UKernel<T> uk;
   UKernelRows<T> ur;  // the same tile reading A unpacked (row-major rows)
-  UKernelBRows<T> ub;  // the same tile reading B unpacked (rows of NR, ldb apart)
+  UKernelBRows<T> ub;  // the same tile reading B unpacked (rows of NR, ldb apart), A stepping lda
   const char* isa;
 };
 
@@ -772,14 +776,22 @@ template <typename T>
 void micro_tile_product_b_rows(const MicroTile& mt, int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C,
                                int64_t ldc, int64_t mr, bool add) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
-  if (mr == kn.MR) return kn.ub(kc, Ap, B, ldb, C, ldc, add);
+  if (mr == kn.MR) return kn.ub(kc, Ap, kn.MR, B, ldb, C, ldc, add);
   alignas(64) T tile[12 * 32];
-  kn.ub(kc, Ap, B, ldb, tile, kn.NR, false);
+  kn.ub(kc, Ap, kn.MR, B, ldb, tile, kn.NR, false);
   for (int64_t i = 0; i < mr; ++i)
     for (int64_t j = 0; j < kn.NR; ++j) C[i * ldc + j] = add ? C[i * ldc + j] + tile[i * kn.NR + j] : tile[i * kn.NR + j];
 }
 
+template <typename T>
+void micro_tile_product_strided(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* B, int64_t ldb,
+                                T* C, int64_t ldc, bool add) {
+  static_cast<const Kernel<T>*>(mt.kernel)->ub(kc, A, lda, B, ldb, C, ldc, add);
+}
+
 template MicroTile micro_tile<float>();
+template void micro_tile_product_strided<float>(const MicroTile&, int64_t, const float*, int64_t, const float*,
+                                                int64_t, float*, int64_t, bool);
 template MicroTile micro_tile_for_rows<float>(int64_t);
 template void micro_tile_product<float>(const MicroTile&, int64_t, const float*, const float*, float*, int64_t,
                                         int64_t, bool);

@@ -132,6 +132,12 @@ void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
 template <typename T>
 void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t mr,
                                bool add);
+// C[MR, NR] (+)= A B with both operands in place: A kc rows of MR contiguous
+// elements, lda apart (a row-major [kc, >= MR] block: the tile reads A^T), B kc
+// rows of NR, ldb apart. Whole tiles only (every element of both read).
+template <typename T>
+void micro_tile_product_strided(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* B, int64_t ldb,
+                                T* C, int64_t ldc, bool add);
 // Both on a given tile (from micro_tile_for_rows; its MR panels).
 template <typename T>
 void micro_tile_product(const MicroTile& mt, int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr,
