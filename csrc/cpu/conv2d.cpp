@@ -272,37 +272,70 @@ struct Im2colRows {
   const Conv2dParams* p;
 };
 
-void im2col_nhwc_row(const void* ctx, int64_t i, int64_t k0, int64_t kc, float* dst) {
+// n floats from s to d in whole 64-, 32- or 16-byte moves, the last one overlapping
+// the one before (short runs: a scalar tail cost more than the vector copies).
+CONVX_ALWAYS_INLINE inline void copy_run(float* d, const float* s, int64_t n) {
+  if (n >= 16) {
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) __builtin_memcpy(d + j, s + j, 64);
+    if (j < n) __builtin_memcpy(d + n - 16, s + n - 16, 64);
+  } else if (n >= 8) {
+    __builtin_memcpy(d, s, 32);
+    __builtin_memcpy(d + n - 8, s + n - 8, 32);
+  } else if (n >= 4) {
+    __builtin_memcpy(d, s, 16);
+    __builtin_memcpy(d + n - 4, s + n - 4, 16);
+  } else {
+    for (int64_t j = 0; j < n; ++j) d[j] = s[j];
+  }
+}
+
+void im2col_nhwc_rows(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst) {
   const Im2colRows& a = *static_cast<const Im2colRows*>(ctx);
   const Conv2dParams& p = *a.p;
-  const int64_t P = a.Ho * a.Wo, n = i / P, pix = i - n * P, ho = pix / a.Wo, wo = pix - ho * a.Wo;
-  const float* xn = a.x + n * a.H * a.W * a.C;
-  const int64_t hb = ho * p.stride_h - p.pad_t, wb = wo * p.stride_w - p.pad_l;
-  int64_t tap = k0 / a.Cg, c = k0 - tap * a.Cg, r = tap / a.S, s = tap - r * a.S;  // then counted on
+  const int64_t P = a.Ho * a.Wo;
+  int64_t n = i / P, ho = (i - n * P) / a.Wo, wo = i - n * P - ho * a.Wo;  // then counted on, row by row
+  const int64_t tap0 = k0 / a.Cg, c0 = k0 - tap0 * a.Cg, r0 = tap0 / a.S, s0 = tap0 - r0 * a.S;
   // One group spanning all channels at dilation 1: a filter row's taps read consecutive pixels,
   // contiguous in memory, so they go as one run (the 3-channel stem: 21 floats, not 7 x 3).
   const bool merge = a.C == a.Cg && p.dil_w == 1;
   const int64_t end = k0 + kc;
-  for (int64_t k = k0; k < end;) {
-    int64_t len = std::min(a.Cg - c, end - k);
-    const int64_t h = hb + r * p.dil_h, w = wb + s * p.dil_w;
-    float* d = dst + (k - k0);
-    int64_t taps = 1;
-    if (h >= 0 && h < a.H && w >= 0 && w < a.W) {
-      if (merge)
-        while (k + len < end && s + taps < a.S && w + taps < a.W) len += std::min(a.Cg, end - k - len), ++taps;
-      const float* src = xn + (h * a.W + w) * a.C + c;
-      if (len >= 16)
-        std::memcpy(d, src, len * sizeof(float));
-      else
-        for (int64_t j = 0; j < len; ++j) d[j] = src[j];
-    } else {
-      for (int64_t j = 0; j < len; ++j) d[j] = 0.f;
+  // The rows' copies compiled for the CPU's widest vectors (isa_each.h): runs are short (9 floats
+  // for a 3-channel 3x3 layer), where a call to memcpy cost as much as the copy.
+  // Whole rows (k0 = 0, kc = R*S*C) of such a layer whose receptive field lies inside the image:
+  // one run of S*C floats a filter row, no bounds tests.
+  const int64_t R = a.Cg == 0 ? 0 : kc / (a.S * a.Cg), run = a.S * a.C;
+  const bool whole = merge && k0 == 0 && kc == R * run;
+  const int64_t hspan = (R - 1) * p.dil_h, wspan = a.S - 1;
+  each(0, count, [&](int64_t row) CONVX_ALWAYS_INLINE {
+    const float* xn = a.x + n * a.H * a.W * a.C;
+    const int64_t hb = ho * p.stride_h - p.pad_t, wb = wo * p.stride_w - p.pad_l;
+    float* drow = dst + row * kc;
+    int64_t c = c0, r = r0, s = s0;
+    if (whole && hb >= 0 && hb + hspan < a.H && wb >= 0 && wb + wspan < a.W) {
+      const float* src = xn + (hb * a.W + wb) * a.C;
+      for (int64_t rr = 0; rr < R; ++rr, src += p.dil_h * a.W * a.C) copy_run(drow + rr * run, src, run);
+    } else for (int64_t k = k0; k < end;) {
+      int64_t len = std::min(a.Cg - c, end - k);
+      const int64_t h = hb + r * p.dil_h, w = wb + s * p.dil_w;
+      float* d = drow + (k - k0);
+      int64_t taps = 1;
+      if (h >= 0 && h < a.H && w >= 0 && w < a.W) {
+        if (merge)
+          while (k + len < end && s + taps < a.S && w + taps < a.W) len += std::min(a.Cg, end - k - len), ++taps;
+        copy_run(d, xn + (h * a.W + w) * a.C + c, len);
+      } else {
+        for (int64_t j = 0; j < len; ++j) d[j] = 0.f;
+      }
+      k += len;
+      c = 0;
+      for (s += taps; s >= a.S; s -= a.S) ++r;
     }
-    k += len;
-    c = 0;
-    for (s += taps; s >= a.S; s -= a.S) ++r;
-  }
+    if (++wo == a.Wo) {
+      wo = 0;
+      if (++ho == a.Ho) ho = 0, ++n;
+    }
+  });
 }
 
 template <typename T>
@@ -391,7 +424,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       if constexpr (std::is_same_v<T, float>) {
         if (on_the_fly) {
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p};
-          gemm_rows(M, Kg, CRS, &im2col_nhwc_row, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, bp != nullptr, par);
+          gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, bp != nullptr, par);
           return;
         }
       }

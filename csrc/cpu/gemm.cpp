@@ -519,7 +519,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
       for (int64_t jg = 0; jg < nc; jg += jgroup)
         for (int64_t ir = 0; ir < M; ir += MR) {
           const int64_t mr = std::min<int64_t>(MR, M - ir);
-          for (int64_t i = 0; i < mr; ++i) rows(ctx, ir + i, pc, kc, arows + i * kc);
+          rows(ctx, ir, mr, pc, kc, arows);
           if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
           for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
             const int64_t nr = std::min<int64_t>(NR, nc - jr);
@@ -560,9 +560,9 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
         const Shift sh{rows, ctx, i0};
         gemm_rows_serial(
             kn, mi, N, K,
-            [](const void* c, int64_t i, int64_t k0, int64_t kc, float* dst) {
+            [](const void* c, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst) {
               const Shift* s = static_cast<const Shift*>(c);
-              s->rows(s->ctx, s->i0 + i, k0, kc, dst);
+              s->rows(s->ctx, s->i0 + i, count, k0, kc, dst);
             },
             &sh, B, rsb, csb, C + i0 * rsc, rsc, accumulate);
       }

@@ -96,11 +96,11 @@ void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T*
                    bool accumulate, bool parallel);
 
 // C [M, N] (row stride rsc, unit column stride) (+)= A [M, K] B [K, N] (float32),
-// A never stored whole: rows(ctx, i, k0, kc, dst) writes A[i][k0, k0 + kc) to dst
-// when the GEMM packs that block (an im2col made on the fly, L1-sized at a time).
-// Rows are split between the threads (each row of C made by one thread: no
-// dependence on the thread count).
-using RowsFn = void (*)(const void* ctx, int64_t i, int64_t k0, int64_t kc, float* dst);
+// A never stored whole: rows(ctx, i, count, k0, kc, dst) writes A[i + r][k0, k0 + kc)
+// to dst + r * kc for r < count (a register tile's rows) when the GEMM needs them
+// (an im2col made on the fly, L1-sized at a time). Rows are split between the
+// threads (each row of C made by one thread: no dependence on the thread count).
+using RowsFn = void (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst);
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel);
 
