@@ -1,8 +1,10 @@
 """The channels_last float32 CPU forward with a spatial kernel or a stride: its im2col is
-made row by row as the GEMM packs it (gemm_rows, csrc/cpu/gemm.cpp; im2col_nhwc_row,
-csrc/cpu/conv2d.cpp), with a filter row's taps merged into one run when they read
-consecutive pixels (one group, dilation 1). Against float64, on geometries that cut
-the merging at every image edge, chunk boundary (K past 256) and thread split."""
+made a register tile's rows at a time as the GEMM reads them (gemm_rows, csrc/cpu/gemm.cpp;
+im2col_nhwc_rows, csrc/cpu/conv2d.cpp), with a filter row's taps merged into one run when
+they read consecutive pixels (one group, dilation 1 along the width), and a receptive field
+inside the image copied a filter row at a time. NCHW inputs with >= 8 channels take the
+same path (compute_format). Against float64, on geometries that cut the merging at every
+image edge, chunk boundary (K past 256) and thread split."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,20 +19,25 @@ CASES = {
     "k_past_256": (1, 40, 12, 12, 20, (3, 3), 1, (1, 1), 1, 1),  # C*R*S = 360: two chunks, a tap cut
     "few_rows": (1, 64, 5, 5, 96, (3, 3), 2, (1, 1), 1, 1),  # 9 output rows: the columns split
     "5x5_odd": (3, 5, 13, 11, 7, (5, 5), 2, (2, 1), 1, 1),
+    "dilated_rows_merge": (2, 12, 16, 15, 20, (3, 3), 1, (2, 1), (2, 1), 1),  # whole rows, dilation 2 down
+    "3ch_valid": (1, 3, 12, 12, 8, (3, 3), 1, (0, 0), 1, 1),  # every receptive field inside: whole rows
 }
 
 
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
-def test_forward_matches_float64(case):
+def test_forward_matches_float64(case, layout):
     N, C, H, W, K, (R, S), stride, pad, dil, groups = case
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    dil = dil if isinstance(dil, tuple) else (dil, dil)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(K, C // groups, R, S, generator=g).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(K, C // groups, R, S, generator=g).contiguous(memory_format=mf)
     b = torch.randn(K, generator=g)
-    y = torch.ops.convx.conv2d(x, w, b, [stride, stride], [pad[0], pad[0], pad[1], pad[1]], [dil, dil], groups)
+    y = torch.ops.convx.conv2d(x, w, b, [stride, stride], [pad[0], pad[0], pad[1], pad[1]], list(dil), groups)
     ref = F.conv2d(x.double(), w.double(), b.double(), stride, pad, dil, groups)
     mag = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), stride, pad, dil, groups)
-    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=mf)
     err = (y.double() - ref).abs()
     assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / mag).max().item() / 2.0 ** -24
 

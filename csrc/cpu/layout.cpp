@@ -99,8 +99,6 @@ void copy_into(const at::Tensor& t, at::MemoryFormat mf, at::Tensor& out) {
   else transpose_batch(src, dst, N, HW, C);
 }
 
-constexpr int64_t kScratchCap = int64_t(64) << 20;
-
 }  // namespace
 
 at::Tensor to_format(const at::Tensor& t, at::MemoryFormat mf) {
@@ -113,7 +111,7 @@ at::Tensor to_format(const at::Tensor& t, at::MemoryFormat mf) {
 
 at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat mf, int slot) {
   const int64_t bytes = c10::multiply_integers(sizes) * int64_t(options.dtype().itemsize());
-  if (bytes == 0 || bytes > kScratchCap) return at::empty(sizes, options.memory_format(mf));
+  if (bytes == 0 || bytes > kScratchCapBytes) return at::empty(sizes, options.memory_format(mf));
   void* p = thread_buffer(slot, bytes);
   // non-owning: the thread's buffer
   if (mf == at::MemoryFormat::ChannelsLast) return at::from_blob(p, sizes, c10::get_channels_last_strides_2d(sizes), options);

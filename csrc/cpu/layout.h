@@ -24,6 +24,8 @@ at::Tensor to_format(const at::Tensor& t, at::MemoryFormat mf);
 // kept between calls; one use of a slot at a time) and are valid until the
 // thread's next use of that slot: never return one. Above 64 MiB (a cap on
 // what the buffers keep) they are ordinary allocations.
+constexpr int64_t kScratchCapBytes = int64_t(64) << 20;
+constexpr int64_t kScratchCapFloats = kScratchCapBytes / 4;
 at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat mf, int slot);
 // A result computed in format cf and copied to format mf afterwards: a scratch
 // tensor unless its sizes make it dense in mf too (then to_format(t, mf) would
