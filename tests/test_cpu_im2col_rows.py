@@ -59,3 +59,33 @@ def test_nchw_weight_and_thread_count():
     assert torch.equal(y1, y2)
     ref = F.conv2d(x.double(), w.double(), None, 2, 1)
     torch.testing.assert_close(y2.double(), ref, atol=1e-4, rtol=1e-5)
+
+
+# NCHW data gradients at stride 1 run as the forward convolution of dY with the rotated,
+# transposed weight (data_grad_as_forward): padding d*(R-1) - pad on each side, so asymmetric
+# and dilated cases, and a padding past d*(R-1) (the other path) and a stride of 2 (ditto).
+DGRAD_CASES = {
+    "1x7": (2, 24, 9, 17, 20, (1, 7), 1, (0, 0, 3, 3), (1, 1)),
+    "7x1": (1, 20, 17, 9, 28, (7, 1), 1, (3, 3, 0, 0), (1, 1)),
+    "asym_dilated": (2, 12, 13, 15, 16, (3, 3), 1, (2, 0, 1, 3), (2, 1)),
+    "5x5_valid": (1, 16, 12, 12, 10, (5, 5), 1, (0, 0, 0, 0), (1, 1)),
+    "pad_past_kernel": (1, 16, 8, 8, 12, (3, 3), 1, (3, 1, 1, 1), (1, 1)),
+    "stride2": (2, 16, 11, 11, 12, (3, 3), 2, (1, 1, 1, 1), (1, 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(DGRAD_CASES.values()), ids=list(DGRAD_CASES))
+def test_nchw_data_grad(case):
+    N, C, H, W, K, (R, S), stride, pad, dil = case
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
+    w = torch.randn(K, C, R, S, generator=g)
+    t, b, l, r = pad
+    xp = F.pad(x, (l, r, t, b)).requires_grad_()
+    y = F.conv2d(xp, w.double(), None, stride, 0, dil)
+    gy = torch.randn(y.shape, generator=g)
+    ref, = torch.autograd.grad(y, xp, gy.double())
+    ref = ref[:, :, t:t + H, l:l + W]
+    got = torch.ops.convx.conv2d_backward_input(gy, w, [N, C, H, W], [stride, stride], list(pad), list(dil), 1)
+    assert got.shape == ref.shape and got.is_contiguous()
+    torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=1e-5)
