@@ -1167,9 +1167,10 @@ struct CpuConv {
                                                        p.dil_w, p.groups, sh.Ho, sh.Wo);
     // few channels a group: grouped.h's channels_last kernel, whatever the layout (it writes [K][Cg][R][S])
     const bool grp = !wino && ct == at::kFloat && grouped::applicable(sh, p);
-    const auto cf = wino || grp ? (grp ? at::MemoryFormat::ChannelsLast : mf) : weight_grad_format(mf, sh, p, ct);
+    const auto cf = grp ? at::MemoryFormat::ChannelsLast : wino ? mf : weight_grad_format(mf, sh, p, ct);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
-    auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(grp ? at::MemoryFormat::Contiguous : cf));
+    const auto gwf = grp ? at::MemoryFormat::Contiguous : cf;
+    auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(gwf));
     if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
     auto gy = to_format_scratch(grad_output.to(ct), cf, kLayoutFirst);
     auto x = to_format_scratch(input.to(ct), cf, kLayoutSecond);

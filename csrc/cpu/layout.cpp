@@ -114,7 +114,8 @@ at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& options
   if (bytes == 0 || bytes > kScratchCapBytes) return at::empty(sizes, options.memory_format(mf));
   void* p = thread_buffer(slot, bytes);
   // non-owning: the thread's buffer
-  if (mf == at::MemoryFormat::ChannelsLast) return at::from_blob(p, sizes, c10::get_channels_last_strides_2d(sizes), options);
+  if (mf == at::MemoryFormat::ChannelsLast)
+    return at::from_blob(p, sizes, c10::get_channels_last_strides_2d(sizes), options);
   return at::from_blob(p, sizes, c10::contiguous_strides(sizes), options);
 }
 
