@@ -121,8 +121,11 @@ at::Tensor scratch_empty(at::IntArrayRef sizes, const at::TensorOptions& options
 
 at::Tensor scratch_result(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat cf,
                           at::MemoryFormat mf, int slot) {
-  auto t = scratch_empty(sizes, options, cf, slot);
-  return t.is_contiguous(mf) ? at::empty(sizes, options.memory_format(cf)) : t;
+  // dense in both layouts: one channel, or one pixel an image (or no elements)
+  const bool both =
+      sizes.size() != 4 || sizes[1] == 1 || sizes[2] * sizes[3] == 1 || c10::multiply_integers(sizes) == 0;
+  if (cf == mf || both) return at::empty(sizes, options.memory_format(cf));
+  return scratch_empty(sizes, options, cf, slot);
 }
 
 at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot) {
