@@ -70,13 +70,17 @@ for mf, k, groups in [(torch.contiguous_format, 24, 1), (torch.channels_last, 24
     gxr, gwr = torch.autograd.grad(yr.square().sum(), (xr, wr))
     for a, b in ((y, yr), (gx, gxr), (gw, gwr)):
         torch.testing.assert_close(a.double(), b, atol=2e-3, rtol=1e-4)
-# the channels_last 1x1 weight gradient with both operands read in place (96 channels: whole tiles
-# on every build)
-x1 = torch.randn(2, 96, 7, 9).contiguous(memory_format=torch.channels_last)
-g1 = torch.randn(2, 96, 7, 9).contiguous(memory_format=torch.channels_last)
-gw1 = torch.ops.convx.conv2d_backward_weight(g1, x1, [96, 96, 1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1, False)[0]
-ref1 = torch.einsum("nkhw,nchw->kc", g1.double(), x1.double())[:, :, None, None]
-torch.testing.assert_close(gw1.double(), ref1, atol=1e-3, rtol=1e-4)
+# the channels_last weight gradient with both operands read in place (96 channels: whole tiles on
+# every build): 1x1, and a 1x7 whose runs the padding cuts at stride 2
+for (r, s), st, pad in (((1, 1), 1, 0), ((1, 7), 2, 3)):
+    x1 = torch.randn(2, 96, 7, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w1 = torch.zeros(96, 96, r, s, dtype=torch.float64, requires_grad=True)
+    y1 = torch.nn.functional.conv2d(x1, w1, None, st, (0, pad))
+    g1 = torch.randn(y1.shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    ref1, = torch.autograd.grad(y1, w1, g1)
+    gw1 = torch.ops.convx.conv2d_backward_weight(g1.float(), x1.float(), [96, 96, r, s], [st, st],
+                                                 [0, 0, pad, pad], [1, 1], 1, False)[0]
+    torch.testing.assert_close(gw1.double(), ref1, atol=1e-3, rtol=1e-4)
 # channels_last batch norm (its row loops run through each()'s builds), training, with ReLU
 xb = (torch.randn(3, 40, 5, 7, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
 gb = torch.randn(3, 40, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)

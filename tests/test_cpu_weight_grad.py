@@ -2,12 +2,14 @@
 
 * float32 with a spatial kernel and >= 8 channels a group is computed in channels_last
   whatever the layout (weight_grad_format);
-* channels_last float32 at stride 1 on images of more than 256 output pixels: no im2col,
-  each tap's columns read in place from a zero-padded copy of the input
-  (wgrad_nhwc_shifted), any kernel size, dilation, padding and groups;
-* channels_last float32 1x1 (stride 1, no padding) whose channels fill whole register tiles
-  (C, K <= 512): both operands read in place by the tile (wgrad_nhwc_in_place), units of
-  (group, row block, column block) and chunks of the pixels;
+* channels_last float32 at stride 1 on images of 32 x 32 output pixels or more (or more
+  than 256 where the next path does not apply): no im2col, each tap's columns read in
+  place from a zero-padded copy of the input (wgrad_nhwc_shifted), any kernel size,
+  dilation, padding and groups;
+* channels_last float32 whose channels fill whole register tiles (C, K <= 512): both
+  operands read in place by the tile, a run of output pixels an image row for each tap
+  (wgrad_nhwc_in_place), any kernel, stride, padding, dilation and groups; units of
+  (group, tap, row block, column block) and chunks of the output rows;
 * other channels_last float32: im2col written into the micro-kernel's panels
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
   columns, chunk of the pixels), the chunks summed into copies of dW added in order;
@@ -40,6 +42,12 @@ CASES = {
     "1x1_in_place": (2, 64, 20, 20, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # one tile block: pixel chunks
     "1x1_in_place_blocks": (1, 288, 6, 7, 288, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 2 x 2 blocks, partial
     "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32 a group
+    "1x7_in_place": (3, 32, 9, 17, 24, (1, 7), 1, (0, 0, 3, 3), 1, 1),  # runs cut by the padding
+    "3x3_s2_in_place": (2, 32, 15, 16, 16, (3, 3), 2, (1, 1, 1, 1), 1, 1),
+    "asym_dil_in_place": (2, 32, 12, 15, 32, (3, 3), 1, (2, 0, 1, 3), 2, 1),
+    "5x5_s2_groups_in_place": (2, 64, 13, 11, 32, (5, 5), 2, (2, 1, 0, 2), 1, 2),
+    "7x1_tall_in_place": (1, 32, 40, 6, 16, (7, 1), 1, (3, 3, 0, 0), 1, 1),  # > 256 pixels: row blocks
+    "shifted_dilated_large": (1, 32, 36, 36, 32, (3, 3), 1, (2, 2, 2, 2), 2, 1),  # 36 x 36: shifted
 }
 
 
@@ -83,7 +91,8 @@ def test_weight_grad_matches_float64(case, layout, dtype):
 
 def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
-    for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place"):
+    for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
+                 "1x7_in_place"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)

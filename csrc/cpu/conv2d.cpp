@@ -694,57 +694,72 @@ void wgrad_nhwc_tiles(const float* x, const float* gy, float* out, const Conv2dS
   }
 }
 
-// A 1x1, stride-1, unpadded layer whose channels fill whole register tiles: the
-// rows of dY and X are already the tile's operands (dY[q, k0:k0+MR] is A's
-// step q, X[q, c0:c0+NR] B's), so the tile reads them in place, kStep pixels a
-// call, instead of packing both (the packing took a third of the time of
-// ResNet-50's 64 -> 64 layer).
-// Rows over 2 KiB apart (C or K over 512) put every step of the tile on a new
-// page: there the packed GEMM path measured faster (ResNet-50's 1024 -> 256
+// The channels_last float32 weight gradient with both operands read in place:
+// for a tap (r, s), the output pixels whose input pixel lies inside the image
+// form a rectangle of rows, and along those rows dY's and X's pixels step by K
+// and stride*C floats (the rows by Wo*K and stride*W*C), so the register tile
+// reads dY[.., k0:k0+MR] and X[.., c0:c0+NR] where they are, a run a row, with
+// no im2col, no padding's pixels computed and nothing packed. Whole tiles only
+// (Kg a multiple of the tile's rows, Cg of its columns), and rows at most 2 KiB
+// apart (C, K <= 512): with rows further apart every step of the tile is on a
+// new page, and the packed paths measured faster (ResNet-50's 1024 -> 256 1x1
 // @14: 1.19x torch packed, 0.93x in place).
-bool wgrad_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
+bool wgrad_in_place(const Conv2dShape& sh) {
   const MicroTile mt = micro_tile_for_rows<float>(sh.Kg);
-  return p.is_pointwise_identity(sh.R, sh.S) && sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0 && sh.C <= 512 &&
-         sh.K <= 512;
+  return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0 && sh.C <= 512 && sh.K <= 512;
 }
 
-// Units: (group, block of up to 256 rows, block of up to 256 columns), and the
-// pixels cut into chunks (each summed into its own copy of dW, the copies
-// added in chunk order) while there are fewer than 8 units: all from the shape
-// alone, so the result does not depend on the thread count. Within a unit,
-// kStep pixels at a time: each of X's column panels (kStep x NR, L1) meets
-// every row panel of dY.
+// Units: (group, tap, block of up to 256 rows of dW, block of up to 256 columns),
+// and the output rows cut into chunks (each summed into its own copy of dW, the
+// copies added in chunk order) while there are fewer than 8 units: all from the
+// shape alone, so the result does not depend on the thread count. Within a unit,
+// about 256 output pixels (whole output rows) at a time: each of X's column panels
+// meets every row panel of dY while in L1.
 void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
   const MicroTile mt = micro_tile_for_rows<float>(sh.Kg);
-  const int64_t MR = mt.MR, NR = mt.NR, G = p.groups, Kg = sh.Kg, Cg = sh.Cg, L = sh.N * sh.Ho * sh.Wo;
-  constexpr int64_t kUnits = 8, kMinChunk = 256, kBlock = 256, kStep = 128;
+  const int64_t MR = mt.MR, NR = mt.NR, G = p.groups, Kg = sh.Kg, Cg = sh.Cg, RS = sh.R * sh.S;
+  const int64_t rows = sh.N * sh.Ho, ldc = RS * Cg;
+  constexpr int64_t kUnits = 8, kMinRows = 4, kBlock = 256, kPixels = 256;
   const int64_t bi = std::max<int64_t>(MR, kBlock / MR * MR), bj = std::max<int64_t>(NR, kBlock / NR * NR);
-  const int64_t rb = ceil_div(Kg, bi), cb = ceil_div(Cg, bj), tiles = G * rb * cb;
+  const int64_t rb = ceil_div(Kg, bi), cb = ceil_div(Cg, bj), tiles = G * RS * rb * cb;
   const int64_t chunks =
-      tiles >= kUnits ? 1 : std::clamp<int64_t>(ceil_div(kUnits, tiles), 1, std::max<int64_t>(1, L / kMinChunk));
-  const int64_t chunk = ceil_div(L, chunks), dw = G * Kg * Cg;
+      tiles >= kUnits ? 1 : std::clamp<int64_t>(ceil_div(kUnits, tiles), 1, std::max<int64_t>(1, rows / kMinRows));
+  const int64_t chunk = ceil_div(rows, chunks), dw = G * Kg * ldc;
   at::Tensor partial;
   float* pp = gw;
   if (chunks > 1) {
     partial = at::empty({chunks * dw}, at::kFloat);
     pp = partial.data_ptr<float>();
   }
+  // the output pixels (ho, wo) whose tap (r, s) lands inside the image: [lo, hi) along each axis
+  auto range = [](int64_t pad, int64_t off, int64_t st, int64_t in, int64_t out, int64_t& lo, int64_t& hi) {
+    lo = std::clamp<int64_t>(ceil_div(std::max<int64_t>(0, pad - off), st), 0, out);
+    hi = in - 1 + pad - off < 0 ? 0 : std::clamp<int64_t>((in - 1 + pad - off) / st + 1, lo, out);
+  };
   at::parallel_for(0, tiles * chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t u = b; u < e; ++u) {
-      const int64_t c = u % chunks, t = u / chunks, g = t / (rb * cb), i0 = (t / cb) % rb * bi, j0 = t % cb * bj;
-      const int64_t i1 = std::min(Kg, i0 + bi), j1 = std::min(Cg, j0 + bj);
-      const int64_t q0 = c * chunk, q1 = std::min(L, q0 + chunk);
-      float* out = pp + c * dw + g * Kg * Cg;
-      if (q0 >= q1) {
-        for (int64_t k = i0; k < i1; ++k) std::fill(out + k * Cg + j0, out + k * Cg + j1, 0.f);
-        continue;
-      }
-      for (int64_t qs = q0; qs < q1; qs += kStep) {
-        const int64_t kc = std::min(kStep, q1 - qs);
-        for (int64_t j = j0; j < j1; j += NR)
-          for (int64_t i = i0; i < i1; i += MR)
-            micro_tile_product_strided<float>(mt, kc, gy + qs * sh.K + g * Kg + i, sh.K, x + qs * sh.C + g * Cg + j,
-                                              sh.C, out + i * Cg + j, Cg, qs > q0);
+      const int64_t c = u % chunks, t = u / chunks, g = t / (RS * rb * cb), tap = (t / (rb * cb)) % RS;
+      const int64_t i0 = (t / cb) % rb * bi, j0 = t % cb * bj, i1 = std::min(Kg, i0 + bi), j1 = std::min(Cg, j0 + bj);
+      const int64_t r = tap / sh.S, s = tap % sh.S, t0 = c * chunk, t1 = std::min(rows, t0 + chunk);
+      float* out = pp + c * dw + g * Kg * ldc + tap * Cg;
+      for (int64_t k = i0; k < i1; ++k) std::fill(out + k * ldc + j0, out + k * ldc + j1, 0.f);
+      int64_t hlo, hhi, wlo, whi;
+      range(p.pad_t, r * p.dil_h, p.stride_h, sh.H, sh.Ho, hlo, hhi);
+      range(p.pad_l, s * p.dil_w, p.stride_w, sh.W, sh.Wo, wlo, whi);
+      const int64_t len = whi - wlo, block = std::max<int64_t>(1, kPixels / std::max<int64_t>(1, len));
+      if (len <= 0) continue;
+      for (int64_t n = t0 / sh.Ho; n * sh.Ho < t1; ++n) {
+        const int64_t hb = std::max(hlo, t0 - n * sh.Ho), he = std::min(hhi, t1 - n * sh.Ho);
+        for (int64_t h0 = hb; h0 < he; h0 += block) {
+          const int64_t nr = std::min(block, he - h0);
+          const float* a = gy + ((n * sh.Ho + h0) * sh.Wo + wlo) * sh.K + g * Kg;
+          const float* bx = x + ((n * sh.H + h0 * p.stride_h - p.pad_t + r * p.dil_h) * sh.W + wlo * p.stride_w -
+                                 p.pad_l + s * p.dil_w) * sh.C + g * Cg;
+          for (int64_t j = j0; j < j1; j += NR)
+            for (int64_t i = i0; i < i1; i += MR)
+              micro_tile_product_runs<float>(mt, nr, len, a + i, sh.K, sh.Wo * sh.K, bx + j, p.stride_w * sh.C,
+                                             p.stride_h * sh.W * sh.C, out + i * ldc + j, ldc, true);
+        }
       }
     }
   });
@@ -812,11 +827,14 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
     if (nhwc) {
       // The shifted path reads the padded input in place but also computes the padding's pixels and
       // wastes half a tile when Cg < NR: it pays on large images only (measured: 0.65 vs 0.43 of
-      // torch at 64 channels @56, 0.74 vs 0.61 @28; 0.75 vs 0.93 @14, 0.57 vs 1.54 @2).
-      if (!p.is_pointwise_identity(R, S) && p.stride_h == 1 && p.stride_w == 1 && sh.Cg >= 8 &&
-          sh.Ho * sh.Wo > 256)
-        return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
-      if (wgrad_in_place(sh, p)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p);
+      // torch at 64 channels @56, 0.74 vs 0.61 @28; 0.75 vs 0.93 @14, 0.57 vs 1.54 @2). Whole tiles
+      // read in place (wgrad_in_place) beat it below 32 x 32 output pixels (Inception's 1x7 @17
+      // 0.60 -> 0.75x torch, 7x1 0.81 -> 1.17, a 5x5 @28 0.62 -> 0.68) but not above (3x3 64 @56
+      // 0.71 -> 0.62, 32 @112 0.70 -> 0.57), and beat the tiles path at stride 2 (128 @56: 0.71 -> 0.92).
+      const bool shifted = !p.is_pointwise_identity(R, S) && p.stride_h == 1 && p.stride_w == 1 && sh.Cg >= 8;
+      if (shifted && sh.Ho * sh.Wo >= 1024) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
+      if (wgrad_in_place(sh)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p);
+      if (shifted && sh.Ho * sh.Wo > 256) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
       if (!p.is_pointwise_identity(R, S)) return wgrad_nhwc_tiled(xp, gyp, gw, sh, p);
     }
   }

@@ -26,11 +26,14 @@ namespace {
 // product.
 // BROWS: b is not packed but kc rows of NR contiguous elements, ldb apart, and
 // a steps lda a k (MR: a packed panel; more: MR contiguous elements of each of
-// kc rows of a row-major operand, read in place).
+// kc rows of a row-major operand, read in place); and the k loop runs nrows
+// times, a and b starting arow and brow further each time (runs of pixels of
+// an image's rows, gaps between them skipped).
 template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
                                                         T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
-                                                        int64_t ldb = 0) {
+                                                        int64_t ldb = 0, int64_t nrows = 1, int64_t arow = 0,
+                                                        int64_t brow = 0) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
@@ -41,16 +44,20 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
   // often far out of cache: a 1x1 convolution's output) overlap the k loop.
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR * int(sizeof(T)); j += 64) __builtin_prefetch(reinterpret_cast<const char*>(c + i * rsc) + j, 1, 3);
-  for (int64_t k = 0; k < kc; ++k) {
-    V bv[NV];
-    for (int j = 0; j < NV; ++j) std::memcpy(&bv[j], b + j * VL, sizeof(V));
+  for (int64_t row = 0; row < (BROWS ? nrows : 1); ++row) {
+    const T* __restrict ak = a + (BROWS ? row * arow : 0);
+    const T* __restrict bk = b + (BROWS ? row * brow : 0);
+    for (int64_t k = 0; k < kc; ++k) {
+      V bv[NV];
+      for (int j = 0; j < NV; ++j) std::memcpy(&bv[j], bk + j * VL, sizeof(V));
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const T ai = ROWS ? a[i * lda] : a[i];
-      for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
+      for (int i = 0; i < MR; ++i) {
+        const T ai = ROWS ? ak[i * lda] : ak[i];
+        for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
+      }
+      ak += ROWS ? 1 : BROWS ? lda : MR;
+      bk += BROWS ? ldb : NR;
     }
-    a += ROWS ? 1 : BROWS ? lda : MR;
-    b += BROWS ? ldb : NR;
   }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) {
@@ -69,7 +76,8 @@ using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
 template <typename T>
 using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool);
 template <typename T>
-using UKernelBRows = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, bool);
+using UKernelBRows = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, bool, int64_t, int64_t,
+                              int64_t);
 
 // One build of the register tile per instruction set, chosen once at load
 // time from the CPU's feature bits (not its model name: an AMD EPYC has AVX2
@@ -109,18 +117,20 @@ template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_brows_avx512(int64_t kc, const T* a,
                                                                                     int64_t lda, const T* b,
                                                                                     int64_t ldb, T* c, int64_t rsc,
-                                                                                    bool add) {
-  ukernel_body<T, MR, NR, 64, false, true>(kc, a, b, c, rsc, add, lda, ldb);
+                                                                                    bool add, int64_t nrows,
+                                                                                    int64_t arow, int64_t brow) {
+  ukernel_body<T, MR, NR, 64, false, true>(kc, a, b, c, rsc, add, lda, ldb, nrows, arow, brow);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_brows_avx2(int64_t kc, const T* a, int64_t lda, const T* b,
-                                                            int64_t ldb, T* c, int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 32, false, true>(kc, a, b, c, rsc, add, lda, ldb);
+                                                            int64_t ldb, T* c, int64_t rsc, bool add, int64_t nrows,
+                                                            int64_t arow, int64_t brow) {
+  ukernel_body<T, MR, NR, 32, false, true>(kc, a, b, c, rsc, add, lda, ldb, nrows, arow, brow);
 }
 template <typename T, int MR, int NR>
-void ukernel_brows_base(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t rsc,
-                        bool add) {
-  ukernel_body<T, MR, NR, 16, false, true>(kc, a, b, c, rsc, add, lda, ldb);
+void ukernel_brows_base(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t rsc, bool add,
+                        int64_t nrows, int64_t arow, int64_t brow) {
+  ukernel_body<T, MR, NR, 16, false, true>(kc, a, b, c, rsc, add, lda, ldb, nrows, arow, brow);
 }
 
 // A kernel and its blocking: KC x NR slivers of B stay in L1 (48 KiB on these
@@ -754,9 +764,9 @@ template <typename T>
 void micro_tile_product_b_rows(const MicroTile& mt, int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C,
                                int64_t ldc, int64_t mr, bool add) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
-  if (mr == kn.MR) return kn.ub(kc, Ap, kn.MR, B, ldb, C, ldc, add);
+  if (mr == kn.MR) return kn.ub(kc, Ap, kn.MR, B, ldb, C, ldc, add, 1, 0, 0);
   alignas(64) T tile[12 * 32];
-  kn.ub(kc, Ap, kn.MR, B, ldb, tile, kn.NR, false);
+  kn.ub(kc, Ap, kn.MR, B, ldb, tile, kn.NR, false, 1, 0, 0);
   for (int64_t i = 0; i < mr; ++i)
     for (int64_t j = 0; j < kn.NR; ++j) C[i * ldc + j] = add ? C[i * ldc + j] + tile[i * kn.NR + j] : tile[i * kn.NR + j];
 }
@@ -764,12 +774,20 @@ void micro_tile_product_b_rows(const MicroTile& mt, int64_t kc, const T* Ap, con
 template <typename T>
 void micro_tile_product_strided(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* B, int64_t ldb,
                                 T* C, int64_t ldc, bool add) {
-  static_cast<const Kernel<T>*>(mt.kernel)->ub(kc, A, lda, B, ldb, C, ldc, add);
+  static_cast<const Kernel<T>*>(mt.kernel)->ub(kc, A, lda, B, ldb, C, ldc, add, 1, 0, 0);
+}
+
+template <typename T>
+void micro_tile_product_runs(const MicroTile& mt, int64_t nrows, int64_t kc, const T* A, int64_t lda, int64_t arow,
+                             const T* B, int64_t ldb, int64_t brow, T* C, int64_t ldc, bool add) {
+  static_cast<const Kernel<T>*>(mt.kernel)->ub(kc, A, lda, B, ldb, C, ldc, add, nrows, arow, brow);
 }
 
 template MicroTile micro_tile<float>();
 template void micro_tile_product_strided<float>(const MicroTile&, int64_t, const float*, int64_t, const float*,
                                                 int64_t, float*, int64_t, bool);
+template void micro_tile_product_runs<float>(const MicroTile&, int64_t, int64_t, const float*, int64_t, int64_t,
+                                             const float*, int64_t, int64_t, float*, int64_t, bool);
 template MicroTile micro_tile_for_rows<float>(int64_t);
 template void micro_tile_product<float>(const MicroTile&, int64_t, const float*, const float*, float*, int64_t,
                                         int64_t, bool);

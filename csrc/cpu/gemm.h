@@ -138,6 +138,11 @@ void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb,
 template <typename T>
 void micro_tile_product_strided(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* B, int64_t ldb,
                                 T* C, int64_t ldc, bool add);
+// The same over nrows runs of kc steps, run t's operands starting at A + t * arow and
+// B + t * brow (pixels of several image rows, the gaps between the runs skipped).
+template <typename T>
+void micro_tile_product_runs(const MicroTile& mt, int64_t nrows, int64_t kc, const T* A, int64_t lda, int64_t arow,
+                             const T* B, int64_t ldb, int64_t brow, T* C, int64_t ldc, bool add);
 // Both on a given tile (from micro_tile_for_rows; its MR panels).
 template <typename T>
 void micro_tile_product(const MicroTile& mt, int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr,
