@@ -694,6 +694,30 @@ void wgrad_nhwc_tiles(const float* x, const float* gy, float* out, const Conv2dS
   }
 }
 
+// dW summed in `chunks` parts: each part's copy of dW (dw floats; the first is gw
+// itself when there is one part), then the copies added in part order into gw.
+struct ChunkCopies {
+  at::Tensor partial;
+  float* data;
+  int64_t chunks, dw;
+  ChunkCopies(float* gw, int64_t chunks_, int64_t dw_) : data(gw), chunks(chunks_), dw(dw_) {
+    if (chunks > 1) {
+      partial = at::empty({chunks * dw}, at::kFloat);
+      data = partial.data_ptr<float>();
+    }
+  }
+  void sum_into(float* gw) const {
+    if (chunks <= 1) return;
+    at::parallel_for(0, dw, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        float sum = data[i];
+        for (int64_t c = 1; c < chunks; ++c) sum += data[c * dw + i];
+        gw[i] = sum;
+      }
+    });
+  }
+};
+
 // The channels_last float32 weight gradient with both operands read in place:
 // for a tap (r, s), the output pixels whose input pixel lies inside the image
 // form a rectangle of rows, and along those rows dY's and X's pixels step by K
@@ -725,12 +749,8 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
   const int64_t chunks =
       tiles >= kUnits ? 1 : std::clamp<int64_t>(ceil_div(kUnits, tiles), 1, std::max<int64_t>(1, rows / kMinRows));
   const int64_t chunk = ceil_div(rows, chunks), dw = G * Kg * ldc;
-  at::Tensor partial;
-  float* pp = gw;
-  if (chunks > 1) {
-    partial = at::empty({chunks * dw}, at::kFloat);
-    pp = partial.data_ptr<float>();
-  }
+  ChunkCopies copies(gw, chunks, dw);
+  float* pp = copies.data;
   // the output pixels (ho, wo) whose tap (r, s) lands inside the image: [lo, hi) along each axis
   auto range = [](int64_t pad, int64_t off, int64_t st, int64_t in, int64_t out, int64_t& lo, int64_t& hi) {
     lo = std::clamp<int64_t>(ceil_div(std::max<int64_t>(0, pad - off), st), 0, out);
@@ -763,14 +783,7 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
       }
     }
   });
-  if (chunks > 1)
-    at::parallel_for(0, dw, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        float sum = pp[i];
-        for (int64_t c = 1; c < chunks; ++c) sum += pp[c * dw + i];
-        gw[i] = sum;
-      }
-    });
+  copies.sum_into(gw);
 }
 
 // The channels_last float32 weight gradient on wgrad_nhwc_tiles, every group,
@@ -789,12 +802,8 @@ void wgrad_nhwc_tiled(const float* x, const float* gy, float* gw, const Conv2dSh
   const int64_t chunks =
       G * blocks >= kUnits ? 1 : std::clamp<int64_t>(ceil_div(kUnits, G * blocks), 1, std::max<int64_t>(1, L / kMinChunk));
   const int64_t chunk = ceil_div(L, chunks), dw = G * Kg * CRS;
-  at::Tensor partial;
-  float* pp = gw;
-  if (chunks > 1) {
-    partial = at::empty({chunks * dw}, at::kFloat);
-    pp = partial.data_ptr<float>();
-  }
+  ChunkCopies copies(gw, chunks, dw);
+  float* pp = copies.data;
   at::parallel_for(0, G * blocks * chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t u = b; u < e; ++u) {
       const int64_t c = u % chunks, blk = (u / chunks) % blocks, g = u / (chunks * blocks);
@@ -806,14 +815,7 @@ void wgrad_nhwc_tiled(const float* x, const float* gy, float* gw, const Conv2dSh
         for (int64_t k = 0; k < Kg; ++k) std::fill(out + k * CRS + j0, out + k * CRS + j1, 0.f);
     }
   });
-  if (chunks > 1)
-    at::parallel_for(0, dw, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        float sum = pp[i];
-        for (int64_t c = 1; c < chunks; ++c) sum += pp[c * dw + i];
-        gw[i] = sum;
-      }
-    });
+  copies.sum_into(gw);
 }
 
 template <typename T>
