@@ -787,11 +787,11 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
 }
 
 // The channels_last float32 weight gradient on wgrad_nhwc_tiles, every group,
-// kernel size and stride. Units: (group, block of dW's
-// columns, chunk of the pixels); a layer with few columns (few channels, small
-// kernels) has its pixels cut into chunks, each summed into its own copy of dW,
-// and the copies are added in chunk order. The blocks and chunks depend only on
-// the shape (about 8 units), never on the thread count, so neither does the result.
+// kernel size and stride. Units: (group, block of dW's columns, chunk of the
+// pixels); a layer with few columns (few channels, small kernels) has its
+// pixels cut into chunks, each summed into its own copy of dW, and the copies
+// are added in chunk order. The blocks and chunks depend only on the shape
+// (about 8 units), never on the thread count, so neither does the result.
 void wgrad_nhwc_tiled(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
   const int64_t NR = micro_tile<float>().NR, G = p.groups, Kg = sh.Kg, CRS = sh.Cg * sh.R * sh.S;
   const int64_t L = sh.N * sh.Ho * sh.Wo;
