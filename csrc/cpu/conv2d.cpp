@@ -997,6 +997,11 @@ bool winograd_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
          winograd::applicable(sh.N, sh.K, sh.C, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.groups, sh.H, sh.W);
 }
 
+// Whether a layer's input and output both fit layout.h's scratch buffers (float32).
+bool fits_scratch(const Conv2dShape& sh) {
+  return sh.N * sh.C * sh.H * sh.W <= kScratchCapFloats && sh.N * sh.K * sh.Ho * sh.Wo <= kScratchCapFloats;
+}
+
 // The layout the kernels compute in. torch's rule picks the result's layout;
 // the kernels may compute in the other one and convert (two copies) where
 // measured to pay:
@@ -1021,7 +1026,7 @@ at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, 
   if (is_depthwise(sh, p)) return result;
   if (p.groups > 1) return at::MemoryFormat::Contiguous;
   if (float_forward && result == at::MemoryFormat::Contiguous && sh.R * sh.S > 1 && sh.Cg >= 8 &&
-      sh.N * sh.K * sh.Ho * sh.Wo <= kScratchCapFloats && sh.N * sh.C * sh.H * sh.W <= kScratchCapFloats)
+      fits_scratch(sh))
     return at::MemoryFormat::ChannelsLast;
   if (result == at::MemoryFormat::ChannelsLast || sh.Ho * sh.Wo > 64 || sh.R * sh.S == 1) return result;
   return at::MemoryFormat::ChannelsLast;
@@ -1037,7 +1042,7 @@ bool data_grad_as_forward(const at::Tensor& gy, const Conv2dShape& sh, const Con
   return gy.scalar_type() != at::kDouble && p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 &&
          sh.R * sh.S > 1 && !winograd_data_grad(sh, p) && sh.K >= 8 && p.pad_t <= p.dil_h * (sh.R - 1) &&
          p.pad_b <= p.dil_h * (sh.R - 1) && p.pad_l <= p.dil_w * (sh.S - 1) && p.pad_r <= p.dil_w * (sh.S - 1) &&
-         sh.N * sh.C * sh.H * sh.W <= kScratchCapFloats && sh.N * sh.K * sh.Ho * sh.Wo <= kScratchCapFloats;
+         fits_scratch(sh);
 }
 
 // The weight gradient's: float32 with a spatial kernel and >= 8 channels a
@@ -1051,24 +1056,6 @@ at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& 
   if (ct == at::kFloat && p.groups == 1 && !is_depthwise(sh, p) && sh.R * sh.S > 1)
     if (sh.Cg >= 8) return at::MemoryFormat::ChannelsLast;
   return compute_format(result, sh, p);
-}
-
-// A channels_last weight [K][R][S][C] as a contiguous [K][C][R][S]: each
-// filter's RS x C block (L1-sized) transposed on its own (torch's copy took
-// 1.5 ms for 512 x 512 x 3 x 3, as long as some of the gradients themselves).
-at::Tensor kcrs_from_krsc(const at::Tensor& w) {
-  auto out = at::empty(w.sizes(), w.options());
-  const int64_t K = w.size(0), C = w.size(1), RS = w.size(2) * w.size(3);
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "kcrs_from_krsc", [&] {
-    const scalar_t* src = w.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, K, 16, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k)
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t t = 0; t < RS; ++t) dst[(k * C + c) * RS + t] = src[(k * RS + t) * C + c];
-    });
-  });
-  return out;
 }
 
 }  // namespace
@@ -1209,7 +1196,6 @@ struct CpuConv {
         backward_weight_impl<scalar_t>(gy, x, sh, p, nhwc, gw.mutable_data_ptr<scalar_t>());
       }
     });
-    if (nhwc && !grp && mf == at::MemoryFormat::Contiguous) gw = kcrs_from_krsc(gw);
     return to_format(gw, mf).to(dt);
   }
 

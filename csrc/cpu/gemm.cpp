@@ -772,20 +772,12 @@ void micro_tile_product_b_rows(const MicroTile& mt, int64_t kc, const T* Ap, con
 }
 
 template <typename T>
-void micro_tile_product_strided(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* B, int64_t ldb,
-                                T* C, int64_t ldc, bool add) {
-  static_cast<const Kernel<T>*>(mt.kernel)->ub(kc, A, lda, B, ldb, C, ldc, add, 1, 0, 0);
-}
-
-template <typename T>
 void micro_tile_product_runs(const MicroTile& mt, int64_t nrows, int64_t kc, const T* A, int64_t lda, int64_t arow,
                              const T* B, int64_t ldb, int64_t brow, T* C, int64_t ldc, bool add) {
   static_cast<const Kernel<T>*>(mt.kernel)->ub(kc, A, lda, B, ldb, C, ldc, add, nrows, arow, brow);
 }
 
 template MicroTile micro_tile<float>();
-template void micro_tile_product_strided<float>(const MicroTile&, int64_t, const float*, int64_t, const float*,
-                                                int64_t, float*, int64_t, bool);
 template void micro_tile_product_runs<float>(const MicroTile&, int64_t, int64_t, const float*, int64_t, int64_t,
                                              const float*, int64_t, int64_t, float*, int64_t, bool);
 template MicroTile micro_tile_for_rows<float>(int64_t);

@@ -132,14 +132,10 @@ void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc,
 template <typename T>
 void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t mr,
                                bool add);
-// C[MR, NR] (+)= A B with both operands in place: A kc rows of MR contiguous
-// elements, lda apart (a row-major [kc, >= MR] block: the tile reads A^T), B kc
-// rows of NR, ldb apart. Whole tiles only (every element of both read).
-template <typename T>
-void micro_tile_product_strided(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* B, int64_t ldb,
-                                T* C, int64_t ldc, bool add);
-// The same over nrows runs of kc steps, run t's operands starting at A + t * arow and
-// B + t * brow (pixels of several image rows, the gaps between the runs skipped).
+// C[MR, NR] (+)= A B with both operands in place, over nrows runs of kc steps: in run t,
+// A is kc rows of MR contiguous elements lda apart from A + t * arow (a row-major block:
+// the tile reads A^T), B kc rows of NR ldb apart from B + t * brow (pixels of several
+// image rows, the gaps between the runs skipped). Whole tiles only (every element read).
 template <typename T>
 void micro_tile_product_runs(const MicroTile& mt, int64_t nrows, int64_t kc, const T* A, int64_t lda, int64_t arow,
                              const T* B, int64_t ldb, int64_t brow, T* C, int64_t ldc, bool add);
