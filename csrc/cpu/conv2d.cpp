@@ -45,6 +45,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -351,7 +352,11 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   // NHWC multiplies by the weight as [G][Kg][R*S*Cg] (its channels_last memory: no copy for a
   // channels_last weight) read transposed by the GEMM's packing (B with unit row stride): a
   // transposed copy per call cost up to 1 ms for ResNet-50's 2048-channel 1x1 weights.
-  const at::Tensor wt = nhwc ? w.contiguous(at::MemoryFormat::ChannelsLast) : w.contiguous();
+  // A weight in the other layout goes through layout.h's copy into scratch memory (torch's copy
+  // into a fresh 9.4 MB tensor took 2.8 ms for 512 x 512 x 3 x 3, mostly page faults: 7 % of
+  // ResNet-50's NCHW forward, whose late 3x3 layers compute in channels_last).
+  const at::Tensor wt =
+      to_format_scratch(w, nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous, kLayoutWeight);
   const T* wp = wt.const_data_ptr<T>();
   const int64_t brs = nhwc ? 1 : CRS, bcs = nhwc ? CRS : 1;  // B = W_g^T [CRS, Kg] (NHWC); A = W_g (NCHW)
 
@@ -459,7 +464,9 @@ void backward_input_impl(const at::Tensor& gy, const at::Tensor& w, const T* bia
   T* gxp = gx.mutable_data_ptr<T>();
 
   // NCHW: W_g^T is a strided view of [K, Cg*R*S]. NHWC: W as [G, Kg, R*S*Cg].
-  at::Tensor wk = nhwc ? w.reshape({G, Kg, Cg, R, S}).permute({0, 1, 3, 4, 2}).contiguous() : w.contiguous();
+  // (W as [G, Kg, R*S*Cg] is the channels_last weight's memory; a copy goes into scratch memory)
+  const at::Tensor wk =
+      to_format_scratch(w, nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous, kLayoutWeight);
   const T* wp = wk.const_data_ptr<T>();
 
   // NCHW, one group: W^T packed once for all images, and images under 256 pixels several to a
@@ -1069,11 +1076,14 @@ struct CpuConv {
   }
 
   // The epilogue runs on the compute-type result before its one rounding to the input's type.
+  // result_format: the result's memory format when the caller decides it (a data gradient as
+  // a forward, whose weight is a channels_last scratch tensor whatever the layout).
   static at::Tensor forward_fused(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                                   const at::Tensor* residual, bool relu, const Conv2dShape& sh,
-                                  const Conv2dParams& p) {
+                                  const Conv2dParams& p,
+                                  std::optional<at::MemoryFormat> result_format = std::nullopt) {
     check_cpu_dtype(input, "input");
-    const auto mf = conv_memory_format(input, weight);
+    const auto mf = result_format ? *result_format : conv_memory_format(input, weight);
     const bool wino = input.scalar_type() != at::kDouble && winograd_forward(sh, p);  // both layouts natively
     // few channels a group: the channels_last direct kernel, whatever the layout (grouped.h)
     const bool grp = !wino && input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
@@ -1090,7 +1100,7 @@ struct CpuConv {
     // weight went through a contiguous copy and, for NHWC, back: 2 x 9.4 MB a call for
     // 512 x 512 x 3 x 3, ~5% of a stride-2 layer's time.)
     const bool gemm_path = !wino && !grp && !is_depthwise(sh, p);
-    auto w = gemm_path ? weight.to(ct) : weight.to(ct).contiguous();
+    auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     if (wino) {  // float32 here (half types are computed in float32)
       winograd::conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, false,
@@ -1122,8 +1132,9 @@ struct CpuConv {
       q.pad_t = p.dil_h * (sh.R - 1) - p.pad_t, q.pad_b = p.dil_h * (sh.R - 1) - p.pad_b;
       q.pad_l = p.dil_w * (sh.S - 1) - p.pad_l, q.pad_r = p.dil_w * (sh.S - 1) - p.pad_r;
       const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.K, sh.C};
-      const at::Tensor wr = weight.flip({2, 3}).transpose(0, 1).contiguous(mf);
-      return forward_fused(grad_output, wr, bias, nullptr, false, t, q);
+      // (channels_last, the layout that forward computes in, in scratch memory: no copy there)
+      const at::Tensor wr = rotated_weight_scratch(weight, kLayoutRotated);
+      return forward_fused(grad_output, wr, bias, nullptr, false, t, q, mf);
     }
     const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);
     const bool grp = !wino && grad_output.scalar_type() != at::kDouble && grouped::data_grad_applicable(sh, p);
@@ -1142,7 +1153,7 @@ struct CpuConv {
     // As in the forward: backward_input_impl takes either layout (for NHWC a channels_last weight
     // is already the [G][Kg][R*S*Cg] it multiplies by).
     const bool gemm_path = !wino && !grp && !is_depthwise(sh, p);
-    auto w = gemm_path ? weight.to(ct) : weight.to(ct).contiguous();
+    auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
     if (wino) {  // dX = dY (*) rot180(W)^T at stride 1, padding 2 - pad
       winograd::conv3x3(gy.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, true,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh.N, sh.K, sh.Ho,

@@ -35,6 +35,12 @@ at::Tensor scratch_result(at::IntArrayRef sizes, const at::TensorOptions& option
 // t in memory format mf: t itself when it already is, else a scratch copy (as to_format's).
 at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot);
 
+// A convolution weight [K, C, R, S] (any strides) rotated 180 degrees and
+// transposed: [C, K, R, S] in channels_last, out[c][k][r][s] = w[k][c][R-1-r][S-1-s]
+// (the weight of a data gradient computed as a forward of dY), a scratch
+// tensor in `slot` for 4-byte elements, else an ordinary one.
+at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot);
+
 // dst[n][j][i] = src[n][i][j] for i < rows, j < cols, n < batch (4-byte elements).
 void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols);
 
