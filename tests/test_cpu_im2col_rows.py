@@ -63,12 +63,16 @@ def test_nchw_weight_and_thread_count():
 
 # NCHW data gradients at stride 1 run as the forward convolution of dY with the rotated,
 # transposed weight (data_grad_as_forward): padding d*(R-1) - pad on each side, so asymmetric
-# and dilated cases, and a padding past d*(R-1) (the other path) and a stride of 2 (ditto).
+# and dilated cases, and a padding past d*(R-1) (the other path) and a stride of 2 (ditto), and
+# weights that outnumber dY (C*R*S > N*Ho*Wo: the other path); odd channel counts past one
+# 64 x 64 tile of the rotated weight's transposes.
 DGRAD_CASES = {
     "1x7": (2, 24, 9, 17, 20, (1, 7), 1, (0, 0, 3, 3), (1, 1)),
     "7x1": (1, 20, 17, 9, 28, (7, 1), 1, (3, 3, 0, 0), (1, 1)),
     "asym_dilated": (2, 12, 13, 15, 16, (3, 3), 1, (2, 0, 1, 3), (2, 1)),
-    "5x5_valid": (1, 16, 12, 12, 10, (5, 5), 1, (0, 0, 0, 0), (1, 1)),
+    "5x5_valid": (1, 16, 24, 24, 10, (5, 5), 1, (0, 0, 0, 0), (1, 1)),
+    "odd_channels": (2, 70, 24, 24, 67, (3, 5), 1, (1, 1, 2, 2), (1, 1)),
+    "weights_outnumber_dy": (2, 64, 5, 5, 32, (3, 3), 1, (1, 1, 1, 1), (1, 1)),
     "pad_past_kernel": (1, 16, 8, 8, 12, (3, 3), 1, (3, 1, 1, 1), (1, 1)),
     "stride2": (2, 16, 11, 11, 12, (3, 3), 2, (1, 1, 1, 1), (1, 1)),
 }

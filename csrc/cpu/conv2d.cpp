@@ -1044,12 +1044,14 @@ at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, 
 // on the fly (compute_format): float types at stride 1 with one group and a spatial kernel, not
 // Winograd's, >= 8 channels of dY, both tensors under the scratch cap, padding within d*(R-1) on
 // every side. Measured NCHW: Inception 1x7 0.86 -> 1.09x torch, 7x1 0.73 -> 0.80, GoogLeNet
-// 5x5 0.76 -> 0.84. (channels_last: no gain; it keeps its own path.)
+// 5x5 0.76 -> 0.84. (channels_last: no gain; it keeps its own path.) Not where the weights
+// outnumber dY (C*R*S > N*Ho*Wo): their rotation and copies, three passes over 9.4 MB for
+// 512 -> 512 3x3 at 7 x 7 and batch 2, cost more than the product (0.70 -> 0.50x torch).
 bool data_grad_as_forward(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {
   return gy.scalar_type() != at::kDouble && p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 &&
          sh.R * sh.S > 1 && !winograd_data_grad(sh, p) && sh.K >= 8 && p.pad_t <= p.dil_h * (sh.R - 1) &&
          p.pad_b <= p.dil_h * (sh.R - 1) && p.pad_l <= p.dil_w * (sh.S - 1) && p.pad_r <= p.dil_w * (sh.S - 1) &&
-         fits_scratch(sh);
+         fits_scratch(sh) && sh.C * sh.R * sh.S <= sh.N * sh.Ho * sh.Wo;
 }
 
 // The weight gradient's: float32 with a spatial kernel and >= 8 channels a
@@ -1133,7 +1135,7 @@ struct CpuConv {
       q.pad_l = p.dil_w * (sh.S - 1) - p.pad_l, q.pad_r = p.dil_w * (sh.S - 1) - p.pad_r;
       const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.K, sh.C};
       // (channels_last, the layout that forward computes in, in scratch memory: no copy there)
-      const at::Tensor wr = rotated_weight_scratch(weight, kLayoutRotated);
+      const at::Tensor wr = rotated_weight_scratch(weight, kLayoutRotated, kLayoutWeight);
       return forward_fused(grad_output, wr, bias, nullptr, false, t, q, mf);
     }
     const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);

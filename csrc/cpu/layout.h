@@ -38,8 +38,9 @@ at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot)
 // A convolution weight [K, C, R, S] (any strides) rotated 180 degrees and
 // transposed: [C, K, R, S] in channels_last, out[c][k][r][s] = w[k][c][R-1-r][S-1-s]
 // (the weight of a data gradient computed as a forward of dY), a scratch
-// tensor in `slot` for 4-byte elements, else an ordinary one.
-at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot);
+// tensor in `slot` for dense 4-byte weights (an NCHW one goes through a
+// channels_last copy in tmp_slot first), else an ordinary one.
+at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot, int tmp_slot);
 
 // dst[n][j][i] = src[n][i][j] for i < rows, j < cols, n < batch (4-byte elements).
 void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols);
