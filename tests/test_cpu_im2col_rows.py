@@ -17,7 +17,8 @@ CASES = {
     "7x1_no_pad": (1, 20, 17, 9, 28, (7, 1), 1, (0, 0), 1, 1),
     "dilated_no_merge": (2, 16, 14, 14, 24, (3, 3), 1, (2, 2), 2, 1),
     "k_past_256": (1, 40, 12, 12, 20, (3, 3), 1, (1, 1), 1, 1),  # C*R*S = 360: two chunks, a tap cut
-    "few_rows": (1, 64, 5, 5, 96, (3, 3), 2, (1, 1), 1, 1),  # 9 output rows: the columns split
+    # 25 output rows: the columns split (K < 2 * 25: not weights_in_place's path)
+    "few_rows": (1, 64, 9, 9, 40, (3, 3), 2, (1, 1), 1, 1),
     "5x5_odd": (3, 5, 13, 11, 7, (5, 5), 2, (2, 1), 1, 1),
     "dilated_rows_merge": (2, 12, 16, 15, 20, (3, 3), 1, (2, 1), (2, 1), 1),  # whole rows, dilation 2 down
     "3ch_valid": (1, 3, 12, 12, 8, (3, 3), 1, (0, 0), 1, 1),  # every receptive field inside: whole rows
@@ -92,4 +93,36 @@ def test_nchw_data_grad(case):
     ref = ref[:, :, t:t + H, l:l + W]
     got = torch.ops.convx.conv2d_backward_input(gy, w, [N, C, H, W], [stride, stride], list(pad), list(dil), 1)
     assert got.shape == ref.shape and got.is_contiguous()
+    torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=1e-5)
+
+
+# Few output pixels in the batch against many weights (weights_in_place: N*Ho*Wo <= 256 and
+# K >= 2*N*Ho*Wo, one group, a spatial kernel): the weights are the GEMM's A read in place, the
+# images' im2col side by side (tap-major for a channels_last weight) its B, and the result goes
+# through a buffer to the images (bias added there).
+IN_PLACE_CASES = {
+    "3x3_batch2": (2, 24, 4, 4, 70, (3, 3), 1, (1, 1, 1, 1), (1, 1)),
+    "s2_asym": (3, 16, 9, 7, 100, (3, 3), 2, (1, 0, 1, 2), (1, 1)),
+    "1x3_one_image": (1, 12, 5, 5, 56, (1, 3), 1, (0, 0, 1, 1), (1, 1)),
+    "dilated": (2, 8, 6, 6, 150, (3, 3), 1, (2, 2, 2, 2), (2, 2)),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("case", list(IN_PLACE_CASES.values()), ids=list(IN_PLACE_CASES))
+def test_weights_in_place_forward(case, bias, layout):
+    N, C, H, W, K, (R, S), stride, pad, dil = case
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N, C, H, W, generator=g)
+    w = torch.randn(K, C, R, S, generator=g)
+    b = torch.randn(K, generator=g) if bias else None
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+    got = torch.ops.convx.conv2d(x, w, b, [stride, stride], list(pad), list(dil), 1)
+    t, bt, l, r = pad
+    ref = F.conv2d(F.pad(x.double(), (l, r, t, bt)), w.double(), None if b is None else b.double(), stride, 0, dil)
+    assert got.shape == ref.shape
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=1e-5)
