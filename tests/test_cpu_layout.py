@@ -44,12 +44,16 @@ def test_to_format_views_and_strides():
 
 # Convolutions whose CPU path computes in the other layout (operand copies and the result before
 # its copy back are scratch): grouped NCHW (every pass), an NCHW 3x3 layer of <= 64 output pixels
-# (forward, data gradient) and an NCHW float32 3x3 weight gradient with >= 8 channels a group.
+# (forward, data gradient) and an NCHW float32 3x3 weight gradient with >= 8 channels a group
+# (its result before the copy back is scratch too); a forward that reads many weights in place
+# for few pixels; an NCHW data gradient as a forward with the rotated weight in scratch memory.
 SCRATCH_CASES = {
     "grouped_nchw": (2, 32, 10, 10, 32, 8, 1),
     "small_pixels_nchw": (2, 24, 6, 6, 20, 1, 2),
     "grouped_one_pixel": (3, 16, 1, 1, 16, 4, 1),   # dense in both layouts: ordinary tensors
     "grouped_cl": (2, 32, 9, 9, 32, 16, 1),
+    "weights_in_place": (2, 16, 4, 4, 80, 1, 1),
+    "dgrad_as_forward": (2, 16, 12, 12, 24, 1, 1),
 }
 
 
