@@ -37,29 +37,40 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
+  // Every loop over the tile is unrolled whole, so acc lives in registers throughout: GCC
+  // left the 24-iteration nests rolled, kept acc in a stack array and copied it in and out
+  // around the k loop (measured in L1: 140 -> 167 GFLOP/s at kc = 16, 180 -> 189 at 64).
   V acc[MR][NV];
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = V{};
   // The C tile's lines are requested for writing now, so their misses (C is
   // often far out of cache: a 1x1 convolution's output) overlap the k loop.
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NR * int(sizeof(T)); j += 64) __builtin_prefetch(reinterpret_cast<const char*>(c + i * rsc) + j, 1, 3);
   for (int64_t row = 0; row < (BROWS ? nrows : 1); ++row) {
     const T* __restrict ak = a + (BROWS ? row * arow : 0);
     const T* __restrict bk = b + (BROWS ? row * brow : 0);
     for (int64_t k = 0; k < kc; ++k) {
       V bv[NV];
+#pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) std::memcpy(&bv[j], bk + j * VL, sizeof(V));
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         const T ai = ROWS ? ak[i * lda] : ak[i];
+#pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
       }
       ak += ROWS ? 1 : BROWS ? lda : MR;
       bk += BROWS ? ldb : NR;
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) {
       V v = acc[i][j];
       if (add) {
