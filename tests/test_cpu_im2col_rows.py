@@ -97,7 +97,7 @@ def test_nchw_data_grad(case):
 
 
 # Few output pixels in the batch against many weights (weights_in_place: N*Ho*Wo <= 256 and
-# K >= 2*N*Ho*Wo, one group, a spatial kernel): the weights are the GEMM's A read in place, the
+# K >= 2*N*Ho*Wo, one group; a spatial kernel or, in NCHW, also 1x1): the weights are the GEMM's A read in place, the
 # images' im2col side by side (tap-major for a channels_last weight) its B, and the result goes
 # through a buffer to the images (bias added there).
 IN_PLACE_CASES = {
@@ -105,6 +105,8 @@ IN_PLACE_CASES = {
     "s2_asym": (3, 16, 9, 7, 100, (3, 3), 2, (1, 0, 1, 2), (1, 1)),
     "1x3_one_image": (1, 12, 5, 5, 56, (1, 3), 1, (0, 0, 1, 1), (1, 1)),
     "dilated": (2, 8, 6, 6, 150, (3, 3), 1, (2, 2, 2, 2), (2, 2)),
+    "1x1": (2, 40, 5, 5, 110, (1, 1), 1, (0, 0, 0, 0), (1, 1)),  # NCHW: the planes side by side
+    "1x1_s2": (3, 24, 7, 7, 100, (1, 1), 2, (0, 0, 0, 0), (1, 1)),
 }
 
 

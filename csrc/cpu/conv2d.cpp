@@ -345,9 +345,11 @@ void im2col_nhwc_rows(const void* ctx, int64_t i, int64_t count, int64_t k0, int
 // GEMM's A read where they are (rows of C*R*S, no packing, no layout copy) and the images'
 // im2col side by side its B. In channels_last the same product packed (or converted and packed)
 // the weights on every call, which cost more than the product: 3.5 -> ~2.2 ms (torch 1.9-2.2).
+// NCHW 1x1 layers too (their planes copied side by side; packing 2048 x 512 weights for 98
+// pixels cost ~10 % of the layer).
 inline bool weights_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
   const int64_t pixels = sh.N * sh.Ho * sh.Wo;
-  return p.groups == 1 && sh.R * sh.S > 1 && pixels <= 256 && sh.K >= 2 * pixels;
+  return p.groups == 1 && pixels <= 256 && sh.K >= 2 * pixels;
 }
 
 template <typename T>
@@ -376,7 +378,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   // float32 channels_last with a spatial kernel or stride: the im2col is made as the GEMM packs
   // it (gemm_rows), all images in one product; no im2col matrix (7 MB for ResNet-50's
   // 512-channel stride-2 layer at batch 8) goes through memory.
-  const bool in_place = std::is_same_v<T, float> && !direct && weights_in_place(sh, p);
+  const bool in_place = std::is_same_v<T, float> && (!direct || !nhwc) && weights_in_place(sh, p);
   const bool on_the_fly = std::is_same_v<T, float> && nhwc && !direct && !in_place;
   // NCHW, one group: the weights are the A of every product; packed once here (not once an
   // image and im2col block), and images under 256 pixels go several to a product (columns of
@@ -405,10 +407,13 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           for (int64_t k = 0; k < Kg; ++k) std::fill(yg + (i * sh.K + k) * P, yg + (i * sh.K + k + 1) * P, bp[g * Kg + k]);
       if (wpack.data && direct)  // B: the images' planes themselves
         return gemm_packed_a<T>(wpack, nn * P, BatchCols{P, sh.C * HW, sh.K * P}, xg, P, yg, P, bp != nullptr, par);
-      if (nn > 1) {  // the images' im2col side by side: col [CRS, nn * P]
+      if (nn > 1) {  // the images' im2col (a 1x1 layer's planes) side by side: col [CRS, nn * P]
         maybe_parallel_for(par, 0, nn, 1, [&](int64_t ib, int64_t ie) {
           for (int64_t i = ib; i < ie; ++i)
-            im2col_nchw(xg + i * sh.C * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P, nn * P, false);
+            if (direct)
+              for (int64_t c = 0; c < Cg; ++c) std::copy(xg + (i * sh.C + c) * HW, xg + (i * sh.C + c + 1) * HW, col + c * nn * P + i * P);
+            else
+              im2col_nchw(xg + i * sh.C * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P, nn * P, false);
         });
         if (in_place) {  // C [Kg, nn * P] after the im2col in the workspace, then to the images
           T* yb = col + CRS * nn * P;
@@ -489,7 +494,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       }
     }
   };
-  const int64_t col_elems = direct || on_the_fly ? 0
+  const int64_t col_elems = (direct && !in_place) || on_the_fly ? 0
                             : nb > 1 || in_place ? nb * CRS * P + (in_place ? Kg * nb * P + nb * sh.C * HW : 0)
                                                  : CRS * rows * sh.Wo;
   run_tasks<T>(ceil_div(N, nb) * G, G, col_elems, task);
