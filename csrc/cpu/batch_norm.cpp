@@ -101,8 +101,8 @@ CONVX_ALWAYS_INLINE inline void moments_rows(const T* __restrict x, int64_t stri
 
 // y = act(x * scale + shift (+ r)) over a span with one (scale, shift).
 template <typename T, bool kRes, bool kRelu>
-CONVX_ALWAYS_INLINE inline void apply_span(const T* __restrict x, const T* __restrict r, T* __restrict y, int64_t n, at::opmath_type<T> scale,
-                at::opmath_type<T> shift) {
+CONVX_ALWAYS_INLINE inline void apply_span(const T* __restrict x, const T* __restrict r, T* __restrict y, int64_t n,
+                                           at::opmath_type<T> scale, at::opmath_type<T> shift) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
     acc_t v = acc_t(x[i]) * scale + shift;

@@ -344,7 +344,7 @@ void im2col_nhwc_rows(const void* ctx, int64_t i, int64_t count, int64_t k0, int
 // 512 -> 512 3x3 at 7 x 7, batch 2: 98 pixels, 9.4 MB of weights): in NCHW the weights are the
 // GEMM's A read where they are (rows of C*R*S, no packing, no layout copy) and the images'
 // im2col side by side its B. In channels_last the same product packed (or converted and packed)
-// the weights on every call, which cost more than the product: 3.5 -> ~2.2 ms (torch 1.9-2.2).
+// the weights on every call, which cost more than the product: 3.5 -> 2.4 ms (torch 1.8-2.2).
 // NCHW 1x1 layers too (their planes copied side by side; packing 2048 x 512 weights for 98
 // pixels cost ~10 % of the layer).
 inline bool weights_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
@@ -386,8 +386,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   // last 1x1 layers: 4 MB of weights for 49 pixels an image).
   const bool packed = !nhwc && G == 1 && !in_place;
   const int64_t nb = on_the_fly || in_place ? N
-                     : nhwc                 ? images_per_gemm(N, P, CRS, G, true)
-                                            : images_per_gemm(N, P, direct ? 0 : CRS, G, packed && P < 256, int64_t(1) << 20);
+                     : nhwc ? images_per_gemm(N, P, CRS, G, true)
+                            : images_per_gemm(N, P, direct ? 0 : CRS, G, packed && P < 256, int64_t(1) << 20);
   const int64_t rows = rows_per_block(CRS, sh.Wo, sh.Ho);
   const PackedA<T> wpack = packed ? pack_a_once<T>(Kg, CRS, wp, CRS, 1, direct || nb > 1 ? nb * P : rows * sh.Wo)
                                   : PackedA<T>{};
@@ -411,7 +411,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
         maybe_parallel_for(par, 0, nn, 1, [&](int64_t ib, int64_t ie) {
           for (int64_t i = ib; i < ie; ++i)
             if (direct)
-              for (int64_t c = 0; c < Cg; ++c) std::copy(xg + (i * sh.C + c) * HW, xg + (i * sh.C + c + 1) * HW, col + c * nn * P + i * P);
+              for (int64_t c = 0; c < Cg; ++c)
+                std::copy(xg + (i * sh.C + c) * HW, xg + (i * sh.C + c + 1) * HW, col + c * nn * P + i * P);
             else
               im2col_nchw(xg + i * sh.C * HW, sh.H, sh.W, Cg, R, S, sh.Ho, sh.Wo, p, col + i * P, nn * P, false);
         });
@@ -1095,7 +1096,8 @@ at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, 
 // every side. Measured NCHW: Inception 1x7 0.86 -> 1.09x torch, 7x1 0.73 -> 0.80, GoogLeNet
 // 5x5 0.76 -> 0.84. (channels_last: no gain; it keeps its own path.) Not where the weights
 // outnumber dY (C*R*S > N*Ho*Wo): their rotation and copies, three passes over 9.4 MB for
-// 512 -> 512 3x3 at 7 x 7 and batch 2, cost more than the product (0.70 -> 0.50x torch).
+// 512 -> 512 3x3 at 7 x 7 and batch 2, cost more than the product (0.50x torch that way,
+// 0.70 the other).
 bool data_grad_as_forward(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {
   return gy.scalar_type() != at::kDouble && p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 &&
          sh.R * sh.S > 1 && !winograd_data_grad(sh, p) && sh.K >= 8 && p.pad_t <= p.dil_h * (sh.R - 1) &&

@@ -58,21 +58,31 @@ __attribute__((target("avx2"))) void tile_avx2(const float* src, int64_t ls, flo
   if (ni8 < ni) block_scalar(src + ni8 * ls, ls, dst + ni8, ld, ni - ni8, nj);
 }
 
-}  // namespace
-
-void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
+// dst(n)[j * ld + i] = src(n)[i * ls + j] for i < rows, j < cols, n < batch, in
+// 64 x 64 tiles, every tile a task.
+template <typename Src, typename Dst>
+void transpose_tiles(int64_t batch, int64_t rows, int64_t cols, const Src& src, int64_t ls, const Dst& dst,
+                     int64_t ld) {
   const int64_t ti = (rows + kTile - 1) / kTile, tj = (cols + kTile - 1) / kTile;
   const bool avx2 = cpu_isa() != Isa::Base;
   at::parallel_for(0, batch * ti * tj, 4, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / (ti * tj), i0 = (t / tj) % ti * kTile, j0 = t % tj * kTile;
       const int64_t ni = std::min(kTile, rows - i0), nj = std::min(kTile, cols - j0);
-      const float* s = src + n * rows * cols + i0 * cols + j0;
-      float* d = dst + n * rows * cols + j0 * rows + i0;
-      if (avx2) tile_avx2(s, cols, d, rows, ni, nj);
-      else block_scalar(s, cols, d, rows, ni, nj);
+      const float* s = src(n) + i0 * ls + j0;
+      float* d = dst(n) + j0 * ld + i0;
+      if (avx2) tile_avx2(s, ls, d, ld, ni, nj);
+      else block_scalar(s, ls, d, ld, ni, nj);
     }
   });
+}
+
+}  // namespace
+
+void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
+  transpose_tiles(
+      batch, rows, cols, [&](int64_t n) { return src + n * rows * cols; }, cols,
+      [&](int64_t n) { return dst + n * rows * cols; }, rows);
 }
 
 namespace {
@@ -148,18 +158,9 @@ at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot, int tmp_slot) {
   auto out = scratch_empty({C, K, R, S}, w.options(), at::MemoryFormat::ChannelsLast, slot);
   const float* src = static_cast<const float*>(src_t.const_data_ptr());
   float* dst = static_cast<float*>(out.mutable_data_ptr());
-  const int64_t ti = (K + kTile - 1) / kTile, tj = (C + kTile - 1) / kTile;
-  const bool avx2 = cpu_isa() != Isa::Base;
-  at::parallel_for(0, RS * ti * tj, 4, [&](int64_t b, int64_t e) {
-    for (int64_t u = b; u < e; ++u) {
-      const int64_t t = u / (ti * tj), k0 = (u / tj) % ti * kTile, c0 = u % tj * kTile;
-      const int64_t nk = std::min(kTile, K - k0), nc = std::min(kTile, C - c0);
-      const float* sp = src + k0 * RS * C + t * C + c0;
-      float* dp = dst + c0 * RS * K + (RS - 1 - t) * K + k0;
-      if (avx2) tile_avx2(sp, RS * C, dp, RS * K, nk, nc);
-      else block_scalar(sp, RS * C, dp, RS * K, nk, nc);
-    }
-  });
+  transpose_tiles(
+      RS, K, C, [&](int64_t t) { return src + t * C; }, RS * C, [&](int64_t t) { return dst + (RS - 1 - t) * K; },
+      RS * K);
   return out;
 }
 
