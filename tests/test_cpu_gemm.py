@@ -14,7 +14,9 @@ import torch
 import convx  # noqa: F401
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (50, 70, 600), (241, 97, 513), (7, 3100, 9),
-          (500, 700, 300)]  # M > MC, N over one 512 KiB group of B panels (rows of A read in place)
+          (500, 700, 300),  # M > MC, N over one 512 KiB group of B panels (rows of A read in place)
+          (250, 64, 300), (301, 45, 70),  # AVX-512's 6 x 64 tile (33-64 columns), whole and cut
+          (64, 1100, 40), (40, 700, 300)]  # its 8 x 32 tile (few rows, 8-row panels), B rows packed k-major
 
 
 def _flags():
@@ -135,6 +137,12 @@ PACKED_WEIGHT_CASES = {
     "3x3s2_batch8_two_products": (8, 20, 20, 20, 24, (3, 3), 2, 1),  # 4 images a thread
     "1x1_tiny_pixels": (3, 64, 3, 3, 40, (1, 1), 1, 0),       # 9 pixels an image
     "1x1_400px_40ch": (1, 64, 20, 20, 40, (1, 1), 1, 0),      # channels_last: rows split (M = 400 > N = 40)
+    # AVX-512's 6 x 64 tile: NCHW 260-300 output channels against 25-49 pixels (one image's tile
+    # cut, two images' in one tile); channels_last 64 / 48 output channels (in place, on the fly)
+    "1x1_one_image_6x64": (1, 64, 7, 7, 300, (1, 1), 1, 0),
+    "1x1_two_images_one_tile": (2, 32, 5, 5, 260, (1, 1), 1, 0),
+    "1x1_64ch_900px": (1, 96, 30, 30, 64, (1, 1), 1, 0),     # NCHW: 8 x 32 tile, 8 row panels
+    "3x3s2_48ch": (2, 24, 33, 33, 48, (3, 3), 2, 1),
 }
 
 
