@@ -6,7 +6,7 @@
   than 256 where the next path does not apply): no im2col, each tap's columns read in
   place from a zero-padded copy of the input (wgrad_nhwc_shifted), any kernel size,
   dilation, padding and groups;
-* channels_last float32 whose channels fill whole register tiles (C, K <= 512): both
+* channels_last float32 whose channels fill whole register tiles (C, K < 512): both
   operands read in place by the tile, a run of output pixels an image row for each tap
   (wgrad_nhwc_in_place), any kernel, stride, padding, dilation and groups; units of
   (group, tap, row block, column block) and chunks of the output rows;
@@ -48,6 +48,7 @@ CASES = {
     "5x5_s2_groups_in_place": (2, 64, 13, 11, 32, (5, 5), 2, (2, 1, 0, 2), 1, 2),
     "7x1_tall_in_place": (1, 32, 40, 6, 16, (7, 1), 1, (3, 3, 0, 0), 1, 1),  # > 256 pixels: row blocks
     "shifted_dilated_large": (1, 32, 36, 36, 32, (3, 3), 1, (2, 2, 2, 2), 2, 1),  # 36 x 36: shifted
+    "1x1_512ch_packed": (2, 512, 5, 6, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # rows 2 KiB apart: packed
 }
 
 

@@ -780,13 +780,16 @@ struct ChunkCopies {
 // and stride*C floats (the rows by Wo*K and stride*W*C), so the register tile
 // reads dY[.., k0:k0+MR] and X[.., c0:c0+NR] where they are, a run a row, with
 // no im2col, no padding's pixels computed and nothing packed. Whole tiles only
-// (Kg a multiple of the tile's rows, Cg of its columns), and rows at most 2 KiB
-// apart (C, K <= 512): with rows further apart every step of the tile is on a
+// (Kg a multiple of the tile's rows, Cg of its columns), and rows under 2 KiB
+// apart (C, K < 512): with rows further apart every step of the tile is on a
 // new page, and the packed paths measured faster (ResNet-50's 1024 -> 256 1x1
-// @14: 1.19x torch packed, 0.93x in place).
+// @14: 1.19x torch packed, 0.93x in place); at exactly 2 KiB (512 channels)
+// a step's lines fall in two of L1's 64 sets and the packed paths won too
+// (batch 8: 512 -> 128 1x1 @28 2.88 -> 2.61 ms, 128 -> 512 3.06 -> 2.84,
+// 512 -> 256 5.70 -> 4.82, 512 3x3 @14 23.1 -> 20.8; torch 2.3, 2.4, 4.3, 19.0).
 bool wgrad_in_place(const Conv2dShape& sh) {
   const MicroTile mt = micro_tile_for_rows<float>(sh.Kg);
-  return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0 && sh.C <= 512 && sh.K <= 512;
+  return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0 && sh.C < 512 && sh.K < 512;
 }
 
 // Units: (group, tap, block of up to 256 rows of dW, block of up to 256 columns),
