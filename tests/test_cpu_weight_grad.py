@@ -49,6 +49,10 @@ CASES = {
     "7x1_tall_in_place": (1, 32, 40, 6, 16, (7, 1), 1, (3, 3, 0, 0), 1, 1),  # > 256 pixels: row blocks
     "shifted_dilated_large": (1, 32, 36, 36, 32, (3, 3), 1, (2, 2, 2, 2), 2, 1),  # 36 x 36: shifted
     "1x1_512ch_packed": (2, 512, 5, 6, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # rows 2 KiB apart: packed
+    # one image's >= 2048 output pixels, < 8 channels: NCHW blocks of output rows, dW^T's rows
+    # split between the threads (the im2col's rows read in place)
+    "stem_blocked": (2, 3, 100, 98, 20, (7, 7), 2, (3, 3, 3, 3), 1, 1),
+    "stem_blocked_few_k": (1, 3, 99, 100, 12, (7, 7), 2, (3, 2, 3, 2), 1, 1),
 }
 
 
@@ -93,7 +97,7 @@ def test_weight_grad_matches_float64(case, layout, dtype):
 def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
     for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
-                 "1x7_in_place"):
+                 "1x7_in_place", "stem_blocked"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)

@@ -432,7 +432,7 @@ void gemm_serial(
       // then the next slice. Packing A cost 13% of a channels_last 1x1 layer's time (A is
       // its activations, read once); this order measured 0-13% faster than packing on
       // 1x1-layer products (M = 1568-25088, N = 64-1024, K = 64-1024).
-      const bool rows = csa == 1 && M > kn.MC;
+      const bool rows = csa == 1;
       const int64_t jgroup = std::max<int64_t>(NR, (int64_t(512) << 10) / (kc * int64_t(sizeof(T))) / NR * NR);
       for (int64_t ic = 0; ic < M; ic += kn.MC) {
         const int64_t mc = std::min(kn.MC, M - ic);
