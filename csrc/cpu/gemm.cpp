@@ -550,7 +550,14 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
     for (int64_t pc = 0; pc < K; pc += kn.KC) {
       const int64_t kc = std::min(kn.KC, K - pc);
       const bool add = accumulate || pc > 0;
-      pack_b_batch(NR, kc, col0 + jc, nc, B + pc * rsb, rsb, bc, bpack);
+      // a block inside one image: a plain matrix, packed k-major with vector copies (pack_b);
+      // across images: a run of columns at a time (the stem's NCHW forward, batch 8: 10 % of its
+      // time in the run-by-run copy)
+      const int64_t first = col0 + jc, img = first / bc.P;
+      if ((first + nc - 1) / bc.P == img)
+        pack_b(NR, kc, nc, B + pc * rsb + img * bc.b_image + (first - img * bc.P), rsb, int64_t(1), bpack);
+      else
+        pack_b_batch(NR, kc, col0 + jc, nc, B + pc * rsb, rsb, bc, bpack);
       for (int64_t ic = 0; ic < M; ic += kn.MC) {
         const int64_t mc = std::min(kn.MC, M - ic);
         const T* apack = packed + pc * Mp + (row0 + ic) * kc;
