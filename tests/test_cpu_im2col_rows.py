@@ -22,6 +22,15 @@ CASES = {
     "5x5_odd": (3, 5, 13, 11, 7, (5, 5), 2, (2, 1), 1, 1),
     "dilated_rows_merge": (2, 12, 16, 15, 20, (3, 3), 1, (2, 1), (2, 1), 1),  # whole rows, dilation 2 down
     "3ch_valid": (1, 3, 12, 12, 8, (3, 3), 1, (0, 0), 1, 1),  # every receptive field inside: whole rows
+    # Wide images: most register tiles' rows read in place (im2col_nhwc_direct), the reduction in
+    # blocks of whole filter rows (S*C <= 256: several runs a block) or equal pieces of one (> 256),
+    # the tiles at the image's edges and across its rows made as above; 40 output channels cut the
+    # column tile.
+    "direct_3x5": (2, 16, 20, 40, 40, (3, 5), 1, (1, 2), 1, 1),  # (off Winograd: not 3x3)
+    "direct_pieces_s2": (1, 100, 9, 60, 20, (3, 3), 2, (1, 1), 1, 1),  # S*C = 300: pieces of 150
+    "direct_dilated_down": (1, 8, 30, 40, 24, (3, 3), 1, (2, 1), (2, 1), 1),  # runs 2 rows apart
+    "direct_7x1": (1, 128, 17, 30, 40, (7, 1), 1, (3, 0), 1, 1),  # 2 runs a block, then 1
+    "direct_stem": (2, 3, 64, 64, 16, (7, 7), 2, (3, 3), 1, 1),  # 7 runs of 21 floats
 }
 
 
@@ -41,6 +50,25 @@ def test_forward_matches_float64(case, layout):
     assert y.shape == ref.shape and y.is_contiguous(memory_format=mf)
     err = (y.double() - ref).abs()
     assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / mag).max().item() / 2.0 ** -24
+
+
+@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1"])
+def test_direct_rows_thread_count(case):
+    """Rows read in place or made, split between 1 or 2 threads: the same bits."""
+    N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C, R, S, generator=g).contiguous(memory_format=torch.channels_last)
+    args = ([stride, stride], [pad[0], pad[0], pad[1], pad[1]], [dil, dil], groups)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = torch.ops.convx.conv2d(x, w, None, *args)
+        torch.set_num_threads(2)
+        y2 = torch.ops.convx.conv2d(x, w, None, *args)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(y1, y2)
 
 
 def test_nchw_weight_and_thread_count():

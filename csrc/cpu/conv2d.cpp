@@ -292,6 +292,33 @@ CONVX_ALWAYS_INLINE inline void copy_run(float* d, const float* s, int64_t n) {
   }
 }
 
+// The same rows read in place (gemm_rows' direct rows) where they can be: one group, dilation 1
+// along W, `count` output pixels of one image row whose taps in [k0, k0 + kc) all lie inside the
+// image; the reduction blocked at filter rows of S*C floats (seg_len), so a block is whole filter
+// rows or a piece of one. The 3-channel stem's forward, batch 8: 26 % of its time was this copy.
+bool im2col_nhwc_direct(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, RowSegments* seg) {
+  const Im2colRows& a = *static_cast<const Im2colRows*>(ctx);
+  const Conv2dParams& p = *a.p;
+  const int64_t P = a.Ho * a.Wo, L = a.S * a.C;
+  const int64_t n = i / P, ho = (i - n * P) / a.Wo, wo = i - n * P - ho * a.Wo;
+  if (wo + count > a.Wo) return false;  // the pixels run past the end of an output row
+  const int64_t r0 = k0 / L, o0 = k0 - r0 * L;
+  int64_t runs = 1, len = kc;
+  if (o0 + kc > L) {
+    if (o0 != 0 || kc % L != 0) return false;
+    runs = kc / L, len = L;
+  }
+  const int64_t h0 = ho * p.stride_h - p.pad_t + r0 * p.dil_h, h1 = h0 + (runs - 1) * p.dil_h;
+  const int64_t w0 = wo * p.stride_w - p.pad_l, w1 = (wo + count - 1) * p.stride_w - p.pad_l;
+  if (h0 < 0 || h1 >= a.H || w0 + o0 / a.C < 0 || w1 + (o0 + len - 1) / a.C >= a.W) return false;
+  seg->a = a.x + ((n * a.H + h0) * a.W + w0) * a.C + o0;
+  seg->lda = p.stride_w * a.C;
+  seg->step = p.dil_h * a.W * a.C;
+  seg->n = runs;
+  seg->len = len;
+  return true;
+}
+
 void im2col_nhwc_rows(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst) {
   const Im2colRows& a = *static_cast<const Im2colRows*>(ctx);
   const Conv2dParams& p = *a.p;
@@ -476,7 +503,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       if constexpr (std::is_same_v<T, float>) {
         if (on_the_fly) {
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p};
-          gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, bp != nullptr, par);
+          const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
+          gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, bp != nullptr, par,
+                    runs ? &im2col_nhwc_direct : nullptr, runs ? S * sh.C : 0);
           return;
         }
       }

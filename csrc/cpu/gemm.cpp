@@ -29,7 +29,9 @@ namespace {
 // kc rows of a row-major operand, read in place); and the k loop runs nrows
 // times, a and b starting arow and brow further each time (runs of pixels of
 // an image's rows, gaps between them skipped).
-template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false>
+// SEG (with ROWS): the k loop runs nrows times too, a and b starting arow and brow further
+// each time (an implicit GEMM's runs: gemm_rows' direct rows).
+template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false, bool SEG = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
                                                         T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
                                                         int64_t ldb = 0, int64_t nrows = 1, int64_t arow = 0,
@@ -51,9 +53,9 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NR * int(sizeof(T)); j += 64) __builtin_prefetch(reinterpret_cast<const char*>(c + i * rsc) + j, 1, 3);
-  for (int64_t row = 0; row < (BROWS ? nrows : 1); ++row) {
-    const T* __restrict ak = a + (BROWS ? row * arow : 0);
-    const T* __restrict bk = b + (BROWS ? row * brow : 0);
+  for (int64_t row = 0; row < (BROWS || SEG ? nrows : 1); ++row) {
+    const T* __restrict ak = a + (BROWS || SEG ? row * arow : 0);
+    const T* __restrict bk = b + (BROWS || SEG ? row * brow : 0);
     for (int64_t k = 0; k < kc; ++k) {
       V bv[NV];
 #pragma GCC unroll 4
@@ -89,6 +91,8 @@ using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, 
 template <typename T>
 using UKernelBRows = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, bool, int64_t, int64_t,
                               int64_t);
+template <typename T>
+using UKernelRowsSeg = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, int64_t, int64_t, int64_t);
 
 // One build of the register tile per instruction set, chosen once at load
 // time from the CPU's feature bits (not its model name: an AMD EPYC has AVX2
@@ -144,6 +148,24 @@ void ukernel_brows_base(int64_t kc, const T* a, int64_t lda, const T* b, int64_t
   ukernel_body<T, MR, NR, 16, false, true>(kc, a, b, c, rsc, add, lda, ldb, nrows, arow, brow);
 }
 
+template <typename T, int MR, int NR>
+__attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_rows_seg_avx512(
+    int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add, int64_t nrows, int64_t arow,
+    int64_t brow) {
+  ukernel_body<T, MR, NR, 64, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow);
+}
+template <typename T, int MR, int NR>
+__attribute__((target("avx2,fma"))) void ukernel_rows_seg_avx2(int64_t kc, const T* a, int64_t lda, const T* b, T* c,
+                                                               int64_t rsc, bool add, int64_t nrows, int64_t arow,
+                                                               int64_t brow) {
+  ukernel_body<T, MR, NR, 32, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow);
+}
+template <typename T, int MR, int NR>
+void ukernel_rows_seg_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add,
+                           int64_t nrows, int64_t arow, int64_t brow) {
+  ukernel_body<T, MR, NR, 16, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow);
+}
+
 // A kernel and its blocking: KC x NR slivers of B stay in L1 (48 KiB on these
 // Xeons), MC x KC blocks of A in L2.
 template <typename T>
@@ -154,6 +176,7 @@ struct Kernel {
   UKernelRows<T> ur;  // the same tile reading A unpacked (row-major rows)
   UKernelBRows<T> ub;  // the same tile reading B unpacked (rows of NR, ldb apart), A stepping lda
   const char* isa;
+  UKernelRowsSeg<T> urs;  // ur over runs (SEG)
 };
 
 Isa detect_isa() {
@@ -178,19 +201,19 @@ const Kernel<T>& kernel_of() {
     switch (I) {
       case Isa::Avx512:
         return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, 32>, &ukernel_rows_avx512<T, 12, 32>,
-                             &ukernel_brows_avx512<T, 12, 32>, "avx512"}
+                             &ukernel_brows_avx512<T, 12, 32>, "avx512", &ukernel_rows_seg_avx512<T, 12, 32>}
                  : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
-                             &ukernel_brows_avx512<T, 12, 16>, "avx512"};
+                             &ukernel_brows_avx512<T, 12, 16>, "avx512", &ukernel_rows_seg_avx512<T, 12, 16>};
       case Isa::Avx2:
         return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_avx2<T, 6, 16>, &ukernel_rows_avx2<T, 6, 16>,
-                             &ukernel_brows_avx2<T, 6, 16>, "avx2"}
+                             &ukernel_brows_avx2<T, 6, 16>, "avx2", &ukernel_rows_seg_avx2<T, 6, 16>}
                  : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_avx2<T, 6, 8>, &ukernel_rows_avx2<T, 6, 8>,
-                             &ukernel_brows_avx2<T, 6, 8>, "avx2"};
+                             &ukernel_brows_avx2<T, 6, 8>, "avx2", &ukernel_rows_seg_avx2<T, 6, 8>};
       default:
         return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_base<T, 6, 16>, &ukernel_rows_base<T, 6, 16>,
-                             &ukernel_brows_base<T, 6, 16>, "base"}
+                             &ukernel_brows_base<T, 6, 16>, "base", &ukernel_rows_seg_base<T, 6, 16>}
                  : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_base<T, 6, 8>, &ukernel_rows_base<T, 6, 8>,
-                             &ukernel_brows_base<T, 6, 8>, "base"};
+                             &ukernel_brows_base<T, 6, 8>, "base", &ukernel_rows_seg_base<T, 6, 8>};
     }
   }();
   return k;
@@ -203,9 +226,9 @@ const Kernel<T>& kernel_avx512_short() {
   static const Kernel<T> k =
       std::is_same_v<T, float>
           ? Kernel<T>{8, 32, 256, 240, 3072, &ukernel_avx512<T, 8, 32>, &ukernel_rows_avx512<T, 8, 32>,
-                      &ukernel_brows_avx512<T, 8, 32>, "avx512"}
+                      &ukernel_brows_avx512<T, 8, 32>, "avx512", &ukernel_rows_seg_avx512<T, 8, 32>}
           : Kernel<T>{8, 16, 256, 120, 1536, &ukernel_avx512<T, 8, 16>, &ukernel_rows_avx512<T, 8, 16>,
-                      &ukernel_brows_avx512<T, 8, 16>, "avx512"};
+                      &ukernel_brows_avx512<T, 8, 16>, "avx512", &ukernel_rows_seg_avx512<T, 8, 16>};
   return k;
 }
 
@@ -217,7 +240,7 @@ template <typename T>
 const Kernel<T>& kernel_avx512_n64() {
   static_assert(std::is_same_v<T, float>, "the 6 x 64 tile is float32's");
   static const Kernel<T> k{6, 64, 256, 240, 3072, &ukernel_avx512<T, 6, 64>, &ukernel_rows_avx512<T, 6, 64>,
-                           &ukernel_brows_avx512<T, 6, 64>, "avx512"};
+                           &ukernel_brows_avx512<T, 6, 64>, "avx512", &ukernel_rows_seg_avx512<T, 6, 64>};
   return k;
 }
 
@@ -592,38 +615,54 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
 // block of A is written row by row into an L1-sized buffer, then transposed into
 // the micro-kernel's panel; B is packed as in gemm_serial.
 void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
-                      const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate) {
+                      const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate,
+                      DirectFn direct = nullptr, int64_t seg_len = 0) {
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t NC = block_n(kn, M);
   float* bpack = thread_buffer<float>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
   float* arows = thread_buffer<float>(kGemmPackA, MR * kn.KC);  // MR rows of kc
   alignas(64) float tile[12 * 32];
+  // the reduction's blocks: KC, or aligned to the runs of seg_len (gemm.h)
+  auto block_at = [&](int64_t pc) -> int64_t {
+    if (seg_len <= 0) return std::min(kn.KC, K - pc);
+    if (seg_len <= kn.KC) return std::min(kn.KC / seg_len * seg_len, K - pc);
+    const int64_t pieces = (seg_len + kn.KC - 1) / kn.KC, piece = (seg_len + pieces - 1) / pieces;
+    return std::min({piece, seg_len - pc % seg_len, K - pc});
+  };
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
-    for (int64_t pc = 0; pc < K; pc += kn.KC) {
-      const int64_t kc = std::min(kn.KC, K - pc);
+    for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
+      kc = block_at(pc);
       const bool add = accumulate || pc > 0;
       pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
       // Each MR rows of A are read where made (the ROWS tile, rows kc apart, L1-hot), not
       // transposed into a panel first (that cost about what the product did with one or two
       // column panels, 8% of a stride-2 3x3 layer's time with four), and meet up to 512 KiB of
       // B's panels (L2) before the next MR rows are made (more columns: the rows are made again
-      // for each 512 KiB group).
+      // for each 512 KiB group). Rows that direct() finds in place are not made at all.
       const int64_t jgroup = std::max<int64_t>(NR, (int64_t(512) << 10) / (kc * int64_t(sizeof(float))) / NR * NR);
       for (int64_t jg = 0; jg < nc; jg += jgroup)
         for (int64_t ir = 0; ir < M; ir += MR) {
           const int64_t mr = std::min<int64_t>(MR, M - ir);
-          rows(ctx, ir, mr, pc, kc, arows);
-          if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
+          RowSegments sg;
+          const bool in_place = direct && mr == MR && direct(ctx, ir, mr, pc, kc, &sg);
+          if (!in_place) {
+            rows(ctx, ir, mr, pc, kc, arows);
+            if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
+          }
           for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
             const int64_t nr = std::min<int64_t>(NR, nc - jr);
             float* c = C + ir * rsc + (jc + jr);
-            if (mr == MR && nr == NR) {
-              kn.ur(kc, arows, kc, bpack + jr * kc, c, rsc, add);
-              continue;
-            }
-            kn.ur(kc, arows, kc, bpack + jr * kc, tile, NR, false);
+            const bool whole = mr == MR && nr == NR;
+            float* dst = whole ? c : tile;
+            const int64_t ldd = whole ? rsc : NR;
+            const bool addd = whole && add;
+            if (in_place)
+              kn.urs(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n, sg.step, sg.len * NR);
+            else
+              kn.ur(kc, arows, kc, bpack + jr * kc, dst, ldd, addd);
+            if (whole) continue;
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
           }
@@ -635,31 +674,38 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
 }  // namespace
 
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
-               int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel) {
+               int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct, int64_t seg_len) {
   const Kernel<float>& kn = kernel_for<float>(M, N);
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
-    return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate);
+    return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len);
   // Rows split between the threads (each makes only its rows of A; B is packed by each), unless
   // there are few rows: then columns (A's rows made by every thread).
   if (M >= 4 * kn.MR * nt) {
     const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
     struct Shift {
       RowsFn rows;
+      DirectFn direct;
       const void* ctx;
       int64_t i0;
     };
     at::parallel_for(0, (M + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
         const int64_t i0 = t * chunk, mi = std::min(chunk, M - i0);
-        const Shift sh{rows, ctx, i0};
+        const Shift sh{rows, direct, ctx, i0};
         gemm_rows_serial(
             kn, mi, N, K,
             [](const void* c, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst) {
               const Shift* s = static_cast<const Shift*>(c);
               s->rows(s->ctx, s->i0 + i, count, k0, kc, dst);
             },
-            &sh, B, rsb, csb, C + i0 * rsc, rsc, accumulate);
+            &sh, B, rsb, csb, C + i0 * rsc, rsc, accumulate,
+            direct ? DirectFn([](const void* c, int64_t i, int64_t count, int64_t k0, int64_t kc, RowSegments* sg) {
+              const Shift* s = static_cast<const Shift*>(c);
+              return s->direct(s->ctx, s->i0 + i, count, k0, kc, sg);
+            })
+                   : DirectFn(nullptr),
+            seg_len);
       }
     });
   } else {
@@ -667,7 +713,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
     at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
         const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
-        gemm_rows_serial(kn, M, nj, K, rows, ctx, B + j0 * csb, rsb, csb, C + j0, rsc, accumulate);
+        gemm_rows_serial(kn, M, nj, K, rows, ctx, B + j0 * csb, rsb, csb, C + j0, rsc, accumulate, direct, seg_len);
       }
     });
   }

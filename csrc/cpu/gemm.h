@@ -104,8 +104,21 @@ void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T*
 // (an im2col made on the fly, L1-sized at a time). Rows are split between the
 // threads (each row of C made by one thread: no dependence on the thread count).
 using RowsFn = void (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst);
+// Optionally, rows read where they are (an implicit GEMM): direct(ctx, i, count, k0, kc, &seg)
+// returns true when A[i + r][k0, k0 + kc) is, for every r < count, seg.n runs of seg.len
+// elements (kc = n * len), run t at seg.a + r * seg.lda + t * seg.step (a channels_last
+// convolution's MR output pixels along one image row: a filter row's S*C input floats each,
+// stride*C apart, the next filter row W*C further); false sends the rows through rows().
+// seg_len > 0: blocks of the reduction never split a run of seg_len elements at a multiple of
+// it, and hold whole such runs when they fit (else equal pieces of one).
+struct RowSegments {
+  const float* a;
+  int64_t lda, step, n, len;
+};
+using DirectFn = bool (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, RowSegments* seg);
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
-               int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel);
+               int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct = nullptr,
+               int64_t seg_len = 0);
 
 // The register tile as a building block, for products that pack their own
 // operands (Winograd's 36 small GEMMs, csrc/cpu/winograd.cpp). The tile is
