@@ -104,12 +104,18 @@ DGRAD_CASES = {
     "weights_outnumber_dy": (2, 64, 5, 5, 32, (3, 3), 1, (1, 1, 1, 1), (1, 1)),
     "pad_past_kernel": (1, 16, 8, 8, 12, (3, 3), 1, (3, 1, 1, 1), (1, 1)),
     "stride2": (2, 16, 11, 11, 12, (3, 3), 2, (1, 1, 1, 1), (1, 1)),
+    # channels_last runs these as forwards too: dX's channels whole 32-column tiles
+    "1x7_32ch": (2, 32, 9, 17, 20, (1, 7), 1, (0, 0, 3, 3), (1, 1)),
+    "5x5_64ch": (1, 64, 44, 44, 24, (5, 5), 1, (2, 2, 2, 2), (1, 1)),
+    "asym_dilated_32ch": (2, 32, 13, 15, 16, (3, 3), 1, (2, 0, 1, 3), (2, 1)),
 }
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("case", list(DGRAD_CASES.values()), ids=list(DGRAD_CASES))
-def test_nchw_data_grad(case):
+def test_data_grad(case, layout):
     N, C, H, W, K, (R, S), stride, pad, dil = case
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     g = torch.Generator().manual_seed(3)
     x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
     w = torch.randn(K, C, R, S, generator=g)
@@ -119,8 +125,9 @@ def test_nchw_data_grad(case):
     gy = torch.randn(y.shape, generator=g)
     ref, = torch.autograd.grad(y, xp, gy.double())
     ref = ref[:, :, t:t + H, l:l + W]
-    got = torch.ops.convx.conv2d_backward_input(gy, w, [N, C, H, W], [stride, stride], list(pad), list(dil), 1)
-    assert got.shape == ref.shape and got.is_contiguous()
+    got = torch.ops.convx.conv2d_backward_input(gy.contiguous(memory_format=mf), w.contiguous(memory_format=mf),
+                                                [N, C, H, W], [stride, stride], list(pad), list(dil), 1)
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=mf)
     torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=1e-5)
 
 
