@@ -52,14 +52,7 @@ def test_forward_matches_float64(case, layout):
     assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / mag).max().item() / 2.0 ** -24
 
 
-@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1"])
-def test_direct_rows_thread_count(case):
-    """Rows read in place or made, split between 1 or 2 threads: the same bits."""
-    N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(K, C, R, S, generator=g).contiguous(memory_format=torch.channels_last)
-    args = ([stride, stride], [pad[0], pad[0], pad[1], pad[1]], [dil, dil], groups)
+def _on_1_and_2_threads(x, w, *args):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -68,6 +61,17 @@ def test_direct_rows_thread_count(case):
         y2 = torch.ops.convx.conv2d(x, w, None, *args)
     finally:
         torch.set_num_threads(old)
+    return y1, y2
+
+
+@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1"])
+def test_direct_rows_thread_count(case):
+    """Rows read in place or made, split between 1 or 2 threads: the same bits."""
+    N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C, R, S, generator=g).contiguous(memory_format=torch.channels_last)
+    y1, y2 = _on_1_and_2_threads(x, w, [stride, stride], [pad[0], pad[0], pad[1], pad[1]], [dil, dil], groups)
     assert torch.equal(y1, y2)
 
 
@@ -76,15 +80,7 @@ def test_nchw_weight_and_thread_count():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 40, 15, 16, generator=g).contiguous(memory_format=torch.channels_last)
     w = torch.randn(36, 40, 3, 3, generator=g)
-    args = ([2, 2], [1, 1, 1, 1], [1, 1], 1)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        y1 = torch.ops.convx.conv2d(x, w, None, *args)
-        torch.set_num_threads(2)
-        y2 = torch.ops.convx.conv2d(x, w, None, *args)
-    finally:
-        torch.set_num_threads(old)
+    y1, y2 = _on_1_and_2_threads(x, w, [2, 2], [1, 1, 1, 1], [1, 1], 1)
     assert torch.equal(y1, y2)
     ref = F.conv2d(x.double(), w.double(), None, 2, 1)
     torch.testing.assert_close(y2.double(), ref, atol=1e-4, rtol=1e-5)

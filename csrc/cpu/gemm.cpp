@@ -236,6 +236,7 @@ const Kernel<T>& kernel_avx512_short() {
 // (a 1x1 channels_last layer with 64 output channels): each 6 rows of A meet all
 // the columns at once, where the 12 x 32 tile read A's rows once per 32 columns
 // (25088 x 64 x 256, one thread: 191 -> 213 GFLOP/s; 25088 x 64 x 64: 162 -> 181).
+// 6 x 64 = 12 x 32 floats: the tile buffers (tile[12 * 32]) hold it too.
 template <typename T>
 const Kernel<T>& kernel_avx512_n64() {
   static_assert(std::is_same_v<T, float>, "the 6 x 64 tile is float32's");
@@ -339,9 +340,6 @@ void pack_a(int MR, int64_t mc, int64_t kc, const T* A, int64_t rsa, int64_t csa
 // row's nc columns read start to end (a sequential stream the prefetcher follows,
 // where the panel-major order read kc rows NR elements at a time) with the widest
 // vector copy the CPU has.
-
-
-
 template <int VB>
 __attribute__((always_inline)) inline void pack_b_rows_body(int NR, int64_t kc, int64_t panels, const float* B,
                                                             int64_t rsb, float* dst) {
