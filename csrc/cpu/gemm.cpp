@@ -315,6 +315,14 @@ inline void copy_short(T* __restrict dst, const T* __restrict src, int n) {
   for (; j < n; ++j) dst[j] = src[j];
 }
 
+// kc steps of W contiguous elements, csa apart, to dst W at a time: a fixed-size copy the
+// compiler makes whole vector moves (a packed channels_last weight gradient, whose A is
+// dY^T, 512 -> 128 1x1 @28: pack_a 3.7 -> 2.9 % of its profile's samples, the kernel 30 %).
+template <int W, typename T>
+inline void copy_steps(int64_t kc, const T* __restrict a, int64_t csa, T* __restrict dst) {
+  for (int64_t k = 0; k < kc; ++k, dst += W) std::memcpy(dst, a + k * csa, W * sizeof(T));
+}
+
 template <typename T>
 void pack_a(int MR, int64_t mc, int64_t kc, const T* A, int64_t rsa, int64_t csa, T* dst) {
   if constexpr (std::is_same_v<T, float>) {
@@ -324,7 +332,14 @@ void pack_a(int MR, int64_t mc, int64_t kc, const T* A, int64_t rsa, int64_t csa
     const int64_t mr = std::min<int64_t>(MR, mc - i0);
     const T* a = A + i0 * rsa;
     if (rsa == 1 && mr == MR) {  // columns of A contiguous (a transposed operand): MR elements a step
-      for (int64_t k = 0; k < kc; ++k, dst += MR) copy_short(dst, a + k * csa, MR);
+      switch (MR) {
+        case 6: copy_steps<6>(kc, a, csa, dst); break;
+        case 8: copy_steps<8>(kc, a, csa, dst); break;
+        case 12: copy_steps<12>(kc, a, csa, dst); break;
+        default:
+          for (int64_t k = 0; k < kc; ++k) copy_short(dst + k * MR, a + k * csa, MR);
+      }
+      dst += kc * MR;
       continue;
     }
     for (int64_t k = 0; k < kc; ++k) {
