@@ -1141,12 +1141,12 @@ at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, 
 // (im2col_nhwc_direct), where dX's channels fill whole 32-column tiles (batch 8: 1x7 128 @17
 // 1.79 -> 1.44 ms, 1x7 160 2.95 -> 2.26, 7x1 192 -> 128 2.29 -> 2.15, 5x5 96 -> 32 @28
 // 3.45 -> 2.63; but 5x5 128 -> 48 @14, 48 channels in 64-column tiles, 1.49 -> 1.97: kept on
-// its own path). Not where the weights
-// outnumber dY (C*R*S > N*Ho*Wo): their rotation and copies, three passes over 9.4 MB for
-// 512 -> 512 3x3 at 7 x 7 and batch 2, cost more than the product (0.50x torch that way,
-// 0.70 the other).
-bool data_grad_as_forward(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {
-  return gy.scalar_type() != at::kDouble && p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 &&
+// its own path). Not where the weights outnumber dY (C*R*S > N*Ho*Wo): their rotation and
+// copies, three passes over 9.4 MB for 512 -> 512 3x3 at 7 x 7 and batch 2, cost more than the
+// product (0.50x torch that way, 0.70 the other). mf: the result's layout.
+bool data_grad_as_forward(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
+  return (mf == at::MemoryFormat::Contiguous || sh.C % 32 == 0) && gy.scalar_type() != at::kDouble &&
+         p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 &&
          sh.R * sh.S > 1 && !winograd_data_grad(sh, p) && sh.K >= 8 && p.pad_t <= p.dil_h * (sh.R - 1) &&
          p.pad_b <= p.dil_h * (sh.R - 1) && p.pad_l <= p.dil_w * (sh.S - 1) && p.pad_r <= p.dil_w * (sh.S - 1) &&
          fits_scratch(sh) && sh.C * sh.R * sh.S <= sh.N * sh.Ho * sh.Wo;
@@ -1226,7 +1226,7 @@ struct CpuConv {
                               const Conv2dShape& sh, const Conv2dParams& p) {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, weight);
-    if ((mf == at::MemoryFormat::Contiguous || sh.C % 32 == 0) && data_grad_as_forward(grad_output, sh, p)) {
+    if (data_grad_as_forward(grad_output, mf, sh, p)) {
       // dX = dY (*) W rotated 180 degrees and transposed, at stride 1 with padding d*(R-1) - pad
       Conv2dParams q = p;
       q.pad_t = p.dil_h * (sh.R - 1) - p.pad_t, q.pad_b = p.dil_h * (sh.R - 1) - p.pad_b;
