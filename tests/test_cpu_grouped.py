@@ -1,7 +1,7 @@
 """Grouped convolutions with few channels a group on the CPU (csrc/cpu/grouped.cpp): float32,
-Cg == Kg in {2, 4, 8, 16}, computed in channels_last whatever the layout; forward and weight
-gradient at any stride, data gradient at stride 1. Against float64, both layouts, and every ISA
-build."""
+Cg == Kg in {2, 4, 8, 16}; channels_last forward and weight gradient at any stride, data gradient
+at stride 1; NCHW forward and data gradient at stride 1 in NCHW (padded planes, a block of rows a
+task), the rest in channels_last. Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,12 @@ CASES = {
     "stride2": (2, 64, 15, 15, 16, (3, 3), 2, (1, 1, 1, 1), 1, True),
     "asym_dil_5x3": (1, 32, 12, 17, 8, (5, 3), 1, (3, 1, 0, 2), 2, True),
     "wide_rows": (1, 64, 5, 40, 16, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    # NCHW: two tasks split into blocks of rows (the last one short); padding past the filter
+    # (the data gradient's padding negative); a 1x1 filter; a 5x5 one on 14-column rows
+    "row_blocks": (1, 32, 23, 19, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "pad_past_filter": (2, 32, 9, 10, 8, (3, 3), 1, (2, 2, 3, 2), 1, True),
+    "one_by_one": (2, 16, 6, 7, 4, (1, 1), 1, (0, 0, 0, 0), 1, True),
+    "5x5_14": (1, 64, 14, 14, 8, (5, 5), 1, (2, 2, 2, 2), 1, False),
 }
 
 
@@ -122,6 +128,16 @@ for cg in (2, 4, 8, 16):
         wd = w.double().requires_grad_()
         gr, = torch.autograd.grad(F.conv2d(x.double(), wd, None, st, 1, 1, C // cg), wd, gy.double())
         assert (gw.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, st)
+    for st in (1, 2):  # NCHW: its own kernel at stride 1
+        xn = x.contiguous()
+        y = convx.functional.conv2d(xn, w, None, st, 1, 1, C // cg)
+        ref = F.conv2d(xn.double(), w.double(), None, st, 1, 1, C // cg)
+        assert y.is_contiguous() and (y.double() - ref).abs().max() < 1e-4 * ref.abs().max(), (cg, st)
+    gy = torch.randn(2, C, 9, 11, generator=g)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [1, 1], [1, 1, 1, 1], [1, 1], C // cg)
+    xd = x.contiguous().double().requires_grad_()
+    gr, = torch.autograd.grad(F.conv2d(xd, w.double(), None, 1, 1, 1, C // cg), xd, gy.double())
+    assert gx.is_contiguous() and (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), cg
 print("ok")
 """
 
@@ -130,3 +146,25 @@ print("ok")
 def test_narrower_builds(isa):
     """The AVX2 and baseline builds of the grouped kernels, forced on this machine."""
     run_with_isa(_CHILD, isa)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_thread_count(layout):
+    """1 vs 2 threads (NCHW: blocks of rows between threads): the same bits, both passes."""
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 32, 23, 19, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(32, 8, 3, 3, generator=g)
+    gy = torch.randn(1, 32, 23, 19, generator=g).contiguous(memory_format=mf)
+    args = ([1, 1], [1, 1, 1, 1], [1, 1], 4)
+    old = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got.append((torch.ops.convx.conv2d(x, w, None, *args),
+                        torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), *args)))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*got):
+        assert torch.equal(a, b)

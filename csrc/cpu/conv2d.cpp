@@ -1106,8 +1106,9 @@ bool fits_scratch(const Conv2dShape& sh) {
 // measured to pay:
 //  * grouped (not depthwise) on the GEMM path: NCHW, whose per-group GEMMs
 //    have the pixels as their long side; in channels_last each group's GEMM is
-//    only Kg wide (groups of 2 to 16 channels take grouped.cpp's channels_last
-//    kernel instead, decided by the callers: it is 2-5x faster than either);
+//    only Kg wide (groups of 2 to 16 channels take grouped.cpp's kernels
+//    instead, decided by the callers: NCHW at stride 1 in NCHW, else the
+//    channels_last one; 2-5x faster than the GEMMs);
 //  * Winograd (winograd.cpp) computes in the result's layout;
 //  * an NCHW convolution with a spatial kernel and few output pixels (<= 64:
 //    late ResNet stages, small images): channels_last, where images stack into
@@ -1185,10 +1186,15 @@ struct CpuConv {
     check_cpu_dtype(input, "input");
     const auto mf = result_format ? *result_format : conv_memory_format(input, weight);
     const bool wino = input.scalar_type() != at::kDouble && winograd_forward(sh, p);  // both layouts natively
-    // few channels a group: the channels_last direct kernel, whatever the layout (grouped.h)
-    const bool grp = !wino && input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
+    // few channels a group: NCHW at stride 1 in its own layout, else the channels_last direct
+    // kernel whatever the layout (grouped.h)
+    const bool grp_nchw = !wino && input.scalar_type() != at::kDouble && mf == at::MemoryFormat::Contiguous &&
+                          grouped::nchw_applicable(sh, p);
+    const bool grp = !wino && !grp_nchw && input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
     const auto ct = compute_type(input.scalar_type());
-    const auto cf = wino ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p, ct == at::kFloat);
+    const auto cf = wino || grp_nchw ? mf
+                    : grp            ? at::MemoryFormat::ChannelsLast
+                                     : compute_format(mf, sh, p, ct == at::kFloat);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     // computed in the other layout: the operand's copy and the result before its copy back are
     // scratch tensors (layout.h)
@@ -1199,10 +1205,13 @@ struct CpuConv {
     // read in place by the NHWC product); the other kernels want it contiguous. (A channels_last
     // weight went through a contiguous copy and, for NHWC, back: 2 x 9.4 MB a call for
     // 512 x 512 x 3 x 3, ~5% of a stride-2 layer's time.)
-    const bool gemm_path = !wino && !grp && !is_depthwise(sh, p);
+    const bool gemm_path = !wino && !grp && !grp_nchw && !is_depthwise(sh, p);
     auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
-    if (wino) {  // float32 here (half types are computed in float32)
+    if (grp_nchw) {
+      grouped::forward_nchw(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                            b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p);
+    } else if (wino) {  // float32 here (half types are computed in float32)
       winograd::conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, false,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh.N, sh.C, sh.H,
                         sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, nhwc);
@@ -1237,8 +1246,11 @@ struct CpuConv {
       return forward_fused(grad_output, wr, bias, nullptr, false, t, q, mf);
     }
     const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);
-    const bool grp = !wino && grad_output.scalar_type() != at::kDouble && grouped::data_grad_applicable(sh, p);
-    const auto cf = wino ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p);
+    const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble && mf == at::MemoryFormat::Contiguous &&
+                          grouped::nchw_applicable(sh, p);
+    const bool grp = !wino && !grp_nchw && grad_output.scalar_type() != at::kDouble &&
+                     grouped::data_grad_applicable(sh, p);
+    const auto cf = wino || grp_nchw ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
     auto gx = scratch_result({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct), cf, mf, kLayoutSecond);
@@ -1252,9 +1264,12 @@ struct CpuConv {
     auto gy = to_format_scratch(grad_output.to(ct), cf, kLayoutFirst);
     // As in the forward: backward_input_impl takes either layout (for NHWC a channels_last weight
     // is already the [G][Kg][R*S*Cg] it multiplies by).
-    const bool gemm_path = !wino && !grp && !is_depthwise(sh, p);
+    const bool gemm_path = !wino && !grp && !grp_nchw && !is_depthwise(sh, p);
     auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
-    if (wino) {  // dX = dY (*) rot180(W)^T at stride 1, padding 2 - pad
+    if (grp_nchw) {
+      grouped::data_grad_nchw(gy.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                              b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh, p);
+    } else if (wino) {  // dX = dY (*) rot180(W)^T at stride 1, padding 2 - pad
       winograd::conv3x3(gy.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, true,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh.N, sh.K, sh.Ho,
                         sh.Wo, sh.C, sh.H, sh.W, 2 - p.pad_t, 2 - p.pad_l, nhwc);

@@ -18,8 +18,11 @@ namespace {
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 // One convolution of the kind both passes reduce to: out [N, Ho, Wo, Kout] (NHWC) =
-// bias + sum_{r, s, c < KG} wv[(tap * KG + c) * Kout + k] * in[n, ho*sh - pt + r*dh, wo*sw - pl + s*dw,
-// (k / KG) * KG + c], in [N, H, W, Kout] (NHWC; as many channels as out, KG a group).
+// bias + sum_{r, s, c < KG} wv[((k / L * RS + tap) * KG + c) * L + k % L] * in[n, ho*sh - pt + r*dh,
+// wo*sw - pl + s*dw, (k / KG) * KG + c], in [N, H, W, Kout] (NHWC; as many channels as out, KG a group).
+// The weights of a vector of L output channels are contiguous (RS * KG vectors): laid out along
+// all Kout channels, those of one vector sat Kout floats apart, for 512 channels in two of L1's 64
+// sets, and missed L1 (512 channels @14 in 16-channel groups ran at a quarter of the FMA peak).
 struct Job {
   const float* in;
   const float* wv;
@@ -55,27 +58,23 @@ GROUPED_INLINE auto lane_broadcast(const auto& v) {
   return __builtin_shuffle(v, mask);
 }
 
-// One tap of one pixel: xp points at the pixel's channels [k0, k0 + L).
-// A group narrower than the vector: one load, then a lane shuffle per channel;
-// a group as wide as the vector: each channel broadcast from memory (no shuffle).
+// One tap of one pixel: xp points at the pixel's channels [k0, k0 + L), channel c's weights
+// at wp + c * wstep. A group narrower than the vector: one load, then a lane shuffle per
+// channel; a group as wide as the vector: each channel a broadcast operand of its FMA (a
+// shuffle there would share the FMA's port: 128 channels @28 in 16-channel groups 1.58 -> 0.99 ms).
 template <int VB, int KG, std::size_t... Cs>
-GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t K, std::index_sequence<Cs...>) {
+GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t wstep, std::index_sequence<Cs...>) {
   using V = typename Vec<float, VB>::type;
   auto load = [](const float* p) __attribute__((always_inline)) {
     V v;
     std::memcpy(&v, p, sizeof(V));
     return v;
   };
-  auto splat = [](float v) __attribute__((always_inline)) {  // a broadcast (V{} + v would add 0.0 first)
-    V r;
-    for (int l = 0; l < VB / 4; ++l) r[l] = v;
-    return r;
-  };
   if constexpr (KG == VB / 4) {
-    ((acc += splat(xp[Cs]) * load(wp + int64_t(Cs) * K)), ...);
+    ((acc += xp[Cs] * load(wp + int64_t(Cs) * wstep)), ...);
   } else {
     const V xv = load(xp);
-    ((acc += lane_broadcast<VB, KG, int(Cs)>(xv) * load(wp + int64_t(Cs) * K)), ...);
+    ((acc += lane_broadcast<VB, KG, int(Cs)>(xv) * load(wp + int64_t(Cs) * wstep)), ...);
   }
   return acc;
 }
@@ -100,13 +99,13 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0) {
       if (h < 0 || h >= j.H) continue;
       const float* irow = j.in + ((n * j.H + h) * j.W) * j.K + k0;
       for (int64_t s = 0; s < j.S; ++s) {
-        const float* wp = j.wv + ((r * j.S + s) * KG) * j.K + k0;
+        const float* wp = j.wv + ((k0 / L * j.R * j.S + r * j.S + s) * KG) * L;
         const int64_t wbase = wo0 * j.sw - j.pl + s * j.dw;
 #pragma GCC unroll 8
         for (int i = 0; i < NB; ++i) {
           const int64_t w = wbase + i * j.sw;
           if (CHECK && (w < 0 || w >= j.W)) continue;
-          acc[i] = tap_sum<VB, KG>(acc[i], irow + w * j.K, wp, j.K, std::make_index_sequence<KG>{});
+          acc[i] = tap_sum<VB, KG>(acc[i], irow + w * j.K, wp, L, std::make_index_sequence<KG>{});
         }
       }
     }
@@ -118,7 +117,8 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0) {
 template <int VB, int KG>
 GROUPED_INLINE void rows_body(const Job& j, int64_t b, int64_t e) {
   // output columns whose every tap is inside the image: [wlo, whi)
-  const int64_t wlo = std::min(j.Wo, (j.pl + j.sw - 1) / j.sw);
+  // (pl is negative for a data gradient whose padding passes the filter: from column 0)
+  const int64_t wlo = std::min(j.Wo, std::max<int64_t>(0, (j.pl + j.sw - 1) / j.sw));
   const int64_t span = j.W - 1 - (j.S - 1) * j.dw + j.pl;
   const int64_t whi = span < 0 ? wlo : std::clamp<int64_t>(span / j.sw + 1, wlo, j.Wo);
   for (int64_t row = b; row < e; ++row) {
@@ -126,6 +126,11 @@ GROUPED_INLINE void rows_body(const Job& j, int64_t b, int64_t e) {
     for (int64_t wo = 0; wo < wlo; ++wo) pixels<VB, KG, 1, true>(j, n, ho, wo);
     int64_t wo = wlo;
     for (; wo + 8 <= whi; wo += 8) pixels<VB, KG, 8, false>(j, n, ho, wo);
+    if (wo < whi && whi - wlo >= 8) {  // the rest as a block overlapping the last (one pixel at a time
+      pixels<VB, KG, 8, false>(j, n, ho, whi - 8);  // reloads the weights for each: 14 x 14 ran half so)
+      wo = whi;
+    }
+    for (; wo + 4 <= whi; wo += 4) pixels<VB, KG, 4, false>(j, n, ho, wo);
     for (; wo < whi; ++wo) pixels<VB, KG, 1, false>(j, n, ho, wo);
     for (wo = whi; wo < j.Wo; ++wo) pixels<VB, KG, 1, true>(j, n, ho, wo);
   }
@@ -193,11 +198,6 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
     std::memcpy(&v, p, sizeof(V));
     return v;
   };
-  auto splat = [](float v) __attribute__((always_inline)) {
-    V r;
-    for (int l = 0; l < VB / 4; ++l) r[l] = v;
-    return r;
-  };
   const float* xrow[NT];  // tap i's input row at column s*dw - pl (nullptr: the row is outside the image)
   int64_t xcol[NT];
   V a[NT][KG];
@@ -225,7 +225,7 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
       const float* xp = xrow[i] + w * j.K;
       if constexpr (KG == VB / 4) {
 #pragma GCC unroll 16
-        for (int c = 0; c < KG; ++c) a[i][c] += dv * splat(xp[c]);
+        for (int c = 0; c < KG; ++c) a[i][c] += xp[c] * dv;  // a broadcast operand, as in tap_sum
       } else {
         const V xv = load(xp);
         [&]<std::size_t... Cs>(std::index_sequence<Cs...>) __attribute__((always_inline)) {
@@ -246,7 +246,8 @@ template <int VB, int KG>
 GROUPED_INLINE void wgrad_rows_body(const WJob& j, float* acc, int64_t b, int64_t e) {
   constexpr int64_t L = VB / 4, NT = wgrad_taps<VB, KG>();
   const int64_t RS = j.R * j.S;
-  const int64_t wlo = std::min(j.Wo, (j.pl + j.sw - 1) / j.sw);
+  // (pl is negative for a data gradient whose padding passes the filter: from column 0)
+  const int64_t wlo = std::min(j.Wo, std::max<int64_t>(0, (j.pl + j.sw - 1) / j.sw));
   const int64_t span = j.W - 1 - (j.S - 1) * j.dw + j.pl;
   const int64_t whi = span < 0 ? wlo : std::clamp<int64_t>(span / j.sw + 1, wlo, j.Wo);
   for (int64_t row = b; row < e; ++row) {
@@ -288,7 +289,210 @@ void wgrad_rows_base(const WJob& j, int64_t kg, float* acc, int64_t b, int64_t e
   wgrad_rows_any<16>(j, kg, acc, b, e);
 }
 
+// NCHW at stride 1: the planes of one group read in place of a layout copy.
+// A task is (image, group, block of output rows); its Cg input planes' rows
+// are copied into a zero-padded buffer Wp = Wo + (S - 1) * dw wide (the image
+// at column pl, zeros around it), whose rows then form one flat run of outputs
+// j = row * Wp + col (the Wp - Wo columns past each row computed and dropped):
+// every tap of every output is the shifted vector load xb[c][j + r*dh*Wp + s*dw],
+// no edge tests. KB output channels and PV vectors of outputs stay in registers
+// (KB * PV sums) while the taps of the group's channels pass; each weight is a
+// broadcast. Every output sums the bias, then (c, r, s) in order, whatever PV or
+// the row blocks.
+struct PJob {
+  const float* in;    // [N, G * Cg, H, W]
+  const float* w;     // [G * Kg, Cg, R, S]
+  const float* bias;  // [G * Kg] or nullptr
+  float* out;         // [N, G * Kg, Ho, Wo]
+  int64_t N, G, Cg, Kg, H, W, Ho, Wo, R, S, pt, pl, dh, dw, rows;
+};
+
+// The buffer of one task: its Cg padded planes ([Hb][Wp] and L + (S - 1) * dw of slack each),
+// then Kg output runs of ceil(rows * Wp / L) vectors.
+struct PBlock {
+  int64_t Hb, Wp, plane, run;
+};
+inline PBlock pblock(const PJob& j, int64_t rows, int64_t L) {
+  const int64_t Wp = j.Wo + (j.S - 1) * j.dw, Hb = rows + (j.R - 1) * j.dh;
+  return {Hb, Wp, Hb * Wp + (j.S - 1) * j.dw + L, (rows * Wp + L - 1) / L * L};
+}
+
+template <int VB, int KB, int PV>
+GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, const float* wk, const float* bk,
+                              float* yk, int64_t o) {
+  using V = typename Vec<float, VB>::type;
+  constexpr int L = VB / 4;
+  auto load = [](const float* p) __attribute__((always_inline)) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  };
+  const int64_t RS = j.R * j.S, wstep = j.Cg * RS;
+  V acc[KB][PV];
+#pragma GCC unroll 8
+  for (int k = 0; k < KB; ++k) {
+    const V b = V{} + (bk ? bk[k] : 0.0f);
+#pragma GCC unroll 8
+    for (int q = 0; q < PV; ++q) acc[k][q] = b;
+  }
+  for (int64_t c = 0; c < j.Cg; ++c) {
+    const float* xc = xb + c * pb.plane + o;
+    const float* wc = wk + c * RS;
+    for (int64_t r = 0; r < j.R; ++r) {
+      const float* xr = xc + r * j.dh * pb.Wp;
+      for (int64_t s = 0; s < j.S; ++s) {
+        const float* xp = xr + s * j.dw;
+        V xv[PV];
+#pragma GCC unroll 8
+        for (int q = 0; q < PV; ++q) xv[q] = load(xp + q * L);
+        const float* wt = wc + r * j.S + s;
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) {
+          const float wv = wt[k * wstep];  // a broadcast operand of the FMAs
+#pragma GCC unroll 8
+          for (int q = 0; q < PV; ++q) acc[k][q] += wv * xv[q];
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
+    for (int q = 0; q < PV; ++q) std::memcpy(yk + k * pb.run + o + q * L, &acc[k][q], sizeof(V));
+}
+
+// The last (run - o) / L < P + 1 vectors of a run: one tile of that many.
+template <int VB, int KB, int P>
+GROUPED_INLINE void nchw_tail(const PJob& j, const PBlock& pb, const float* xb, const float* wk, const float* bk,
+                              float* yk, int64_t o, int64_t run) {
+  if constexpr (P > 0) {
+    if ((run - o) / (VB / 4) == P) return nchw_tile<VB, KB, P>(j, pb, xb, wk, bk, yk, o);
+    nchw_tail<VB, KB, P - 1>(j, pb, xb, wk, bk, yk, o, run);
+  }
+}
+
+template <int VB, int KB, int PV>
+GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
+  using V = typename Vec<float, VB>::type;
+  constexpr int L = VB / 4;
+  const int64_t nrb = (j.Ho + j.rows - 1) / j.rows, rb = task % nrb, g = task / nrb % j.G, n = task / nrb / j.G;
+  const int64_t ho0 = rb * j.rows, rows = std::min(j.rows, j.Ho - ho0);
+  // Every task lays its buffer out as a whole block (a short last block leaves rows unused): the
+  // columns outside the image and the slack are zero from the thread's first task on, and only
+  // the image's columns of the rows used are written (the input's, or zeros above and below it).
+  const PBlock pb = pblock(j, j.rows, L);
+  const int64_t run = (rows * pb.Wp + L - 1) / L * L, used = rows + (j.R - 1) * j.dh;
+  // buffer column col holds input column col - pl, row i input row ho0 + i - pt
+  const int64_t c_lo = std::max<int64_t>(0, -j.pl), c_hi = std::min(j.W, pb.Wp - j.pl), width = c_hi - c_lo;
+  for (int64_t c = 0; c < j.Cg && width > 0; ++c) {
+    float* xc = buf + c * pb.plane + c_lo + j.pl;
+    const float* src = j.in + (n * j.G * j.Cg + g * j.Cg + c) * j.H * j.W + c_lo;
+    for (int64_t i = 0; i < used; ++i) {
+      float* __restrict d = xc + i * pb.Wp;
+      const int64_t h = ho0 + i - j.pt;
+      if (h < 0 || h >= j.H) {
+        std::fill(d, d + width, 0.0f);
+        continue;
+      }
+      const float* __restrict sr = src + h * j.W;
+      int64_t w = 0;
+      for (; w + L <= width; w += L) std::memcpy(d + w, sr + w, sizeof(V));
+      for (; w < width; ++w) d[w] = sr[w];
+    }
+  }
+  float* yb = buf + j.Cg * pb.plane;
+  const float* wg = j.w + g * j.Kg * j.Cg * j.R * j.S;
+  for (int64_t k0 = 0; k0 < j.Kg; k0 += KB) {
+    const float* wk = wg + k0 * j.Cg * j.R * j.S;
+    const float* bk = j.bias ? j.bias + g * j.Kg + k0 : nullptr;
+    float* yk = yb + k0 * pb.run;
+    int64_t o = 0;
+    for (; o + PV * L <= run; o += PV * L) nchw_tile<VB, KB, PV>(j, pb, buf, wk, bk, yk, o);
+    nchw_tail<VB, KB, PV - 1>(j, pb, buf, wk, bk, yk, o, run);
+  }
+  for (int64_t k = 0; k < j.Kg; ++k) {
+    float* dst = j.out + ((n * j.G + g) * j.Kg + k) * j.Ho * j.Wo + ho0 * j.Wo;
+    for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.Wo, yb + k * pb.run + i * pb.Wp, j.Wo * sizeof(float));
+  }
+}
+
+// Register blocks: AVX-512 (32 registers) up to 8 channels x 2 vectors or 4 x 3, 2 x 6;
+// AVX2 and the baseline (16) up to 4 x 2, 2 x 4.
+template <int VB>
+GROUPED_INLINE void nchw_tasks(const PJob& j, float* buf, int64_t b, int64_t e) {
+  for (int64_t t = b; t < e; ++t) {
+    if constexpr (VB == 64) {
+      if (j.Kg == 2) nchw_task<VB, 2, 6>(j, buf, t);
+      else if (j.Kg == 4) nchw_task<VB, 4, 5>(j, buf, t);
+      else nchw_task<VB, 8, 3>(j, buf, t);
+    } else {
+      if (j.Kg == 2) nchw_task<VB, 2, 4>(j, buf, t);
+      else nchw_task<VB, 4, 2>(j, buf, t);
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void nchw_avx512(const PJob& j, float* buf, int64_t b,
+                                                                                int64_t e) {
+  nchw_tasks<64>(j, buf, b, e);
+}
+__attribute__((target("avx2,fma"))) void nchw_avx2(const PJob& j, float* buf, int64_t b, int64_t e) {
+  nchw_tasks<32>(j, buf, b, e);
+}
+void nchw_base(const PJob& j, float* buf, int64_t b, int64_t e) { nchw_tasks<16>(j, buf, b, e); }
+
+void run_nchw(PJob j) {
+  const Isa isa = cpu_isa();
+  const int64_t L = vector_floats();
+  // Output rows a task: its planes and runs within ~256 KB of L2, and at least four tasks a thread
+  // where the rows allow.
+  const int64_t threads = at::get_num_threads();
+  int64_t rows = j.Ho;
+  auto bytes = [&](int64_t r) {
+    const PBlock pb = pblock(j, r, L);
+    return (j.Cg * pb.plane + j.Kg * pb.run) * int64_t(sizeof(float));
+  };
+  while (rows > 1 && bytes(rows) > (int64_t(256) << 10)) rows = (rows + 1) / 2;
+  while (rows > 1 && j.N * j.G * ((j.Ho + rows - 1) / rows) < 4 * threads) rows = (rows + 1) / 2;
+  j.rows = rows;
+  const int64_t tasks = j.N * j.G * ((j.Ho + rows - 1) / rows);
+  const int64_t size = bytes(rows) / int64_t(sizeof(float));
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(size);  // zeros: the padding every task's planes keep
+    switch (isa) {
+      case Isa::Avx512: return nchw_avx512(j, buf.data(), b, e);
+      case Isa::Avx2: return nchw_avx2(j, buf.data(), b, e);
+      default: return nchw_base(j, buf.data(), b, e);
+    }
+  });
+}
+
 }  // namespace
+
+bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups > 1 && sh.Cg == sh.Kg && (sh.Kg == 2 || sh.Kg == 4 || sh.Kg == 8 || sh.Kg == 16) &&
+         p.stride_h == 1 && p.stride_w == 1;
+}
+
+void forward_nchw(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
+                  const Conv2dParams& p) {
+  run_nchw({x, w, bias, y, sh.N, p.groups, sh.Cg, sh.Kg, sh.H, sh.W, sh.Ho, sh.Wo, sh.R, sh.S, p.pad_t, p.pad_l,
+            p.dil_h, p.dil_w, 0});
+}
+
+void data_grad_nchw(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
+                    const Conv2dParams& p) {
+  // dX = dY (*) the weight transposed within each group and turned 180 degrees, padding d*(R-1) - pad
+  const int64_t Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S, RS = R * S;
+  std::vector<float> wt(sh.C * Kg * RS);  // [C][Kg][R][S]
+  for (int64_t c = 0; c < sh.C; ++c) {
+    const int64_t g = c / Cg, ci = c % Cg;
+    for (int64_t kk = 0; kk < Kg; ++kk)
+      for (int64_t t = 0; t < RS; ++t) wt[(c * Kg + kk) * RS + RS - 1 - t] = w[((g * Kg + kk) * Cg + ci) * RS + t];
+  }
+  run_nchw({gy, wt.data(), bias, gx, sh.N, p.groups, Kg, Cg, sh.Ho, sh.Wo, sh.H, sh.W, R, S,
+            p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w, 0});
+}
 
 bool applicable(const Conv2dShape& sh, const Conv2dParams& p) {
   const int64_t L = vector_floats();
@@ -303,11 +507,12 @@ bool data_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
              const Conv2dParams& p) {
   const int64_t K = sh.K, Kg = sh.Kg, RS = sh.R * sh.S;
-  // wv[(tap * Kg + c) * K + k] = w[k][c][tap]
+  // wv[((k / L * RS + tap) * Kg + c) * L + k % L] = w[k][c][tap]
+  const int64_t L = vector_floats();
   std::vector<float> wv(RS * Kg * K);
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Kg; ++c)
-      for (int64_t t = 0; t < RS; ++t) wv[(t * Kg + c) * K + k] = w[(k * Kg + c) * RS + t];
+      for (int64_t t = 0; t < RS; ++t) wv[((k / L * RS + t) * Kg + c) * L + k % L] = w[(k * Kg + c) * RS + t];
   const Job j{x, wv.data(), bias, y, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
               p.stride_h, p.stride_w, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
   run(j, Kg);
@@ -317,14 +522,15 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
                const Conv2dParams& p) {
   // dX[c] = sum over the group's k and the taps of w[k][c][r][s] dY[h + pad - r*d]: the convolution of dY
   // with the weight transposed within groups and rotated, padding d*(R-1) - pad, at stride 1.
-  const int64_t C = sh.C, Kg = sh.Kg, Cg = sh.Cg, R = sh.R, S = sh.S, RS = R * S;
-  std::vector<float> wv(RS * Kg * C);
+  const int64_t C = sh.C, Kg = sh.Kg, Cg = sh.Cg, R = sh.R, S = sh.S, RS = R * S, L = vector_floats();
+  std::vector<float> wv(RS * Kg * C);  // the forward's layout
   for (int64_t c = 0; c < C; ++c) {
     const int64_t g = c / Cg, ci = c % Cg;
     for (int64_t kk = 0; kk < Kg; ++kk)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
-          wv[(((R - 1 - r) * S + (S - 1 - s)) * Kg + kk) * C + c] = w[((g * Kg + kk) * Cg + ci) * RS + r * S + s];
+          wv[((c / L * RS + (R - 1 - r) * S + (S - 1 - s)) * Kg + kk) * L + c % L] =
+              w[((g * Kg + kk) * Cg + ci) * RS + r * S + s];
   }
   const Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
               p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
