@@ -78,8 +78,17 @@ OTHER = [
     ("grouped32.56_128", 128, 56, 128, 3, 1, 1, 32),
 ]
 
+# ResNeXt-50 32x4d's other grouped 3x3 layers (not in SHAPES.md): 32 groups of 8, 16 and 32
+# channels, and the stride-2 one opening stage 2 (OTHER has stage 1's, 32 groups of 4)
+RESNEXT = [
+    ("rx50.2.grouped32.s2_256", 256, 56, 256, 3, 2, 1, 32),
+    ("rx50.2.grouped32.28_256", 256, 28, 256, 3, 1, 1, 32),
+    ("rx50.3.grouped32.14_512", 512, 14, 512, 3, 1, 1, 32),
+    ("rx50.4.grouped32.7_1024", 1024, 7, 1024, 3, 1, 1, 32),
+]
+
 QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
-ALL = RESNET50 + VGG16 + GOOGLENET + INCEPTION_V3 + OTHER
+ALL = RESNET50 + VGG16 + GOOGLENET + INCEPTION_V3 + OTHER + RESNEXT
 
 
 def kernel_hw(v):

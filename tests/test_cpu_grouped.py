@@ -1,7 +1,7 @@
 """Grouped convolutions with few channels a group on the CPU (csrc/cpu/grouped.cpp): float32,
 Cg == Kg in {2, 4, 8, 16}; channels_last forward and weight gradient at any stride, data gradient
 at stride 1; NCHW forward and data gradient at stride 1 in NCHW (padded planes, a block of rows a
-task), the rest in channels_last. Against float64, both layouts, and every ISA build."""
+task; also 32 channels a group, in either layout), the rest in channels_last. Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ CASES = {
     "pad_past_filter": (2, 32, 9, 10, 8, (3, 3), 1, (2, 2, 3, 2), 1, True),
     "one_by_one": (2, 16, 6, 7, 4, (1, 1), 1, (0, 0, 0, 0), 1, True),
     "5x5_14": (1, 64, 14, 14, 8, (5, 5), 1, (2, 2, 2, 2), 1, False),
+    # 32 channels a group: the NCHW kernel in both layouts at stride 1 (the GEMMs at stride 2)
+    "cg32": (2, 64, 7, 9, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg32_stride2": (1, 64, 9, 9, 2, (3, 3), 2, (1, 1, 1, 1), 1, False),
 }
 
 
@@ -109,7 +112,7 @@ _CHILD = r"""
 import sys, torch, convx, torch.nn.functional as F
 assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
 g = torch.Generator().manual_seed(0)
-for cg in (2, 4, 8, 16):
+for cg in (2, 4, 8, 16, 32):
     C = 64
     x = torch.randn(2, C, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
     w = torch.randn(C, cg, 3, 3, generator=g)

@@ -1186,15 +1186,17 @@ struct CpuConv {
     check_cpu_dtype(input, "input");
     const auto mf = result_format ? *result_format : conv_memory_format(input, weight);
     const bool wino = input.scalar_type() != at::kDouble && winograd_forward(sh, p);  // both layouts natively
-    // few channels a group: NCHW at stride 1 in its own layout, else the channels_last direct
-    // kernel whatever the layout (grouped.h)
-    const bool grp_nchw = !wino && input.scalar_type() != at::kDouble && mf == at::MemoryFormat::Contiguous &&
-                          grouped::nchw_applicable(sh, p);
-    const bool grp = !wino && !grp_nchw && input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
+    // few channels a group (grouped.h): NCHW at stride 1 in NCHW, else the channels_last direct
+    // kernel whatever the layout; channels_last groups it does not take (32 channels) in NCHW
+    const bool grp_cl = input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
+    const bool grp_nchw = !wino && input.scalar_type() != at::kDouble && grouped::nchw_applicable(sh, p) &&
+                          (mf == at::MemoryFormat::Contiguous || !grp_cl);
+    const bool grp = !wino && !grp_nchw && grp_cl;
     const auto ct = compute_type(input.scalar_type());
-    const auto cf = wino || grp_nchw ? mf
-                    : grp            ? at::MemoryFormat::ChannelsLast
-                                     : compute_format(mf, sh, p, ct == at::kFloat);
+    const auto cf = wino       ? mf
+                    : grp_nchw ? at::MemoryFormat::Contiguous
+                    : grp      ? at::MemoryFormat::ChannelsLast
+                               : compute_format(mf, sh, p, ct == at::kFloat);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     // computed in the other layout: the operand's copy and the result before its copy back are
     // scratch tensors (layout.h)
@@ -1246,11 +1248,14 @@ struct CpuConv {
       return forward_fused(grad_output, wr, bias, nullptr, false, t, q, mf);
     }
     const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);
-    const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble && mf == at::MemoryFormat::Contiguous &&
-                          grouped::nchw_applicable(sh, p);
-    const bool grp = !wino && !grp_nchw && grad_output.scalar_type() != at::kDouble &&
-                     grouped::data_grad_applicable(sh, p);
-    const auto cf = wino || grp_nchw ? mf : grp ? at::MemoryFormat::ChannelsLast : compute_format(mf, sh, p);
+    const bool grp_cl = grad_output.scalar_type() != at::kDouble && grouped::data_grad_applicable(sh, p);
+    const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble && grouped::nchw_applicable(sh, p) &&
+                          (mf == at::MemoryFormat::Contiguous || !grp_cl);
+    const bool grp = !wino && !grp_nchw && grp_cl;
+    const auto cf = wino       ? mf
+                    : grp_nchw ? at::MemoryFormat::Contiguous
+                    : grp      ? at::MemoryFormat::ChannelsLast
+                               : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
     auto gx = scratch_result({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct), cf, mf, kLayoutSecond);

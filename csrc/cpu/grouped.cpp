@@ -470,7 +470,7 @@ void run_nchw(PJob j) {
 }  // namespace
 
 bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
-  return p.groups > 1 && sh.Cg == sh.Kg && (sh.Kg == 2 || sh.Kg == 4 || sh.Kg == 8 || sh.Kg == 16) &&
+  return p.groups > 1 && sh.Cg == sh.Kg && (sh.Kg == 2 || sh.Kg == 4 || sh.Kg == 8 || sh.Kg == 16 || sh.Kg == 32) &&
          p.stride_h == 1 && p.stride_w == 1;
 }
 

@@ -41,7 +41,7 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
 // under the forward's condition (any stride): for each tap, dY's vector times X's shuffled one.
 void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p);
 
-// NCHW at stride 1 (float32, Cg == Kg in {2, 4, 8, 16}, any CPU): the same
+// NCHW at stride 1 (float32, Cg == Kg in {2, 4, 8, 16, 32}, any CPU): the same
 // convolution read in its own layout, vectorised along the output rows (each
 // group's planes copied a block of rows at a time into a zero-padded buffer),
 // no layout copies of the operands or the result.
