@@ -193,6 +193,8 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
                                int64_t t0, int64_t nt) {
   using V = typename Vec<float, VB>::type;
   constexpr int NT = wgrad_taps<VB, KG>();
+  constexpr int64_t L = VB / 4;
+  const int64_t RS = j.R * j.S;
   auto load = [](const float* p) __attribute__((always_inline)) {
     V v;
     std::memcpy(&v, p, sizeof(V));
@@ -212,7 +214,7 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
     xcol[i] = s * j.dw - j.pl;
     if (h >= 0 && h < j.H) xrow[i] = j.x + (n * j.H + h) * j.W * j.K + k0;
 #pragma GCC unroll 16
-    for (int c = 0; c < KG; ++c) a[i][c] = load(acc + (t * KG + c) * j.K + k0);
+    for (int c = 0; c < KG; ++c) a[i][c] = load(acc + ((k0 / L * RS + t) * KG + c) * L);
   }
   const float* dyp = j.dy + ((n * j.Ho + ho) * j.Wo) * j.K + k0;
   for (int64_t wo = wb; wo < we; ++wo) {
@@ -238,7 +240,7 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
   for (int i = 0; i < NT; ++i) {
     if (i >= nt) continue;
 #pragma GCC unroll 16
-    for (int c = 0; c < KG; ++c) std::memcpy(acc + ((t0 + i) * KG + c) * j.K + k0, &a[i][c], sizeof(V));
+    for (int c = 0; c < KG; ++c) std::memcpy(acc + ((k0 / L * RS + t0 + i) * KG + c) * L, &a[i][c], sizeof(V));
   }
 }
 
@@ -542,7 +544,7 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
 namespace convx::cpu::grouped {
 
 void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
-  const int64_t K = sh.K, Kg = sh.Kg, RS = sh.R * sh.S, rows = sh.N * sh.Ho, size = RS * Kg * K;
+  const int64_t K = sh.K, Kg = sh.Kg, RS = sh.R * sh.S, rows = sh.N * sh.Ho, size = RS * Kg * K, L = vector_floats();
   const WJob j{x, gy, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
                p.stride_h, p.stride_w, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
   // one accumulator block a chunk of rows, summed in chunk order afterwards (the same
@@ -561,12 +563,13 @@ void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& 
       }
     }
   });
-  // gw [K][Kg][R][S] = acc[(t * Kg + c) * K + k], summed over the chunks
+  // gw [K][Kg][R][S] = acc[((k / L * RS + t) * Kg + c) * L + k % L] (the forward's weight layout: a
+  // vector's accumulators contiguous), summed over the chunks
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Kg; ++c)
       for (int64_t t = 0; t < RS; ++t) {
         float v = 0;
-        for (int64_t ch = 0; ch < chunks; ++ch) v += acc[ch * size + (t * Kg + c) * K + k];
+        for (int64_t ch = 0; ch < chunks; ++ch) v += acc[ch * size + ((k / L * RS + t) * Kg + c) * L + k % L];
         gw[(k * Kg + c) * RS + t] = v;
       }
 }
