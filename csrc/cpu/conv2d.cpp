@@ -1303,11 +1303,17 @@ struct CpuConv {
     const bool wino = ct == at::kFloat && winograd::enabled() &&
                       winograd::weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h,
                                                        p.dil_w, p.groups, sh.Ho, sh.Wo);
-    // few channels a group: grouped.h's channels_last kernel, whatever the layout (it writes [K][Cg][R][S])
-    const bool grp = !wino && ct == at::kFloat && grouped::applicable(sh, p);
-    const auto cf = grp ? at::MemoryFormat::ChannelsLast : wino ? mf : weight_grad_format(mf, sh, p, ct);
+    // few channels a group (grouped.h, both writing [K][Cg][R][S]): NCHW at stride 1 in NCHW, else
+    // the channels_last kernel whatever the layout
+    const bool grp_nchw = !wino && ct == at::kFloat && mf == at::MemoryFormat::Contiguous &&
+                          grouped::weight_grad_nchw_applicable(sh, p);
+    const bool grp = !wino && !grp_nchw && ct == at::kFloat && grouped::applicable(sh, p);
+    const auto cf = grp        ? at::MemoryFormat::ChannelsLast
+                    : grp_nchw ? at::MemoryFormat::Contiguous
+                    : wino     ? mf
+                               : weight_grad_format(mf, sh, p, ct);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
-    const auto gwf = grp ? at::MemoryFormat::Contiguous : cf;
+    const auto gwf = grp || grp_nchw ? at::MemoryFormat::Contiguous : cf;
     // computed in the other layout: a scratch tensor before its copy (a fresh 9.4 MB one for
     // 512 x 512 x 3 x 3 faulted in its pages on every call, then the copy's too: 6.5 -> ~3 ms)
     auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), gwf, mf, kLayoutWeight);
@@ -1319,6 +1325,9 @@ struct CpuConv {
                                nhwc, sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, p.pad_t, p.pad_l, nhwc);
     else if (grp)
       grouped::weight_grad(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(), sh, p);
+    else if (grp_nchw)
+      grouped::weight_grad_nchw(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(),
+                                sh, p);
     else AT_DISPATCH_FLOATING_TYPES(ct, "conv2d_backward_weight_cpu", [&] {
       if (is_depthwise(sh, p)) {
         // [K, 1, R, S] is the same memory in both layouts.

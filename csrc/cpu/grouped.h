@@ -53,4 +53,10 @@ void forward_nchw(const float* x, const float* w, const float* bias, float* y, c
 void data_grad_nchw(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
                     const Conv2dParams& p);
 
+// The weight gradient of that NCHW convolution (up to 16 channels a group, filters of up to 64
+// taps): gw [K, Cg, R, S]
+// from x [N, C, H, W] and gy [N, K, Ho, Wo], all contiguous; the same bits on any thread count.
+bool weight_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
+void weight_grad_nchw(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p);
+
 }  // namespace convx::cpu::grouped
