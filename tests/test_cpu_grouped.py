@@ -141,6 +141,15 @@ for cg in (2, 4, 8, 16, 32):
     xd = x.contiguous().double().requires_grad_()
     gr, = torch.autograd.grad(F.conv2d(xd, w.double(), None, 1, 1, 1, C // cg), xd, gy.double())
     assert gx.is_contiguous() and (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), cg
+    for S in (3, 2):  # the NCHW weight gradient: its 3x3 block and the general one
+        xn = torch.randn(3, C, 8, 10, generator=g)
+        wn = torch.randn(C, cg, 3, S, generator=g)
+        gy = torch.randn(F.conv2d(xn, wn, None, 1, 1, 1, C // cg).shape, generator=g)
+        gw = torch.ops.convx.conv2d_backward_weight(gy, xn, list(wn.shape), [1, 1], [1, 1, 1, 1], [1, 1], C // cg,
+                                                    False)[0]
+        wd = wn.double().requires_grad_()
+        gr, = torch.autograd.grad(F.conv2d(xn.double(), wd, None, 1, 1, 1, C // cg), wd, gy.double())
+        assert gw.is_contiguous() and (gw.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, S)
 print("ok")
 """
 
@@ -153,7 +162,8 @@ def test_narrower_builds(isa):
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_thread_count(layout):
-    """1 vs 2 threads (NCHW: blocks of rows between threads): the same bits, both passes."""
+    """1 vs 2 threads (NCHW: blocks of rows between threads): the same bits, forward and data
+    gradient; the NCHW weight gradient too (its chunks of images fixed by the shape)."""
     mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 32, 23, 19, generator=g).contiguous(memory_format=mf)
@@ -166,7 +176,9 @@ def test_thread_count(layout):
         for n in (1, 2):
             torch.set_num_threads(n)
             got.append((torch.ops.convx.conv2d(x, w, None, *args),
-                        torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), *args)))
+                        torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), *args)) +
+                       ((torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), *args, False)[0],)
+                        if layout == "nchw" else ()))
     finally:
         torch.set_num_threads(old)
     for a, b in zip(*got):
