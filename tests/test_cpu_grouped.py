@@ -27,6 +27,9 @@ CASES = {
     # 32 channels a group: the NCHW kernel in both layouts at stride 1 (the GEMMs at stride 2)
     "cg32": (2, 64, 7, 9, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "cg32_stride2": (1, 64, 9, 9, 2, (3, 3), 2, (1, 1, 1, 1), 1, False),
+    # NCHW forwards at stride 2 and 3 (phase planes), with dilation and asymmetric padding
+    "stride2_dil_asym": (1, 32, 13, 16, 8, (5, 3), 2, (2, 1, 0, 3), 2, True),
+    "stride3": (2, 16, 11, 14, 4, (3, 3), 3, (1, 1, 1, 1), 1, False),
 }
 
 
@@ -183,3 +186,16 @@ def test_thread_count(layout):
         torch.set_num_threads(old)
     for a, b in zip(*got):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("stride", [(1, 2), (2, 1), (2, 3)])
+def test_unequal_strides(stride):
+    """NCHW phase planes with different row and column strides, against float64."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 32, 12, 17, generator=g)
+    w = torch.randn(32, 8, 3, 3, generator=g)
+    b = torch.randn(32, generator=g)
+    y = torch.ops.convx.conv2d(x, w, b, list(stride), [1, 1, 1, 1], [1, 1], 4)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride, 1, 1, 4)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)

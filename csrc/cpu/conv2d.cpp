@@ -1249,8 +1249,8 @@ struct CpuConv {
     }
     const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);
     const bool grp_cl = grad_output.scalar_type() != at::kDouble && grouped::data_grad_applicable(sh, p);
-    const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble && grouped::nchw_applicable(sh, p) &&
-                          (mf == at::MemoryFormat::Contiguous || !grp_cl);
+    const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble &&
+                          grouped::data_grad_nchw_applicable(sh, p) && (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
     const auto cf = wino       ? mf
                     : grp_nchw ? at::MemoryFormat::Contiguous

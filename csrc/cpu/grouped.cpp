@@ -291,32 +291,43 @@ void wgrad_rows_base(const WJob& j, int64_t kg, float* acc, int64_t b, int64_t e
   wgrad_rows_any<16>(j, kg, acc, b, e);
 }
 
-// NCHW at stride 1: the planes of one group read in place of a layout copy.
-// A task is (image, group, block of output rows); its Cg input planes' rows
-// are copied into a zero-padded buffer Wp = Wo + (S - 1) * dw wide (the image
-// at column pl, zeros around it), whose rows then form one flat run of outputs
-// j = row * Wp + col (the Wp - Wo columns past each row computed and dropped):
-// every tap of every output is the shifted vector load xb[c][j + r*dh*Wp + s*dw],
-// no edge tests. KB output channels and PV vectors of outputs stay in registers
-// (KB * PV sums) while the taps of the group's channels pass; each weight is a
-// broadcast. Every output sums the bias, then (c, r, s) in order, whatever PV or
-// the row blocks.
+// NCHW: the planes of one group read in place of a layout copy. A task is
+// (image, group, block of output rows); its Cg input planes' rows are copied
+// into a zero-padded buffer (the image at column pl, zeros around it), split at
+// stride sh x sw into sh * sw phase planes Wq = Wo + (S - 1) * dw / sw wide
+// (padded row i, column q goes to phase (i % sh, q % sw) at (i / sh, q / sw)),
+// whose rows then form one flat run of outputs j = row * Wq + col (the Wq - Wo
+// columns past each row computed and dropped): every tap (r, s) of every output
+// is the shifted vector load xb[c][off(r, s) + j], off = its phase plane +
+// (r * dh / sh) * Wq + s * dw / sw, no edge tests. KB output channels and PV
+// vectors of outputs stay in registers (KB * PV sums) while the taps of the
+// group's channels pass; each weight is a broadcast. Every output sums the
+// bias, then (c, r, s) in order, whatever PV or the row blocks.
 struct PJob {
   const float* in;    // [N, G * Cg, H, W]
   const float* w;     // [G * Kg, Cg, R, S]
   const float* bias;  // [G * Kg] or nullptr
   float* out;         // [N, G * Kg, Ho, Wo]
-  int64_t N, G, Cg, Kg, H, W, Ho, Wo, R, S, pt, pl, dh, dw, rows;
+  int64_t N, G, Cg, Kg, H, W, Ho, Wo, R, S, pt, pl, dh, dw, sh, sw, rows;
+  const int64_t* off;  // [R * S] each tap's offset in a channel's planes
 };
 
-// The buffer of one task: its Cg padded planes ([Hb][Wp] and L + (S - 1) * dw of slack each),
-// then Kg output runs of ceil(rows * Wp / L) vectors.
+// The buffer of one task: its Cg channels' sh * sw phase planes ([Hq][Wq] and L + (S - 1) * dw / sw
+// of slack each), then Kg output runs of ceil(rows * Wq / L) vectors.
 struct PBlock {
-  int64_t Hb, Wp, plane, run;
+  int64_t Hq, Wq, phase, plane, run;
 };
 inline PBlock pblock(const PJob& j, int64_t rows, int64_t L) {
-  const int64_t Wp = j.Wo + (j.S - 1) * j.dw, Hb = rows + (j.R - 1) * j.dh;
-  return {Hb, Wp, Hb * Wp + (j.S - 1) * j.dw + L, (rows * Wp + L - 1) / L * L};
+  const int64_t Wq = j.Wo + (j.S - 1) * j.dw / j.sw, Hq = rows + (j.R - 1) * j.dh / j.sh;
+  const int64_t phase = Hq * Wq + (j.S - 1) * j.dw / j.sw + L;
+  return {Hq, Wq, phase, j.sh * j.sw * phase, (rows * Wq + L - 1) / L * L};
+}
+inline void tap_offsets(const PJob& j, const PBlock& pb, int64_t* off) {
+  for (int64_t r = 0; r < j.R; ++r)
+    for (int64_t s = 0; s < j.S; ++s) {
+      const int64_t a = r * j.dh, b = s * j.dw;
+      off[r * j.S + s] = (a % j.sh * j.sw + b % j.sw) * pb.phase + a / j.sh * pb.Wq + b / j.sw;
+    }
 }
 
 template <int VB, int KB, int PV>
@@ -340,20 +351,17 @@ GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, 
   for (int64_t c = 0; c < j.Cg; ++c) {
     const float* xc = xb + c * pb.plane + o;
     const float* wc = wk + c * RS;
-    for (int64_t r = 0; r < j.R; ++r) {
-      const float* xr = xc + r * j.dh * pb.Wp;
-      for (int64_t s = 0; s < j.S; ++s) {
-        const float* xp = xr + s * j.dw;
-        V xv[PV];
+    for (int64_t t = 0; t < RS; ++t) {
+      const float* xp = xc + j.off[t];
+      V xv[PV];
 #pragma GCC unroll 8
-        for (int q = 0; q < PV; ++q) xv[q] = load(xp + q * L);
-        const float* wt = wc + r * j.S + s;
+      for (int q = 0; q < PV; ++q) xv[q] = load(xp + q * L);
+      const float* wt = wc + t;
 #pragma GCC unroll 8
-        for (int k = 0; k < KB; ++k) {
-          const float wv = wt[k * wstep];  // a broadcast operand of the FMAs
+      for (int k = 0; k < KB; ++k) {
+        const float wv = wt[k * wstep];  // a broadcast operand of the FMAs
 #pragma GCC unroll 8
-          for (int q = 0; q < PV; ++q) acc[k][q] += wv * xv[q];
-        }
+        for (int q = 0; q < PV; ++q) acc[k][q] += wv * xv[q];
       }
     }
   }
@@ -380,26 +388,37 @@ GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
   const int64_t nrb = (j.Ho + j.rows - 1) / j.rows, rb = task % nrb, g = task / nrb % j.G, n = task / nrb / j.G;
   const int64_t ho0 = rb * j.rows, rows = std::min(j.rows, j.Ho - ho0);
   // Every task lays its buffer out as a whole block (a short last block leaves rows unused): the
-  // columns outside the image and the slack are zero from the thread's first task on, and only
-  // the image's columns of the rows used are written (the input's, or zeros above and below it).
+  // places outside the image's columns and the slack are zero from the thread's first task on,
+  // and only the image's columns of the rows used are written (the input's, or zeros above and
+  // below it).
   const PBlock pb = pblock(j, j.rows, L);
-  const int64_t run = (rows * pb.Wp + L - 1) / L * L, used = rows + (j.R - 1) * j.dh;
-  // buffer column col holds input column col - pl, row i input row ho0 + i - pt
-  const int64_t c_lo = std::max<int64_t>(0, -j.pl), c_hi = std::min(j.W, pb.Wp - j.pl), width = c_hi - c_lo;
-  for (int64_t c = 0; c < j.Cg && width > 0; ++c) {
-    float* xc = buf + c * pb.plane + c_lo + j.pl;
-    const float* src = j.in + (n * j.G * j.Cg + g * j.Cg + c) * j.H * j.W + c_lo;
-    for (int64_t i = 0; i < used; ++i) {
-      float* __restrict d = xc + i * pb.Wp;
-      const int64_t h = ho0 + i - j.pt;
-      if (h < 0 || h >= j.H) {
-        std::fill(d, d + width, 0.0f);
-        continue;
+  const int64_t run = (rows * pb.Wq + L - 1) / L * L, used = (rows - 1) * j.sh + (j.R - 1) * j.dh + 1;
+  for (int64_t pc = 0; pc < j.sw; ++pc) {
+    // phase column qc holds input column qc * sw + pc - pl: those inside the image, [q_lo, q_hi)
+    const int64_t first = j.pl - pc;  // qc * sw >= first
+    const int64_t q_lo = first <= 0 ? 0 : (first + j.sw - 1) / j.sw;
+    const int64_t last = j.W - 1 + j.pl - pc;  // qc * sw <= last
+    const int64_t q_hi = last < 0 ? 0 : std::min(pb.Wq, last / j.sw + 1);
+    if (q_lo >= q_hi) continue;
+    const int64_t width = q_hi - q_lo;
+    for (int64_t c = 0; c < j.Cg; ++c) {
+      const float* src = j.in + (n * j.G * j.Cg + g * j.Cg + c) * j.H * j.W + q_lo * j.sw + pc - j.pl;
+      for (int64_t i = 0; i < used; ++i) {
+        float* __restrict d = buf + c * pb.plane + (i % j.sh * j.sw + pc) * pb.phase + i / j.sh * pb.Wq + q_lo;
+        const int64_t h = ho0 * j.sh + i - j.pt;
+        if (h < 0 || h >= j.H) {
+          std::fill(d, d + width, 0.0f);
+          continue;
+        }
+        const float* __restrict sr = src + h * j.W;
+        if (j.sw == 1) {
+          int64_t w = 0;
+          for (; w + L <= width; w += L) std::memcpy(d + w, sr + w, sizeof(V));
+          for (; w < width; ++w) d[w] = sr[w];
+        } else {
+          for (int64_t w = 0; w < width; ++w) d[w] = sr[w * j.sw];
+        }
       }
-      const float* __restrict sr = src + h * j.W;
-      int64_t w = 0;
-      for (; w + L <= width; w += L) std::memcpy(d + w, sr + w, sizeof(V));
-      for (; w < width; ++w) d[w] = sr[w];
     }
   }
   float* yb = buf + j.Cg * pb.plane;
@@ -414,7 +433,7 @@ GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
   }
   for (int64_t k = 0; k < j.Kg; ++k) {
     float* dst = j.out + ((n * j.G + g) * j.Kg + k) * j.Ho * j.Wo + ho0 * j.Wo;
-    for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.Wo, yb + k * pb.run + i * pb.Wp, j.Wo * sizeof(float));
+    for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.Wo, yb + k * pb.run + i * pb.Wq, j.Wo * sizeof(float));
   }
 }
 
@@ -457,6 +476,9 @@ void run_nchw(PJob j) {
   while (rows > 1 && bytes(rows) > (int64_t(256) << 10)) rows = (rows + 1) / 2;
   while (rows > 1 && j.N * j.G * ((j.Ho + rows - 1) / rows) < 4 * threads) rows = (rows + 1) / 2;
   j.rows = rows;
+  int64_t off[64];
+  tap_offsets(j, pblock(j, rows, L), off);
+  j.off = off;
   const int64_t tasks = j.N * j.G * ((j.Ho + rows - 1) / rows);
   const int64_t size = bytes(rows) / int64_t(sizeof(float));
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
@@ -652,13 +674,17 @@ void wnchw_base(const WNJob& j, float* buf, float* part, int64_t b, int64_t e) {
 
 bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
   return p.groups > 1 && sh.Cg == sh.Kg && (sh.Kg == 2 || sh.Kg == 4 || sh.Kg == 8 || sh.Kg == 16 || sh.Kg == 32) &&
-         p.stride_h == 1 && p.stride_w == 1;
+         sh.R * sh.S <= 64 && p.stride_h <= 4 && p.stride_w <= 4;
+}
+
+bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
+  return nchw_applicable(sh, p) && p.stride_h == 1 && p.stride_w == 1;
 }
 
 void forward_nchw(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
                   const Conv2dParams& p) {
   run_nchw({x, w, bias, y, sh.N, p.groups, sh.Cg, sh.Kg, sh.H, sh.W, sh.Ho, sh.Wo, sh.R, sh.S, p.pad_t, p.pad_l,
-            p.dil_h, p.dil_w, 0});
+            p.dil_h, p.dil_w, p.stride_h, p.stride_w, 0, nullptr});
 }
 
 void data_grad_nchw(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
@@ -672,12 +698,12 @@ void data_grad_nchw(const float* gy, const float* w, const float* bias, float* g
       for (int64_t t = 0; t < RS; ++t) wt[(c * Kg + kk) * RS + RS - 1 - t] = w[((g * Kg + kk) * Cg + ci) * RS + t];
   }
   run_nchw({gy, wt.data(), bias, gx, sh.N, p.groups, Kg, Cg, sh.Ho, sh.Wo, sh.H, sh.W, R, S,
-            p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w, 0});
+            p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w, 1, 1, 0, nullptr});
 }
 
 bool weight_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
   // (32 channels a group: the GEMMs, 2.5 ms against this kernel's 2.95 for ResNeXt-50's 1024 @7)
-  return nchw_applicable(sh, p) && sh.Kg <= 16 && sh.R * sh.S <= 64;
+  return data_grad_nchw_applicable(sh, p) && sh.Kg <= 16;
 }
 
 void weight_grad_nchw(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {

@@ -41,11 +41,13 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
 // under the forward's condition (any stride): for each tap, dY's vector times X's shuffled one.
 void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p);
 
-// NCHW at stride 1 (float32, Cg == Kg in {2, 4, 8, 16, 32}, any CPU): the same
-// convolution read in its own layout, vectorised along the output rows (each
-// group's planes copied a block of rows at a time into a zero-padded buffer),
-// no layout copies of the operands or the result.
+// NCHW (float32, Cg == Kg in {2, 4, 8, 16, 32}, filters of up to 64 taps, strides
+// up to 4, any CPU): the same convolution read in its own layout, vectorised
+// along the output rows (each group's planes copied a block of rows at a time
+// into a zero-padded buffer, split into stride phases), no layout copies of the
+// operands or the result. The data gradient at stride 1.
 bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
+bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 // y [N, K, Ho, Wo] = conv(x [N, C, H, W], w [K, Cg, R, S]) + bias, all contiguous.
 void forward_nchw(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
                   const Conv2dParams& p);
