@@ -1,7 +1,8 @@
 """Grouped convolutions with few channels a group on the CPU (csrc/cpu/grouped.cpp): float32,
 Cg == Kg in {2, 4, 8, 16}; channels_last forward and weight gradient at any stride, data gradient
-at stride 1; NCHW forward and data gradient at stride 1 in NCHW (padded planes, a block of rows a
-task; also 32 channels a group, in either layout), the rest in channels_last. Against float64, both layouts, and every ISA build."""
+at stride 1; NCHW forward at any stride (padded planes in stride phases, a block of rows a task),
+data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and weight gradient at
+stride 1 in NCHW, also 32 channels a group in either layout; the rest in channels_last. Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ CASES = {
     # NCHW forwards at stride 2 and 3 (phase planes), with dilation and asymmetric padding
     "stride2_dil_asym": (1, 32, 13, 16, 8, (5, 3), 2, (2, 1, 0, 3), 2, True),
     "stride3": (2, 16, 11, 14, 4, (3, 3), 3, (1, 1, 1, 1), 1, False),
+    # a data gradient at stride 2 with phases no tap reaches (a 1x1 filter), and one with odd padding
+    "1x1_stride2": (2, 16, 7, 8, 4, (1, 1), 2, (0, 0, 0, 0), 1, True),
+    "stride2_pad_asym": (1, 32, 10, 13, 4, (3, 3), 2, (0, 2, 2, 1), 1, True),
 }
 
 
@@ -58,8 +62,6 @@ def test_forward_and_data_grad(case, layout):
     u = 2.0 ** -24
     taps = (C // G) * R * S + 1
     assert ((y.double() - ref).abs() <= 2 * taps * u * mag + 1e-30).all()
-    if st != 1:
-        return
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).contiguous(
         memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
     gx = torch.ops.convx.conv2d_backward_input(gy, w, [N, C, H, W], [st, st], list(pad), [dil, dil], G)

@@ -310,6 +310,8 @@ struct PJob {
   float* out;         // [N, G * Kg, Ho, Wo]
   int64_t N, G, Cg, Kg, H, W, Ho, Wo, R, S, pt, pl, dh, dw, sh, sw, rows;
   const int64_t* off;  // [R * S] each tap's offset in a channel's planes
+  // out's (n, k) planes, rows and columns this far apart (0: contiguous [Ho][Wo] planes)
+  int64_t oplane = 0, orow = 0, ocol = 0;
 };
 
 // The buffer of one task: its Cg channels' sh * sw phase planes ([Hq][Wq] and L + (S - 1) * dw / sw
@@ -432,8 +434,14 @@ GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
     nchw_tail<VB, KB, PV - 1>(j, pb, buf, wk, bk, yk, o, run);
   }
   for (int64_t k = 0; k < j.Kg; ++k) {
-    float* dst = j.out + ((n * j.G + g) * j.Kg + k) * j.Ho * j.Wo + ho0 * j.Wo;
-    for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.Wo, yb + k * pb.run + i * pb.Wq, j.Wo * sizeof(float));
+    float* dst = j.out + ((n * j.G + g) * j.Kg + k) * j.oplane + ho0 * j.orow;
+    const float* src = yb + k * pb.run;
+    if (j.ocol == 1) {
+      for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.orow, src + i * pb.Wq, j.Wo * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t x = 0; x < j.Wo; ++x) dst[i * j.orow + x * j.ocol] = src[i * pb.Wq + x];
+    }
   }
 }
 
@@ -476,6 +484,7 @@ void run_nchw(PJob j) {
   while (rows > 1 && bytes(rows) > (int64_t(256) << 10)) rows = (rows + 1) / 2;
   while (rows > 1 && j.N * j.G * ((j.Ho + rows - 1) / rows) < 4 * threads) rows = (rows + 1) / 2;
   j.rows = rows;
+  if (j.oplane == 0) j.oplane = j.Ho * j.Wo, j.orow = j.Wo, j.ocol = 1;
   int64_t off[64];
   tap_offsets(j, pblock(j, rows, L), off);
   j.off = off;
@@ -678,7 +687,7 @@ bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 
 bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
-  return nchw_applicable(sh, p) && p.stride_h == 1 && p.stride_w == 1;
+  return nchw_applicable(sh, p) && ((p.stride_h == 1 && p.stride_w == 1) || (p.dil_h == 1 && p.dil_w == 1));
 }
 
 void forward_nchw(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
@@ -687,23 +696,79 @@ void forward_nchw(const float* x, const float* w, const float* bias, float* y, c
             p.dil_h, p.dil_w, p.stride_h, p.stride_w, 0, nullptr});
 }
 
+namespace {
+
+// The taps of phase phi of a stride-st filter of n taps (dilation 1): r = phi + st * m, m < taps;
+// the dX positions st * u + phi - pad inside [0, extent): u in [lo, hi).
+struct Phase {
+  int64_t taps, lo, hi;
+};
+Phase phase_of(int64_t n, int64_t st, int64_t phi, int64_t pad, int64_t extent) {
+  auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); };
+  auto floor_div = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  const int64_t lo = ceil_div(pad - phi, st), hi = floor_div(extent - 1 + pad - phi, st) + 1;
+  return {phi < n ? (n - phi + st - 1) / st : 0, lo, std::max(lo, hi)};
+}
+
+}  // namespace
+
 void data_grad_nchw(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
                     const Conv2dParams& p) {
-  // dX = dY (*) the weight transposed within each group and turned 180 degrees, padding d*(R-1) - pad
   const int64_t Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S, RS = R * S;
-  std::vector<float> wt(sh.C * Kg * RS);  // [C][Kg][R][S]
-  for (int64_t c = 0; c < sh.C; ++c) {
-    const int64_t g = c / Cg, ci = c % Cg;
-    for (int64_t kk = 0; kk < Kg; ++kk)
-      for (int64_t t = 0; t < RS; ++t) wt[(c * Kg + kk) * RS + RS - 1 - t] = w[((g * Kg + kk) * Cg + ci) * RS + t];
+  if (p.stride_h == 1 && p.stride_w == 1) {
+    // dX = dY (*) the weight transposed within each group and turned 180 degrees, padding d*(R-1) - pad
+    std::vector<float> wt(sh.C * Kg * RS);  // [C][Kg][R][S]
+    for (int64_t c = 0; c < sh.C; ++c) {
+      const int64_t g = c / Cg, ci = c % Cg;
+      for (int64_t kk = 0; kk < Kg; ++kk)
+        for (int64_t t = 0; t < RS; ++t) wt[(c * Kg + kk) * RS + RS - 1 - t] = w[((g * Kg + kk) * Cg + ci) * RS + t];
+    }
+    run_nchw({gy, wt.data(), bias, gx, sh.N, p.groups, Kg, Cg, sh.Ho, sh.Wo, sh.H, sh.W, R, S,
+              p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w, 1, 1, 0, nullptr});
+    return;
   }
-  run_nchw({gy, wt.data(), bias, gx, sh.N, p.groups, Kg, Cg, sh.Ho, sh.Wo, sh.H, sh.W, R, S,
-            p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w, 1, 1, 0, nullptr});
+  // Stride sh x sw, dilation 1: the dX pixels h = sh * u + ph - pt (and likewise w) take only the
+  // taps r = ph + sh * m, as a stride-1 correlation of dY with those taps turned around: one
+  // convolution a phase, whose tasks write their rows into dX at stride. Each pixel belongs to
+  // one phase: the bias once, then the group's channels and the taps in order.
+  const int64_t st_h = p.stride_h, st_w = p.stride_w, N = sh.N, C = sh.C;
+  std::vector<float> wt;
+  for (int64_t ph = 0; ph < st_h; ++ph)
+    for (int64_t pw = 0; pw < st_w; ++pw) {
+      const Phase a = phase_of(R, st_h, ph, p.pad_t, sh.H), b = phase_of(S, st_w, pw, p.pad_l, sh.W);
+      const int64_t hu = a.hi - a.lo, wu = b.hi - b.lo;
+      if (hu <= 0 || wu <= 0) continue;
+      float* first = gx + (st_h * a.lo + ph - p.pad_t) * sh.W + st_w * b.lo + pw - p.pad_l;  // (u, v) = (lo, lo)
+      if (a.taps == 0 || b.taps == 0) {  // no tap reaches these pixels: the bias or zero
+        at::parallel_for(0, N * C, 1, [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t)
+            for (int64_t u = 0; u < hu; ++u)
+              for (int64_t v = 0; v < wu; ++v)
+                first[t * sh.H * sh.W + u * st_h * sh.W + v * st_w] = bias ? bias[t % C] : 0.0f;
+        });
+        continue;
+      }
+      const int64_t Ra = a.taps, Sb = b.taps;
+      wt.assign(C * Kg * Ra * Sb, 0.0f);  // [C][Kg][Ra][Sb]: tap m is r = ph + sh * (Ra - 1 - m)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t g = c / Cg, ci = c % Cg;
+        for (int64_t kk = 0; kk < Kg; ++kk)
+          for (int64_t m = 0; m < Ra; ++m)
+            for (int64_t q = 0; q < Sb; ++q)
+              wt[((c * Kg + kk) * Ra + m) * Sb + q] =
+                  w[((g * Kg + kk) * Cg + ci) * RS + (ph + st_h * (Ra - 1 - m)) * S + pw + st_w * (Sb - 1 - q)];
+      }
+      // out[u'] = sum_m f[m] dY[u' + lo - (Ra - 1) + m]: padding Ra - 1 - lo (negative: rows skipped)
+      PJob job{gy, wt.data(), bias, first, N, p.groups, Kg, Cg, sh.Ho, sh.Wo, hu, wu, Ra, Sb, Ra - 1 - a.lo,
+               Sb - 1 - b.lo, 1, 1, 1, 1, 0, nullptr};
+      job.oplane = sh.H * sh.W, job.orow = st_h * sh.W, job.ocol = st_w;
+      run_nchw(job);
+    }
 }
 
 bool weight_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
   // (32 channels a group: the GEMMs, 2.5 ms against this kernel's 2.95 for ResNeXt-50's 1024 @7)
-  return data_grad_nchw_applicable(sh, p) && sh.Kg <= 16;
+  return nchw_applicable(sh, p) && p.stride_h == 1 && p.stride_w == 1 && sh.Kg <= 16;
 }
 
 void weight_grad_nchw(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
