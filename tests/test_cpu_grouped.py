@@ -1,8 +1,9 @@
 """Grouped convolutions with few channels a group on the CPU (csrc/cpu/grouped.cpp): float32,
 Cg == Kg in {2, 4, 8, 16}; channels_last forward and weight gradient at any stride, data gradient
 at stride 1; NCHW forward at any stride (padded planes in stride phases, a block of rows a task),
-data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and weight gradient at
-stride 1 in NCHW, also 32 channels a group in either layout; the rest in channels_last. Against float64, both layouts, and every ISA build."""
+data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and weight gradient (up to
+16 channels a group, any stride) in NCHW, also 32 channels a group in either layout; the rest in
+channels_last. Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,15 +147,19 @@ for cg in (2, 4, 8, 16, 32):
     xd = x.contiguous().double().requires_grad_()
     gr, = torch.autograd.grad(F.conv2d(xd, w.double(), None, 1, 1, 1, C // cg), xd, gy.double())
     assert gx.is_contiguous() and (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), cg
-    for S in (3, 2):  # the NCHW weight gradient: its 3x3 block and the general one
+    for S, st in ((3, 1), (2, 1), (3, 2)):  # the NCHW weight gradient: its 3x3 block, the general one, phases
         xn = torch.randn(3, C, 8, 10, generator=g)
         wn = torch.randn(C, cg, 3, S, generator=g)
-        gy = torch.randn(F.conv2d(xn, wn, None, 1, 1, 1, C // cg).shape, generator=g)
-        gw = torch.ops.convx.conv2d_backward_weight(gy, xn, list(wn.shape), [1, 1], [1, 1, 1, 1], [1, 1], C // cg,
-                                                    False)[0]
+        gy = torch.randn(F.conv2d(xn, wn, None, st, 1, 1, C // cg).shape, generator=g)
+        gw = torch.ops.convx.conv2d_backward_weight(gy, xn, list(wn.shape), [st, st], [1, 1, 1, 1], [1, 1],
+                                                    C // cg, False)[0]
         wd = wn.double().requires_grad_()
-        gr, = torch.autograd.grad(F.conv2d(xn.double(), wd, None, 1, 1, 1, C // cg), wd, gy.double())
-        assert gw.is_contiguous() and (gw.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, S)
+        gr, = torch.autograd.grad(F.conv2d(xn.double(), wd, None, st, 1, 1, C // cg), wd, gy.double())
+        assert gw.is_contiguous() and (gw.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, S, st)
+        gx = torch.ops.convx.conv2d_backward_input(gy, wn, list(xn.shape), [st, st], [1, 1, 1, 1], [1, 1], C // cg)
+        xd = xn.double().requires_grad_()
+        gr, = torch.autograd.grad(F.conv2d(xd, wn.double(), None, st, 1, 1, C // cg), xd, gy.double())
+        assert (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, S, st)
 print("ok")
 """
 
