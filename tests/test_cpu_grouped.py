@@ -35,6 +35,9 @@ CASES = {
     # a data gradient at stride 2 with phases no tap reaches (a 1x1 filter), and one with odd padding
     "1x1_stride2": (2, 16, 7, 8, 4, (1, 1), 2, (0, 0, 0, 0), 1, True),
     "stride2_pad_asym": (1, 32, 10, 13, 4, (3, 3), 2, (0, 2, 2, 1), 1, True),
+    # 20 channels (not whole vectors): channels_last read and written in place by the NCHW kernel
+    "k20_in_place": (2, 20, 6, 7, 5, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "k20_in_place_s2": (2, 20, 9, 8, 5, (3, 3), 2, (1, 1, 1, 1), 1, True),
 }
 
 

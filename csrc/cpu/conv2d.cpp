@@ -1193,10 +1193,9 @@ struct CpuConv {
                           (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
     const auto ct = compute_type(input.scalar_type());
-    const auto cf = wino       ? mf
-                    : grp_nchw ? at::MemoryFormat::Contiguous
-                    : grp      ? at::MemoryFormat::ChannelsLast
-                               : compute_format(mf, sh, p, ct == at::kFloat);
+    const auto cf = wino || grp_nchw ? mf  // (the grouped NCHW kernel reads and writes either layout)
+                    : grp            ? at::MemoryFormat::ChannelsLast
+                                     : compute_format(mf, sh, p, ct == at::kFloat);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     // computed in the other layout: the operand's copy and the result before its copy back are
     // scratch tensors (layout.h)
@@ -1212,7 +1211,7 @@ struct CpuConv {
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     if (grp_nchw) {
       grouped::forward_nchw(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                            b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p);
+                            b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p, nhwc);
     } else if (wino) {  // float32 here (half types are computed in float32)
       winograd::conv3x3(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, false,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh.N, sh.C, sh.H,
@@ -1252,10 +1251,9 @@ struct CpuConv {
     const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble &&
                           grouped::data_grad_nchw_applicable(sh, p) && (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
-    const auto cf = wino       ? mf
-                    : grp_nchw ? at::MemoryFormat::Contiguous
-                    : grp      ? at::MemoryFormat::ChannelsLast
-                               : compute_format(mf, sh, p);
+    const auto cf = wino || grp_nchw ? mf
+                    : grp            ? at::MemoryFormat::ChannelsLast
+                                     : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
     auto gx = scratch_result({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct), cf, mf, kLayoutSecond);
@@ -1273,7 +1271,7 @@ struct CpuConv {
     auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
     if (grp_nchw) {
       grouped::data_grad_nchw(gy.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                              b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh, p);
+                              b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh, p, nhwc);
     } else if (wino) {  // dX = dY (*) rot180(W)^T at stride 1, padding 2 - pad
       winograd::conv3x3(gy.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.Cg * 9, 9, true,
                         b.defined() ? b.const_data_ptr<float>() : nullptr, gx.data_ptr<float>(), sh.N, sh.K, sh.Ho,

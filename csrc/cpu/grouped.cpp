@@ -303,6 +303,12 @@ void wgrad_rows_base(const WJob& j, int64_t kg, float* acc, int64_t b, int64_t e
 // vectors of outputs stay in registers (KB * PV sums) while the taps of the
 // group's channels pass; each weight is a broadcast. Every output sums the
 // bias, then (c, r, s) in order, whatever PV or the row blocks.
+struct Strides {
+  int64_t img, chan, row, col;
+};
+inline Strides nchw_strides(int64_t C, int64_t H, int64_t W) { return {C * H * W, H * W, W, 1}; }
+inline Strides nhwc_strides(int64_t C, int64_t H, int64_t W) { return {H * W * C, 1, W * C, C}; }
+
 struct PJob {
   const float* in;    // [N, G * Cg, H, W]
   const float* w;     // [G * Kg, Cg, R, S]
@@ -310,8 +316,9 @@ struct PJob {
   float* out;         // [N, G * Kg, Ho, Wo]
   int64_t N, G, Cg, Kg, H, W, Ho, Wo, R, S, pt, pl, dh, dw, sh, sw, rows;
   const int64_t* off;  // [R * S] each tap's offset in a channel's planes
-  // out's (n, k) planes, rows and columns this far apart (0: contiguous [Ho][Wo] planes)
-  int64_t oplane = 0, orow = 0, ocol = 0;
+  // in's and out's images, channels, rows and columns this far apart (img == 0: NCHW contiguous);
+  // channels_last is read and written in place (chan == 1)
+  Strides is{}, os{};
 };
 
 // The buffer of one task: its Cg channels' sh * sw phase planes ([Hq][Wq] and L + (S - 1) * dw / sw
@@ -332,14 +339,15 @@ inline void tap_offsets(const PJob& j, const PBlock& pb, int64_t* off) {
     }
 }
 
-// Input rows h0 + i (i < used; outside the image: zeros) of one image's Cg channel planes (in:
-// channel 0's), into buf's phase planes: padded row i, column q (input column q - pl) at phase
-// (i % sh, q % sw), position (i / sh, q / sw). Only the image's columns are written (the rest of
-// a buffer stays as it was: zero).
+// Input rows h0 + i (i < used; outside the image: zeros) of one image's Cg channels (in: channel
+// 0's first element, st: its strides), into buf's phase planes: padded row i, column q (input
+// column q - pl) at phase (i % sh, q % sw), position (i / sh, q / sw). Only the image's columns
+// are written (the rest of a buffer stays as it was: zero). Channels_last is read a pixel's
+// channels at a time.
 template <int L>
-GROUPED_INLINE void fill_phases(const float* in, int64_t Cg, int64_t H, int64_t W, int64_t h0, int64_t used,
-                                int64_t pl, int64_t sh, int64_t sw, int64_t Wq, int64_t phase, int64_t plane,
-                                float* buf) {
+GROUPED_INLINE void fill_phases(const float* in, const Strides& st, int64_t Cg, int64_t H, int64_t W, int64_t h0,
+                                int64_t used, int64_t pl, int64_t sh, int64_t sw, int64_t Wq, int64_t phase,
+                                int64_t plane, float* buf) {
   for (int64_t pc = 0; pc < sw; ++pc) {
     // phase column qc holds input column qc * sw + pc - pl: those inside the image, [q_lo, q_hi)
     const int64_t first = pl - pc;  // qc * sw >= first
@@ -347,23 +355,30 @@ GROUPED_INLINE void fill_phases(const float* in, int64_t Cg, int64_t H, int64_t 
     const int64_t last = W - 1 + pl - pc;  // qc * sw <= last
     const int64_t q_hi = last < 0 ? 0 : std::min(Wq, last / sw + 1);
     if (q_lo >= q_hi) continue;
-    const int64_t width = q_hi - q_lo;
-    for (int64_t c = 0; c < Cg; ++c) {
-      const float* src = in + c * H * W + q_lo * sw + pc - pl;
-      for (int64_t i = 0; i < used; ++i) {
-        float* __restrict d = buf + c * plane + (i % sh * sw + pc) * phase + i / sh * Wq + q_lo;
-        const int64_t h = h0 + i;
-        if (h < 0 || h >= H) {
-          std::fill(d, d + width, 0.0f);
-          continue;
-        }
-        const float* __restrict sr = src + h * W;
-        if (sw == 1) {
+    const int64_t width = q_hi - q_lo, step = sw * st.col;
+    const float* src = in + (q_lo * sw + pc - pl) * st.col;
+    for (int64_t i = 0; i < used; ++i) {
+      float* d = buf + (i % sh * sw + pc) * phase + i / sh * Wq + q_lo;  // channel c's at + c * plane
+      const int64_t h = h0 + i;
+      if (h < 0 || h >= H) {
+        for (int64_t c = 0; c < Cg; ++c) std::fill(d + c * plane, d + c * plane + width, 0.0f);
+        continue;
+      }
+      const float* sr = src + h * st.row;
+      if (st.chan == 1) {  // channels_last: each pixel's Cg channels together
+        for (int64_t w = 0; w < width; ++w)
+          for (int64_t c = 0; c < Cg; ++c) d[c * plane + w] = sr[w * step + c];
+        continue;
+      }
+      for (int64_t c = 0; c < Cg; ++c) {
+        float* __restrict dc = d + c * plane;
+        const float* __restrict sc = sr + c * st.chan;
+        if (step == 1) {
           int64_t w = 0;
-          for (; w + L <= width; w += L) std::memcpy(d + w, sr + w, L * sizeof(float));
-          for (; w < width; ++w) d[w] = sr[w];
+          for (; w + L <= width; w += L) std::memcpy(dc + w, sc + w, L * sizeof(float));
+          for (; w < width; ++w) dc[w] = sc[w];
         } else {
-          for (int64_t w = 0; w < width; ++w) d[w] = sr[w * sw];
+          for (int64_t w = 0; w < width; ++w) dc[w] = sc[w * step];
         }
       }
     }
@@ -433,8 +448,8 @@ GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
   // below it).
   const PBlock pb = pblock(j, j.rows, L);
   const int64_t run = (rows * pb.Wq + L - 1) / L * L, used = (rows - 1) * j.sh + (j.R - 1) * j.dh + 1;
-  fill_phases<L>(j.in + (n * j.G + g) * j.Cg * j.H * j.W, j.Cg, j.H, j.W, ho0 * j.sh - j.pt, used, j.pl, j.sh, j.sw,
-                 pb.Wq, pb.phase, pb.plane, buf);
+  fill_phases<L>(j.in + n * j.is.img + g * j.Cg * j.is.chan, j.is, j.Cg, j.H, j.W, ho0 * j.sh - j.pt, used, j.pl,
+                 j.sh, j.sw, pb.Wq, pb.phase, pb.plane, buf);
   float* yb = buf + j.Cg * pb.plane;
   const float* wg = j.w + g * j.Kg * j.Cg * j.R * j.S;
   for (int64_t k0 = 0; k0 < j.Kg; k0 += KB) {
@@ -445,14 +460,21 @@ GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
     for (; o + PV * L <= run; o += PV * L) nchw_tile<VB, KB, PV>(j, pb, buf, wk, bk, yk, o);
     nchw_tail<VB, KB, PV - 1>(j, pb, buf, wk, bk, yk, o, run);
   }
+  float* out = j.out + n * j.os.img + g * j.Kg * j.os.chan + ho0 * j.os.row;
+  if (j.os.chan == 1) {  // channels_last: each pixel's Kg channels together
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t x = 0; x < j.Wo; ++x)
+        for (int64_t k = 0; k < j.Kg; ++k) out[i * j.os.row + x * j.os.col + k] = yb[k * pb.run + i * pb.Wq + x];
+    return;
+  }
   for (int64_t k = 0; k < j.Kg; ++k) {
-    float* dst = j.out + ((n * j.G + g) * j.Kg + k) * j.oplane + ho0 * j.orow;
+    float* dst = out + k * j.os.chan;
     const float* src = yb + k * pb.run;
-    if (j.ocol == 1) {
-      for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.orow, src + i * pb.Wq, j.Wo * sizeof(float));
+    if (j.os.col == 1) {
+      for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.os.row, src + i * pb.Wq, j.Wo * sizeof(float));
     } else {
       for (int64_t i = 0; i < rows; ++i)
-        for (int64_t x = 0; x < j.Wo; ++x) dst[i * j.orow + x * j.ocol] = src[i * pb.Wq + x];
+        for (int64_t x = 0; x < j.Wo; ++x) dst[i * j.os.row + x * j.os.col] = src[i * pb.Wq + x];
     }
   }
 }
@@ -496,7 +518,8 @@ void run_nchw(PJob j) {
   while (rows > 1 && bytes(rows) > (int64_t(256) << 10)) rows = (rows + 1) / 2;
   while (rows > 1 && j.N * j.G * ((j.Ho + rows - 1) / rows) < 4 * threads) rows = (rows + 1) / 2;
   j.rows = rows;
-  if (j.oplane == 0) j.oplane = j.Ho * j.Wo, j.orow = j.Wo, j.ocol = 1;
+  if (j.is.img == 0) j.is = nchw_strides(j.G * j.Cg, j.H, j.W);
+  if (j.os.img == 0) j.os = nchw_strides(j.G * j.Kg, j.Ho, j.Wo);
   int64_t off[64];
   tap_offsets(j, pblock(j, rows, L), off);
   j.off = off;
@@ -643,8 +666,8 @@ GROUPED_INLINE void wnchw_task(const WNJob& j, float* buf, float* part, int64_t 
   float* yb = buf + j.per_chunk * xstride;
   const int64_t used = (j.Ho - 1) * j.sh + (j.R - 1) * j.dh + 1;
   for (int64_t n = n0; n < n1; ++n) {
-    fill_phases<L>(j.x + (n * j.G + g) * j.Cg * j.H * j.W, j.Cg, j.H, j.W, -j.pt, used, j.pl, j.sh, j.sw, ly.Wq,
-                   ly.phase, ly.plane, xb + (n - n0) * xstride);
+    fill_phases<L>(j.x + (n * j.G + g) * j.Cg * j.H * j.W, nchw_strides(j.G * j.Cg, j.H, j.W), j.Cg, j.H, j.W, -j.pt,
+                   used, j.pl, j.sh, j.sw, ly.Wq, ly.phase, ly.plane, xb + (n - n0) * xstride);
     for (int64_t k = 0; k < j.Kg; ++k) {
       const float* src = j.dy + (n * j.G * j.Kg + g * j.Kg + k) * j.Ho * j.Wo;
       float* yk = yb + (n - n0) * ystride + k * ly.run;
@@ -704,9 +727,11 @@ bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 
 void forward_nchw(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
-                  const Conv2dParams& p) {
-  run_nchw({x, w, bias, y, sh.N, p.groups, sh.Cg, sh.Kg, sh.H, sh.W, sh.Ho, sh.Wo, sh.R, sh.S, p.pad_t, p.pad_l,
-            p.dil_h, p.dil_w, p.stride_h, p.stride_w, 0, nullptr});
+                  const Conv2dParams& p, bool nhwc) {
+  PJob j{x, w, bias, y, sh.N, p.groups, sh.Cg, sh.Kg, sh.H, sh.W, sh.Ho, sh.Wo, sh.R, sh.S, p.pad_t, p.pad_l,
+         p.dil_h, p.dil_w, p.stride_h, p.stride_w, 0, nullptr};
+  if (nhwc) j.is = nhwc_strides(sh.C, sh.H, sh.W), j.os = nhwc_strides(sh.K, sh.Ho, sh.Wo);
+  run_nchw(j);
 }
 
 namespace {
@@ -726,7 +751,9 @@ Phase phase_of(int64_t n, int64_t st, int64_t phi, int64_t pad, int64_t extent) 
 }  // namespace
 
 void data_grad_nchw(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
-                    const Conv2dParams& p) {
+                    const Conv2dParams& p, bool nhwc) {
+  const Strides ys = nhwc ? nhwc_strides(sh.K, sh.Ho, sh.Wo) : nchw_strides(sh.K, sh.Ho, sh.Wo);
+  const Strides xs = nhwc ? nhwc_strides(sh.C, sh.H, sh.W) : nchw_strides(sh.C, sh.H, sh.W);
   const int64_t Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S, RS = R * S;
   if (p.stride_h == 1 && p.stride_w == 1) {
     // dX = dY (*) the weight transposed within each group and turned 180 degrees, padding d*(R-1) - pad
@@ -736,8 +763,10 @@ void data_grad_nchw(const float* gy, const float* w, const float* bias, float* g
       for (int64_t kk = 0; kk < Kg; ++kk)
         for (int64_t t = 0; t < RS; ++t) wt[(c * Kg + kk) * RS + RS - 1 - t] = w[((g * Kg + kk) * Cg + ci) * RS + t];
     }
-    run_nchw({gy, wt.data(), bias, gx, sh.N, p.groups, Kg, Cg, sh.Ho, sh.Wo, sh.H, sh.W, R, S,
-              p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w, 1, 1, 0, nullptr});
+    PJob j{gy, wt.data(), bias, gx, sh.N, p.groups, Kg, Cg, sh.Ho, sh.Wo, sh.H, sh.W, R, S,
+           p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w, 1, 1, 0, nullptr};
+    j.is = ys, j.os = xs;
+    run_nchw(j);
     return;
   }
   // Stride sh x sw, dilation 1: the dX pixels h = sh * u + ph - pt (and likewise w) take only the
@@ -751,13 +780,15 @@ void data_grad_nchw(const float* gy, const float* w, const float* bias, float* g
       const Phase a = phase_of(R, st_h, ph, p.pad_t, sh.H), b = phase_of(S, st_w, pw, p.pad_l, sh.W);
       const int64_t hu = a.hi - a.lo, wu = b.hi - b.lo;
       if (hu <= 0 || wu <= 0) continue;
-      float* first = gx + (st_h * a.lo + ph - p.pad_t) * sh.W + st_w * b.lo + pw - p.pad_l;  // (u, v) = (lo, lo)
+      // dX at (u, v) = (lo, lo) of this phase
+      float* first = gx + (st_h * a.lo + ph - p.pad_t) * xs.row + (st_w * b.lo + pw - p.pad_l) * xs.col;
       if (a.taps == 0 || b.taps == 0) {  // no tap reaches these pixels: the bias or zero
         at::parallel_for(0, N * C, 1, [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t)
             for (int64_t u = 0; u < hu; ++u)
               for (int64_t v = 0; v < wu; ++v)
-                first[t * sh.H * sh.W + u * st_h * sh.W + v * st_w] = bias ? bias[t % C] : 0.0f;
+                first[t / C * xs.img + t % C * xs.chan + u * st_h * xs.row + v * st_w * xs.col] =
+                    bias ? bias[t % C] : 0.0f;
         });
         continue;
       }
@@ -774,7 +805,7 @@ void data_grad_nchw(const float* gy, const float* w, const float* bias, float* g
       // out[u'] = sum_m f[m] dY[u' + lo - (Ra - 1) + m]: padding Ra - 1 - lo (negative: rows skipped)
       PJob job{gy, wt.data(), bias, first, N, p.groups, Kg, Cg, sh.Ho, sh.Wo, hu, wu, Ra, Sb, Ra - 1 - a.lo,
                Sb - 1 - b.lo, 1, 1, 1, 1, 0, nullptr};
-      job.oplane = sh.H * sh.W, job.orow = st_h * sh.W, job.ocol = st_w;
+      job.is = ys, job.os = {xs.img, xs.chan, st_h * xs.row, st_w * xs.col};
       run_nchw(job);
     }
 }

@@ -48,12 +48,15 @@ void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& 
 // operands or the result. The data gradient at stride 1.
 bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
-// y [N, K, Ho, Wo] = conv(x [N, C, H, W], w [K, Cg, R, S]) + bias, all contiguous.
+// y [N, K, Ho, Wo] = conv(x [N, C, H, W], w [K, Cg, R, S] contiguous) + bias; x and y contiguous
+// in NCHW, or with nhwc in channels_last (read and written in place: each task's planes are made
+// from the pixels' channels, its results stored back a pixel at a time).
 void forward_nchw(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
-                  const Conv2dParams& p);
-// gx [N, C, H, W] = the data gradient from gy [N, K, Ho, Wo], + bias (per input channel), all contiguous.
+                  const Conv2dParams& p, bool nhwc);
+// gx [N, C, H, W] = the data gradient from gy [N, K, Ho, Wo], + bias (per input channel); the layouts
+// as forward_nchw's.
 void data_grad_nchw(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
-                    const Conv2dParams& p);
+                    const Conv2dParams& p, bool nhwc);
 
 // The weight gradient of that NCHW convolution (up to 16 channels a group, filters of up to 64
 // taps): gw [K, Cg, R, S]
