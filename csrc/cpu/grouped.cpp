@@ -45,6 +45,14 @@ struct Vec {
   typedef E type __attribute__((vector_size(VB)));
 };
 
+// VB bytes of floats from p (any alignment).
+template <int VB>
+GROUPED_INLINE typename Vec<float, VB>::type vload(const float* p) {
+  typename Vec<float, VB>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
 template <int VB, int KG, int C>
 GROUPED_INLINE auto lane_broadcast(const auto& v) {
   // element C of each group of KG lanes, to all KG lanes of its group
@@ -65,16 +73,11 @@ GROUPED_INLINE auto lane_broadcast(const auto& v) {
 template <int VB, int KG, std::size_t... Cs>
 GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t wstep, std::index_sequence<Cs...>) {
   using V = typename Vec<float, VB>::type;
-  auto load = [](const float* p) __attribute__((always_inline)) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  };
   if constexpr (KG == VB / 4) {
-    ((acc += xp[Cs] * load(wp + int64_t(Cs) * wstep)), ...);
+    ((acc += xp[Cs] * vload<VB>(wp + int64_t(Cs) * wstep)), ...);
   } else {
-    const V xv = load(xp);
-    ((acc += lane_broadcast<VB, KG, int(Cs)>(xv) * load(wp + int64_t(Cs) * wstep)), ...);
+    const V xv = vload<VB>(xp);
+    ((acc += lane_broadcast<VB, KG, int(Cs)>(xv) * vload<VB>(wp + int64_t(Cs) * wstep)), ...);
   }
   return acc;
 }
@@ -195,11 +198,6 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
   constexpr int NT = wgrad_taps<VB, KG>();
   constexpr int64_t L = VB / 4;
   const int64_t RS = j.R * j.S;
-  auto load = [](const float* p) __attribute__((always_inline)) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  };
   const float* xrow[NT];  // tap i's input row at column s*dw - pl (nullptr: the row is outside the image)
   int64_t xcol[NT];
   V a[NT][KG];
@@ -214,11 +212,11 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
     xcol[i] = s * j.dw - j.pl;
     if (h >= 0 && h < j.H) xrow[i] = j.x + (n * j.H + h) * j.W * j.K + k0;
 #pragma GCC unroll 16
-    for (int c = 0; c < KG; ++c) a[i][c] = load(acc + ((k0 / L * RS + t) * KG + c) * L);
+    for (int c = 0; c < KG; ++c) a[i][c] = vload<VB>(acc + ((k0 / L * RS + t) * KG + c) * L);
   }
   const float* dyp = j.dy + ((n * j.Ho + ho) * j.Wo) * j.K + k0;
   for (int64_t wo = wb; wo < we; ++wo) {
-    const V dv = load(dyp + wo * j.K);
+    const V dv = vload<VB>(dyp + wo * j.K);
 #pragma GCC unroll 24
     for (int i = 0; i < NT; ++i) {
       if (i >= nt || !xrow[i]) continue;
@@ -229,7 +227,7 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
 #pragma GCC unroll 16
         for (int c = 0; c < KG; ++c) a[i][c] += xp[c] * dv;  // a broadcast operand, as in tap_sum
       } else {
-        const V xv = load(xp);
+        const V xv = vload<VB>(xp);
         [&]<std::size_t... Cs>(std::index_sequence<Cs...>) __attribute__((always_inline)) {
           ((a[i][Cs] += dv * lane_broadcast<VB, KG, int(Cs)>(xv)), ...);
         }(std::make_index_sequence<KG>{});
@@ -390,11 +388,6 @@ GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, 
                               float* yk, int64_t o) {
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
-  auto load = [](const float* p) __attribute__((always_inline)) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  };
   const int64_t RS = j.R * j.S, wstep = j.Cg * RS;
   V acc[KB][PV];
 #pragma GCC unroll 8
@@ -410,7 +403,7 @@ GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, 
       const float* xp = xc + j.off[t];
       V xv[PV];
 #pragma GCC unroll 8
-      for (int q = 0; q < PV; ++q) xv[q] = load(xp + q * L);
+      for (int q = 0; q < PV; ++q) xv[q] = vload<VB>(xp + q * L);
       const float* wt = wc + t;
 #pragma GCC unroll 8
       for (int k = 0; k < KB; ++k) {
@@ -573,11 +566,6 @@ GROUPED_INLINE void wnchw_block(const float* xc, int64_t xstride, const float* d
                                 int64_t kstride) {
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
-  auto load = [](const float* p) __attribute__((always_inline)) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  };
   V a[KB][TB];
 #pragma GCC unroll 8
   for (int k = 0; k < KB; ++k)
@@ -589,11 +577,11 @@ GROUPED_INLINE void wnchw_block(const float* xc, int64_t xstride, const float* d
     for (int64_t o = 0; o < run; o += L) {
       V d[KB];
 #pragma GCC unroll 8
-      for (int k = 0; k < KB; ++k) d[k] = load(yn + k * ks + o);
+      for (int k = 0; k < KB; ++k) d[k] = vload<VB>(yn + k * ks + o);
 #pragma GCC unroll 16
       for (int i = 0; i < TB; ++i) {
         if (i >= nt) break;
-        V xv = load(xn + off[i] + o);
+        V xv = vload<VB>(xn + off[i] + o);
         asm("" : "+v"(xv));  // in a register: folded into each FMA, the load ran KB times
 #pragma GCC unroll 8
         for (int k = 0; k < KB; ++k) a[k][i] += d[k] * xv;
@@ -615,11 +603,6 @@ GROUPED_INLINE void wnchw_block3x3(const float* xc, int64_t xstride, int64_t Wp,
                                    int64_t imgs, int64_t run, int64_t ks, float* out, int64_t kstride) {
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
-  auto load = [](const float* p) __attribute__((always_inline)) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  };
   V a[KB][9];
 #pragma GCC unroll 8
   for (int k = 0; k < KB; ++k)
@@ -633,10 +616,10 @@ GROUPED_INLINE void wnchw_block3x3(const float* xc, int64_t xstride, int64_t Wp,
     for (int64_t o = 0; o < run; o += L) {
       V d[KB];
 #pragma GCC unroll 8
-      for (int k = 0; k < KB; ++k) d[k] = load(yn + k * ks + o);
+      for (int k = 0; k < KB; ++k) d[k] = vload<VB>(yn + k * ks + o);
 #pragma GCC unroll 3
       for (int s = 0; s < 3; ++s) {
-        V v0 = load(x0 + o + s), v1 = load(x1 + o + s), v2 = load(x2 + o + s);
+        V v0 = vload<VB>(x0 + o + s), v1 = vload<VB>(x1 + o + s), v2 = vload<VB>(x2 + o + s);
         asm("" : "+v"(v0), "+v"(v1), "+v"(v2));  // as in wnchw_block
 #pragma GCC unroll 8
         for (int k = 0; k < KB; ++k) {
