@@ -1106,9 +1106,10 @@ bool fits_scratch(const Conv2dShape& sh) {
 // measured to pay:
 //  * grouped (not depthwise) on the GEMM path: NCHW, whose per-group GEMMs
 //    have the pixels as their long side; in channels_last each group's GEMM is
-//    only Kg wide (groups of 2 to 16 channels take grouped.cpp's kernels
-//    instead, decided by the callers: NCHW at stride 1 in NCHW, else the
-//    channels_last one; 2-5x faster than the GEMMs);
+//    only Kg wide (groups of 2 to 32 channels take grouped.cpp's kernels
+//    instead, decided by the callers: its NCHW kernel for NCHW, its
+//    channels_last one for channels_last where it applies; 2-5x faster than
+//    the GEMMs);
 //  * Winograd (winograd.cpp) computes in the result's layout;
 //  * an NCHW convolution with a spatial kernel and few output pixels (<= 64:
 //    late ResNet stages, small images): channels_last, where images stack into
@@ -1186,8 +1187,8 @@ struct CpuConv {
     check_cpu_dtype(input, "input");
     const auto mf = result_format ? *result_format : conv_memory_format(input, weight);
     const bool wino = input.scalar_type() != at::kDouble && winograd_forward(sh, p);  // both layouts natively
-    // few channels a group (grouped.h): NCHW at stride 1 in NCHW, else the channels_last direct
-    // kernel whatever the layout; channels_last groups it does not take (32 channels) in NCHW
+    // few channels a group (grouped.h): NCHW by the NCHW kernel; channels_last by the channels_last
+    // kernel where it applies (2-16 channels a group, whole vectors), else by the NCHW kernel in place
     const bool grp_cl = input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
     const bool grp_nchw = !wino && input.scalar_type() != at::kDouble && grouped::nchw_applicable(sh, p) &&
                           (mf == at::MemoryFormat::Contiguous || !grp_cl);
@@ -1301,8 +1302,8 @@ struct CpuConv {
     const bool wino = ct == at::kFloat && winograd::enabled() &&
                       winograd::weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h,
                                                        p.dil_w, p.groups, sh.Ho, sh.Wo);
-    // few channels a group (grouped.h, both writing [K][Cg][R][S]): NCHW at stride 1 in NCHW, else
-    // the channels_last kernel whatever the layout
+    // few channels a group (grouped.h, both writing [K][Cg][R][S]): NCHW by the NCHW kernel (up to
+    // 16 channels a group), else the channels_last kernel whatever the layout
     const bool grp_nchw = !wino && ct == at::kFloat && mf == at::MemoryFormat::Contiguous &&
                           grouped::weight_grad_nchw_applicable(sh, p);
     const bool grp = !wino && !grp_nchw && ct == at::kFloat && grouped::applicable(sh, p);
