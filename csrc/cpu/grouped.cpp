@@ -322,18 +322,26 @@ struct PJob {
 // The buffer of one task: its Cg channels' sh * sw phase planes ([Hq][Wq] and L + (S - 1) * dw / sw
 // of slack each), then Kg output runs of ceil(rows * Wq / L) vectors.
 struct PBlock {
-  int64_t Hq, Wq, phase, plane, run;
+  int64_t Wq, phase, plane, run;
 };
-inline PBlock pblock(const PJob& j, int64_t rows, int64_t L) {
-  const int64_t Wq = j.Wo + (j.S - 1) * j.dw / j.sw, Hq = rows + (j.R - 1) * j.dh / j.sh;
-  const int64_t phase = Hq * Wq + (j.S - 1) * j.dw / j.sw + L;
-  return {Hq, Wq, phase, j.sh * j.sw * phase, (rows * Wq + L - 1) / L * L};
+// For `rows` output rows Wo wide of an R x S filter (dilation dh x dw, stride sh x sw); also the
+// weight gradient's (all Ho rows).
+inline PBlock phase_block(int64_t rows, int64_t Wo, int64_t R, int64_t S, int64_t dh, int64_t dw, int64_t sh,
+                          int64_t sw, int64_t L) {
+  const int64_t Wq = Wo + (S - 1) * dw / sw, Hq = rows + (R - 1) * dh / sh;
+  const int64_t phase = Hq * Wq + (S - 1) * dw / sw + L;
+  return {Wq, phase, sh * sw * phase, (rows * Wq + L - 1) / L * L};
 }
-inline void tap_offsets(const PJob& j, const PBlock& pb, int64_t* off) {
-  for (int64_t r = 0; r < j.R; ++r)
-    for (int64_t s = 0; s < j.S; ++s) {
-      const int64_t a = r * j.dh, b = s * j.dw;
-      off[r * j.S + s] = (a % j.sh * j.sw + b % j.sw) * pb.phase + a / j.sh * pb.Wq + b / j.sw;
+inline PBlock pblock(const PJob& j, int64_t rows, int64_t L) {
+  return phase_block(rows, j.Wo, j.R, j.S, j.dh, j.dw, j.sh, j.sw, L);
+}
+// off[r * S + s]: tap (r, s)'s offset in a channel's phase planes.
+inline void tap_offsets(int64_t R, int64_t S, int64_t dh, int64_t dw, int64_t sh, int64_t sw, const PBlock& pb,
+                        int64_t* off) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t a = r * dh, b = s * dw;
+      off[r * S + s] = (a % sh * sw + b % sw) * pb.phase + a / sh * pb.Wq + b / sw;
     }
 }
 
@@ -514,7 +522,7 @@ void run_nchw(PJob j) {
   if (j.is.img == 0) j.is = nchw_strides(j.G * j.Cg, j.H, j.W);
   if (j.os.img == 0) j.os = nchw_strides(j.G * j.Kg, j.Ho, j.Wo);
   int64_t off[64];
-  tap_offsets(j, pblock(j, rows, L), off);
+  tap_offsets(j.R, j.S, j.dh, j.dw, j.sh, j.sw, pblock(j, rows, L), off);
   j.off = off;
   const int64_t tasks = j.N * j.G * ((j.Ho + rows - 1) / rows);
   const int64_t size = bytes(rows) / int64_t(sizeof(float));
@@ -542,13 +550,8 @@ struct WNJob {
 
 // Where a task's images sit in its buffer: X's padded planes [image][Cg][plane], then dY's
 // runs [image][Kg][run].
-struct WNLayout {
-  int64_t Wq, Hq, phase, plane, run;
-};
-inline WNLayout wn_layout(const WNJob& j, int64_t L) {  // the forward's phase planes, all Ho rows
-  const int64_t Wq = j.Wo + (j.S - 1) * j.dw / j.sw, Hq = j.Ho + (j.R - 1) * j.dh / j.sh;
-  const int64_t phase = Hq * Wq + (j.S - 1) * j.dw / j.sw + L;
-  return {Wq, Hq, phase, j.sh * j.sw * phase, (j.Ho * Wq + L - 1) / L * L};
+inline PBlock wn_layout(const WNJob& j, int64_t L) {  // the forward's phase planes, all Ho rows
+  return phase_block(j.Ho, j.Wo, j.R, j.S, j.dh, j.dw, j.sh, j.sw, L);
 }
 
 template <typename V>
@@ -641,7 +644,7 @@ GROUPED_INLINE void wnchw_task(const WNJob& j, float* buf, float* part, int64_t 
   constexpr int L = VB / 4;
   const int64_t g = task / j.chunks, ch = task % j.chunks;
   const int64_t n0 = ch * j.per_chunk, n1 = std::min(j.N, n0 + j.per_chunk), imgs = n1 - n0;
-  const WNLayout ly = wn_layout(j, L);
+  const PBlock ly = wn_layout(j, L);
   const int64_t RS = j.R * j.S, xstride = j.Cg * ly.plane, ystride = j.Kg * ly.run;
   // buffer: zero outside the image and past Wo from the thread's first task on (every task
   // writes the same places)
@@ -658,11 +661,7 @@ GROUPED_INLINE void wnchw_task(const WNJob& j, float* buf, float* part, int64_t 
     }
   }
   int64_t off[64];
-  for (int64_t r = 0; r < j.R; ++r)
-    for (int64_t s = 0; s < j.S; ++s) {
-      const int64_t a = r * j.dh, b = s * j.dw;
-      off[r * j.S + s] = (a % j.sh * j.sw + b % j.sw) * ly.phase + a / j.sh * ly.Wq + b / j.sw;
-    }
+  tap_offsets(j.R, j.S, j.dh, j.dw, j.sh, j.sw, ly, off);
   const bool f3x3 = j.R == 3 && j.S == 3 && j.dh == 1 && j.dw == 1 && j.sh == 1 && j.sw == 1;
   for (int64_t c = 0; c < j.Cg; ++c)
     for (int64_t k0 = 0; k0 < j.Kg; k0 += KB) {
@@ -804,7 +803,7 @@ void weight_grad_nchw(const float* x, const float* gy, float* gw, const Conv2dSh
           p.stride_h, p.stride_w, 1, 1};
   // Images a chunk: their planes within ~1 MiB, and at least 16 tasks where the images allow
   // (the shape alone decides: the same bits on any thread count).
-  const WNLayout ly = wn_layout(j, L);
+  const PBlock ly = wn_layout(j, L);
   const int64_t image = (sh.Cg * ly.plane + sh.Kg * ly.run) * int64_t(sizeof(float));
   int64_t per = std::clamp<int64_t>((int64_t(1) << 20) / image, 1, sh.N);
   per = std::min(per, std::max<int64_t>(1, sh.N * G / 16));
