@@ -15,6 +15,7 @@ convx.SyncBatchNorm, and rank 0 alone shows progress, evaluates and reports.
 """
 import argparse
 import datetime
+import gc
 import math
 import os
 import sys
@@ -246,8 +247,15 @@ def main(argv=None):
         dist_ctx.backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(dist_ctx.backend, timeout=datetime.timedelta(minutes=5))
         try:
-            return _main(args, device, dist_ctx)
+            rc = _main(args, device, dist_ctx)
+            # Both ranks reach the end before either tears its connections down (rank 1 skips the
+            # report), and the DDP models (their reducers hold the process group) are freed before
+            # the group is destroyed rather than at the interpreter's exit: once in about a dozen
+            # runs a rank aborted at exit ("terminate called without an active exception").
+            torch.distributed.barrier()
+            return rc
         finally:
+            gc.collect()
             torch.distributed.destroy_process_group()
     return _main(args, device, dist_ctx)
 

@@ -7,6 +7,7 @@ Every rank builds the same global tensors from fixed seeds, works on its
 slice, and saves what it computed to OUTDIR/SCENARIO-rankR.pt; the test
 compares those with single-process references."""
 import datetime
+import gc
 import os
 import sys
 
@@ -103,7 +104,9 @@ def main():
         else:
             result = {"sync_bn": run_sync_bn, "ddp": run_ddp}[scenario](rank, world)
         torch.save(result, os.path.join(outdir, f"{scenario}-rank{rank}.pt"))
+        dist.barrier()  # as convx.train does: both ranks done before either tears down
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 
