@@ -10,6 +10,9 @@
   operands read in place by the tile, a run of output pixels an image row for each tap
   (wgrad_nhwc_in_place), any kernel, stride, padding, dilation and groups; units of
   (group, tap, row block, column block) and chunks of the output rows;
+* grouped float32 (either layout) whose groups fill whole register tiles (Kg a multiple of the
+  tile's rows, Cg of its 32 or 16 columns), under 32 x 32 output pixels: each group's X and dY
+  copied out ([G][pixels][Cg], regroup), then the same in-place tiles on the copies;
 * other channels_last float32: im2col written into the micro-kernel's panels
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
   columns, chunk of the pixels), the chunks summed into copies of dW added in order;
@@ -41,12 +44,19 @@ CASES = {
     "stem_c3": (2, 3, 20, 20, 16, (7, 7), 2, (3, 3, 3, 3), 1, 1),  # < 8 channels: the layout's own path
     "1x1_in_place": (2, 64, 20, 20, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # one tile block: pixel chunks
     "1x1_in_place_blocks": (1, 288, 6, 7, 288, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 2 x 2 blocks, partial
-    "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32 a group
+    "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32: regrouped
     "1x7_in_place": (3, 32, 9, 17, 24, (1, 7), 1, (0, 0, 3, 3), 1, 1),  # runs cut by the padding
     "3x3_s2_in_place": (2, 32, 15, 16, 16, (3, 3), 2, (1, 1, 1, 1), 1, 1),
     "asym_dil_in_place": (2, 32, 12, 15, 32, (3, 3), 1, (2, 0, 1, 3), 2, 1),
     "5x5_s2_groups_in_place": (2, 64, 13, 11, 32, (5, 5), 2, (2, 1, 0, 2), 1, 2),
     "7x1_tall_in_place": (1, 32, 40, 6, 16, (7, 1), 1, (3, 3, 0, 0), 1, 1),  # > 256 pixels: row blocks
+    # grouped, whole tiles a group (AVX-512: Cg a multiple of 32, Kg of 8 or 12): regrouped
+    "regrouped_cg32_kg32": (2, 64, 9, 10, 64, (3, 3), 1, (1, 1, 1, 1), 1, 2),
+    "regrouped_8_groups_7x7": (2, 256, 7, 7, 128, (3, 3), 1, (1, 1, 1, 1), 1, 8),
+    "regrouped_s2_dil_asym": (2, 96, 15, 13, 48, (3, 3), 2, (2, 0, 1, 3), 2, 3),
+    "regrouped_cg64_1x1": (2, 128, 6, 6, 64, (1, 1), 1, (0, 0, 0, 0), 1, 2),
+    "regrouped_kg12": (1, 64, 8, 8, 24, (3, 3), 1, (1, 1, 1, 1), 1, 2),
+    "regrouped_pad_past_filter": (1, 64, 5, 5, 32, (3, 3), 1, (3, 3, 3, 3), 1, 2),  # taps that see only padding
     "shifted_dilated_large": (1, 32, 36, 36, 32, (3, 3), 1, (2, 2, 2, 2), 2, 1),  # 36 x 36: shifted
     "1x1_512ch_packed": (2, 512, 5, 6, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # rows 2 KiB apart: packed
     # one image's >= 2048 output pixels, < 8 channels: NCHW blocks of output rows, dW^T's rows
@@ -97,7 +107,7 @@ def test_weight_grad_matches_float64(case, layout, dtype):
 def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
     for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
-                 "1x7_in_place", "stem_blocked"):
+                 "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
@@ -114,3 +124,30 @@ def test_weight_grad_independent_of_thread_count():
             finally:
                 torch.set_num_threads(old)
             assert torch.equal(one, two), (case, mf)
+
+
+_REGROUPED_CHILD = """
+import sys, torch, torch.nn.functional as F
+import convx
+torch.manual_seed(0)
+# AVX2 and baseline tiles are 6 x 16: 16-channel groups of 12 output channels fill them (regrouped
+# there; on AVX-512 they take the other paths)
+for N, C, H, W, K, stride, pad, groups in ((2, 32, 7, 9, 24, 1, 1, 2), (2, 64, 11, 10, 48, 2, 1, 4)):
+    for mf in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(N, C, H, W, dtype=torch.float64).contiguous(memory_format=mf)
+        w = torch.zeros(K, C // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+        y = F.conv2d(x, w, None, stride, pad, 1, groups)
+        gy = torch.randn_like(y)
+        ref = torch.autograd.grad(y, w, gy)[0]
+        got = torch.ops.convx.conv2d_backward_weight(gy.float(), x.float(), list(w.shape), [stride] * 2, [pad] * 4,
+                                                     [1, 1], groups, False)[0]
+        torch.testing.assert_close(got.double(), ref, atol=2e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_regrouped_weight_grad_narrower_builds(isa):
+    """The regrouped weight gradient with the AVX2 and baseline builds' 6 x 16 tiles."""
+    from test_cpu_gemm import run_with_isa
+    run_with_isa(_REGROUPED_CHILD, isa)

@@ -816,10 +816,18 @@ struct ChunkCopies {
 // a step's lines fall in two of L1's 64 sets and the packed paths won too
 // (batch 8: 512 -> 128 1x1 @28 2.88 -> 2.61 ms, 128 -> 512 3.06 -> 2.84,
 // 512 -> 256 5.70 -> 4.82, 512 3x3 @14 23.1 -> 20.8; torch 2.3, 2.4, 4.3, 19.0).
-bool wgrad_in_place(const Conv2dShape& sh) {
+bool wgrad_whole_tiles(const Conv2dShape& sh) {
   const MicroTile mt = micro_tile_for_rows<float>(sh.Kg);
-  return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0 && sh.C < 512 && sh.K < 512;
+  return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0;
 }
+bool wgrad_in_place(const Conv2dShape& sh) { return wgrad_whole_tiles(sh) && sh.C < 512 && sh.K < 512; }
+
+// Where each group's pixels are for wgrad_nhwc_in_place: pixel q of group g of X at
+// x + g * x_grp + q * x_pix, of dY at gy + g * y_grp + q * y_pix (floats).
+struct GroupLayout {
+  int64_t x_pix, x_grp, y_pix, y_grp;
+};
+GroupLayout interleaved_groups(const Conv2dShape& sh) { return {sh.C, sh.Cg, sh.K, sh.Kg}; }
 
 // Units: (group, tap, block of up to 256 rows of dW, block of up to 256 columns),
 // and the output rows cut into chunks (each summed into its own copy of dW, the
@@ -829,7 +837,8 @@ bool wgrad_in_place(const Conv2dShape& sh) {
 // meets every row panel of dY while in L1, and a tile's steps touch fewer pages than
 // the L1 TLB holds (256 pixels of a 256-channel dY were 64 pages; 128 measured
 // 0.96 -> 0.80 ms for 64 -> 64 1x1 @56, batch 8, within noise elsewhere).
-void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
+void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p,
+                         const GroupLayout& gl) {
   const MicroTile mt = micro_tile_for_rows<float>(sh.Kg);
   const int64_t MR = mt.MR, NR = mt.NR, G = p.groups, Kg = sh.Kg, Cg = sh.Cg, RS = sh.R * sh.S;
   const int64_t rows = sh.N * sh.Ho, ldc = RS * Cg;
@@ -862,18 +871,41 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
         const int64_t hb = std::max(hlo, t0 - n * sh.Ho), he = std::min(hhi, t1 - n * sh.Ho);
         for (int64_t h0 = hb; h0 < he; h0 += block) {
           const int64_t nr = std::min(block, he - h0);
-          const float* a = gy + ((n * sh.Ho + h0) * sh.Wo + wlo) * sh.K + g * Kg;
+          const float* a = gy + ((n * sh.Ho + h0) * sh.Wo + wlo) * gl.y_pix + g * gl.y_grp;
           const float* bx = x + ((n * sh.H + h0 * p.stride_h - p.pad_t + r * p.dil_h) * sh.W + wlo * p.stride_w -
-                                 p.pad_l + s * p.dil_w) * sh.C + g * Cg;
+                                 p.pad_l + s * p.dil_w) * gl.x_pix + g * gl.x_grp;
           for (int64_t j = j0; j < j1; j += NR)
             for (int64_t i = i0; i < i1; i += MR)
-              micro_tile_product_runs<float>(mt, nr, len, a + i, sh.K, sh.Wo * sh.K, bx + j, p.stride_w * sh.C,
-                                             p.stride_h * sh.W * sh.C, out + i * ldc + j, ldc, true);
+              micro_tile_product_runs<float>(mt, nr, len, a + i, gl.y_pix, sh.Wo * gl.y_pix, bx + j,
+                                             p.stride_w * gl.x_pix, p.stride_h * sh.W * gl.x_pix, out + i * ldc + j,
+                                             ldc, true);
         }
       }
     }
   });
   copies.sum_into(gw);
+}
+
+// t (N, C, H, W; float32) -> dst [G][N][H][W][C / G]: each group's channels by themselves, one
+// pixel's Cg floats after another's (channels_last per group). From channels_last a copy of Cg
+// floats a pixel, from NCHW a transpose of each image's [Cg][HW] block.
+void regroup(const at::Tensor& t, int64_t G, float* dst) {
+  const at::Tensor& c = t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast) ? t : t.contiguous();
+  const int64_t N = c.size(0), C = c.size(1), HW = c.size(2) * c.size(3), Cg = C / G;
+  const float* src = c.const_data_ptr<float>();
+  const bool nchw = c.is_contiguous();
+  at::parallel_for(0, G * N, 1, [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t g = u / N, n = u % N;
+      float* d = dst + u * HW * Cg;
+      if (nchw) {
+        transpose_batch(src + (n * C + g * Cg) * HW, d, 1, Cg, HW);
+      } else {
+        const float* s = src + n * HW * C + g * Cg;
+        for (int64_t q = 0; q < HW; ++q) std::memcpy(d + q * Cg, s + q * C, Cg * sizeof(float));
+      }
+    }
+  });
 }
 
 // The channels_last float32 weight gradient on wgrad_nhwc_tiles, every group,
@@ -925,7 +957,7 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
       // 0.71 -> 0.62, 32 @112 0.70 -> 0.57), and beat the tiles path at stride 2 (128 @56: 0.71 -> 0.92).
       const bool shifted = !p.is_pointwise_identity(R, S) && p.stride_h == 1 && p.stride_w == 1 && sh.Cg >= 8;
       if (shifted && sh.Ho * sh.Wo >= 1024) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
-      if (wgrad_in_place(sh)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p);
+      if (wgrad_in_place(sh)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p, interleaved_groups(sh));
       if (shifted && sh.Ho * sh.Wo > 256) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
       if (!p.is_pointwise_identity(R, S)) return wgrad_nhwc_tiled(xp, gyp, gw, sh, p);
     }
@@ -1167,6 +1199,20 @@ at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& 
   return compute_format(result, sh, p);
 }
 
+// A grouped float32 weight gradient on wgrad_nhwc_in_place with each group's X and dY copied out
+// first ([G][pixels][Cg], [G][pixels][Kg]: regroup), whatever the layout: groups of whole register
+// tiles (32 channels on AVX-512, 16 on AVX2) that grouped.cpp's kernels do not take, on images of
+// fewer than 32 x 32 output pixels (as for one group, the in-place tiles lose above: 2 groups of
+// 32 @56 3.7 -> 4.4 ms NCHW). In place their rows were C floats apart (4 KiB at ResNeXt-50's
+// 1024 @7: a page a step); the per-group NCHW GEMMs they ran on before made an im2col per group.
+// Batch 8, NCHW / channels_last, torch 0.9-3.0 ms: 32 groups of 32 @7 2.55 / 2.78 -> 0.84 /
+// 0.78 ms, 16 of 32 @14 3.57 / 3.96 -> 1.59 / 1.59, 8 of 32 @28 5.99 / 6.61 -> 3.31 / 3.26, 8 of
+// 64 @14 4.86 / 5.27 -> 2.78 / 2.70, 8 of 32 stride 2 @56 6.67 / 8.58 -> 5.76 / 5.73. Both copies
+// under the scratch cap (they live in the calling thread's kConvCol / kConvPadded buffers).
+bool wgrad_regrouped(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups > 1 && !is_depthwise(sh, p) && wgrad_whole_tiles(sh) && sh.Ho * sh.Wo < 1024 && fits_scratch(sh);
+}
+
 }  // namespace
 
 // The four primitives every convolution-shaped op is built from (see
@@ -1307,6 +1353,20 @@ struct CpuConv {
     const bool grp_nchw = !wino && ct == at::kFloat && mf == at::MemoryFormat::Contiguous &&
                           grouped::weight_grad_nchw_applicable(sh, p);
     const bool grp = !wino && !grp_nchw && ct == at::kFloat && grouped::applicable(sh, p);
+    const bool regrouped = !wino && !grp_nchw && !grp && ct == at::kFloat && wgrad_regrouped(sh, p);
+    if (regrouped) {
+      // [K][R][S][Cg]: the channels_last weight
+      auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
+                               kLayoutWeight);
+      if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
+      float* xr = thread_buffer<float>(kConvCol, sh.N * sh.C * sh.H * sh.W);
+      float* yr = thread_buffer<float>(kConvPadded, sh.N * sh.K * sh.Ho * sh.Wo);
+      regroup(input.to(ct), p.groups, xr);
+      regroup(grad_output.to(ct), p.groups, yr);
+      wgrad_nhwc_in_place(xr, yr, gw.mutable_data_ptr<float>(), sh, p,
+                          {sh.Cg, sh.N * sh.H * sh.W * sh.Cg, sh.Kg, sh.N * sh.Ho * sh.Wo * sh.Kg});
+      return to_format(gw, mf).to(dt);
+    }
     const auto cf = grp        ? at::MemoryFormat::ChannelsLast
                     : grp_nchw ? at::MemoryFormat::Contiguous
                     : wino     ? mf
