@@ -11,7 +11,8 @@
   (wgrad_nhwc_in_place), any kernel, stride, padding, dilation and groups; units of
   (group, tap, row block, column block) and chunks of the output rows;
 * grouped float32 (either layout) whose groups fill whole register tiles (Kg a multiple of the
-  tile's rows, Cg of its 32 or 16 columns), under 32 x 32 output pixels: each group's X and dY
+  tile's rows, Cg of its 32 or 16 columns; AVX-512's 16 x 16 tile for 16-channel groups), under
+  32 x 32 output pixels (16 x 16 for 16-column tiles in channels_last): each group's X and dY
   copied out ([G][pixels][Cg], regroup), then the same in-place tiles on the copies;
 * other channels_last float32: im2col written into the micro-kernel's panels
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
@@ -57,6 +58,11 @@ CASES = {
     "regrouped_cg64_1x1": (2, 128, 6, 6, 64, (1, 1), 1, (0, 0, 0, 0), 1, 2),
     "regrouped_kg12": (1, 64, 8, 8, 24, (3, 3), 1, (1, 1, 1, 1), 1, 2),
     "regrouped_pad_past_filter": (1, 64, 5, 5, 32, (3, 3), 1, (3, 3, 3, 3), 1, 2),  # taps that see only padding
+    # 16-channel groups, 16 (or 32) output channels a group: AVX-512's 16 x 16 tile
+    "regrouped_cg16": (2, 64, 9, 11, 64, (3, 3), 1, (1, 1, 1, 1), 1, 4),
+    "regrouped_cg16_kg32_s2": (2, 48, 13, 12, 96, (3, 3), 2, (1, 0, 1, 2), 1, 3),
+    # 16-channel groups on 17 x 17 output pixels: regrouped from NCHW, grouped.cpp's kernel in channels_last
+    "regrouped_cg16_17x17": (1, 32, 17, 17, 32, (3, 3), 1, (1, 1, 1, 1), 1, 2),
     "shifted_dilated_large": (1, 32, 36, 36, 32, (3, 3), 1, (2, 2, 2, 2), 2, 1),  # 36 x 36: shifted
     "1x1_512ch_packed": (2, 512, 5, 6, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # rows 2 KiB apart: packed
     # one image's >= 2048 output pixels, < 8 channels: NCHW blocks of output rows, dW^T's rows
@@ -107,7 +113,7 @@ def test_weight_grad_matches_float64(case, layout, dtype):
 def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
     for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
-                 "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7"):
+                 "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7", "regrouped_cg16"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)

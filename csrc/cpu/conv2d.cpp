@@ -816,11 +816,18 @@ struct ChunkCopies {
 // a step's lines fall in two of L1's 64 sets and the packed paths won too
 // (batch 8: 512 -> 128 1x1 @28 2.88 -> 2.61 ms, 128 -> 512 3.06 -> 2.84,
 // 512 -> 256 5.70 -> 4.82, 512 3x3 @14 23.1 -> 20.8; torch 2.3, 2.4, 4.3, 19.0).
-bool wgrad_whole_tiles(const Conv2dShape& sh) {
-  const MicroTile mt = micro_tile_for_rows<float>(sh.Kg);
+// The register tile of wgrad_nhwc_in_place: micro_tile_for_rows', or for groups of 16 channels
+// AVX-512's 16 x 16 (micro_tile_for_cols).
+MicroTile wgrad_tile(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups > 1 ? micro_tile_for_cols<float>(sh.Kg, sh.Cg) : micro_tile_for_rows<float>(sh.Kg);
+}
+bool wgrad_whole_tiles(const Conv2dShape& sh, const Conv2dParams& p) {
+  const MicroTile mt = wgrad_tile(sh, p);
   return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0;
 }
-bool wgrad_in_place(const Conv2dShape& sh) { return wgrad_whole_tiles(sh) && sh.C < 512 && sh.K < 512; }
+bool wgrad_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
+  return wgrad_whole_tiles(sh, p) && sh.C < 512 && sh.K < 512;
+}
 
 // Where each group's pixels are for wgrad_nhwc_in_place: pixel q of group g of X at
 // x + g * x_grp + q * x_pix, of dY at gy + g * y_grp + q * y_pix (floats).
@@ -839,7 +846,7 @@ GroupLayout interleaved_groups(const Conv2dShape& sh) { return {sh.C, sh.Cg, sh.
 // 0.96 -> 0.80 ms for 64 -> 64 1x1 @56, batch 8, within noise elsewhere).
 void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p,
                          const GroupLayout& gl) {
-  const MicroTile mt = micro_tile_for_rows<float>(sh.Kg);
+  const MicroTile mt = wgrad_tile(sh, p);
   const int64_t MR = mt.MR, NR = mt.NR, G = p.groups, Kg = sh.Kg, Cg = sh.Cg, RS = sh.R * sh.S;
   const int64_t rows = sh.N * sh.Ho, ldc = RS * Cg;
   constexpr int64_t kUnits = 8, kMinRows = 4, kBlock = 256, kPixels = 128;
@@ -957,7 +964,7 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
       // 0.71 -> 0.62, 32 @112 0.70 -> 0.57), and beat the tiles path at stride 2 (128 @56: 0.71 -> 0.92).
       const bool shifted = !p.is_pointwise_identity(R, S) && p.stride_h == 1 && p.stride_w == 1 && sh.Cg >= 8;
       if (shifted && sh.Ho * sh.Wo >= 1024) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
-      if (wgrad_in_place(sh)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p, interleaved_groups(sh));
+      if (wgrad_in_place(sh, p)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p, interleaved_groups(sh));
       if (shifted && sh.Ho * sh.Wo > 256) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
       if (!p.is_pointwise_identity(R, S)) return wgrad_nhwc_tiled(xp, gyp, gw, sh, p);
     }
@@ -1201,16 +1208,23 @@ at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& 
 
 // A grouped float32 weight gradient on wgrad_nhwc_in_place with each group's X and dY copied out
 // first ([G][pixels][Cg], [G][pixels][Kg]: regroup), whatever the layout: groups of whole register
-// tiles (32 channels on AVX-512, 16 on AVX2) that grouped.cpp's kernels do not take, on images of
+// tiles (wgrad_tile: 32 channels, or 16 in 16 x 16 tiles, on AVX-512; 16 on AVX2), on images of
 // fewer than 32 x 32 output pixels (as for one group, the in-place tiles lose above: 2 groups of
 // 32 @56 3.7 -> 4.4 ms NCHW). In place their rows were C floats apart (4 KiB at ResNeXt-50's
-// 1024 @7: a page a step); the per-group NCHW GEMMs they ran on before made an im2col per group.
-// Batch 8, NCHW / channels_last, torch 0.9-3.0 ms: 32 groups of 32 @7 2.55 / 2.78 -> 0.84 /
-// 0.78 ms, 16 of 32 @14 3.57 / 3.96 -> 1.59 / 1.59, 8 of 32 @28 5.99 / 6.61 -> 3.31 / 3.26, 8 of
-// 64 @14 4.86 / 5.27 -> 2.78 / 2.70, 8 of 32 stride 2 @56 6.67 / 8.58 -> 5.76 / 5.73. Both copies
-// under the scratch cap (they live in the calling thread's kConvCol / kConvPadded buffers).
-bool wgrad_regrouped(const Conv2dShape& sh, const Conv2dParams& p) {
-  return p.groups > 1 && !is_depthwise(sh, p) && wgrad_whole_tiles(sh) && sh.Ho * sh.Wo < 1024 && fits_scratch(sh);
+// 1024 @7: a page a step); they ran on per-group NCHW GEMMs (an im2col per group) or, up to 16
+// channels a group, on grouped.cpp's kernels. Batch 8, NCHW / channels_last, torch 0.4-3.0 ms:
+// 32 groups of 32 @7 2.55 / 2.78 -> 0.84 / 0.78 ms, 16 of 32 @14 3.57 / 3.96 -> 1.59 / 1.59,
+// 8 of 32 @28 5.99 / 6.61 -> 3.31 / 3.26, 8 of 64 @14 4.86 / 5.27 -> 2.78 / 2.70, 8 of 32 stride
+// 2 @56 6.67 / 8.58 -> 5.76 / 5.73; 16-channel groups: 32 of 16 @14 1.78 / 1.80 -> 1.00 / 1.10,
+// 64 of 16 @7 1.59 / 1.62 -> 0.53 / 0.54, 16 of 16 @14 0.90 / 0.90 -> 0.51 / 0.53, 16 of 16 @28
+// 2.73 -> 2.55 NCHW. Channels_last 16-column tiles only up to 16 x 16 output pixels: above,
+// grouped.cpp's channels_last kernel wins (16 of 16 @28 2.39 against 2.78; at stride 2 from 56,
+// 3.12 against 4.15). Both copies under the scratch cap (they live in the calling thread's
+// kConvCol / kConvPadded buffers). mf: the layout of the operands.
+bool wgrad_regrouped(const Conv2dShape& sh, const Conv2dParams& p, at::MemoryFormat mf) {
+  const int64_t pixels = sh.Ho * sh.Wo;
+  return p.groups > 1 && !is_depthwise(sh, p) && wgrad_whole_tiles(sh, p) && pixels < 1024 && fits_scratch(sh) &&
+         (mf == at::MemoryFormat::Contiguous || wgrad_tile(sh, p).NR >= 32 || pixels <= 256);
 }
 
 }  // namespace
@@ -1350,10 +1364,10 @@ struct CpuConv {
                                                        p.dil_w, p.groups, sh.Ho, sh.Wo);
     // few channels a group (grouped.h, both writing [K][Cg][R][S]): NCHW by the NCHW kernel (up to
     // 16 channels a group), else the channels_last kernel whatever the layout
-    const bool grp_nchw = !wino && ct == at::kFloat && mf == at::MemoryFormat::Contiguous &&
+    const bool regrouped = !wino && ct == at::kFloat && wgrad_regrouped(sh, p, mf);
+    const bool grp_nchw = !wino && !regrouped && ct == at::kFloat && mf == at::MemoryFormat::Contiguous &&
                           grouped::weight_grad_nchw_applicable(sh, p);
-    const bool grp = !wino && !grp_nchw && ct == at::kFloat && grouped::applicable(sh, p);
-    const bool regrouped = !wino && !grp_nchw && !grp && ct == at::kFloat && wgrad_regrouped(sh, p);
+    const bool grp = !wino && !regrouped && !grp_nchw && ct == at::kFloat && grouped::applicable(sh, p);
     if (regrouped) {
       // [K][R][S][Cg]: the channels_last weight
       auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,

@@ -254,6 +254,15 @@ const Kernel<T>& kernel_avx512_n64() {
   return k;
 }
 
+// AVX-512's 16 x 16 float tile (16 accumulators, one zmm of B a step): whole tiles for 16-channel
+// groups' weight gradients (conv2d.cpp's regrouped path), which the 32-column tiles would half waste.
+const Kernel<float>& kernel_avx512_n16() {
+  static const Kernel<float> k{16, 16, 256, 240, 3072, &ukernel_avx512<float, 16, 16>,
+                               &ukernel_rows_avx512<float, 16, 16>, &ukernel_brows_avx512<float, 16, 16>, "avx512",
+                               &ukernel_rows_seg_avx512<float, 16, 16>};
+  return k;
+}
+
 // The kernel for one product: the widest the CPU has, except that a product
 // with few rows or columns (grouped convolutions with 4 or 8 channels a group)
 // takes the AVX2 6 x 16 tile on an AVX-512 machine, whose 12 x 32 tile would
@@ -884,6 +893,18 @@ MicroTile micro_tile_for_rows(int64_t rows) {
 }
 
 template <typename T>
+MicroTile micro_tile_for_cols(int64_t rows, int64_t cols) {
+  const MicroTile mt = micro_tile_for_rows<T>(rows);
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_isa() == Isa::Avx512 && cols % mt.NR != 0 && cols % 16 == 0 && rows % 16 == 0) {
+      const Kernel<float>& kn = kernel_avx512_n16();
+      return MicroTile{kn.MR, kn.NR, kn.KC, &kn};
+    }
+  }
+  return mt;
+}
+
+template <typename T>
 void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
   const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);
   const int64_t Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
@@ -934,6 +955,7 @@ template MicroTile micro_tile<float>();
 template void micro_tile_product_runs<float>(const MicroTile&, int64_t, int64_t, const float*, int64_t, int64_t,
                                              const float*, int64_t, int64_t, float*, int64_t, bool);
 template MicroTile micro_tile_for_rows<float>(int64_t);
+template MicroTile micro_tile_for_cols<float>(int64_t, int64_t);
 template void micro_tile_product<float>(const MicroTile&, int64_t, const float*, const float*, float*, int64_t,
                                         int64_t, bool);
 template void micro_tile_product_b_rows<float>(const MicroTile&, int64_t, const float*, const float*, int64_t,

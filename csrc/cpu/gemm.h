@@ -138,6 +138,11 @@ MicroTile micro_tile();
 // 2 full panels instead of 12 + 4), else micro_tile().
 template <typename T>
 MicroTile micro_tile_for_rows(int64_t rows);
+// The tile for whole tiles of `rows` x `cols` (a grouped weight gradient's Kg x Cg): 16 x 16
+// on AVX-512 where cols is a multiple of 16 but not of the 32 columns, and rows of 16; else
+// micro_tile_for_rows(rows).
+template <typename T>
+MicroTile micro_tile_for_cols(int64_t rows, int64_t cols);
 // A [M, K] (row-major, row stride lda) -> packed (round_up(M, MR) * K elements).
 template <typename T>
 void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
