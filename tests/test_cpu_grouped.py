@@ -3,7 +3,8 @@ Cg == Kg in {2, 4, 8, 16}; channels_last forward and weight gradient at any stri
 at stride 1; NCHW forward at any stride (padded planes in stride phases, a block of rows a task),
 data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and weight gradient (up to
 16 channels a group, any stride) in NCHW, also 32 channels a group in either layout; the rest in
-channels_last. Against float64, both layouts, and every ISA build."""
+channels_last. Groups of whole 32-column register tiles copied out a group at a time and run as
+one GEMM a group (conv2d.cpp's regrouped paths). Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,13 @@ CASES = {
     # a data gradient at stride 2 with phases no tap reaches (a 1x1 filter), and one with odd padding
     "1x1_stride2": (2, 16, 7, 8, 4, (1, 1), 2, (0, 0, 0, 0), 1, True),
     "stride2_pad_asym": (1, 32, 10, 13, 4, (3, 3), 2, (0, 2, 2, 1), 1, True),
+    # 32 and 64 channels a group (whole 32-column tiles): each group copied out, then a GEMM a group
+    # (conv2d.cpp's regrouped forward: channels_last, and NCHW up to 64 output pixels; the weight
+    # gradient likewise under 32 x 32 output pixels)
+    "cg32_regrouped_14": (2, 64, 14, 12, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg64_regrouped": (1, 128, 6, 7, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "cg32_regrouped_dil_asym_s2": (1, 96, 13, 11, 3, (3, 3), 2, (2, 0, 1, 3), 2, True),
+    "cg32_regrouped_1x1": (2, 64, 5, 5, 2, (1, 1), 1, (0, 0, 0, 0), 1, True),
     # 20 channels (not whole vectors): channels_last read and written in place by the NCHW kernel
     "k20_in_place": (2, 20, 6, 7, 5, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "k20_in_place_s2": (2, 20, 9, 8, 5, (3, 3), 2, (1, 1, 1, 1), 1, True),
@@ -209,3 +217,26 @@ def test_unequal_strides(stride):
     ref = F.conv2d(x.double(), w.double(), b.double(), stride, 1, 1, 4)
     assert y.shape == ref.shape
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_regrouped_thread_count(layout):
+    """The regrouped forward (units of group and block of pixels, blocks chosen from the thread
+    count) and weight gradient: the same bits on 1 and 2 threads."""
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 64, 7, 8, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(64, 32, 3, 3, generator=g)
+    gy = torch.randn(3, 64, 7, 8, generator=g).contiguous(memory_format=mf)
+    args = ([1, 1], [1, 1, 1, 1], [1, 1], 2)
+    old = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got.append((torch.ops.convx.conv2d(x, w, None, *args),
+                        torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), *args, False)[0]))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
