@@ -43,6 +43,9 @@ CASES = {
     "cg64_regrouped": (1, 128, 6, 7, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
     "cg32_regrouped_dil_asym_s2": (1, 96, 13, 11, 3, (3, 3), 2, (2, 0, 1, 3), 2, True),
     "cg32_regrouped_1x1": (2, 64, 5, 5, 2, (1, 1), 1, (0, 0, 0, 0), 1, True),
+    # the data gradient as the regrouped forward of dY with the rotated weight: dilation and
+    # asymmetric padding (within d * (R - 1)) at stride 1
+    "cg32_regrouped_dil_asym": (1, 64, 11, 12, 2, (3, 3), 1, (2, 1, 0, 3), 2, True),
     # 20 channels (not whole vectors): channels_last read and written in place by the NCHW kernel
     "k20_in_place": (2, 20, 6, 7, 5, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "k20_in_place_s2": (2, 20, 9, 8, 5, (3, 3), 2, (1, 1, 1, 1), 1, True),
