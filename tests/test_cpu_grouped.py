@@ -243,3 +243,18 @@ def test_regrouped_thread_count(layout):
         torch.set_num_threads(old)
     for a, b in zip(*got):
         assert torch.equal(a, b)
+
+
+def test_regrouped_mixed_layouts():
+    """An NCHW input with a channels_last weight: a channels_last result (torch's rule), so the
+    regrouped forward copies the NCHW input out into padded per-group planes (transposed, then its
+    rows moved into place); and the other way round."""
+    g = torch.Generator().manual_seed(6)
+    for xf, wf in ((torch.contiguous_format, torch.channels_last), (torch.channels_last, torch.contiguous_format)):
+        x = torch.randn(2, 64, 10, 9, generator=g).contiguous(memory_format=xf)
+        w = torch.randn(64, 32, 3, 3, generator=g).contiguous(memory_format=wf)
+        b = torch.randn(64, generator=g)
+        y = torch.ops.convx.conv2d(x, w, b, [1, 1], [2, 0, 1, 1], [1, 1], 2)
+        ref = F.conv2d(F.pad(x.double(), (1, 1, 2, 0)), w.double(), b.double(), 1, 0, 1, 2)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)

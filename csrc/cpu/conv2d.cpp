@@ -896,20 +896,35 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
 // t (N, C, H, W; float32) -> dst [G][N][H][W][C / G]: each group's channels by themselves, one
 // pixel's Cg floats after another's (channels_last per group). From channels_last a copy of Cg
 // floats a pixel, from NCHW a transpose of each image's [Cg][HW] block.
-void regroup(const at::Tensor& t, int64_t G, float* dst) {
+// With padding (pt, pb, pl, pr): each image zero-padded, [G][N][H + pt + pb][W + pl + pr][Cg].
+void regroup(const at::Tensor& t, int64_t G, float* dst, int64_t pt = 0, int64_t pb = 0, int64_t pl = 0,
+             int64_t pr = 0) {
   const at::Tensor& c = t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast) ? t : t.contiguous();
-  const int64_t N = c.size(0), C = c.size(1), HW = c.size(2) * c.size(3), Cg = C / G;
+  const int64_t N = c.size(0), C = c.size(1), H = c.size(2), W = c.size(3), HW = H * W, Cg = C / G;
+  const int64_t Hp = H + pt + pb, Wp = W + pl + pr, row = Wp * Cg;
+  const bool padded = Hp != H || Wp != W;
   const float* src = c.const_data_ptr<float>();
   const bool nchw = c.is_contiguous();
   at::parallel_for(0, G * N, 1, [&](int64_t b, int64_t e) {
     for (int64_t u = b; u < e; ++u) {
       const int64_t g = u / N, n = u % N;
-      float* d = dst + u * HW * Cg;
+      float* d = dst + u * Hp * row;
       if (nchw) {
         transpose_batch(src + (n * C + g * Cg) * HW, d, 1, Cg, HW);
+        if (padded)  // the rows moved to their padded places, last first (each lands at or past its source)
+          for (int64_t h = H - 1; h >= 0; --h) std::memmove(d + (h + pt) * row + pl * Cg, d + h * W * Cg, W * Cg * 4);
       } else {
         const float* s = src + n * HW * C + g * Cg;
-        for (int64_t q = 0; q < HW; ++q) std::memcpy(d + q * Cg, s + q * C, Cg * sizeof(float));
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w)
+            std::memcpy(d + (h + pt) * row + (w + pl) * Cg, s + (h * W + w) * C, Cg * sizeof(float));
+      }
+      if (!padded) continue;
+      std::fill(d, d + pt * row, 0.f);
+      std::fill(d + (pt + H) * row, d + Hp * row, 0.f);
+      for (int64_t h = pt; h < pt + H; ++h) {
+        std::fill(d + h * row, d + h * row + pl * Cg, 0.f);
+        std::fill(d + h * row + (pl + W) * Cg, d + (h + 1) * row, 0.f);
       }
     }
   });
@@ -1342,12 +1357,23 @@ struct CpuConv {
       auto y = scratch_result({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct), at::MemoryFormat::ChannelsLast,
                               mf, kLayoutSecond);
       if (y.numel() == 0) return to_format(y, mf).to(input.scalar_type());
-      float* xr = thread_buffer<float>(kConvCol, sh.N * sh.C * sh.H * sh.W);
-      regroup(input.to(ct), p.groups, xr);
+      // the input zero-padded: every im2col row a filter row's S*Cg floats at a time, no bounds
+      // tests (channels_last 8 groups of 32 @28, forward and data gradient: 3.38 -> 3.12 ms, 1-2 %
+      // @14; at 7 x 7 the padded copy, 1.65x the input, cost 3 % more than it saved)
+      Conv2dShape sp = sh;
+      Conv2dParams pp = p;
+      const bool pad = sh.Ho * sh.Wo > 64;
+      if (pad) {
+        sp.H += p.pad_t + p.pad_b, sp.W += p.pad_l + p.pad_r;
+        pp.pad_t = pp.pad_b = pp.pad_l = pp.pad_r = 0;
+      }
+      float* xr = thread_buffer<float>(kConvCol, sh.N * sh.C * sp.H * sp.W);
+      if (pad) regroup(input.to(ct), p.groups, xr, p.pad_t, p.pad_b, p.pad_l, p.pad_r);
+      else regroup(input.to(ct), p.groups, xr);
       auto w = to_format_scratch(weight.to(ct), at::MemoryFormat::ChannelsLast, kLayoutWeight);
       at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
       forward_regrouped(xr, w.const_data_ptr<float>(), b.defined() ? b.const_data_ptr<float>() : nullptr,
-                        y.data_ptr<float>(), sh, p);
+                        y.data_ptr<float>(), sp, pp);
       if (residual) y.add_(residual->to(ct));
       if (relu) y.clamp_min_(0);
       return to_format(y, mf).to(input.scalar_type());
