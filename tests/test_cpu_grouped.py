@@ -46,6 +46,8 @@ CASES = {
     # the data gradient as the regrouped forward of dY with the rotated weight: dilation and
     # asymmetric padding (within d * (R - 1)) at stride 1
     "cg32_regrouped_dil_asym": (1, 64, 11, 12, 2, (3, 3), 1, (2, 1, 0, 3), 2, True),
+    # stride 2 on rows wide enough for the NCHW phase fill's vector de-interleave (> 2 vectors)
+    "stride2_wide": (1, 32, 6, 45, 8, (3, 3), 2, (1, 1, 1, 1), 1, True),
     # 20 channels (not whole vectors): channels_last read and written in place by the NCHW kernel
     "k20_in_place": (2, 20, 6, 7, 5, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "k20_in_place_s2": (2, 20, 9, 8, 5, (3, 3), 2, (1, 1, 1, 1), 1, True),
@@ -174,6 +176,18 @@ for cg in (2, 4, 8, 16, 32):
         xd = xn.double().requires_grad_()
         gr, = torch.autograd.grad(F.conv2d(xd, wn.double(), None, st, 1, 1, C // cg), xd, gy.double())
         assert (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, S, st)
+for cg in (4, 8):  # NCHW stride 2 on 45-column rows: the phase fill's de-interleaving shuffles
+    xw = torch.randn(1, 32, 5, 45, generator=g)
+    ww = torch.randn(32, cg, 3, 3, generator=g)
+    y = convx.functional.conv2d(xw, ww, None, 2, 1, 1, 32 // cg)
+    ref = F.conv2d(xw.double(), ww.double(), None, 2, 1, 1, 32 // cg)
+    assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max(), cg
+    gy = torch.randn(y.shape, generator=g)
+    gw = torch.ops.convx.conv2d_backward_weight(gy, xw, list(ww.shape), [2, 2], [1, 1, 1, 1], [1, 1], 32 // cg,
+                                                False)[0]
+    wd = ww.double().requires_grad_()
+    gr, = torch.autograd.grad(F.conv2d(xw.double(), wd, None, 2, 1, 1, 32 // cg), wd, gy.double())
+    assert (gw.double() - gr).abs().max() < 1e-4 * gr.abs().max(), cg
 print("ok")
 """
 
