@@ -779,7 +779,19 @@ void data_grad_nchw(const float* gy, const float* w, const float* bias, float* g
   // convolution a phase, whose tasks write their rows into dX at stride. Each pixel belongs to
   // one phase: the bias once, then the group's channels and the taps in order.
   const int64_t st_h = p.stride_h, st_w = p.stride_w, N = sh.N, C = sh.C;
-  std::vector<float> wt;
+  // The phases' jobs first, then in NCHW image by image every phase of the image: each phase
+  // writes every other column of every other row, so an image's dX, a few MB, is still in cache
+  // for its next phase (phase after phase over the whole batch went to memory each time: 32
+  // groups of 8, 256 @56 stride 2, batch 8: 4.6 -> 3.4-3.8 ms). Channels_last, written a pixel's
+  // channels at a time, keeps the whole batch a phase (image by image: 6.0 -> 7.7 ms).
+  const int64_t batch = nhwc ? N : 1;
+  struct PhaseRun {
+    PJob job;
+    bool taps;  // false: no tap reaches these pixels (the bias or zero)
+  };
+  std::vector<std::vector<float>> wts;
+  std::vector<PhaseRun> runs;
+  wts.reserve(st_h * st_w);
   for (int64_t ph = 0; ph < st_h; ++ph)
     for (int64_t pw = 0; pw < st_w; ++pw) {
       const Phase a = phase_of(R, st_h, ph, p.pad_t, sh.H), b = phase_of(S, st_w, pw, p.pad_l, sh.W);
@@ -787,18 +799,8 @@ void data_grad_nchw(const float* gy, const float* w, const float* bias, float* g
       if (hu <= 0 || wu <= 0) continue;
       // dX at (u, v) = (lo, lo) of this phase
       float* first = gx + (st_h * a.lo + ph - p.pad_t) * xs.row + (st_w * b.lo + pw - p.pad_l) * xs.col;
-      if (a.taps == 0 || b.taps == 0) {  // no tap reaches these pixels: the bias or zero
-        at::parallel_for(0, N * C, 1, [&](int64_t t0, int64_t t1) {
-          for (int64_t t = t0; t < t1; ++t)
-            for (int64_t u = 0; u < hu; ++u)
-              for (int64_t v = 0; v < wu; ++v)
-                first[t / C * xs.img + t % C * xs.chan + u * st_h * xs.row + v * st_w * xs.col] =
-                    bias ? bias[t % C] : 0.0f;
-        });
-        continue;
-      }
       const int64_t Ra = a.taps, Sb = b.taps;
-      wt.assign(C * Kg * Ra * Sb, 0.0f);  // [C][Kg][Ra][Sb]: tap m is r = ph + sh * (Ra - 1 - m)
+      std::vector<float>& wt = wts.emplace_back(C * Kg * Ra * Sb, 0.0f);  // [C][Kg][Ra][Sb]: tap m is r = ph + sh * (Ra - 1 - m)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t g = c / Cg, ci = c % Cg;
         for (int64_t kk = 0; kk < Kg; ++kk)
@@ -808,10 +810,27 @@ void data_grad_nchw(const float* gy, const float* w, const float* bias, float* g
                   w[((g * Kg + kk) * Cg + ci) * RS + (ph + st_h * (Ra - 1 - m)) * S + pw + st_w * (Sb - 1 - q)];
       }
       // out[u'] = sum_m f[m] dY[u' + lo - (Ra - 1) + m]: padding Ra - 1 - lo (negative: rows skipped)
-      PJob job{gy, wt.data(), bias, first, N, p.groups, Kg, Cg, sh.Ho, sh.Wo, hu, wu, Ra, Sb, Ra - 1 - a.lo,
+      PJob job{gy, wt.data(), bias, first, batch, p.groups, Kg, Cg, sh.Ho, sh.Wo, hu, wu, Ra, Sb, Ra - 1 - a.lo,
                Sb - 1 - b.lo, 1, 1, 1, 1, 0, nullptr};
       job.is = ys, job.os = {xs.img, xs.chan, st_h * xs.row, st_w * xs.col};
-      run_nchw(job);
+      runs.push_back({job, Ra > 0 && Sb > 0});
+    }
+  for (int64_t n = 0; n < N; n += batch)
+    for (const PhaseRun& pr : runs) {
+      PJob job = pr.job;
+      job.in += n * ys.img, job.out += n * xs.img;
+      if (pr.taps) {
+        run_nchw(job);
+        continue;
+      }
+      float* first = job.out;
+      at::parallel_for(0, batch * C, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
+          for (int64_t u = 0; u < job.Ho; ++u)
+            for (int64_t v = 0; v < job.Wo; ++v)
+              first[t / C * xs.img + t % C * xs.chan + u * st_h * xs.row + v * st_w * xs.col] =
+                  bias ? bias[t % C] : 0.0f;
+      });
     }
 }
 
