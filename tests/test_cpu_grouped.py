@@ -198,16 +198,27 @@ def test_narrower_builds(isa):
     run_with_isa(_CHILD, isa)
 
 
+# (input, weight, groups, whether the weight gradient's bits are fixed in channels_last too)
+THREAD_CASES = {
+    # NCHW: blocks of rows between threads; its weight gradient's chunks of images fixed by the shape
+    "cg8": ((1, 32, 23, 19), (32, 8, 3, 3), 4, False),
+    # regrouped (32-channel groups): the forward's units of group and block of pixels, blocks chosen
+    # from the thread count; the weight gradient's in-place tiles
+    "regrouped_cg32": ((3, 64, 7, 8), (64, 32, 3, 3), 2, True),
+}
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_thread_count(layout):
-    """1 vs 2 threads (NCHW: blocks of rows between threads): the same bits, forward and data
-    gradient; the NCHW weight gradient too (its chunks of images fixed by the shape)."""
+@pytest.mark.parametrize("case", list(THREAD_CASES.values()), ids=list(THREAD_CASES))
+def test_thread_count(case, layout):
+    """1 vs 2 threads: the same bits, forward, data gradient and weight gradient."""
+    xs, ws, groups, wgrad_cl = case
     mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 32, 23, 19, generator=g).contiguous(memory_format=mf)
-    w = torch.randn(32, 8, 3, 3, generator=g)
-    gy = torch.randn(1, 32, 23, 19, generator=g).contiguous(memory_format=mf)
-    args = ([1, 1], [1, 1, 1, 1], [1, 1], 4)
+    x = torch.randn(xs, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(ws, generator=g)
+    gy = torch.randn(xs[0], ws[0], *xs[2:], generator=g).contiguous(memory_format=mf)
+    args = ([1, 1], [1, 1, 1, 1], [1, 1], groups)
     old = torch.get_num_threads()
     got = []
     try:
@@ -216,7 +227,7 @@ def test_thread_count(layout):
             got.append((torch.ops.convx.conv2d(x, w, None, *args),
                         torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), *args)) +
                        ((torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), *args, False)[0],)
-                        if layout == "nchw" else ()))
+                        if layout == "nchw" or wgrad_cl else ()))
     finally:
         torch.set_num_threads(old)
     for a, b in zip(*got):
@@ -234,29 +245,6 @@ def test_unequal_strides(stride):
     ref = F.conv2d(x.double(), w.double(), b.double(), stride, 1, 1, 4)
     assert y.shape == ref.shape
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_regrouped_thread_count(layout):
-    """The regrouped forward (units of group and block of pixels, blocks chosen from the thread
-    count) and weight gradient: the same bits on 1 and 2 threads."""
-    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(3, 64, 7, 8, generator=g).contiguous(memory_format=mf)
-    w = torch.randn(64, 32, 3, 3, generator=g)
-    gy = torch.randn(3, 64, 7, 8, generator=g).contiguous(memory_format=mf)
-    args = ([1, 1], [1, 1, 1, 1], [1, 1], 2)
-    old = torch.get_num_threads()
-    got = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            got.append((torch.ops.convx.conv2d(x, w, None, *args),
-                        torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), *args, False)[0]))
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*got):
-        assert torch.equal(a, b)
 
 
 def test_regrouped_mixed_layouts():
