@@ -1200,12 +1200,15 @@ at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, 
 // its own path). Not where the weights outnumber dY (C*R*S > N*Ho*Wo): their rotation and
 // copies, three passes over 9.4 MB for 512 -> 512 3x3 at 7 x 7 and batch 2, cost more than the
 // product (0.50x torch that way, 0.70 the other). mf: the result's layout.
+// Padding within d*(R-1) on every side: the data gradient as a forward then has padding >= 0.
+bool pads_within_filter(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.pad_t <= p.dil_h * (sh.R - 1) && p.pad_b <= p.dil_h * (sh.R - 1) && p.pad_l <= p.dil_w * (sh.S - 1) &&
+         p.pad_r <= p.dil_w * (sh.S - 1);
+}
 bool data_grad_as_forward(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
   return (mf == at::MemoryFormat::Contiguous || sh.C % 32 == 0) && gy.scalar_type() != at::kDouble &&
-         p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 &&
-         sh.R * sh.S > 1 && !winograd_data_grad(sh, p) && sh.K >= 8 && p.pad_t <= p.dil_h * (sh.R - 1) &&
-         p.pad_b <= p.dil_h * (sh.R - 1) && p.pad_l <= p.dil_w * (sh.S - 1) && p.pad_r <= p.dil_w * (sh.S - 1) &&
-         fits_scratch(sh) && sh.C * sh.R * sh.S <= sh.N * sh.Ho * sh.Wo;
+         p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 && sh.R * sh.S > 1 && !winograd_data_grad(sh, p) &&
+         sh.K >= 8 && pads_within_filter(sh, p) && fits_scratch(sh) && sh.C * sh.R * sh.S <= sh.N * sh.Ho * sh.Wo;
 }
 
 // The weight gradient's: float32 with a spatial kernel and >= 8 channels a
@@ -1304,30 +1307,8 @@ void forward_regrouped(const float* xr, const float* w, const float* bias, float
 // mf: the result's layout.
 bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
   if (gy.scalar_type() == at::kDouble || p.groups == 1 || p.stride_h != 1 || p.stride_w != 1) return false;
-  if (p.pad_t > p.dil_h * (sh.R - 1) || p.pad_b > p.dil_h * (sh.R - 1) || p.pad_l > p.dil_w * (sh.S - 1) ||
-      p.pad_r > p.dil_w * (sh.S - 1))
-    return false;
   const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.Kg, sh.Cg};
-  return !is_depthwise(sh, p) && forward_regrouped_applicable(t, p, mf);
-}
-
-// w [K, Cg, R, S] (any layout) -> [C, Kg, R, S] in channels_last memory ([C][R][S][Kg]):
-// out[g*Cg + c][k][r][s] = w[g*Kg + k][c][R-1-r][S-1-s], the weight of a grouped data gradient
-// computed as a forward.
-at::Tensor rotated_grouped_weight(const at::Tensor& weight, int64_t G) {
-  const at::Tensor w = weight.to(at::kFloat).contiguous();
-  const int64_t K = w.size(0), Cg = w.size(1), R = w.size(2), S = w.size(3), Kg = K / G, RS = R * S;
-  at::Tensor out = at::empty({G * Cg, Kg, R, S}, w.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const float* src = w.const_data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  at::parallel_for(0, G * Cg, 16, [&](int64_t b, int64_t e) {
-    for (int64_t gc = b; gc < e; ++gc) {
-      const int64_t g = gc / Cg, c = gc % Cg;
-      for (int64_t t = 0; t < RS; ++t)
-        for (int64_t k = 0; k < Kg; ++k) dst[(gc * RS + t) * Kg + k] = src[((g * Kg + k) * Cg + c) * RS + RS - 1 - t];
-    }
-  });
-  return out;
+  return pads_within_filter(sh, p) && !is_depthwise(sh, p) && forward_regrouped_applicable(t, p, mf);
 }
 
 }  // namespace
@@ -1362,14 +1343,13 @@ struct CpuConv {
       // @14; at 7 x 7 the padded copy, 1.65x the input, cost 3 % more than it saved)
       Conv2dShape sp = sh;
       Conv2dParams pp = p;
-      const bool pad = sh.Ho * sh.Wo > 64;
-      if (pad) {
+      if (sh.Ho * sh.Wo > 64) {
         sp.H += p.pad_t + p.pad_b, sp.W += p.pad_l + p.pad_r;
         pp.pad_t = pp.pad_b = pp.pad_l = pp.pad_r = 0;
       }
       float* xr = thread_buffer<float>(kConvCol, sh.N * sh.C * sp.H * sp.W);
-      if (pad) regroup(input.to(ct), p.groups, xr, p.pad_t, p.pad_b, p.pad_l, p.pad_r);
-      else regroup(input.to(ct), p.groups, xr);
+      regroup(input.to(ct), p.groups, xr, p.pad_t - pp.pad_t, p.pad_b - pp.pad_b, p.pad_l - pp.pad_l,
+              p.pad_r - pp.pad_r);
       auto w = to_format_scratch(weight.to(ct), at::MemoryFormat::ChannelsLast, kLayoutWeight);
       at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
       forward_regrouped(xr, w.const_data_ptr<float>(), b.defined() ? b.const_data_ptr<float>() : nullptr,
@@ -1425,22 +1405,15 @@ struct CpuConv {
                               const Conv2dShape& sh, const Conv2dParams& p) {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, weight);
-    if (regrouped_data_grad(grad_output, mf, sh, p)) {
-      // as below, a group at a time: dX_g = dY_g (*) W_g rotated and transposed, on the regrouped forward
+    if (regrouped_data_grad(grad_output, mf, sh, p) || data_grad_as_forward(grad_output, mf, sh, p)) {
+      // dX = dY (*) W rotated 180 degrees and transposed (within each group), at stride 1 with
+      // padding d*(R-1) - pad; grouped, on the regrouped forward
       Conv2dParams q = p;
       q.pad_t = p.dil_h * (sh.R - 1) - p.pad_t, q.pad_b = p.dil_h * (sh.R - 1) - p.pad_b;
       q.pad_l = p.dil_w * (sh.S - 1) - p.pad_l, q.pad_r = p.dil_w * (sh.S - 1) - p.pad_r;
       const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.Kg, sh.Cg};
-      return forward_fused(grad_output, rotated_grouped_weight(weight, p.groups), bias, nullptr, false, t, q, mf);
-    }
-    if (data_grad_as_forward(grad_output, mf, sh, p)) {
-      // dX = dY (*) W rotated 180 degrees and transposed, at stride 1 with padding d*(R-1) - pad
-      Conv2dParams q = p;
-      q.pad_t = p.dil_h * (sh.R - 1) - p.pad_t, q.pad_b = p.dil_h * (sh.R - 1) - p.pad_b;
-      q.pad_l = p.dil_w * (sh.S - 1) - p.pad_l, q.pad_r = p.dil_w * (sh.S - 1) - p.pad_r;
-      const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.K, sh.C};
       // (channels_last, the layout that forward computes in, in scratch memory: no copy there)
-      const at::Tensor wr = rotated_weight_scratch(weight, kLayoutRotated, kLayoutWeight);
+      const at::Tensor wr = rotated_weight_scratch(weight, kLayoutRotated, kLayoutWeight, p.groups);
       return forward_fused(grad_output, wr, bias, nullptr, false, t, q, mf);
     }
     const bool wino = grad_output.scalar_type() != at::kDouble && winograd_data_grad(sh, p);

@@ -39,8 +39,10 @@ at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot)
 // transposed: [C, K, R, S] in channels_last, out[c][k][r][s] = w[k][c][R-1-r][S-1-s]
 // (the weight of a data gradient computed as a forward of dY), a scratch
 // tensor in `slot` for dense 4-byte weights (an NCHW one goes through a
-// channels_last copy in tmp_slot first), else an ordinary one.
-at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot, int tmp_slot);
+// channels_last copy in tmp_slot first), else an ordinary one. With groups,
+// within each group: w [G*Kg, Cg, R, S] -> [G*Cg, Kg, R, S],
+// out[g*Cg + c][k][r][s] = w[g*Kg + k][c][R-1-r][S-1-s].
+at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot, int tmp_slot, int64_t groups = 1);
 
 // dst[n][j][i] = src[n][i][j] for i < rows, j < cols, n < batch (4-byte elements).
 void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols);
