@@ -31,11 +31,14 @@ namespace {
 // an image's rows, gaps between them skipped).
 // SEG (with ROWS): the k loop runs nrows times too, a and b starting arow and brow further
 // each time (an implicit GEMM's runs: gemm_rows' direct rows).
-template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false, bool SEG = false>
+// PF (with ROWS): pf is the next MR rows of A (lda apart, as a's), the tile's next A, which
+// the k loop prefetches into L1 a line a step (row after row, then the next line of each).
+template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false, bool SEG = false,
+          bool PF = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
                                                         T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
                                                         int64_t ldb = 0, int64_t nrows = 1, int64_t arow = 0,
-                                                        int64_t brow = 0) {
+                                                        int64_t brow = 0, const T* pf = nullptr) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
@@ -56,7 +59,24 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
   for (int64_t row = 0; row < (BROWS || SEG ? nrows : 1); ++row) {
     const T* __restrict ak = a + (BROWS || SEG ? row * arow : 0);
     const T* __restrict bk = b + (BROWS || SEG ? row * brow : 0);
+    const T* pfrow = pf;  // PF: the line prefetched next, in row pfr of the next tile's A
+    const T* pfcol = pf;
+    int pfr = 0;
     for (int64_t k = 0; k < kc; ++k) {
+      // The next tile's A (PF): where A is read in place from memory (a 1x1 layer's activations
+      // of 25 MB), the first of the tiles that read each MR rows waited on them: the rows are
+      // MR streams advancing a float a step, which the hardware prefetchers took too late
+      // (25088 x 256 x 128 from DRAM, one thread: 145 -> 195 GFLOP/s). kc / MR lines of each of
+      // the MR rows over the k loop: all of them for floats where MR <= 16.
+      if constexpr (PF) {
+        __builtin_prefetch(pfrow, 0, 3);
+        pfrow += lda;
+        if (++pfr == MR) {
+          pfr = 0;
+          pfcol += 64 / int(sizeof(T));
+          pfrow = pfcol;
+        }
+      }
       // B's panel 8 steps ahead (not BROWS: its rows are ldb apart). In the ROWS order B's
       // panels come from L2 while A's rows stay in L1, and the hardware prefetcher alone left
       // the FMAs waiting (a 6272 x 256 x 256 product, one thread: 200 -> 208 GFLOP/s in a
@@ -96,7 +116,7 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
 template <typename T>
 using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
 template <typename T>
-using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool);
+using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, const T* pf);
 template <typename T>
 using UKernelBRows = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, bool, int64_t, int64_t,
                               int64_t);
@@ -125,17 +145,27 @@ void ukernel_base(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, bool ad
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_rows_avx512(int64_t kc, const T* a,
                                                                                    int64_t lda, const T* b, T* c,
-                                                                                   int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 64, true>(kc, a, b, c, rsc, add, lda);
+                                                                                   int64_t rsc, bool add,
+                                                                                   const T* pf) {
+  if (pf)
+    ukernel_body<T, MR, NR, 64, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf);
+  else
+    ukernel_body<T, MR, NR, 64, true>(kc, a, b, c, rsc, add, lda);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_rows_avx2(int64_t kc, const T* a, int64_t lda, const T* b, T* c,
-                                                           int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 32, true>(kc, a, b, c, rsc, add, lda);
+                                                           int64_t rsc, bool add, const T* pf) {
+  if (pf)
+    ukernel_body<T, MR, NR, 32, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf);
+  else
+    ukernel_body<T, MR, NR, 32, true>(kc, a, b, c, rsc, add, lda);
 }
 template <typename T, int MR, int NR>
-void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda);
+void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add, const T* pf) {
+  if (pf)
+    ukernel_body<T, MR, NR, 16, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf);
+  else
+    ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_brows_avx512(int64_t kc, const T* a,
@@ -499,10 +529,12 @@ void gemm_serial(
                 const int64_t nr = std::min<int64_t>(NR, nc - jr);
                 T* c = C + (ic + ir) * rsc + (jc + jr) * csc;
                 if (csc == 1 && nr == NR) {
-                  kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, c, rsc, add);
+                  // the first of the MR rows' tiles prefetches the next MR rows (PF)
+                  const bool next = jr == jg && ic + ir + 2 * MR <= M;
+                  kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, c, rsc, add, next ? ablk + (ir + MR) * rsa : nullptr);
                   continue;
                 }
-                kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, tile, NR, false);
+                kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, tile, NR, false, nullptr);
                 for (int64_t i = 0; i < MR; ++i)
                   for (int64_t j = 0; j < nr; ++j) {
                     T& dst = c[i * rsc + j * csc];
@@ -692,7 +724,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             if (in_place)
               kn.urs(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n, sg.step, sg.len * NR);
             else
-              kn.ur(kc, arows, kc, bpack + jr * kc, dst, ldd, addd);
+              kn.ur(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr);
             if (whole) continue;
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
