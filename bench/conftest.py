@@ -9,7 +9,9 @@ Environment:
   CONVX_BENCH_CPU_N    CPU batch sizes (default "8")
   CONVX_BENCH_CUDA_N   CUDA batch sizes (default "32,256")
   CONVX_BENCH_CUDA_DTYPES  CUDA dtypes of the conv benchmarks (default "fp32,tf32,fp16,bf16")
+  CONVX_BENCH_MALLOC   "steady" (default) or "default": glibc's allocator policy (below)
 """
+import ctypes
 import math
 import os
 import statistics
@@ -19,6 +21,29 @@ import pytest
 import torch
 
 import convx  # noqa: F401
+
+
+def _steady_allocator():
+    """glibc's malloc serves blocks above its mmap threshold with fresh pages from the kernel,
+    faulted in on first touch, and moves that threshold as blocks are freed (up to 32 MB), so
+    whether a layer's 25 MB output (or torch's reorder buffers) costs page faults each call
+    depended on what the process had allocated before: the same entry read 0.67 and 1.22
+    between runs (the ResNet-50 stem's NCHW forward: torch 5.8 ms one way, 15-18 the other).
+    Every block from the heap, which is never trimmed, times the kernels and not the page
+    faults, the same in every run (as a warmed-up jemalloc or tcmalloc would);
+    CONVX_BENCH_MALLOC=default keeps glibc's own policy."""
+    if os.environ.get("CONVX_BENCH_MALLOC", "steady") != "steady":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
+_steady_allocator()
 
 
 def _env_list(name, default):
