@@ -83,6 +83,12 @@ for (r, s), st, pad in (((1, 1), 1, 0), ((1, 7), 2, 3)):
     gw1 = torch.ops.convx.conv2d_backward_weight(g1.float(), x1.float(), [96, 96, r, s], [st, st],
                                                  [0, 0, pad, pad], [1, 1], 1, False)[0]
     torch.testing.assert_close(gw1.double(), ref1, atol=1e-3, rtol=1e-4)
+# an NCHW forward with 3 channels and a 7x7 filter (forward_nchw_rows: the GEMM on channels_last
+# rows, each block transposed into the planes by layout.cpp's transpose, scalar on the baseline)
+xs = torch.randn(2, 3, 23, 29, dtype=torch.float64)
+ws, bs = torch.randn(70, 3, 7, 7, dtype=torch.float64), torch.randn(70, dtype=torch.float64)
+ys = torch.ops.convx.conv2d(xs.float(), ws.float(), bs.float(), [2, 2], [3, 3, 3, 3], [1, 1], 1)
+torch.testing.assert_close(ys.double(), torch.nn.functional.conv2d(xs, ws, bs, 2, 3), atol=1e-3, rtol=1e-4)
 # channels_last batch norm (its row loops run through each()'s builds), training, with ReLU
 xb = (torch.randn(3, 40, 5, 7, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
 gb = torch.randn(3, 40, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)

@@ -31,6 +31,12 @@ CASES = {
     "direct_dilated_down": (1, 8, 30, 40, 24, (3, 3), 1, (2, 1), (2, 1), 1),  # runs 2 rows apart
     "direct_7x1": (1, 128, 17, 30, 40, (7, 1), 1, (3, 0), 1, 1),  # 2 runs a block, then 1
     "direct_stem": (2, 3, 64, 64, 16, (7, 7), 2, (3, 3), 1, 1),  # 7 runs of 21 floats
+    # NCHW with few channels and C*R*S >= 96 (forward_nchw_rows: blocks of output rows made
+    # [pixels][K] and transposed into the planes): two blocks an image, the last one short, 72
+    # output channels (a 64-channel tile of the transpose and 8 more), pixels not a multiple of 8
+    "nchw_rows_blocks": (2, 3, 70, 91, 72, (7, 7), 2, (3, 3), 1, 1),
+    "nchw_rows_dilated": (1, 4, 40, 33, 13, (5, 5), 1, (4, 3), 2, 1),  # no run read in place
+    "nchw_rows_7ch_s1": (1, 7, 11, 13, 9, (4, 4), 1, (2, 1), 1, 1),  # C*R*S = 112, stride 1, one block
 }
 
 
@@ -64,13 +70,15 @@ def _on_1_and_2_threads(x, w, *args):
     return y1, y2
 
 
-@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1"])
+@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks"])
 def test_direct_rows_thread_count(case):
-    """Rows read in place or made, split between 1 or 2 threads: the same bits."""
+    """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
+    its blocks of output rows split between the threads)."""
     N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
+    mf = torch.contiguous_format if case.startswith("nchw") else torch.channels_last
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(K, C, R, S, generator=g).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(K, C, R, S, generator=g).contiguous(memory_format=mf)
     y1, y2 = _on_1_and_2_threads(x, w, [stride, stride], [pad[0], pad[0], pad[1], pad[1]], [dil, dil], groups)
     assert torch.equal(y1, y2)
 

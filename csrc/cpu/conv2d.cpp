@@ -1175,7 +1175,9 @@ bool fits_scratch(const Conv2dShape& sh) {
 //    two copies by layout.h's transpose into scratch memory. Measured, NCHW ->
 //    channels_last: Inception 1x7 2.65 -> 1.74 ms, 7x1 3.80 -> 2.55, GoogLeNet
 //    5x5 4.65 -> 3.75, 128 @56 stride-2 3x3 8.25 -> 7.58. (Data gradients: no
-//    gain, or a loss: they keep NCHW.)
+//    gain, or a loss: they keep NCHW.) Under 8 channels with C*R*S >= 96 (the 3-channel
+//    7x7 stems) the forward stays NCHW but computes on channels_last rows block by block
+//    (forward_nchw_rows), its result transposed while in L2.
 at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p,
                                 bool float_forward = false) {
   if (is_depthwise(sh, p)) return result;
@@ -1299,6 +1301,43 @@ void forward_regrouped(const float* xr, const float* w, const float* bias, float
   });
 }
 
+// An NCHW float32 forward with few input channels and a large filter (the 3-channel 7x7 stems,
+// which compute_format keeps in NCHW: under 8 channels its channels_last copies cost more than
+// they gained): products of forward_regrouped's kind over blocks of whole output rows of one
+// image (about 256 KiB of result), each made [pixels][K] in the thread's buffer with its im2col
+// made as read from a channels_last copy of the input (or read there in place), then transposed
+// into the NCHW planes while in L2. The NCHW path's im2col matrix (C*R*S rows of every output
+// pixel) went through memory twice, and computing in channels_last outright paid the 26 MB
+// result's transpose through memory. Medians in one process, ms (torch): the stem, batch 8,
+// 8.6-9.3 -> 6.7-8.2 (5.5-6.9), batch 2 1.93-2.09 -> 1.69-1.78 (1.43-1.64); 3 -> 64 7x7 @112
+// stride 1 8.6-9.2 -> 6.6-7.5 (5.7-6.4); 4 -> 32 5x5 @56 0.80-0.83 -> 0.70-0.71 (0.56-0.62).
+// Not below C*R*S = 96, where the NCHW im2col is short and the transpose costs more than it
+// saves (3 -> 64 3x3 @224 6.6 -> 10.0, 3 -> 32 3x3 stride 2 @224 1.24 -> 1.64, 1 -> 32 5x5 @28
+// 0.08 -> 0.14).
+bool forward_nchw_rows_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups == 1 && sh.C < 8 && sh.C * sh.R * sh.S >= 96 && fits_scratch(sh);
+}
+void forward_nchw_rows(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
+                       const Conv2dParams& p) {
+  const int64_t P = sh.Ho * sh.Wo, K = sh.K, CRS = sh.R * sh.S * sh.C;
+  const int64_t rows = std::clamp<int64_t>((int64_t(64) << 10) / K / sh.Wo, 1, sh.Ho);
+  const int64_t blocks = ceil_div(sh.Ho, rows);
+  const bool runs = p.dil_w == 1;  // im2col_nhwc_direct's rows in place
+  const Im2colRows a{x, sh.H, sh.W, sh.C, sh.C, sh.S, sh.Ho, sh.Wo, &p};
+  at::parallel_for(0, sh.N * blocks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t n = u / blocks, q0 = u % blocks * rows * sh.Wo, m = std::min(P - q0, rows * sh.Wo);
+      float* buf = thread_buffer<float>(kConvCol, rows * sh.Wo * K);
+      if (bias)
+        for (int64_t q = 0; q < m; ++q) std::memcpy(buf + q * K, bias, K * sizeof(float));
+      const RowsFrom from{&a, n * P + q0};
+      gemm_rows(m, K, CRS, &im2col_nhwc_rows_from, &from, w, 1, CRS, buf, K, bias != nullptr, false,
+                runs ? &im2col_nhwc_direct_from : nullptr, runs ? sh.S * sh.C : 0);
+      transpose_strided(buf, K, y + n * K * P + q0, P, m, K);
+    }
+  });
+}
+
 // A grouped data gradient at stride 1 as the forward convolution of dY with each group's weight
 // rotated 180 degrees and transposed, where that forward is the regrouped one (its output
 // channels, Cg, fill whole tiles; channels_last, or NCHW up to 64 pixels). Batch 8, medians in
@@ -1378,7 +1417,13 @@ struct CpuConv {
     const bool gemm_path = !wino && !grp && !grp_nchw && !is_depthwise(sh, p);
     auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
-    if (grp_nchw) {
+    if (ct == at::kFloat && gemm_path && !nhwc && !is_depthwise(sh, p) && forward_nchw_rows_applicable(sh, p)) {
+      // (x may be a scratch copy in kLayoutFirst already; kConvPadded is free on this path)
+      const auto xc = to_format_scratch(x, at::MemoryFormat::ChannelsLast, kConvPadded);
+      const auto wc = to_format_scratch(w, at::MemoryFormat::ChannelsLast, kLayoutWeight);
+      forward_nchw_rows(xc.const_data_ptr<float>(), wc.const_data_ptr<float>(),
+                        b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p);
+    } else if (grp_nchw) {
       grouped::forward_nchw(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
                             b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p, nhwc);
     } else if (wino) {  // float32 here (half types are computed in float32)

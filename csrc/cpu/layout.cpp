@@ -79,6 +79,13 @@ void transpose_tiles(int64_t batch, int64_t rows, int64_t cols, const Src& src, 
 
 }  // namespace
 
+void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int64_t rows, int64_t cols) {
+  if (cpu_isa() == Isa::Base) return block_scalar(src, ls, dst, ld, rows, cols);
+  for (int64_t i0 = 0; i0 < rows; i0 += kTile)  // 64 x 64 tiles, as transpose_tiles'
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile)
+      tile_avx2(src + i0 * ls + j0, ls, dst + j0 * ld + i0, ld, std::min(kTile, rows - i0), std::min(kTile, cols - j0));
+}
+
 void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
   transpose_tiles(
       batch, rows, cols, [&](int64_t n) { return src + n * rows * cols; }, cols,

@@ -46,5 +46,8 @@ at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot, int tmp_slot, i
 
 // dst[n][j][i] = src[n][i][j] for i < rows, j < cols, n < batch (4-byte elements).
 void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols);
+// dst[j * ld + i] = src[i * ls + j] for i < rows, j < cols, on the calling thread (the same 8 x 8
+// AVX2 transposes where the CPU has them).
+void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int64_t rows, int64_t cols);
 
 }  // namespace convx::cpu
