@@ -16,7 +16,8 @@ import convx  # noqa: F401
 SHAPES = [(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (50, 70, 600), (241, 97, 513), (7, 3100, 9),
           (500, 700, 300),  # M > MC, N over one 512 KiB group of B panels (rows of A read in place)
           (250, 64, 300), (301, 45, 70),  # AVX-512's 6 x 64 tile (33-64 columns), whole and cut
-          (64, 1100, 40), (40, 700, 300)]  # its 8 x 32 tile (few rows, 8-row panels), B rows packed k-major
+          (64, 1100, 40), (40, 700, 300),  # its 8 x 32 tile (few rows, 8-row panels), B rows packed k-major
+          (100, 98, 700)]  # a last column panel of 2 on the 16-column tile (33, 70, 97 and 1100 too)
 
 
 def _flags():

@@ -225,6 +225,10 @@ struct Kernel {
   UKernelBRows<T> ub;  // the same tile reading B unpacked (rows of NR, ldb apart), A stepping lda
   const char* isa;
   UKernelRowsSeg<T> urs;  // ur over runs (SEG)
+  // AVX-512 floats: the MR x 16 tile (uk's and ur's), for a last column panel of at most 16
+  // columns, packed 16 wide (gemm_serial), which the 32-column tile computed padded to 32
+  UKernel<T> uk_narrow = nullptr;
+  UKernelRows<T> ur_narrow = nullptr;
 };
 
 Isa detect_isa() {
@@ -249,7 +253,8 @@ const Kernel<T>& kernel_of() {
     switch (I) {
       case Isa::Avx512:
         return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, 32>, &ukernel_rows_avx512<T, 12, 32>,
-                             &ukernel_brows_avx512<T, 12, 32>, "avx512", &ukernel_rows_seg_avx512<T, 12, 32>}
+                             &ukernel_brows_avx512<T, 12, 32>, "avx512", &ukernel_rows_seg_avx512<T, 12, 32>,
+                             &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>}
                  : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
                              &ukernel_brows_avx512<T, 12, 16>, "avx512", &ukernel_rows_seg_avx512<T, 12, 16>};
       case Isa::Avx2:
@@ -274,7 +279,8 @@ const Kernel<T>& kernel_avx512_short() {
   static const Kernel<T> k =
       std::is_same_v<T, float>
           ? Kernel<T>{8, 32, 256, 240, 3072, &ukernel_avx512<T, 8, 32>, &ukernel_rows_avx512<T, 8, 32>,
-                      &ukernel_brows_avx512<T, 8, 32>, "avx512", &ukernel_rows_seg_avx512<T, 8, 32>}
+                      &ukernel_brows_avx512<T, 8, 32>, "avx512", &ukernel_rows_seg_avx512<T, 8, 32>,
+                      &ukernel_avx512<T, 8, 16>, &ukernel_rows_avx512<T, 8, 16>}
           : Kernel<T>{8, 16, 256, 120, 1536, &ukernel_avx512<T, 8, 16>, &ukernel_rows_avx512<T, 8, 16>,
                       &ukernel_brows_avx512<T, 8, 16>, "avx512", &ukernel_rows_seg_avx512<T, 8, 16>};
   return k;
@@ -516,10 +522,20 @@ void gemm_serial(
       const int64_t kc = std::min(kn.KC, K - pc);
       const bool add = accumulate || pc > 0;
       const T* bpack = bbuf;
-      if (bpacked)
+      // A last column panel of at most 16 columns on the MR x 16 tile (uk_narrow), packed 16 wide
+      // after the others: 98 columns (an NCHW 7 x 7 layer at batch 2, weights read in place)
+      // were 4 panels of 32, a quarter of the products padding.
+      const int64_t ntail = nc % NR, jtail = nc - ntail;
+      const bool narrow = !bpacked && kn.uk_narrow && ntail > 0 && ntail <= 16;
+      if (bpacked) {
         bpack = bpacked + pc * Np + (col0 + jc) * kc;
-      else
+      } else if (narrow) {
+        pack_b(NR, kc, jtail, B + pc * rsb + jc * csb, rsb, csb, bbuf);
+        pack_b(16, kc, ntail, B + pc * rsb + (jc + jtail) * csb, rsb, csb, bbuf + jtail * kc);
+      } else {
         pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bbuf);
+      }
+      auto tile_of = [&](int64_t jr) { return narrow && jr == jtail ? 16 : NR; };  // a panel's width
       // Rows of A contiguous along k: read unpacked, in place (the ROWS tile). An MR x kc
       // slice of A (12 KB) stays in L1 while it meets up to 512 KiB of packed B panels (L2),
       // then the next slice. Packing A cost 13% of a channels_last 1x1 layer's time (A is
@@ -543,11 +559,12 @@ void gemm_serial(
                   kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, c, rsc, add, next ? ablk + (ir + MR) * rsa : nullptr);
                   continue;
                 }
-                kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, tile, NR, false, nullptr);
+                const int tn = tile_of(jr);
+                (tn == NR ? kn.ur : kn.ur_narrow)(kc, ablk + ir * rsa, rsa, bpack + jr * kc, tile, tn, false, nullptr);
                 for (int64_t i = 0; i < MR; ++i)
                   for (int64_t j = 0; j < nr; ++j) {
                     T& dst = c[i * rsc + j * csc];
-                    dst = add ? dst + tile[i * NR + j] : tile[i * NR + j];
+                    dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
                   }
               }
           if (mfull == mc) continue;
@@ -557,11 +574,12 @@ void gemm_serial(
             const int64_t nr = std::min<int64_t>(NR, nc - jr);
             const int64_t mr = mc - mfull;
             T* c = C + (ic + mfull) * rsc + (jc + jr) * csc;
-            kn.uk(kc, apack, bpack + jr * kc, tile, NR, false);
+            const int tn = tile_of(jr);
+            (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack, bpack + jr * kc, tile, tn, false);
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j) {
                 T& dst = c[i * rsc + j * csc];
-                dst = add ? dst + tile[i * NR + j] : tile[i * NR + j];
+                dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
               }
           }
           continue;
@@ -576,11 +594,12 @@ void gemm_serial(
               kn.uk(kc, apack + ir * kc, bpack + jr * kc, c, rsc, add);
               continue;
             }
-            kn.uk(kc, apack + ir * kc, bpack + jr * kc, tile, NR, false);
+            const int tn = tile_of(jr);
+            (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bpack + jr * kc, tile, tn, false);
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j) {
                 T& dst = c[i * rsc + j * csc];
-                dst = add ? dst + tile[i * NR + j] : tile[i * NR + j];
+                dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
               }
           }
         }
