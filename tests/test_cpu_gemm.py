@@ -48,6 +48,8 @@ def test_gemm_matches_float64(shape, dtype):
     # strided operands (a transposed view): the packing reads through strides
     got_t = torch.ops.convx.cpu_gemm(a.t().contiguous().t().to(dtype), b.to(dtype)).double()
     torch.testing.assert_close(got_t, got, atol=tol * 4, rtol=tol)
+    got_bt = torch.ops.convx.cpu_gemm(a.to(dtype), b.t().contiguous().t().to(dtype)).double()
+    torch.testing.assert_close(got_bt, got, atol=tol * 4, rtol=tol)
 
 
 _CHILD = r"""
