@@ -1308,7 +1308,8 @@ void forward_regrouped(const float* xr, const float* w, const float* bias, float
 // made as read from a channels_last copy of the input (or read there in place), then transposed
 // into the NCHW planes while in L2. The NCHW path's im2col matrix (C*R*S rows of every output
 // pixel) went through memory twice, and computing in channels_last outright paid the 26 MB
-// result's transpose through memory. Medians in one process, ms (torch): the stem, batch 8,
+// result's transpose through memory. Medians, ms, the two paths in alternating processes (torch
+// beside each): the stem, batch 8,
 // 8.6-9.3 -> 6.7-8.2 (5.5-6.9), batch 2 1.93-2.09 -> 1.69-1.78 (1.43-1.64); 3 -> 64 7x7 @112
 // stride 1 8.6-9.2 -> 6.6-7.5 (5.7-6.4); 4 -> 32 5x5 @56 0.80-0.83 -> 0.70-0.71 (0.56-0.62).
 // Not below C*R*S = 96, where the NCHW im2col is short and the transpose costs more than it
@@ -1417,7 +1418,7 @@ struct CpuConv {
     const bool gemm_path = !wino && !grp && !grp_nchw && !is_depthwise(sh, p);
     auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
-    if (ct == at::kFloat && gemm_path && !nhwc && !is_depthwise(sh, p) && forward_nchw_rows_applicable(sh, p)) {
+    if (ct == at::kFloat && gemm_path && !nhwc && forward_nchw_rows_applicable(sh, p)) {
       // (x may be a scratch copy in kLayoutFirst already; kConvPadded is free on this path)
       const auto xc = to_format_scratch(x, at::MemoryFormat::ChannelsLast, kConvPadded);
       const auto wc = to_format_scratch(w, at::MemoryFormat::ChannelsLast, kLayoutWeight);
