@@ -536,6 +536,14 @@ void gemm_serial(
         pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bbuf);
       }
       auto tile_of = [&](int64_t jr) { return narrow && jr == jtail ? 16 : NR; };  // a panel's width
+      // C[mr, nr] at c (+)= the tile buffer's (row stride tn): a partial tile, or C not row-major
+      auto from_tile = [&](T* c, int64_t mr, int64_t nr, int tn) {
+        for (int64_t i = 0; i < mr; ++i)
+          for (int64_t j = 0; j < nr; ++j) {
+            T& dst = c[i * rsc + j * csc];
+            dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
+          }
+      };
       // Rows of A contiguous along k: read unpacked, in place (the ROWS tile). An MR x kc
       // slice of A (12 KB) stays in L1 while it meets up to 512 KiB of packed B panels (L2),
       // then the next slice. Packing A cost 13% of a channels_last 1x1 layer's time (A is
@@ -561,11 +569,7 @@ void gemm_serial(
                 }
                 const int tn = tile_of(jr);
                 (tn == NR ? kn.ur : kn.ur_narrow)(kc, ablk + ir * rsa, rsa, bpack + jr * kc, tile, tn, false, nullptr);
-                for (int64_t i = 0; i < MR; ++i)
-                  for (int64_t j = 0; j < nr; ++j) {
-                    T& dst = c[i * rsc + j * csc];
-                    dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
-                  }
+                from_tile(c, MR, nr, tn);
               }
           if (mfull == mc) continue;
           // the last, partial row panel goes through the packed path below
@@ -576,11 +580,7 @@ void gemm_serial(
             T* c = C + (ic + mfull) * rsc + (jc + jr) * csc;
             const int tn = tile_of(jr);
             (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack, bpack + jr * kc, tile, tn, false);
-            for (int64_t i = 0; i < mr; ++i)
-              for (int64_t j = 0; j < nr; ++j) {
-                T& dst = c[i * rsc + j * csc];
-                dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
-              }
+            from_tile(c, mr, nr, tn);
           }
           continue;
         }
@@ -596,11 +596,7 @@ void gemm_serial(
             }
             const int tn = tile_of(jr);
             (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bpack + jr * kc, tile, tn, false);
-            for (int64_t i = 0; i < mr; ++i)
-              for (int64_t j = 0; j < nr; ++j) {
-                T& dst = c[i * rsc + j * csc];
-                dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
-              }
+            from_tile(c, mr, nr, tn);
           }
         }
       }
