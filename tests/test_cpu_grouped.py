@@ -51,6 +51,16 @@ CASES = {
     # 20 channels (not whole vectors): channels_last read and written in place by the NCHW kernel
     "k20_in_place": (2, 20, 6, 7, 5, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "k20_in_place_s2": (2, 20, 9, 8, 5, (3, 3), 2, (1, 1, 1, 1), 1, True),
+    # channels_last, a group as wide as the vector (16 on AVX-512, 8 on AVX2): the input copied into
+    # zero-padded blocks of a vector's channels; blocks of 14 output pixels with the last one
+    # overlapping (31 columns), 8, 4 and 1 on narrower rows; stride 2 with dilation and asymmetric
+    # padding; a data gradient whose padding passes the filter (negative after the copy's padding)
+    "cg16_blocked_wide": (1, 64, 6, 31, 4, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg16_blocked_s2_dil": (1, 32, 13, 33, 2, (3, 3), 2, (2, 1, 0, 3), 2, True),
+    "cg16_blocked_pad_past": (2, 32, 9, 16, 2, (3, 3), 1, (2, 2, 3, 2), 1, True),
+    "cg16_blocked_narrow": (2, 32, 4, 5, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "cg16_blocked_3_cols": (1, 32, 5, 3, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg8_blocked_avx2_wide": (1, 32, 5, 23, 4, (3, 3), 1, (1, 1, 1, 1), 1, False),
 }
 
 
@@ -205,6 +215,8 @@ THREAD_CASES = {
     # regrouped (32-channel groups): the forward's units of group and block of pixels, blocks chosen
     # from the thread count; the weight gradient's in-place tiles
     "regrouped_cg32": ((3, 64, 7, 8), (64, 32, 3, 3), 2, True),
+    # channels_last 16-channel groups on AVX-512: units of (vector of channels, image, output row)
+    "blocked_cg16": ((3, 32, 9, 17), (32, 16, 3, 3), 2, False),
 }
 
 

@@ -2,6 +2,7 @@
 #include "grouped.h"
 
 #include "gemm.h"
+#include "layout.h"
 
 #include <ATen/Parallel.h>
 
@@ -29,6 +30,15 @@ struct Job {
   const float* bias;
   float* out;
   int64_t N, H, W, Ho, Wo, K, R, S, sh, sw, pt, pl, dh, dw;
+  // out's strides (floats) along n, ho and wo: [N, Ho, Wo, K] unless set otherwise
+  int64_t on = Ho * Wo * K, oh = Wo * K, ow = K;
+  // in's: a block of L channels (vector_floats), an image, a row, a pixel: [N, H, W, K] (NHWC)
+  // unless set otherwise (blocked(): [K / L][N][H][W][L])
+  int64_t ib = 0, in_ = H * W * K, ih = W * K, iw = K;
+  Job& blocked(int64_t L) {
+    iw = L, ih = W * L, in_ = H * W * L, ib = N * H * W * L;
+    return *this;
+  }
 };
 
 int vector_floats() {
@@ -95,12 +105,111 @@ GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t 
   return acc;
 }
 
-// NB output pixels of row (n, ho) from wo0, all output channels; CHECK: test
+// The blocked input (block_input; groups as wide as the vector): NB output pixels of row (n, ho)
+// from wo0, output channels [k0, k0 + L). For each tap, each channel c of the group a broadcast
+// operand of a multiply-add into all NB sums (NB independent chains), its weight vector loaded
+// once for the NB pixels (on AVX-512 c-major in asm: GCC kept the scalars apart, copied each
+// through the stack). CHECK: some taps fall outside the copy (a data gradient whose padding
+// passes the filter): those read a vector of zeros.
+template <int VB, int KG, int NB, bool CHECK, int SWL = 0>
+GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int64_t k0) {
+  using V = typename Vec<float, VB>::type;
+  constexpr int L = VB / 4;
+  alignas(64) static const float zeros[16] = {};
+  V acc[NB];
+  V b0{};
+  if (j.bias) std::memcpy(&b0, j.bias + k0, sizeof(V));
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i) acc[i] = b0;
+  for (int64_t r = 0; r < j.R; ++r) {
+    const int64_t h = ho * j.sh - j.pt + r * j.dh;
+    if (h < 0 || h >= j.H) continue;
+    const float* irow = j.in + k0 / L * j.ib + n * j.in_ + h * j.ih;
+    for (int64_t s = 0; s < j.S; ++s) {
+      const float* wp = j.wv + ((k0 / L * j.R * j.S + r * j.S + s) * KG) * L;
+      const int64_t wbase = wo0 * j.sw - j.pl + s * j.dw;
+      // SWL: the pixels' distance in floats (stride times iw) when known at compile time
+      const float* x0 = irow + wbase * j.iw;
+      const int64_t step = SWL ? SWL : j.sw * j.iw;
+      const float* xp[NB];
+#pragma GCC unroll 16
+      for (int i = 0; i < NB; ++i) {
+        const int64_t w = wbase + i * j.sw;
+        xp[i] = !CHECK ? x0 + i * step : w >= 0 && w < j.W ? irow + w * j.iw : zeros;
+      }
+      if constexpr (VB == 64 && KG == 16) {
+#pragma GCC unroll 16
+        for (int c = 0; c < KG; ++c) {
+          const V wc = vload<VB>(wp + c * L);
+#pragma GCC unroll 16
+          for (int i = 0; i < NB; ++i)
+            asm("vfmadd231ps %[x]%{1to16%}, %[w], %[a]"
+                : [a] "+v"(acc[i])
+                : [w] "v"(wc), [x] "m"(!CHECK && SWL ? x0[i * SWL + c] : xp[i][c]));
+        }
+      } else {
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; ++i) acc[i] = tap_sum<VB, KG>(acc[i], xp[i], wp, L, std::make_index_sequence<KG>{});
+      }
+    }
+  }
+  float* out = j.out + n * j.on + ho * j.oh + wo0 * j.ow + k0;
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i) std::memcpy(out + i * j.ow, &acc[i], sizeof(V));
+}
+
+// Output row (n, ho), channels [k, k + L), in blocks of NB pixels, the last block overlapping
+// the one before (its pixels computed twice, the same sums).
+template <int VB, int KG, int NB>
+GROUPED_INLINE void row_blocks(const Job& j, int64_t n, int64_t ho, int64_t k, int64_t wlo, int64_t whi) {
+  constexpr int L = VB / 4;
+  for (int64_t wo = 0; wo < j.Wo; wo += NB) {
+    const int64_t w0 = std::min(wo, j.Wo - NB);
+    if (w0 < wlo || w0 + NB > whi)
+      pixels<VB, KG, NB, true>(j, n, ho, w0, k);
+    else if (j.sw == 1)
+      pixels<VB, KG, NB, false, L>(j, n, ho, w0, k);
+    else if (j.sw == 2)
+      pixels<VB, KG, NB, false, 2 * L>(j, n, ho, w0, k);
+    else
+      pixels<VB, KG, NB, false>(j, n, ho, w0, k);
+  }
+}
+
+// The units of run(): blocked input, (vector of output channels, image, output row), the vectors
+// outermost, so a thread's consecutive rows share the vector's weights (R * S * KG vectors, in L1
+// meanwhile) and one block of the input (rows_body); in place, output rows (rows_nhwc).
+inline int64_t units(const Job& j, int64_t L) { return (j.ib ? j.K / L : 1) * j.N * j.Ho; }
+template <int VB, int KG>
+GROUPED_INLINE void rows_body(const Job& j, int64_t b, int64_t e) {
+  constexpr int L = VB / 4;
+  // Blocks of 14 pixels (ResNets' 56, 28, 14) on AVX-512 (14 sums and a weight of 32 registers);
+  // else 8.
+  constexpr int NB = VB == 64 && KG == 16 ? 14 : 8;
+  // output columns whose every tap is inside the image: [wlo, whi)
+  // (pl is negative for a data gradient whose padding passes the filter: from column 0)
+  const int64_t wlo = std::min(j.Wo, std::max<int64_t>(0, (j.pl + j.sw - 1) / j.sw));
+  const int64_t span = j.W - 1 - (j.S - 1) * j.dw + j.pl;
+  const int64_t whi = span < 0 ? wlo : std::clamp<int64_t>(span / j.sw + 1, wlo, j.Wo);
+  for (int64_t u = b; u < e; ++u) {
+    const int64_t row = u % (j.N * j.Ho), n = row / j.Ho, ho = row % j.Ho, k = u / (j.N * j.Ho) * L;
+    if (j.Wo >= NB)
+      row_blocks<VB, KG, NB>(j, n, ho, k, wlo, whi);
+    else if (j.Wo >= 8)
+      row_blocks<VB, KG, 8>(j, n, ho, k, wlo, whi);
+    else if (j.Wo >= 4)
+      row_blocks<VB, KG, 4>(j, n, ho, k, wlo, whi);
+    else
+      row_blocks<VB, KG, 1>(j, n, ho, k, wlo, whi);
+  }
+}
+
+// Read in place (NHWC input): NB output pixels of row (n, ho) from wo0, all output channels; CHECK: test
 // each tap against the image's edges (border pixels), else every tap is inside.
 // Eight pixels at a time give eight independent accumulation chains (one
 // would leave the FMA units waiting on its latency).
 template <int VB, int KG, int NB, bool CHECK>
-GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0) {
+GROUPED_INLINE void pixels_nhwc(const Job& j, int64_t n, int64_t ho, int64_t wo0) {
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
   float* out = j.out + ((n * j.Ho + ho) * j.Wo + wo0) * j.K;
@@ -131,7 +240,7 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0) {
 }
 
 template <int VB, int KG>
-GROUPED_INLINE void rows_body(const Job& j, int64_t b, int64_t e) {
+GROUPED_INLINE void rows_nhwc(const Job& j, int64_t b, int64_t e) {
   // output columns whose every tap is inside the image: [wlo, whi)
   // (pl is negative for a data gradient whose padding passes the filter: from column 0)
   const int64_t wlo = std::min(j.Wo, std::max<int64_t>(0, (j.pl + j.sw - 1) / j.sw));
@@ -139,29 +248,34 @@ GROUPED_INLINE void rows_body(const Job& j, int64_t b, int64_t e) {
   const int64_t whi = span < 0 ? wlo : std::clamp<int64_t>(span / j.sw + 1, wlo, j.Wo);
   for (int64_t row = b; row < e; ++row) {
     const int64_t n = row / j.Ho, ho = row % j.Ho;
-    for (int64_t wo = 0; wo < wlo; ++wo) pixels<VB, KG, 1, true>(j, n, ho, wo);
+    for (int64_t wo = 0; wo < wlo; ++wo) pixels_nhwc<VB, KG, 1, true>(j, n, ho, wo);
     int64_t wo = wlo;
-    for (; wo + 8 <= whi; wo += 8) pixels<VB, KG, 8, false>(j, n, ho, wo);
+    for (; wo + 8 <= whi; wo += 8) pixels_nhwc<VB, KG, 8, false>(j, n, ho, wo);
     if (wo < whi && whi - wlo >= 8) {  // the rest as a block overlapping the last (one pixel at a time
-      pixels<VB, KG, 8, false>(j, n, ho, whi - 8);  // reloads the weights for each: 14 x 14 ran half so)
+      pixels_nhwc<VB, KG, 8, false>(j, n, ho, whi - 8);  // reloads the weights for each: 14 x 14 ran half so)
       wo = whi;
     }
-    for (; wo + 4 <= whi; wo += 4) pixels<VB, KG, 4, false>(j, n, ho, wo);
-    for (; wo < whi; ++wo) pixels<VB, KG, 1, false>(j, n, ho, wo);
-    for (wo = whi; wo < j.Wo; ++wo) pixels<VB, KG, 1, true>(j, n, ho, wo);
+    for (; wo + 4 <= whi; wo += 4) pixels_nhwc<VB, KG, 4, false>(j, n, ho, wo);
+    for (; wo < whi; ++wo) pixels_nhwc<VB, KG, 1, false>(j, n, ho, wo);
+    for (wo = whi; wo < j.Wo; ++wo) pixels_nhwc<VB, KG, 1, true>(j, n, ho, wo);
   }
 }
 
+// A group as wide as the vector runs on the blocked input (forward() and data_grad() made it),
+// a narrower one reads the input in place.
 template <int VB>
 GROUPED_INLINE void rows_any(const Job& j, int64_t kg, int64_t b, int64_t e) {
   switch (kg) {
-    case 2: return rows_body<VB, 2>(j, b, e);
-    case 4: return rows_body<VB, 4>(j, b, e);
+    case 2: return rows_nhwc<VB, 2>(j, b, e);
+    case 4:
+      if constexpr (VB == 16) return j.ib ? rows_body<VB, 4>(j, b, e) : rows_nhwc<VB, 4>(j, b, e);
+      return rows_nhwc<VB, 4>(j, b, e);
     case 8:
-      if constexpr (VB >= 32) return rows_body<VB, 8>(j, b, e);
+      if constexpr (VB == 32) return j.ib ? rows_body<VB, 8>(j, b, e) : rows_nhwc<VB, 8>(j, b, e);
+      if constexpr (VB >= 32) return rows_nhwc<VB, 8>(j, b, e);
       break;
     case 16:
-      if constexpr (VB >= 64) return rows_body<VB, 16>(j, b, e);
+      if constexpr (VB == 64) return j.ib ? rows_body<VB, 16>(j, b, e) : rows_nhwc<VB, 16>(j, b, e);
       break;
   }
 }
@@ -175,9 +289,58 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Job& j, int64_t kg, int
 }
 void rows_base(const Job& j, int64_t kg, int64_t b, int64_t e) { rows_any<16>(j, kg, b, e); }
 
+// The job's input copied into blocks of L channels ([K / L][N][H'][W'][L]), each image
+// zero-padded so that every tap of every output pixel lies inside it: each tap of a block of
+// output pixels then reads consecutive vectors, with no edge tests. Read in place (NHWC), the
+// vectors of one tap's pixels were K floats apart (2 KiB at 512 channels: all in the same two of
+// L1's 64 sets). Channels_last, 32 groups of 16, 512 @14, batch 8, medians (torch 0.81-0.91 ms):
+// forward 1.26-1.57 -> 1.09-1.22 ms, data gradient 1.47-1.48 -> 1.24-1.25. Narrower groups (a
+// shuffle per channel) keep reading in place: there the copy cost more than it saved (32 groups of
+// 8, 256 @28 1.8 -> 2.2 ms; at stride 2 from 56 x 56, 2.1 -> 5.5). own: the copy's memory when it
+// is above the scratch cap (layout.h).
+void block_input(Job& j, int64_t L, std::vector<float>& own) {
+  const int64_t pt = std::max<int64_t>(0, j.pt), pl = std::max<int64_t>(0, j.pl);
+  const int64_t pb = std::max<int64_t>(0, (j.Ho - 1) * j.sh - j.pt + (j.R - 1) * j.dh - (j.H - 1));
+  const int64_t pr = std::max<int64_t>(0, (j.Wo - 1) * j.sw - j.pl + (j.S - 1) * j.dw - (j.W - 1));
+  const int64_t H = j.H + pt + pb, W = j.W + pl + pr, blocks = j.K / L, size = blocks * j.N * H * W * L;
+  float* dst = size <= kScratchCapFloats ? thread_buffer<float>(kConvCol, size) : (own.resize(size), own.data());
+  const Job& c = j;
+  // units: rows of the padded images, each read a pixel's channels at a time (contiguous)
+  at::parallel_for(0, j.N * H, 4, [&](int64_t b, int64_t e) {
+    auto row = [&]<int LL>(int64_t n, int64_t h) {
+      for (int64_t cb = 0; cb < blocks; ++cb) {
+        float* dr = dst + ((cb * c.N + n) * H + h) * W * LL;
+        if (h < pt || h >= pt + c.H) {
+          std::fill(dr, dr + W * LL, 0.f);
+          continue;
+        }
+        std::fill(dr, dr + pl * LL, 0.f);
+        std::fill(dr + (pl + c.W) * LL, dr + W * LL, 0.f);
+      }
+      if (h < pt || h >= pt + c.H) return;
+      const float* sr = c.in + n * c.in_ + (h - pt) * c.ih;
+      float* d0 = dst + (n * H + h) * W * LL + pl * LL;
+      const int64_t bstep = c.N * H * W * LL;
+      for (int64_t w = 0; w < c.W; ++w)
+        for (int64_t cb = 0; cb < blocks; ++cb)
+          std::memcpy(d0 + cb * bstep + w * LL, sr + w * c.iw + cb * LL, LL * sizeof(float));
+    };
+    for (int64_t u = b; u < e; ++u) {
+      if (L == 16)
+        row.template operator()<16>(u / H, u % H);
+      else if (L == 8)
+        row.template operator()<8>(u / H, u % H);
+      else
+        row.template operator()<4>(u / H, u % H);
+    }
+  });
+  j.in = dst, j.H = H, j.W = W, j.pt -= pt, j.pl -= pl;
+  j.blocked(L);
+}
+
 void run(const Job& j, int64_t kg) {
   const Isa isa = cpu_isa();
-  at::parallel_for(0, j.N * j.Ho, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, units(j, vector_floats()), 1, [&](int64_t b, int64_t e) {
     switch (isa) {
       case Isa::Avx512: return rows_avx512(j, kg, b, e);
       case Isa::Avx2: return rows_avx2(j, kg, b, e);
@@ -238,7 +401,7 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
       const float* xp = xrow[i] + w * j.K;
       if constexpr (KG == VB / 4) {
 #pragma GCC unroll 16
-        for (int c = 0; c < KG; ++c) a[i][c] += xp[c] * dv;  // a broadcast operand, as in tap_sum
+        for (int c = 0; c < KG; ++c) a[i][c] += xp[c] * dv;  // a broadcast operand, as in pixels
       } else {
         const V xv = vload<VB>(xp);
         [&]<std::size_t... Cs>(std::index_sequence<Cs...>) __attribute__((always_inline)) {
@@ -885,8 +1048,10 @@ void forward(const float* x, const float* w, const float* bias, float* y, const 
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < Kg; ++c)
       for (int64_t t = 0; t < RS; ++t) wv[((k / L * RS + t) * Kg + c) * L + k % L] = w[(k * Kg + c) * RS + t];
-  const Job j{x, wv.data(), bias, y, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
-              p.stride_h, p.stride_w, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
+  Job j{x, wv.data(), bias, y, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
+        p.stride_h, p.stride_w, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
+  std::vector<float> own;
+  if (Kg == L) block_input(j, L, own);
   run(j, Kg);
 }
 
@@ -904,8 +1069,10 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
           wv[((c / L * RS + (R - 1 - r) * S + (S - 1 - s)) * Kg + kk) * L + c % L] =
               w[((g * Kg + kk) * Cg + ci) * RS + r * S + s];
   }
-  const Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
-              p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
+  Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
+        p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
+  std::vector<float> own;
+  if (Kg == L) block_input(j, L, own);
   run(j, Kg);
 }
 

@@ -11,7 +11,10 @@
 //
 //   y[p, k0:k0+L] = b + sum_{tap, c} shuffle_c(x[p + tap, k0:k0+L]) * wv[tap][c][k0:k0+L]
 //
-// One FMA and one shuffle a multiply-add of Cg lanes. The data gradient at
+// One FMA and one shuffle a multiply-add of Cg lanes. A group as wide as the vector (16 channels
+// on AVX-512) has no shuffle (each input channel a broadcast operand) and reads a copy of the
+// input in zero-padded blocks of the vector's channels ([C / L][N][H'][W'][L]), whose pixels
+// are a vector apart rather than C floats apart. The data gradient at
 // stride 1 is the same loop over dY with the rotated weight (for a group,
 // dX[c] sums w[k][c] dY[k] over the group's k: Cg == Kg makes it the same
 // shape). Compiled for AVX-512, AVX2 + FMA and the baseline, picked by cpu_isa().
