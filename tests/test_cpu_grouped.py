@@ -1,6 +1,6 @@
 """Grouped convolutions with few channels a group on the CPU (csrc/cpu/grouped.cpp): float32,
 Cg == Kg in {2, 4, 8, 16}; channels_last forward and weight gradient at any stride, data gradient
-at stride 1; NCHW forward at any stride (padded planes in stride phases, a block of rows a task),
+at stride 1 or, at dilation 1, one stride-1 job a phase of dX; NCHW forward at any stride (padded planes in stride phases, a block of rows a task),
 data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and weight gradient (up to
 16 channels a group, any stride) in NCHW, also 32 channels a group in either layout; the rest in
 channels_last. Groups of whole 32-column register tiles copied out a group at a time and run as
@@ -61,6 +61,11 @@ CASES = {
     "cg16_blocked_narrow": (2, 32, 4, 5, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
     "cg16_blocked_3_cols": (1, 32, 5, 3, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "cg8_blocked_avx2_wide": (1, 32, 5, 23, 4, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    # channels_last data gradients at a stride, one job a phase: 16-channel groups at stride 2
+    # with asymmetric padding (a phase's padding negative), 8-channel groups with a 2 x 2 filter
+    # at stride 3 (phases no tap reaches: the bias alone)
+    "cg16_s2_pad_past": (2, 32, 11, 14, 2, (3, 3), 2, (2, 1, 0, 3), 1, True),
+    "cg8_2x2_s3": (1, 32, 10, 11, 4, (2, 2), 3, (0, 1, 1, 0), 1, True),
 }
 
 
@@ -156,6 +161,11 @@ for cg in (2, 4, 8, 16, 32):
     xd = x.double().requires_grad_()
     gr, = torch.autograd.grad(F.conv2d(xd, w.double(), None, 1, 1, 1, C // cg), xd, gy.double())
     assert (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), cg
+    # channels_last at stride 2: one job a phase of dX (dY read in place, dX written at stride)
+    gy = torch.randn(2, C, 5, 6, generator=g).contiguous(memory_format=torch.channels_last)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [2, 2], [1, 1, 1, 1], [1, 1], C // cg)
+    gr, = torch.autograd.grad(F.conv2d(xd, w.double(), None, 2, 1, 1, C // cg), xd, gy.double())
+    assert (gx.double() - gr).abs().max() < 1e-4 * gr.abs().max(), (cg, 2)
     for st in (1, 2):  # the weight gradient at both strides
         gy = torch.randn(F.conv2d(x, w, None, st, 1, 1, C // cg).shape, generator=g)
         gw = torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), [st, st], [1, 1, 1, 1], [1, 1],

@@ -212,7 +212,7 @@ template <int VB, int KG, int NB, bool CHECK>
 GROUPED_INLINE void pixels_nhwc(const Job& j, int64_t n, int64_t ho, int64_t wo0) {
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
-  float* out = j.out + ((n * j.Ho + ho) * j.Wo + wo0) * j.K;
+  float* out = j.out + n * j.on + ho * j.oh + wo0 * j.ow;
   for (int64_t k0 = 0; k0 < j.K; k0 += L) {
     V acc[NB];
     V b0{};
@@ -235,7 +235,7 @@ GROUPED_INLINE void pixels_nhwc(const Job& j, int64_t n, int64_t ho, int64_t wo0
       }
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < NB; ++i) std::memcpy(out + i * j.K + k0, &acc[i], sizeof(V));
+    for (int i = 0; i < NB; ++i) std::memcpy(out + i * j.ow + k0, &acc[i], sizeof(V));
   }
 }
 
@@ -1036,7 +1036,7 @@ bool applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 
 bool data_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
-  return applicable(sh, p) && p.stride_h == 1 && p.stride_w == 1;
+  return applicable(sh, p) && ((p.stride_h == 1 && p.stride_w == 1) || (p.dil_h == 1 && p.dil_w == 1));
 }
 
 void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
@@ -1057,23 +1057,67 @@ void forward(const float* x, const float* w, const float* bias, float* y, const 
 
 void data_grad(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
                const Conv2dParams& p) {
-  // dX[c] = sum over the group's k and the taps of w[k][c][r][s] dY[h + pad - r*d]: the convolution of dY
-  // with the weight transposed within groups and rotated, padding d*(R-1) - pad, at stride 1.
   const int64_t C = sh.C, Kg = sh.Kg, Cg = sh.Cg, R = sh.R, S = sh.S, RS = R * S, L = vector_floats();
-  std::vector<float> wv(RS * Kg * C);  // the forward's layout
-  for (int64_t c = 0; c < C; ++c) {
-    const int64_t g = c / Cg, ci = c % Cg;
-    for (int64_t kk = 0; kk < Kg; ++kk)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s)
-          wv[((c / L * RS + (R - 1 - r) * S + (S - 1 - s)) * Kg + kk) * L + c % L] =
-              w[((g * Kg + kk) * Cg + ci) * RS + r * S + s];
+  if (p.stride_h == 1 && p.stride_w == 1) {
+    // dX[c] = sum over the group's k and the taps of w[k][c][r][s] dY[h + pad - r*d]: the convolution of
+    // dY with the weight transposed within groups and rotated, padding d*(R-1) - pad, at stride 1.
+    std::vector<float> wv(RS * Kg * C);  // the forward's layout
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t g = c / Cg, ci = c % Cg;
+      for (int64_t kk = 0; kk < Kg; ++kk)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            wv[((c / L * RS + (R - 1 - r) * S + (S - 1 - s)) * Kg + kk) * L + c % L] =
+                w[((g * Kg + kk) * Cg + ci) * RS + r * S + s];
+    }
+    Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
+          p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
+    std::vector<float> own;
+    if (Kg == L) block_input(j, L, own);
+    return run(j, Kg);
   }
-  Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
-        p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
-  std::vector<float> own;
-  if (Kg == L) block_input(j, L, own);
-  run(j, Kg);
+  // Stride sh x sw, dilation 1 (as data_grad_nchw's phases): the dX pixels h = sh * u + ph - pt
+  // (and likewise w) take only the taps r = ph + sh * m, a stride-1 correlation of dY with those
+  // taps turned around: one job a phase, dY read in place, its pixels written into dX at stride
+  // (a vector of a pixel's channels at a time). Each dX pixel belongs to one phase: the bias once.
+  // Before, channels_last ran the NCHW kernel in place (32 groups of 8, 256 @56 stride 2, batch 8:
+  // 8.4 ms against torch's 4.2).
+  const int64_t st_h = p.stride_h, st_w = p.stride_w, H = sh.H, W = sh.W;
+  for (int64_t ph = 0; ph < st_h; ++ph)
+    for (int64_t pw = 0; pw < st_w; ++pw) {
+      const Phase a = phase_of(R, st_h, ph, p.pad_t, H), b = phase_of(S, st_w, pw, p.pad_l, W);
+      const int64_t hu = a.hi - a.lo, wu = b.hi - b.lo, Ra = a.taps, Sb = b.taps;
+      if (hu <= 0 || wu <= 0) continue;
+      float* first = gx + ((st_h * a.lo + ph - p.pad_t) * W + st_w * b.lo + pw - p.pad_l) * C;
+      if (Ra == 0 || Sb == 0) {  // no tap reaches these pixels: the bias, or zero
+        at::parallel_for(0, sh.N * hu, 1, [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t)
+            for (int64_t v = 0; v < wu; ++v) {
+              float* d = first + (t / hu * H * W + t % hu * st_h * W + v * st_w) * C;
+              if (bias)
+                std::memcpy(d, bias, C * sizeof(float));
+              else
+                std::fill(d, d + C, 0.f);
+            }
+        });
+        continue;
+      }
+      // wv[((c / L * Ra * Sb + m * Sb + q) * Kg + kk) * L + c % L]: tap (m, q) is r = ph + sh * (Ra - 1 - m)
+      std::vector<float> wv(Ra * Sb * Kg * C);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t g = c / Cg, ci = c % Cg;
+        for (int64_t kk = 0; kk < Kg; ++kk)
+          for (int64_t m = 0; m < Ra; ++m)
+            for (int64_t q = 0; q < Sb; ++q)
+              wv[((c / L * Ra * Sb + m * Sb + q) * Kg + kk) * L + c % L] =
+                  w[((g * Kg + kk) * Cg + ci) * RS + (ph + st_h * (Ra - 1 - m)) * S + pw + st_w * (Sb - 1 - q)];
+      }
+      // out[u'] = sum_m f[m] dY[u' + lo - (Ra - 1) + m]: padding Ra - 1 - lo (negative: rows skipped)
+      Job j{gy, wv.data(), bias, first, sh.N, sh.Ho, sh.Wo, hu, wu, C, Ra, Sb, 1, 1, Ra - 1 - a.lo, Sb - 1 - b.lo,
+            1, 1};
+      j.on = H * W * C, j.oh = st_h * W * C, j.ow = st_w * C;
+      run(j, Kg);
+    }
 }
 
 }  // namespace convx::cpu::grouped

@@ -34,7 +34,8 @@ bool applicable(const Conv2dShape& sh, const Conv2dParams& p);
 void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
              const Conv2dParams& p);
 
-// Whether the data gradient takes it: the forward's condition at stride 1.
+// Whether the data gradient takes it: the forward's condition at stride 1, or at any stride with
+// dilation 1 (one job a phase of dX).
 bool data_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 // gx [N, H, W, C] (NHWC) = the data gradient of the convolution above, from gy [N, Ho, Wo, K] (NHWC), + bias.
 void data_grad(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
