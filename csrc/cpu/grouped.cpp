@@ -111,7 +111,9 @@ GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t 
 // once for the NB pixels (on AVX-512 c-major in asm: GCC kept the scalars apart, copied each
 // through the stack). CHECK: some taps fall outside the copy (a data gradient whose padding
 // passes the filter): those read a vector of zeros.
-template <int VB, int KG, int NB, bool CHECK, int SWL = 0>
+// SS: the filter's width when known at compile time (3: its taps unrolled, the sums kept in
+// registers across them; 32 groups of 16, 512 @14: 1.17-1.20 -> 1.03-1.10 ms).
+template <int VB, int KG, int NB, bool CHECK, int SWL = 0, int SS = 0>
 GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int64_t k0) {
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
@@ -125,7 +127,8 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
     const int64_t h = ho * j.sh - j.pt + r * j.dh;
     if (h < 0 || h >= j.H) continue;
     const float* irow = j.in + k0 / L * j.ib + n * j.in_ + h * j.ih;
-    for (int64_t s = 0; s < j.S; ++s) {
+#pragma GCC unroll 3
+    for (int64_t s = 0; s < (SS ? SS : j.S); ++s) {
       const float* wp = j.wv + ((k0 / L * j.R * j.S + r * j.S + s) * KG) * L;
       const int64_t wbase = wo0 * j.sw - j.pl + s * j.dw;
       // SWL: the pixels' distance in floats (stride times iw) when known at compile time
@@ -167,8 +170,12 @@ GROUPED_INLINE void row_blocks(const Job& j, int64_t n, int64_t ho, int64_t k, i
     const int64_t w0 = std::min(wo, j.Wo - NB);
     if (w0 < wlo || w0 + NB > whi)
       pixels<VB, KG, NB, true>(j, n, ho, w0, k);
+    else if (j.sw == 1 && j.S == 3)
+      pixels<VB, KG, NB, false, L, 3>(j, n, ho, w0, k);
     else if (j.sw == 1)
       pixels<VB, KG, NB, false, L>(j, n, ho, w0, k);
+    else if (j.sw == 2 && j.S == 3)
+      pixels<VB, KG, NB, false, 2 * L, 3>(j, n, ho, w0, k);
     else if (j.sw == 2)
       pixels<VB, KG, NB, false, 2 * L>(j, n, ho, w0, k);
     else
