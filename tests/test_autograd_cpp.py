@@ -135,3 +135,38 @@ def test_no_grad_and_inference_mode_record_nothing():
         assert convx.functional.conv2d(x, w).grad_fn is None
     with torch.inference_mode():
         assert not convx.functional.conv2d(x, w).requires_grad
+
+
+OPS_NO_GRAPH = {
+    "conv2d": lambda x, w, r: convx.functional.conv2d(x, w, padding=1),
+    "conv2d_fused": lambda x, w, r: convx.functional.conv2d(x, w, padding=1, residual=r, relu=True),
+    "batch_norm": lambda x, w, r: convx.functional.batch_norm(x, torch.zeros(2), torch.ones(2), w[:, 0, 0, 0],
+                                                              w[:, 1, 0, 0], residual=r, relu=True),
+    "add_relu": lambda x, w, r: convx.functional.add_relu(x, r),
+    **{name: (lambda f: lambda x, w, r: f(x))(f) for name, f in POOLS.items()},
+}
+
+
+@pytest.mark.parametrize("name", list(OPS_NO_GRAPH))
+def test_calls_that_record_nothing_skip_the_function(name):
+    """No graph to record (grad mode off, or no input that requires a gradient: a frozen layer in
+    training): the op runs beneath autograd without a Function; the same values, no grad_fn. An
+    input that requires a gradient, even only the weight, records the C++ node."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 6, 7, generator=g)
+    w = torch.randn(2, 2, 3, 3, generator=g)
+    r = torch.randn(2, 2, 6, 7, generator=g)
+    f = OPS_NO_GRAPH[name]
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    frozen = first(f(x, w, r))
+    assert frozen.grad_fn is None and not frozen.requires_grad
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    with torch.no_grad():
+        quiet = first(f(xg, wg, r))
+    assert quiet.grad_fn is None and not quiet.requires_grad
+    recorded = first(f(xg, wg, r))
+    assert recorded.grad_fn.name().startswith(CPP_NODE), recorded.grad_fn.name()
+    torch.testing.assert_close(frozen, recorded.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(quiet, recorded.detach(), rtol=0, atol=0)
+    if name in ("conv2d", "conv2d_fused", "batch_norm"):  # only the weight requires a gradient
+        assert first(f(x, wg, r)).grad_fn.name().startswith(CPP_NODE)

@@ -270,13 +270,20 @@ void with_flags(bool a, bool b, F&& f) {
 // product with under four chunks a thread splits channels too (units: chunk x
 // channel block); a channel's sums are the same whatever the blocks.
 constexpr int64_t kFold = 256;
+
+// A parallel_for grain of units of `size` elements: at least `least` units, and about 32K
+// elements a task (torch's at::internal::GRAIN_SIZE): a small tensor runs on the calling thread
+// without a parallel region (batch_norm on 8 channels, no grad: a region's start cost ~2 us).
+inline int64_t plane_grain(int64_t size, int64_t least = 1) {
+  return std::max<int64_t>(least, int64_t(32768) / std::max<int64_t>(1, size));
+}
 constexpr int64_t kMinChunk = 64, kMaxChunks = 32;
 
 template <int K, typename acc_t, typename Span, typename Row>
 std::vector<double> channel_sums(const Geom& g, Span span, Row row) {
   std::vector<double> out(K * g.C, 0.0);
   if (!g.nhwc) {
-    at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, g.C, plane_grain(g.N * g.HW), [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
         double s[K] = {};
         for (int64_t n = 0; n < g.N; ++n) span(c, (n * g.C + c) * g.HW, g.HW, s);
@@ -406,7 +413,7 @@ struct CpuNorm {
         if (!g.nhwc) {
           // (each plane through each(): the widest ISA's build, like the channels_last rows; the
           // baseline build ran 4 floats a step, 0.92-0.96x torch on 7x7 and 14x14 planes)
-          at::parallel_for(0, g.N * g.C, 4, [&](int64_t b0, int64_t e0) {
+          at::parallel_for(0, g.N * g.C, plane_grain(g.HW, 4), [&](int64_t b0, int64_t e0) {
             each(b0, e0, [&](int64_t pl) CONVX_ALWAYS_INLINE {
               const int64_t c = pl % g.C, off = pl * g.HW;
               apply_span<scalar_t, kRes(), kRelu()>(xp + off, rp ? rp + off : nullptr, yp + off, g.HW, scale[c],
@@ -414,7 +421,7 @@ struct CpuNorm {
             });
           });
         } else {
-          at::parallel_for(0, g.N * g.HW, 16, [&](int64_t b0, int64_t e0) {
+          at::parallel_for(0, g.N * g.HW, plane_grain(g.C, 16), [&](int64_t b0, int64_t e0) {
             const int64_t off = b0 * g.C;
             each(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
               apply_rows<scalar_t, kRes(), kRelu()>(xp + off, rp ? rp + off : nullptr, yp + off, g.C, e0 - b0, g.C,
@@ -487,7 +494,7 @@ struct CpuNorm {
         scalar_t* gxp = gx.data_ptr<scalar_t>();
         with_flags(relu, grp != nullptr, [&](auto kRelu, auto kHaveDz) {
           if (!g.nhwc) {
-            at::parallel_for(0, g.N * g.C, 4, [&](int64_t b0, int64_t e0) {
+            at::parallel_for(0, g.N * g.C, plane_grain(g.HW, 4), [&](int64_t b0, int64_t e0) {
               for (int64_t pl = b0; pl < e0; ++pl) {
                 const int64_t c = pl % g.C, off = pl * g.HW;
                 dx_span<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
@@ -495,7 +502,7 @@ struct CpuNorm {
               }
             });
           } else {
-            at::parallel_for(0, g.N * g.HW, 16, [&](int64_t b0, int64_t e0) {
+            at::parallel_for(0, g.N * g.HW, plane_grain(g.C, 16), [&](int64_t b0, int64_t e0) {
               const int64_t off = b0 * g.C;
               each(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
                 dx_rows<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
