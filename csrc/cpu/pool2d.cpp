@@ -48,6 +48,11 @@
 namespace convx::cpu {
 namespace {
 
+// A parallel_for grain for units of about `work` elements: ~32K elements a task (torch's
+// at::internal::GRAIN_SIZE), so a small tensor runs on the calling thread without a parallel
+// region (1 x 8 x 4 x 4, no grad: max pool 5.9 -> 4.4 us a call, average 5.7 -> 3.7; torch 2.9, 2.2).
+inline int64_t grain_of(int64_t work) { return std::max<int64_t>(1, int64_t(32768) / std::max<int64_t>(1, work)); }
+
 template <typename T>
 inline bool is_nan(T v) {
   return v != v;
@@ -116,7 +121,7 @@ void forward_nchw(const T* x, T* y, int64_t* ind, int64_t planes, const PoolPlan
   const int64_t H = ah.in, W = aw.in, Ho = ah.out, Wo = aw.out;
   const Windows th = windows(ah, p.div), tw = windows(aw, p.div);
   const int64_t sh = th.step, sw = tw.step;
-  at::parallel_for(0, planes, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, planes, grain_of(H * W), [&](int64_t b, int64_t e) {
     for (int64_t pl = b; pl < e; ++pl) {
       const T* xp = x + pl * H * W;
       for (int64_t oh = 0; oh < Ho; ++oh) {
@@ -468,7 +473,7 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
   const int64_t max_taps = std::max<int64_t>(1, *std::max_element(th.count.begin(), th.count.end()) *
                                                     *std::max_element(tw.count.begin(), tw.count.end()));
   const MaxPixelFn max_pixel = max_pixel_float();
-  at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * Ho, grain_of(Wo * C * max_taps), [&](int64_t b, int64_t e) {
     std::vector<int64_t> off_buf(max_taps);
     std::vector<I> here_buf(max_taps);
     int64_t* off = off_buf.data();
@@ -538,7 +543,7 @@ void backward_nchw(const T* gy, const int64_t* ind, T* gx, int64_t planes, const
   using acc_t = at::opmath_type<T>;
   const int64_t HW = p.h.in * p.w.in, O = p.h.out * p.w.out;
   const Windows th = windows(p.h, p.div), tw = windows(p.w, p.div);
-  at::parallel_for(0, planes, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, planes, grain_of(HW), [&](int64_t b, int64_t e) {
     std::vector<acc_t> own(std::is_same_v<acc_t, T> || is_max ? 0 : HW);
     for (int64_t pl = b; pl < e; ++pl) {
       acc_t* buf = own.empty() ? reinterpret_cast<acc_t*>(gx + pl * HW) : own.data();
@@ -580,7 +585,7 @@ void backward_nhwc(const T* gy, const int64_t* ind, T* gx, int64_t N, int64_t C,
   for (int64_t i = 0; i < H; ++i) mh = std::max(mh, th.rs[i + 1] - th.rs[i]);
   for (int64_t i = 0; i < W; ++i) mw = std::max(mw, tw.rs[i + 1] - tw.rs[i]);
   const MaxGradPixelFn max_grad_pixel = max_grad_pixel_float();
-  at::parallel_for(0, N * H, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * H, grain_of(W * C * mh * mw), [&](int64_t b, int64_t e) {
     std::vector<int64_t> off_buf(mh * mw);
     std::vector<A> div_buf(is_max ? 0 : mh * mw);
     int64_t* off = off_buf.data();
@@ -669,7 +674,7 @@ void global_avg_forward(const T* x, T* y, int64_t N, int64_t C, int64_t HW, bool
 template <typename T>
 void global_avg_backward(const T* gy, T* gx, int64_t N, int64_t C, int64_t HW, bool nhwc) {
   using acc_t = at::opmath_type<T>;
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N, grain_of(C * HW), [&](int64_t b, int64_t e) {
     for (int64_t n = b; n < e; ++n) {
       if (!nhwc) {
         for (int64_t c = 0; c < C; ++c) std::fill(gx + (n * C + c) * HW, gx + (n * C + c + 1) * HW,
