@@ -4,7 +4,8 @@ at stride 1 or, at dilation 1, one stride-1 job a phase of dX; NCHW forward at a
 data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and weight gradient (up to
 16 channels a group, any stride) in NCHW, also 32 channels a group in either layout; the rest in
 channels_last. Groups of whole 32-column register tiles copied out a group at a time and run as
-one GEMM a group (conv2d.cpp's regrouped paths). Against float64, both layouts, and every ISA build."""
+one GEMM a group (conv2d.cpp's regrouped paths); in channels_last on AVX-512, 32-channel groups
+with up to 64 output pixels on the blocked copy, two vectors a group. Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,13 @@ CASES = {
     # at stride 3 (phases no tap reaches: the bias alone)
     "cg16_s2_pad_past": (2, 32, 11, 14, 2, (3, 3), 2, (2, 1, 0, 3), 1, True),
     "cg8_2x2_s3": (1, 32, 10, 11, 4, (2, 2), 3, (0, 1, 1, 0), 1, True),
+    # channels_last 32-channel groups with up to 64 output pixels (AVX-512: two vectors a group on
+    # the blocked copy): rows of 13 (blocks of 12, the last overlapping), 14 (sevens), 2 (one pixel
+    # at a time); a 1 x 3 filter at stride 2
+    "cg32_wide_13": (2, 64, 4, 13, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg32_wide_14": (1, 96, 4, 14, 3, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "cg32_wide_2": (2, 64, 3, 2, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg32_wide_1x3_s2": (1, 64, 9, 15, 2, (1, 3), 2, (0, 0, 1, 1), 1, True),
 }
 
 

@@ -1374,7 +1374,15 @@ struct CpuConv {
     // few channels a group (grouped.h): NCHW by the NCHW kernel; channels_last by the channels_last
     // kernel where it applies (2-16 channels a group, whole vectors), else by the NCHW kernel in place
     const auto ct = compute_type(input.scalar_type());
-    if (ct == at::kFloat && !wino && forward_regrouped_applicable(sh, p, mf)) {
+    // 32-channel groups in channels_last on AVX-512 with up to 64 output pixels an image: grouped.cpp's
+    // kernel, two vectors a group, where most of the GEMM's register tiles cross image rows (batch
+    // 8, 32 groups of 32 @7: forward 0.94-1.09 -> 0.87-1.00 ms, data gradient 1.05-1.12 -> 1.01-1.02,
+    // torch 0.78-0.92; 512 @14 stride 2: 0.54 -> 0.49). Larger images keep the GEMM (@14 even, @28
+    // 3.7-4.3 against 4.0-4.3, @56 15.0 against 16-19); NCHW keeps its paths (with the two layout
+    // copies, 1.15 -> 1.18 ms @7).
+    const bool wide = ct == at::kFloat && !wino && input.scalar_type() != at::kDouble && grouped::wide_applicable(sh, p) &&
+                      mf == at::MemoryFormat::ChannelsLast && sh.Ho * sh.Wo <= 64;
+    if (ct == at::kFloat && !wino && !wide && forward_regrouped_applicable(sh, p, mf)) {
       auto y = scratch_result({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct), at::MemoryFormat::ChannelsLast,
                               mf, kLayoutSecond);
       if (y.numel() == 0) return to_format(y, mf).to(input.scalar_type());
@@ -1398,8 +1406,8 @@ struct CpuConv {
       if (relu) y.clamp_min_(0);
       return to_format(y, mf).to(input.scalar_type());
     }
-    const bool grp_cl = input.scalar_type() != at::kDouble && grouped::applicable(sh, p);
-    const bool grp_nchw = !wino && input.scalar_type() != at::kDouble && grouped::nchw_applicable(sh, p) &&
+    const bool grp_cl = input.scalar_type() != at::kDouble && (grouped::applicable(sh, p) || wide);
+    const bool grp_nchw = !wino && !wide && input.scalar_type() != at::kDouble && grouped::nchw_applicable(sh, p) &&
                           (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
     const auto cf = wino || grp_nchw ? mf  // (the grouped NCHW kernel reads and writes either layout)
@@ -1416,7 +1424,10 @@ struct CpuConv {
     // weight went through a contiguous copy and, for NHWC, back: 2 x 9.4 MB a call for
     // 512 x 512 x 3 x 3, ~5% of a stride-2 layer's time.)
     const bool gemm_path = !wino && !grp && !grp_nchw && !is_depthwise(sh, p);
-    auto w = gemm_path ? weight.to(ct) : to_format_scratch(weight.to(ct), at::MemoryFormat::Contiguous, kLayoutWeight);
+    // (grouped.cpp's channels_last kernel takes the weight channels_last, [K][R][S][Cg])
+    auto w = gemm_path ? weight.to(ct)
+                       : to_format_scratch(weight.to(ct), grp ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous,
+                                           kLayoutWeight);
     at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
     if (ct == at::kFloat && gemm_path && !nhwc && forward_nchw_rows_applicable(sh, p)) {
       // (x may be a scratch copy in kLayoutFirst already; kConvPadded is free on this path)

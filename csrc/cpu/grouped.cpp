@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -35,6 +36,7 @@ struct Job {
   // in's: a block of L channels (vector_floats), an image, a row, a pixel: [N, H, W, K] (NHWC)
   // unless set otherwise (blocked(): [K / L][N][H][W][L])
   int64_t ib = 0, in_ = H * W * K, ih = W * K, iw = K;
+  int64_t kv = 1;  // blocked: vectors of output channels a unit computes (a group's: 2 for KG = 2L)
   Job& blocked(int64_t L) {
     iw = L, ih = W * L, in_ = H * W * L, ib = N * H * W * L;
     return *this;
@@ -186,7 +188,7 @@ GROUPED_INLINE void row_blocks(const Job& j, int64_t n, int64_t ho, int64_t k, i
 // The units of run(): blocked input, (vector of output channels, image, output row), the vectors
 // outermost, so a thread's consecutive rows share the vector's weights (R * S * KG vectors, in L1
 // meanwhile) and one block of the input (rows_body); in place, output rows (rows_nhwc).
-inline int64_t units(const Job& j, int64_t L) { return (j.ib ? j.K / L : 1) * j.N * j.Ho; }
+inline int64_t units(const Job& j, int64_t L) { return (j.ib ? j.K / (L * j.kv) : 1) * j.N * j.Ho; }
 template <int VB, int KG>
 GROUPED_INLINE void rows_body(const Job& j, int64_t b, int64_t e) {
   constexpr int L = VB / 4;
@@ -265,6 +267,94 @@ GROUPED_INLINE void rows_nhwc(const Job& j, int64_t b, int64_t e) {
     for (; wo + 4 <= whi; wo += 4) pixels_nhwc<VB, KG, 4, false>(j, n, ho, wo);
     for (; wo < whi; ++wo) pixels_nhwc<VB, KG, 1, false>(j, n, ho, wo);
     for (wo = whi; wo < j.Wo; ++wo) pixels_nhwc<VB, KG, 1, true>(j, n, ho, wo);
+  }
+}
+
+// Groups of two vectors' channels (32 on AVX-512), blocked input: NB output pixels of row (n, ho)
+// from wo0, both output vectors of group g. Each input channel c of the group is broadcast once
+// and multiplies both vectors' weights (two FMAs a broadcast, as the GEMM's micro-tile does), the
+// broadcast in asm (GCC copied scalar operands through the stack) and the FMAs in C (with them
+// in asm too GCC kept the sums on the stack: twice the time). The group's input channels are
+// blocks 2g and 2g + 1 of the copy.
+template <int NB, int SWL = 0, int SS = 0>
+GROUPED_INLINE void pixels_pair(const Job& j, int64_t n, int64_t ho, int64_t wo0, int64_t g) {
+  using V = typename Vec<float, 64>::type;
+  constexpr int L = 16, KG = 32;
+  const int64_t k0 = g * KG, RS = j.R * j.S;
+  V acc0[NB], acc1[NB];
+  V b0{}, b1{};
+  if (j.bias) std::memcpy(&b0, j.bias + k0, sizeof(V)), std::memcpy(&b1, j.bias + k0 + L, sizeof(V));
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i) acc0[i] = b0, acc1[i] = b1;
+  for (int64_t r = 0; r < j.R; ++r) {
+    const int64_t h = ho * j.sh - j.pt + r * j.dh;
+    if (h < 0 || h >= j.H) continue;
+    const float* irow = j.in + 2 * g * j.ib + n * j.in_ + h * j.ih;
+#pragma GCC unroll 3
+    for (int64_t s = 0; s < (SS ? SS : j.S); ++s) {
+      const float* wp0 = j.wv + ((2 * g * RS + r * j.S + s) * KG) * L;
+      const float* wp1 = j.wv + (((2 * g + 1) * RS + r * j.S + s) * KG) * L;
+      const int64_t wbase = wo0 * j.sw - j.pl + s * j.dw;
+      const float* x0 = irow + wbase * j.iw;
+      const int64_t step = SWL ? SWL : j.sw * j.iw;
+#pragma GCC unroll 32
+      for (int c = 0; c < KG; ++c) {
+        const V w0 = vload<64>(wp0 + c * L), w1 = vload<64>(wp1 + c * L);
+        const int64_t blk = c / L * j.ib, cc = c % L;
+#pragma GCC unroll 16
+        for (int i = 0; i < NB; ++i) {
+          V xb;
+          const float* src = x0 + blk + i * step + cc;
+          asm("vbroadcastss %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*src));
+          acc0[i] += xb * w0;
+          acc1[i] += xb * w1;
+        }
+      }
+    }
+  }
+  float* out = j.out + n * j.on + ho * j.oh + wo0 * j.ow + k0;
+#pragma GCC unroll 16
+  for (int i = 0; i < NB; ++i) {
+    std::memcpy(out + i * j.ow, &acc0[i], sizeof(V));
+    std::memcpy(out + i * j.ow + L, &acc1[i], sizeof(V));
+  }
+}
+
+template <int NB>
+GROUPED_INLINE void row_pairs(const Job& j, int64_t n, int64_t ho, int64_t g) {
+  constexpr int L = 16;
+  for (int64_t wo = 0; wo < j.Wo; wo += NB) {
+    const int64_t w0 = std::min(wo, j.Wo - NB);
+    if (j.sw == 1 && j.S == 3)
+      pixels_pair<NB, L, 3>(j, n, ho, w0, g);
+    else if (j.sw == 1)
+      pixels_pair<NB, L>(j, n, ho, w0, g);
+    else if (j.sw == 2 && j.S == 3)
+      pixels_pair<NB, 2 * L, 3>(j, n, ho, w0, g);
+    else
+      pixels_pair<NB>(j, n, ho, w0, g);
+  }
+}
+
+// Units [b, e) of run() for KG = 2L (AVX-512): (group, image, output row), groups outermost.
+// Blocks of 12 pixels (24 sums, two weights and a broadcast of 32 registers), or of 7 where a
+// row is whole sevens (ResNets' 7, 14, 28, 56).
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void rows_pair_avx512(const Job& j, int64_t b,
+                                                                                     int64_t e) {
+  // (forward() pads the copy so that every tap of every output lies inside: no edge tests)
+  TORCH_INTERNAL_ASSERT(j.pt == 0 && j.pl == 0 && j.ib != 0);
+  for (int64_t u = b; u < e; ++u) {
+    const int64_t row = u % (j.N * j.Ho), n = row / j.Ho, ho = row % j.Ho, g = u / (j.N * j.Ho);
+    if (j.Wo % 7 == 0)
+      row_pairs<7>(j, n, ho, g);
+    else if (j.Wo >= 12)
+      row_pairs<12>(j, n, ho, g);
+    else if (j.Wo >= 8)
+      row_pairs<8>(j, n, ho, g);
+    else if (j.Wo >= 4)
+      row_pairs<4>(j, n, ho, g);
+    else
+      row_pairs<1>(j, n, ho, g);
   }
 }
 
@@ -348,6 +438,7 @@ void block_input(Job& j, int64_t L, std::vector<float>& own) {
 void run(const Job& j, int64_t kg) {
   const Isa isa = cpu_isa();
   at::parallel_for(0, units(j, vector_floats()), 1, [&](int64_t b, int64_t e) {
+    if (j.kv == 2) return rows_pair_avx512(j, b, e);  // (wide_applicable: AVX-512 only)
     switch (isa) {
       case Isa::Avx512: return rows_avx512(j, kg, b, e);
       case Isa::Avx2: return rows_avx2(j, kg, b, e);
@@ -1042,23 +1133,30 @@ bool applicable(const Conv2dShape& sh, const Conv2dParams& p) {
          sh.Kg <= L && sh.K % L == 0;
 }
 
+bool wide_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
+  return cpu_isa() == Isa::Avx512 && p.groups > 1 && sh.Cg == 32 && sh.Kg == 32;
+}
+
 bool data_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
   return applicable(sh, p) && ((p.stride_h == 1 && p.stride_w == 1) || (p.dil_h == 1 && p.dil_w == 1));
 }
 
 void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
              const Conv2dParams& p) {
-  const int64_t K = sh.K, Kg = sh.Kg, RS = sh.R * sh.S;
-  // wv[((k / L * RS + tap) * Kg + c) * L + k % L] = w[k][c][tap]
-  const int64_t L = vector_floats();
-  std::vector<float> wv(RS * Kg * K);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < Kg; ++c)
-      for (int64_t t = 0; t < RS; ++t) wv[((k / L * RS + t) * Kg + c) * L + k % L] = w[(k * Kg + c) * RS + t];
-  Job j{x, wv.data(), bias, y, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
+  const int64_t K = sh.K, Kg = sh.Kg, RS = sh.R * sh.S, L = vector_floats();
+  // wv[((k / L * RS + tap) * Kg + c) * L + k % L] = w[k][tap][c]: for each vector of output channels
+  // the transpose of its [L][RS * Kg] rows of the channels_last weight (a scattered copy from the
+  // contiguous weight, after its conversion, cost a fifth of 1024 channels in groups of 32 @7)
+  std::unique_ptr<float[]> wv(new float[RS * Kg * K]);
+  at::parallel_for(0, K / L, 8, [&](int64_t b, int64_t e) {
+    for (int64_t kb = b; kb < e; ++kb)
+      transpose_strided(w + kb * L * RS * Kg, RS * Kg, wv.get() + kb * RS * Kg * L, L, L, RS * Kg);
+  });
+  Job j{x, wv.get(), bias, y, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
         p.stride_h, p.stride_w, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
   std::vector<float> own;
-  if (Kg == L) block_input(j, L, own);
+  if (Kg == L || Kg == 2 * L) block_input(j, L, own);
+  j.kv = Kg == 2 * L ? 2 : 1;
   run(j, Kg);
 }
 

@@ -30,9 +30,13 @@ namespace convx::cpu::grouped {
 // Cg == Kg in {2, 4, 8, 16} and dividing the widest vector the CPU runs.
 bool applicable(const Conv2dShape& sh, const Conv2dParams& p);
 
-// y [N, Ho, Wo, K] (NHWC) = conv(x [N, H, W, C] NHWC, w [K, Cg, R, S] contiguous) + bias.
+// y [N, Ho, Wo, K] (NHWC) = conv(x [N, H, W, C] NHWC, w [K, Cg, R, S] channels_last: [K][R][S][Cg]) + bias.
 void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
              const Conv2dParams& p);
+
+// Whether a float32 forward takes forward() with groups of 32 channels (Cg == Kg == 32, AVX-512:
+// two vectors a group, each broadcast input channel multiplying both vectors' weights).
+bool wide_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 
 // Whether the data gradient takes it: the forward's condition at stride 1, or at any stride with
 // dilation 1 (one job a phase of dX).
