@@ -74,6 +74,14 @@ CASES = {
     "cg32_wide_14": (1, 96, 4, 14, 3, (3, 3), 1, (1, 1, 1, 1), 1, False),
     "cg32_wide_2": (2, 64, 3, 2, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "cg32_wide_1x3_s2": (1, 64, 9, 15, 2, (1, 3), 2, (0, 0, 1, 1), 1, True),
+    # channels_last groups narrower than the vector with enough taps (KG * R * S >= 64 a stride
+    # step; AVX-512): the blocked copy with interleaved lanes, each channel's values for the
+    # vector's groups one broadcast block: 2 channels a group on a 7x7 filter (blocks of 8 floats),
+    # 4 on a 5x5 (blocks of 4) with dilation, 8 on a 3x3 (pairs) with padding past the filter
+    # (the data gradient's negative: edge tests on the copy)
+    "cg2_ilv_7x7": (2, 32, 9, 17, 16, (7, 7), 1, (3, 3, 3, 3), 1, True),
+    "cg4_ilv_5x5_dil": (1, 32, 13, 16, 8, (5, 5), 1, (4, 3, 2, 5), 2, False),
+    "cg8_ilv_pad_past": (2, 32, 9, 16, 4, (3, 3), 1, (2, 2, 3, 2), 1, True),
 }
 
 

@@ -6,6 +6,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -37,6 +39,9 @@ struct Job {
   // unless set otherwise (blocked(): [K / L][N][H][W][L])
   int64_t ib = 0, in_ = H * W * K, ih = W * K, iw = K;
   int64_t kv = 1;  // blocked: vectors of output channels a unit computes (a group's: 2 for KG = 2L)
+  // blocked, KG < L (interleaved lanes): a vector's channels in the order [KG][L / KG] (lane m *
+  // (L / KG) + i is channel m of the vector's group i), in the copy, the weights and the sums
+  int64_t ilv = 0;
   Job& blocked(int64_t L) {
     iw = L, ih = W * L, in_ = H * W * L, ib = N * H * W * L;
     return *this;
@@ -120,9 +125,24 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
   alignas(64) static const float zeros[16] = {};
+  using VI = typename Vec<int32_t, VB>::type;
+  constexpr int G = L / KG;
+  // interleaved lanes (KG < L on AVX-512): lane m * G + i holds channel i * KG + m
+  const VI to_ilv = [] {
+    VI m{};
+    for (int l = 0; l < L; ++l) m[l] = l % G * KG + l / G;
+    return m;
+  }();
+  const VI from_ilv = [] {
+    VI m{};
+    for (int l = 0; l < L; ++l) m[l] = l % KG * G + l / KG;
+    return m;
+  }();
+  constexpr bool ILV = VB == 64 && KG < 16;
   V acc[NB];
   V b0{};
   if (j.bias) std::memcpy(&b0, j.bias + k0, sizeof(V));
+  if constexpr (ILV) b0 = __builtin_shuffle(b0, to_ilv);
 #pragma GCC unroll 16
   for (int i = 0; i < NB; ++i) acc[i] = b0;
   for (int64_t r = 0; r < j.R; ++r) {
@@ -142,7 +162,27 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
         const int64_t w = wbase + i * j.sw;
         xp[i] = !CHECK ? x0 + i * step : w >= 0 && w < j.W ? irow + w * j.iw : zeros;
       }
-      if constexpr (VB == 64 && KG == 16) {
+      if constexpr (VB == 64 && KG < 16) {  // interleaved lanes: the G values of input channel c of
+        // the vector's G groups, side by side in the copy, broadcast as one G-float block (a load,
+        // no shuffle), times the weights of channel c in the same lane order
+        constexpr int G = 16 / KG;
+#pragma GCC unroll 8
+        for (int c = 0; c < KG; ++c) {
+          const V wc = vload<VB>(wp + c * L);
+#pragma GCC unroll 16
+          for (int i = 0; i < NB; ++i) {
+            V xb;
+            const float* src = (!CHECK && SWL ? x0 + i * SWL : xp[i]) + c * G;
+            if constexpr (G == 2)
+              asm("vbroadcastsd %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*reinterpret_cast<const double*>(src)));
+            else if constexpr (G == 4)
+              asm("vbroadcastf32x4 %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*reinterpret_cast<const float(*)[4]>(src)));
+            else
+              asm("vbroadcastf32x8 %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*reinterpret_cast<const float(*)[8]>(src)));
+            acc[i] += xb * wc;
+          }
+        }
+      } else if constexpr (VB == 64 && KG == 16) {
 #pragma GCC unroll 16
         for (int c = 0; c < KG; ++c) {
           const V wc = vload<VB>(wp + c * L);
@@ -160,7 +200,10 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
   }
   float* out = j.out + n * j.on + ho * j.oh + wo0 * j.ow + k0;
 #pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i) std::memcpy(out + i * j.ow, &acc[i], sizeof(V));
+  for (int i = 0; i < NB; ++i) {
+    if constexpr (ILV) acc[i] = __builtin_shuffle(acc[i], from_ilv);
+    std::memcpy(out + i * j.ow, &acc[i], sizeof(V));
+  }
 }
 
 // Output row (n, ho), channels [k, k + L), in blocks of NB pixels, the last block overlapping
@@ -194,7 +237,7 @@ GROUPED_INLINE void rows_body(const Job& j, int64_t b, int64_t e) {
   constexpr int L = VB / 4;
   // Blocks of 14 pixels (ResNets' 56, 28, 14) on AVX-512 (14 sums and a weight of 32 registers);
   // else 8.
-  constexpr int NB = VB == 64 && KG == 16 ? 14 : 8;
+  constexpr int NB = VB == 64 ? 14 : 8;
   // output columns whose every tap is inside the image: [wlo, whi)
   // (pl is negative for a data gradient whose padding passes the filter: from column 0)
   const int64_t wlo = std::min(j.Wo, std::max<int64_t>(0, (j.pl + j.sw - 1) / j.sw));
@@ -363,13 +406,14 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void rows_pair_avx
 template <int VB>
 GROUPED_INLINE void rows_any(const Job& j, int64_t kg, int64_t b, int64_t e) {
   switch (kg) {
-    case 2: return rows_nhwc<VB, 2>(j, b, e);
+    case 2:
+      if constexpr (VB == 64) return j.ib ? rows_body<VB, 2>(j, b, e) : rows_nhwc<VB, 2>(j, b, e);
+      return rows_nhwc<VB, 2>(j, b, e);
     case 4:
-      if constexpr (VB == 16) return j.ib ? rows_body<VB, 4>(j, b, e) : rows_nhwc<VB, 4>(j, b, e);
+      if constexpr (VB == 16 || VB == 64) return j.ib ? rows_body<VB, 4>(j, b, e) : rows_nhwc<VB, 4>(j, b, e);
       return rows_nhwc<VB, 4>(j, b, e);
     case 8:
-      if constexpr (VB == 32) return j.ib ? rows_body<VB, 8>(j, b, e) : rows_nhwc<VB, 8>(j, b, e);
-      if constexpr (VB >= 32) return rows_nhwc<VB, 8>(j, b, e);
+      if constexpr (VB == 32 || VB == 64) return j.ib ? rows_body<VB, 8>(j, b, e) : rows_nhwc<VB, 8>(j, b, e);
       break;
     case 16:
       if constexpr (VB == 64) return j.ib ? rows_body<VB, 16>(j, b, e) : rows_nhwc<VB, 16>(j, b, e);
@@ -386,6 +430,37 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Job& j, int64_t kg, int
 }
 void rows_base(const Job& j, int64_t kg, int64_t b, int64_t e) { rows_any<16>(j, kg, b, e); }
 
+// Groups narrower than the vector on AVX-512 take the blocked copy with interleaved lanes (Job::ilv)
+// where each input element feeds enough multiply-adds to pay for the copy: KG * R * S per stride
+// step at least 64 (32 groups of 8 @28, 3x3: 1.66 -> 1.25 ms; but 4-channel groups @56 1.47 ->
+// 2.06, 8-channel groups at stride 2 from 56 1.88 -> 2.90: they keep the lane shuffles).
+inline bool interleaved(int64_t KG, int64_t L, int64_t taps_per_step) {
+  return L == 16 && KG < L && KG * taps_per_step >= 64;
+}
+// Each L-float vector of v (n floats) to the interleaved lane order: lane m * (L / KG) + i = lane
+// i * KG + m.
+void interleave_lanes(float* v, int64_t n, int64_t KG, int64_t L) {
+  const int64_t G = L / KG;
+  float t[16];
+  for (int64_t o = 0; o < n; o += L) {
+    for (int64_t l = 0; l < L; ++l) t[l] = v[o + l % G * KG + l / G];
+    std::memcpy(v + o, t, L * sizeof(float));
+  }
+}
+
+// One row of W pixels into the interleaved blocked copy: block cb of pixel w, 16 floats at
+// s + w * iw + cb * 16, to d + cb * bstep + w * 16 with lane m * G + i = channel i * KG + m.
+__attribute__((target("avx512f"))) void interleaved_row(float* d, const float* s, int64_t W, int64_t iw,
+                                                        int64_t blocks, int64_t bstep, int64_t KG) {
+  const int64_t G = 16 / KG;
+  alignas(64) int32_t idx[16];
+  for (int l = 0; l < 16; ++l) idx[l] = int32_t(l % G * KG + l / G);
+  const __m512i perm = _mm512_load_si512(idx);
+  for (int64_t w = 0; w < W; ++w)
+    for (int64_t cb = 0; cb < blocks; ++cb)
+      _mm512_storeu_ps(d + cb * bstep + w * 16, _mm512_permutexvar_ps(perm, _mm512_loadu_ps(s + w * iw + cb * 16)));
+}
+
 // The job's input copied into blocks of L channels ([K / L][N][H'][W'][L]), each image
 // zero-padded so that every tap of every output pixel lies inside it: each tap of a block of
 // output pixels then reads consecutive vectors, with no edge tests. Read in place (NHWC), the
@@ -395,7 +470,7 @@ void rows_base(const Job& j, int64_t kg, int64_t b, int64_t e) { rows_any<16>(j,
 // shuffle per channel) keep reading in place: there the copy cost more than it saved (32 groups of
 // 8, 256 @28 1.8 -> 2.2 ms; at stride 2 from 56 x 56, 2.1 -> 5.5). own: the copy's memory when it
 // is above the scratch cap (layout.h).
-void block_input(Job& j, int64_t L, std::vector<float>& own) {
+void block_input(Job& j, int64_t L, std::vector<float>& own, int64_t KG = 0) {
   const int64_t pt = std::max<int64_t>(0, j.pt), pl = std::max<int64_t>(0, j.pl);
   const int64_t pb = std::max<int64_t>(0, (j.Ho - 1) * j.sh - j.pt + (j.R - 1) * j.dh - (j.H - 1));
   const int64_t pr = std::max<int64_t>(0, (j.Wo - 1) * j.sw - j.pl + (j.S - 1) * j.dw - (j.W - 1));
@@ -418,6 +493,10 @@ void block_input(Job& j, int64_t L, std::vector<float>& own) {
       const float* sr = c.in + n * c.in_ + (h - pt) * c.ih;
       float* d0 = dst + (n * H + h) * W * LL + pl * LL;
       const int64_t bstep = c.N * H * W * LL;
+      if (KG > 0 && KG < LL) {  // interleaved (AVX-512 only): d[m * G + i] = s[i * KG + m]
+        interleaved_row(d0, sr, c.W, c.iw, blocks, bstep, KG);
+        return;
+      }
       for (int64_t w = 0; w < c.W; ++w)
         for (int64_t cb = 0; cb < blocks; ++cb)
           std::memcpy(d0 + cb * bstep + w * LL, sr + w * c.iw + cb * LL, LL * sizeof(float));
@@ -433,6 +512,7 @@ void block_input(Job& j, int64_t L, std::vector<float>& own) {
   });
   j.in = dst, j.H = H, j.W = W, j.pt -= pt, j.pl -= pl;
   j.blocked(L);
+  j.ilv = KG > 0 && KG < L;
 }
 
 void run(const Job& j, int64_t kg) {
@@ -1152,10 +1232,12 @@ void forward(const float* x, const float* w, const float* bias, float* y, const 
     for (int64_t kb = b; kb < e; ++kb)
       transpose_strided(w + kb * L * RS * Kg, RS * Kg, wv.get() + kb * RS * Kg * L, L, L, RS * Kg);
   });
+  const bool ilv = interleaved(Kg, L, RS / (p.stride_h * p.stride_w));
+  if (ilv) interleave_lanes(wv.get(), RS * Kg * K, Kg, L);
   Job j{x, wv.get(), bias, y, sh.N, sh.H, sh.W, sh.Ho, sh.Wo, K, sh.R, sh.S,
         p.stride_h, p.stride_w, p.pad_t, p.pad_l, p.dil_h, p.dil_w};
   std::vector<float> own;
-  if (Kg == L || Kg == 2 * L) block_input(j, L, own);
+  if (Kg == L || Kg == 2 * L || ilv) block_input(j, L, own, ilv ? Kg : 0);
   j.kv = Kg == 2 * L ? 2 : 1;
   run(j, Kg);
 }
@@ -1175,10 +1257,12 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
             wv[((c / L * RS + (R - 1 - r) * S + (S - 1 - s)) * Kg + kk) * L + c % L] =
                 w[((g * Kg + kk) * Cg + ci) * RS + r * S + s];
     }
+    const bool ilv = interleaved(Kg, L, RS);
+    if (ilv) interleave_lanes(wv.data(), int64_t(wv.size()), Kg, L);
     Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
           p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
     std::vector<float> own;
-    if (Kg == L) block_input(j, L, own);
+    if (Kg == L || ilv) block_input(j, L, own, ilv ? Kg : 0);
     return run(j, Kg);
   }
   // Stride sh x sw, dilation 1 (as data_grad_nchw's phases): the dX pixels h = sh * u + ph - pt
