@@ -115,9 +115,11 @@ GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t 
 // The blocked input (block_input; groups as wide as the vector): NB output pixels of row (n, ho)
 // from wo0, output channels [k0, k0 + L). For each tap, each channel c of the group a broadcast
 // operand of a multiply-add into all NB sums (NB independent chains), its weight vector loaded
-// once for the NB pixels (on AVX-512 c-major in asm: GCC kept the scalars apart, copied each
-// through the stack). CHECK: some taps fall outside the copy (a data gradient whose padding
-// passes the filter): those read a vector of zeros.
+// once for the NB pixels (on AVX-512 the broadcasts in asm, c-major: GCC copied the scalars
+// through the stack; the FMAs in C: in asm, with the sums as their operands, GCC came to keep the
+// sums on the stack, 0.99 -> 1.7-1.95 ms for 32 groups of 16 @14, and back to 0.81-0.90 so).
+// CHECK: some taps fall outside the copy (a data gradient whose padding passes the filter): those
+// read a vector of zeros.
 // SS: the filter's width when known at compile time (3: its taps unrolled, the sums kept in
 // registers across them; 32 groups of 16, 512 @14: 1.17-1.20 -> 1.03-1.10 ms).
 template <int VB, int KG, int NB, bool CHECK, int SWL = 0, int SS = 0>
@@ -187,10 +189,11 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
         for (int c = 0; c < KG; ++c) {
           const V wc = vload<VB>(wp + c * L);
 #pragma GCC unroll 16
-          for (int i = 0; i < NB; ++i)
-            asm("vfmadd231ps %[x]%{1to16%}, %[w], %[a]"
-                : [a] "+v"(acc[i])
-                : [w] "v"(wc), [x] "m"(!CHECK && SWL ? x0[i * SWL + c] : xp[i][c]));
+          for (int i = 0; i < NB; ++i) {
+            V xb;
+            asm("vbroadcastss %[x], %[b]" : [b] "=v"(xb) : [x] "m"(!CHECK && SWL ? x0[i * SWL + c] : xp[i][c]));
+            acc[i] += xb * wc;
+          }
         }
       } else {
 #pragma GCC unroll 8
