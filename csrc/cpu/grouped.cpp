@@ -1251,18 +1251,22 @@ void data_grad(const float* gy, const float* w, const float* bias, float* gx, co
   if (p.stride_h == 1 && p.stride_w == 1) {
     // dX[c] = sum over the group's k and the taps of w[k][c][r][s] dY[h + pad - r*d]: the convolution of
     // dY with the weight transposed within groups and rotated, padding d*(R-1) - pad, at stride 1.
-    std::vector<float> wv(RS * Kg * C);  // the forward's layout
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t g = c / Cg, ci = c % Cg;
-      for (int64_t kk = 0; kk < Kg; ++kk)
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t s = 0; s < S; ++s)
-            wv[((c / L * RS + (R - 1 - r) * S + (S - 1 - s)) * Kg + kk) * L + c % L] =
-                w[((g * Kg + kk) * Cg + ci) * RS + r * S + s];
-    }
+    // the forward's layout, a vector of dX's channels a task (0.1 ms of 1.1 for 32 groups of 16 @14
+    // as one thread's loop with a division an element)
+    std::unique_ptr<float[]> wv(new float[RS * Kg * C]);
+    at::parallel_for(0, C / L, 4, [&](int64_t b, int64_t e) {
+      for (int64_t cb = b; cb < e; ++cb)
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t c = cb * L + l, g = c / Cg, ci = c - g * Cg;
+          const float* src = w + (g * Kg * Cg + ci) * RS;
+          float* d = wv.get() + cb * RS * Kg * L + l;
+          for (int64_t kk = 0; kk < Kg; ++kk)
+            for (int64_t t = 0; t < RS; ++t) d[((RS - 1 - t) * Kg + kk) * L] = src[kk * Cg * RS + t];
+        }
+    });
     const bool ilv = interleaved(Kg, L, RS);
-    if (ilv) interleave_lanes(wv.data(), int64_t(wv.size()), Kg, L);
-    Job j{gy, wv.data(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
+    if (ilv) interleave_lanes(wv.get(), RS * Kg * C, Kg, L);
+    Job j{gy, wv.get(), bias, gx, sh.N, sh.Ho, sh.Wo, sh.H, sh.W, C, R, S, 1, 1,
           p.dil_h * (R - 1) - p.pad_t, p.dil_w * (S - 1) - p.pad_l, p.dil_h, p.dil_w};
     std::vector<float> own;
     if (Kg == L || ilv) block_input(j, L, own, ilv ? Kg : 0);
