@@ -6,8 +6,6 @@
 
 #include <ATen/Parallel.h>
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -112,6 +110,22 @@ GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t 
   return acc;
 }
 
+// G floats at p broadcast to a 16-float vector (AVX-512, in asm: from C, GCC copied the scalars
+// through the stack): one float, or a block of 2, 4 or 8 repeated.
+template <int G, int VB = 64>  // (VB: a dependent type, so no ABI warning for a non-AVX caller)
+GROUPED_INLINE typename Vec<float, VB>::type broadcast_block(const float* p) {
+  typename Vec<float, VB>::type b;
+  if constexpr (G == 1)
+    asm("vbroadcastss %[x], %[b]" : [b] "=v"(b) : [x] "m"(*p));
+  else if constexpr (G == 2)
+    asm("vbroadcastsd %[x], %[b]" : [b] "=v"(b) : [x] "m"(*reinterpret_cast<const double*>(p)));
+  else if constexpr (G == 4)
+    asm("vbroadcastf32x4 %[x], %[b]" : [b] "=v"(b) : [x] "m"(*reinterpret_cast<const float(*)[4]>(p)));
+  else
+    asm("vbroadcastf32x8 %[x], %[b]" : [b] "=v"(b) : [x] "m"(*reinterpret_cast<const float(*)[8]>(p)));
+  return b;
+}
+
 // The blocked input (block_input; groups as wide as the vector): NB output pixels of row (n, ho)
 // from wo0, output channels [k0, k0 + L). For each tap, each channel c of the group a broadcast
 // operand of a multiply-add into all NB sums (NB independent chains), its weight vector loaded
@@ -130,16 +144,8 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
   using VI = typename Vec<int32_t, VB>::type;
   constexpr int G = L / KG;
   // interleaved lanes (KG < L on AVX-512): lane m * G + i holds channel i * KG + m
-  const VI to_ilv = [] {
-    VI m{};
-    for (int l = 0; l < L; ++l) m[l] = l % G * KG + l / G;
-    return m;
-  }();
-  const VI from_ilv = [] {
-    VI m{};
-    for (int l = 0; l < L; ++l) m[l] = l % KG * G + l / KG;
-    return m;
-  }();
+  VI to_ilv, from_ilv;  // (set in place: a lambda returning them has no target attribute)
+  for (int l = 0; l < L; ++l) to_ilv[l] = l % G * KG + l / G, from_ilv[l] = l % KG * G + l / KG;
   constexpr bool ILV = VB == 64 && KG < 16;
   V acc[NB];
   V b0{};
@@ -164,35 +170,18 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
         const int64_t w = wbase + i * j.sw;
         xp[i] = !CHECK ? x0 + i * step : w >= 0 && w < j.W ? irow + w * j.iw : zeros;
       }
-      if constexpr (VB == 64 && KG < 16) {  // interleaved lanes: the G values of input channel c of
-        // the vector's G groups, side by side in the copy, broadcast as one G-float block (a load,
-        // no shuffle), times the weights of channel c in the same lane order
+      if constexpr (VB == 64) {  // input channel c: for a group as wide as the vector, one float
+        // broadcast; for narrower ones (interleaved lanes) the G values of channel c of the vector's
+        // G groups, side by side in the copy, broadcast as one G-float block (a load, no shuffle),
+        // times the weights of channel c in the same lane order
         constexpr int G = 16 / KG;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int c = 0; c < KG; ++c) {
           const V wc = vload<VB>(wp + c * L);
 #pragma GCC unroll 16
           for (int i = 0; i < NB; ++i) {
-            V xb;
             const float* src = (!CHECK && SWL ? x0 + i * SWL : xp[i]) + c * G;
-            if constexpr (G == 2)
-              asm("vbroadcastsd %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*reinterpret_cast<const double*>(src)));
-            else if constexpr (G == 4)
-              asm("vbroadcastf32x4 %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*reinterpret_cast<const float(*)[4]>(src)));
-            else
-              asm("vbroadcastf32x8 %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*reinterpret_cast<const float(*)[8]>(src)));
-            acc[i] += xb * wc;
-          }
-        }
-      } else if constexpr (VB == 64 && KG == 16) {
-#pragma GCC unroll 16
-        for (int c = 0; c < KG; ++c) {
-          const V wc = vload<VB>(wp + c * L);
-#pragma GCC unroll 16
-          for (int i = 0; i < NB; ++i) {
-            V xb;
-            asm("vbroadcastss %[x], %[b]" : [b] "=v"(xb) : [x] "m"(!CHECK && SWL ? x0[i * SWL + c] : xp[i][c]));
-            acc[i] += xb * wc;
+            acc[i] += broadcast_block<G>(src) * wc;
           }
         }
       } else {
@@ -349,9 +338,7 @@ GROUPED_INLINE void pixels_pair(const Job& j, int64_t n, int64_t ho, int64_t wo0
         const int64_t blk = c / L * j.ib, cc = c % L;
 #pragma GCC unroll 16
         for (int i = 0; i < NB; ++i) {
-          V xb;
-          const float* src = x0 + blk + i * step + cc;
-          asm("vbroadcastss %[x], %[b]" : [b] "=v"(xb) : [x] "m"(*src));
+          const V xb = broadcast_block<1>(x0 + blk + i * step + cc);
           acc0[i] += xb * w0;
           acc1[i] += xb * w1;
         }
@@ -455,13 +442,16 @@ void interleave_lanes(float* v, int64_t n, int64_t KG, int64_t L) {
 // s + w * iw + cb * 16, to d + cb * bstep + w * 16 with lane m * G + i = channel i * KG + m.
 __attribute__((target("avx512f"))) void interleaved_row(float* d, const float* s, int64_t W, int64_t iw,
                                                         int64_t blocks, int64_t bstep, int64_t KG) {
+  using V = typename Vec<float, 64>::type;
+  using VI = typename Vec<int32_t, 64>::type;
   const int64_t G = 16 / KG;
-  alignas(64) int32_t idx[16];
-  for (int l = 0; l < 16; ++l) idx[l] = int32_t(l % G * KG + l / G);
-  const __m512i perm = _mm512_load_si512(idx);
+  VI perm;
+  for (int l = 0; l < 16; ++l) perm[l] = int32_t(l % G * KG + l / G);
   for (int64_t w = 0; w < W; ++w)
-    for (int64_t cb = 0; cb < blocks; ++cb)
-      _mm512_storeu_ps(d + cb * bstep + w * 16, _mm512_permutexvar_ps(perm, _mm512_loadu_ps(s + w * iw + cb * 16)));
+    for (int64_t cb = 0; cb < blocks; ++cb) {
+      const V v = __builtin_shuffle(vload<64>(s + w * iw + cb * 16), perm);
+      std::memcpy(d + cb * bstep + w * 16, &v, sizeof(V));
+    }
 }
 
 // The job's input copied into blocks of L channels ([K / L][N][H'][W'][L]), each image
