@@ -257,6 +257,13 @@ void with_flags(bool a, bool b, F&& f) {
 
 // ---------------------------------------------------------------- channel reductions
 
+// A parallel_for grain of units of `size` elements: at least `least` units, and about 32K
+// elements a task (torch's at::internal::GRAIN_SIZE): a small tensor runs on the calling thread
+// without a parallel region (batch_norm on 8 channels, no grad: a region's start cost ~2 us).
+inline int64_t plane_grain(int64_t size, int64_t least = 1) {
+  return std::max<int64_t>(least, int64_t(32768) / std::max<int64_t>(1, size));
+}
+
 // NCHW: per channel, `span(plane_offset, HW, double* s)` over its N planes -> out[c][0..K).
 // NHWC: pixel chunks, `row(pixel_offset, c0, nc, npix, acc_t* rows)` accumulating
 // channels [c0, c0 + nc) of npix pixels into K rows of nc in the compute type,
@@ -270,13 +277,6 @@ void with_flags(bool a, bool b, F&& f) {
 // product with under four chunks a thread splits channels too (units: chunk x
 // channel block); a channel's sums are the same whatever the blocks.
 constexpr int64_t kFold = 256;
-
-// A parallel_for grain of units of `size` elements: at least `least` units, and about 32K
-// elements a task (torch's at::internal::GRAIN_SIZE): a small tensor runs on the calling thread
-// without a parallel region (batch_norm on 8 channels, no grad: a region's start cost ~2 us).
-inline int64_t plane_grain(int64_t size, int64_t least = 1) {
-  return std::max<int64_t>(least, int64_t(32768) / std::max<int64_t>(1, size));
-}
 constexpr int64_t kMinChunk = 64, kMaxChunks = 32;
 
 template <int K, typename acc_t, typename Span, typename Row>
