@@ -459,10 +459,10 @@ __attribute__((target("avx512f"))) void interleaved_row(float* d, const float* s
 // output pixels then reads consecutive vectors, with no edge tests. Read in place (NHWC), the
 // vectors of one tap's pixels were K floats apart (2 KiB at 512 channels: all in the same two of
 // L1's 64 sets). Channels_last, 32 groups of 16, 512 @14, batch 8, medians (torch 0.81-0.91 ms):
-// forward 1.26-1.57 -> 1.09-1.22 ms, data gradient 1.47-1.48 -> 1.24-1.25. Narrower groups (a
-// shuffle per channel) keep reading in place: there the copy cost more than it saved (32 groups of
-// 8, 256 @28 1.8 -> 2.2 ms; at stride 2 from 56 x 56, 2.1 -> 5.5). own: the copy's memory when it
-// is above the scratch cap (layout.h).
+// forward 1.26-1.57 -> 1.09-1.22 ms, data gradient 1.47-1.48 -> 1.24-1.25. Narrower groups with
+// their lane shuffles lost with it (32 groups of 8, 256 @28 1.8 -> 2.2 ms); with KG > 0 (< L) the
+// copy interleaves each vector's lanes (Job::ilv), which made them gain (interleaved()). own: the
+// copy's memory when it is above the scratch cap (layout.h).
 void block_input(Job& j, int64_t L, std::vector<float>& own, int64_t KG = 0) {
   const int64_t pt = std::max<int64_t>(0, j.pt), pl = std::max<int64_t>(0, j.pl);
   const int64_t pb = std::max<int64_t>(0, (j.Ho - 1) * j.sh - j.pt + (j.R - 1) * j.dh - (j.H - 1));
