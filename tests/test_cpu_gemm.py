@@ -52,6 +52,22 @@ def test_gemm_matches_float64(shape, dtype):
     torch.testing.assert_close(got_bt, got, atol=tol * 4, rtol=tol)
 
 
+# A's rows a multiple of 4 KiB apart all fall on the same sets of L1 (64 sets of 64-byte lines): the
+# rows-in-place order copies each 12 rows first (gemm.h's l1_sets_crowded). Row strides of 4 and
+# 8 KiB (float32 and float64), a 2 KiB one that stays in place, and odd ones; a partial last row
+# panel, a partial last column panel, several 256-deep reduction blocks.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("row_bytes", [2048, 4096, 8192, 4160, 12288])
+def test_gemm_rows_a_multiple_of_4k_apart(row_bytes, dtype):
+    lda = row_bytes // (4 if dtype == torch.float32 else 8)
+    for m, n, k in [(29, 70, min(lda, 600)), (100, 33, lda)]:
+        a = torch.randn(m, lda, dtype=torch.float64)[:, :k]
+        b = torch.randn(k, n, dtype=torch.float64)
+        got = torch.ops.convx.cpu_gemm(a.to(dtype), b.to(dtype)).double()
+        tol = 1e-12 if dtype == torch.float64 else 3e-6 * k ** 0.5
+        torch.testing.assert_close(got, a.to(dtype).double() @ b.to(dtype).double(), atol=tol * 4, rtol=tol)
+
+
 _CHILD = r"""
 import torch, convx, sys
 assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()

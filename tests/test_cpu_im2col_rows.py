@@ -31,6 +31,10 @@ CASES = {
     "direct_dilated_down": (1, 8, 30, 40, 24, (3, 3), 1, (2, 1), (2, 1), 1),  # runs 2 rows apart
     "direct_7x1": (1, 128, 17, 30, 40, (7, 1), 1, (3, 0), 1, 1),  # 2 runs a block, then 1
     "direct_stem": (2, 3, 64, 64, 16, (7, 7), 2, (3, 3), 1, 1),  # 7 runs of 21 floats
+    # rows 4 KiB apart (1024 channels; 512 at stride 2) would crowd L1's sets: made by the rows
+    # callback instead of read in place (gemm.h's l1_sets_crowded)
+    "direct_rows_4k_apart": (1, 1024, 3, 30, 40, (1, 3), 1, (0, 1), 1, 1),
+    "direct_rows_4k_apart_s2": (1, 512, 5, 60, 24, (3, 3), 2, (1, 1), 1, 1),
     # NCHW with few channels and C*R*S >= 96 (forward_nchw_rows: blocks of output rows made
     # [pixels][K] and transposed into the planes): two blocks an image, the last one short, 72
     # output channels (a 64-channel tile of the transpose and 8 more), pixels not a multiple of 8

@@ -556,21 +556,30 @@ void gemm_serial(
         if (rows) {
           const int64_t mfull = mc / MR * MR;
           const T* ablk = A + ic * rsa + pc;
+          // rows that would crowd L1's sets are read from a copy, kc apart (l1_sets_crowded)
+          const bool copy = l1_sets_crowded(rsa * int64_t(sizeof(T)), MR, kc * int64_t(sizeof(T)));
           for (int64_t jg = 0; jg < nc; jg += jgroup)
-            for (int64_t ir = 0; ir < mfull; ir += MR)
+            for (int64_t ir = 0; ir < mfull; ir += MR) {
+              const T* arows = ablk + ir * rsa;
+              int64_t lda = rsa;
+              if (copy) {
+                for (int i = 0; i < MR; ++i) std::memcpy(apack + i * kc, arows + i * rsa, kc * sizeof(T));
+                arows = apack, lda = kc;
+              }
               for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
                 const int64_t nr = std::min<int64_t>(NR, nc - jr);
                 T* c = C + (ic + ir) * rsc + (jc + jr) * csc;
                 if (csc == 1 && nr == NR) {
                   // the first of the MR rows' tiles prefetches the next MR rows (PF)
                   const bool next = jr == jg && ic + ir + 2 * MR <= M;
-                  kn.ur(kc, ablk + ir * rsa, rsa, bpack + jr * kc, c, rsc, add, next ? ablk + (ir + MR) * rsa : nullptr);
+                  kn.ur(kc, arows, lda, bpack + jr * kc, c, rsc, add, next && !copy ? ablk + (ir + MR) * rsa : nullptr);
                   continue;
                 }
                 const int tn = tile_of(jr);
-                (tn == NR ? kn.ur : kn.ur_narrow)(kc, ablk + ir * rsa, rsa, bpack + jr * kc, tile, tn, false, nullptr);
+                (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr);
                 from_tile(c, MR, nr, tn);
               }
+            }
           if (mfull == mc) continue;
           // the last, partial row panel goes through the packed path below
           pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, apack);
@@ -733,7 +742,8 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
         for (int64_t ir = 0; ir < M; ir += MR) {
           const int64_t mr = std::min<int64_t>(MR, M - ir);
           RowSegments sg;
-          const bool in_place = direct && mr == MR && direct(ctx, ir, mr, pc, kc, &sg);
+          const bool in_place = direct && mr == MR && direct(ctx, ir, mr, pc, kc, &sg) &&
+                                !l1_sets_crowded(sg.lda * int64_t(sizeof(float)), MR, sg.len * int64_t(sizeof(float)));
           if (!in_place) {
             rows(ctx, ir, mr, pc, kc, arows);
             if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);

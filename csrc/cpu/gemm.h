@@ -15,6 +15,7 @@
 // caps the choice), so the extension runs on any x86-64 and uses what it has.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace convx::cpu {
@@ -111,6 +112,22 @@ using RowsFn = void (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, i
 // stride*C apart, the next filter row W*C further); false sends the rows through rows().
 // seg_len > 0: blocks of the reduction never split a run of seg_len elements at a multiple of
 // it, and hold whole such runs when they fit (else equal pieces of one).
+// Whether `rows` rows of row_bytes each, stride_bytes apart, put more than 6 lines on one of L1's
+// 64 sets (64-byte lines; 32 KiB 8-way and 48 KiB 12-way caches alike): rows a multiple of 4 KiB
+// apart all land on the same sets, and a register tile's 12 rows of A read in place then evict
+// each other (Zen 4's 8-way L1: a 3136 x 256 x 1024 product, A's rows 4 KiB apart, 60 GFLOP/s
+// a core against 80-100 with the rows 64 bytes further apart). Such rows are copied first.
+inline bool l1_sets_crowded(int64_t stride_bytes, int rows, int64_t row_bytes) {
+  int count[64] = {};
+  const int64_t lines = std::min<int64_t>(64, (row_bytes + 63) / 64);
+  for (int i = 0; i < rows; ++i) {
+    const int64_t first = (int64_t(i) * stride_bytes) >> 6;
+    for (int64_t l = 0; l < lines; ++l)
+      if (++count[(first + l) & 63] > 6) return true;
+  }
+  return false;
+}
+
 struct RowSegments {
   const float* a;
   int64_t lda, step, n, len;
