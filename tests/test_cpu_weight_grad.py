@@ -18,7 +18,9 @@
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
   columns, chunk of the pixels), the chunks summed into copies of dW added in order;
 * NCHW (fewer than 8 channels a group, float64): im2col in blocks of output rows, the
-  1x1 input read as the column matrix.
+  1x1 input read as the column matrix; float32 with a spatial kernel and fewer than 8 channels
+  (the 3-channel stems) computes there in either layout (channels_last's panels took the
+  channels 3 floats at a time).
 
 Shapes cut every register tile (Kg not a multiple of 12 or 6, Cg*R*S not of 32 or 16).
 """

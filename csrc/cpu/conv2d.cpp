@@ -1221,8 +1221,12 @@ bool data_grad_as_forward(const at::Tensor& gy, at::MemoryFormat mf, const Conv2
 // NCHW costs more than the NCHW path saves (torch's copy: 25 ms at 64 x 112 x 112 x 8).
 at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p,
                                     at::ScalarType ct) {
-  if (ct == at::kFloat && p.groups == 1 && !is_depthwise(sh, p) && sh.R * sh.S > 1)
+  if (ct == at::kFloat && p.groups == 1 && !is_depthwise(sh, p) && sh.R * sh.S > 1) {
     if (sh.Cg >= 8) return at::MemoryFormat::ChannelsLast;
+    // Fewer channels (the 3-channel 7x7 stems): channels_last's column panels are written 3 floats
+    // at a time; NCHW's im2col rows are whole output rows (+ the copies of dY and X)
+    if (fits_scratch(sh)) return at::MemoryFormat::Contiguous;
+  }
   return compute_format(result, sh, p);
 }
 
@@ -1478,8 +1482,13 @@ struct CpuConv {
     const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble &&
                           grouped::data_grad_nchw_applicable(sh, p) && (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
+    // Under 8 input channels with a spatial kernel (the 3-channel 7x7 stems), NCHW whatever the
+    // layout: channels_last's col2im adds runs of 3 floats, NCHW's whole rows
+    const bool few = grad_output.scalar_type() == at::kFloat && p.groups == 1 && sh.C < 8 && sh.R * sh.S > 1 &&
+                     fits_scratch(sh);
     const auto cf = wino || grp_nchw ? mf
                     : grp            ? at::MemoryFormat::ChannelsLast
+                    : few            ? at::MemoryFormat::Contiguous
                                      : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
