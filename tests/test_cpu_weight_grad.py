@@ -40,6 +40,9 @@ CASES = {
     "stride2": (2, 24, 17, 17, 30, (3, 3), 2, (1, 1, 1, 1), 1, 1),
     "stride2_big": (1, 64, 56, 56, 64, (3, 3), 2, (1, 1, 1, 1), 1, 1),
     "1x1": (2, 48, 14, 14, 40, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    # NCHW 1x1 from 128 pixels an image: one product an image on the planes (no gathered copies);
+    # under 128 (1x1_512ch_packed below) several images' planes side by side
+    "1x1_per_image": (3, 40, 12, 11, 36, (1, 1), 1, (0, 0, 0, 0), 1, 1),
     "1x1_s2": (2, 48, 14, 14, 40, (1, 1), 2, (0, 0, 0, 0), 1, 1),
     "large_image": (1, 16, 96, 96, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
     "tiny_images": (40, 16, 4, 4, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # pixel chunks across images
