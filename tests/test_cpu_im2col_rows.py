@@ -33,6 +33,9 @@ CASES = {
     "direct_stem": (2, 3, 64, 64, 16, (7, 7), 2, (3, 3), 1, 1),  # 7 runs of 21 floats
     # rows 4 KiB apart (1024 channels; 512 at stride 2) would crowd L1's sets: made by the rows
     # callback instead of read in place (gemm.h's l1_sets_crowded)
+    # B packed whole (K * 32 columns under 1 MiB): 1920 rows in two chunks, each through both
+    # reduction blocks (240 + 120) before the next chunk
+    "row_chunks_all_blocks": (2, 24, 24, 40, 20, (3, 5), 1, (1, 2), 1, 1),
     "direct_rows_4k_apart": (1, 1024, 3, 30, 40, (1, 3), 1, (0, 1), 1, 1),
     "direct_rows_4k_apart_s2": (1, 512, 5, 60, 24, (3, 3), 2, (1, 1), 1, 1),
     # NCHW with few channels and C*R*S >= 96 (forward_nchw_rows: blocks of output rows made

@@ -716,7 +716,6 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t NC = block_n(kn, M);
-  float* bpack = thread_buffer<float>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
   float* arows = thread_buffer<float>(kGemmPackA, MR * kn.KC);  // MR rows of kc
   alignas(64) float tile[12 * 32];
   // the reduction's blocks: KC, or aligned to the runs of seg_len (gemm.h)
@@ -726,44 +725,69 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
     const int64_t pieces = (seg_len + kn.KC - 1) / kn.KC, piece = (seg_len + pieces - 1) / pieces;
     return std::min({piece, seg_len - pc % seg_len, K - pc});
   };
+  // Rows [i0, i1) of C's columns [jc, jc + nc) (+)= their A rows' block [pc, pc + kc) times B's
+  // packed block (bpack: panels [nc / NR][kc][NR]).
+  auto rows_block = [&](int64_t i0, int64_t i1, int64_t jc, int64_t nc, int64_t pc, int64_t kc, const float* bpack) {
+    const bool add = accumulate || pc > 0;
+    // Each MR rows of A are read where made (the ROWS tile, rows kc apart, L1-hot), not
+    // transposed into a panel first (that cost about what the product did with one or two
+    // column panels, 8% of a stride-2 3x3 layer's time with four), and meet up to 512 KiB of
+    // B's panels (L2) before the next MR rows are made (more columns: the rows are made again
+    // for each 512 KiB group). Rows that direct() finds in place are not made at all.
+    const int64_t jgroup = std::max<int64_t>(NR, (int64_t(512) << 10) / (kc * int64_t(sizeof(float))) / NR * NR);
+    for (int64_t jg = 0; jg < nc; jg += jgroup)
+      for (int64_t ir = i0; ir < i1; ir += MR) {
+        const int64_t mr = std::min<int64_t>(MR, M - ir);
+        RowSegments sg;
+        const bool in_place = direct && mr == MR && direct(ctx, ir, mr, pc, kc, &sg) &&
+                              !l1_sets_crowded(sg.lda * int64_t(sizeof(float)), MR, sg.len * int64_t(sizeof(float)));
+        if (!in_place) {
+          rows(ctx, ir, mr, pc, kc, arows);
+          if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
+        }
+        for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
+          const int64_t nr = std::min<int64_t>(NR, nc - jr);
+          float* c = C + ir * rsc + (jc + jr);
+          const bool whole = mr == MR && nr == NR;
+          float* dst = whole ? c : tile;
+          const int64_t ldd = whole ? rsc : NR;
+          const bool addd = whole && add;
+          if (in_place)
+            kn.urs(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n, sg.step, sg.len * NR);
+          else
+            kn.ur(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr);
+          if (whole) continue;
+          for (int64_t i = 0; i < mr; ++i)
+            for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
+        }
+      }
+  };
+  // All of B packed at once where it takes at most 1 MiB (one column block, several reduction
+  // blocks): then the rows go in chunks of ~128 KiB of C, each through every reduction block
+  // while in L2. Block by block over all the rows, C (3.2 MB for a 128 -> 128 stride-2 3x3
+  // layer at batch 8) went through memory once a block (six times for that layer).
+  const int64_t ncp = (N + NR - 1) / NR * NR;
+  if (N <= NC && K > block_at(0) && K * ncp * int64_t(sizeof(float)) <= (int64_t(1) << 20)) {
+    float* bpack = thread_buffer<float>(kGemmPackB, K * ncp);
+    for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
+      kc = block_at(pc);
+      pack_b(NR, kc, N, B + pc * rsb, rsb, csb, bpack + pc * ncp);
+    }
+    const int64_t chunk = std::max<int64_t>(1, (int64_t(128) << 10) / (ncp * int64_t(sizeof(float))) / MR) * MR;
+    for (int64_t i0 = 0; i0 < M; i0 += chunk)
+      for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
+        kc = block_at(pc);
+        rows_block(i0, std::min(M, i0 + chunk), 0, N, pc, kc, bpack + pc * ncp);
+      }
+    return;
+  }
+  float* bpack = thread_buffer<float>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
       kc = block_at(pc);
-      const bool add = accumulate || pc > 0;
       pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
-      // Each MR rows of A are read where made (the ROWS tile, rows kc apart, L1-hot), not
-      // transposed into a panel first (that cost about what the product did with one or two
-      // column panels, 8% of a stride-2 3x3 layer's time with four), and meet up to 512 KiB of
-      // B's panels (L2) before the next MR rows are made (more columns: the rows are made again
-      // for each 512 KiB group). Rows that direct() finds in place are not made at all.
-      const int64_t jgroup = std::max<int64_t>(NR, (int64_t(512) << 10) / (kc * int64_t(sizeof(float))) / NR * NR);
-      for (int64_t jg = 0; jg < nc; jg += jgroup)
-        for (int64_t ir = 0; ir < M; ir += MR) {
-          const int64_t mr = std::min<int64_t>(MR, M - ir);
-          RowSegments sg;
-          const bool in_place = direct && mr == MR && direct(ctx, ir, mr, pc, kc, &sg) &&
-                                !l1_sets_crowded(sg.lda * int64_t(sizeof(float)), MR, sg.len * int64_t(sizeof(float)));
-          if (!in_place) {
-            rows(ctx, ir, mr, pc, kc, arows);
-            if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
-          }
-          for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
-            const int64_t nr = std::min<int64_t>(NR, nc - jr);
-            float* c = C + ir * rsc + (jc + jr);
-            const bool whole = mr == MR && nr == NR;
-            float* dst = whole ? c : tile;
-            const int64_t ldd = whole ? rsc : NR;
-            const bool addd = whole && add;
-            if (in_place)
-              kn.urs(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n, sg.step, sg.len * NR);
-            else
-              kn.ur(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr);
-            if (whole) continue;
-            for (int64_t i = 0; i < mr; ++i)
-              for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
-          }
-        }
+      rows_block(0, M, jc, nc, pc, kc, bpack);
     }
   }
 }
