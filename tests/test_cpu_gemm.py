@@ -108,6 +108,12 @@ xs = torch.randn(2, 3, 23, 29, dtype=torch.float64)
 ws, bs = torch.randn(70, 3, 7, 7, dtype=torch.float64), torch.randn(70, dtype=torch.float64)
 ys = torch.ops.convx.conv2d(xs.float(), ws.float(), bs.float(), [2, 2], [3, 3, 3, 3], [1, 1], 1)
 torch.testing.assert_close(ys.double(), torch.nn.functional.conv2d(xs, ws, bs, 2, 3), atol=1e-3, rtol=1e-4)
+# an NCHW 1x1 forward on several images a product (pack_b_batch's vector copies of panels inside
+# one image, runs for the panels across two: 63 pixels an image)
+xp = torch.randn(3, 20, 7, 9, dtype=torch.float64)
+wp = torch.randn(30, 20, 1, 1, dtype=torch.float64)
+yp = torch.ops.convx.conv2d(xp.float(), wp.float(), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)
+torch.testing.assert_close(yp.double(), torch.nn.functional.conv2d(xp, wp), atol=1e-4, rtol=1e-4)
 # channels_last batch norm (its row loops run through each()'s builds), training, with ReLU
 xb = (torch.randn(3, 40, 5, 7, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
 gb = torch.randn(3, 40, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
