@@ -630,10 +630,8 @@ struct ColumnRuns {
 };
 
 // B's columns [j0, j0 + nc) of a batch (BatchCols, gemm.h) packed as pack_b
-// does (panels of NR, zero past nc), each panel row copied a run of columns
-// inside one image at a time (one run unless the panel spans images).
-// Row k of every panel, then row k + 1 (k-major, as pack_b_rows): each image's row of B is read
-// start to end. A panel inside one image is one copy of NR elements (VB-byte vector moves);
+// does (panels of NR, zero past nc): row k of every panel, then row k + 1 (k-major, as
+// pack_b_rows), so each image's row of B is read start to end. A panel inside one image is one copy of NR elements (VB-byte vector moves);
 // one across images (or the last, partial one) goes by its runs. Panel-major, each panel read kc
 // rows a plane apart (784 bytes @14): their lines left L1 before the next panel came for the rest
 // (ResNet-50's NCHW 1024 -> 256 1x1 @14, batch 8: the packing 27 % of the kernel's time).

@@ -99,19 +99,6 @@ template <typename T>
 void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T* B, int64_t rsb, T* C, int64_t rsc,
                    bool accumulate, bool parallel);
 
-// C [M, N] (row stride rsc, unit column stride) (+)= A [M, K] B [K, N] (float32),
-// A never stored whole: rows(ctx, i, count, k0, kc, dst) writes A[i + r][k0, k0 + kc)
-// to dst + r * kc for r < count (a register tile's rows) when the GEMM needs them
-// (an im2col made on the fly, L1-sized at a time). Rows are split between the
-// threads (each row of C made by one thread: no dependence on the thread count).
-using RowsFn = void (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst);
-// Optionally, rows read where they are (an implicit GEMM): direct(ctx, i, count, k0, kc, &seg)
-// returns true when A[i + r][k0, k0 + kc) is, for every r < count, seg.n runs of seg.len
-// elements (kc = n * len), run t at seg.a + r * seg.lda + t * seg.step (a channels_last
-// convolution's MR output pixels along one image row: a filter row's S*C input floats each,
-// stride*C apart, the next filter row W*C further); false sends the rows through rows().
-// seg_len > 0: blocks of the reduction never split a run of seg_len elements at a multiple of
-// it, and hold whole such runs when they fit (else equal pieces of one).
 // Whether `rows` rows of row_bytes each, stride_bytes apart, put more than 6 lines on one of L1's
 // 64 sets (64-byte lines; 32 KiB 8-way and 48 KiB 12-way caches alike): rows a multiple of 4 KiB
 // apart all land on the same sets, and a register tile's 12 rows of A read in place then evict
@@ -128,6 +115,19 @@ inline bool l1_sets_crowded(int64_t stride_bytes, int rows, int64_t row_bytes) {
   return false;
 }
 
+// C [M, N] (row stride rsc, unit column stride) (+)= A [M, K] B [K, N] (float32),
+// A never stored whole: rows(ctx, i, count, k0, kc, dst) writes A[i + r][k0, k0 + kc)
+// to dst + r * kc for r < count (a register tile's rows) when the GEMM needs them
+// (an im2col made on the fly, L1-sized at a time). Rows are split between the
+// threads (each row of C made by one thread: no dependence on the thread count).
+using RowsFn = void (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst);
+// Optionally, rows read where they are (an implicit GEMM): direct(ctx, i, count, k0, kc, &seg)
+// returns true when A[i + r][k0, k0 + kc) is, for every r < count, seg.n runs of seg.len
+// elements (kc = n * len), run t at seg.a + r * seg.lda + t * seg.step (a channels_last
+// convolution's MR output pixels along one image row: a filter row's S*C input floats each,
+// stride*C apart, the next filter row W*C further); false sends the rows through rows().
+// seg_len > 0: blocks of the reduction never split a run of seg_len elements at a multiple of
+// it, and hold whole such runs when they fit (else equal pieces of one).
 struct RowSegments {
   const float* a;
   int64_t lda, step, n, len;
