@@ -1160,6 +1160,14 @@ bool fits_scratch(const Conv2dShape& sh) {
   return sh.N * sh.C * sh.H * sh.W <= kScratchCapFloats && sh.N * sh.K * sh.Ho * sh.Wo <= kScratchCapFloats;
 }
 
+// One group, a spatial kernel and under 8 input channels (the 3-channel 7x7 stems), both tensors
+// under the scratch cap: the float32 data and weight gradients compute in NCHW whatever the layout
+// (channels_last's col2im and im2col panels take the channels 3 floats at a time, NCHW's whole
+// output rows; dY's and X's copies go through layout.h's transpose into scratch memory).
+bool few_channels_nchw_grads(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups == 1 && sh.C < 8 && sh.R * sh.S > 1 && fits_scratch(sh);
+}
+
 // The layout the kernels compute in. torch's rule picks the result's layout;
 // the kernels may compute in the other one and convert (two copies) where
 // measured to pay:
@@ -1222,16 +1230,13 @@ bool data_grad_as_forward(const at::Tensor& gy, at::MemoryFormat mf, const Conv2
 // group computes in channels_last whatever the layout (its NHWC paths, with
 // no im2col matrix, beat NCHW's blocked im2col even with both operands
 // converted: 128 channels @28 13.2 -> ~10 ms). Fewer channels (the 3-channel
-// stem) stay in the result's layout: converting its large channels_last dY to
-// NCHW costs more than the NCHW path saves (torch's copy: 25 ms at 64 x 112 x 112 x 8).
+// stem) compute in NCHW (few_channels_nchw_grads; with torch's copy of its large
+// channels_last dY, 25 ms at 64 x 112 x 112 x 8, they had stayed in the result's layout).
 at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p,
                                     at::ScalarType ct) {
-  if (ct == at::kFloat && p.groups == 1 && !is_depthwise(sh, p) && sh.R * sh.S > 1) {
-    if (sh.Cg >= 8) return at::MemoryFormat::ChannelsLast;
-    // Fewer channels (the 3-channel 7x7 stems): channels_last's column panels are written 3 floats
-    // at a time; NCHW's im2col rows are whole output rows (+ the copies of dY and X)
-    if (fits_scratch(sh)) return at::MemoryFormat::Contiguous;
-  }
+  if (ct == at::kFloat && p.groups == 1 && !is_depthwise(sh, p) && sh.R * sh.S > 1 && sh.Cg >= 8)
+    return at::MemoryFormat::ChannelsLast;
+  if (ct == at::kFloat && few_channels_nchw_grads(sh, p)) return at::MemoryFormat::Contiguous;
   return compute_format(result, sh, p);
 }
 
@@ -1487,10 +1492,7 @@ struct CpuConv {
     const bool grp_nchw = !wino && grad_output.scalar_type() != at::kDouble &&
                           grouped::data_grad_nchw_applicable(sh, p) && (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
-    // Under 8 input channels with a spatial kernel (the 3-channel 7x7 stems), NCHW whatever the
-    // layout: channels_last's col2im adds runs of 3 floats, NCHW's whole rows
-    const bool few = grad_output.scalar_type() == at::kFloat && p.groups == 1 && sh.C < 8 && sh.R * sh.S > 1 &&
-                     fits_scratch(sh);
+    const bool few = grad_output.scalar_type() == at::kFloat && few_channels_nchw_grads(sh, p);
     const auto cf = wino || grp_nchw ? mf
                     : grp            ? at::MemoryFormat::ChannelsLast
                     : few            ? at::MemoryFormat::Contiguous

@@ -629,12 +629,13 @@ struct ColumnRuns {
   }
 };
 
-// B's columns [j0, j0 + nc) of a batch (BatchCols, gemm.h) packed as pack_b
-// does (panels of NR, zero past nc): row k of every panel, then row k + 1 (k-major, as
-// pack_b_rows), so each image's row of B is read start to end. A panel inside one image is one copy of NR elements (VB-byte vector moves);
-// one across images (or the last, partial one) goes by its runs. Panel-major, each panel read kc
-// rows a plane apart (784 bytes @14): their lines left L1 before the next panel came for the rest
-// (ResNet-50's NCHW 1024 -> 256 1x1 @14, batch 8: the packing 27 % of the kernel's time).
+// B's columns [j0, j0 + nc) of a batch (BatchCols, gemm.h) packed as pack_b does (panels of
+// NR, zero past nc): row k of every panel, then row k + 1 (k-major, as pack_b_rows), so each
+// image's row of B is read start to end. A panel inside one image is one copy of NR elements
+// (VB-byte vector moves); one across images (or the last, partial one) goes by its runs.
+// Panel-major, each panel read kc rows a plane apart (784 bytes @14): their lines left L1
+// before the next panel came for the rest (ResNet-50's NCHW 1024 -> 256 1x1 @14, batch 8: the
+// packing 27 % of the kernel's time).
 template <int VB, typename T>
 __attribute__((always_inline)) inline void pack_b_batch_body(int NR, int64_t kc, int64_t j0, int64_t nc, const T* B,
                                                              int64_t rsb, const BatchCols& bc, T* dst) {
