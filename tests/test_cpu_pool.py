@@ -1,6 +1,8 @@
 """The CPU pooling kernels' vector paths, on shapes that reach them (test_pool2d's
 shapes are too small to): channels_last with 37 channels (two AVX-512 blocks,
-four AVX2 blocks, and a tail), NCHW rows of 8 or more outputs at strides 1, 2
+four AVX2 blocks, and a tail) and with 259 (runs of 512 bytes and more, in
+the register order on small inputs and tap by tap on inputs of 16 MiB and
+more: float's and bfloat16's, with a tail), NCHW rows of 8 or more outputs at strides 1, 2
 and 3, adaptive windows of one size and of several, global average; every
 dtype; NaN, +-inf and ties against torch's index rules; gradients; the result
 independent of the thread count; and the AVX2 and baseline builds, forced."""
@@ -17,6 +19,7 @@ from test_cpu_gemm import run_with_isa
 CF = convx.functional
 
 SHAPE = (2, 37, 23, 40)
+WIDE = (2, 259, 12, 13)
 MAX_CASES = [
     dict(kernel_size=2),
     dict(kernel_size=3, stride=2, padding=1),
@@ -30,14 +33,17 @@ AVG_CASES = [
     dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
     dict(kernel_size=(2, 3), stride=(1, 3), divisor_override=5),
 ]
+STREAMED = (2, 259, 128, 128)  # 17 MiB in bfloat16: tap by tap
+STREAMED_MAX = MAX_CASES[:3]
+STREAMED_AVG = AVG_CASES[:2] + AVG_CASES[3:]
 ADAPTIVE_SIZES = [(1, 1), (23, 8), (6, 13), (5, 40)]  # global, one window size, several, mixed
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
 
-def _input(dtype, layout, seed=0):
+def _input(dtype, layout, seed=0, shape=SHAPE):
     """Small integers (ties everywhere), a NaN patch, an all -inf patch and a +inf."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(-3, 4, SHAPE, generator=g).to(dtype)
+    x = torch.randint(-3, 4, shape, generator=g).to(dtype)
     x[0, 5, 3:6, 7:12] = float("nan")
     x[1, 20, :, 0:5] = float("-inf")
     x[1, 36, 10, 10] = float("inf")
@@ -57,8 +63,8 @@ def _grads(fn, x, gy):
     return out, g
 
 
-def check_layout(layout, dtype):
-    x = _input(dtype, layout)
+def check_layout(layout, dtype, shape=SHAPE, max_cases=MAX_CASES, avg_cases=AVG_CASES, adaptive_sizes=ADAPTIVE_SIZES):
+    x = _input(dtype, layout, shape=shape)
     g = torch.Generator().manual_seed(1)
 
     def compare(mine, ref, with_indices):
@@ -79,12 +85,12 @@ def check_layout(layout, dtype):
         if gy.shape[-2:] != (1, 1):  # (torch's global average is a mean, whose gradient may take either layout)
             assert gx.stride() == rgx.stride()
 
-    for case in MAX_CASES:
+    for case in max_cases:
         compare(lambda t: CF.max_pool2d(t, return_indices=True, **case),
                 lambda t: F.max_pool2d(t, return_indices=True, **case), True)
-    for case in AVG_CASES:
+    for case in avg_cases:
         compare(lambda t: CF.avg_pool2d(t, **case), lambda t: F.avg_pool2d(t, **case), False)
-    for size in ADAPTIVE_SIZES:
+    for size in adaptive_sizes:
         compare(lambda t: CF.adaptive_avg_pool2d(t, size), lambda t: F.adaptive_avg_pool2d(t, size), False)
         compare(lambda t: CF.adaptive_max_pool2d(t, size, True), lambda t: F.adaptive_max_pool2d(t, size, True), True)
 
@@ -95,9 +101,20 @@ def test_parity(layout, dtype):
     check_layout(layout, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_parity_wide_channels_last(dtype):
+    check_layout("channels_last", dtype, WIDE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+def test_parity_streamed_channels_last(dtype):
+    check_layout("channels_last", dtype, STREAMED, STREAMED_MAX, STREAMED_AVG, [(64, 64)])
+
+
+@pytest.mark.parametrize("shape", [SHAPE, WIDE], ids=["37ch", "259ch"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_thread_count_does_not_change_bits(layout):
-    x = torch.randn(SHAPE).contiguous(
+def test_thread_count_does_not_change_bits(layout, shape):
+    x = torch.randn(shape).contiguous(
         memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
     def run():
@@ -122,6 +139,8 @@ assert torch.ops.convx.cpu_isa() == sys.argv[1], torch.ops.convx.cpu_isa()
 import test_cpu_pool as t
 for layout in ("contiguous", "channels_last"):
     t.check_layout(layout, torch.float32)
+t.check_layout("channels_last", torch.float32, t.WIDE)
+t.check_layout("channels_last", torch.float32, t.STREAMED, t.STREAMED_MAX, t.STREAMED_AVG, [(64, 64)])
 print("ok")
 """
 
