@@ -540,30 +540,22 @@ constexpr int wgrad_taps() {  // taps a register block: 24 (AVX-512) or 8 accumu
   return acc / KG > 0 ? acc / KG : 1;
 }
 
-// Output pixels [wb, we) of row (n, ho), channels [k0, k0 + L), taps [t0, t0 + nt): CHECK tests
-// each tap's column against the image's edges.
-template <int VB, int KG, bool CHECK>
-GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho, int64_t wb, int64_t we, int64_t k0,
-                               int64_t t0, int64_t nt) {
-  using V = typename Vec<float, VB>::type;
-  constexpr int NT = wgrad_taps<VB, KG>();
-  constexpr int64_t L = VB / 4;
-  const int64_t RS = j.R * j.S;
+// Output pixels [wb, we) of row (n, ho), channels [k0, k0 + L), taps [t0, t0 + nt), into the
+// sums a (registers: the caller keeps them across its rows): CHECK tests each tap's column
+// against the image's edges.
+template <int VB, int KG, bool CHECK, int NT, typename V>
+GROUPED_INLINE void wgrad_span(const WJob& j, V (&a)[NT][KG], int64_t n, int64_t ho, int64_t wb, int64_t we,
+                               int64_t k0, int64_t t0, int64_t nt) {
   const float* xrow[NT];  // tap i's input row at column s*dw - pl (nullptr: the row is outside the image)
   int64_t xcol[NT];
-  V a[NT][KG];
 #pragma GCC unroll 24
   for (int i = 0; i < NT; ++i) {
     xrow[i] = nullptr;
     xcol[i] = 0;
-#pragma GCC unroll 16
-    for (int c = 0; c < KG; ++c) a[i][c] = V{};
     if (i >= nt) continue;
     const int64_t t = t0 + i, r = t / j.S, s = t % j.S, h = ho * j.sh - j.pt + r * j.dh;
     xcol[i] = s * j.dw - j.pl;
     if (h >= 0 && h < j.H) xrow[i] = j.x + (n * j.H + h) * j.W * j.K + k0;
-#pragma GCC unroll 16
-    for (int c = 0; c < KG; ++c) a[i][c] = vload<VB>(acc + ((k0 / L * RS + t) * KG + c) * L);
   }
   const float* dyp = j.dy + ((n * j.Ho + ho) * j.Wo) * j.K + k0;
   for (int64_t wo = wb; wo < we; ++wo) {
@@ -585,32 +577,47 @@ GROUPED_INLINE void wgrad_span(const WJob& j, float* acc, int64_t n, int64_t ho,
       }
     }
   }
-#pragma GCC unroll 24
-  for (int i = 0; i < NT; ++i) {
-    if (i >= nt) continue;
-#pragma GCC unroll 16
-    for (int c = 0; c < KG; ++c) std::memcpy(acc + ((k0 / L * RS + t0 + i) * KG + c) * L, &a[i][c], sizeof(V));
-  }
 }
 
+// Rows [b, e) (image, output row), each register block of sums (a vector of channels, NT taps)
+// loaded from acc once for all the rows and stored back after them (per row, at 14 x 14, the
+// loads and stores of 16 sums came to a quarter of a row's FMAs).
 template <int VB, int KG>
 GROUPED_INLINE void wgrad_rows_body(const WJob& j, float* acc, int64_t b, int64_t e) {
-  constexpr int64_t L = VB / 4, NT = wgrad_taps<VB, KG>();
+  using V = typename Vec<float, VB>::type;
+  constexpr int64_t L = VB / 4;
+  constexpr int NT = wgrad_taps<VB, KG>();
   const int64_t RS = j.R * j.S;
   // (pl is negative for a data gradient whose padding passes the filter: from column 0)
   const int64_t wlo = std::min(j.Wo, std::max<int64_t>(0, (j.pl + j.sw - 1) / j.sw));
   const int64_t span = j.W - 1 - (j.S - 1) * j.dw + j.pl;
   const int64_t whi = span < 0 ? wlo : std::clamp<int64_t>(span / j.sw + 1, wlo, j.Wo);
-  for (int64_t row = b; row < e; ++row) {
-    const int64_t n = row / j.Ho, ho = row % j.Ho;
-    for (int64_t k0 = 0; k0 < j.K; k0 += L)
-      for (int64_t t0 = 0; t0 < RS; t0 += NT) {
-        const int64_t nt = std::min(NT, RS - t0);
-        wgrad_span<VB, KG, true>(j, acc, n, ho, 0, wlo, k0, t0, nt);
-        wgrad_span<VB, KG, false>(j, acc, n, ho, wlo, whi, k0, t0, nt);
-        wgrad_span<VB, KG, true>(j, acc, n, ho, whi, j.Wo, k0, t0, nt);
+  // rows a chunk: their vectors of dY and X (a row and R - 1 more of X each) in 16 KiB of L1,
+  // read again by each register block
+  const int64_t chunk = std::max<int64_t>(1, (16 << 10) / (L * 4 * (j.Wo + j.R * j.W)));
+  for (int64_t cb = b; cb < e; cb += chunk)
+  for (int64_t k0 = 0; k0 < j.K; k0 += L)
+    for (int64_t t0 = 0; t0 < RS; t0 += NT) {
+      const int64_t nt = std::min<int64_t>(NT, RS - t0);
+      V a[NT][KG];
+#pragma GCC unroll 24
+      for (int i = 0; i < NT; ++i)
+#pragma GCC unroll 16
+        for (int c = 0; c < KG; ++c)
+          a[i][c] = i < nt ? vload<VB>(acc + ((k0 / L * RS + t0 + i) * KG + c) * L) : V{};
+      for (int64_t row = cb; row < std::min(e, cb + chunk); ++row) {
+        const int64_t n = row / j.Ho, ho = row % j.Ho;
+        wgrad_span<VB, KG, true>(j, a, n, ho, 0, wlo, k0, t0, nt);
+        wgrad_span<VB, KG, false>(j, a, n, ho, wlo, whi, k0, t0, nt);
+        wgrad_span<VB, KG, true>(j, a, n, ho, whi, j.Wo, k0, t0, nt);
       }
-  }
+#pragma GCC unroll 24
+      for (int i = 0; i < NT; ++i) {
+        if (i >= nt) continue;
+#pragma GCC unroll 16
+        for (int c = 0; c < KG; ++c) std::memcpy(acc + ((k0 / L * RS + t0 + i) * KG + c) * L, &a[i][c], sizeof(V));
+      }
+    }
 }
 
 template <int VB>
