@@ -153,10 +153,34 @@ GROUPED_INLINE void pixels(const Job& j, int64_t n, int64_t ho, int64_t wo0, int
   if constexpr (ILV) b0 = __builtin_shuffle(b0, to_ilv);
 #pragma GCC unroll 16
   for (int i = 0; i < NB; ++i) acc[i] = b0;
+  // A 3-wide filter at stride and dilation 1 (G > 1): input pixel q's broadcast serves its three
+  // taps at once, output pixels q, q - 1 and q - 2 (NB + 2 broadcasts a channel for 3 * NB FMAs,
+  // not 3 * NB)
+  constexpr bool STATIONARY = VB == 64 && !CHECK && SS == 3 && SWL == L && L / KG > 1;
+  const bool stationary = STATIONARY && j.dw == 1;
   for (int64_t r = 0; r < j.R; ++r) {
     const int64_t h = ho * j.sh - j.pt + r * j.dh;
     if (h < 0 || h >= j.H) continue;
     const float* irow = j.in + k0 / L * j.ib + n * j.in_ + h * j.ih;
+    if constexpr (STATIONARY) {
+      if (stationary) {
+        constexpr int G = 16 / KG;
+        const float* wp = j.wv + ((k0 / L * j.R * j.S + r * j.S) * KG) * L;
+        const float* x0 = irow + (wo0 - j.pl) * SWL;
+#pragma GCC unroll 2
+        for (int c = 0; c < KG; ++c) {
+          const V w0 = vload<VB>(wp + c * L), w1 = vload<VB>(wp + (KG + c) * L), w2 = vload<VB>(wp + (2 * KG + c) * L);
+#pragma GCC unroll 16
+          for (int q = 0; q < NB + 2; ++q) {
+            const V b = broadcast_block<G>(x0 + q * SWL + c * G);
+            if (q < NB) acc[q] += b * w0;
+            if (q >= 1 && q <= NB) acc[q - 1] += b * w1;
+            if (q >= 2) acc[q - 2] += b * w2;
+          }
+        }
+        continue;
+      }
+    }
 #pragma GCC unroll 3
     for (int64_t s = 0; s < (SS ? SS : j.S); ++s) {
       const float* wp = j.wv + ((k0 / L * j.R * j.S + r * j.S + s) * KG) * L;
