@@ -619,29 +619,29 @@ GROUPED_INLINE void wgrad_rows_body(const WJob& j, float* acc, int64_t b, int64_
   // rows a chunk: their vectors of dY and X (a row and R - 1 more of X each) in 16 KiB of L1,
   // read again by each register block
   const int64_t chunk = std::max<int64_t>(1, (16 << 10) / (L * 4 * (j.Wo + j.R * j.W)));
+  const auto sums = [&](int64_t k0, int64_t t, int c) { return acc + ((k0 / L * RS + t) * KG + c) * L; };
   for (int64_t cb = b; cb < e; cb += chunk)
-  for (int64_t k0 = 0; k0 < j.K; k0 += L)
-    for (int64_t t0 = 0; t0 < RS; t0 += NT) {
-      const int64_t nt = std::min<int64_t>(NT, RS - t0);
-      V a[NT][KG];
+    for (int64_t k0 = 0; k0 < j.K; k0 += L)
+      for (int64_t t0 = 0; t0 < RS; t0 += NT) {
+        const int64_t nt = std::min<int64_t>(NT, RS - t0);
+        V a[NT][KG];
 #pragma GCC unroll 24
-      for (int i = 0; i < NT; ++i)
+        for (int i = 0; i < NT; ++i)
 #pragma GCC unroll 16
-        for (int c = 0; c < KG; ++c)
-          a[i][c] = i < nt ? vload<VB>(acc + ((k0 / L * RS + t0 + i) * KG + c) * L) : V{};
-      for (int64_t row = cb; row < std::min(e, cb + chunk); ++row) {
-        const int64_t n = row / j.Ho, ho = row % j.Ho;
-        wgrad_span<VB, KG, true>(j, a, n, ho, 0, wlo, k0, t0, nt);
-        wgrad_span<VB, KG, false>(j, a, n, ho, wlo, whi, k0, t0, nt);
-        wgrad_span<VB, KG, true>(j, a, n, ho, whi, j.Wo, k0, t0, nt);
-      }
+          for (int c = 0; c < KG; ++c) a[i][c] = i < nt ? vload<VB>(sums(k0, t0 + i, c)) : V{};
+        for (int64_t row = cb; row < std::min(e, cb + chunk); ++row) {
+          const int64_t n = row / j.Ho, ho = row % j.Ho;
+          wgrad_span<VB, KG, true>(j, a, n, ho, 0, wlo, k0, t0, nt);
+          wgrad_span<VB, KG, false>(j, a, n, ho, wlo, whi, k0, t0, nt);
+          wgrad_span<VB, KG, true>(j, a, n, ho, whi, j.Wo, k0, t0, nt);
+        }
 #pragma GCC unroll 24
-      for (int i = 0; i < NT; ++i) {
-        if (i >= nt) continue;
+        for (int i = 0; i < NT; ++i) {
+          if (i >= nt) continue;
 #pragma GCC unroll 16
-        for (int c = 0; c < KG; ++c) std::memcpy(acc + ((k0 / L * RS + t0 + i) * KG + c) * L, &a[i][c], sizeof(V));
+          for (int c = 0; c < KG; ++c) std::memcpy(sums(k0, t0 + i, c), &a[i][c], sizeof(V));
+        }
       }
-    }
 }
 
 template <int VB>

@@ -350,6 +350,18 @@ constexpr int64_t kTapInputBytes = int64_t(16) << 20;
 using MaxPixelFn = void (*)(const float*, const int64_t*, const float*, int64_t, int64_t, float*, int64_t*, float*);
 using MaxGradPixelFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, int64_t, int64_t, float*);
 
+// 16 / 8 index lanes (floats) as int64 at ind.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) inline void store_index16(int64_t* ind, __m512 ix) {
+  const __m512i i = _mm512_cvttps_epi32(ix);
+  _mm512_storeu_si512(ind, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)));
+  _mm512_storeu_si512(ind + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1)));
+}
+__attribute__((target("avx2,fma"))) inline void store_index8(int64_t* ind, __m256 ix) {
+  const __m256i i = _mm256_cvttps_epi32(ix);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(i)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1)));
+}
+
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx512(
     const float* x, const int64_t* off, const float* here, int64_t nt, int64_t C, float* y, int64_t* ind,
     float* ixb) {
@@ -371,11 +383,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
         _mm512_mask_storeu_ps(ixb + c, take, hk);
       }
     }
-    for (int64_t c = 0; c < Cv; c += 16) {
-      const __m512i i = _mm512_cvttps_epi32(_mm512_loadu_ps(ixb + c));
-      _mm512_storeu_si512(ind + c, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)));
-      _mm512_storeu_si512(ind + c + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1)));
-    }
+    for (int64_t c = 0; c < Cv; c += 16) store_index16(ind + c, _mm512_loadu_ps(ixb + c));
   } else {
     for (int64_t c = 0; c < Cv; c += 16) {
       __m512 a = _mm512_loadu_ps(x + off[0] + c), ix = _mm512_set1_ps(here[0]);
@@ -386,19 +394,10 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
         ix = _mm512_mask_mov_ps(ix, take, _mm512_set1_ps(here[k]));
       }
       _mm512_storeu_ps(y + c, a);
-      const __m512i i = _mm512_cvttps_epi32(ix);
-      _mm512_storeu_si512(ind + c, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)));
-      _mm512_storeu_si512(ind + c + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1)));
+      store_index16(ind + c, ix);
     }
   }
   max_pixel_scalar<float, float, float>(x, off, here, nt, Cv, C, y, ind);
-}
-
-// 8 index lanes (floats) as int64 at ind.
-__attribute__((target("avx2,fma"))) inline void store_index8(int64_t* ind, __m256 ix) {
-  const __m256i i = _mm256_cvttps_epi32(ix);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(i)));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1)));
 }
 
 __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const int64_t* off, const float* here,
@@ -569,7 +568,7 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
     std::vector<float> ixb_buf(is_max && by_tap && std::is_same_v<T, float> ? C : 0);
     int64_t* off = off_buf.data();
     I* here = here_buf.data();
-    const auto row = [&](int64_t t) CONVX_ALWAYS_INLINE {
+    each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
       const int64_t n = t / Ho, oh = t % Ho;
       for (int64_t ow = 0; ow < Wo; ++ow) {
         int64_t nt = 0;
@@ -593,8 +592,7 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
           avg_pixel<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), y + o);
         }
       }
-    };
-    each(b, e, row);
+    });
   });
 }
 
