@@ -27,11 +27,20 @@ def choose(env_value, visible_capabilities):
 def covers(archs, capability):
     """Whether code built for `archs` runs on a GPU of `capability` (major,
     minor): a cubin runs on its own major version at an equal or higher
-    minor; PTX is compiled on the fly for any equal or newer GPU."""
+    minor; PTX is compiled on the fly for any equal or newer GPU. An
+    architecture-specific target ('9.0a', with Hopper's wgmma) runs on that
+    exact GPU only, its PTX too; a family target ('10.0f') on its major
+    version at an equal or higher minor."""
     major, minor = capability
     for a in archs:
-        ptx = a.upper().endswith("+PTX")
-        x, y = (int(p) for p in a.upper().replace("+PTX", "").split("."))
-        if (x == major and y <= minor) or (ptx and (x, y) <= (major, minor)):
+        a = a.strip().upper()
+        ptx = a.endswith("+PTX")
+        a = a.replace("+PTX", "")
+        specific = a.endswith("A")
+        x, y = (int(p) for p in a.rstrip("AF").split("."))
+        if specific:
+            if (x, y) == (major, minor):
+                return True
+        elif (x == major and y <= minor) or (ptx and (x, y) <= (major, minor)):
             return True
     return False

@@ -3,9 +3,11 @@
 Shapes: ``input`` is ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``;
 ``weight`` is ``(C_out, C_in / groups, kH, kW)``; ``bias`` is ``(C_out,)``.
 """
+import functools
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _ops = torch.ops.convx
@@ -257,6 +259,18 @@ def _check_bn_params(input: Tensor, named):
                                f"input on {input.device}")
 
 
+@functools.lru_cache(maxsize=None)
+def _torch_rejects_zero_eps():
+    """Whether this torch's batch_norm refuses eps=0 in evaluation too (torch
+    2.11 does; later releases refuse it only in training): asked once, of a
+    one-element call."""
+    try:
+        F.batch_norm(torch.ones(1, 1), torch.zeros(1), torch.ones(1), training=False, eps=0.0)
+    except ValueError:
+        return True
+    return False
+
+
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, residual: Optional[Tensor] = None,
@@ -291,6 +305,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
             raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     elif eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    elif eps == 0.0 and _torch_rejects_zero_eps():
+        raise ValueError(f"batch_norm eps must be positive, but got {eps}")
     _check_residual(input, residual)
     if input.numel() == 0:
         # torch returns an empty batch as it is, without looking at the statistics or the affine parameters

@@ -88,6 +88,14 @@ class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
         return CF.adaptive_max_pool2d(input, self.output_size, self.return_indices)
 
 
+def _bias_kw(bias):
+    """torch.nn's batch norms take ``bias=`` (an affine scale without a shift)
+    from torch 2.12 on: pass it only when it is not the default, so that on an
+    older torch the default works and ``bias=False`` fails as torch's own
+    module does there (TypeError)."""
+    return {} if bias is True else {"bias": bias}
+
+
 class _BatchNormTail:
     """The forward shared by convx's BatchNorm1d/2d/3d: torch's
     ``_BatchNorm.forward`` bookkeeping, then one convx kernel that can also
@@ -134,7 +142,7 @@ class BatchNorm2d(_BatchNormTail, torch.nn.BatchNorm2d):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
                  dtype=None, activation=None, *, bias=True):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **_bias_kw(bias))
         self._init_activation(activation)
 
 
@@ -144,7 +152,7 @@ class BatchNorm1d(_BatchNormTail, torch.nn.BatchNorm1d):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
                  dtype=None, activation=None, *, bias=True):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **_bias_kw(bias))
         self._init_activation(activation)
 
 
@@ -154,7 +162,7 @@ class BatchNorm3d(_BatchNormTail, torch.nn.BatchNorm3d):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
                  dtype=None, activation=None, *, bias=True):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **_bias_kw(bias))
         self._init_activation(activation)
 
 
@@ -174,7 +182,7 @@ class SyncBatchNorm(_BatchNormTail, torch.nn.SyncBatchNorm):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  process_group=None, device=None, dtype=None, activation=None, *, bias=True):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device, dtype,
-                         bias=bias)
+                         **_bias_kw(bias))
         self._init_activation(activation)
 
     def forward(self, input: Tensor, residual: Tensor = None) -> Tensor:

@@ -66,6 +66,9 @@ def test_arch_choice():
     (["9.0"], (10, 0), False), (["12.0+PTX"], (12, 1), True), (["8.6+PTX"], (9, 0), True),
     (_archs.DEFAULT_ARCHS, (7, 5), True), (_archs.DEFAULT_ARCHS, (8, 9), True), (_archs.DEFAULT_ARCHS, (10, 3), True),
     (_archs.DEFAULT_ARCHS, (7, 0), False),
+    # architecture-specific and family targets (an H200 machine's image sets TORCH_CUDA_ARCH_LIST=9.0a)
+    (["9.0a"], (9, 0), True), (["9.0a"], (9, 1), False), (["9.0a+PTX"], (10, 0), False),
+    (["10.0f"], (10, 3), True), (["10.0f"], (12, 0), False),
 ])
 def test_arch_coverage(archs, cap, ok):
     assert _archs.covers(archs, cap) == ok
