@@ -200,7 +200,10 @@ def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding,
     _, kg, r, s = weight.shape
     ho = _ct_out_size(h, r, stride[0], padding[0], output_padding[0], dilation[0])
     wo = _ct_out_size(w, s, stride[1], padding[1], output_padding[1], dilation[1])
-    return _empty(input, (n, kg * groups, ho, wo), _conv_memory_format(input, weight))
+    # On CUDA, an output padding not below the stride runs torch's native kernel: contiguous (conv_ops.h).
+    native = _cuda_rules(input) and (output_padding[0] >= stride[0] or output_padding[1] >= stride[1])
+    mf = torch.contiguous_format if native else _conv_memory_format(input, weight)
+    return _empty(input, (n, kg * groups, ho, wo), mf)
 
 
 @_register_fake("conv_transpose2d_backward_input")

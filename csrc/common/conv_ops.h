@@ -154,11 +154,17 @@ struct ConvOps {
       TORCH_CHECK(bias->device() == input.device(), "Expected bias to be on the same device as input (",
                   input.device(), "), but got bias on ", bias->device());
     }
-    if (input.numel() == 0 || out[2] == 0 || out[3] == 0) {  // an empty result (an empty batch, or images)
-      return at::empty(out, input.options().memory_format(conv_memory_format(input, weight)));
+    // On CUDA torch leaves an output padding that is not below the stride to its
+    // native kernel (cuDNN takes none), which returns a contiguous result whatever
+    // the operands' layout: so do we, through contiguous operands.
+    const bool native = B::cuda_rules && (output_padding[0] >= p.stride_h || output_padding[1] >= p.stride_w);
+    const at::Tensor x = native ? input.contiguous() : input;
+    const at::Tensor w = native ? weight.contiguous() : weight;
+    if (x.numel() == 0 || out[2] == 0 || out[3] == 0) {  // an empty result (an empty batch, or images)
+      return at::empty(out, x.options().memory_format(conv_memory_format(x, w)));
     }
-    const auto sh = conv2d_shape(out, weight.sizes(), p);
-    return B::data_grad(input, weight, bias.has_value() && bias->defined() ? &*bias : nullptr, sh, p);
+    const auto sh = conv2d_shape(out, w.sizes(), p);
+    return B::data_grad(x, w, bias.has_value() && bias->defined() ? &*bias : nullptr, sh, p);
   }
 
   static at::Tensor conv_transpose2d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,

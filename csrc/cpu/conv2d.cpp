@@ -1370,6 +1370,8 @@ bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2d
 // The four primitives every convolution-shaped op is built from (see
 // common/conv_ops.h): checks have run; shapes are consistent.
 struct CpuConv {
+  static constexpr bool cuda_rules = false;
+
   static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                             const Conv2dShape& sh, const Conv2dParams& p) {
     return forward_fused(input, weight, bias, nullptr, false, sh, p);

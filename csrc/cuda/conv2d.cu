@@ -174,6 +174,9 @@ at::MemoryFormat cuda_conv_memory_format(const at::Tensor& a, const at::Tensor& 
 
 // The four primitives of common/conv_ops.h; checks have run.
 struct CudaConv {
+  // torch's CUDA layout rules apply (common/conv_ops.h).
+  static constexpr bool cuda_rules = true;
+
   static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                             const Conv2dShape& sh, const Conv2dParams& p) {
     return forward_fused(input, weight, bias, nullptr, false, sh, p);
