@@ -9,6 +9,11 @@ a Markdown table beside it. The device's ceilings (copy bandwidth, dense matrix
 rate) are measured here, on the device the benchmarks ran on.
 
     python bench/report.py RAW.json --outdir bench/results --what conv2d [--command "..."]
+
+A GPU run's raw files can be reported on another machine (the lent GPU's time
+is short): --device-name, --torch and --cuda then name what the run used (its
+info.txt says), and the ceilings are "not measured" unless --ceilings gives a
+JSON file that the GPU machine wrote (python bench/report.py --ceilings-only).
 """
 import argparse
 import datetime
@@ -89,7 +94,7 @@ def slug(s):
     return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower()
 
 
-def build(raw, command):
+def build(raw, command, device=None, torch_version=None, cuda=None, ceilings=None):
     groups = defaultdict(dict)
     for b in raw["benchmarks"]:
         info = b.get("extra_info", {})
@@ -114,13 +119,15 @@ def build(raw, command):
         records.append(rec)
     devs = sorted({r["device"] for r in records})
     main_dev = "cuda" if "cuda" in devs else "cpu"
+    here = device is None
     return {
-        "device": device_name(main_dev),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "date": datetime.date.today().isoformat(),
+        "device": device_name(main_dev) if here else device,
+        "torch": torch.__version__ if here else torch_version,
+        "cuda": torch.version.cuda if here else cuda,
+        "date": raw.get("datetime", "")[:10] or datetime.date.today().isoformat(),
         "command": command,
-        "ceilings": {d: measure_ceilings(d) for d in devs},
+        "ceilings": ({d: measure_ceilings(d) for d in devs} if here else
+                     ceilings or {d: "not measured (report made off the device)" for d in devs}),
         "records": records,
     }
 
@@ -184,13 +191,27 @@ def main():
     p.add_argument("--outdir", default="bench/results")
     p.add_argument("--what", default="conv2d")
     p.add_argument("--command", default="make bench")
+    p.add_argument("--device-name", help="off the device: the device the raw file was measured on")
+    p.add_argument("--torch", help="off the device: the torch version it ran")
+    p.add_argument("--cuda", help="off the device: torch's CUDA version there")
+    p.add_argument("--ceilings", help="off the device: a JSON file of ceilings written there by --ceilings-only")
+    p.add_argument("--ceilings-only", action="store_true", help="measure this machine's ceilings into RAW (a path)")
     a = p.parse_args()
+    if a.ceilings_only:
+        devs = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        with open(a.raw, "w") as f:
+            json.dump({d: measure_ceilings(d) for d in devs}, f, indent=1)
+        return
     with open(a.raw) as f:
         raw = json.load(f)
     if a.plot_only:
         print("wrote", plot(raw, os.path.splitext(a.raw)[0] + ".png"))
         return
-    res = build(raw, a.command)
+    ceilings = None
+    if a.ceilings:
+        with open(a.ceilings) as f:
+            ceilings = json.load(f)
+    res = build(raw, a.command, a.device_name, a.torch, a.cuda, ceilings)
     os.makedirs(a.outdir, exist_ok=True)
     stem = os.path.join(a.outdir, f"{res['date']}-{slug(res['device'])}-{a.what}")
     with open(stem + ".json", "w") as f:
