@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
 import convx
-from conftest import DEVICE_DTYPES, DEVICES, LAYOUTS, assert_close_to_reference, make_tensor, memory_format_of
+from conftest import (DEVICE_DTYPES, DEVICES, LAYOUTS, assert_close_to_reference, cuda_semantics, make_tensor,
+                      memory_format_of)
 
 CF = convx.functional
 
@@ -138,6 +139,27 @@ def test_statistics_with_large_offset(device, dtype):
     torch.testing.assert_close(var.double(), ref_var, rtol=1e-4 if dtype != torch.float64 else 1e-10, atol=0)
     n = x.numel() // 4
     torch.testing.assert_close(rv.double(), ref_var * n / (n - 1), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("case", ["offset", "outlying_samples"])
+@pytest.mark.parametrize("device,dtype", [p for p in DEVICE_DTYPES if "f16" not in p.id])
+def test_channels_last_statistics_with_large_offset(device, dtype, case):
+    """The CPU reads a channels_last input once for its statistics, around a shift
+    sampled from 16 pixels spread over the batch (csrc/cpu/batch_norm.cpp). Mean 1e3,
+    std 1 keeps its variance; and where the sampled pixels lie far from the mean
+    (here all of them 0 among values near 1e3, 23 standard deviations away) the
+    variance gets its own pass around the mean instead of cancelling."""
+    x64 = torch.randn(8, 4, 32, 32, dtype=torch.float64) + 1e3
+    if case == "outlying_samples":  # pixels i * P / 16 of the 8 x 32 x 32 = 8192: (h, w) = (0, 0), (16, 0)
+        x64[:, :, 0, 0] = 0
+        x64[:, :, 16, 0] = 0
+    x = x64.to(dtype).contiguous(memory_format=torch.channels_last).to(device)
+    rm, rv = torch.zeros(4, device=device), torch.ones(4, device=device)
+    mean, var = torch.ops.convx.batch_norm_stats(x, rm, rv, 1.0)
+    x64 = x.double()
+    torch.testing.assert_close(mean.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), x64.var((0, 2, 3), unbiased=False),
+                               rtol=1e-10 if dtype == torch.float64 else 1e-4 if cuda_semantics(device) else 2e-6, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
