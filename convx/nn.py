@@ -90,9 +90,9 @@ class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
 
 def _bias_kw(bias):
     """torch.nn's batch norms take ``bias=`` (an affine scale without a shift)
-    from torch 2.12 on: pass it only when it is not the default, so that on an
-    older torch the default works and ``bias=False`` fails as torch's own
-    module does there (TypeError)."""
+    in recent releases (2.14 does, 2.11 does not): pass it only when it is not
+    the default, so that on an older torch the default works and
+    ``bias=False`` fails as torch's own module does there (TypeError)."""
     return {} if bias is True else {"bias": bias}
 
 

@@ -509,7 +509,7 @@ def test_statistics_over_more_than_2_24_values(device, layout):
                                                (convx.BatchNorm3d, torch.nn.BatchNorm3d, (2, 3, 2, 3, 3))])
 def test_weight_without_bias(cls, ref_cls, shape):
     """torch's bias=False (an affine scale with no shift): same state_dict, outputs and gradients.
-    A torch without it (before 2.12) refuses the argument, and so does convx there."""
+    A torch without it (2.11) refuses the argument, and so does convx there."""
     if "bias" not in inspect.signature(ref_cls.__init__).parameters:
         for c in (ref_cls, cls):
             with pytest.raises(TypeError, match="bias"):
