@@ -6,7 +6,8 @@
 #   bash scripts/gpu_check.sh                 # results into bench/results/
 #   OUT=/some/dir bash scripts/gpu_check.sh   # results into $OUT
 #   SKIP_TESTS=1 / SKIP_BENCH=1 / BENCHES="conv2d pool2d" / PYTEST_ARGS="-k conv2d"
-#   PYTEST_ARGS="-n 16"   the tests on 16 processes (pytest-xdist): 2 minutes on an H200 machine
+#   PYTEST_ARGS unset: the tests on one process per core where pytest-xdist is installed
+#                (the H200 machine has it: 121 s on 16 processes), else on one
 #   BENCH_TIMEOUT=120     a limit for each benchmark run (conv2d runs one pass at a time)
 #   SANITIZE=1   also run a small CUDA subset under compute-sanitizer (memcheck,
 #                racecheck, initcheck, synccheck) with the caching allocator off
@@ -79,6 +80,7 @@ cp tests/data/tensor_core_probe.json "$OUT/" 2>/dev/null
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== tests"
   # No -x: the first GPU run must report every failure, not stop at the first.
+  if [ -z "${PYTEST_ARGS+x}" ] && $PY -c "import xdist" 2>/dev/null; then PYTEST_ARGS="-n $(nproc)"; fi
   $PY -m pytest tests -q --no-header -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -60
   rc=$(( rc | ${PIPESTATUS[0]} ))
 fi
