@@ -14,6 +14,7 @@ import math
 import torch
 
 FAST = "tensor cores, cp.async pipeline (tc_fast_kernel)"
+FAST_NCHW = "tensor cores, cp.async pipeline (tc_fast_kernel) on channels_last copies of the NCHW tensors"
 GATHER = "tensor cores, strided gather (tc_gather_kernel)"
 CORES = "CUDA cores (igemm_kernel)"
 
@@ -58,11 +59,12 @@ def conv2d_cuda(input_size, weight_size, dtype, stride=1, padding=0, dilation=1,
 
     out = {}
     fwd = plan(kg, cg * r * s)
-    out["forward"] = ((FAST if channels_last and cg % vec == 0 else GATHER) + forward_splits(n * ho * wo, kg, cg * r * s)
+    fast = FAST if channels_last else FAST_NCHW  # NCHW: copied to channels_last and back
+    out["forward"] = ((fast if cg % vec == 0 else GATHER) + forward_splits(n * ho * wo, kg, cg * r * s)
                       if fwd else CORES)
     dgrad = plan(cg, kg * r * s)
-    if dgrad and channels_last and kg % vec == 0 and sh == sw == 1:
-        out["data_grad"] = FAST + forward_splits(n * h * w, cg, kg * r * s)  # the flipped-weight forward
+    if dgrad and kg % vec == 0 and sh == sw == 1:
+        out["data_grad"] = fast + forward_splits(n * h * w, cg, kg * r * s)  # the flipped-weight forward
     else:
         out["data_grad"] = GATHER if dgrad else CORES
     red = n * ho * wo
