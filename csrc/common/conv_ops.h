@@ -156,15 +156,15 @@ struct ConvOps {
     }
     // On CUDA torch leaves an output padding that is not below the stride to its
     // native kernel (cuDNN takes none), which returns a contiguous result whatever
-    // the operands' layout: so do we, through contiguous operands.
+    // the operands' layout: so do we (the result made contiguous, where it is not).
     const bool native = B::cuda_rules && (output_padding[0] >= p.stride_h || output_padding[1] >= p.stride_w);
-    const at::Tensor x = native ? input.contiguous() : input;
-    const at::Tensor w = native ? weight.contiguous() : weight;
-    if (x.numel() == 0 || out[2] == 0 || out[3] == 0) {  // an empty result (an empty batch, or images)
-      return at::empty(out, x.options().memory_format(conv_memory_format(x, w)));
+    if (input.numel() == 0 || out[2] == 0 || out[3] == 0) {  // an empty result (an empty batch, or images)
+      return at::empty(out, input.options().memory_format(native ? c10::MemoryFormat::Contiguous
+                                                                 : conv_memory_format(input, weight)));
     }
-    const auto sh = conv2d_shape(out, w.sizes(), p);
-    return B::data_grad(x, w, bias.has_value() && bias->defined() ? &*bias : nullptr, sh, p);
+    const auto sh = conv2d_shape(out, weight.sizes(), p);
+    const auto y = B::data_grad(input, weight, bias.has_value() && bias->defined() ? &*bias : nullptr, sh, p);
+    return native ? y.contiguous() : y;
   }
 
   static at::Tensor conv_transpose2d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
