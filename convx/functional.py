@@ -155,11 +155,15 @@ def max_pool2d(input: Tensor, kernel_size: _IntOr2, stride: Optional[_IntOr2] = 
     """
     x, unbatched = _pool_batched(input, "non-empty 3D or 4D (batch mode) tensor expected for input")
     k = _pair(kernel_size, "kernel_size")
-    y, ind = _ops.max_pool2d(x, k, _pool_stride(stride, k), _pair(padding, "padding"), _pair(dilation, "dilation"),
-                             bool(ceil_mode))
+    args = (x, k, _pool_stride(stride, k), _pair(padding, "padding"), _pair(dilation, "dilation"), bool(ceil_mode))
+    if not return_indices:
+        # no index tensor unless a gradient needs one (max_pool2d_values' autograd kernel)
+        y = _ops.max_pool2d_values(*args)
+        return y.squeeze(0) if unbatched else y
+    y, ind = _ops.max_pool2d(*args)
     if unbatched:
         y, ind = y.squeeze(0), ind.squeeze(0)
-    return (y, ind) if return_indices else y
+    return y, ind
 
 
 def avg_pool2d(input: Tensor, kernel_size: _IntOr2, stride: Optional[_IntOr2] = None, padding: _IntOr2 = 0,

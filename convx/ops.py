@@ -308,6 +308,11 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     return _pool_empty(input, size), _pool_empty(input, size, torch.int64)
 
 
+@_register_fake("max_pool2d_values")
+def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    return _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode)[0]
+
+
 @_register_fake("avg_pool2d")
 def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     n, c, h, w = input.shape

@@ -355,6 +355,16 @@ std::tuple<Tensor, Tensor> max_pool2d_autograd(const Tensor& input, IntArrayRef 
   return {out[0], out[1]};
 }
 
+// max_pool2d_values: the values alone when no gradient is recorded; with one, max_pool2d's
+// function (its indices feed the backward) and its values.
+using MaxPoolValuesSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool);
+Tensor max_pool2d_values_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
+                                  IntArrayRef dilation, bool ceil_mode) {
+  static const auto h = op<MaxPoolValuesSig>("convx::max_pool2d_values");
+  if (!records(input)) return call_below(h, input, kernel, stride, padding, dilation, ceil_mode);
+  return MaxPool2dFunction::apply(input, kernel, stride, padding, dilation, ceil_mode)[0];
+}
+
 struct AdaptiveMaxPool2dFunction : torch::autograd::Function<AdaptiveMaxPool2dFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, IntArrayRef output_size) {
     static const auto h = op<AdaptiveMaxSig>("convx::adaptive_max_pool2d");
@@ -458,6 +468,7 @@ Tensor adaptive_avg_pool2d_autograd(const Tensor& input, IntArrayRef output_size
 
 TORCH_LIBRARY_IMPL(convx, Autograd, m) {
   m.impl("max_pool2d", &convx::max_pool2d_autograd);
+  m.impl("max_pool2d_values", &convx::max_pool2d_values_autograd);
   m.impl("adaptive_max_pool2d", &convx::adaptive_max_pool2d_autograd);
   m.impl("avg_pool2d", &convx::avg_pool2d_autograd);
   m.impl("adaptive_avg_pool2d", &convx::adaptive_avg_pool2d_autograd);

@@ -88,6 +88,10 @@ def check_layout(layout, dtype, shape=SHAPE, max_cases=MAX_CASES, avg_cases=AVG_
     for case in max_cases:
         compare(lambda t: CF.max_pool2d(t, return_indices=True, **case),
                 lambda t: F.max_pool2d(t, return_indices=True, **case), True)
+        with torch.no_grad():  # the values alone: no index tensor made (float channels_last's own kernel)
+            y, ry = CF.max_pool2d(x, **case), F.max_pool2d(x, **case)
+        torch.testing.assert_close(y, ry, equal_nan=True, rtol=0, atol=0)
+        assert y.stride() == ry.stride()
     for case in avg_cases:
         compare(lambda t: CF.avg_pool2d(t, **case), lambda t: F.avg_pool2d(t, **case), False)
     for size in adaptive_sizes:

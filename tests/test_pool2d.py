@@ -209,6 +209,8 @@ def test_opcheck(device, layout):
     x = make_tensor((2, 3, 7, 6), torch.float64, device, layout, requires_grad=True)
     ops = torch.ops.convx
     torch.library.opcheck(ops.max_pool2d, (x, [3, 2], [2, 1], [1, 1], [1, 2], True))
+    for t in (x, x.float(), x.detach().float()):  # float without grad: the values-only kernel
+        torch.library.opcheck(ops.max_pool2d_values, (t, [3, 2], [2, 1], [1, 1], [1, 2], True))
     torch.library.opcheck(ops.avg_pool2d, (x, [3, 2], [2, 1], [1, 1], True, False, None))
     torch.library.opcheck(ops.avg_pool2d, (x, [2, 2], [2, 2], [0, 0], False, True, 3))
     torch.library.opcheck(ops.adaptive_avg_pool2d, (x, [4, 9]))

@@ -1,6 +1,6 @@
 // The pooling ops of csrc/ops.cpp, written once over a backend (CPU or CUDA)
 // that supplies two kernels:
-//   Backend::forward(x, plan, is_max)                     -> (y, indices or undefined)
+//   Backend::forward(x, plan, is_max, indices = true)     -> (y, indices or undefined)
 //   Backend::backward(gy, indices, input_size, plan, is_max) -> grad_input
 // Every argument check happens here, before either runs.
 #pragma once
@@ -68,6 +68,15 @@ struct PoolOps {
     const auto plan = plan_pool(x.sizes(), kernel, stride, padding, dilation, ceil_mode, "max_pool2d");
     return Backend::forward(x, plan, true);
   }
+  // The values alone (torch's max_pool2d without return_indices): no int64 index tensor made
+  // where the backend can skip it. Its autograd kernel (csrc/autograd.cpp) goes through
+  // max_pool2d when a gradient is recorded.
+  static at::Tensor max_pool2d_values(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+    check_pool_input(x);
+    const auto plan = plan_pool(x.sizes(), kernel, stride, padding, dilation, ceil_mode, "max_pool2d");
+    return std::get<0>(Backend::forward(x, plan, true, false));
+  }
   static at::Tensor max_pool2d_backward(const at::Tensor& gy, const at::Tensor& indices, at::IntArrayRef input_size,
                                         at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation, bool ceil_mode) {
@@ -118,6 +127,7 @@ struct PoolOps {
 
 #define CONVX_REGISTER_POOL_OPS(m, Backend)                                              \
   m.impl("max_pool2d", &::convx::PoolOps<Backend>::max_pool2d);                          \
+  m.impl("max_pool2d_values", &::convx::PoolOps<Backend>::max_pool2d_values);            \
   m.impl("max_pool2d_backward", &::convx::PoolOps<Backend>::max_pool2d_backward);        \
   m.impl("avg_pool2d", &::convx::PoolOps<Backend>::avg_pool2d);                          \
   m.impl("avg_pool2d_backward", &::convx::PoolOps<Backend>::avg_pool2d_backward);        \

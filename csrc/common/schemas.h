@@ -39,6 +39,8 @@ inline const std::vector<const char*>& schemas() {
       // Pooling. Indices are flat positions h * W + w within each plane, as torch's.
       "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
           "bool ceil_mode) -> (Tensor, Tensor)",
+      "max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+          "bool ceil_mode) -> Tensor",
       "max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size, int[2] kernel_size, "
           "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor",
       "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "

@@ -344,8 +344,11 @@ constexpr int64_t kTapInputBytes = int64_t(16) << 20;
 
 // float builds of the two with AVX-512 / AVX2 intrinsics (GCC leaves a compare
 // and select written over vectors or arrays in these loops scalar): 16 / 8
-// channels a register. The forward goes tap by tap where given ixb[C], the
-// running max kept in y and its index lanes in ixb (both in L1); else, as the
+// channels a register. The forward goes tap by tap where given ixb[2C], the
+// index lanes in ixb[0, C) and the running max in ixb[C, 2C) (both in L1), y
+// written once at the end (a running max kept in y itself read back each tap's
+// stores to lines still on their way from memory: the average's twin of this,
+// 2x2 over 8x256x56x56, ran at 0.6 of torch's rate); else, as the
 // gradient, it holds them in registers across the taps.
 using MaxPixelFn = void (*)(const float*, const int64_t*, const float*, int64_t, int64_t, float*, int64_t*, float*);
 using MaxGradPixelFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, int64_t, int64_t, float*);
@@ -367,23 +370,27 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
     float* ixb) {
   const int64_t Cv = nt > 0 ? C / 16 * 16 : 0;
   if (ixb && Cv > 0) {
+    float* vb = ixb + C;
     const float* p = x + off[0];
     const __m512 h0 = _mm512_set1_ps(here[0]);
     for (int64_t c = 0; c < Cv; c += 16) {
-      _mm512_storeu_ps(y + c, _mm512_loadu_ps(p + c));
+      _mm512_storeu_ps(vb + c, _mm512_loadu_ps(p + c));
       _mm512_storeu_ps(ixb + c, h0);
     }
     for (int64_t k = 1; k < nt; ++k) {
       p = x + off[k];
       const __m512 hk = _mm512_set1_ps(here[k]);
       for (int64_t c = 0; c < Cv; c += 16) {
-        const __m512 a = _mm512_loadu_ps(y + c), v = _mm512_loadu_ps(p + c);
+        const __m512 a = _mm512_loadu_ps(vb + c), v = _mm512_loadu_ps(p + c);
         const __mmask16 take = _mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        _mm512_mask_storeu_ps(y + c, take, v);
+        _mm512_mask_storeu_ps(vb + c, take, v);
         _mm512_mask_storeu_ps(ixb + c, take, hk);
       }
     }
-    for (int64_t c = 0; c < Cv; c += 16) store_index16(ind + c, _mm512_loadu_ps(ixb + c));
+    for (int64_t c = 0; c < Cv; c += 16) {
+      _mm512_storeu_ps(y + c, _mm512_loadu_ps(vb + c));
+      store_index16(ind + c, _mm512_loadu_ps(ixb + c));
+    }
   } else {
     for (int64_t c = 0; c < Cv; c += 16) {
       __m512 a = _mm512_loadu_ps(x + off[0] + c), ix = _mm512_set1_ps(here[0]);
@@ -405,23 +412,27 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
                                                         float* ixb) {
   const int64_t Cv = nt > 0 ? C / 8 * 8 : 0;
   if (ixb && Cv > 0) {
+    float* vb = ixb + C;
     const float* p = x + off[0];
     const __m256 h0 = _mm256_set1_ps(here[0]);
     for (int64_t c = 0; c < Cv; c += 8) {
-      _mm256_storeu_ps(y + c, _mm256_loadu_ps(p + c));
+      _mm256_storeu_ps(vb + c, _mm256_loadu_ps(p + c));
       _mm256_storeu_ps(ixb + c, h0);
     }
     for (int64_t k = 1; k < nt; ++k) {
       p = x + off[k];
       const __m256 hk = _mm256_set1_ps(here[k]);
       for (int64_t c = 0; c < Cv; c += 8) {
-        const __m256 a = _mm256_loadu_ps(y + c), v = _mm256_loadu_ps(p + c);
+        const __m256 a = _mm256_loadu_ps(vb + c), v = _mm256_loadu_ps(p + c);
         const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        _mm256_storeu_ps(y + c, _mm256_blendv_ps(a, v, take));
+        _mm256_storeu_ps(vb + c, _mm256_blendv_ps(a, v, take));
         _mm256_storeu_ps(ixb + c, _mm256_blendv_ps(_mm256_loadu_ps(ixb + c), hk, take));
       }
     }
-    for (int64_t c = 0; c < Cv; c += 8) store_index8(ind + c, _mm256_loadu_ps(ixb + c));
+    for (int64_t c = 0; c < Cv; c += 8) {
+      _mm256_storeu_ps(y + c, _mm256_loadu_ps(vb + c));
+      store_index8(ind + c, _mm256_loadu_ps(ixb + c));
+    }
   } else {
     for (int64_t c = 0; c < Cv; c += 8) {
       __m256 a = _mm256_loadu_ps(x + off[0] + c), ix = _mm256_set1_ps(here[0]);
@@ -487,8 +498,96 @@ void max_grad_pixel_base(const float* gy, const int64_t* ind, const int64_t* off
   max_grad_pixel_scalar<float, float>(gy, ind, off, no, q, 0, C, gx);
 }
 
-MaxPixelFn max_pixel_float() {
-  switch (cpu_isa()) {
+// Max pooling's values alone (no indices asked for and none to keep for a gradient: a
+// forward under no_grad, as torch's max_pool2d_kernel without indices), float, channels_last:
+// the same rule (a NaN wins, the last one; no tap gives -inf) with no index lanes and no int64
+// index tensor written (twice the values' bytes: the 2x2 max over 8x256x56x56 wrote 45 MB
+// for torch's 32). Tap by tap where given vb[C] (the running max there, in L1; y written
+// once), else a register block through the taps.
+using MaxValuesPixelFn = void (*)(const float*, const int64_t*, int64_t, int64_t, float*, float*);
+
+inline void max_values_pixel_scalar(const float* x, const int64_t* off, int64_t nt, int64_t c0, int64_t C, float* y) {
+  for (int64_t c = c0; c < C; ++c) {
+    float a = -std::numeric_limits<float>::infinity();
+    if (nt > 0) a = x[off[0] + c];
+    for (int64_t k = 1; k < nt; ++k) {
+      const float v = x[off[k] + c];
+      if (v > a || v != v) a = v;
+    }
+    y[c] = a;
+  }
+}
+
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_values_pixel_avx512(
+    const float* x, const int64_t* off, int64_t nt, int64_t C, float* y, float* vb) {
+  const int64_t Cv = nt > 0 ? C / 16 * 16 : 0;
+  if (vb && Cv > 0) {
+    const float* p = x + off[0];
+    for (int64_t c = 0; c < Cv; c += 16) _mm512_storeu_ps(vb + c, _mm512_loadu_ps(p + c));
+    for (int64_t k = 1; k < nt; ++k) {
+      p = x + off[k];
+      for (int64_t c = 0; c < Cv; c += 16) {
+        const __m512 a = _mm512_loadu_ps(vb + c), v = _mm512_loadu_ps(p + c);
+        const __mmask16 take = _mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        _mm512_mask_storeu_ps(vb + c, take, v);
+      }
+    }
+    for (int64_t c = 0; c < Cv; c += 16) _mm512_storeu_ps(y + c, _mm512_loadu_ps(vb + c));
+  } else {
+    for (int64_t c = 0; c < Cv; c += 16) {
+      __m512 a = _mm512_loadu_ps(x + off[0] + c);
+      for (int64_t k = 1; k < nt; ++k) {
+        const __m512 v = _mm512_loadu_ps(x + off[k] + c);
+        a = _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+      }
+      _mm512_storeu_ps(y + c, a);
+    }
+  }
+  max_values_pixel_scalar(x, off, nt, Cv, C, y);
+}
+
+__attribute__((target("avx2,fma"))) void max_values_pixel_avx2(const float* x, const int64_t* off, int64_t nt,
+                                                               int64_t C, float* y, float* vb) {
+  const int64_t Cv = nt > 0 ? C / 8 * 8 : 0;
+  if (vb && Cv > 0) {
+    const float* p = x + off[0];
+    for (int64_t c = 0; c < Cv; c += 8) _mm256_storeu_ps(vb + c, _mm256_loadu_ps(p + c));
+    for (int64_t k = 1; k < nt; ++k) {
+      p = x + off[k];
+      for (int64_t c = 0; c < Cv; c += 8) {
+        const __m256 a = _mm256_loadu_ps(vb + c), v = _mm256_loadu_ps(p + c);
+        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        _mm256_storeu_ps(vb + c, _mm256_blendv_ps(a, v, take));
+      }
+    }
+    for (int64_t c = 0; c < Cv; c += 8) _mm256_storeu_ps(y + c, _mm256_loadu_ps(vb + c));
+  } else {
+    for (int64_t c = 0; c < Cv; c += 8) {
+      __m256 a = _mm256_loadu_ps(x + off[0] + c);
+      for (int64_t k = 1; k < nt; ++k) {
+        const __m256 v = _mm256_loadu_ps(x + off[k] + c);
+        a = _mm256_blendv_ps(a, v, _mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+      }
+      _mm256_storeu_ps(y + c, a);
+    }
+  }
+  max_values_pixel_scalar(x, off, nt, Cv, C, y);
+}
+
+void max_values_pixel_base(const float* x, const int64_t* off, int64_t nt, int64_t C, float* y, float*) {
+  max_values_pixel_scalar(x, off, nt, 0, C, y);
+}
+
+MaxValuesPixelFn max_values_pixel_float(Isa isa = cpu_isa()) {
+  switch (isa) {
+    case Isa::Avx512: return max_values_pixel_avx512;
+    case Isa::Avx2: return max_values_pixel_avx2;
+    default: return max_values_pixel_base;
+  }
+}
+
+MaxPixelFn max_pixel_float(Isa isa = cpu_isa()) {
+  switch (isa) {
     case Isa::Avx512: return max_pixel_avx512;
     case Isa::Avx2: return max_pixel_avx2;
     default: return max_pixel_base;
@@ -502,9 +601,11 @@ MaxGradPixelFn max_grad_pixel_float() {
   }
 }
 
-// Average pooling tap by tap (kTapRunBytes), the sums in acc[C] (y itself
-// where T is the accumulation type, as torch's): the first tap copied, the
-// others added, then divided into y, one pass each over the channels.
+// Average pooling tap by tap (kTapRunBytes), the sums in acc[C] (a buffer in
+// L1, as torch's; summing in y itself read back each tap's stores to lines still
+// on their way from memory: 2x2 over 8x256x56x56 at 0.6-0.8 of torch's rate):
+// the first tap copied, the others added, then divided into y, one pass each
+// over the channels.
 template <typename T, typename A>
 CONVX_ALWAYS_INLINE inline void avg_pixel_taps(const T* x, const int64_t* off, int64_t nt, int64_t C, A d, A* acc,
                                                T* y) {
@@ -543,32 +644,47 @@ CONVX_ALWAYS_INLINE inline void avg_pixel(const T* x, const int64_t* off, int64_
   }
 }
 
+// n elements from a 64-byte boundary (a thread's scratch rows).
+template <typename E>
+struct Aligned64 {
+  explicit Aligned64(int64_t n) : buf(n + 64 / sizeof(E)) {}
+  E* data() {
+    const auto a = reinterpret_cast<std::uintptr_t>(buf.data());
+    return reinterpret_cast<E*>((a + 63) & ~std::uintptr_t(63));
+  }
+  std::vector<E> buf;
+};
+
 // channels_last forward, one output row per task: each pixel lists its taps
 // once, then runs them over the channels tap by tap (see kTapInputBytes) or a
-// register block at a time.
+// register block at a time. ind null (float only): max values alone.
 template <typename T>
 void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const PoolPlan& p, bool is_max) {
   using A = at::opmath_type<T>;
   using I = idx_lane_t<A>;
   const PoolAxis &ah = p.h, &aw = p.w;
   const int64_t H = ah.in, W = aw.in, Ho = ah.out, Wo = aw.out;
-  TORCH_CHECK((!is_max || std::is_same_v<I, double> || H * W < kExactFloatIndex),
+  TORCH_CHECK((!is_max || !ind || std::is_same_v<I, double> || H * W < kExactFloatIndex),
               "convx max_pool2d (CPU, channels_last): plane of ", H * W, " positions exceeds 2^24");
   const Windows th = windows(ah, p.div), tw = windows(aw, p.div);
   const int64_t max_taps = std::max<int64_t>(1, *std::max_element(th.count.begin(), th.count.end()) *
                                                     *std::max_element(tw.count.begin(), tw.count.end()));
-  const MaxPixelFn max_pixel = max_pixel_float();
   const bool by_tap = C * int64_t(sizeof(T)) >= kTapRunBytes &&
                       N * H * W * C * int64_t(sizeof(T)) >= kTapInputBytes;
+  // streamed inputs at AVX2 width at most (isa_each.h's streaming_isa)
+  const Isa isa = by_tap ? streaming_isa() : cpu_isa();
+  const MaxPixelFn max_pixel = max_pixel_float(isa);
+  const MaxValuesPixelFn max_values_pixel = max_values_pixel_float(isa);
   at::parallel_for(0, N * Ho, grain_of(Wo * C * max_taps), [&](int64_t b, int64_t e) {
     std::vector<int64_t> off_buf(max_taps);
     std::vector<I> here_buf(max_taps);
-    // the tap-by-tap sums where T is not A; float max's index lanes
-    std::vector<A> acc_buf(!is_max && by_tap && !std::is_same_v<T, A> ? C : 0);
-    std::vector<float> ixb_buf(is_max && by_tap && std::is_same_v<T, float> ? C : 0);
+    // the tap-by-tap sums; float max's running values (and index lanes); 64-byte aligned, so
+    // no vector access straddles two lines
+    Aligned64<A> acc_buf(!is_max && by_tap ? C : 0);
+    Aligned64<float> ixb_buf(is_max && by_tap && std::is_same_v<T, float> ? 2 * C : 0);
     int64_t* off = off_buf.data();
     I* here = here_buf.data();
-    each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
+    const auto row = [&](int64_t t) CONVX_ALWAYS_INLINE {
       const int64_t n = t / Ho, oh = t % Ho;
       for (int64_t ow = 0; ow < Wo; ++ow) {
         int64_t nt = 0;
@@ -580,19 +696,21 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
           }
         const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
         if (is_max) {
-          if constexpr (std::is_same_v<T, float>)
-            max_pixel(x, off, here, nt, C, y + o, ind + o, by_tap ? ixb_buf.data() : nullptr);
-          else
+          if constexpr (std::is_same_v<T, float>) {
+            if (!ind) max_values_pixel(x, off, nt, C, y + o, by_tap ? ixb_buf.data() : nullptr);
+            else max_pixel(x, off, here, nt, C, y + o, ind + o, by_tap ? ixb_buf.data() : nullptr);
+          } else {
             max_pixel_scalar<T, A, I>(x, off, here, nt, 0, C, y + o, ind + o);
+          }
         } else if (by_tap && nt > 0) {
-          A* acc = acc_buf.data();
-          if constexpr (std::is_same_v<T, A>) acc = y + o;
-          avg_pixel_taps<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), acc, y + o);
+          avg_pixel_taps<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), acc_buf.data(), y + o);
         } else {
           avg_pixel<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), y + o);
         }
       }
-    });
+    };
+    if (by_tap) each_streaming(b, e, row);
+    else each(b, e, row);
   });
 }
 
@@ -808,18 +926,22 @@ bool is_global_avg(const PoolPlan& p, bool is_max) {
 }
 
 struct CpuPool {
-  static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& input, const PoolPlan& p, bool is_max) {
+  // indices false: max pooling's values alone (the indices tensor undefined), where a kernel
+  // has that form (float channels_last); elsewhere they are made and dropped by the caller.
+  static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& input, const PoolPlan& p, bool is_max,
+                                                    bool indices = true) {
     TORCH_CHECK(input.device().is_cpu(), "convx pooling (CPU): expected a CPU tensor");
     const auto mf = input.suggest_memory_format();
     const bool nhwc = mf == at::MemoryFormat::ChannelsLast;
     auto y = at::empty(p.out_size, input.options().memory_format(mf));
     at::Tensor ind;
-    if (is_max) ind = at::empty(p.out_size, input.options().dtype(at::kLong).memory_format(mf));
+    const bool values_only = !indices && nhwc && input.scalar_type() == at::kFloat;
+    if (is_max && !values_only) ind = at::empty(p.out_size, input.options().dtype(at::kLong).memory_format(mf));
     if (y.numel() == 0) return {y, ind};
     auto x = input.contiguous(mf);
     const int64_t N = p.out_size[0], C = p.out_size[1];
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool2d_forward_cpu", [&] {
-      int64_t* ip = is_max ? ind.data_ptr<int64_t>() : nullptr;
+      int64_t* ip = ind.defined() ? ind.data_ptr<int64_t>() : nullptr;
       if (is_global_avg(p, is_max))
         global_avg_forward<scalar_t>(x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, C, p.h.in * p.w.in,
                                      nhwc);

@@ -135,7 +135,10 @@ unsigned grid_for(int64_t total) {
 }
 
 struct CudaPool {
-  static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const PoolPlan& p, bool is_max) {
+  // indices false (max pooling's values alone): the indices are made all the same (the
+  // caller drops them); only the CPU has a values-only kernel.
+  static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const PoolPlan& p, bool is_max,
+                                                    bool /*indices*/ = true) {
     TORCH_CHECK(on_device(x), "convx pooling (CUDA): expected a tensor on ", device_name());
     DeviceGuard guard(x.device());
     const auto mf = x.suggest_memory_format();
