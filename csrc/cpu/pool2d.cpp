@@ -602,17 +602,24 @@ MaxGradPixelFn max_grad_pixel_float() {
 }
 
 // Average pooling tap by tap (kTapRunBytes), the sums in acc[C] (a buffer in
-// L1, as torch's; summing in y itself read back each tap's stores to lines still
+// L1; summing in y itself read back each tap's stores to lines still
 // on their way from memory: 2x2 over 8x256x56x56 at 0.6-0.8 of torch's rate):
-// the first tap copied, the others added, then divided into y, one pass each
-// over the channels.
+// the first tap copied, the others added, the last one as the sums are divided
+// into y, one pass each over the channels.
 template <typename T, typename A>
 CONVX_ALWAYS_INLINE inline void avg_pixel_taps(const T* x, const int64_t* off, int64_t nt, int64_t C, A d, A* acc,
                                                T* y) {
   using V = typename Block<A>::v;
   constexpr int L = Block<A>::n;
   const int64_t Cv = C / L * L;
-  for (int64_t k = 0; k < nt; ++k) {
+  // V{} + sum: a window of -0s averages to +0, as torch's 0-started sum does
+  if (nt == 1) {
+    const T* p = x + off[0];
+    for (int64_t c = 0; c < Cv; c += L) store_block<A>(y + c, (V{} + load_block<A>(p + c)) / d);
+    for (int64_t c = Cv; c < C; ++c) y[c] = T((A(0) + A(p[c])) / d);
+    return;
+  }
+  for (int64_t k = 0; k + 1 < nt; ++k) {
     const T* p = x + off[k];
     if (k == 0) {
       for (int64_t c = 0; c < Cv; c += L) store_block<A>(acc + c, load_block<A>(p + c));
@@ -622,9 +629,11 @@ CONVX_ALWAYS_INLINE inline void avg_pixel_taps(const T* x, const int64_t* off, i
       for (int64_t c = Cv; c < C; ++c) acc[c] += A(p[c]);
     }
   }
-  // V{} + sum: a window of -0s averages to +0, as torch's 0-started sum does
-  for (int64_t c = 0; c < Cv; c += L) store_block<A>(y + c, (V{} + load_block<A>(acc + c)) / d);
-  for (int64_t c = Cv; c < C; ++c) y[c] = T((A(0) + acc[c]) / d);
+  // the last tap added as y is written
+  const T* p = x + off[nt - 1];
+  for (int64_t c = 0; c < Cv; c += L)
+    store_block<A>(y + c, (V{} + (load_block<A>(acc + c) + load_block<A>(p + c))) / d);
+  for (int64_t c = Cv; c < C; ++c) y[c] = T((A(0) + (acc[c] + A(p[c]))) / d);
 }
 
 template <typename T, typename A>
