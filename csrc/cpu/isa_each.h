@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #define CONVX_ALWAYS_INLINE __attribute__((always_inline))
 
@@ -49,6 +50,18 @@ void each_streaming(int64_t b, int64_t e, const F& f) {
   if (streaming_isa() == Isa::Avx2) return each_avx2(b, e, f);
   return each_base(b, e, f);
 }
+
+// n value-initialised elements from a 64-byte boundary (a thread's scratch row: a
+// vector access to a std::vector's 16-byte-aligned storage straddles two lines).
+template <typename E>
+struct Aligned64 {
+  explicit Aligned64(int64_t n) : buf(n + 64 / sizeof(E)) {}
+  E* data() {
+    const auto a = reinterpret_cast<std::uintptr_t>(buf.data());
+    return reinterpret_cast<E*>((a + 63) & ~std::uintptr_t(63));
+  }
+  std::vector<E> buf;
+};
 
 // 64 bytes of A (float or double) as a GCC vector type, for bodies run
 // through each(): one zmm, two ymm or four xmm registers, whichever build.

@@ -653,17 +653,6 @@ CONVX_ALWAYS_INLINE inline void avg_pixel(const T* x, const int64_t* off, int64_
   }
 }
 
-// n elements from a 64-byte boundary (a thread's scratch rows).
-template <typename E>
-struct Aligned64 {
-  explicit Aligned64(int64_t n) : buf(n + 64 / sizeof(E)) {}
-  E* data() {
-    const auto a = reinterpret_cast<std::uintptr_t>(buf.data());
-    return reinterpret_cast<E*>((a + 63) & ~std::uintptr_t(63));
-  }
-  std::vector<E> buf;
-};
-
 // channels_last forward, one output row per task: each pixel lists its taps
 // once, then runs them over the channels tap by tap (see kTapInputBytes) or a
 // register block at a time. ind null (float only): max values alone.
