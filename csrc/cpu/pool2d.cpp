@@ -304,7 +304,7 @@ inline void max_pixel_scalar(const T* x, const int64_t* off, const I* here, int6
   for (int64_t c = c0; c < C; ++c) {
     if (nt == 0) {  // no tap inside the image (dilation): -inf, index -1
       y[c] = T(-std::numeric_limits<A>::infinity());
-      ind[c] = -1;
+      if (ind) ind[c] = -1;
       continue;
     }
     A a = A(x[off[0] + c]);
@@ -314,7 +314,7 @@ inline void max_pixel_scalar(const T* x, const int64_t* off, const I* here, int6
       if (v > a || v != v) a = v, ix = here[k];
     }
     y[c] = T(a);
-    ind[c] = widen_index(ix);
+    if (ind) ind[c] = widen_index(ix);
   }
 }
 
@@ -365,6 +365,7 @@ __attribute__((target("avx2,fma"))) inline void store_index8(int64_t* ind, __m25
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1)));
 }
 
+template <bool kIdx>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx512(
     const float* x, const int64_t* off, const float* here, int64_t nt, int64_t C, float* y, int64_t* ind,
     float* ixb) {
@@ -375,7 +376,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
     const __m512 h0 = _mm512_set1_ps(here[0]);
     for (int64_t c = 0; c < Cv; c += 16) {
       _mm512_storeu_ps(vb + c, _mm512_loadu_ps(p + c));
-      _mm512_storeu_ps(ixb + c, h0);
+      if constexpr (kIdx) _mm512_storeu_ps(ixb + c, h0);
     }
     for (int64_t k = 1; k < nt; ++k) {
       p = x + off[k];
@@ -384,12 +385,12 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
         const __m512 a = _mm512_loadu_ps(vb + c), v = _mm512_loadu_ps(p + c);
         const __mmask16 take = _mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         _mm512_mask_storeu_ps(vb + c, take, v);
-        _mm512_mask_storeu_ps(ixb + c, take, hk);
+        if constexpr (kIdx) _mm512_mask_storeu_ps(ixb + c, take, hk);
       }
     }
     for (int64_t c = 0; c < Cv; c += 16) {
       _mm512_storeu_ps(y + c, _mm512_loadu_ps(vb + c));
-      store_index16(ind + c, _mm512_loadu_ps(ixb + c));
+      if constexpr (kIdx) store_index16(ind + c, _mm512_loadu_ps(ixb + c));
     }
   } else {
     for (int64_t c = 0; c < Cv; c += 16) {
@@ -398,15 +399,16 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
         const __m512 v = _mm512_loadu_ps(x + off[k] + c);
         const __mmask16 take = _mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         a = _mm512_mask_mov_ps(a, take, v);
-        ix = _mm512_mask_mov_ps(ix, take, _mm512_set1_ps(here[k]));
+        if constexpr (kIdx) ix = _mm512_mask_mov_ps(ix, take, _mm512_set1_ps(here[k]));
       }
       _mm512_storeu_ps(y + c, a);
-      store_index16(ind + c, ix);
+      if constexpr (kIdx) store_index16(ind + c, ix);
     }
   }
   max_pixel_scalar<float, float, float>(x, off, here, nt, Cv, C, y, ind);
 }
 
+template <bool kIdx>
 __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const int64_t* off, const float* here,
                                                         int64_t nt, int64_t C, float* y, int64_t* ind,
                                                         float* ixb) {
@@ -417,7 +419,7 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
     const __m256 h0 = _mm256_set1_ps(here[0]);
     for (int64_t c = 0; c < Cv; c += 8) {
       _mm256_storeu_ps(vb + c, _mm256_loadu_ps(p + c));
-      _mm256_storeu_ps(ixb + c, h0);
+      if constexpr (kIdx) _mm256_storeu_ps(ixb + c, h0);
     }
     for (int64_t k = 1; k < nt; ++k) {
       p = x + off[k];
@@ -426,12 +428,12 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
         const __m256 a = _mm256_loadu_ps(vb + c), v = _mm256_loadu_ps(p + c);
         const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
         _mm256_storeu_ps(vb + c, _mm256_blendv_ps(a, v, take));
-        _mm256_storeu_ps(ixb + c, _mm256_blendv_ps(_mm256_loadu_ps(ixb + c), hk, take));
+        if constexpr (kIdx) _mm256_storeu_ps(ixb + c, _mm256_blendv_ps(_mm256_loadu_ps(ixb + c), hk, take));
       }
     }
     for (int64_t c = 0; c < Cv; c += 8) {
       _mm256_storeu_ps(y + c, _mm256_loadu_ps(vb + c));
-      store_index8(ind + c, _mm256_loadu_ps(ixb + c));
+      if constexpr (kIdx) store_index8(ind + c, _mm256_loadu_ps(ixb + c));
     }
   } else {
     for (int64_t c = 0; c < Cv; c += 8) {
@@ -440,10 +442,10 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
         const __m256 v = _mm256_loadu_ps(x + off[k] + c);
         const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
         a = _mm256_blendv_ps(a, v, take);
-        ix = _mm256_blendv_ps(ix, _mm256_set1_ps(here[k]), take);
+        if constexpr (kIdx) ix = _mm256_blendv_ps(ix, _mm256_set1_ps(here[k]), take);
       }
       _mm256_storeu_ps(y + c, a);
-      store_index8(ind + c, ix);
+      if constexpr (kIdx) store_index8(ind + c, ix);
     }
   }
   max_pixel_scalar<float, float, float>(x, off, here, nt, Cv, C, y, ind);
@@ -498,98 +500,14 @@ void max_grad_pixel_base(const float* gy, const int64_t* ind, const int64_t* off
   max_grad_pixel_scalar<float, float>(gy, ind, off, no, q, 0, C, gx);
 }
 
-// Max pooling's values alone (no indices asked for and none to keep for a gradient: a
-// forward under no_grad, as torch's max_pool2d_kernel without indices), float, channels_last:
-// the same rule (a NaN wins, the last one; no tap gives -inf) with no index lanes and no int64
-// index tensor written (twice the values' bytes: the 2x2 max over 8x256x56x56 wrote 45 MB
-// for torch's 32). Tap by tap where given vb[C] (the running max there, in L1; y written
-// once), else a register block through the taps.
-using MaxValuesPixelFn = void (*)(const float*, const int64_t*, int64_t, int64_t, float*, float*);
-
-inline void max_values_pixel_scalar(const float* x, const int64_t* off, int64_t nt, int64_t c0, int64_t C, float* y) {
-  for (int64_t c = c0; c < C; ++c) {
-    float a = -std::numeric_limits<float>::infinity();
-    if (nt > 0) a = x[off[0] + c];
-    for (int64_t k = 1; k < nt; ++k) {
-      const float v = x[off[k] + c];
-      if (v > a || v != v) a = v;
-    }
-    y[c] = a;
-  }
-}
-
-__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_values_pixel_avx512(
-    const float* x, const int64_t* off, int64_t nt, int64_t C, float* y, float* vb) {
-  const int64_t Cv = nt > 0 ? C / 16 * 16 : 0;
-  if (vb && Cv > 0) {
-    const float* p = x + off[0];
-    for (int64_t c = 0; c < Cv; c += 16) _mm512_storeu_ps(vb + c, _mm512_loadu_ps(p + c));
-    for (int64_t k = 1; k < nt; ++k) {
-      p = x + off[k];
-      for (int64_t c = 0; c < Cv; c += 16) {
-        const __m512 a = _mm512_loadu_ps(vb + c), v = _mm512_loadu_ps(p + c);
-        const __mmask16 take = _mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        _mm512_mask_storeu_ps(vb + c, take, v);
-      }
-    }
-    for (int64_t c = 0; c < Cv; c += 16) _mm512_storeu_ps(y + c, _mm512_loadu_ps(vb + c));
-  } else {
-    for (int64_t c = 0; c < Cv; c += 16) {
-      __m512 a = _mm512_loadu_ps(x + off[0] + c);
-      for (int64_t k = 1; k < nt; ++k) {
-        const __m512 v = _mm512_loadu_ps(x + off[k] + c);
-        a = _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
-      }
-      _mm512_storeu_ps(y + c, a);
-    }
-  }
-  max_values_pixel_scalar(x, off, nt, Cv, C, y);
-}
-
-__attribute__((target("avx2,fma"))) void max_values_pixel_avx2(const float* x, const int64_t* off, int64_t nt,
-                                                               int64_t C, float* y, float* vb) {
-  const int64_t Cv = nt > 0 ? C / 8 * 8 : 0;
-  if (vb && Cv > 0) {
-    const float* p = x + off[0];
-    for (int64_t c = 0; c < Cv; c += 8) _mm256_storeu_ps(vb + c, _mm256_loadu_ps(p + c));
-    for (int64_t k = 1; k < nt; ++k) {
-      p = x + off[k];
-      for (int64_t c = 0; c < Cv; c += 8) {
-        const __m256 a = _mm256_loadu_ps(vb + c), v = _mm256_loadu_ps(p + c);
-        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        _mm256_storeu_ps(vb + c, _mm256_blendv_ps(a, v, take));
-      }
-    }
-    for (int64_t c = 0; c < Cv; c += 8) _mm256_storeu_ps(y + c, _mm256_loadu_ps(vb + c));
-  } else {
-    for (int64_t c = 0; c < Cv; c += 8) {
-      __m256 a = _mm256_loadu_ps(x + off[0] + c);
-      for (int64_t k = 1; k < nt; ++k) {
-        const __m256 v = _mm256_loadu_ps(x + off[k] + c);
-        a = _mm256_blendv_ps(a, v, _mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-      }
-      _mm256_storeu_ps(y + c, a);
-    }
-  }
-  max_values_pixel_scalar(x, off, nt, Cv, C, y);
-}
-
-void max_values_pixel_base(const float* x, const int64_t* off, int64_t nt, int64_t C, float* y, float*) {
-  max_values_pixel_scalar(x, off, nt, 0, C, y);
-}
-
-MaxValuesPixelFn max_values_pixel_float(Isa isa = cpu_isa()) {
+// kIdx false: max pooling's values alone (no indices asked for and none to keep for a
+// gradient: a forward under no_grad, as torch's max_pool2d_kernel without indices), ind null:
+// the same rule with no index lanes and no int64 index tensor written (twice the values'
+// bytes: the 2x2 max over 8x256x56x56 wrote 45 MB for torch's 32).
+MaxPixelFn max_pixel_float(Isa isa, bool indices) {
   switch (isa) {
-    case Isa::Avx512: return max_values_pixel_avx512;
-    case Isa::Avx2: return max_values_pixel_avx2;
-    default: return max_values_pixel_base;
-  }
-}
-
-MaxPixelFn max_pixel_float(Isa isa = cpu_isa()) {
-  switch (isa) {
-    case Isa::Avx512: return max_pixel_avx512;
-    case Isa::Avx2: return max_pixel_avx2;
+    case Isa::Avx512: return indices ? max_pixel_avx512<true> : max_pixel_avx512<false>;
+    case Isa::Avx2: return indices ? max_pixel_avx2<true> : max_pixel_avx2<false>;
     default: return max_pixel_base;
   }
 }
@@ -671,8 +589,7 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
                       N * H * W * C * int64_t(sizeof(T)) >= kTapInputBytes;
   // streamed inputs at AVX2 width at most (isa_each.h's streaming_isa)
   const Isa isa = by_tap ? streaming_isa() : cpu_isa();
-  const MaxPixelFn max_pixel = max_pixel_float(isa);
-  const MaxValuesPixelFn max_values_pixel = max_values_pixel_float(isa);
+  const MaxPixelFn max_pixel = max_pixel_float(isa, ind != nullptr);
   at::parallel_for(0, N * Ho, grain_of(Wo * C * max_taps), [&](int64_t b, int64_t e) {
     std::vector<int64_t> off_buf(max_taps);
     std::vector<I> here_buf(max_taps);
@@ -695,8 +612,7 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
         const int64_t o = ((n * Ho + oh) * Wo + ow) * C;
         if (is_max) {
           if constexpr (std::is_same_v<T, float>) {
-            if (!ind) max_values_pixel(x, off, nt, C, y + o, by_tap ? ixb_buf.data() : nullptr);
-            else max_pixel(x, off, here, nt, C, y + o, ind + o, by_tap ? ixb_buf.data() : nullptr);
+            max_pixel(x, off, here, nt, C, y + o, ind ? ind + o : nullptr, by_tap ? ixb_buf.data() : nullptr);
           } else {
             max_pixel_scalar<T, A, I>(x, off, here, nt, 0, C, y + o, ind + o);
           }
