@@ -60,6 +60,13 @@ struct Vec {
   typedef E type __attribute__((vector_size(VB)));
 };
 
+// p, which the compiler can no longer prove equal to p: two loads of the same float each stay an
+// FMA's embedded broadcast operand ({1to16}) rather than becoming one broadcast shared by two FMAs.
+GROUPED_INLINE const float* opaque(const float* p) {
+  asm("" : "+r"(p));
+  return p;
+}
+
 // VB bytes of floats from p (any alignment).
 template <int VB>
 GROUPED_INLINE typename Vec<float, VB>::type vload(const float* p) {
@@ -110,19 +117,28 @@ GROUPED_INLINE auto tap_sum(auto acc, const float* xp, const float* wp, int64_t 
   return acc;
 }
 
-// G floats at p broadcast to a 16-float vector (AVX-512, in asm: from C, GCC copied the scalars
-// through the stack): one float, or a block of 2, 4 or 8 repeated.
+// A block of G = 2, 4 or 8 floats at p repeated across a 16-float vector (AVX-512; a single float is
+// an FMA's embedded broadcast operand instead). Vector code, which GCC addresses at immediate
+// offsets: broadcasts in asm, their "m" operands, had it compute each address in integer registers
+// (one thread, batch 8, 32 groups of 4 @56 4.7-5.3 -> 4.2-5.0 ms, of 8 @28 2.85-3.14 -> 2.72-3.16).
 template <int G, int VB = 64>  // (VB: a dependent type, so no ABI warning for a non-AVX caller)
 GROUPED_INLINE typename Vec<float, VB>::type broadcast_block(const float* p) {
+  static_assert(G == 2 || G == 4 || G == 8);
   typename Vec<float, VB>::type b;
-  if constexpr (G == 1)
-    asm("vbroadcastss %[x], %[b]" : [b] "=v"(b) : [x] "m"(*p));
-  else if constexpr (G == 2)
-    asm("vbroadcastsd %[x], %[b]" : [b] "=v"(b) : [x] "m"(*reinterpret_cast<const double*>(p)));
-  else if constexpr (G == 4)
-    asm("vbroadcastf32x4 %[x], %[b]" : [b] "=v"(b) : [x] "m"(*reinterpret_cast<const float(*)[4]>(p)));
-  else
-    asm("vbroadcastf32x8 %[x], %[b]" : [b] "=v"(b) : [x] "m"(*reinterpret_cast<const float(*)[8]>(p)));
+  if constexpr (G == 2) {
+    double d;
+    std::memcpy(&d, p, sizeof(d));
+    typename Vec<double, VB>::type v = d - typename Vec<double, VB>::type{};
+    std::memcpy(&b, &v, sizeof(b));
+  } else if constexpr (G == 4) {
+    typename Vec<float, 16>::type q;
+    std::memcpy(&q, p, sizeof(q));
+    b = __builtin_shufflevector(q, q, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+  } else {
+    typename Vec<float, 32>::type q;
+    std::memcpy(&q, p, sizeof(q));
+    b = __builtin_shufflevector(q, q, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+  }
   return b;
 }
 
@@ -336,11 +352,13 @@ GROUPED_INLINE void rows_nhwc(const Job& j, int64_t b, int64_t e) {
 }
 
 // Groups of two vectors' channels (32 on AVX-512), blocked input: NB output pixels of row (n, ho)
-// from wo0, both output vectors of group g. Each input channel c of the group is broadcast once
-// and multiplies both vectors' weights (two FMAs a broadcast, as the GEMM's micro-tile does), the
-// broadcast in asm (GCC copied scalar operands through the stack) and the FMAs in C (with them
-// in asm too GCC kept the sums on the stack: twice the time). The group's input channels are
-// blocks 2g and 2g + 1 of the copy.
+// from wo0, both output vectors of group g. Each input channel c of the group multiplies both
+// vectors' weights, read twice as the two FMAs' embedded broadcast operands ({1to16}; opaque()
+// keeps GCC from sharing one load), at immediate offsets from one address a channel. A broadcast
+// in asm (its "m" operand) shared by the two FMAs made GCC compute each pixel's address in
+// integer registers, a lea or two a broadcast: 32 groups of 32 @7, batch 8, one thread, 0.69-0.73x
+// torch's time -> 0.98 (2 threads 0.76 -> 1.00; data gradient 0.67 -> 0.95). The group's input
+// channels are blocks 2g and 2g + 1 of the copy.
 template <int NB, int SWL = 0, int SS = 0>
 GROUPED_INLINE void pixels_pair(const Job& j, int64_t n, int64_t ho, int64_t wo0, int64_t g) {
   using V = typename Vec<float, 64>::type;
@@ -366,11 +384,12 @@ GROUPED_INLINE void pixels_pair(const Job& j, int64_t n, int64_t ho, int64_t wo0
       for (int c = 0; c < KG; ++c) {
         const V w0 = vload<64>(wp0 + c * L), w1 = vload<64>(wp1 + c * L);
         const int64_t blk = c / L * j.ib, cc = c % L;
+        const float* xa = x0 + blk + cc;
+        const float* xb = opaque(xa);
 #pragma GCC unroll 16
         for (int i = 0; i < NB; ++i) {
-          const V xb = broadcast_block<1>(x0 + blk + i * step + cc);
-          acc0[i] += xb * w0;
-          acc1[i] += xb * w1;
+          acc0[i] += xa[i * step] * w0;
+          acc1[i] += xb[i * step] * w1;
         }
       }
     }
