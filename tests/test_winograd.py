@@ -1,6 +1,7 @@
 """Winograd F(4x4, 3x3) on the CPU (csrc/cpu/winograd.cpp): float32 3x3 convolutions at
 stride 1, forward, data gradient (and so the stride-1 transposed convolution) and, with
-enough tiles, the weight gradient.
+enough tiles, the weight gradient; and F(2x2, 3x3) for channels_last groups of 16 or 32 channels
+on AVX-512 (csrc/cpu/grouped.cpp), forward and data gradient, judged by the same bound.
 
 Its rounding error is larger than a direct convolution's, so it is judged element by
 element against float64: |y - y64| <= 64 * 2^-24 * M, where M is the largest value of
@@ -103,6 +104,65 @@ def test_data_gradient_within_bound(case, layout):
     mag = grad64(x32.double(), w32.double().abs(), gy.double().abs())
     assert gx.shape == ref.shape
     _within_bound(gx, ref, mag, "data gradient")
+    assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
+
+
+# Grouped, 16 or 32 channels a group, channels_last on AVX-512: grouped.cpp's F(2x2, 3x3), forward
+# and data gradient. N, C, H, W, channels a group, padding: whole tiles with blocks of tiles crossing
+# images, odd sizes (partial edge tiles, a short last block), asymmetric padding (the data
+# gradient's 0 to 2), no padding; ResNeXt-50's 7x7 layer's geometry in 32-channel
+# groups (its data gradient: the forward of the rotated weight, conv2d.cpp).
+GROUPED = {
+    "cg16_rx50_l3_like": (2, 64, 14, 14, 16, (1, 1, 1, 1)),
+    "cg16_odd_edges": (3, 32, 13, 11, 16, (1, 1, 1, 1)),
+    "cg16_asym_pad": (1, 48, 9, 10, 16, (2, 0, 1, 2)),
+    "cg16_valid": (2, 32, 7, 9, 16, (0, 0, 0, 0)),
+    "cg32_rx50_l4_like": (2, 64, 7, 7, 32, (1, 1, 1, 1)),
+    "cg32_odd_asym": (1, 96, 9, 12, 32, (0, 2, 2, 1)),
+}
+
+
+@pytest.mark.skipif(torch.ops.convx.cpu_isa() != "avx512", reason="grouped F(2x2, 3x3) is AVX-512's")
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("case", list(GROUPED.values()), ids=list(GROUPED))
+def test_grouped_within_bound(case, layout):
+    """NCHW a group of an image at a time through pixel-major copies (forward_nchw_winograd); the data
+    gradients as the forward of the rotated weight, but channels_last 16-channel groups'."""
+    cl = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    N, C, H, W, Cg, pad = case
+    g = torch.Generator().manual_seed(5)
+    x32 = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=cl)
+    w32 = torch.randn(C, Cg, 3, 3, generator=g).contiguous(memory_format=cl)
+    b32 = torch.randn(C, generator=g)
+    G = C // Cg
+    t, bo, l, r = pad
+
+    def conv64(x, w, b):
+        return F.conv2d(F.pad(x, (l, r, t, bo)), w, b, groups=G)
+
+    run = lambda: torch.ops.convx.conv2d(x32, w32, b32, [1, 1], list(pad), [1, 1], G)  # noqa: E731
+    y = run()
+    assert y.is_contiguous(memory_format=cl)
+    ref = conv64(x32.double(), w32.double(), b32.double())
+    mag = conv64(x32.double().abs(), w32.double().abs(), b32.double().abs())
+    _within_bound(y, ref, mag, "forward")
+    assert not torch.equal(y, _exact(run)), "the Winograd path did not run"
+    res = torch.randn(ref.shape, generator=g).contiguous(memory_format=cl)  # the fused epilogue
+    yf = torch.ops.convx.conv2d_fused(x32, w32, b32, res, [1, 1], list(pad), [1, 1], G, True)
+    assert yf.is_contiguous(memory_format=cl)
+    _within_bound(yf, (ref + res.double()).clamp_min(0), mag + res.double().abs(), "fused forward")
+
+    gy = torch.randn(ref.shape, generator=g).contiguous(memory_format=cl)
+    run = lambda: torch.ops.convx.conv2d_backward_input(gy, w32, [N, C, H, W], [1, 1], list(pad), [1, 1], G)  # noqa
+    gx = run()
+    assert gx.is_contiguous(memory_format=cl)
+
+    def grad64(wd, gyd):
+        xd = x32.double().requires_grad_()
+        return torch.autograd.grad(conv64(xd, wd, None), xd, gyd)[0]
+
+    ref = grad64(w32.double(), gy.double())
+    _within_bound(gx, ref, grad64(w32.double().abs(), gy.double().abs()), "data gradient")
     assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
 
 
@@ -214,15 +274,15 @@ def test_module_training_step_matches_torch():
 
 
 def test_float64_and_other_geometries_stay_exact():
-    """float64, strides, dilation, groups, few channels and few tiles never take Winograd:
-    their results are bitwise those of the exact path."""
+    """float64, strides, dilation, groups (but those of 16 or 32 channels: test_grouped_within_bound),
+    few channels and few tiles never take Winograd: their results are bitwise those of the exact path."""
     g = torch.Generator().manual_seed(4)
     cases = [
         (torch.randn(2, 32, 16, 16, generator=g, dtype=torch.float64), torch.randn(32, 32, 3, 3, dtype=torch.float64),
          dict(padding=1)),
         (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=1, stride=2)),
         (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=2, dilation=2)),
-        (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 16, 3, 3, generator=g), dict(padding=1, groups=2)),
+        (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 8, 3, 3, generator=g), dict(padding=1, groups=4)),
         (torch.randn(2, 8, 16, 16, generator=g), torch.randn(32, 8, 3, 3, generator=g), dict(padding=1)),  # C < 16
         (torch.randn(1, 64, 12, 12, generator=g), torch.randn(64, 64, 3, 3, generator=g), dict(padding=1)),  # 9 tiles
     ]

@@ -1359,10 +1359,14 @@ void forward_nchw_rows(const float* x, const float* w, const float* bias, float*
 // one process: 32 groups of 32 @7 NCHW / channels_last 1.34 / 1.40 -> 1.08 / 1.14 ms (torch
 // 0.86), channels_last 16 of 32 @14 2.03 -> 1.82, 8 of 32 @14 1.01 -> 0.92 (torch 0.69-1.35).
 // mf: the result's layout.
+// Also groups that take grouped.cpp's Winograd (forward_fused): 32 channels a group, and NCHW 16
+// (channels_last 16-channel groups: grouped::data_grad's Winograd, without the rotated copy).
 bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
   if (gy.scalar_type() == at::kDouble || p.groups == 1 || p.stride_h != 1 || p.stride_w != 1) return false;
   const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.Kg, sh.Cg};
-  return pads_within_filter(sh, p) && !is_depthwise(sh, p) && forward_regrouped_applicable(t, p, mf);
+  return pads_within_filter(sh, p) && !is_depthwise(sh, p) &&
+         (forward_regrouped_applicable(t, p, mf) ||
+          ((sh.Cg == 32 || mf == at::MemoryFormat::Contiguous) && grouped::winograd_applicable(t, p)));
 }
 
 }  // namespace
@@ -1396,8 +1400,26 @@ struct CpuConv {
     // torch 0.78-0.92; 512 @14 stride 2: 0.54 -> 0.49). Larger images keep the GEMM (@14 even, @28
     // 3.7-4.3 against 4.0-4.3, @56 15.0 against 16-19); NCHW keeps its paths (with the two layout
     // copies, 1.15 -> 1.18 ms @7).
-    const bool wide = ct == at::kFloat && !wino && input.scalar_type() != at::kDouble && grouped::wide_applicable(sh, p) &&
-                      mf == at::MemoryFormat::ChannelsLast && sh.Ho * sh.Wo <= 64;
+    // groups of 16 or 32 channels, 3x3 at stride 1 on AVX-512: grouped.cpp's Winograd F(2x2, 3x3)
+    // (data gradients come here as the forward of the rotated weight, regrouped_data_grad); in
+    // NCHW a group of an image at a time through the thread's pixel-major copies (batch 8, per-round
+    // ratios against torch: 512 @14 in 32 groups 1.03-1.11 -> 1.24-1.29, 1024 @7 0.70 -> 1.17;
+    // through channels_last copies of the whole tensors 0.81-0.98)
+    const bool gwino = ct == at::kFloat && input.scalar_type() != at::kDouble && grouped::winograd_applicable(sh, p);
+    if (gwino && mf == at::MemoryFormat::Contiguous) {
+      auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct));
+      const auto x = input.to(ct).contiguous();
+      const auto w = to_format_scratch(weight.to(ct), at::MemoryFormat::ChannelsLast, kLayoutWeight);
+      at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
+      grouped::forward_nchw_winograd(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                                     b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p);
+      if (residual) y.add_(residual->to(ct));
+      if (relu) y.clamp_min_(0);
+      return y.to(input.scalar_type());
+    }
+    const bool wide = ct == at::kFloat && !wino && input.scalar_type() != at::kDouble &&
+                      (gwino || (grouped::wide_applicable(sh, p) && mf == at::MemoryFormat::ChannelsLast &&
+                                 sh.Ho * sh.Wo <= 64));
     if (ct == at::kFloat && !wino && !wide && forward_regrouped_applicable(sh, p, mf)) {
       auto y = scratch_result({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct), at::MemoryFormat::ChannelsLast,
                               mf, kLayoutSecond);

@@ -3,6 +3,7 @@
 
 #include "gemm.h"
 #include "layout.h"
+#include "winograd.h"
 
 #include <ATen/Parallel.h>
 
@@ -1108,7 +1109,243 @@ __attribute__((target("avx2,fma"))) void wnchw_avx2(const WNJob& j, float* buf, 
 }
 void wnchw_base(const WNJob& j, float* buf, float* part, int64_t b, int64_t e) { wnchw_tasks<16>(j, buf, part, b, e); }
 
+// ---------------------------------------------------------------- Winograd F(2x2, 3x3), groups of 16 or 32
+//
+// 3x3 convolutions at stride 1 with 16 or 32 channels a group on AVX-512 (ResNeXt's 32 groups of
+// 16 at 14 x 14 and of 32 at 7 x 7), channels_last (NCHW: forward_nchw_winograd's copies): Y = A^T [ (G g G^T) (.) (B^T d B) ] A per 4x4
+// input tile d and 2x2 output tile, with the points 0, +-1 and infinity (Lavin & Gray, 2016). A
+// group's channels are KV vectors (KV = 1, 2), so a tile's transforms are vector adds along the
+// channels, and each of the 16 transform points is a product of T tiles' input channels by the
+// group's transformed weights: for each input channel, KV vectors of weights and KV * T FMAs with
+// the tiles' values as embedded broadcast operands, the loop of the direct kernels above (pixels(),
+// G == 1, and pixels_pair()) with 16 multiply-adds a (tile, channel pair) where the direct kernels
+// take 36 for the same four outputs. The transforms add and subtract only (the weights' halve), so
+// the error stays close to the direct product's (tests/test_winograd.py judges it by the F(4x4)
+// bound). A unit is a group and a block of T tiles in (image, tile row, tile column) order: its
+// tiles transformed into a thread buffer (L1: [point][tile][channel]), the 16 products, each
+// written over its own point's inputs, then the output transform straight into y. Each output is
+// computed by one unit in a fixed order: the bits do not depend on the thread count.
+template <int KV>
+constexpr int wino_tiles() {
+  // sums in registers a product: KV * T (+ KV weight vectors, of 32 registers); the thread's buffer
+  // 16 x T x 16 KV floats (12 / 16 KiB), beside the group's weights streaming through L1 (16 / 64
+  // KiB a unit). 14 tiles of 32 channels (28 KiB) ran 32 groups of 32 @7 10 % slower than 8, and
+  // 16 of 16 channels 512 @14 5-10 % slower than 12 (one thread, batch 8)
+  return KV == 1 ? 12 : 8;
+}
+
+struct WinoJob {
+  const float* x;     // [N][H][W][C] (NHWC)
+  const float* u;     // [C / Cg][16 points][Cg input channels][Cg output channels]
+  const float* bias;  // [C] or null
+  float* y;           // [N][Ho][Wo][C] (NHWC)
+  int64_t N, H, W, C, Ho, Wo, pt, pl, th, tw;  // th x tw: tiles an image
+  int64_t gs;         // a group's channels start g * gs floats into x's and y's pixels
+};
+
+// u[((g * 16 + xi) * Cg + c) * Cg + k % Cg] = (G g G^T)[xi] of filter (k, c): G's rows (1, 0, 0),
+// (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1)
+template <typename G>
+void wino_weights(G&& g_of, int64_t C, int64_t Cg, float* u) {
+  // (a point's row of Cg output channels made whole in tmp, then copied: written a float at a time,
+  // the 16 points' rows, Cg * Cg floats apart, fell into one set of L1 and missed it every store,
+  // a third of 32 groups of 32 @7's time)
+  at::parallel_for(0, C / Cg, 1, [&](int64_t b, int64_t e) {
+    float tmp[16][32];
+    for (int64_t g = b; g < e; ++g)
+      for (int64_t c = 0; c < Cg; ++c) {
+        for (int64_t kk = 0; kk < Cg; ++kk) {
+          float w[3][3], t[4][3];
+          for (int r = 0; r < 3; ++r)
+            for (int q = 0; q < 3; ++q) w[r][q] = g_of(g * Cg + kk, c, r, q);
+          for (int q = 0; q < 3; ++q) {
+            t[0][q] = w[0][q];
+            t[1][q] = 0.5f * (w[0][q] + w[1][q] + w[2][q]);
+            t[2][q] = 0.5f * (w[0][q] - w[1][q] + w[2][q]);
+            t[3][q] = w[2][q];
+          }
+          for (int i = 0; i < 4; ++i) {
+            tmp[i * 4 + 0][kk] = t[i][0];
+            tmp[i * 4 + 1][kk] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+            tmp[i * 4 + 2][kk] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+            tmp[i * 4 + 3][kk] = t[i][2];
+          }
+        }
+        for (int xi = 0; xi < 16; ++xi) std::memcpy(u + ((g * 16 + xi) * Cg + c) * Cg, tmp[xi], Cg * sizeof(float));
+      }
+  });
+}
+
+template <int KV>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void wino_units(const WinoJob& j, int64_t b,
+                                                                               int64_t e) {
+  using V = typename Vec<float, 64>::type;
+  constexpr int T = wino_tiles<KV>(), CG = 16 * KV;
+  alignas(64) float buf[16 * T * CG];  // [point][tile][channel]
+  const int64_t per_image = j.th * j.tw, tiles = j.N * per_image, blocks = (tiles + T - 1) / T;
+  for (int64_t unit = b; unit < e; ++unit) {
+    const int64_t g = unit / blocks, t0 = unit % blocks * T, nt = std::min<int64_t>(T, tiles - t0);
+    // the tiles' images and first output rows and columns (stepped, not divided for each tile)
+    int64_t tn[T], th0[T], tw0[T];
+    {
+      int64_t n = t0 / per_image, th = t0 % per_image / j.tw, tw = t0 % j.tw;
+      for (int t = 0; t < nt; ++t) {
+        tn[t] = n, th0[t] = 2 * th, tw0[t] = 2 * tw;
+        if (++tw == j.tw) {
+          tw = 0;
+          if (++th == j.th) th = 0, ++n;
+        }
+      }
+    }
+    // V = B^T d B, B^T's rows (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1); a vector of
+    // the group's channels at a time
+    for (int t = 0; t < T; ++t)
+      for (int kv = 0; kv < KV; ++kv) {
+        const float* xg = j.x + g * j.gs + kv * 16;
+        V v[4][4];
+        if (t < nt) {
+          const int64_t n = tn[t], h0 = th0[t] - j.pt, w0 = tw0[t] - j.pl;
+          V d[4][4];
+          for (int i = 0; i < 4; ++i)
+            for (int k = 0; k < 4; ++k) {
+              const int64_t h = h0 + i, w = w0 + k;
+              d[i][k] = h >= 0 && h < j.H && w >= 0 && w < j.W ? vload<64>(xg + ((n * j.H + h) * j.W + w) * j.C) : V{};
+            }
+          V r[4][4];
+          for (int k = 0; k < 4; ++k) {
+            r[0][k] = d[0][k] - d[2][k];
+            r[1][k] = d[1][k] + d[2][k];
+            r[2][k] = d[2][k] - d[1][k];
+            r[3][k] = d[1][k] - d[3][k];
+          }
+          for (int i = 0; i < 4; ++i) {
+            v[i][0] = r[i][0] - r[i][2];
+            v[i][1] = r[i][1] + r[i][2];
+            v[i][2] = r[i][2] - r[i][1];
+            v[i][3] = r[i][1] - r[i][3];
+          }
+        } else {
+          for (int i = 0; i < 4; ++i)
+            for (int k = 0; k < 4; ++k) v[i][k] = V{};  // (a short last block: zeros, not stale values)
+        }
+        for (int i = 0; i < 4; ++i)
+          for (int k = 0; k < 4; ++k) std::memcpy(buf + ((i * 4 + k) * T + t) * CG + kv * 16, &v[i][k], sizeof(V));
+      }
+    // M_xi [tiles][k] = V_xi [tiles][c] U_xi [c][k], over V_xi
+    const float* ug = j.u + g * 16 * CG * CG;
+    for (int xi = 0; xi < 16; ++xi) {
+      float* vb = buf + xi * T * CG;
+      V acc[KV][T];
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t)
+        for (int kv = 0; kv < KV; ++kv) acc[kv][t] = V{};
+#pragma GCC unroll 2
+      for (int c = 0; c < CG; ++c) {
+        const float* up = ug + (xi * CG + c) * CG;
+        if constexpr (KV == 1) {
+          const V u0 = vload<64>(up);
+#pragma GCC unroll 16
+          for (int t = 0; t < T; ++t) acc[0][t] += vb[t * CG + c] * u0;
+        } else {
+          // (each product's own load of the tile's value: opaque() keeps GCC from sharing one)
+          const V u0 = vload<64>(up), u1 = vload<64>(up + 16);
+          const float* va = vb + c;
+          const float* vc = opaque(va);
+#pragma GCC unroll 16
+          for (int t = 0; t < T; ++t) {
+            acc[0][t] += va[t * CG] * u0;
+            acc[1][t] += vc[t * CG] * u1;
+          }
+        }
+      }
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t)
+        for (int kv = 0; kv < KV; ++kv) std::memcpy(vb + t * CG + kv * 16, &acc[kv][t], sizeof(V));
+    }
+    // Y = A^T M A, A^T's rows (1, 1, 1, 0), (0, 1, -1, -1)
+    for (int kv = 0; kv < KV; ++kv) {
+      V bv{};
+      if (j.bias) bv = vload<64>(j.bias + g * CG + kv * 16);
+      for (int t = 0; t < nt; ++t) {
+        V m[4][4];
+        for (int i = 0; i < 4; ++i)
+          for (int k = 0; k < 4; ++k) m[i][k] = vload<64>(buf + ((i * 4 + k) * T + t) * CG + kv * 16);
+        V a[2][4];
+        for (int k = 0; k < 4; ++k) {
+          a[0][k] = m[0][k] + m[1][k] + m[2][k];
+          a[1][k] = m[1][k] - m[2][k] - m[3][k];
+        }
+        const int64_t n = tn[t], h0 = th0[t], w0 = tw0[t];
+        for (int i = 0; i < 2; ++i) {
+          const V o[2] = {a[i][0] + a[i][1] + a[i][2] + bv, a[i][1] - a[i][2] - a[i][3] + bv};
+          for (int k = 0; k < 2; ++k)
+            if (h0 + i < j.Ho && w0 + k < j.Wo)
+              std::memcpy(j.y + ((n * j.Ho + h0 + i) * j.Wo + w0 + k) * j.C + g * j.gs + kv * 16, &o[k], sizeof(V));
+        }
+      }
+    }
+  }
+}
+
+// y = the stride-1 3x3 convolution of x (both NHWC, C channels in groups of Cg = 16 or 32) by filter
+// g_of(k, c, r, s) (k: the output channel, c: the input channel within k's group), padding pt / pl.
+// Units [b, e) of group g's blocks of T tiles (Cg = 16 or 32); blocks: their count a group.
+void wino_run(const WinoJob& j, int64_t Cg, int64_t b, int64_t e) {
+  if (Cg == 16)
+    wino_units<1>(j, b, e);
+  else
+    wino_units<2>(j, b, e);
+}
+int64_t wino_blocks(const WinoJob& j, int64_t Cg) {
+  const int64_t T = Cg == 16 ? wino_tiles<1>() : wino_tiles<2>();
+  return (j.N * j.th * j.tw + T - 1) / T;
+}
+
+// The filter of a channels_last weight [K][3][3][Cg] (the forward's).
+auto cl_filter(const float* w, int64_t Cg) {
+  return [w, Cg](int64_t k, int64_t c, int r, int s) { return w[((k * 3 + r) * 3 + s) * Cg + c]; };
+}
+
+template <typename G>
+void wino(const float* x, G&& g_of, const float* bias, float* y, int64_t N, int64_t H, int64_t W, int64_t C,
+          int64_t Cg, int64_t Ho, int64_t Wo, int64_t pt, int64_t pl) {
+  std::unique_ptr<float[]> u(new float[C * 16 * Cg]);
+  wino_weights(g_of, C, Cg, u.get());
+  const WinoJob j{x, u.get(), bias, y, N, H, W, C, Ho, Wo, pt, pl, (Ho + 1) / 2, (Wo + 1) / 2, Cg};
+  at::parallel_for(0, C / Cg * wino_blocks(j, Cg), 1, [&](int64_t b, int64_t e) { wino_run(j, Cg, b, e); });
+}
+
 }  // namespace
+
+void forward_nchw_winograd(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
+                           const Conv2dParams& p) {
+  // a unit is an image's group: its Cg planes transposed into a pixel-major copy in the thread's
+  // buffer, its tiles run on that (an image of one group: channel stride Cg, group stride 0), the
+  // result transposed back into y's planes. The copies stay in L2 (through channels_last copies
+  // of the whole tensors, 32 groups of 16 @14 lost to the NCHW kernel: 0.97 against 1.09x torch).
+  const int64_t Cg = sh.Cg, G = sh.K / Cg, HW = sh.H * sh.W, HWo = sh.Ho * sh.Wo;
+  std::unique_ptr<float[]> u(new float[sh.K * 16 * Cg]);
+  wino_weights(cl_filter(w, Cg), sh.K, Cg, u.get());
+  at::parallel_for(0, G * sh.N, 1, [&](int64_t b, int64_t e) {
+    float* xb = thread_buffer<float>(kConvCol, HW * Cg);
+    float* yb = thread_buffer<float>(kConvPadded, HWo * Cg);
+    const WinoJob j{xb, u.get(), bias, yb, 1, sh.H, sh.W, Cg, sh.Ho, sh.Wo, p.pad_t, p.pad_l,
+                    (sh.Ho + 1) / 2, (sh.Wo + 1) / 2, 0};
+    const int64_t blocks = wino_blocks(j, Cg);
+    for (int64_t unit = b; unit < e; ++unit) {
+      const int64_t g = unit / sh.N, n = unit % sh.N;
+      transpose_strided(x + (n * sh.C + g * Cg) * HW, HW, xb, Cg, Cg, HW);
+      wino_run(j, Cg, g * blocks, (g + 1) * blocks);
+      transpose_strided(yb, Cg, y + (n * sh.K + g * Cg) * HWo, HWo, HWo, Cg);
+    }
+  });
+}
+
+bool winograd_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
+  return cpu_isa() == Isa::Avx512 && winograd::enabled() && p.groups > 1 && sh.Cg == sh.Kg &&
+         (sh.Cg == 16 || sh.Cg == 32) && sh.R == 3 && sh.S == 3 && p.stride_h == 1 && p.stride_w == 1 &&
+         p.dil_h == 1 && p.dil_w == 1 && sh.Ho > 0 && sh.Wo > 0;
+}
 
 bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
   return p.groups > 1 && sh.Cg == sh.Kg && (sh.Kg == 2 || sh.Kg == 4 || sh.Kg == 8 || sh.Kg == 16 || sh.Kg == 32) &&
@@ -1270,6 +1507,8 @@ bool data_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 
 void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
              const Conv2dParams& p) {
+  if (winograd_applicable(sh, p))  // w: channels_last [K][3][3][Cg]
+    return wino(x, cl_filter(w, sh.Cg), bias, y, sh.N, sh.H, sh.W, sh.K, sh.Cg, sh.Ho, sh.Wo, p.pad_t, p.pad_l);
   const int64_t K = sh.K, Kg = sh.Kg, RS = sh.R * sh.S, L = vector_floats();
   // wv[((k / L * RS + tap) * Kg + c) * L + k % L] = w[k][tap][c]: for each vector of output channels
   // the transpose of its [L][RS * Kg] rows of the channels_last weight (a scattered copy from the
@@ -1292,6 +1531,14 @@ void forward(const float* x, const float* w, const float* bias, float* y, const 
 void data_grad(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
                const Conv2dParams& p) {
   const int64_t C = sh.C, Kg = sh.Kg, Cg = sh.Cg, R = sh.R, S = sh.S, RS = R * S, L = vector_floats();
+  if (winograd_applicable(sh, p)) {  // dX = dY (*) w rotated and transposed within groups; w: [K][Cg][3][3]
+    return wino(
+        gy,
+        [&](int64_t c, int64_t k, int r, int s) {
+          return w[((c / Cg * Cg + k) * Cg + c % Cg) * 9 + (2 - r) * 3 + (2 - s)];
+        },
+        bias, gx, sh.N, sh.Ho, sh.Wo, C, Cg, sh.H, sh.W, 2 - p.pad_t, 2 - p.pad_l);
+  }
   if (p.stride_h == 1 && p.stride_w == 1) {
     // dX[c] = sum over the group's k and the taps of w[k][c][r][s] dY[h + pad - r*d]: the convolution of
     // dY with the weight transposed within groups and rotated, padding d*(R-1) - pad, at stride 1.

@@ -31,6 +31,12 @@ namespace convx::cpu::grouped {
 bool applicable(const Conv2dShape& sh, const Conv2dParams& p);
 
 // y [N, Ho, Wo, K] (NHWC) = conv(x [N, H, W, C] NHWC, w [K, Cg, R, S] channels_last: [K][R][S][Cg]) + bias.
+// 3x3 at stride 1 and dilation 1 with 16 or 32 channels a group on AVX-512 (winograd_applicable):
+// Winograd F(2x2, 3x3) (grouped.cpp; off with winograd::enabled()), as is the data gradient below.
+bool winograd_applicable(const Conv2dShape& sh, const Conv2dParams& p);
+// The same in NCHW: x [N, C, H, W] and y [N, K, Ho, Wo] contiguous, w channels_last as forward()'s.
+void forward_nchw_winograd(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
+                           const Conv2dParams& p);
 void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& sh,
              const Conv2dParams& p);
 
