@@ -95,17 +95,32 @@ struct Vec {
 // ---------------------------------------------------------------- weights
 
 // U_xi = (G g G^T)[xi] for the output channels [j0, j0 + NR) (one GEMM column
-// panel) and the input channels [pc, pc + kc) (one reduction chunk), vectorised
-// along k, into u[xi][c - pc][k - j0]: the B operand of the 36 tile products.
-// The filter comes as wt [Cp][9][Kp] (zero-padded; see gather_panel).
+// panel), the input channels [pc, pc + kc) (one reduction chunk) and the points
+// of rows [i0, i0 + ni) of the 6 x 6 (xi = 6 i + j), vectorised along k, into
+// u[xi - 6 i0][c - pc][k - j0] (slices XS floats apart): the B operand of the
+// tile products. The filter comes as wt [Cp][9][Kp] (zero-padded; see gather_panel).
+// A row at a time: row i of t = G g is G's row i applied to g's three rows
+// (3 x 3 loads, kept in L1 for the next row), then row i of u = t_i G^T, 6
+// stores. The stores are the cost: a call of all 36 points wrote 36 streams
+// a multiple of 4 KiB apart (one L1 set) into a piece larger than Zen 4's L2
+// (36 x 256 x 32 floats), 40 % of a 512-channel layer's time at 7 x 7.
 template <int VB>
 WINO_INLINE void transform_weights_piece(int64_t j0, int64_t pc, int64_t kc, int64_t NR, int64_t Kp,
-                                         const float* wt, float* u) {
+                                         const float* wt, float* u, int64_t XS, int i0, int ni) {
   using Vt = Vec<VB>;
   using V = typename Vt::V;
   constexpr int L = Vt::L;
-  // t = G g (6 x 3), then u = t G^T (6 x 6); G's rows: (1/4, 0, 0), (-1/6)(1, 1, 1),
-  // (-1/6)(1, -1, 1), (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1).
+  // G's rows: (1/4, 0, 0), (-1/6)(1, 1, 1), (-1/6)(1, -1, 1), (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1).
+  auto grow = [](int i, V a, V b, V c2) __attribute__((always_inline)) {
+    switch (i) {
+      case 0: return a * 0.25f;
+      case 1: return (a + c2 + b) * (-1.f / 6);
+      case 2: return (a + c2 - b) * (-1.f / 6);
+      case 3: return a * (1.f / 24) + c2 * (1.f / 6) + b * (1.f / 12);
+      case 4: return a * (1.f / 24) + c2 * (1.f / 6) - b * (1.f / 12);
+      default: return c2;
+    }
+  };
   auto gt = [](V a, V b, V c2, V* o) __attribute__((always_inline)) {
     const V s02 = a + c2;
     o[0] = a * 0.25f;
@@ -116,21 +131,16 @@ WINO_INLINE void transform_weights_piece(int64_t j0, int64_t pc, int64_t kc, int
     o[4] = e - f;
     o[5] = c2;
   };
-  const int64_t XS = kc * NR;  // one transform point's piece
   for (int64_t c = pc; c < pc + kc; ++c) {
     const float* src = wt + c * 9 * Kp;
     for (int64_t k0 = j0; k0 < j0 + NR; k0 += L) {
       float* dst = u + (c - pc) * NR + (k0 - j0);
-      V t[6][3];
-      for (int s = 0; s < 3; ++s) {
-        V col[6];
-        gt(Vt::load(src + s * Kp + k0), Vt::load(src + (3 + s) * Kp + k0), Vt::load(src + (6 + s) * Kp + k0), col);
-        for (int i = 0; i < 6; ++i) t[i][s] = col[i];
-      }
-      for (int i = 0; i < 6; ++i) {
+      V g9[9];
+      for (int rs = 0; rs < 9; ++rs) g9[rs] = Vt::load(src + rs * Kp + k0);
+      for (int i = i0; i < i0 + ni; ++i) {
         V row[6];
-        gt(t[i][0], t[i][1], t[i][2], row);
-        for (int j = 0; j < 6; ++j) Vt::store(dst + (i * 6 + j) * XS, row[j]);
+        gt(grow(i, g9[0], g9[3], g9[6]), grow(i, g9[1], g9[4], g9[7]), grow(i, g9[2], g9[5], g9[8]), row);
+        for (int j = 0; j < 6; ++j) Vt::store(dst + ((i - i0) * 6 + j) * XS, row[j]);
       }
     }
   }
@@ -149,23 +159,30 @@ struct WeightArgs {
 };
 
 // dst[j][i] = src[i * rs + j] for i < ni (rows of dst past ni: 0 .. n), j < nj; dst row stride NR.
+// 16 columns at a time, all rows of them (4 x 4 transpositions): dst's 16 rows are written whole
+// before the next, and each source line read once. (Four rows at a time, all columns, swept dst,
+// 9C rows of NR floats, NR / 4 times 16 bytes a row: a 512-channel layer's panel is 590 KB, and
+// the gathers took 9 % of its time at 7 x 7.)
 inline void transpose_rows(const float* src, int64_t rs, int64_t ni, int64_t nj, float* dst, int64_t NR) {
-  int64_t i = 0;
-  for (; i + 4 <= ni; i += 4) {
-    const float *r0 = src + i * rs, *r1 = r0 + rs, *r2 = r1 + rs, *r3 = r2 + rs;
-    int64_t j = 0;
-    for (; j + 4 <= nj; j += 4) {
-      __m128 x0 = _mm_loadu_ps(r0 + j), x1 = _mm_loadu_ps(r1 + j), x2 = _mm_loadu_ps(r2 + j), x3 = _mm_loadu_ps(r3 + j);
-      _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
-      _mm_storeu_ps(dst + (j + 0) * NR + i, x0);
-      _mm_storeu_ps(dst + (j + 1) * NR + i, x1);
-      _mm_storeu_ps(dst + (j + 2) * NR + i, x2);
-      _mm_storeu_ps(dst + (j + 3) * NR + i, x3);
+  const int64_t ni4 = ni / 4 * 4, nj4 = nj / 4 * 4;
+  for (int64_t jb = 0; jb < nj4; jb += 16) {
+    const int64_t je = std::min(jb + 16, nj4);
+    for (int64_t i = 0; i < ni4; i += 4) {
+      const float *r0 = src + i * rs, *r1 = r0 + rs, *r2 = r1 + rs, *r3 = r2 + rs;
+      for (const float* r : {r0, r1, r2, r3}) _mm_prefetch(reinterpret_cast<const char*>(r + jb + 64), _MM_HINT_T0);
+      for (int64_t j = jb; j < je; j += 4) {
+        __m128 x0 = _mm_loadu_ps(r0 + j), x1 = _mm_loadu_ps(r1 + j), x2 = _mm_loadu_ps(r2 + j), x3 = _mm_loadu_ps(r3 + j);
+        _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+        _mm_storeu_ps(dst + (j + 0) * NR + i, x0);
+        _mm_storeu_ps(dst + (j + 1) * NR + i, x1);
+        _mm_storeu_ps(dst + (j + 2) * NR + i, x2);
+        _mm_storeu_ps(dst + (j + 3) * NR + i, x3);
+      }
     }
-    for (; j < nj; ++j)
-      for (int64_t ii = 0; ii < 4; ++ii) dst[j * NR + i + ii] = src[(i + ii) * rs + j];
   }
-  for (; i < ni; ++i)
+  for (int64_t i = 0; i < ni4; ++i)
+    for (int64_t j = nj4; j < nj; ++j) dst[j * NR + i] = src[i * rs + j];
+  for (int64_t i = ni4; i < ni; ++i)
     for (int64_t j = 0; j < nj; ++j) dst[j * NR + i] = src[i * rs + j];
   for (int64_t j = 0; j < nj; ++j) std::fill(dst + j * NR + ni, dst + (j + 1) * NR, 0.f);
 }
@@ -335,10 +352,60 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   // 36 products M_xi [nt, Kc] = V_xi [nt, Cp] U_xi [Cp, Kc], U transformed by
   // pieces of one column panel (NR output channels) and one reduction chunk
   // (KC input channels): u[xi][kc][NR].
-  const int64_t nchunks = ceil_div(Cp, g.KC), piece = 36 * std::min(g.KC, Cp) * NR;
+  // (the points' slices 64 bytes more than their size apart, as V's)
+  const int64_t nchunks = ceil_div(Cp, g.KC), XS = std::min(g.KC, Cp) * NR + 16, piece = 36 * XS;
   auto product = [&](const float* a, const float* up, int64_t kc, float* c, bool add) __attribute__((always_inline)) {
     for (int64_t ir = 0; ir < nt; ir += MR)
       micro_tile_product<float>(kc, a + ir * kc, up, c + ir * Kc, Kc, std::min(MR, nt - ir), add);
+  };
+  // Output transform of channels [kb, ke) (of this task's [k0, k1)), run as soon as their
+  // products are complete, while M's slices of them are in L2.
+  auto out_transform = [&](int64_t kb, int64_t ke) __attribute__((always_inline)) {
+    const int64_t kend = std::min(ke, g.K);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t row = t / g.TW, tw = t % g.TW, n = row / g.TH, th = row % g.TH;
+      const int64_t h0 = th * 4, w0 = tw * 4;
+      const int64_t hn = std::min<int64_t>(4, g.Ho - h0), wn = std::min<int64_t>(4, g.Wo - w0);
+      const float* mt = m + (t - t0) * Kc;
+      for (int64_t k = kb; k < kend; k += L) {
+        V mm[36], tmp[24];
+        for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(mt + xi * ms + (k - k0));
+        for (int j = 0; j < 6; ++j) at6(mm + j, 6, tmp + j * 4);  // tmp[j][i] = (A^T m)[i][j]
+        const int64_t kl = std::min<int64_t>(L, g.K - k);
+        V b = V{};
+        if (bias) {
+          alignas(64) float bb[L] = {};
+          std::memcpy(bb, bias + k, kl * sizeof(float));
+          b = Vt::load(bb);
+        }
+        for (int i = 0; i < 4; ++i) {
+          V o[4];
+          at6(tmp + i, 4, o);
+          for (int j = 0; j < 4; ++j) {
+            o[j] += b;
+            if (!g.nhwc) {
+              Vt::store(obuf + (i * 4 + j) * Kc + (k - k0), o[j]);
+            } else if (i < hn && j < wn) {
+              float* dst = y + ((n * g.Ho + h0 + i) * g.Wo + w0 + j) * g.K + k;
+              if (kl == L)
+                Vt::store(dst, o[j]);
+              else
+                std::memcpy(dst, &o[j], kl * sizeof(float));
+            }
+          }
+        }
+      }
+      if (!g.nhwc) {
+        const int64_t P = g.Ho * g.Wo;
+        float* yt = y + n * g.K * P + h0 * g.Wo + w0;
+        for (int64_t k = kb; k < kend; ++k) {
+          const float* src = obuf + (k - k0);
+          float* dst = yt + k * P;
+          for (int64_t i = 0; i < hn; ++i)
+            for (int64_t j = 0; j < wn; ++j) dst[i * g.Wo + j] = src[(i * 4 + j) * Kc];
+        }
+      }
+    }
   };
   const int64_t panel_w = Cp * 9 * NR;  // one gathered panel of weights
   if (int64_t(sizeof(float)) * piece * (Kc / NR) * nchunks <= (int64_t(1) << 20)) {
@@ -351,80 +418,38 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
       gather_panel(wa, jr, g.C, g.K, Cp, NR, wl);
       for (int64_t pc = 0; pc < Cp; pc += g.KC)
         transform_weights_piece<VB>(0, pc, std::min(g.KC, Cp - pc), NR, NR, wl,
-                                    u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece);
+                                    u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece, XS, 0, 6);
     }
     for (int xi = 0; xi < 36; ++xi) {
       pack_a_panels<float>(nt, Cp, v + xi * vs, Cp, vp);
       for (int64_t jr = k0; jr < k1; jr += NR)
         for (int64_t pc = 0; pc < Cp; pc += g.KC) {
           const int64_t kc = std::min(g.KC, Cp - pc);
-          product(vp + pc * ntp, u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece + xi * kc * NR, kc,
+          product(vp + pc * ntp, u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece + xi * XS, kc,
                   m + xi * ms + (jr - k0), pc > 0);
         }
     }
+    out_transform(k0, k1);
   } else {
     // Large weights: V packed once for all points; then one piece of U at a
-    // time (36 x KC x NR floats, L2-sized, so the transformed weights, 4x the
-    // weights, never go to memory), each U_xi piece reused from L1 by every
-    // row panel of the block.
-    float* u = tls_buffer(4, piece);
+    // time, kRows rows of the 6 x 6 points (kRows x 6 x KC x NR floats, L2-sized,
+    // so the transformed weights, 4x the weights, never go to memory), each U_xi
+    // piece reused from L1 by every row panel of the block.
+    constexpr int kRows = 2;
+    float* u = tls_buffer(4, kRows * 6 * XS);
     float* wl = tls_buffer(5, panel_w);
     for (int xi = 0; xi < 36; ++xi) pack_a_panels<float>(nt, Cp, v + xi * vs, Cp, vp + xi * ps);
     for (int64_t jr = k0; jr < k1; jr += NR) {
       gather_panel(wa, jr, g.C, g.K, Cp, NR, wl);
       for (int64_t pc = 0; pc < Cp; pc += g.KC) {
         const int64_t kc = std::min(g.KC, Cp - pc);
-        transform_weights_piece<VB>(0, pc, kc, NR, NR, wl, u);
-        for (int xi = 0; xi < 36; ++xi)
-          product(vp + xi * ps + pc * ntp, u + xi * kc * NR, kc, m + xi * ms + (jr - k0), pc > 0);
-      }
-    }
-  }
-
-  // Output transform.
-  const int64_t kend = std::min(k1, g.K);
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t row = t / g.TW, tw = t % g.TW, n = row / g.TH, th = row % g.TH;
-    const int64_t h0 = th * 4, w0 = tw * 4;
-    const int64_t hn = std::min<int64_t>(4, g.Ho - h0), wn = std::min<int64_t>(4, g.Wo - w0);
-    const float* mt = m + (t - t0) * Kc;
-    for (int64_t k = k0; k < kend; k += L) {
-      V mm[36], tmp[24];
-      for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(mt + xi * ms + (k - k0));
-      for (int j = 0; j < 6; ++j) at6(mm + j, 6, tmp + j * 4);  // tmp[j][i] = (A^T m)[i][j]
-      const int64_t kl = std::min<int64_t>(L, g.K - k);
-      V b = V{};
-      if (bias) {
-        alignas(64) float bb[L] = {};
-        std::memcpy(bb, bias + k, kl * sizeof(float));
-        b = Vt::load(bb);
-      }
-      for (int i = 0; i < 4; ++i) {
-        V o[4];
-        at6(tmp + i, 4, o);
-        for (int j = 0; j < 4; ++j) {
-          o[j] += b;
-          if (!g.nhwc) {
-            Vt::store(obuf + (i * 4 + j) * Kc + (k - k0), o[j]);
-          } else if (i < hn && j < wn) {
-            float* dst = y + ((n * g.Ho + h0 + i) * g.Wo + w0 + j) * g.K + k;
-            if (kl == L)
-              Vt::store(dst, o[j]);
-            else
-              std::memcpy(dst, &o[j], kl * sizeof(float));
-          }
+        for (int i0 = 0; i0 < 6; i0 += kRows) {
+          transform_weights_piece<VB>(0, pc, kc, NR, NR, wl, u, XS, i0, kRows);
+          for (int xi = 6 * i0; xi < 6 * (i0 + kRows); ++xi)
+            product(vp + xi * ps + pc * ntp, u + (xi - 6 * i0) * XS, kc, m + xi * ms + (jr - k0), pc > 0);
         }
       }
-    }
-    if (!g.nhwc) {
-      const int64_t P = g.Ho * g.Wo;
-      float* yt = y + n * g.K * P + h0 * g.Wo + w0;
-      for (int64_t k = k0; k < kend; ++k) {
-        const float* src = obuf + (k - k0);
-        float* dst = yt + k * P;
-        for (int64_t i = 0; i < hn; ++i)
-          for (int64_t j = 0; j < wn; ++j) dst[i * g.Wo + j] = src[(i * 4 + j) * Kc];
-      }
+      out_transform(jr, jr + NR);
     }
   }
 }
