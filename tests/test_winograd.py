@@ -174,6 +174,9 @@ WGRAD_CASES = {
     "streams_64": (4, 64, 48, 48, 64, (1, 1, 1, 1)),
     "shared_96": (2, 96, 40, 40, 96, (1, 1, 1, 1)),
     "valid_32_48": (2, 32, 34, 34, 48, (0, 0, 0, 0)),
+    # C * K over 256 * 256: the block mode, 32 tiles of 7x7 images; over 256 tiles (two chunks)
+    "blocks_270_250_7x7": (8, 270, 7, 7, 250, (1, 1, 1, 1)),
+    "blocks_264_260_chunks": (4, 264, 8, 132, 260, (1, 1, 1, 1)),
 }
 
 
@@ -213,9 +216,10 @@ def test_weight_gradient_within_bound(case, layout):
 
 
 def test_weight_gradient_few_tiles_takes_the_direct_path():
-    """Under 128 tiles, 2 tiles a row (8x8 images) or C * K over 256 * 256: the direct product."""
+    """Under 128 tiles or 2 tiles a row (8x8 images); with C * K over 256 * 256, under 32 tiles:
+    the direct product."""
     g = torch.Generator().manual_seed(6)
-    for N, C, H, K in ((4, 32, 16, 32), (32, 32, 8, 32), (2, 272, 32, 256)):
+    for N, C, H, K in ((4, 32, 16, 32), (32, 32, 8, 32), (1, 272, 16, 256)):
         x = torch.randn(N, C, H, H, generator=g)
         gy = torch.randn(N, K, H, H, generator=g)
         run = lambda: torch.ops.convx.conv2d_backward_weight(gy, x, [K, C, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1,  # noqa
@@ -226,7 +230,7 @@ def test_weight_gradient_few_tiles_takes_the_direct_path():
 def test_weight_gradient_independent_of_thread_count():
     old = torch.get_num_threads()
     try:
-        for name in ("streams_64", "shared_96"):
+        for name in ("streams_64", "shared_96", "blocks_270_250_7x7"):
             N, C, H, W, K, pad = WGRAD_CASES[name]
             x, gy = _wgrad_tensors(WGRAD_CASES[name], "nchw")
             args = (gy, x, [K, C, 3, 3], [1, 1], list(pad), [1, 1], 1, False)

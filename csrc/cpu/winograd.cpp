@@ -33,7 +33,9 @@
 // other way round: 36 products M_xi [C, K] reducing over the tiles, in
 // chunks of tiles whose transforms are made just before (L2-sized when M is
 // small, each of 4 fixed streams of chunks with its own M, summed in order at
-// the end; shared by the threads otherwise), then dW = G^T M G. Its error
+// the end; shared by the threads otherwise), then dW = G^T M G; with C x K
+// over 256 x 256 (late layers, few tiles), every tile's transforms at once, then
+// blocks of about 64 x 64 (c, k) whose M is made and turned into dW in L2. Its error
 // against float64 (tests/test_winograd.py): at most 14 * 2^-24 times the
 // largest sum |x||dy| of the filter's 9 taps on the test shapes (the direct
 // product: under 1).
@@ -574,19 +576,20 @@ inline int64_t wgrad_ms(const Geometry& g) { return g.Cp * g.Kp + 16; }
 // stores and the loads above were each half of the function's time (256 @14: 10 % of the
 // layer's forward + backward).
 template <int VB>
-WINO_INLINE void wgrad_output(const float* m, const Geometry& g, int64_t c0, int64_t c1, bool krsc, float* dw) {
+// m: M's element (c0, k0) of point 0, points ms apart, rows ldm apart; k0 a multiple of L.
+WINO_INLINE void wgrad_output(const float* m, int64_t ms, int64_t ldm, const Geometry& g, int64_t c0, int64_t c1,
+                              int64_t k0, int64_t k1, bool krsc, float* dw) {
   using Vt = Vec<VB>;
   using V = typename Vt::V;
   constexpr int L = Vt::L;
   constexpr int64_t CB = 16;
-  const int64_t ms = wgrad_ms(g);
   alignas(64) float ob[CB][9][L];
   for (int64_t cb = c0; cb < c1; cb += CB) {
     const int64_t nc = std::min(CB, c1 - cb);
-    for (int64_t k = 0; k < g.K; k += L) {
+    for (int64_t k = k0; k < k1; k += L) {
       for (int64_t c = cb; c < cb + nc; ++c) {
         V mm[36], tmp[18];
-        for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(m + xi * ms + c * g.Kp + k);
+        for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(m + xi * ms + (c - c0) * ldm + (k - k0));
         for (int j = 0; j < 6; ++j) gt6(mm + j, 6, tmp + j * 3);  // tmp[j][r] = (G^T m)[r][j]
         for (int r = 0; r < 3; ++r) {
           V o[3];
@@ -594,7 +597,7 @@ WINO_INLINE void wgrad_output(const float* m, const Geometry& g, int64_t c0, int
           for (int s = 0; s < 3; ++s) Vt::store(ob[c - cb][r * 3 + s], o[s]);
         }
       }
-      const int64_t kl = std::min<int64_t>(L, g.K - k);
+      const int64_t kl = std::min<int64_t>(L, k1 - k);
       for (int64_t kk = 0; kk < kl; ++kk) {
         if (krsc) {
           for (int rs = 0; rs < 9; ++rs) {
@@ -629,8 +632,9 @@ WINO_TARGETS(WINO_DEFINE)
                                     int64_t t1, float* v, int64_t vs, float* du, int64_t us) {                 \
     wgrad_transforms<vb>(x, dy, g, tc, t0, t1, v, vs, du, us);                                                 \
   }                                                                                                            \
-  attr void wgrad_output_##name(const float* m, const Geometry& g, int64_t c0, int64_t c1, bool krsc, float* dw) { \
-    wgrad_output<vb>(m, g, c0, c1, krsc, dw);                                                                  \
+  attr void wgrad_output_##name(const float* m, int64_t ms, int64_t ldm, const Geometry& g, int64_t c0,            \
+                                int64_t c1, int64_t k0, int64_t k1, bool krsc, float* dw) {                     \
+    wgrad_output<vb>(m, ms, ldm, g, c0, c1, k0, k1, krsc, dw);                                                 \
   }
 WINO_TARGETS(WINO_DEFINE_WGRAD)
 #undef WINO_DEFINE_WGRAD
@@ -695,6 +699,12 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, 
   });
 }
 
+// Whether a weight gradient's transforms of all its tiles at once fit the block mode's budget
+// (weight_grad3x3): 36 x tiles x (Cp + Kp) floats up to 48 MB (512 channels @14, batch 8: 19 MB).
+inline bool wgrad_by_blocks(int64_t tiles, int64_t Cp, int64_t Kp) {
+  return 36 * tiles * (Cp + Kp) * int64_t(sizeof(float)) <= (int64_t(48) << 20);
+}
+
 // The weight gradient wants many tiles: its 36 products reduce over the tiles,
 // and M (36 x C x K floats) is written (large M: read and written once per
 // chunk of tiles) and transformed at the end. Measured here (2-core Xeon,
@@ -703,12 +713,18 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, 
 // -> 1.8-1.9, 16 @112 5.7-7.6 -> 2.8-4.2; slower: 512 @14 (M 38 MB) 31-34 ->
 // 37-45 ms, 512 @7 and 512 @14 at batch 2 (32 tiles) 2-3x, 8x8 images (2
 // tiles a row, the bands' copies dominate) 16 and 32 channels 0.26-0.34 ->
-// 0.36-0.44 ms.
+// 0.36-0.44 ms. Past 256 x 256 channels, by blocks (weight_grad3x3) from 32 tiles
+// (7x7 images too), one thread, batch 8, per-round ratios against torch: 512 @7
+// 1.06-1.17 -> 1.67-1.80, 512 @14 0.80 -> 1.80. (The block mode at 256 x 256 and
+// under: 1.50-2.00 against the streams' and shared M's 1.91-2.45.)
 bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
                             int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo) {
   const int64_t tiles = N * ceil_div(Ho, 4) * ceil_div(Wo, 4);
-  return R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 &&
-         C >= 16 && K >= 16 && C * K <= 256 * 256 && Ho >= 4 && ceil_div(Wo, 4) >= 3 && tiles >= kWgradMinTiles;
+  if (!(R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 && C >= 16 &&
+        K >= 16 && Ho >= 4 && Wo >= 4))
+    return false;
+  if (C * K <= 256 * 256) return ceil_div(Wo, 4) >= 3 && tiles >= kWgradMinTiles;
+  return tiles >= kWgradMinBlockTiles && wgrad_by_blocks(tiles, round_up(C, kCAlign), round_up(K, kCAlign));
 }
 
 void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64_t N, int64_t C, int64_t H, int64_t W,
@@ -718,6 +734,13 @@ void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64
   const Isa isa = cpu_isa();
   const int64_t T = N * g.TH * g.TW, MR = g.MR, NR = g.NR, msize = 36 * wgrad_ms(g);
   const int64_t cpanels = ceil_div(g.Cp, MR), units = 36 * cpanels;
+  auto output = [&](const float* m, int64_t ms, int64_t ldm, int64_t c0, int64_t c1, int64_t k0, int64_t k1) {
+    switch (isa) {
+      case Isa::Avx512: return wgrad_output_avx512(m, ms, ldm, g, c0, c1, k0, k1, krsc, dw);
+      case Isa::Avx2: return wgrad_output_avx2(m, ms, ldm, g, c0, c1, k0, k1, krsc, dw);
+      default: return wgrad_output_base(m, ms, ldm, g, c0, c1, k0, k1, krsc, dw);
+    }
+  };
   auto transforms = [&](int64_t tc, int64_t b, int64_t e, float* v, int64_t vs, float* du, int64_t us) {
     switch (isa) {
       case Isa::Avx512: return wgrad_transforms_avx512(x, dy, g, tc, b, e, v, vs, du, us);
@@ -743,6 +766,46 @@ void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64
         micro_tile_product_b_rows<float>(mt, kc, ap, du + xi * us + j, g.Kp, mrow + j, g.Kp, mr, add);
     }
   };
+  if (C * K > 256 * 256) {  // (weight_grad_applicable: then wgrad_by_blocks)
+    // Large M, few tiles (a late layer: 512 channels @7 or @14): every tile's transforms at
+    // once (36 x T x (Cp + Kp) floats), then blocks of about 64 x 64 (c, k), each one's M for
+    // the 36 points made in the thread's L2 (36 x 64 x 64 floats, 590 KB) and transformed to
+    // dW there: M (36 x C x K floats, 38 MB at 512 x 512) never goes to memory, and each block
+    // reads V's and dU's slices of its channels (1 / 8 of them at 512 channels).
+    const int64_t vs = T * g.Cp + 16, us = T * g.Kp + 16;
+    auto tbuf = at::empty({36 * (vs + us) + NR}, at::kFloat);
+    float* v = tbuf.data_ptr<float>();
+    float* du = v + 36 * vs;
+    at::parallel_for(0, T, 8, [&](int64_t b, int64_t e) { transforms(0, b, e, v, vs, du, us); });
+    const int64_t CB = std::max<int64_t>(1, 64 / MR) * MR, KB = std::max<int64_t>(1, 64 / NR) * NR;
+    const int64_t nbc = ceil_div(g.Cp, CB), nbk = ceil_div(g.Kp, KB), bms = CB * KB + 16;
+    at::parallel_for(0, nbc * nbk, 1, [&](int64_t b, int64_t e) {
+      float* ap = tls_buffer(2, MR * g.KC);
+      float* mb = tls_buffer(3, 36 * bms);
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t c0 = blk / nbk * CB, k0 = blk % nbk * KB;
+        const int64_t c1 = std::min(g.Cp, c0 + CB), k1 = std::min(g.Kp, k0 + KB);
+        for (int xi = 0; xi < 36; ++xi)
+          for (int64_t cp = c0; cp < c1; cp += MR) {
+            const int64_t mr = std::min(MR, g.Cp - cp);
+            for (int64_t pc = 0; pc < T; pc += g.KC) {
+              const int64_t kc = std::min(g.KC, T - pc);
+              const float* src = v + xi * vs + pc * g.Cp + cp;
+              for (int64_t t = 0; t < kc; ++t) {
+                float* d = ap + t * MR;
+                for (int64_t i = 0; i < mr; ++i) d[i] = src[t * g.Cp + i];
+                for (int64_t i = mr; i < MR; ++i) d[i] = 0.f;
+              }
+              for (int64_t j = k0; j < k1; j += NR)
+                micro_tile_product_b_rows<float>(mt, kc, ap, du + xi * us + pc * g.Kp + j, g.Kp,
+                                                 mb + xi * bms + (cp - c0) * KB + (j - k0), KB, mr, pc > 0);
+            }
+          }
+        output(mb, bms, KB, c0, std::min(c1, C), k0, std::min(k1, K));
+      }
+    });
+    return;
+  }
   at::Tensor mbuf;
   float* m;
   if (int64_t(sizeof(float)) * msize <= (int64_t(1) << 20)) {
@@ -791,13 +854,7 @@ void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64
       at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { products(b, e, kc, v, vs, du, us, m, tc > 0); });
     }
   }
-  at::parallel_for(0, C, 4, [&](int64_t b, int64_t e) {
-    switch (isa) {
-      case Isa::Avx512: return wgrad_output_avx512(m, g, b, e, krsc, dw);
-      case Isa::Avx2: return wgrad_output_avx2(m, g, b, e, krsc, dw);
-      default: return wgrad_output_base(m, g, b, e, krsc, dw);
-    }
-  });
+  at::parallel_for(0, C, 4, [&](int64_t b, int64_t e) { output(m + b * g.Kp, wgrad_ms(g), g.Kp, b, e, 0, K); });
 }
 
 }  // namespace convx::cpu::winograd
