@@ -699,10 +699,11 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, 
   });
 }
 
-// Whether a weight gradient's transforms of all its tiles at once fit the block mode's budget
-// (weight_grad3x3): 36 x tiles x (Cp + Kp) floats up to 48 MB (512 channels @14, batch 8: 19 MB).
+// Whether a weight gradient's transforms of all its tiles at once, and V's packed copy, fit the
+// block mode's budget (weight_grad3x3): 36 x tiles x (2 Cp + Kp) floats up to 64 MB (512
+// channels @14, batch 8: 28 MB).
 inline bool wgrad_by_blocks(int64_t tiles, int64_t Cp, int64_t Kp) {
-  return 36 * tiles * (Cp + Kp) * int64_t(sizeof(float)) <= (int64_t(48) << 20);
+  return 36 * tiles * (2 * Cp + Kp) * int64_t(sizeof(float)) <= (int64_t(64) << 20);
 }
 
 // The weight gradient wants many tiles: its 36 products reduce over the tiles,
@@ -772,15 +773,27 @@ void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64
     // the 36 points made in the thread's L2 (36 x 64 x 64 floats, 590 KB) and transformed to
     // dW there: M (36 x C x K floats, 38 MB at 512 x 512) never goes to memory, and each block
     // reads V's and dU's slices of its channels (1 / 8 of them at 512 channels).
-    const int64_t vs = T * g.Cp + 16, us = T * g.Kp + 16;
-    auto tbuf = at::empty({36 * (vs + us) + NR}, at::kFloat);
+    // V then packed into the products' row panels once ([xi][c panel][t][MR]), not once a block
+    const int64_t vs = T * g.Cp + 16, us = T * g.Kp + 16, pps = T * MR;
+    auto tbuf = at::empty({36 * (vs + us) + 36 * cpanels * pps + NR}, at::kFloat);
     float* v = tbuf.data_ptr<float>();
     float* du = v + 36 * vs;
+    float* vp = du + 36 * us;
     at::parallel_for(0, T, 8, [&](int64_t b, int64_t e) { transforms(0, b, e, v, vs, du, us); });
+    at::parallel_for(0, units, 8, [&](int64_t b, int64_t e) {
+      for (int64_t u = b; u < e; ++u) {
+        const int64_t xi = u / cpanels, cp = u % cpanels * MR, mr = std::min(MR, g.Cp - cp);
+        const float* src = v + xi * vs + cp;
+        float* d = vp + u * pps;
+        for (int64_t t = 0; t < T; ++t, d += MR) {
+          for (int64_t i = 0; i < mr; ++i) d[i] = src[t * g.Cp + i];
+          for (int64_t i = mr; i < MR; ++i) d[i] = 0.f;
+        }
+      }
+    });
     const int64_t CB = std::max<int64_t>(1, 64 / MR) * MR, KB = std::max<int64_t>(1, 64 / NR) * NR;
     const int64_t nbc = ceil_div(g.Cp, CB), nbk = ceil_div(g.Kp, KB), bms = CB * KB + 16;
     at::parallel_for(0, nbc * nbk, 1, [&](int64_t b, int64_t e) {
-      float* ap = tls_buffer(2, MR * g.KC);
       float* mb = tls_buffer(3, 36 * bms);
       for (int64_t blk = b; blk < e; ++blk) {
         const int64_t c0 = blk / nbk * CB, k0 = blk % nbk * KB;
@@ -788,16 +801,11 @@ void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64
         for (int xi = 0; xi < 36; ++xi)
           for (int64_t cp = c0; cp < c1; cp += MR) {
             const int64_t mr = std::min(MR, g.Cp - cp);
+            const float* ap = vp + (xi * cpanels + cp / MR) * pps;
             for (int64_t pc = 0; pc < T; pc += g.KC) {
               const int64_t kc = std::min(g.KC, T - pc);
-              const float* src = v + xi * vs + pc * g.Cp + cp;
-              for (int64_t t = 0; t < kc; ++t) {
-                float* d = ap + t * MR;
-                for (int64_t i = 0; i < mr; ++i) d[i] = src[t * g.Cp + i];
-                for (int64_t i = mr; i < MR; ++i) d[i] = 0.f;
-              }
               for (int64_t j = k0; j < k1; j += NR)
-                micro_tile_product_b_rows<float>(mt, kc, ap, du + xi * us + pc * g.Kp + j, g.Kp,
+                micro_tile_product_b_rows<float>(mt, kc, ap + pc * MR, du + xi * us + pc * g.Kp + j, g.Kp,
                                                  mb + xi * bms + (cp - c0) * KB + (j - k0), KB, mr, pc > 0);
             }
           }
