@@ -37,7 +37,8 @@ CASES = {
     "k16_56": (1, 32, 56, 56, 16, (1, 1, 1, 1)),
     "resnet_l2": (2, 128, 28, 28, 128, (1, 1, 1, 1)),
 }
-LAYOUTS = ["nchw", "nhwc", "x_nhwc_w_nchw"]
+# (the weight is read in either layout in place: OIHW, or channels_last's KRSC)
+LAYOUTS = ["nchw", "nhwc", "x_nhwc_w_nchw", "x_nchw_w_nhwc"]
 
 
 def _tensors(case, layout, seed=0):
@@ -46,8 +47,9 @@ def _tensors(case, layout, seed=0):
     x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
     w = torch.randn(K, C, 3, 3, generator=g, dtype=torch.float64)
     b = torch.randn(K, generator=g, dtype=torch.float64)
-    x32 = x.float().contiguous(memory_format=torch.channels_last if layout != "nchw" else torch.contiguous_format)
-    w32 = w.float().contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    cl, dense = torch.channels_last, torch.contiguous_format
+    x32 = x.float().contiguous(memory_format=cl if layout in ("nhwc", "x_nhwc_w_nchw") else dense)
+    w32 = w.float().contiguous(memory_format=cl if layout in ("nhwc", "x_nchw_w_nhwc") else dense)
     return x, w, b, x32, w32, b.float(), pad
 
 

@@ -158,14 +158,16 @@ struct WeightArgs {
   const float* w;
   int64_t sk, sc;
   bool flip;
+  int64_t ts;  // the taps' stride: 1 (OIHW), or the channels' count (KRSC, sc == 1)
 };
 
-// dst[j][i] = src[i * rs + j] for i < ni (rows of dst past ni: 0 .. n), j < nj; dst row stride NR.
+// dst[j][i] = src[i * rs + j] for i < ni (rows of dst past ni: 0 .. NR), j < nj; dst rows ldd apart.
 // 16 columns at a time, all rows of them (4 x 4 transpositions): dst's 16 rows are written whole
 // before the next, and each source line read once. (Four rows at a time, all columns, swept dst,
 // 9C rows of NR floats, NR / 4 times 16 bytes a row: a 512-channel layer's panel is 590 KB, and
 // the gathers took 9 % of its time at 7 x 7.)
-inline void transpose_rows(const float* src, int64_t rs, int64_t ni, int64_t nj, float* dst, int64_t NR) {
+inline void transpose_rows(const float* src, int64_t rs, int64_t ni, int64_t nj, float* dst, int64_t NR,
+                           int64_t ldd) {
   const int64_t ni4 = ni / 4 * 4, nj4 = nj / 4 * 4;
   for (int64_t jb = 0; jb < nj4; jb += 16) {
     const int64_t je = std::min(jb + 16, nj4);
@@ -175,34 +177,47 @@ inline void transpose_rows(const float* src, int64_t rs, int64_t ni, int64_t nj,
       for (int64_t j = jb; j < je; j += 4) {
         __m128 x0 = _mm_loadu_ps(r0 + j), x1 = _mm_loadu_ps(r1 + j), x2 = _mm_loadu_ps(r2 + j), x3 = _mm_loadu_ps(r3 + j);
         _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
-        _mm_storeu_ps(dst + (j + 0) * NR + i, x0);
-        _mm_storeu_ps(dst + (j + 1) * NR + i, x1);
-        _mm_storeu_ps(dst + (j + 2) * NR + i, x2);
-        _mm_storeu_ps(dst + (j + 3) * NR + i, x3);
+        _mm_storeu_ps(dst + (j + 0) * ldd + i, x0);
+        _mm_storeu_ps(dst + (j + 1) * ldd + i, x1);
+        _mm_storeu_ps(dst + (j + 2) * ldd + i, x2);
+        _mm_storeu_ps(dst + (j + 3) * ldd + i, x3);
       }
     }
   }
   for (int64_t i = 0; i < ni4; ++i)
-    for (int64_t j = nj4; j < nj; ++j) dst[j * NR + i] = src[i * rs + j];
+    for (int64_t j = nj4; j < nj; ++j) dst[j * ldd + i] = src[i * rs + j];
   for (int64_t i = ni4; i < ni; ++i)
-    for (int64_t j = 0; j < nj; ++j) dst[j * NR + i] = src[i * rs + j];
-  for (int64_t j = 0; j < nj; ++j) std::fill(dst + j * NR + ni, dst + (j + 1) * NR, 0.f);
+    for (int64_t j = 0; j < nj; ++j) dst[j * ldd + i] = src[i * rs + j];
+  for (int64_t j = 0; j < nj; ++j) std::fill(dst + j * ldd + ni, dst + j * ldd + NR, 0.f);
 }
 
 void gather_panel(const WeightArgs& wa, int64_t k0, int64_t C, int64_t K, int64_t Cp, int64_t NR, float* dst) {
   const int64_t nk = std::clamp<int64_t>(K - k0, 0, NR);
-  if (!wa.flip) {
+  if (nk == 0) {
+    std::fill(dst, dst + 9 * Cp * NR, 0.f);
+    return;
+  }
+  if (wa.ts == 1 && !wa.flip) {
     // rows k of w are [C][9] contiguous: one transposition of nk x 9C
-    if (nk > 0) transpose_rows(wa.w + k0 * wa.sk, wa.sk, nk, 9 * C, dst, NR);
-    else std::fill(dst, dst + 9 * C * NR, 0.f);
-  } else {
+    transpose_rows(wa.w + k0 * wa.sk, wa.sk, nk, 9 * C, dst, NR, NR);
+  } else if (wa.ts == 1) {
     // g(k, c, r, s) = w[c][k][2-r][2-s]: per c a transposition of nk x 9, then the taps reversed
     for (int64_t c = 0; c < C; ++c) {
       float* d = dst + c * 9 * NR;
-      if (nk > 0) transpose_rows(wa.w + c * wa.sk + k0 * wa.sc, wa.sc, nk, 9, d, NR);
-      else std::fill(d, d + 9 * NR, 0.f);
+      transpose_rows(wa.w + c * wa.sk + k0 * wa.sc, wa.sc, nk, 9, d, NR, NR);
       for (int rs = 0; rs < 4; ++rs) std::swap_ranges(d + rs * NR, d + (rs + 1) * NR, d + (8 - rs) * NR);
     }
+  } else if (!wa.flip) {
+    // KRSC, rows k of w are [9][C]: per tap a transposition of nk x C into rows 9 apart
+    for (int rs = 0; rs < 9; ++rs) transpose_rows(wa.w + k0 * wa.sk + rs * wa.ts, wa.sk, nk, C, dst + rs * NR, NR, 9 * NR);
+  } else {
+    // KRSC flipped, g(k, c, r, s) = w[c][2-r][2-s][k]: runs of nk along k
+    for (int64_t c = 0; c < C; ++c)
+      for (int rs = 0; rs < 9; ++rs) {
+        float* d = dst + (c * 9 + rs) * NR;
+        std::memcpy(d, wa.w + c * wa.sk + (8 - rs) * wa.ts + k0, nk * sizeof(float));
+        std::fill(d + nk, d + NR, 0.f);
+      }
   }
   std::fill(dst + 9 * C * NR, dst + 9 * Cp * NR, 0.f);
 }
@@ -656,13 +671,13 @@ bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t s
          C >= 16 && K >= 16 && Ho >= 4 && Wo >= 4 && tiles >= 24;
 }
 
-void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, const float* bias, float* y,
+void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias, float* y,
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
              int64_t pad_l, bool nhwc) {
   const MicroTile mt = micro_tile<float>();
   const Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
   const Isa isa = cpu_isa();
-  const WeightArgs wa{w, sk, sc, flip};
+  const WeightArgs wa{w, sk, sc, flip, ts};
 
   // Blocks of TB tiles, and chunks of the output channels so that there are at
   // least 2 tasks a thread. Each task transforms the weights of its channels,

@@ -20,10 +20,12 @@ bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t s
 // y [N, K, Ho, Wo] = bias + sum_{c,r,s} g(k, c, r, s) x[n, c, ho - pad_t + r, wo - pad_l + s]
 // (positions outside x read 0; pad_t / pad_l may be negative). x and y are
 // contiguous NCHW, or NHWC when `nhwc`. The filter g is read from w:
-//   flip == false: g(k, c, r, s) = w[k*sk + c*sc + r*3 + s]           (the forward convolution)
-//   flip == true:  g(k, c, r, s) = w[c*sk + k*sc + (2-r)*3 + (2-s)]   (the data gradient: w
+//   flip == false: g(k, c, r, s) = w[k*sk + c*sc + (r*3 + s)*ts]           (the forward convolution)
+//   flip == true:  g(k, c, r, s) = w[c*sk + k*sc + ((2-r)*3 + (2-s))*ts]   (the data gradient: w
 //                  transposed and rotated, for the stride-1 convolution of dY)
-void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, bool flip, const float* bias, float* y,
+// with ts == 1 (an OIHW weight: sk = 9 C, sc = 9 forward) or sc == 1 (channels_last's KRSC: the
+// taps ts = C apart, sk = 9 C forward; flipped, the forward weight's 9 K and K), read in place.
+void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias, float* y,
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
              int64_t pad_l, bool nhwc);
 
