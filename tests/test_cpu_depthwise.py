@@ -26,7 +26,9 @@ CASES = [
     ((3, 3), 2, 1, 1),
 ]
 C = 37
-SIZES = [(23, 40), (9, 13)]  # rows of two or more 64-byte blocks; narrow planes (the zero-padded copy)
+# rows of two or more 64-byte blocks; narrow planes (the zero-padded copy), whose rows are copied
+# by 16-, 32- and 64-byte moves (the last overlapping) or, under 16 bytes, one at a time
+SIZES = [(23, 40), (9, 13), (7, 21), (5, 3)]
 
 
 def check(layout, dtype, case, size=SIZES[0]):
