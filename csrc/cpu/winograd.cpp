@@ -18,12 +18,14 @@
 //    its tiles vectorised along channels into V [36][tiles][C] and packs each
 //    V_xi once into the GEMM's row panels;
 //  * for each panel of NR output channels and chunk of KC input channels it
-//    transforms that piece of the weights (vectorised along k, 36 x KC x NR
+//    transforms that piece of the weights (read in place, OIHW or channels_last;
+//    vectorised along k, two rows of the 6 x 6 points at a time, 12 x KC x NR
 //    floats: L2-sized, so the transformed weights, 4x the weights, never go
 //    to memory) and runs the micro-kernel over the block's row panels for
-//    each of the 36 points, into M [36][tiles][Kc];
-//  * it transforms M into the output, adding the bias (NCHW output through a
-//    16 x Kc tile transposed on store);
+//    each of those points, into M [36][tiles][Kc];
+//  * once a panel's products are done it transforms its slice of M into the
+//    output, adding the bias (NCHW output through a 16 x Kc tile transposed on
+//    store);
 //  * every task body is compiled for AVX-512, AVX2 + FMA and the baseline and
 //    picked by cpu_isa(), as the GEMM's micro-kernels are.
 // Nothing depends on the thread count: each output element is computed by one
@@ -580,18 +582,17 @@ WINO_INLINE void wgrad_transforms(const float* x, const float* dy, const Geometr
   }
 }
 
-// dW from M [36][Cp][Kp] for input channels [c0, c1): dW[k][c][r][s] (kcrs) or dW[k][r][s][c].
-// M's points' slices (Cp x Kp floats) 64 bytes more than that apart: at a multiple of 4 KiB
-// the 36 loads of a (c, k) vector below all fell into one L1 set.
+// M [36][Cp][Kp]'s points' slices (Cp x Kp floats) 64 bytes more than that apart: at a
+// multiple of 4 KiB the 36 loads of a (c, k) vector below all fell into one L1 set.
 inline int64_t wgrad_ms(const Geometry& g) { return g.Cp * g.Kp + 16; }
 
-// dW from M for the input channels [c0, c1): 16 channels at a time into a [16][9][L] block,
-// then written in runs along dW's rows (c then the taps, or in KRSC the channels): written
-// a float at a time in place, a (c, k) vector's 9 L floats went to 9 L lines, and the
-// stores and the loads above were each half of the function's time (256 @14: 10 % of the
-// layer's forward + backward).
+// dW from M for the input channels [c0, c1) and output channels [k0, k1): dW[k][c][r][s]
+// (kcrs) or dW[k][r][s][c] (krsc). m: M's element (c0, k0) of point 0, points ms apart, rows
+// ldm apart; k0 a multiple of L. 16 channels at a time into a [16][9][L] block, then written
+// in runs along dW's rows (c then the taps, or in KRSC the channels): written a float at a
+// time in place, a (c, k) vector's 9 L floats went to 9 L lines, and the stores and the loads
+// were each half of the function's time (256 @14: 10 % of the layer's forward + backward).
 template <int VB>
-// m: M's element (c0, k0) of point 0, points ms apart, rows ldm apart; k0 a multiple of L.
 WINO_INLINE void wgrad_output(const float* m, int64_t ms, int64_t ldm, const Geometry& g, int64_t c0, int64_t c1,
                               int64_t k0, int64_t k1, bool krsc, float* dw) {
   using Vt = Vec<VB>;
