@@ -74,6 +74,10 @@ CASES = {
     # split between the threads (the im2col's rows read in place)
     "stem_blocked": (2, 3, 100, 98, 20, (7, 7), 2, (3, 3, 3, 3), 1, 1),
     "stem_blocked_few_k": (1, 3, 99, 100, 12, (7, 7), 2, (3, 2, 3, 2), 1, 1),
+    # the tiles path with whole row panels (Kg 16: dY read in place), a filter row's taps one
+    # run (3 x 10 floats), a last panel of 26 of 32 columns, four chunks of pixels (as VGG's
+    # 3-channel first layer past the scratch cap)
+    "tiles_dy_in_place": (2, 10, 41, 41, 16, (3, 3), 2, (1, 1, 1, 1), 1, 1),
 }
 
 

@@ -274,24 +274,6 @@ struct Im2colRows {
   const Conv2dParams* p;
 };
 
-// n floats from s to d in whole 64-, 32- or 16-byte moves, the last one overlapping
-// the one before (short runs: a scalar tail cost more than the vector copies).
-CONVX_ALWAYS_INLINE inline void copy_run(float* d, const float* s, int64_t n) {
-  if (n >= 16) {
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) __builtin_memcpy(d + j, s + j, 64);
-    if (j < n) __builtin_memcpy(d + n - 16, s + n - 16, 64);
-  } else if (n >= 8) {
-    __builtin_memcpy(d, s, 32);
-    __builtin_memcpy(d + n - 8, s + n - 8, 32);
-  } else if (n >= 4) {
-    __builtin_memcpy(d, s, 16);
-    __builtin_memcpy(d + n - 4, s + n - 4, 16);
-  } else {
-    for (int64_t j = 0; j < n; ++j) d[j] = s[j];
-  }
-}
-
 // The same rows read in place (gemm_rows' direct rows) where they can be: one group, dilation 1
 // along W, `count` output pixels of one image row whose taps in [k0, k0 + kc) all lie inside the
 // image; the reduction blocked at filter rows of S*C floats (seg_len), so a block is whole filter
@@ -704,6 +686,7 @@ void wgrad_nhwc_tiles(const float* x, const float* gy, float* out, const Conv2dS
   const int64_t MR = mt.MR, NR = mt.NR, KC = mt.KC;
   const int64_t Cg = sh.Cg, Kg = sh.Kg, S = sh.S, CRS = Cg * sh.R * S, P = sh.Ho * sh.Wo;
   const int64_t mp = ceil_div(Kg, MR), np = ceil_div(j1 - j0, NR);
+  const bool a_in_place = Kg % MR == 0;  // dY^T's row panels read where they are
   float* ap = workspace<float>(mp * MR * KC + np * NR * KC);
   float* bp = ap + mp * MR * KC;
   alignas(64) float tile[12 * 32];
@@ -718,6 +701,29 @@ void wgrad_nhwc_tiles(const float* x, const float* gy, float* out, const Conv2dS
     runs.push_back({(tap / S) * p.dil_h, (tap % S) * p.dil_w, j - tap * Cg, (j - j0) / NR, pos, len});
     j += len;
   }
+  // Runs that continue one another in memory as well as in the panel (one group, dilation 1: a
+  // filter row's taps are S * C consecutive floats, 9 for a 3-channel first layer) merged into
+  // one, copied at once where all its pixels are inside the image; runs[first, first + n) are
+  // its pieces, for the edges. (VGG's first layer, channels_last, 224x224: its 27 columns went
+  // as 9 copies of 3 floats a pixel; its weight gradient ran at 0.46x torch.)
+  struct Merged {
+    int64_t first, n, len;
+  };
+  std::vector<Merged> merged;
+  for (int64_t i = 0; i < int64_t(runs.size()); ++i) {
+    const Run &u = runs[i];
+    if (!merged.empty()) {
+      Merged& m = merged.back();
+      const Run& f = runs[m.first];
+      const Run& v = runs[i - 1];
+      if (Cg == sh.C && p.dil_w == 1 && u.dh == f.dh && u.dw == v.dw + 1 && u.panel == f.panel &&
+          u.pos == v.pos + v.len && v.c + v.len == Cg && u.c == 0) {
+        ++m.n, m.len += u.len;
+        continue;
+      }
+    }
+    merged.push_back({i, 1, u.len});
+  }
   int64_t pix_x[kMaxKC], pix_h[kMaxKC], pix_w[kMaxKC];
   TORCH_INTERNAL_ASSERT(KC <= kMaxKC);
   for (int64_t c0q = q0; c0q < q1; c0q += KC) {
@@ -725,15 +731,19 @@ void wgrad_nhwc_tiles(const float* x, const float* gy, float* out, const Conv2dS
     // A: dY^T [Kg, kc] in row panels [mp][kc][MR] (dY's pixels are consecutive across images);
     // B: im2col rows (pixels) in column panels [np][kc][NR], a tap's channels copied as runs
     // within a panel. Both loops compiled for the CPU's widest ISA (isa_each.h).
-    each(0, kc, [&](int64_t q) CONVX_ALWAYS_INLINE {
-      const float* src = gy + (c0q + q) * sh.K + g * Kg;
-      for (int64_t ip = 0; ip < mp; ++ip) {
-        const int64_t k0 = ip * MR, kn = std::min(MR, Kg - k0);
-        float* d = ap + (ip * kc + q) * MR;
-        for (int64_t i = 0; i < kn; ++i) d[i] = src[k0 + i];
-        for (int64_t i = kn; i < MR; ++i) d[i] = 0.f;
-      }
-    });
+    // (whole row panels read dY in place: a pixel's MR channels are MR consecutive floats, K
+    // apart from the next pixel's; packing them took twice the products' time in VGG's first
+    // layer, whose dY is 64 channels of 224x224)
+    if (!a_in_place)
+      each(0, kc, [&](int64_t q) CONVX_ALWAYS_INLINE {
+        const float* src = gy + (c0q + q) * sh.K + g * Kg;
+        for (int64_t ip = 0; ip < mp; ++ip) {
+          const int64_t k0 = ip * MR, kn = std::min(MR, Kg - k0);
+          float* d = ap + (ip * kc + q) * MR;
+          for (int64_t i = 0; i < kn; ++i) d[i] = src[k0 + i];
+          for (int64_t i = kn; i < MR; ++i) d[i] = 0.f;
+        }
+      });
     int64_t pn = c0q / P, ph = (c0q % P) / sh.Wo, pw = c0q % sh.Wo;  // the chunk's pixels, counted on
     for (int64_t q = 0; q < kc; ++q) {                                // (no divisions per pixel and tap)
       pix_x[q] = pn * sh.H * sh.W * sh.C + g * Cg;
@@ -746,14 +756,23 @@ void wgrad_nhwc_tiles(const float* x, const float* gy, float* out, const Conv2dS
     }
     each(0, kc, [&](int64_t q) CONVX_ALWAYS_INLINE {
       const float* xn = x + pix_x[q];
-      for (const Run& u : runs) {
-        const int64_t h = pix_h[q] + u.dh, w = pix_w[q] + u.dw;
-        float* d = bp + u.panel * kc * NR + q * NR + u.pos;
-        if (h >= 0 && h < sh.H && w >= 0 && w < sh.W) {
-          const float* sp = xn + (h * sh.W + w) * sh.C + u.c;
-          for (int64_t i = 0; i < u.len; ++i) d[i] = sp[i];
-        } else {
-          for (int64_t i = 0; i < u.len; ++i) d[i] = 0.f;
+      for (const Merged& m : merged) {
+        const Run& f = runs[m.first];
+        const int64_t h = pix_h[q] + f.dh, w = pix_w[q] + f.dw;
+        if (h >= 0 && h < sh.H && w >= 0 && w + m.n - 1 < sh.W) {
+          copy_run(bp + f.panel * kc * NR + q * NR + f.pos, xn + (h * sh.W + w) * sh.C + f.c, m.len);
+          continue;
+        }
+        for (int64_t i = m.first; i < m.first + m.n; ++i) {
+          const Run& u = runs[i];
+          const int64_t hu = pix_h[q] + u.dh, wu = pix_w[q] + u.dw;
+          float* d = bp + u.panel * kc * NR + q * NR + u.pos;
+          if (hu >= 0 && hu < sh.H && wu >= 0 && wu < sh.W) {
+            const float* sp = xn + (hu * sh.W + wu) * sh.C + u.c;
+            for (int64_t k = 0; k < u.len; ++k) d[k] = sp[k];
+          } else {
+            for (int64_t k = 0; k < u.len; ++k) d[k] = 0.f;
+          }
         }
       }
       if (const int64_t used = (j1 - j0) % NR; used != 0) {
@@ -767,6 +786,18 @@ void wgrad_nhwc_tiles(const float* x, const float* gy, float* out, const Conv2dS
       for (int64_t ip = 0; ip < mp; ++ip) {
         const int64_t mr = std::min(MR, Kg - ip * MR);
         float* c = out + ip * MR * CRS + c0;
+        if (a_in_place) {
+          const float* a = gy + c0q * sh.K + g * Kg + ip * MR;
+          const float* b = bp + jp * kc * NR;
+          if (nc == NR) {
+            micro_tile_product_runs<float>(mt, 1, kc, a, sh.K, 0, b, NR, 0, c, CRS, add);
+            continue;
+          }
+          micro_tile_product_runs<float>(mt, 1, kc, a, sh.K, 0, b, NR, 0, tile, NR, false);
+          for (int64_t i = 0; i < MR; ++i)
+            for (int64_t j = 0; j < nc; ++j) c[i * CRS + j] = add ? c[i * CRS + j] + tile[i * NR + j] : tile[i * NR + j];
+          continue;
+        }
         if (nc == NR) {
           micro_tile_product<float>(mt, kc, ap + ip * kc * MR, bp + jp * kc * NR, c, CRS, mr, add);
           continue;

@@ -18,7 +18,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 namespace convx::cpu::depthwise {
@@ -52,33 +51,6 @@ inline bool rows_inside(int64_t ho, const Conv2dShape& sh, const Conv2dParams& p
   return h0 >= 0 && h0 + (sh.R - 1) * p.dil_h < sh.H;
 }
 
-// dst[0, n) = src[0, n) for a short run (a narrow plane's row): 64-, 32- or 16-byte moves, the
-// last one overlapping the one before so as to end at n (a loop of 14 floats ran one at a time,
-// and std::copy called memmove: each of a 14 x 14 plane's two copies cost as much as its 126
-// multiply-adds).
-template <typename T>
-CONVX_ALWAYS_INLINE inline void copy_run(const T* __restrict src, T* __restrict dst, int64_t n) {
-  auto move = [&](int64_t i, auto bytes) CONVX_ALWAYS_INLINE {
-    char tmp[decltype(bytes)::value];
-    __builtin_memcpy(tmp, src + i, sizeof tmp);
-    __builtin_memcpy(dst + i, tmp, sizeof tmp);
-  };
-  const int64_t nb = n * int64_t(sizeof(T));
-  if (nb >= 64) {
-    constexpr int64_t E = 64 / sizeof(T);
-    for (int64_t i = 0; i + E <= n; i += E) move(i, std::integral_constant<int, 64>{});
-    if (n % E) move(n - E, std::integral_constant<int, 64>{});
-  } else if (nb >= 32) {
-    move(0, std::integral_constant<int, 32>{});
-    move(n - 32 / int64_t(sizeof(T)), std::integral_constant<int, 32>{});
-  } else if (nb >= 16) {
-    move(0, std::integral_constant<int, 16>{});
-    move(n - 16 / int64_t(sizeof(T)), std::integral_constant<int, 16>{});
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
-  }
-}
-
 // dst [Hp, Wp], zero-filled by the caller, gets the plane src [H, W] with its
 // (0, 0) at (pt, pl); what falls outside dst is dropped.
 template <typename T>
@@ -86,7 +58,7 @@ inline void place_plane(const T* src, int64_t H, int64_t W, T* dst, int64_t Hp, 
   const int64_t j0 = std::max<int64_t>(0, -pl), j1 = std::min(W, Wp - pl);
   if (j0 >= j1) return;
   for (int64_t pr = std::max<int64_t>(0, pt); pr < std::min(Hp, H + pt); ++pr)
-    copy_run(src + (pr - pt) * W + j0, dst + pr * Wp + pl + j0, j1 - j0);
+    copy_run(dst + pr * Wp + pl + j0, src + (pr - pt) * W + j0, j1 - j0);
 }
 
 // [K, R*S] -> [R*S, K]: the weight taps-major, so channels_last loops run over k.
@@ -187,7 +159,7 @@ CONVX_ALWAYS_INLINE inline void correlate_plane_padded(const T* xp, const T* wk,
       store_block<T>(yb + j, acc);
     }
   }
-  for (int64_t ho = 0; ho < g.Ho; ++ho) copy_run(yb + ho * Wp, yp + ho * g.Wo, g.Wo);
+  for (int64_t ho = 0; ho < g.Ho; ++ho) copy_run(yp + ho * g.Wo, yb + ho * Wp, g.Wo);
 }
 
 template <typename T>

@@ -63,6 +63,33 @@ struct Aligned64 {
   std::vector<E> buf;
 };
 
+// dst[0, n) = src[0, n) for a short run (an im2col row's run, a narrow plane's row): 64-, 32-
+// or 16-byte moves, the last one overlapping the one before so as to end at n (a loop of 14
+// floats ran one at a time, and std::copy called memmove: each of a 14 x 14 depthwise plane's
+// two copies cost as much as its 126 multiply-adds).
+template <typename T>
+CONVX_ALWAYS_INLINE inline void copy_run(T* __restrict dst, const T* __restrict src, int64_t n) {
+  auto move = [&](int64_t i, auto bytes) CONVX_ALWAYS_INLINE {
+    char tmp[decltype(bytes)::value];
+    __builtin_memcpy(tmp, src + i, sizeof tmp);
+    __builtin_memcpy(dst + i, tmp, sizeof tmp);
+  };
+  const int64_t nb = n * int64_t(sizeof(T));
+  if (nb >= 64) {
+    constexpr int64_t E = 64 / sizeof(T);
+    for (int64_t i = 0; i + E <= n; i += E) move(i, std::integral_constant<int, 64>{});
+    if (n % E) move(n - E, std::integral_constant<int, 64>{});
+  } else if (nb >= 32) {
+    move(0, std::integral_constant<int, 32>{});
+    move(n - 32 / int64_t(sizeof(T)), std::integral_constant<int, 32>{});
+  } else if (nb >= 16) {
+    move(0, std::integral_constant<int, 16>{});
+    move(n - 16 / int64_t(sizeof(T)), std::integral_constant<int, 16>{});
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+}
+
 // 64 bytes of A (float or double) as a GCC vector type, for bodies run
 // through each(): one zmm, two ymm or four xmm registers, whichever build.
 // Arithmetic only: GCC lowers a vector compare or select in such a body before
