@@ -1112,8 +1112,8 @@ void wnchw_base(const WNJob& j, float* buf, float* part, int64_t b, int64_t e) {
 // ---------------------------------------------------------------- Winograd F(2x2, 3x3), groups of 16 or 32
 //
 // 3x3 convolutions at stride 1 with 16 or 32 channels a group on AVX-512 (ResNeXt's 32 groups of
-// 16 at 14 x 14 and of 32 at 7 x 7), channels_last (NCHW: forward_nchw_winograd's copies): Y = A^T [ (G g G^T) (.) (B^T d B) ] A per 4x4
-// input tile d and 2x2 output tile, with the points 0, +-1 and infinity (Lavin & Gray, 2016). A
+// 16 at 14 x 14 and of 32 at 7 x 7), channels_last (NCHW: forward_nchw_winograd's copies):
+// Y = A^T [ (G g G^T) (.) (B^T d B) ] A per 4x4 input tile d and 2x2 output tile, with the points 0, +-1 and infinity (Lavin & Gray, 2016). A
 // group's channels are KV vectors (KV = 1, 2), so a tile's transforms are vector adds along the
 // channels, and each of the 16 transform points is a product of T tiles' input channels by the
 // group's transformed weights: for each input channel, KV vectors of weights and KV * T FMAs with
@@ -1287,9 +1287,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void wino_units(co
   }
 }
 
-// y = the stride-1 3x3 convolution of x (both NHWC, C channels in groups of Cg = 16 or 32) by filter
-// g_of(k, c, r, s) (k: the output channel, c: the input channel within k's group), padding pt / pl.
-// Units [b, e) of group g's blocks of T tiles (Cg = 16 or 32); blocks: their count a group.
+// Units [b, e) (unit = group * blocks + block of T tiles; Cg = 16 or 32); wino_blocks: the blocks a group.
 void wino_run(const WinoJob& j, int64_t Cg, int64_t b, int64_t e) {
   if (Cg == 16)
     wino_units<1>(j, b, e);
@@ -1306,6 +1304,8 @@ auto cl_filter(const float* w, int64_t Cg) {
   return [w, Cg](int64_t k, int64_t c, int r, int s) { return w[((k * 3 + r) * 3 + s) * Cg + c]; };
 }
 
+// y = the stride-1 3x3 convolution of x (both NHWC, C channels in groups of Cg = 16 or 32) by filter
+// g_of(k, c, r, s) (k: the output channel, c: the input channel within k's group), padding pt / pl.
 template <typename G>
 void wino(const float* x, G&& g_of, const float* bias, float* y, int64_t N, int64_t H, int64_t W, int64_t C,
           int64_t Cg, int64_t Ho, int64_t Wo, int64_t pt, int64_t pl) {
