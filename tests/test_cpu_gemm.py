@@ -174,6 +174,9 @@ PACKED_WEIGHT_CASES = {
     "1x1_two_images_one_tile": (2, 32, 5, 5, 260, (1, 1), 1, 0),
     "1x1_64ch_900px": (1, 96, 30, 30, 64, (1, 1), 1, 0),     # NCHW: 8 x 32 tile, 8 row panels
     "3x3s2_48ch": (2, 24, 33, 33, 48, (3, 3), 2, 1),
+    # NCHW 196 pixels (4 images of 49) against 150 channels, split by columns: a last column panel
+    # of 4 (AVX-512: on the 12 x 16 tile), the panels across images summed in the thread's scratch
+    "1x1_cols_across_images_tail": (4, 64, 7, 7, 150, (1, 1), 1, 0),
 }
 
 

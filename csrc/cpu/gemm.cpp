@@ -699,8 +699,14 @@ void pack_b_batch(int NR, int64_t kc, int64_t j0, int64_t nc, const T* B, int64_
 // C [M, N] (+)= A B over the columns [col0, col0 + N) of a batch (BatchCols):
 // A packed whole (pack_a_once: [K / KC blocks][Mp / MR panels][kc][MR]), this
 // product's rows starting at its row `row0` (a multiple of MR; C points at that
-// row). A tile inside one image goes straight to C; one across an image
-// boundary through the tile buffer, column by column.
+// row). A column panel inside one image goes straight to C, tile by tile. One
+// across an image boundary (or the last, partial one) is summed over the
+// reduction's blocks in a scratch panel of the calling thread ([rows][width],
+// every tile whole) and goes to C once, run by run: through the tile buffer it
+// went to C once a block (ResNet-50's NCHW 2048 -> 512 1x1 @7, batch 8: 49-pixel
+// images, most of the 32-column panels across two). A last panel of at most 16
+// columns runs on the MR x 16 tile (392 columns: 12 panels of 32 and 8 columns
+// computed 16 wide, not 32).
 template <typename T>
 void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, const T* packed, int64_t Mp, int64_t row0,
                        const T* B, int64_t rsb, const BatchCols& bc, int64_t col0, T* C, int64_t rsc, bool accumulate) {
@@ -712,48 +718,97 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
         for (int64_t i = 0; i < M; ++i) C[j / bc.P * bc.c_image + i * rsc + j % bc.P] = T(0);
     return;
   }
-  const int64_t NC = block_n(kn, M);
+  const int64_t NC = block_n(kn, M), Mr = (M + MR - 1) / MR * MR;
   T* bpack = thread_buffer<T>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
   alignas(64) T tile[12 * 32];
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
+    const int64_t ntail = nc % NR, jtail = nc - ntail;
+    const bool narrow = kn.uk_narrow && ntail > 0 && ntail <= 16;
+    const int64_t panels = (nc + NR - 1) / NR;
+    // per panel: where it starts in C (straight to C) or its scratch panel's offset (-1 - offset)
+    std::vector<int64_t> at(panels);
+    int64_t scratch_elems = 0;
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t jr = p * NR, nr = std::min<int64_t>(NR, nc - jr);
+      const int tw = narrow && jr == jtail ? 16 : NR;
+      const ColumnRuns rn(col0 + jc + jr, nr, bc.P, bc.c_image);
+      if (rn.n == 1 && nr == tw) {
+        at[p] = rn.off[0];
+      } else {
+        at[p] = -1 - scratch_elems;
+        scratch_elems += Mr * tw;
+      }
+    }
+    T* scratch = scratch_elems ? thread_buffer<T>(kGemmBatchC, scratch_elems) : nullptr;
     for (int64_t pc = 0; pc < K; pc += kn.KC) {
       const int64_t kc = std::min(kn.KC, K - pc);
       const bool add = accumulate || pc > 0;
-      // a block inside one image: a plain matrix, packed k-major with vector copies (pack_b);
-      // across images: a run of columns at a time (the stem's NCHW forward, batch 8: 10 % of its
-      // time in the run-by-run copy)
-      const int64_t first = col0 + jc, img = first / bc.P;
-      if ((first + nc - 1) / bc.P == img)
-        pack_b(NR, kc, nc, B + pc * rsb + img * bc.b_image + (first - img * bc.P), rsb, int64_t(1), bpack);
-      else
-        pack_b_batch(NR, kc, col0 + jc, nc, B + pc * rsb, rsb, bc, bpack);
+      // columns [j, j + cols) of the block into panels of w: a run inside one image as a plain
+      // matrix, packed k-major with vector copies (pack_b); across images a run of columns at a
+      // time (the stem's NCHW forward, batch 8: 10 % of its time in the run-by-run copy)
+      auto pack_cols = [&](int w, int64_t j, int64_t cols, T* dst) {
+        const int64_t first = col0 + jc + j, img = first / bc.P;
+        if ((first + cols - 1) / bc.P == img)
+          pack_b(w, kc, cols, B + pc * rsb + img * bc.b_image + (first - img * bc.P), rsb, int64_t(1), dst);
+        else
+          pack_b_batch(w, kc, first, cols, B + pc * rsb, rsb, bc, dst);
+      };
+      if (narrow) {
+        if (jtail > 0) pack_cols(NR, 0, jtail, bpack);
+        pack_cols(16, jtail, ntail, bpack + jtail * kc);
+      } else {
+        pack_cols(NR, 0, nc, bpack);
+      }
       for (int64_t ic = 0; ic < M; ic += kn.MC) {
         const int64_t mc = std::min(kn.MC, M - ic);
         const T* apack = packed + pc * Mp + (row0 + ic) * kc;
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int64_t nr = std::min<int64_t>(NR, nc - jr);
-          const ColumnRuns runs(col0 + jc + jr, nr, bc.P, bc.c_image);
+        for (int64_t p = 0; p < panels; ++p) {
+          const int64_t jr = p * NR;
+          const int tw = narrow && jr == jtail ? 16 : NR;
+          const UKernel<T> uk = tw == NR ? kn.uk : kn.uk_narrow;
+          const T* bp = bpack + jr * kc;
+          if (at[p] < 0) {  // summed in the scratch panel (rows of tw), every tile whole
+            T* s = scratch + (-1 - at[p]) + ic * tw;
+            for (int64_t ir = 0; ir < mc; ir += MR) uk(kc, apack + ir * kc, bp, s + ir * tw, tw, pc > 0);
+            continue;
+          }
+          T* cp = C + ic * rsc + at[p];
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
-            T* crow = C + (ic + ir) * rsc;
-            if (runs.n == 1 && mr == MR && nr == NR) {  // a whole tile inside one image: straight into C
-              kn.uk(kc, apack + ir * kc, bpack + jr * kc, crow + runs.off[0], rsc, add);
+            if (mr == MR) {
+              uk(kc, apack + ir * kc, bp, cp + ir * rsc, rsc, add);
               continue;
             }
-            kn.uk(kc, apack + ir * kc, bpack + jr * kc, tile, NR, false);
-            for (int64_t i = 0; i < mr; ++i, crow += rsc)
-              for (int r = 0; r < runs.n; ++r) {
-                T* c = crow + runs.off[r];
-                const T* t = tile + i * NR + runs.j[r];
-                if (add)
-                  for (int64_t j = 0; j < runs.len[r]; ++j) c[j] += t[j];
-                else
-                  for (int64_t j = 0; j < runs.len[r]; ++j) c[j] = t[j];
-              }
+            uk(kc, apack + ir * kc, bp, tile, tw, false);
+            for (int64_t i = 0; i < mr; ++i) {
+              T* c = cp + (ir + i) * rsc;
+              const T* t = tile + i * tw;
+              if (add)
+                for (int j = 0; j < tw; ++j) c[j] += t[j];
+              else
+                for (int j = 0; j < tw; ++j) c[j] = t[j];
+            }
           }
         }
       }
+    }
+    // the scratch panels to C, run by run
+    for (int64_t p = 0; p < panels; ++p) {
+      if (at[p] >= 0) continue;
+      const int64_t jr = p * NR;
+      const int tw = narrow && jr == jtail ? 16 : NR;
+      const ColumnRuns rn(col0 + jc + jr, std::min<int64_t>(NR, nc - jr), bc.P, bc.c_image);
+      const T* s = scratch + (-1 - at[p]);
+      for (int64_t i = 0; i < M; ++i, s += tw)
+        for (int r = 0; r < rn.n; ++r) {
+          T* c = C + i * rsc + rn.off[r];
+          const T* t = s + rn.j[r];
+          if (accumulate)
+            for (int64_t j = 0; j < rn.len[r]; ++j) c[j] += t[j];
+          else
+            for (int64_t j = 0; j < rn.len[r]; ++j) c[j] = t[j];
+        }
     }
   }
 }

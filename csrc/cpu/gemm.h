@@ -29,12 +29,12 @@ enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 // im2col / padded input 2-3, Winograd 4-9, an A or a B packed once for
 // several products (PackedA, PackedB below) 10-11, a convolution's operands
 // copied to the layout it computes in (layout.h's scratch tensors) 12-13, its
-// weight in that layout 14, a data gradient's rotated weight 15 and an NCHW weight
-// gradient's transposed block 16.
+// weight in that layout 14, a data gradient's rotated weight 15, an NCHW weight
+// gradient's transposed block 16 and gemm_packed_a's column panels that cross images 17.
 enum ThreadBufferSlot {
   kGemmPackB = 0, kGemmPackA = 1, kConvCol = 2, kConvPadded = 3, kWinogradFirst = 4, kGemmPackedA = 10,
   kGemmPackedB = 11, kLayoutFirst = 12, kLayoutSecond = 13, kLayoutWeight = 14, kLayoutRotated = 15,
-  kConvWgradT = 16, kThreadBufferSlots = 17
+  kConvWgradT = 16, kGemmBatchC = 17, kThreadBufferSlots = 18
 };
 void* thread_buffer(int slot, int64_t bytes);
 template <typename T>
