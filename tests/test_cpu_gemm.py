@@ -114,6 +114,14 @@ xp = torch.randn(3, 20, 7, 9, dtype=torch.float64)
 wp = torch.randn(30, 20, 1, 1, dtype=torch.float64)
 yp = torch.ops.convx.conv2d(xp.float(), wp.float(), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)
 torch.testing.assert_close(yp.double(), torch.nn.functional.conv2d(xp, wp), atol=1e-4, rtol=1e-4)
+# channels_last forwards with 64 channels: every tile's rows gathered in place (gemm.cpp's gathered
+# tile on each build), the taps outside the image as zeros and all-zero runs left out
+for (r, s), st, pad in (((3, 3), 2, (1, 1)), ((7, 1), 1, (3, 0))):
+    xg = torch.randn(2, 64, 11, 13, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    wg, bg = torch.randn(40, 64, r, s, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+    yg = torch.ops.convx.conv2d(xg.float(), wg.float(), bg.float(), [st, st], [pad[0], pad[0], pad[1], pad[1]],
+                                [1, 1], 1)
+    torch.testing.assert_close(yg.double(), torch.nn.functional.conv2d(xg, wg, bg, st, pad), atol=1e-3, rtol=1e-4)
 # channels_last batch norm (its row loops run through each()'s builds), training, with ReLU
 xb = (torch.randn(3, 40, 5, 7, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
 gb = torch.randn(3, 40, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)

@@ -44,6 +44,18 @@ CASES = {
     "nchw_rows_blocks": (2, 3, 70, 91, 72, (7, 7), 2, (3, 3), 1, 1),
     "nchw_rows_dilated": (1, 4, 40, 33, 13, (5, 5), 1, (4, 3), 2, 1),  # no run read in place
     "nchw_rows_7ch_s1": (1, 7, 11, 13, 9, (4, 4), 1, (2, 1), 1, 1),  # C*R*S = 112, stride 1, one block
+    # 64 channels a group or more: every tile's rows gathered in place (im2col_nhwc_gather), a tap's
+    # channels a run, a block of the reduction whole taps (up to 4) or a piece of one; tiles across
+    # image rows and at the edges (their taps outside the image read as zeros), the runs whose rows
+    # are all outside left out (7x1: a tile inside the first or last output rows)
+    "gather_7x1_zero_runs": (2, 64, 9, 13, 40, (7, 1), 1, (3, 0), 1, 1),
+    "gather_96ch_2_taps": (1, 96, 14, 14, 40, (3, 3), 2, (1, 1), 1, 1),
+    # 4 taps a block; 1440 output pixels: chunks of 512 rows, groups of 32 tiles, the next group's
+    # rows gathered and prefetched ahead
+    "gather_64ch_4_taps": (3, 64, 20, 24, 40, (3, 5), 1, (1, 2), 1, 1),
+    "gather_300ch_pieces": (1, 300, 7, 9, 20, (3, 3), 2, (1, 1), 1, 1),  # blocks of 150 channels
+    "gather_dilated": (1, 64, 15, 16, 24, (3, 3), 1, (2, 2), 2, 1),
+    "gather_48_outputs": (4, 64, 17, 17, 48, (3, 3), 2, (1, 1), 1, 1),  # on the 12 x 32 tile (not 6 x 64)
 }
 
 
@@ -77,7 +89,8 @@ def _on_1_and_2_threads(x, w, *args):
     return y1, y2
 
 
-@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks"])
+@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
+                                  "gather_64ch_4_taps", "gather_7x1_zero_runs"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""

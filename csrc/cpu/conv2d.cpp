@@ -301,6 +301,37 @@ bool im2col_nhwc_direct(const void* ctx, int64_t i, int64_t count, int64_t k0, i
   return true;
 }
 
+// Or gathered (gemm_rows' gather): a block of whole filter taps (or a piece of one tap's channels),
+// each tap one run, each output pixel's channels read where they lie in x, or a row of zeros where
+// the tap falls outside the image. Then a tile's 12 pixels may span two image rows, or an image's
+// edge, and still not be copied: with output rows not a multiple of 12 pixels (28, 17, 14) about
+// half the tiles crossed a row's end and went through im2col_nhwc_rows.
+int im2col_nhwc_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16]) {
+  const Im2colRows& a = *static_cast<const Im2colRows*>(ctx);
+  const Conv2dParams& p = *a.p;
+  const int64_t tap0 = k0 / a.Cg, c0 = k0 - tap0 * a.Cg;
+  int64_t runs = 1;
+  if (c0 + kc > a.Cg) {
+    if (c0 != 0 || kc % a.Cg != 0 || kc / a.Cg > kGatherRuns) return 0;
+    runs = kc / a.Cg;
+  }
+  const int64_t P = a.Ho * a.Wo;
+  const float* zeros = gemm_zero_row();
+  for (int64_t t = 0; t < runs; ++t) {
+    const int64_t r = (tap0 + t) / a.S, s = tap0 + t - r * a.S;
+    int64_t n = i / P, ho = (i - n * P) / a.Wo, wo = i - n * P - ho * a.Wo;
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h, w = wo * p.stride_w - p.pad_l + s * p.dil_w;
+      at[t][j] = h >= 0 && h < a.H && w >= 0 && w < a.W ? a.x + ((n * a.H + h) * a.W + w) * a.C + c0 : zeros;
+      if (++wo == a.Wo) {
+        wo = 0;
+        if (++ho == a.Ho) ho = 0, ++n;
+      }
+    }
+  }
+  return int(runs);
+}
+
 void im2col_nhwc_rows(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, float* dst) {
   const Im2colRows& a = *static_cast<const Im2colRows*>(ctx);
   const Conv2dParams& p = *a.p;
@@ -486,8 +517,13 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
         if (on_the_fly) {
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p};
           const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
+          // gathered rows where a tap's channels make long runs (at least 64: blocks of at most
+          // kGatherRuns taps) and a tile's rows do not crowd L1's sets (gemm.h)
+          const bool gather = Cg >= 64 &&
+                              !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 256 * int64_t(sizeof(float)));
           gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, bp != nullptr, par,
-                    runs ? &im2col_nhwc_direct : nullptr, runs ? S * sh.C : 0);
+                    runs ? &im2col_nhwc_direct : nullptr, gather ? Cg : runs ? S * sh.C : 0,
+                    gather ? &im2col_nhwc_gather : nullptr);
           return;
         }
       }
