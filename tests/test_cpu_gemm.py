@@ -116,7 +116,7 @@ yp = torch.ops.convx.conv2d(xp.float(), wp.float(), None, [1, 1], [0, 0, 0, 0], 
 torch.testing.assert_close(yp.double(), torch.nn.functional.conv2d(xp, wp), atol=1e-4, rtol=1e-4)
 # channels_last forwards with 64 channels: every tile's rows gathered in place (gemm.cpp's gathered
 # tile on each build), the taps outside the image as zeros and all-zero runs left out
-for (r, s), st, pad in (((3, 3), 2, (1, 1)), ((7, 1), 1, (3, 0))):
+for (r, s), st, pad in (((3, 3), 2, (1, 1)), ((7, 1), 1, (3, 0)), ((1, 7), 1, (0, 3))):  # 1x7: down the columns
     xg = torch.randn(2, 64, 11, 13, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     wg, bg = torch.randn(40, 64, r, s, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
     yg = torch.ops.convx.conv2d(xg.float(), wg.float(), bg.float(), [st, st], [pad[0], pad[0], pad[1], pad[1]],

@@ -56,6 +56,11 @@ CASES = {
     "gather_300ch_pieces": (1, 300, 7, 9, 20, (3, 3), 2, (1, 1), 1, 1),  # blocks of 150 channels
     "gather_dilated": (1, 64, 15, 16, 24, (3, 3), 1, (2, 2), 2, 1),
     "gather_48_outputs": (4, 64, 17, 17, 48, (3, 3), 2, (1, 1), 1, 1),  # on the 12 x 32 tile (not 6 x 64)
+    # padding at the left and right only: the GEMM's rows down the image's columns (a tile's pixels
+    # share their taps outside), each row of C where its pixel is; tiles across columns and images
+    "gather_columns_1x7": (2, 128, 17, 17, 40, (1, 7), 1, (0, 3), 1, 1),
+    "gather_columns_1x5_odd": (3, 64, 13, 9, 33, (1, 5), 1, (0, 2), 1, 1),
+    "gather_columns_3x3_s2": (2, 64, 5, 30, 70, (3, 3), 2, (0, 1), 1, 1),
 }
 
 
@@ -90,7 +95,7 @@ def _on_1_and_2_threads(x, w, *args):
 
 
 @pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
-                                  "gather_64ch_4_taps", "gather_7x1_zero_runs"])
+                                  "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""
@@ -132,6 +137,9 @@ DGRAD_CASES = {
     "1x7_32ch": (2, 32, 9, 17, 20, (1, 7), 1, (0, 0, 3, 3), (1, 1)),
     "5x5_64ch": (1, 64, 44, 44, 24, (5, 5), 1, (2, 2, 2, 2), (1, 1)),
     "asym_dilated_32ch": (2, 32, 13, 15, 16, (3, 3), 1, (2, 0, 1, 3), (2, 1)),
+    # dY with 64 channels: the forward's rows gathered (down the columns for the 1x7)
+    "1x7_64ch_gathered": (2, 32, 9, 17, 64, (1, 7), 1, (0, 0, 3, 3), (1, 1)),
+    "7x1_64ch_gathered": (1, 40, 17, 9, 64, (7, 1), 1, (3, 3, 0, 0), (1, 1)),
 }
 
 

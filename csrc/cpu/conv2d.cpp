@@ -272,6 +272,7 @@ struct Im2colRows {
   const float* x;  // image 0's first pixel, channel c0 of the group
   int64_t H, W, C, Cg, S, Ho, Wo;
   const Conv2dParams* p;
+  bool by_columns = false;  // im2col_nhwc_gather: rows i in column order (wo, then ho, of each image)
 };
 
 // The same rows read in place (gemm_rows' direct rows) where they can be: one group, dilation 1
@@ -305,8 +306,12 @@ bool im2col_nhwc_direct(const void* ctx, int64_t i, int64_t count, int64_t k0, i
 // each tap one run, each output pixel's channels read where they lie in x, or a row of zeros where
 // the tap falls outside the image. Then a tile's 12 pixels may span two image rows, or an image's
 // edge, and still not be copied: with output rows not a multiple of 12 pixels (28, 17, 14) about
-// half the tiles crossed a row's end and went through im2col_nhwc_rows.
-int im2col_nhwc_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16]) {
+// half the tiles crossed a row's end and went through im2col_nhwc_rows. by_columns: the rows of
+// the GEMM taken down the image's columns (row i = pixel (ho, wo) of image n, i = (n * Wo + wo) *
+// Ho + ho), so that with padding only at the left and right (1x7) a tile's pixels share their taps
+// outside the image, and those runs are left out rather than computed as zeros.
+int im2col_nhwc_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16],
+                       int64_t* crow) {
   const Im2colRows& a = *static_cast<const Im2colRows*>(ctx);
   const Conv2dParams& p = *a.p;
   const int64_t tap0 = k0 / a.Cg, c0 = k0 - tap0 * a.Cg;
@@ -315,15 +320,22 @@ int im2col_nhwc_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, in
     if (c0 != 0 || kc % a.Cg != 0 || kc / a.Cg > kGatherRuns) return 0;
     runs = kc / a.Cg;
   }
-  const int64_t P = a.Ho * a.Wo;
+  const int64_t P = a.Ho * a.Wo, n0 = i / P, q0 = i - n0 * P;
+  const int64_t ho0 = a.by_columns ? q0 % a.Ho : q0 / a.Wo, wo0 = a.by_columns ? q0 / a.Ho : q0 % a.Wo;
   const float* zeros = gemm_zero_row();
   for (int64_t t = 0; t < runs; ++t) {
     const int64_t r = (tap0 + t) / a.S, s = tap0 + t - r * a.S;
-    int64_t n = i / P, ho = (i - n * P) / a.Wo, wo = i - n * P - ho * a.Wo;
+    int64_t n = n0, ho = ho0, wo = wo0;
     for (int64_t j = 0; j < count; ++j) {
       const int64_t h = ho * p.stride_h - p.pad_t + r * p.dil_h, w = wo * p.stride_w - p.pad_l + s * p.dil_w;
       at[t][j] = h >= 0 && h < a.H && w >= 0 && w < a.W ? a.x + ((n * a.H + h) * a.W + w) * a.C + c0 : zeros;
-      if (++wo == a.Wo) {
+      if (t == 0) crow[j] = (n * a.Ho + ho) * a.Wo + wo;
+      if (a.by_columns) {
+        if (++ho == a.Ho) {
+          ho = 0;
+          if (++wo == a.Wo) wo = 0, ++n;
+        }
+      } else if (++wo == a.Wo) {
         wo = 0;
         if (++ho == a.Ho) ho = 0, ++n;
       }
@@ -515,12 +527,14 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       }
       if constexpr (std::is_same_v<T, float>) {
         if (on_the_fly) {
-          const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p};
-          const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
           // gathered rows where a tap's channels make long runs (at least 64: blocks of at most
-          // kGatherRuns taps) and a tile's rows do not crowd L1's sets (gemm.h)
-          const bool gather = Cg >= 64 &&
-                              !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 256 * int64_t(sizeof(float)));
+          // kGatherRuns taps) and a tile's rows do not crowd L1's sets (gemm.h); down the columns
+          // where only the left and right are padded
+          const bool cols = p.pad_t == 0 && p.pad_b == 0 && p.pad_l + p.pad_r > 0 &&
+                            !l1_sets_crowded(p.stride_h * sh.W * sh.C * int64_t(sizeof(float)), 12, 1024);
+          const bool gather = Cg >= 64 && (cols || !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024));
+          const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p, gather && cols};
+          const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
           gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, bp != nullptr, par,
                     runs ? &im2col_nhwc_direct : nullptr, gather ? Cg : runs ? S * sh.C : 0,
                     gather ? &im2col_nhwc_gather : nullptr);

@@ -220,8 +220,8 @@ void ukernel_rows_seg_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c
 // Twelve row pointers, the step and B's take 14 of the 15 general registers.
 template <typename T, int MR, int NR, int VB>
 __attribute__((always_inline)) inline void ukernel_gather_body(int n, int64_t len, const int64_t* koff,
-                                                               const T* const (*a)[16], const T* b, T* __restrict c,
-                                                               int64_t rsc, bool add) {
+                                                               const T* const (*a)[16], const T* b,
+                                                               T* const* crow, int64_t coff, bool add) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
@@ -233,7 +233,8 @@ __attribute__((always_inline)) inline void ukernel_gather_body(int n, int64_t le
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NR * int(sizeof(T)); j += 64) __builtin_prefetch(reinterpret_cast<const char*>(c + i * rsc) + j, 1, 3);
+    for (int j = 0; j < NR * int(sizeof(T)); j += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(crow[i] + coff) + j, 1, 3);
   for (int t = 0; t < n; ++t) {
     const T* row[MR];
 #pragma GCC unroll 16
@@ -256,36 +257,38 @@ __attribute__((always_inline)) inline void ukernel_gather_body(int n, int64_t le
     }
   }
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i) {
+    T* c = crow[i] + coff;
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) {
       V v = acc[i][j];
       if (add) {
         V old;
-        std::memcpy(&old, c + i * rsc + j * VL, sizeof(V));
+        std::memcpy(&old, c + j * VL, sizeof(V));
         v += old;
       }
-      std::memcpy(c + i * rsc + j * VL, &v, sizeof(V));
+      std::memcpy(c + j * VL, &v, sizeof(V));
     }
+  }
 }
-using UKernelGather = void (*)(int, int64_t, const int64_t*, const float* const (*)[16], const float*, float*, int64_t,
-                               bool);
+using UKernelGather = void (*)(int, int64_t, const int64_t*, const float* const (*)[16], const float*, float* const*,
+                               int64_t, bool);
 template <int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_gather_avx512(
-    int n, int64_t len, const int64_t* koff, const float* const (*a)[16], const float* b, float* c, int64_t rsc,
-    bool add) {
-  ukernel_gather_body<float, MR, NR, 64>(n, len, koff, a, b, c, rsc, add);
+    int n, int64_t len, const int64_t* koff, const float* const (*a)[16], const float* b, float* const* crow,
+    int64_t coff, bool add) {
+  ukernel_gather_body<float, MR, NR, 64>(n, len, koff, a, b, crow, coff, add);
 }
 template <int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_gather_avx2(int n, int64_t len, const int64_t* koff,
-                                                             const float* const (*a)[16], const float* b, float* c,
-                                                             int64_t rsc, bool add) {
-  ukernel_gather_body<float, MR, NR, 32>(n, len, koff, a, b, c, rsc, add);
+                                                             const float* const (*a)[16], const float* b,
+                                                             float* const* crow, int64_t coff, bool add) {
+  ukernel_gather_body<float, MR, NR, 32>(n, len, koff, a, b, crow, coff, add);
 }
 template <int MR, int NR>
 void ukernel_gather_base(int n, int64_t len, const int64_t* koff, const float* const (*a)[16], const float* b,
-                         float* c, int64_t rsc, bool add) {
-  ukernel_gather_body<float, MR, NR, 16>(n, len, koff, a, b, c, rsc, add);
+                         float* const* crow, int64_t coff, bool add) {
+  ukernel_gather_body<float, MR, NR, 16>(n, len, koff, a, b, crow, coff, add);
 }
 
 // A kernel and its blocking: KC x NR slivers of B stay in L1 (48 KiB on these
@@ -915,16 +918,24 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
     const int64_t pieces = (seg_len + kn.KC - 1) / kn.KC, piece = (seg_len + pieces - 1) / pieces;
     return std::min({piece, seg_len - pc % seg_len, K - pc});
   };
-  // A tile's gathered rows (gather() in gemm.h), its runs whose rows are all zeros left out
+  // A tile's gathered rows (gather() in gemm.h), its runs whose rows are all zeros left out, and
+  // its rows of C
+  bool permuted = false;  // some row of A is not that row of C (no rows() or direct() then)
   struct Gathered {
     int n;
     int64_t len, koff[kGatherRuns];
     const float* at[kGatherRuns][16];
+    float* c[16];
   };
   auto gather_tile = [&](int64_t ir, int64_t mr, int64_t pc, int64_t kc, Gathered& g) -> bool {
     const float* raw[kGatherRuns][16];
-    const int n = gather(ctx, ir, mr, pc, kc, raw);
+    int64_t crow[16];
+    const int n = gather(ctx, ir, mr, pc, kc, raw, crow);
     if (n <= 0) return false;
+    for (int i = 0; i < MR; ++i) {
+      g.c[i] = i < mr ? C + crow[i] * rsc : nullptr;
+      permuted = permuted || (i < mr && crow[i] != ir + i);
+    }
     g.n = 0, g.len = kc / n;
     for (int t = 0; t < n; ++t) {
       bool zeros = true;
@@ -995,6 +1006,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
         found = gather_tile(r0 + t * MR, std::min<int64_t>(MR, M - r0 - t * MR), pc, kc, g[t]);
       ready = 0;
       if (!found) {
+        TORCH_CHECK(!permuted, "convx: gemm_rows: rows in another order not found by gather()");
         made(r0, r1);
         continue;
       }
@@ -1018,12 +1030,17 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
           }
           if (g[t].n == 0 && add) continue;
           const int64_t ir = r0 + t * MR, mr = std::min<int64_t>(MR, M - ir);
-          float* c = C + ir * rsc + (jc + jr);
-          const bool whole = mr == MR && nr == NR;
-          ug(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, whole ? c : tile, whole ? rsc : NR, whole && add);
-          if (whole) continue;
-          for (int64_t i = 0; i < mr; ++i)
-            for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
+          if (mr == MR && nr == NR) {
+            ug(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, g[t].c, jc + jr, add);
+            continue;
+          }
+          float* trow[16];
+          for (int i = 0; i < MR; ++i) trow[i] = tile + i * NR;
+          ug(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, trow, 0, false);
+          for (int64_t i = 0; i < mr; ++i) {
+            float* c = g[t].c[i] + jc + jr;
+            for (int64_t j = 0; j < nr; ++j) c[j] = add ? c[j] + tile[i * NR + j] : tile[i * NR + j];
+          }
         }
       }
       cur = 1 - cur;
@@ -1101,9 +1118,11 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
                    : DirectFn(nullptr),
             seg_len,
             gather ? GatherFn([](const void* c, int64_t i, int64_t count, int64_t k0, int64_t kc,
-                                 const float* (*at)[16]) {
+                                 const float* (*at)[16], int64_t* crow) {
               const Shift* s = static_cast<const Shift*>(c);
-              return s->gather(s->ctx, s->i0 + i, count, k0, kc, at);
+              const int n = s->gather(s->ctx, s->i0 + i, count, k0, kc, at, crow);
+              for (int64_t r = 0; r < count; ++r) crow[r] -= s->i0;
+              return n;
             })
                    : GatherFn(nullptr));
       }

@@ -134,13 +134,16 @@ struct RowSegments {
 };
 using DirectFn = bool (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, RowSegments* seg);
 // And optionally, rows gathered where they are, one pointer a row and run: gather(ctx, i, count, k0,
-// kc, at) returns n (1 <= n <= kGatherRuns; 0: it cannot) and sets at[t][r] (t < n, r < count) to
-// where A[i + r][k0 + t * kc / n, k0 + (t + 1) * kc / n) lies contiguous, or to gemm_zero_row() for
-// zeros: a channels_last convolution's output pixels, a filter tap's channels a run, so that a tile's
-// pixels may span two image rows, or the image's edge (its taps outside read as zeros), and still
-// not be copied. The rows then do not go through direct() or rows().
+// kc, at, crow) returns n (1 <= n <= kGatherRuns; 0: it cannot) and sets at[t][r] (t < n, r < count)
+// to where A[i + r][k0 + t * kc / n, k0 + (t + 1) * kc / n) lies contiguous, or to gemm_zero_row()
+// for zeros, and crow[r] to the row of C that row of A makes (i + r, or another: rows in any order,
+// each row of C once; then gather() must find every block). A channels_last convolution's output
+// pixels, a filter tap's channels a run: a tile's pixels may span two image rows, or the image's
+// edge (its taps outside read as zeros), and still not be copied. The rows then do not go through
+// direct() or rows().
 constexpr int kGatherRuns = 4;
-using GatherFn = int (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16]);
+using GatherFn = int (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16],
+                         int64_t* crow);
 constexpr int64_t kGemmZeroRow = 256;  // gemm_zero_row()'s floats: at least any block of the reduction
 const float* gemm_zero_row();
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
