@@ -141,7 +141,7 @@ using DirectFn = bool (*)(const void* ctx, int64_t i, int64_t count, int64_t k0,
 // pixels, a filter tap's channels a run: a tile's pixels may span two image rows, or the image's
 // edge (its taps outside read as zeros), and still not be copied. The rows then do not go through
 // direct() or rows().
-constexpr int kGatherRuns = 4;
+constexpr int kGatherRuns = 8;
 using GatherFn = int (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16],
                          int64_t* crow);
 constexpr int64_t kGemmZeroRow = 256;  // gemm_zero_row()'s floats: at least any block of the reduction
