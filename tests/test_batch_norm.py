@@ -414,6 +414,25 @@ def test_add_relu(device, dtype, layout):
     torch.testing.assert_close(a2, yr.detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_add_relu_vector_tails_and_nan(dtype):
+    """The CPU loops (AVX2 builds where the CPU has it) over counts that leave a tail of every
+    length, with NaN, infinities and zeros: torch's values and gradients, NaN passed through."""
+    g = torch.Generator().manual_seed(5)
+    for n in (1, 7, 15, 17, 33, 1000, 65537):
+        a = torch.randn(n, generator=g, dtype=torch.float64)
+        b = torch.randn(n, generator=g, dtype=torch.float64)
+        a[:: max(1, n // 5)] = float("nan")
+        b[1:: max(2, n // 3)] = float("inf")
+        b[2:: max(3, n // 4)] = -a[2:: max(3, n // 4)]  # exact zeros
+        a, b = a.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+        y, yr = CF.add_relu(a, b), torch.relu(a + b)
+        torch.testing.assert_close(y, yr, equal_nan=True, rtol=0, atol=0)
+        gy = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+        for p, q in zip(torch.autograd.grad(y, [a, b], gy), torch.autograd.grad(yr, [a, b], gy)):
+            torch.testing.assert_close(p, q, equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_add_relu_module_and_gradgrad(device):
     m = convx.AddReLU()

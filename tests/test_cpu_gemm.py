@@ -122,6 +122,12 @@ for (r, s), st, pad in (((3, 3), 2, (1, 1)), ((7, 1), 1, (3, 0)), ((1, 7), 1, (0
     yg = torch.ops.convx.conv2d(xg.float(), wg.float(), bg.float(), [st, st], [pad[0], pad[0], pad[1], pad[1]],
                                 [1, 1], 1)
     torch.testing.assert_close(yg.double(), torch.nn.functional.conv2d(xg, wg, bg, st, pad), atol=1e-3, rtol=1e-4)
+# add + ReLU and its gradient (each_streaming()'s builds), 1001 elements: a tail on every build
+xa, xb = torch.randn(1001, requires_grad=True), torch.randn(1001, requires_grad=True)
+ya = convx.functional.add_relu(xa, xb)
+ga = torch.autograd.grad(ya, [xa], torch.arange(1001.0))[0]
+torch.testing.assert_close(ya, torch.relu(xa + xb), rtol=0, atol=0)
+torch.testing.assert_close(ga, torch.arange(1001.0) * (ya > 0), rtol=0, atol=0)
 # channels_last batch norm (its row loops run through each()'s builds), training, with ReLU
 xb = (torch.randn(3, 40, 5, 7, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
 gb = torch.randn(3, 40, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)

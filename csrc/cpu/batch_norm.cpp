@@ -237,8 +237,13 @@ CONVX_ALWAYS_INLINE inline void dx_rows(const T* __restrict dy, const T* __restr
   }
 }
 
+// add_relu's and its gradient's loops run through each_streaming() (AVX2 builds: the file is
+// otherwise compiled for baseline x86-64, 4 floats a register): ResNet-50's shapes, batch 8, 2
+// threads, forward + backward, each tensor its own: 0.65 -> 0.52 ms @14 x 1024 NCHW, 0.69 -> 0.45
+// channels_last, 3.2 -> 2.9 @56 x 256, 2.7 -> 2.5 channels_last (torch 0.78-4.1).
 template <typename T>
-void add_relu_span(const T* __restrict a, const T* __restrict b, T* __restrict out, int64_t n) {
+CONVX_ALWAYS_INLINE inline void add_relu_span(const T* __restrict a, const T* __restrict b, T* __restrict out,
+                                              int64_t n) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
     const acc_t v = acc_t(a[i]) + acc_t(b[i]);
@@ -247,7 +252,8 @@ void add_relu_span(const T* __restrict a, const T* __restrict b, T* __restrict o
 }
 
 template <typename T>
-void relu_backward_span(const T* __restrict g, const T* __restrict y, T* __restrict out, int64_t n) {
+CONVX_ALWAYS_INLINE inline void relu_backward_span(const T* __restrict g, const T* __restrict y,
+                                                   T* __restrict out, int64_t n) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
     const acc_t gv = acc_t(g[i]);
@@ -593,7 +599,9 @@ struct CpuNorm {
       const scalar_t* ap = ac.const_data_ptr<scalar_t>();
       const scalar_t* bp = bc.const_data_ptr<scalar_t>();
       scalar_t* op = out.data_ptr<scalar_t>();
-      at::parallel_for(0, n, 32768, [&](int64_t s, int64_t e) { add_relu_span(ap + s, bp + s, op + s, e - s); });
+      at::parallel_for(0, n, 32768, [&](int64_t s, int64_t e) {
+        each_streaming(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE { add_relu_span(ap + s, bp + s, op + s, e - s); });
+      });
     });
   }
 
@@ -606,7 +614,9 @@ struct CpuNorm {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       const scalar_t* yp = y.const_data_ptr<scalar_t>();
       scalar_t* op = gx.data_ptr<scalar_t>();
-      at::parallel_for(0, n, 32768, [&](int64_t s, int64_t e) { relu_backward_span(gp + s, yp + s, op + s, e - s); });
+      at::parallel_for(0, n, 32768, [&](int64_t s, int64_t e) {
+        each_streaming(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE { relu_backward_span(gp + s, yp + s, op + s, e - s); });
+      });
     });
     return gx;
   }
