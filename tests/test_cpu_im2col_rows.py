@@ -62,6 +62,13 @@ CASES = {
     "gather_columns_1x7": (2, 128, 17, 17, 40, (1, 7), 1, (0, 3), 1, 1),
     "gather_columns_1x5_odd": (3, 64, 13, 9, 33, (1, 5), 1, (0, 2), 1, 1),
     "gather_columns_3x3_s2": (2, 64, 5, 30, 70, (3, 3), 2, (0, 1), 1, 1),
+    # fewer channels, filter rows of 80 floats or more: gathered from a zero-padded copy of the
+    # input, a filter row a run (whole rows a block, or pieces of one past 256 floats)
+    "padded_16ch_5x5": (2, 16, 14, 13, 40, (5, 5), 1, (2, 2), 1, 1),
+    "padded_32ch_3x3_s2": (2, 32, 15, 17, 36, (3, 3), 2, (1, 1), 1, 1),
+    "padded_dilated_rows": (1, 20, 16, 15, 24, (3, 5), 1, (2, 2), (2, 1), 1),
+    "padded_1x7_16ch": (2, 16, 9, 17, 20, (1, 7), 1, (0, 3), 1, 1),
+    "padded_pieces_280": (1, 40, 10, 12, 24, (3, 7), 1, (1, 3), 1, 1),
 }
 
 
@@ -96,7 +103,8 @@ def _on_1_and_2_threads(x, w, *args):
 
 
 @pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
-                                  "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7"])
+                                  "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
+                                  "padded_16ch_5x5"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""
