@@ -53,7 +53,8 @@ CASES = {
     # 4 taps a block; 1440 output pixels: chunks of 512 rows, groups of 32 tiles, the next group's
     # rows gathered and prefetched ahead
     "gather_64ch_4_taps": (3, 64, 20, 24, 40, (3, 5), 1, (1, 2), 1, 1),
-    "gather_300ch_pieces": (1, 300, 7, 9, 20, (3, 3), 2, (1, 1), 1, 1),  # blocks of 150 channels
+    "gather_512ch_pieces": (1, 512, 9, 9, 20, (3, 3), 1, (2, 2), 2, 1),  # blocks of 256, half a tap
+    "pieces_300ch_not_gathered": (1, 300, 7, 9, 20, (3, 3), 2, (1, 1), 1, 1),  # pieces of 150: direct()'s
     "gather_48ch_5_taps": (2, 48, 15, 13, 40, (5, 5), 1, (2, 2), 1, 1),  # blocks of 240: 5 taps
     "gather_dilated": (1, 64, 15, 16, 24, (3, 3), 1, (2, 2), 2, 1),
     "gather_48_outputs": (4, 64, 17, 17, 48, (3, 3), 2, (1, 1), 1, 1),  # on the 12 x 32 tile (not 6 x 64)

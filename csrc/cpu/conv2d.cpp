@@ -562,7 +562,13 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // (48 channels: GoogLeNet-style 5x5 @35 +3 %, 1x7 @17 +12 %)
           const bool cols = p.pad_t == 0 && p.pad_b == 0 && p.pad_l + p.pad_r > 0 &&
                             !l1_sets_crowded(p.stride_h * sh.W * sh.C * int64_t(sizeof(float)), 12, 1024);
-          const bool gather = Cg >= 48 && (cols || !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024));
+          // (and blocks of the reduction of 192 or more, unless down the columns: 288 -> 384 stride
+          // 2 @35 in blocks of 144, 384 -> 384 in blocks of 192 ran 5-7 % slower than through
+          // direct() in blocks of 216-230)
+          const int64_t KC = micro_tile<float>().KC, pieces = (Cg + KC - 1) / KC;
+          const int64_t block = Cg <= KC ? KC / Cg * Cg : Cg / pieces;
+          const bool gather = Cg >= 48 && (cols || (block >= 192 && (Cg <= KC || Cg % KC == 0) &&
+                                                    !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024)));
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p, gather && cols};
           const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
           // Fewer channels (one group): from a zero-padded copy of the input, a filter row a run
@@ -570,8 +576,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // or more. Batch 8, 2 threads, in-process A/B: 16 -> 32 5x5 @28 +14 %, 32 -> 96 5x5 @28
           // +7 %, 32 -> 32 7x7 @28 +22 %, 32 -> 128 5x5 @14 +9 %; shorter rows lost (16 channels
           // 3x3 -5-13 %, 8 channels 5x5 -5 %, 24 channels 3x3 stride 2 -3 %).
-          const int64_t L = S * sh.C, KC = micro_tile<float>().KC;
-          if (!gather && runs && L >= 80 && (L > KC || std::min(KC / L, R) <= kGatherRuns)) {
+          const int64_t L = S * sh.C;
+          if (Cg < 48 && runs && L >= 80 && (L > KC || std::min(KC / L, R) <= kGatherRuns)) {
             const int64_t Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r;
             float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
             maybe_parallel_for(par, 0, nn * Hp, 16, [&](int64_t b, int64_t e) {
