@@ -32,7 +32,8 @@ CASES = {
     "direct_7x1": (1, 128, 17, 30, 40, (7, 1), 1, (3, 0), 1, 1),  # 2 runs a block, then 1
     "direct_stem": (2, 3, 64, 64, 16, (7, 7), 2, (3, 3), 1, 1),  # 7 runs of 21 floats
     # rows 4 KiB apart (1024 channels; 512 at stride 2) would crowd L1's sets: made by the rows
-    # callback instead of read in place (gemm.h's l1_sets_crowded)
+    # callback instead of read in place (gemm.h's l1_sets_crowded) on an 8-way L1; gathered in
+    # place on a 12-way one (l1_ways)
     # B packed whole (K * 32 columns under 1 MiB): 1920 rows in two chunks, each through both
     # reduction blocks (240 + 120) before the next chunk
     "row_chunks_all_blocks": (2, 24, 24, 40, 20, (3, 5), 1, (1, 2), 1, 1),

@@ -558,8 +558,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
         if (on_the_fly) {
           // gathered rows where a tap's channels make long runs (at least 48: blocks of at most 5
           // taps; 32- and 24-channel layers ran 5-12 % slower gathered) and a tile's rows do not
-          // crowd L1's sets (gemm.h); down the columns where only the left and right are padded
-          // (48 channels: GoogLeNet-style 5x5 @35 +3 %, 1x7 @17 +12 %)
+          // crowd L1's sets (gemm.h; rows 4 KiB apart on a 12-way L1 did not: 512 channels at
+          // stride 2, 2 threads, +6-8 % gathered, 1024 -> 256 1x3 +13 %); down the columns where
+          // only the left and right are padded (48 channels: GoogLeNet-style 5x5 @35 +3 %, 1x7
+          // @17 +12 %)
           const bool cols = p.pad_t == 0 && p.pad_b == 0 && p.pad_l + p.pad_r > 0 &&
                             !l1_sets_crowded(p.stride_h * sh.W * sh.C * int64_t(sizeof(float)), 12, 1024);
           // (and blocks of the reduction of 192 or more, unless down the columns: 288 -> 384 stride
@@ -568,7 +570,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           const int64_t KC = micro_tile<float>().KC, pieces = (Cg + KC - 1) / KC;
           const int64_t block = Cg <= KC ? KC / Cg * Cg : Cg / pieces;
           const bool gather = Cg >= 48 && (cols || (block >= 192 && (Cg <= KC || Cg % KC == 0) &&
-                                                    !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024)));
+                                                    (l1_ways() >= 12 ||
+                                                     !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024))));
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p, gather && cols};
           const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
           // Fewer channels (one group): from a zero-padded copy of the input, a filter row a run

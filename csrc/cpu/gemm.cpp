@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -1145,6 +1146,20 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
       }
     });
   }
+}
+
+int l1_ways() {
+  static const int ways = [] {
+    for (int i = 0; i < 4; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+      std::ifstream level(dir + "level"), type(dir + "type"), w(dir + "ways_of_associativity");
+      int l = 0, n = 0;
+      std::string t;
+      if (level >> l && type >> t && w >> n && l == 1 && t == "Data" && n > 0) return n;
+    }
+    return 8;
+  }();
+  return ways;
 }
 
 const float* gemm_zero_row() {

@@ -115,6 +115,10 @@ inline bool l1_sets_crowded(int64_t stride_bytes, int rows, int64_t row_bytes) {
   return false;
 }
 
+// The L1 data cache's ways (Linux's sysfs; 8 where it does not say): a tile's 12 rows on one set
+// fit a 12-way L1 (Zen 5, Intel's 48 KiB L1) but not an 8-way one (Zen 4).
+int l1_ways();
+
 // C [M, N] (row stride rsc, unit column stride) (+)= A [M, K] B [K, N] (float32),
 // A never stored whole: rows(ctx, i, count, k0, kc, dst) writes A[i + r][k0, k0 + kc)
 // to dst + r * kc for r < count (a register tile's rows) when the GEMM needs them
