@@ -796,7 +796,8 @@ void pack_b_batch(int NR, int64_t kc, int64_t j0, int64_t nc, const T* B, int64_
 // computed 16 wide, not 32).
 template <typename T>
 void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, const T* packed, int64_t Mp, int64_t row0,
-                       const T* B, int64_t rsb, const BatchCols& bc, int64_t col0, T* C, int64_t rsc, bool accumulate) {
+                       const T* B, int64_t rsb, const BatchCols& bc, int64_t col0, T* C, int64_t rsc, bool accumulate,
+                       int64_t lda = 0) {
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -850,24 +851,38 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
       for (int64_t ic = 0; ic < M; ic += kn.MC) {
         const int64_t mc = std::min(kn.MC, M - ic);
         const T* apack = packed + pc * Mp + (row0 + ic) * kc;
+        // A read in place (lda): its full row panels by the ROWS tile, a last partial one packed
+        // into the thread's buffer
+        const T* arows = lda ? packed + (row0 + ic) * lda + pc : nullptr;
+        const int64_t mfull = lda ? mc / MR * MR : mc;
+        T* apart = nullptr;
+        if (lda && mfull < mc) {
+          apart = thread_buffer<T>(kGemmPackA, MR * kc);
+          pack_a(MR, mc - mfull, kc, arows + mfull * lda, lda, int64_t(1), apart);
+        }
+        // the tile product of row panel ir against B's panel bp into c (row stride ldc)
+        auto tile_at = [&](int64_t ir, int tw, const T* bp, T* c, int64_t ldc, bool addc) {
+          if (!lda) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bp, c, ldc, addc);
+          if (ir >= mfull) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apart, bp, c, ldc, addc);
+          (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows + ir * lda, lda, bp, c, ldc, addc, nullptr);
+        };
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t jr = p * NR;
           const int tw = narrow && jr == jtail ? 16 : NR;
-          const UKernel<T> uk = tw == NR ? kn.uk : kn.uk_narrow;
           const T* bp = bpack + jr * kc;
           if (at[p] < 0) {  // summed in the scratch panel (rows of tw), every tile whole
             T* s = scratch + (-1 - at[p]) + ic * tw;
-            for (int64_t ir = 0; ir < mc; ir += MR) uk(kc, apack + ir * kc, bp, s + ir * tw, tw, pc > 0);
+            for (int64_t ir = 0; ir < mc; ir += MR) tile_at(ir, tw, bp, s + ir * tw, tw, pc > 0);
             continue;
           }
           T* cp = C + ic * rsc + at[p];
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
             if (mr == MR) {
-              uk(kc, apack + ir * kc, bp, cp + ir * rsc, rsc, add);
+              tile_at(ir, tw, bp, cp + ir * rsc, rsc, add);
               continue;
             }
-            uk(kc, apack + ir * kc, bp, tile, tw, false);
+            tile_at(ir, tw, bp, tile, tw, false);
             for (int64_t i = 0; i < mr; ++i) {
               T* c = cp + (ir + i) * rsc;
               const T* t = tile + i * tw;
@@ -1277,6 +1292,14 @@ template <typename T>
 PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, int64_t n_hint) {
   const Kernel<T>& kn = kernel_for<T>(M, n_hint);
   const int64_t Mp = (M + kn.MR - 1) / kn.MR * kn.MR;
+  // float32 rows contiguous along k (an NCHW layer's weights, [K][C*R*S]): not packed at all, the
+  // products read them in place (the ROWS tile), unless they would crowd L1's sets. 2 threads,
+  // batch 8, in-process A/B: ResNet-50's NCHW 1x1 layers +0-17 % (512 -> 2048 @7 +13 %, 1024 ->
+  // 2048 stride 2 @14 +17 %, 2048 -> 512 @7 +4 %), where packing 4 MB of weights a call had cost
+  // 9 % of the 2048 -> 512 layer's samples.
+  if (std::is_same_v<T, float> && csa == 1 &&
+      (l1_ways() >= 12 || !l1_sets_crowded(rsa * int64_t(sizeof(T)), kn.MR, int64_t(kn.KC * sizeof(T)))))
+    return PackedA<T>{A, M, K, &kn, rsa};
   T* dst = thread_buffer<T>(kGemmPackedA, std::max<int64_t>(1, Mp * K));
   // Blocks of KC reduction rows, each [Mp / MR panels][kc][MR] (the layout gemm_batch_serial reads).
   pack_blocks(K, kn.KC, M * K, [&](int64_t pc, int64_t kc) {
@@ -1291,7 +1314,7 @@ void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T*
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(a.kernel);
   const int64_t Mp = (a.M + kn.MR - 1) / kn.MR * kn.MR;
   auto stripe = [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
-    gemm_batch_serial(kn, mi, nj, a.K, a.data, Mp, i0, B, rsb, bc, j0, C + i0 * rsc, rsc, accumulate);
+    gemm_batch_serial(kn, mi, nj, a.K, a.data, Mp, i0, B, rsb, bc, j0, C + i0 * rsc, rsc, accumulate, a.lda);
   };
   split_product(kn, a.M, N, a.K, parallel, stripe);
 }

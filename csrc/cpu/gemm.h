@@ -61,11 +61,14 @@ void gemm(
 // packing lives in the calling thread's kGemmPackedA buffer (valid until that
 // thread packs another A); other threads may read it meanwhile. n_hint: the
 // column count of the products (it picks the register tile, as gemm() does).
+// float32 rows contiguous along k are not packed: the products read them in place
+// (lda > 0), as long as A lives.
 template <typename T>
 struct PackedA {
   const T* data = nullptr;
   int64_t M = 0, K = 0;
   const void* kernel = nullptr;  // the tile it was packed for (gemm.cpp)
+  int64_t lda = 0;  // > 0: not packed, A's rows read where they are (data = A, row stride lda)
 };
 template <typename T>
 PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t csa, int64_t n_hint);
