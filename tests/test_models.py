@@ -367,3 +367,12 @@ def test_train_command_runs_and_learns():
     assert "report" in out.stdout and "resnet20 (convx)" in out.stdout and "resnet20 (torch.nn)" in out.stdout
     acc = float(out.stdout.split("resnet20 (convx)")[1].split("%")[0])
     assert acc > 80.0, out.stdout
+
+
+def test_demo_command_parity():
+    """`python -m convx demo`: its parity check passes (on the exact path; with Winograd, the
+    default, its gradient difference is reported beside it) and it exits 0."""
+    out = subprocess.run([sys.executable, "-m", "convx", "demo", "--device", "cpu", "--reps", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "parity: OK" in out.stdout and "with Winograd" in out.stdout, out.stdout
