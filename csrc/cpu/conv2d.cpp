@@ -578,10 +578,11 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // (at most kGatherRuns of them a block of the reduction), where a filter row has 80 floats
           // or more. Batch 8, 2 threads, in-process A/B: 16 -> 32 5x5 @28 +14 %, 32 -> 96 5x5 @28
           // +7 %, 32 -> 32 7x7 @28 +22 %, 32 -> 128 5x5 @14 +9 %; shorter rows lost (16 channels
-          // 3x3 -5-13 %, 8 channels 5x5 -5 %, 24 channels 3x3 stride 2 -3 %).
-          const int64_t L = S * sh.C;
-          if (Cg < 48 && runs && L >= 80 && (L > KC || std::min(KC / L, R) <= kGatherRuns)) {
-            const int64_t Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r;
+          // 3x3 -5-13 %, 8 channels 5x5 -5 %, 24 channels 3x3 stride 2 -3 %). The copy within the
+          // scratch cap (the thread keeps the buffer).
+          const int64_t L = S * sh.C, Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r;
+          if (Cg < 48 && runs && L >= 80 && (L > KC || std::min(KC / L, R) <= kGatherRuns) &&
+              nn * Hp * Wp * sh.C <= kScratchCapFloats) {
             float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
             maybe_parallel_for(par, 0, nn * Hp, 16, [&](int64_t b, int64_t e) {
               for (int64_t t = b; t < e; ++t) {
