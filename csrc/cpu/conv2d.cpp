@@ -60,6 +60,26 @@ void maybe_parallel_for(bool parallel, int64_t begin, int64_t end, int64_t grain
     f(begin, end);
 }
 
+// xpad [N][Hp][Wp][C] = channels_last x [N][H][W][C] with p's padding as zeros (Hp = H + pad_t +
+// pad_b, Wp = W + pad_l + pad_r), its rows split between the threads when `parallel`.
+void pad_nhwc(const float* x, int64_t N, int64_t H, int64_t W, int64_t C, const Conv2dParams& p, float* xpad,
+              bool parallel) {
+  const int64_t Hp = H + p.pad_t + p.pad_b, Wp = W + p.pad_l + p.pad_r;
+  maybe_parallel_for(parallel, 0, N * Hp, 8, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const int64_t n = row / Hp, h = row % Hp - p.pad_t;
+      float* d = xpad + row * Wp * C;
+      if (h < 0 || h >= H) {
+        std::fill(d, d + Wp * C, 0.f);
+        continue;
+      }
+      std::fill(d, d + p.pad_l * C, 0.f);
+      std::memcpy(d + p.pad_l * C, x + (n * H + h) * W * C, W * C * sizeof(float));
+      std::fill(d + (p.pad_l + W) * C, d + Wp * C, 0.f);
+    }
+  });
+}
+
 // col [Cg*R*S, P] (row stride ld) from one image x [C, H, W] (contiguous planes),
 // channels c0 .. c0+Cg.
 // Only rows [row0, row1) of col when given (written from col's first row).
@@ -584,19 +604,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           if (Cg < 48 && runs && L >= 80 && (L > KC || std::min(KC / L, R) <= kGatherRuns) &&
               nn * Hp * Wp * sh.C <= kScratchCapFloats) {
             float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
-            maybe_parallel_for(par, 0, nn * Hp, 16, [&](int64_t b, int64_t e) {
-              for (int64_t t = b; t < e; ++t) {
-                const int64_t n = t / Hp, h = t - n * Hp - p.pad_t;
-                float* d = xpad + t * Wp * sh.C;
-                if (h < 0 || h >= sh.H) {
-                  std::fill(d, d + Wp * sh.C, 0.f);
-                  continue;
-                }
-                std::fill(d, d + p.pad_l * sh.C, 0.f);
-                std::memcpy(d + p.pad_l * sh.C, xn + (n * sh.H + h) * sh.W * sh.C, sh.W * sh.C * sizeof(float));
-                std::fill(d + (p.pad_l + sh.W) * sh.C, d + Wp * sh.C, 0.f);
-              }
-            });
+            pad_nhwc(xn, nn, sh.H, sh.W, sh.C, p, xpad, par);
             Conv2dParams q = p;
             q.pad_t = q.pad_b = q.pad_l = q.pad_r = 0;
             const Im2colRows ap{xpad, Hp, Wp, sh.C, Cg, S, sh.Ho, sh.Wo, &q};
@@ -731,19 +739,7 @@ void wgrad_nhwc_shifted(const float* x, const float* gy, float* gw, const Conv2d
   const int64_t Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r, L = sh.N * Hp * Wp;
   const int64_t tail = ((R - 1) * p.dil_h * Wp + (S - 1) * p.dil_w + 1) * C + NR;
   float* xpad = workspace<float>(L * C + tail, kConvPadded);
-  at::parallel_for(0, sh.N * Hp, 8, [&](int64_t b, int64_t e) {
-    for (int64_t row = b; row < e; ++row) {
-      const int64_t n = row / Hp, h = row % Hp - p.pad_t;
-      float* d = xpad + row * Wp * C;
-      if (h < 0 || h >= sh.H) {
-        std::fill(d, d + Wp * C, 0.f);
-        continue;
-      }
-      std::fill(d, d + p.pad_l * C, 0.f);
-      std::memcpy(d + p.pad_l * C, x + (n * sh.H + h) * sh.W * C, sh.W * C * sizeof(float));
-      std::fill(d + (p.pad_l + sh.W) * C, d + Wp * C, 0.f);
-    }
-  });
+  pad_nhwc(x, sh.N, sh.H, sh.W, C, p, xpad, true);
   std::fill(xpad + L * C, xpad + L * C + tail, 0.f);
 
   const int64_t mp = ceil_div(Kg, MR), np = ceil_div(Cg, NR), units = G * R * S * np;

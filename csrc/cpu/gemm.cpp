@@ -944,19 +944,18 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
     float* c[16];
   };
   auto gather_tile = [&](int64_t ir, int64_t mr, int64_t pc, int64_t kc, Gathered& g) -> bool {
-    const float* raw[kGatherRuns][16];
     int64_t crow[16];
-    const int n = gather(ctx, ir, mr, pc, kc, raw, crow);
+    const int n = gather(ctx, ir, mr, pc, kc, g.at, crow);
     if (n <= 0) return false;
     for (int i = 0; i < MR; ++i) {
       g.c[i] = i < mr ? C + crow[i] * rsc : nullptr;
       permuted = permuted || (i < mr && crow[i] != ir + i);
     }
     g.n = 0, g.len = kc / n;
-    for (int t = 0; t < n; ++t) {
+    for (int t = 0; t < n; ++t) {  // the runs kept moved down over those left out
       bool zeros = true;
       for (int i = 0; i < MR; ++i) {
-        const float* a = i < mr ? raw[t][i] : gemm_zero_row();
+        const float* a = i < mr ? g.at[t][i] : gemm_zero_row();
         g.at[g.n][i] = a;
         zeros = zeros && a == gemm_zero_row();
       }
@@ -1107,9 +1106,8 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
                GatherFn gather) {
   // Gathered rows on the 12 x 32 tile rather than 6 x 64 (33-64 columns): the tile's B panel, 256
   // steps of 64 floats, did not fit L1 (64 -> 64 3x3 stride 2 @112, batch 8, one thread: 5 % slower).
-  const Kernel<float>& kn = gather && &kernel_for<float>(M, N) == &kernel_avx512_n64<float>()
-                                ? kernel_of<float, Isa::Avx512>()
-                                : kernel_for<float>(M, N);
+  const Kernel<float>& fit = kernel_for<float>(M, N);
+  const Kernel<float>& kn = gather && &fit == &kernel_avx512_n64<float>() ? kernel_of<float, Isa::Avx512>() : fit;
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
     return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len, gather);
