@@ -72,6 +72,13 @@ INCEPTION_V3 = [
     ("iv3.7b.3x1_384", 384, 8, 384, (3, 1), 1, (1, 0), 1),
 ]
 
+# The original GoogLeNet's 5x5 branches (torchvision's GoogLeNet has 3x3 there): 16-32 input
+# channels, a filter row of 80-160 floats (the channels_last forward's padded-copy gather)
+GOOGLENET_5X5 = [
+    ("gnet.v1.3a.5x5_16_32", 16, 28, 32, 5, 1, 2, 1),
+    ("gnet.v1.4e.5x5_32_128", 32, 14, 128, 5, 1, 2, 1),
+]
+
 OTHER = [
     ("dw3x3.56_144", 144, 56, 144, 3, 1, 1, 144),
     ("dw3x3.14_576", 576, 14, 576, 3, 1, 1, 576),
@@ -88,7 +95,7 @@ RESNEXT = [
 ]
 
 QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
-ALL = RESNET50 + VGG16 + GOOGLENET + INCEPTION_V3 + OTHER + RESNEXT
+ALL = RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT
 
 
 def kernel_hw(v):
