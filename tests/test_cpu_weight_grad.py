@@ -14,6 +14,12 @@
   tile's rows, Cg of its 32 or 16 columns; AVX-512's 16 x 16 tile for 16-channel groups), under
   32 x 32 output pixels (16 x 16 for 16-column tiles in channels_last): each group's X and dY
   copied out ([G][pixels][Cg], regroup), then the same in-place tiles on the copies;
+* channels_last float32, one group, under 128 channels, K a multiple of the widest tile's
+  columns that divide it, a kernel wider than 1 at dilation 1 along W, where the in-place tiles
+  do not apply or the image is large (stride 1, 32 x 32 output pixels): the input padded along W,
+  a filter row's S*C floats as the tile's rows read in place (wgrad_nhwc_filter_rows), the filter
+  rows above or below the image skipped; dW^T summed in chunks of output rows where there are
+  fewer than 8 tiles;
 * other channels_last float32: im2col written into the micro-kernel's panels
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
   columns, chunk of the pixels), the chunks summed into copies of dW added in order;
@@ -78,6 +84,15 @@ CASES = {
     # run (3 x 10 floats), a last panel of 26 of 32 columns, four chunks of pixels (as VGG's
     # 3-channel first layer past the scratch cap)
     "tiles_dy_in_place": (2, 10, 41, 41, 16, (3, 3), 2, (1, 1, 1, 1), 1, 1),
+    # filter rows: 16 channels (5 x 16 floats a row, not a whole number of any tile's rows),
+    # 1024+ output pixels at 32 channels (where the shifted path ran), stride 2 with asymmetric
+    # padding, padding past the kernel (output rows whose filter rows all miss the image), and
+    # 2 tiles (1x3, 8 channels): dW^T summed in chunks of output rows
+    "filter_rows_5x5": (2, 16, 28, 27, 32, (5, 5), 1, (2, 2, 2, 2), 1, 1),
+    "filter_rows_large": (1, 32, 34, 33, 64, (5, 5), 1, (2, 2, 2, 2), 1, 1),
+    "filter_rows_s2_asym": (2, 24, 19, 17, 48, (5, 3), 2, (3, 0, 1, 2), 1, 1),
+    "filter_rows_pad_past": (1, 8, 6, 7, 16, (3, 5), 1, (4, 3, 1, 5), 1, 1),
+    "filter_rows_chunks": (3, 8, 5, 9, 16, (1, 3), 1, (0, 0, 1, 1), 1, 1),
 }
 
 
@@ -122,7 +137,8 @@ def test_weight_grad_matches_float64(case, layout, dtype):
 def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
     for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
-                 "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7", "regrouped_cg16"):
+                 "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7", "regrouped_cg16", "filter_rows_5x5",
+                 "filter_rows_chunks"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
@@ -166,3 +182,28 @@ def test_regrouped_weight_grad_narrower_builds(isa):
     """The regrouped weight gradient with the AVX2 and baseline builds' 6 x 16 tiles."""
     from test_cpu_gemm import run_with_isa
     run_with_isa(_REGROUPED_CHILD, isa)
+
+
+_FILTER_ROWS_CHILD = """
+import torch, torch.nn.functional as F
+import convx
+torch.manual_seed(0)
+# 16 and 48 output channels: whole 16-column tiles on every build (6 x 16 on AVX2 and the baseline)
+for N, C, H, W, K, R, S, stride, pad in ((2, 16, 12, 13, 16, 5, 5, 1, 2), (2, 24, 11, 9, 48, 3, 5, 2, 1)):
+    x = torch.randn(N, C, H, W, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(K, C, R, S, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(x, w, None, stride, pad)
+    gy = torch.randn_like(y)
+    ref = torch.autograd.grad(y, w, gy)[0]
+    got = torch.ops.convx.conv2d_backward_weight(gy.float(), x.float(), list(w.shape), [stride] * 2, [pad] * 4,
+                                                 [1, 1], 1, False)[0]
+    torch.testing.assert_close(got.double(), ref, atol=2e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_filter_rows_weight_grad_narrower_builds(isa):
+    """The filter-row weight gradient with the AVX2 and baseline builds' 6 x 16 tiles."""
+    from test_cpu_gemm import run_with_isa
+    run_with_isa(_FILTER_ROWS_CHILD, isa)

@@ -1039,6 +1039,88 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
   copies.sum_into(gw);
 }
 
+// The channels_last float32 weight gradient of few-channel layers by filter rows: with the input
+// zero-padded once (pad_nhwc), filter row r's S*C columns of dW [K, R*S*C] are, for every output
+// pixel, S*C consecutive floats of the padded input (the next pixel's stride*C further), so the
+// product is dW_r^T [S*C, K] = sum over the pixels of that run (A, MR of its floats a broadcast,
+// read in place) times dY's row (B, read in place: whole tiles of K's columns). The rows of the
+// tile are the filter row's floats, not one tap's C channels at a time (16 channels filled half
+// of the 32-column tile; 48, three quarters), and no padding pixel of the output is computed (the
+// shifted path's). The last row panel of a filter row may read past it (the next floats of the
+// padded input, dropped). One group, dilation 1 along W, any stride and dilation along H.
+// Batch 8, two threads, torch / convx: 16 -> 32 5x5 @28 0.34 -> 0.86-0.93, 48 -> 64 5x5 @35
+// 0.52 -> 0.95, 8 -> 32 3x3 (not Winograd's) @28 0.26 -> 1.31, 24 -> 64 7x7 @28 0.40 -> 0.88; 32 -> 64
+// 5x5 @56 (the shifted path's) 0.74 -> 0.98. Under 32 x 32 output pixels the in-place tiles keep
+// the layers whose channels fill them (32 or 64 channels 5x5 / 7x7 @14: 0.95-1.13 there, 0.84-0.97
+// here), and from 128 channels the other paths (512 -> 512 3x3 stride 2 @14 halved here).
+MicroTile wgrad_filter_rows_tile(const Conv2dShape& sh) { return micro_tile_whole_cols(sh.K); }
+
+bool wgrad_filter_rows(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups == 1 && p.dil_w == 1 && sh.S > 1 && sh.K % wgrad_filter_rows_tile(sh).NR == 0;
+}
+
+// Units: the output rows in chunks (each summed into its own copy of dW^T, the copies added in
+// chunk order: fewer than 8 tiles only, from the shape alone) and each chunk's tiles (filter row,
+// row panel, column panel) in `parts` (any split: each tile by one part). A unit runs its tiles on
+// blocks of about 2048 output pixels (whole rows), each C tile loaded and stored once a block.
+void wgrad_nhwc_filter_rows(const float* x, const float* gy, float* gw, const Conv2dShape& sh,
+                            const Conv2dParams& p) {
+  const MicroTile mt = wgrad_filter_rows_tile(sh);
+  const int64_t MR = mt.MR, NR = mt.NR, C = sh.C, K = sh.K, R = sh.R, wf = sh.S * C, ldc = R * wf;
+  // padded along W only: a filter row's taps above or below the image are skipped, not read as zeros
+  Conv2dParams pw = p;
+  pw.pad_t = pw.pad_b = 0;
+  const int64_t Wp = sh.W + p.pad_l + p.pad_r, L = sh.N * sh.H * Wp * C;
+  float* xpad = workspace<float>(L + MR, kConvPadded);
+  pad_nhwc(x, sh.N, sh.H, sh.W, C, pw, xpad, true);
+  std::fill(xpad + L, xpad + L + MR, 0.f);
+  const int64_t rows = sh.N * sh.Ho, npr = ceil_div(wf, MR), kp = K / NR, tiles = R * npr * kp;
+  constexpr int64_t kChunks = 8, kMinRows = 4, kPixels = 2048;
+  const int64_t chunks = tiles >= kChunks ? 1 : std::clamp<int64_t>(rows / kMinRows, 1, kChunks);
+  const int64_t chunk = ceil_div(rows, chunks), block = std::max<int64_t>(1, kPixels / sh.Wo);
+  const int64_t parts = std::clamp<int64_t>(ceil_div(2 * at::get_num_threads(), chunks), 1, tiles);
+  const int64_t per = ceil_div(tiles, parts), dwt = R * npr * MR * K;  // dW^T [R][npr * MR][K]
+  float* pp = workspace<float>(chunks * dwt, kConvWgradT);
+  at::parallel_for(0, chunks * parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t c = u / parts, ta = u % parts * per, tb = std::min(tiles, ta + per);
+      const int64_t t0 = c * chunk, t1 = std::min(rows, t0 + chunk);
+      float* out = pp + c * dwt;
+      // tile t: filter row t / (npr * kp), row panel (t / kp) % npr, column panel t % kp
+      auto at = [&](int64_t t) { return out + (t / (npr * kp) * npr + t / kp % npr) * MR * K + t % kp * NR; };
+      for (int64_t t = ta; t < tb; ++t)
+        for (int64_t j = 0; j < MR; ++j) std::fill_n(at(t) + j * K, NR, 0.f);
+      for (int64_t n = t0 / sh.Ho; n * sh.Ho < t1; ++n) {
+        const int64_t hb = std::max<int64_t>(0, t0 - n * sh.Ho), he = std::min(sh.Ho, t1 - n * sh.Ho);
+        for (int64_t h0 = hb; h0 < he; h0 += block) {
+          const int64_t h1 = std::min(he, h0 + block);
+          for (int64_t t = ta; t < tb; ++t) {
+            // the output rows [lo, hi) whose filter row r lands inside the image
+            const int64_t r = t / (npr * kp), off = r * p.dil_h - p.pad_t;
+            const int64_t lo = std::max(h0, ceil_div(std::max<int64_t>(0, -off), p.stride_h));
+            const int64_t hi = sh.H - 1 - off < 0 ? 0 : std::min(h1, (sh.H - 1 - off) / p.stride_h + 1);
+            if (lo >= hi) continue;
+            const float* xa = xpad + (n * sh.H + lo * p.stride_h + off) * Wp * C + t / kp % npr * MR;
+            micro_tile_product_runs<float>(mt, hi - lo, sh.Wo, xa, p.stride_w * C, p.stride_h * Wp * C,
+                                           gy + ((n * sh.Ho + lo) * sh.Wo) * K + t % kp * NR, K, sh.Wo * K, at(t), K,
+                                           true);
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {  // dW = the chunks' dW^T summed, transposed
+    for (int64_t k = b; k < e; ++k)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < wf; ++j) {
+          const float* src = pp + (r * npr * MR + j) * K + k;
+          float sum = src[0];
+          for (int64_t c = 1; c < chunks; ++c) sum += src[c * dwt];
+          gw[k * ldc + r * wf + j] = sum;
+        }
+  });
+}
+
 // t (N, C, H, W; float32) -> dst [G][N][H][W][C / G]: each group's channels by themselves, one
 // pixel's Cg floats after another's (channels_last per group). From channels_last a copy of Cg
 // floats a pixel, from NCHW a transpose of each image's [Cg][HW] block.
@@ -1124,7 +1206,10 @@ void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2
       // 0.60 -> 0.75x torch, 7x1 0.81 -> 1.17, a 5x5 @28 0.62 -> 0.68) but not above (3x3 64 @56
       // 0.71 -> 0.62, 32 @112 0.70 -> 0.57), and beat the tiles path at stride 2 (128 @56: 0.71 -> 0.92).
       const bool shifted = !p.is_pointwise_identity(R, S) && p.stride_h == 1 && p.stride_w == 1 && sh.Cg >= 8;
-      if (shifted && sh.Ho * sh.Wo >= 1024) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
+      const bool shifted_large = shifted && sh.Ho * sh.Wo >= 1024;
+      if (sh.C < 128 && wgrad_filter_rows(sh, p) && (shifted_large || !wgrad_in_place(sh, p)))
+        return wgrad_nhwc_filter_rows(xp, gyp, gw, sh, p);
+      if (shifted_large) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
       if (wgrad_in_place(sh, p)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p, interleaved_groups(sh));
       if (shifted && sh.Ho * sh.Wo > 256) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
       if (!p.is_pointwise_identity(R, S)) return wgrad_nhwc_tiled(xp, gyp, gw, sh, p);

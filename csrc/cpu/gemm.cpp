@@ -1343,6 +1343,17 @@ MicroTile micro_tile_for_cols(int64_t rows, int64_t cols) {
   return mt;
 }
 
+MicroTile micro_tile_whole_cols(int64_t cols) {
+  if (cpu_isa() == Isa::Avx512) {
+    const Kernel<float>& kn = cols % 64 == 0 ? kernel_avx512_n64<float>()
+                              : cols % 32 == 0 ? kernel_of<float, Isa::Avx512>()
+                              : cols % 16 == 0 ? kernel_avx512_n16()
+                                               : kernel_of<float, Isa::Avx512>();
+    return MicroTile{kn.MR, kn.NR, kn.KC, &kn};
+  }
+  return micro_tile<float>();
+}
+
 template <typename T>
 void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
   const Kernel<T>& kn = kernel_for<T>(1 << 20, 1 << 20);

@@ -30,7 +30,8 @@ enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 // several products (PackedA, PackedB below) 10-11, a convolution's operands
 // copied to the layout it computes in (layout.h's scratch tensors) 12-13, its
 // weight in that layout 14, a data gradient's rotated weight 15, an NCHW weight
-// gradient's transposed block 16 and gemm_packed_a's column panels that cross images 17.
+// gradient's transposed block or a channels_last one's dW^T by filter rows 16 and
+// gemm_packed_a's column panels that cross images 17.
 enum ThreadBufferSlot {
   kGemmPackB = 0, kGemmPackA = 1, kConvCol = 2, kConvPadded = 3, kWinogradFirst = 4, kGemmPackedA = 10,
   kGemmPackedB = 11, kLayoutFirst = 12, kLayoutSecond = 13, kLayoutWeight = 14, kLayoutRotated = 15,
@@ -180,6 +181,10 @@ MicroTile micro_tile_for_rows(int64_t rows);
 // micro_tile_for_rows(rows).
 template <typename T>
 MicroTile micro_tile_for_cols(int64_t rows, int64_t cols);
+// The float tile with the most columns that divide `cols` (AVX-512: 6 x 64, 12 x 32 or 16 x 16;
+// else micro_tile()): C's columns in whole tiles, the fewest loads of A a step (products whose
+// rows A reads in place, MR broadcasts a step, and whose columns are a layer's output channels).
+MicroTile micro_tile_whole_cols(int64_t cols);
 // A [M, K] (row-major, row stride lda) -> packed (round_up(M, MR) * K elements).
 template <typename T>
 void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
