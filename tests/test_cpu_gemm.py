@@ -17,7 +17,8 @@ SHAPES = [(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (50, 70, 600), (24
           (500, 700, 300),  # M > MC, N over one 512 KiB group of B panels (rows of A read in place)
           (250, 64, 300), (301, 45, 70),  # AVX-512's 6 x 64 tile (33-64 columns), whole and cut
           (64, 1100, 40), (40, 700, 300),  # its 8 x 32 tile (few rows, 8-row panels), B rows packed k-major
-          (100, 98, 700)]  # a last column panel of 2 on the 16-column tile (33, 70, 97 and 1100 too)
+          (100, 98, 700),  # a last column panel of 2 on the 16-column tile (33, 70, 97 and 1100 too)
+          (500, 16, 300), (37, 13, 70)]  # AVX-512's 12 x 16 tile (9-16 columns), whole and cut
 
 
 def _flags():
@@ -191,6 +192,13 @@ PACKED_WEIGHT_CASES = {
     # NCHW 196 pixels (4 images of 49) against 150 channels, split by columns: a last column panel
     # of 4 (AVX-512: on the 12 x 16 tile), the panels across images summed in the thread's scratch
     "1x1_cols_across_images_tail": (4, 64, 7, 7, 150, (1, 1), 1, 0),
+    # 9-16 output channels (AVX-512's 12 x 16 tile): a filter row's runs gathered from the padded
+    # copy (32 channels 5x5), pixels gathered a tap at a time (64 channels, stride 2), 1x1 with 12;
+    # and 16 input channels, whose channels_last data gradient is then that forward
+    "5x5_16ch_out": (2, 32, 13, 12, 16, (5, 5), 1, 2),
+    "3x3s2_64_to_16": (2, 64, 15, 15, 16, (3, 3), 2, 1),
+    "1x1_12ch_out": (2, 64, 9, 10, 12, (1, 1), 1, 0),
+    "5x5_16ch_in": (2, 16, 14, 13, 32, (5, 5), 1, 2),
 }
 
 
