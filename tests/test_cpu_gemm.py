@@ -18,7 +18,8 @@ SHAPES = [(1, 1, 1), (5, 7, 3), (12, 32, 256), (13, 33, 257), (50, 70, 600), (24
           (250, 64, 300), (301, 45, 70),  # AVX-512's 6 x 64 tile (33-64 columns), whole and cut
           (64, 1100, 40), (40, 700, 300),  # its 8 x 32 tile (few rows, 8-row panels), B rows packed k-major
           (100, 98, 700),  # a last column panel of 2 on the 16-column tile (33, 70, 97 and 1100 too)
-          (500, 16, 300), (37, 13, 70)]  # AVX-512's 12 x 16 tile (9-16 columns), whole and cut
+          (500, 16, 300), (37, 13, 70),  # AVX-512's 12 x 16 tile (9-16 columns), whole and cut
+          (400, 48, 300), (45, 37, 70)]  # its 8 x 48 tile (33-48 columns)
 
 
 def _flags():
@@ -199,6 +200,10 @@ PACKED_WEIGHT_CASES = {
     "3x3s2_64_to_16": (2, 64, 15, 15, 16, (3, 3), 2, 1),
     "1x1_12ch_out": (2, 64, 9, 10, 12, (1, 1), 1, 0),
     "5x5_16ch_in": (2, 16, 14, 13, 32, (5, 5), 1, 2),
+    # 33-48 output channels (AVX-512's 8 x 48 tile), gathered both ways; 48 input channels
+    "5x5_48ch_out": (2, 32, 13, 12, 48, (5, 5), 1, 2),
+    "3x3s2_64_to_40": (2, 64, 15, 15, 40, (3, 3), 2, 1),
+    "5x5_48ch_in": (2, 48, 11, 12, 32, (5, 5), 1, 2),
 }
 
 

@@ -1449,18 +1449,20 @@ at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, 
 // (im2col_nhwc_direct), where dX's channels fill whole 32-column tiles (batch 8: 1x7 128 @17
 // 1.79 -> 1.44 ms, 1x7 160 2.95 -> 2.26, 7x1 192 -> 128 2.29 -> 2.15, 5x5 96 -> 32 @28
 // 3.45 -> 2.63; but 5x5 128 -> 48 @14, 48 channels in 64-column tiles, 1.49 -> 1.97: kept on
-// its own path). Not where the weights outnumber dY (C*R*S > N*Ho*Wo): their rotation and
+// its own path, until AVX-512's 8 x 48 tile: 48 channels 0.64-0.66 -> 0.81-0.84x torch as the
+// forward, 48 -> 64 5x5 @35, 48 -> 128 5x5 @14, 48 -> 96 5x5 @28; 80 channels +8 %, 112-208 even).
+// Not where the weights outnumber dY (C*R*S > N*Ho*Wo): their rotation and
 // copies, three passes over 9.4 MB for 512 -> 512 3x3 at 7 x 7 and batch 2, cost more than the
-// product (0.50x torch that way, 0.70 the other). channels_last with 9-16 channels too, on the
-// 12 x 16 tile (16 -> 32 5x5 @28 +36 %, @56 +44 %, 7x7 +45 %, 1x7 +46 %). mf: the result's layout.
+// product (0.50x torch that way, 0.70 the other). channels_last: channels a multiple of 16, or 9-15
+// (16 -> 32 5x5 @28 +36 %, @56 +44 %, 7x7 +45 %, 1x7 +46 % on the 12 x 16 tile). mf: the result's layout.
 // Padding within d*(R-1) on every side: the data gradient as a forward then has padding >= 0.
 bool pads_within_filter(const Conv2dShape& sh, const Conv2dParams& p) {
   return p.pad_t <= p.dil_h * (sh.R - 1) && p.pad_b <= p.dil_h * (sh.R - 1) && p.pad_l <= p.dil_w * (sh.S - 1) &&
          p.pad_r <= p.dil_w * (sh.S - 1);
 }
 bool data_grad_as_forward(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
-  return (mf == at::MemoryFormat::Contiguous || sh.C % 32 == 0 || (sh.C > 8 && sh.C <= 16)) && gy.scalar_type() != at::kDouble &&
-         p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 && sh.R * sh.S > 1 && !winograd_data_grad(sh, p) &&
+  return (mf == at::MemoryFormat::Contiguous || sh.C % 16 == 0 || (sh.C > 8 && sh.C < 16)) &&
+         gy.scalar_type() != at::kDouble && p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 && sh.R * sh.S > 1 && !winograd_data_grad(sh, p) &&
          sh.K >= 8 && pads_within_filter(sh, p) && fits_scratch(sh) && sh.C * sh.R * sh.S <= sh.N * sh.Ho * sh.Wo;
 }
 
