@@ -204,6 +204,8 @@ PACKED_WEIGHT_CASES = {
     "5x5_48ch_out": (2, 32, 13, 12, 48, (5, 5), 1, 2),
     "3x3s2_64_to_40": (2, 64, 15, 15, 40, (3, 3), 2, 1),
     "5x5_48ch_in": (2, 48, 11, 12, 32, (5, 5), 1, 2),
+    # 72 output channels, weights packed once: 64 on the 12 x 32 tile, a last panel of 8 packed 16 wide
+    "1x1_72ch_narrow_tail": (2, 64, 15, 16, 72, (1, 1), 1, 0),
 }
 
 

@@ -71,6 +71,14 @@ CASES = {
     "padded_dilated_rows": (1, 20, 16, 15, 24, (3, 5), 1, (2, 2), (2, 1), 1),
     "padded_1x7_16ch": (2, 16, 9, 17, 20, (1, 7), 1, (0, 3), 1, 1),
     "padded_pieces_280": (1, 40, 10, 12, 24, (3, 7), 1, (1, 3), 1, 1),
+    # 80 output channels: 64 on the 12 x 32 (or 8 x 32) tile and a last panel of 16 packed 16 wide on
+    # the 12 x 16 (8 x 16) tile, rows made or read in place (direct), gathered a tap a run, gathered from the padded copy,
+    # and with B packed whole
+    "narrow_tail_direct": (2, 12, 20, 40, 80, (3, 5), 1, (1, 2), 1, 1),
+    "narrow_tail_gather": (2, 64, 15, 15, 80, (3, 3), 2, (1, 1), 1, 1),  # 128 rows: the 8 x 32 / 8 x 16 tiles
+    "narrow_tail_gather_12": (4, 64, 17, 17, 80, (3, 3), 2, (1, 1), 1, 1),  # 324 rows: 12 x 32 / 12 x 16
+    "narrow_tail_padded": (2, 16, 14, 13, 72, (5, 5), 1, (2, 2), 1, 1),
+    "narrow_tail_b_whole": (2, 24, 24, 40, 80, (3, 5), 1, (1, 2), 1, 1),
 }
 
 

@@ -307,6 +307,7 @@ struct Kernel {
   // columns, packed 16 wide (gemm_serial), which the 32-column tile computed padded to 32
   UKernel<T> uk_narrow = nullptr;
   UKernelRows<T> ur_narrow = nullptr;
+  UKernelRowsSeg<T> urs_narrow = nullptr;
 };
 
 Isa detect_isa() {
@@ -332,7 +333,8 @@ const Kernel<T>& kernel_of() {
       case Isa::Avx512:
         return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, 32>, &ukernel_rows_avx512<T, 12, 32>,
                              &ukernel_brows_avx512<T, 12, 32>, "avx512", &ukernel_rows_seg_avx512<T, 12, 32>,
-                             &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>}
+                             &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
+                             &ukernel_rows_seg_avx512<T, 12, 16>}
                  : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
                              &ukernel_brows_avx512<T, 12, 16>, "avx512", &ukernel_rows_seg_avx512<T, 12, 16>};
       case Isa::Avx2:
@@ -358,7 +360,7 @@ const Kernel<T>& kernel_avx512_short() {
       std::is_same_v<T, float>
           ? Kernel<T>{8, 32, 256, 240, 3072, &ukernel_avx512<T, 8, 32>, &ukernel_rows_avx512<T, 8, 32>,
                       &ukernel_brows_avx512<T, 8, 32>, "avx512", &ukernel_rows_seg_avx512<T, 8, 32>,
-                      &ukernel_avx512<T, 8, 16>, &ukernel_rows_avx512<T, 8, 16>}
+                      &ukernel_avx512<T, 8, 16>, &ukernel_rows_avx512<T, 8, 16>, &ukernel_rows_seg_avx512<T, 8, 16>}
           : Kernel<T>{8, 16, 256, 120, 1536, &ukernel_avx512<T, 8, 16>, &ukernel_rows_avx512<T, 8, 16>,
                       &ukernel_brows_avx512<T, 8, 16>, "avx512", &ukernel_rows_seg_avx512<T, 8, 16>};
   return k;
@@ -433,6 +435,14 @@ const Kernel<T>& kernel_for(int64_t M, int64_t N) {
     case Isa::Avx2: return kernel_of<T, Isa::Avx2>();
     default: return kernel_of<T, Isa::Base>();
   }
+}
+
+// The gathered-rows MR x 16 tile of a kernel with a narrow tile (uk_narrow), for a last panel of
+// at most 16 columns.
+UKernelGather gather_kernel_narrow(const Kernel<float>& kn) {
+  if (&kn == &kernel_of<float, Isa::Avx512>()) return &ukernel_gather_avx512<12, 16>;
+  if (&kn == &kernel_avx512_short<float>()) return &ukernel_gather_avx512<8, 16>;
+  return nullptr;
 }
 
 // The gathered-rows tile of gemm_rows' kernels (kernel_for's float tiles; nullptr for others).
@@ -621,7 +631,7 @@ void gemm_serial(
     const T* B, int64_t rsb, int64_t csb,
     T* C, int64_t rsc, int64_t csc, bool accumulate,
     const T* bpacked = nullptr, int64_t Np = 0, int64_t col0 = 0) {
-  // bpacked: B packed whole (pack_b_once; Np columns rounded up to NR), this
+  // bpacked: B packed whole (pack_b_once; Np columns: packed_b_cols), this
   // product's columns starting at its column col0 (a multiple of NR).
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0) return;
@@ -645,7 +655,7 @@ void gemm_serial(
       // after the others: 98 columns (an NCHW 7 x 7 layer at batch 2, weights read in place)
       // were 4 panels of 32, a quarter of the products padding.
       const int64_t ntail = nc % NR, jtail = nc - ntail;
-      const bool narrow = !bpacked && kn.uk_narrow && ntail > 0 && ntail <= 16;
+      const bool narrow = kn.uk_narrow && ntail > 0 && ntail <= 16 && (!bpacked || Np % NR != 0);
       if (bpacked) {
         bpack = bpacked + pc * Np + (col0 + jc) * kc;
       } else if (narrow) {
@@ -949,11 +959,30 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
 // gemm_serial with A's rows made by a callback (gemm_rows in gemm.h): each MR x kc
 // block of A is written row by row into an L1-sized buffer, then transposed into
 // the micro-kernel's panel; B is packed as in gemm_serial.
+// Whether nc columns end in a panel of at most 16 that the kernel's MR x 16 tile takes (uk_narrow).
+template <typename T>
+bool narrow_tail(const Kernel<T>& kn, int64_t nc) {
+  return kn.uk_narrow && nc % kn.NR > 0 && nc % kn.NR <= 16;
+}
+// B [kc, nc] packed as pack_b does, but a last panel of at most 16 columns 16 wide (narrow_tail).
+template <typename T>
+void pack_b_narrow(const Kernel<T>& kn, int64_t kc, int64_t nc, const T* B, int64_t rsb, int64_t csb, T* dst,
+                   bool narrow = true) {
+  if (!narrow || !narrow_tail(kn, nc)) return pack_b(kn.NR, kc, nc, B, rsb, csb, dst);
+  const int64_t whole = nc - nc % kn.NR;
+  pack_b(kn.NR, kc, whole, B, rsb, csb, dst);
+  pack_b(16, kc, nc - whole, B + whole * csb, rsb, csb, dst + whole * kc);
+}
+
 void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
                       const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate,
                       DirectFn direct = nullptr, int64_t seg_len = 0, GatherFn gather = nullptr) {
   const int MR = kn.MR, NR = kn.NR;
   const UKernelGather ug = gather && seg_len > 0 ? gather_kernel(kn) : nullptr;
+  const UKernelGather ug_narrow = ug && kn.uk_narrow ? gather_kernel_narrow(kn) : nullptr;
+  // a last panel of at most 16 columns on the MR x 16 tile where the kernel has one for each way
+  // the rows are read
+  const bool narrow_ok = kn.ur_narrow && kn.urs_narrow && (!ug || ug_narrow);
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t NC = block_n(kn, M);
   float* arows = thread_buffer<float>(kGemmPackA, MR * kn.KC);  // MR rows of kc
@@ -998,6 +1027,9 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   // packed block (bpack: panels [nc / NR][kc][NR]).
   auto rows_block = [&](int64_t i0, int64_t i1, int64_t jc, int64_t nc, int64_t pc, int64_t kc, const float* bpack) {
     const bool add = accumulate || pc > 0;
+    // a last panel of at most 16 columns packed 16 wide (pack_b_narrow) on the MR x 16 tile
+    const int64_t jtail = narrow_ok && narrow_tail(kn, nc) ? nc - nc % NR : nc;
+    auto width = [&](int64_t jr) { return jr == jtail ? 16 : NR; };
     // Each MR rows of A are read where made (the ROWS tile, rows kc apart, L1-hot), not
     // transposed into a panel first (that cost about what the product did with one or two
     // column panels, 8% of a stride-2 3x3 layer's time with four), and meet up to 512 KiB of
@@ -1025,19 +1057,20 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
           }
           for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
-            const int64_t nr = std::min<int64_t>(NR, nc - jr);
+            const int64_t nr = std::min<int64_t>(NR, nc - jr), tw = width(jr);
             float* c = C + ir * rsc + (jc + jr);
-            const bool whole = mr == MR && nr == NR;
+            const bool whole = mr == MR && nr == tw;
             float* dst = whole ? c : tile;
-            const int64_t ldd = whole ? rsc : NR;
+            const int64_t ldd = whole ? rsc : tw;
             const bool addd = whole && add;
             if (in_place)
-              kn.urs(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n, sg.step, sg.len * NR);
+              (tw == NR ? kn.urs : kn.urs_narrow)(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n,
+                                                  sg.step, sg.len * tw);
             else
-              kn.ur(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr);
+              (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr);
             if (whole) continue;
             for (int64_t i = 0; i < mr; ++i)
-              for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * NR + j] : tile[i * NR + j];
+              for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * tw + j] : tile[i * tw + j];
           }
         }
     };
@@ -1070,7 +1103,8 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
       Gathered* gn = gs[1 - cur];
       const int64_t n0 = r1, n1 = std::min(i1, n0 + kTiles * MR), ntiles = n0 < n1 ? (n1 - n0 + MR - 1) / MR : 0;
       for (int64_t jr = 0; jr < nc; jr += NR) {
-        const int64_t nr = std::min<int64_t>(NR, nc - jr);
+        const int64_t nr = std::min<int64_t>(NR, nc - jr), tw = width(jr);
+        const UKernelGather ugj = tw == NR ? ug : ug_narrow;
         for (int64_t t = 0; t < tiles; ++t) {
           if (jr == 0 && t < ntiles && ready == t &&
               gather_tile(n0 + t * MR, std::min<int64_t>(MR, M - n0 - t * MR), pc, kc, gn[t])) {
@@ -1084,16 +1118,16 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
           }
           if (g[t].n == 0 && add) continue;
           const int64_t ir = r0 + t * MR, mr = std::min<int64_t>(MR, M - ir);
-          if (mr == MR && nr == NR) {
-            ug(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, g[t].c, jc + jr, add);
+          if (mr == MR && nr == tw) {
+            ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, g[t].c, jc + jr, add);
             continue;
           }
           float* trow[16];
-          for (int i = 0; i < MR; ++i) trow[i] = tile + i * NR;
-          ug(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, trow, 0, false);
+          for (int i = 0; i < MR; ++i) trow[i] = tile + i * tw;
+          ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, trow, 0, false);
           for (int64_t i = 0; i < mr; ++i) {
             float* c = g[t].c[i] + jc + jr;
-            for (int64_t j = 0; j < nr; ++j) c[j] = add ? c[j] + tile[i * NR + j] : tile[i * NR + j];
+            for (int64_t j = 0; j < nr; ++j) c[j] = add ? c[j] + tile[i * tw + j] : tile[i * tw + j];
           }
         }
       }
@@ -1104,12 +1138,12 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   // blocks): then the rows go in chunks of ~128 KiB of C, each through every reduction block
   // while in L2. Block by block over all the rows, C (3.2 MB for a 128 -> 128 stride-2 3x3
   // layer at batch 8) went through memory once a block (six times for that layer).
-  const int64_t ncp = (N + NR - 1) / NR * NR;
+  const int64_t ncp = narrow_ok && narrow_tail(kn, N) ? N - N % NR + 16 : (N + NR - 1) / NR * NR;
   if (N <= NC && K > block_at(0) && K * ncp * int64_t(sizeof(float)) <= (int64_t(1) << 20)) {
     float* bpack = thread_buffer<float>(kGemmPackB, K * ncp);
     for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
       kc = block_at(pc);
-      pack_b(NR, kc, N, B + pc * rsb, rsb, csb, bpack + pc * ncp);
+      pack_b_narrow(kn, kc, N, B + pc * rsb, rsb, csb, bpack + pc * ncp, narrow_ok);
     }
     const int64_t chunk = std::max<int64_t>(1, (int64_t(128) << 10) / (ncp * int64_t(sizeof(float))) / MR) * MR;
     for (int64_t i0 = 0; i0 < M; i0 += chunk)
@@ -1124,7 +1158,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
     const int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
       kc = block_at(pc);
-      pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
+      pack_b_narrow(kn, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack, narrow_ok);
       rows_block(0, M, jc, nc, pc, kc, bpack);
     }
   }
@@ -1294,14 +1328,25 @@ void gemm(
   });
 }
 
+// A packed B's columns: N rounded up to whole panels, or with a last panel of at most 16 columns
+// packed 16 wide for the kernel's MR x 16 tile (uk_narrow), as gemm_serial packs its own B. A
+// count not a multiple of NR tells gemm_serial the last panel is narrow.
+template <typename T>
+int64_t packed_b_cols(const Kernel<T>& kn, int64_t N) {
+  const int64_t tail = N % kn.NR;
+  return kn.uk_narrow && tail > 0 && tail <= 16 ? N - tail + 16 : (N + kn.NR - 1) / kn.NR * kn.NR;
+}
+
 template <typename T>
 PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, int64_t m_hint) {
   const Kernel<T>& kn = kernel_for<T>(m_hint, N);
-  const int64_t Np = (N + kn.NR - 1) / kn.NR * kn.NR;
+  const int64_t Np = packed_b_cols(kn, N), whole = Np % kn.NR ? N - N % kn.NR : N;
   T* dst = thread_buffer<T>(kGemmPackedB, std::max<int64_t>(1, Np * K));
-  // Blocks of KC reduction rows, each [Np / NR panels][kc][NR] (what gemm_serial packs a block of B into).
+  // Blocks of KC reduction rows, each [Np / NR panels][kc][NR] (what gemm_serial packs a block of B
+  // into), a narrow last panel [kc][16] after them.
   pack_blocks(K, kn.KC, N * K, [&](int64_t pc, int64_t kc) {
-    pack_b(kn.NR, kc, N, B + pc * rsb, rsb, csb, dst + pc * Np);
+    pack_b(kn.NR, kc, whole, B + pc * rsb, rsb, csb, dst + pc * Np);
+    if (whole < N) pack_b(16, kc, N - whole, B + pc * rsb + whole * csb, rsb, csb, dst + pc * Np + whole * kc);
   });
   return PackedB<T>{dst, K, N, &kn};
 }
@@ -1310,7 +1355,7 @@ template <typename T>
 void gemm_packed_b(int64_t M, const T* A, int64_t rsa, int64_t csa, const PackedB<T>& b, T* C, int64_t rsc,
                    int64_t csc, bool accumulate, bool parallel) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(b.kernel);
-  const int64_t Np = (b.N + kn.NR - 1) / kn.NR * kn.NR;
+  const int64_t Np = packed_b_cols(kn, b.N);
   split_product(kn, M, b.N, b.K, parallel, [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
     gemm_serial(kn, mi, nj, b.K, A + i0 * rsa, rsa, csa, static_cast<const T*>(nullptr), 0, 0,
                 C + i0 * rsc + j0 * csc, rsc, csc, accumulate, b.data, Np, j0);
