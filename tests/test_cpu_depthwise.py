@@ -2,7 +2,8 @@
 (whole 64-byte blocks and a tail), rows of 32 or more outputs and narrow
 planes (NCHW stride-1 planes, directly or through a zero-padded copy, and the
 data gradient as the correlation with the turned filter), the
-channels_last interior of 3x3 and 5x5 filters, padding, dilation, strides 1
+channels_last interior of 3x3 and 5x5 filters, the channel-blocked forward
+(bands of zero-padded rows, 64 bytes of channels a pixel), padding, dilation, strides 1
 and 2, both layouts, float32 and float64, forward and both gradients against
 torch in float64, and the AVX2 and baseline builds, forced."""
 import os
@@ -24,6 +25,12 @@ CASES = [
     ((5, 5), 1, 1, 1),
     ((3, 5), 1, (1, 2), 1),
     ((3, 3), 2, 1, 1),
+    # the channel-blocked forward (NCHW strided or larger filters, channels_last 5x5 / 7x7 at
+    # stride 1): specialised rows of 3, 5 and 7 taps at strides 1 and 2, and any other
+    ((5, 5), 2, 2, 1),
+    ((7, 7), 1, 3, 1),
+    ((3, 3), 2, 0, 1),
+    ((3, 3), (1, 2), 1, (1, 2)),
 ]
 C = 37
 # rows of two or more 64-byte blocks; narrow planes (the zero-padded copy), whose rows are copied
@@ -74,6 +81,22 @@ for layout in ("contiguous", "channels_last"):
             t.check(layout, torch.float32, case, size)
 print("ok")
 """
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_blocked_forward_bands(layout):
+    # 150 rows of 64 columns: the channel-blocked forward's bands of output rows (each band's input
+    # rows in its buffer), the last band short, 37 channels (a partial channel block). The forward
+    # only: the weight gradient's 19,200-term sums are checked on the smaller sizes above.
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    g = torch.Generator().manual_seed(1)
+    for k, stride, pad, (H, W) in (((5, 5), 1, 2, (150, 64)), ((3, 3), 2, 1, (151, 66))):
+        x = torch.randn(2, C, H, W, generator=g).contiguous(memory_format=mf)
+        w, b = torch.randn(C, 1, *k, generator=g), torch.randn(C, generator=g)
+        y = convx.functional.conv2d(x, w, b, stride, pad, 1, C)
+        assert y.is_contiguous(memory_format=mf)
+        want = F.conv2d(x.double(), w.double(), b.double(), stride, pad, 1, C)
+        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
