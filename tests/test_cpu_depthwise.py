@@ -31,6 +31,9 @@ CASES = [
     ((7, 7), 1, 3, 1),
     ((3, 3), 2, 0, 1),
     ((3, 3), (1, 2), 1, (1, 2)),
+    # the NCHW strided data gradient by phases: stride 3, and padding past the filter
+    ((3, 3), 3, 1, 1),
+    ((3, 3), 2, 3, 1),
 ]
 C = 37
 # rows of two or more 64-byte blocks; narrow planes (the zero-padded copy), whose rows are copied
@@ -84,19 +87,27 @@ print("ok")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_blocked_forward_bands(layout):
-    # 150 rows of 64 columns: the channel-blocked forward's bands of output rows (each band's input
-    # rows in its buffer), the last band short, 37 channels (a partial channel block). The forward
-    # only: the weight gradient's 19,200-term sums are checked on the smaller sizes above.
+def test_blocked_bands(layout):
+    # 150 rows of 64 columns: the channel-blocked forward's and data gradient's bands of rows (each
+    # band's input rows in its buffer), the last band short, 37 channels (a partial channel block).
+    # Not the weight gradient: its 19,200-term sums are checked on the smaller sizes above.
     mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     g = torch.Generator().manual_seed(1)
     for k, stride, pad, (H, W) in (((5, 5), 1, 2, (150, 64)), ((3, 3), 2, 1, (151, 66))):
         x = torch.randn(2, C, H, W, generator=g).contiguous(memory_format=mf)
         w, b = torch.randn(C, 1, *k, generator=g), torch.randn(C, generator=g)
-        y = convx.functional.conv2d(x, w, b, stride, pad, 1, C)
+        xa = x.clone().requires_grad_()
+        y = convx.functional.conv2d(xa, w, b, stride, pad, 1, C)
         assert y.is_contiguous(memory_format=mf)
-        want = F.conv2d(x.double(), w.double(), b.double(), stride, pad, 1, C)
+        x64 = x.double().requires_grad_()
+        want = F.conv2d(x64, w.double(), b.double(), stride, pad, 1, C)
         torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-4)
+        # and the data gradient's bands (NCHW: as the forward at stride 1, by phases at stride 2)
+        gy = torch.randn(y.shape, generator=g).contiguous(memory_format=mf)
+        gx, = torch.autograd.grad(y, xa, gy)
+        gx64, = torch.autograd.grad(want, x64, gy.double())
+        assert gx.is_contiguous(memory_format=mf)
+        torch.testing.assert_close(gx.double(), gx64, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
