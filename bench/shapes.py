@@ -94,8 +94,25 @@ RESNEXT = [
     ("rx50.4.grouped32.7_1024", 1024, 7, 1024, 3, 1, 1, 32),
 ]
 
+# Output channels that no register tile's width divides (16, 48, 80, 112: the 12 x 16, 8 x 48 and
+# narrow-panel tiles), and MobileNetV2 / EfficientNet-B0's depthwise layers (5x5, stride 2; not in
+# SHAPES.md)
+WIDTHS = [
+    ("gnet.v1.3a.1x1_192_16", 192, 28, 16, 1, 1, 0, 1),
+    ("iv3.5b.1x1_192_48", 192, 35, 48, 1, 1, 0, 1),
+    ("effnet.4.1x1_240_80", 240, 14, 80, 1, 1, 0, 1),
+    ("effnet.5.1x1_480_112", 480, 14, 112, 1, 1, 0, 1),
+]
+MOBILE = [
+    ("mnv2.dw3x3.112_96_s2", 96, 112, 96, 3, 2, 1, 96),
+    ("effnet.dw5x5.56_144_s2", 144, 56, 144, 5, 2, 2, 144),
+    ("effnet.dw5x5.28_240", 240, 28, 240, 5, 1, 2, 240),
+    ("effnet.dw5x5.14_672_s2", 672, 14, 672, 5, 2, 2, 672),
+    ("effnet.dw5x5.7_1152", 1152, 7, 1152, 5, 1, 2, 1152),
+]
+
 QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
-ALL = RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT
+ALL = RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT + WIDTHS + MOBILE
 
 
 def kernel_hw(v):
