@@ -1,6 +1,6 @@
 """Winograd F(4x4, 3x3) on the CPU (csrc/cpu/winograd.cpp): float32 3x3 convolutions at
 stride 1, forward, data gradient (and so the stride-1 transposed convolution) and, with
-enough tiles, the weight gradient; and F(2x2, 3x3) for channels_last groups of 16 or 32 channels
+enough tiles, the weight gradient, dilated ones too (their d * d phases a batch); and F(2x2, 3x3) for channels_last groups of 16 or 32 channels
 on AVX-512 (csrc/cpu/grouped.cpp), forward and data gradient, judged by the same bound.
 
 Its rounding error is larger than a direct convolution's, so it is judged element by
@@ -85,6 +85,42 @@ def test_forward_within_bound(case, layout):
         assert y.is_contiguous(memory_format=mf) == torch_y.is_contiguous(memory_format=mf)
     _within_bound(y, ref, mag, "forward")
     assert not torch.equal(y, _exact(run)), "the Winograd path did not run"
+
+
+# Dilated 3x3 at stride 1 (conv2d.cpp's dilated_winograd): the d * d phases of the image as a
+# batch of ordinary 3x3 convolutions on Winograd. N, C, H, W, K, dilation, (top, bottom, left,
+# right) padding (top and left multiples of d): sizes that d does not divide (phases of unequal
+# sizes), bottom / right padding that is not, and the output tile's reach d times wider.
+DILATED = {
+    "d2_same": (2, 32, 28, 27, 48, 2, (2, 2, 2, 2)),
+    "d3_odd": (1, 16, 33, 31, 20, 3, (3, 1, 6, 3)),
+    "d4_valid_bottom": (2, 24, 40, 41, 32, 4, (4, 0, 0, 4)),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(DILATED.values()), ids=list(DILATED))
+def test_dilated_forward_within_bound(case, layout):
+    N, C, H, W, K, d, pad = case
+    x, w, b, x32, w32, b32, _ = _tensors((N, C, H, W, K, pad), layout)
+    run = lambda: torch.ops.convx.conv2d(x32, w32, b32, [1, 1], list(pad), [d, d], 1)  # noqa: E731
+    y = run()
+    t, bo, l, r = pad
+    ref = F.conv2d(F.pad(x32.double(), (l, r, t, bo)), w32.double(), b32.double(), dilation=d)
+    mag = F.conv2d(F.pad(x32.double().abs(), (l, r, t, bo)), w32.double().abs(), b32.double().abs(), dilation=d)
+    torch_y = F.conv2d(x32, w32, b32, padding=d, dilation=d)  # the output layout follows torch's rule
+    assert y.shape == ref.shape
+    for mf in (torch.contiguous_format, torch.channels_last):
+        assert y.is_contiguous(memory_format=mf) == torch_y.is_contiguous(memory_format=mf)
+    mag = F.max_pool2d(mag, 6 * d + 1, stride=1, padding=3 * d)  # the tile's reach, d apart
+    err = (y.double() - ref).abs()
+    assert (err <= BOUND * mag + 1e-12).all(), f"error {(err / mag).max().item() / U:.1f} * 2^-24 * M"
+    assert not torch.equal(y, _exact(run)), "the Winograd path did not run"
+    # the fused epilogue (residual, ReLU) on the phases' result
+    res = torch.randn(y.shape).contiguous(
+        memory_format=torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    yf = torch.ops.convx.conv2d_fused(x32, w32, b32, res, [1, 1], list(pad), [d, d], 1, True)
+    torch.testing.assert_close(yf, (y + res).clamp_min(0), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -217,6 +253,39 @@ def test_weight_gradient_within_bound(case, layout):
     assert not torch.equal(gw, _exact(run)), "the Winograd path did not run"
 
 
+# dilated: Winograd's weight gradient over the batch of X's and dY's phases. N, C, H, W, K,
+# dilation, padding (top and left multiples of d)
+DILATED_WGRAD = {
+    "d2_same": (4, 32, 48, 46, 48, 2, (2, 2, 2, 2)),
+    "d3_odd_edges": (2, 17, 50, 52, 33, 3, (3, 1, 0, 5)),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(DILATED_WGRAD.values()), ids=list(DILATED_WGRAD))
+def test_dilated_weight_gradient_within_bound(case, layout):
+    N, C, H, W, K, d, pad = case
+    g = torch.Generator().manual_seed(7)
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
+    Ho, Wo = H + pad[0] + pad[1] - 2 * d, W + pad[2] + pad[3] - 2 * d
+    gy = torch.randn(N, K, Ho, Wo, generator=g).contiguous(memory_format=mf)
+    run = lambda: torch.ops.convx.conv2d_backward_weight(gy, x, [K, C, 3, 3], [1, 1], list(pad), [d, d], 1,  # noqa
+                                                         False)[0]
+    gw = run()
+    assert gw.shape == (K, C, 3, 3) and gw.is_contiguous(memory_format=mf)
+
+    def grad64(xx, gg):
+        t, bo, l, r = pad
+        w = torch.zeros(K, C, 3, 3, dtype=torch.float64, requires_grad=True)
+        return torch.autograd.grad(F.conv2d(F.pad(xx.double(), (l, r, t, bo)), w, dilation=d), w, gg.double())[0]
+
+    ref, mag = grad64(x, gy), grad64(x.abs(), gy.abs()).amax(dim=(2, 3), keepdim=True)
+    err = (gw.double() - ref).abs()
+    assert (err <= BOUND * mag).all(), f"error {(err / mag).max().item() / U:.1f} * 2^-24 * M, bound 64"
+    assert not torch.equal(gw, _exact(run)), "the Winograd path did not run"
+
+
 def test_weight_gradient_few_tiles_takes_the_direct_path():
     """Under 128 tiles or 2 tiles a row (8x8 images); with C * K over 256 * 256, under 32 tiles:
     the direct product."""
@@ -280,14 +349,15 @@ def test_module_training_step_matches_torch():
 
 
 def test_float64_and_other_geometries_stay_exact():
-    """float64, strides, dilation, groups (but those of 16 or 32 channels: test_grouped_within_bound),
+    """float64, strides, some dilations, groups (but those of 16 or 32 channels: test_grouped_within_bound),
     few channels and few tiles never take Winograd: their results are bitwise those of the exact path."""
     g = torch.Generator().manual_seed(4)
     cases = [
         (torch.randn(2, 32, 16, 16, generator=g, dtype=torch.float64), torch.randn(32, 32, 3, 3, dtype=torch.float64),
          dict(padding=1)),
         (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=1, stride=2)),
-        (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=2, dilation=2)),
+        # dilation with padding not a multiple of it (a multiple: test_dilated_forward_within_bound)
+        (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=1, dilation=2)),
         (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 8, 3, 3, generator=g), dict(padding=1, groups=4)),
         (torch.randn(2, 8, 16, 16, generator=g), torch.randn(32, 8, 3, 3, generator=g), dict(padding=1)),  # C < 16
         (torch.randn(1, 64, 12, 12, generator=g), torch.randn(64, 64, 3, 3, generator=g), dict(padding=1)),  # 9 tiles
