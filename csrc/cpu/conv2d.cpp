@@ -1551,7 +1551,8 @@ bool pads_within_filter(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 bool data_grad_as_forward(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
   return (mf == at::MemoryFormat::Contiguous || sh.C % 16 == 0 || (sh.C > 8 && sh.C < 16)) &&
-         gy.scalar_type() != at::kDouble && p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 && sh.R * sh.S > 1 && !winograd_data_grad(sh, p) &&
+         gy.scalar_type() != at::kDouble && p.stride_h == 1 && p.stride_w == 1 && p.groups == 1 &&
+         sh.R * sh.S > 1 && !winograd_data_grad(sh, p) &&
          sh.K >= 8 && pads_within_filter(sh, p) && fits_scratch(sh) && sh.C * sh.R * sh.S <= sh.N * sh.Ho * sh.Wo;
 }
 

@@ -355,6 +355,67 @@ CONVX_ALWAYS_INLINE inline void dw_row_any(const T* xr, const T* wl, typename Bl
   for (; wo < Wo; ++wo) group(wo, std::integral_constant<int, 1>{});
 }
 
+// Channel blocks (forward_blocked, data_grad_blocked): the pieces both use. A block is channels
+// [c0, c0 + nc) of image n, nc <= L, lanes past nc zero.
+// Its filter [R * S][L] and bias [L] from w [C][R * S] and bias [C] (or none).
+template <typename T>
+CONVX_ALWAYS_INLINE inline void block_filter(const T* w, const T* bias, int64_t c0, int64_t nc, int64_t RS, T* wl,
+                                             T* bl) {
+  constexpr int L = Block<T>::n;
+  for (int64_t t = 0; t < RS; ++t)
+    for (int l = 0; l < L; ++l) wl[t * L + l] = l < nc ? w[(c0 + l) * RS + t] : T(0);
+  for (int l = 0; l < L; ++l) bl[l] = bias && l < nc ? bias[c0 + l] : T(0);
+}
+// Row `row` of t ([N][C][Hh][Ww], NCHW or channels_last) into d ([Wb][L]): its columns from w0 on at
+// [j0, j1), zeros around them; a row outside [0, Hh) all zeros.
+template <typename T>
+CONVX_ALWAYS_INLINE inline void block_row(const T* t, int64_t n, int64_t C, int64_t Hh, int64_t Ww, int64_t c0,
+                                          int64_t nc, int64_t row, int64_t w0, int64_t j0, int64_t j1, int64_t Wb,
+                                          bool nhwc, T* d) {
+  constexpr int L = Block<T>::n;
+  if (row < 0 || row >= Hh || j0 >= j1) {
+    std::fill(d, d + Wb * L, T(0));
+    return;
+  }
+  std::fill(d, d + j0 * L, T(0));
+  std::fill(d + j1 * L, d + Wb * L, T(0));
+  if (nhwc) {
+    const T* src = t + ((n * Hh + row) * Ww + w0) * C + c0;
+    if (nc == L)
+      for (int64_t j = j0; j < j1; ++j) store_block<T>(d + j * L, load_block<T>(src + (j - j0) * C));
+    else
+      for (int64_t j = j0; j < j1; ++j)
+        for (int l = 0; l < L; ++l) d[j * L + l] = l < nc ? src[(j - j0) * C + l] : T(0);
+  } else if constexpr (sizeof(T) == 4) {
+    transpose_strided(reinterpret_cast<const float*>(t + ((n * C + c0) * Hh + row) * Ww + w0), Hh * Ww,
+                      reinterpret_cast<float*>(d + j0 * L), L, nc, j1 - j0);
+  } else {
+    for (int l = 0; l < nc; ++l)
+      for (int64_t j = j0; j < j1; ++j) d[j * L + l] = t[((n * C + c0 + l) * Hh + row) * Ww + w0 + j - j0];
+  }
+}
+// Rows [r0, r1) of a block's result out ([r1 - r0][Ww][L]) into y ([N][C][Hh][Ww], either layout).
+template <typename T>
+CONVX_ALWAYS_INLINE inline void block_store(const T* out, T* y, int64_t n, int64_t C, int64_t Hh, int64_t Ww,
+                                            int64_t c0, int64_t nc, int64_t r0, int64_t r1, bool nhwc) {
+  constexpr int L = Block<T>::n;
+  if (nhwc) {
+    for (int64_t q = 0; q < (r1 - r0) * Ww; ++q) {
+      T* dst = y + ((n * Hh + r0) * Ww + q) * C + c0;
+      if (nc == L)
+        store_block<T>(dst, load_block<T>(out + q * L));
+      else
+        for (int l = 0; l < nc; ++l) dst[l] = out[q * L + l];
+    }
+  } else if constexpr (sizeof(T) == 4) {
+    transpose_strided(reinterpret_cast<const float*>(out), L,
+                      reinterpret_cast<float*>(y + ((n * C + c0) * Hh + r0) * Ww), Hh * Ww, (r1 - r0) * Ww, nc);
+  } else {
+    for (int64_t q = 0; q < (r1 - r0) * Ww; ++q)
+      for (int l = 0; l < nc; ++l) y[((n * C + c0 + l) * Hh + r0) * Ww + q] = out[q * L + l];
+  }
+}
+
 // Multiplier 1, either layout, any filter, stride, padding and dilation, on a block of L channels
 // (64 bytes) at a time: a band of the image's rows copied zero-padded into the thread's buffer
 // [rows][Wp][L] (channels_last: 64 bytes a pixel; NCHW: the L planes' rows transposed in), then
@@ -387,36 +448,11 @@ void forward_blocked(const T* x, const T* w, const T* bias, T* y, const Conv2dSh
       const int64_t c0 = cb * L, nc = std::min<int64_t>(L, C - c0);
       const int64_t ho0 = bd * band, ho1 = std::min(Ho, ho0 + band), h0 = ho0 * sh_ - p.pad_t;
       const int64_t rows = (ho1 - ho0 - 1) * sh_ + (R - 1) * dh + 1;
-      for (int64_t t = 0; t < R * S; ++t)
-        for (int l = 0; l < L; ++l) wl[t * L + l] = l < nc ? w[(c0 + l) * R * S + t] : T(0);
-      for (int l = 0; l < L; ++l) bl[l] = bias && l < nc ? bias[c0 + l] : T(0);
+      block_filter(w, bias, c0, nc, R * S, wl, bl);
       // the band's input rows, zero-padded: columns [-pad_l, Wp - pad_l) of rows [h0, h0 + rows)
       const int64_t j0 = std::min(Wp, p.pad_l), j1 = std::max(j0, std::min(Wp, p.pad_l + W));
-      for (int64_t i = 0; i < rows; ++i) {
-        T* d = buf + i * Wp * L;
-        const int64_t h = h0 + i;
-        if (h < 0 || h >= H) {
-          std::fill(d, d + Wp * L, T(0));
-          continue;
-        }
-        std::fill(d, d + j0 * L, T(0));
-        std::fill(d + j1 * L, d + Wp * L, T(0));
-        const int64_t w0 = j0 - p.pad_l;  // the first input column copied
-        if (nhwc) {
-          const T* src = x + ((n * H + h) * W + w0) * C + c0;
-          if (nc == L)
-            for (int64_t j = j0; j < j1; ++j) store_block<T>(d + j * L, load_block<T>(src + (j - j0) * C));
-          else
-            for (int64_t j = j0; j < j1; ++j)
-              for (int l = 0; l < L; ++l) d[j * L + l] = l < nc ? src[(j - j0) * C + l] : T(0);
-        } else if constexpr (sizeof(T) == 4) {
-          transpose_strided(reinterpret_cast<const float*>(x + ((n * C + c0) * H + h) * W + w0), H * W,
-                            reinterpret_cast<float*>(d + j0 * L), L, nc, j1 - j0);
-        } else {
-          for (int l = 0; l < nc; ++l)
-            for (int64_t j = j0; j < j1; ++j) d[j * L + l] = x[((n * C + c0 + l) * H + h) * W + w0 + j - j0];
-        }
-      }
+      for (int64_t i = 0; i < rows; ++i)
+        block_row(x, n, C, H, W, c0, nc, h0 + i, j0 - p.pad_l, j0, j1, Wp, nhwc, buf + i * Wp * L);
       const V bv = load_block<T>(bl);
       const bool direct = nhwc && nc == L;  // the outputs stored in y itself, C apart
       for (int64_t ho = ho0; ho < ho1; ++ho) {
@@ -436,25 +472,7 @@ void forward_blocked(const T* x, const T* w, const T* bias, T* y, const Conv2dSh
         else
           dw_row_any<T>(xr, wl, bv, yr, ys, R, S, sw, dh, dw, Wp, Wo);
       }
-      if (direct) return;  // (each()'s body: the next block)
-      if (nhwc) {
-        for (int64_t ho = ho0; ho < ho1; ++ho)
-          for (int64_t wo = 0; wo < Wo; ++wo) {
-            T* dst = y + ((n * Ho + ho) * Wo + wo) * C + c0;
-            const T* src = out + ((ho - ho0) * Wo + wo) * L;
-            if (nc == L)
-              store_block<T>(dst, load_block<T>(src));
-            else
-              for (int l = 0; l < nc; ++l) dst[l] = src[l];
-          }
-      } else if constexpr (sizeof(T) == 4) {
-        transpose_strided(reinterpret_cast<const float*>(out), L,
-                          reinterpret_cast<float*>(y + (n * C + c0) * Ho * Wo + ho0 * Wo), Ho * Wo,
-                          (ho1 - ho0) * Wo, nc);
-      } else {
-        for (int64_t q = 0; q < (ho1 - ho0) * Wo; ++q)
-          for (int l = 0; l < nc; ++l) y[(n * C + c0 + l) * Ho * Wo + ho0 * Wo + q] = out[q * L + l];
-      }
+      if (!direct) block_store(out, y, n, C, Ho, Wo, c0, nc, ho0, ho1, nhwc);
     });
   });
 }
@@ -613,35 +631,10 @@ void data_grad_blocked(const T* gy, const T* w, const T* bias, T* gx, const Conv
       const int64_t h0 = bd * band, h1 = std::min(H, h0 + band);
       // dY's rows [g0, g0 + rows) for dX's rows [h0, h1)
       const int64_t g0 = floor_div(h0 + p.pad_t - (R - 1) * dh, sth), rows = floor_div(h1 - 1 + p.pad_t, sth) - g0 + 1;
-      for (int64_t t = 0; t < R * S; ++t)
-        for (int l = 0; l < L; ++l) wl[t * L + l] = l < nc ? w[(c0 + l) * R * S + t] : T(0);
-      for (int l = 0; l < L; ++l) bl[l] = bias && l < nc ? bias[c0 + l] : T(0);
+      block_filter(w, bias, c0, nc, R * S, wl, bl);
       const int64_t j0 = std::clamp<int64_t>(-bc0, 0, Wb), j1 = std::clamp<int64_t>(Wo - bc0, j0, Wb);
-      for (int64_t i = 0; i < rows; ++i) {
-        T* d = buf + i * Wb * L;
-        const int64_t g = g0 + i;
-        if (g < 0 || g >= Ho || j0 >= j1) {
-          std::fill(d, d + Wb * L, T(0));
-          continue;
-        }
-        std::fill(d, d + j0 * L, T(0));
-        std::fill(d + j1 * L, d + Wb * L, T(0));
-        const int64_t w0 = bc0 + j0;  // the first dY column copied
-        if (nhwc) {
-          const T* src = gy + ((n * Ho + g) * Wo + w0) * C + c0;
-          if (nc == L)
-            for (int64_t j = j0; j < j1; ++j) store_block<T>(d + j * L, load_block<T>(src + (j - j0) * C));
-          else
-            for (int64_t j = j0; j < j1; ++j)
-              for (int l = 0; l < L; ++l) d[j * L + l] = l < nc ? src[(j - j0) * C + l] : T(0);
-        } else if constexpr (sizeof(T) == 4) {
-          transpose_strided(reinterpret_cast<const float*>(gy + ((n * C + c0) * Ho + g) * Wo + w0), Ho * Wo,
-                            reinterpret_cast<float*>(d + j0 * L), L, nc, j1 - j0);
-        } else {
-          for (int l = 0; l < nc; ++l)
-            for (int64_t j = j0; j < j1; ++j) d[j * L + l] = gy[((n * C + c0 + l) * Ho + g) * Wo + w0 + j - j0];
-        }
-      }
+      for (int64_t i = 0; i < rows; ++i)
+        block_row(gy, n, C, Ho, Wo, c0, nc, g0 + i, bc0 + j0, j0, j1, Wb, nhwc, buf + i * Wb * L);
       const V bv = load_block<T>(bl);
       const bool direct = nhwc && nc == L;
       int64_t taps[2 * 64];  // a phase's taps: [dY offset in the buffer, filter offset]
@@ -691,21 +684,7 @@ void data_grad_blocked(const T* gy, const T* w, const T* bias, T* gx, const Conv
           for (; k < np; ++k) group(k, std::integral_constant<int, 1>{});
         }
       }
-      if (direct) return;
-      if (nhwc) {
-        for (int64_t h = h0; h < h1; ++h)
-          for (int64_t ww = 0; ww < W; ++ww) {
-            T* dst = gx + ((n * H + h) * W + ww) * C + c0;
-            const T* src = out + ((h - h0) * W + ww) * L;
-            for (int l = 0; l < nc; ++l) dst[l] = src[l];
-          }
-      } else if constexpr (sizeof(T) == 4) {
-        transpose_strided(reinterpret_cast<const float*>(out), L,
-                          reinterpret_cast<float*>(gx + (n * C + c0) * H * W + h0 * W), H * W, (h1 - h0) * W, nc);
-      } else {
-        for (int64_t q = 0; q < (h1 - h0) * W; ++q)
-          for (int l = 0; l < nc; ++l) gx[(n * C + c0 + l) * H * W + h0 * W + q] = out[q * L + l];
-      }
+      if (!direct) block_store(out, gx, n, C, H, W, c0, nc, h0, h1, nhwc);
     });
   });
 }

@@ -1070,7 +1070,8 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
               (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr);
             if (whole) continue;
             for (int64_t i = 0; i < mr; ++i)
-              for (int64_t j = 0; j < nr; ++j) c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * tw + j] : tile[i * tw + j];
+              for (int64_t j = 0; j < nr; ++j)
+                c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * tw + j] : tile[i * tw + j];
           }
         }
     };
