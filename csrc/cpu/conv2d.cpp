@@ -1087,9 +1087,11 @@ void wgrad_nhwc_filter_rows(const float* x, const float* gy, float* gw, const Co
       const int64_t t0 = c * chunk, t1 = std::min(rows, t0 + chunk);
       float* out = pp + c * dwt;
       // tile t: filter row t / (npr * kp), row panel (t / kp) % npr, column panel t % kp
-      auto at = [&](int64_t t) { return out + (t / (npr * kp) * npr + t / kp % npr) * MR * K + t % kp * NR; };
+      auto tile_at = [&](int64_t t) {
+        return out + (t / (npr * kp) * npr + t / kp % npr) * MR * K + t % kp * NR;
+      };
       for (int64_t t = ta; t < tb; ++t)
-        for (int64_t j = 0; j < MR; ++j) std::fill_n(at(t) + j * K, NR, 0.f);
+        for (int64_t j = 0; j < MR; ++j) std::fill_n(tile_at(t) + j * K, NR, 0.f);
       for (int64_t n = t0 / sh.Ho; n * sh.Ho < t1; ++n) {
         const int64_t hb = std::max<int64_t>(0, t0 - n * sh.Ho), he = std::min(sh.Ho, t1 - n * sh.Ho);
         for (int64_t h0 = hb; h0 < he; h0 += block) {
@@ -1101,9 +1103,9 @@ void wgrad_nhwc_filter_rows(const float* x, const float* gy, float* gw, const Co
             const int64_t hi = sh.H - 1 - off < 0 ? 0 : std::min(h1, (sh.H - 1 - off) / p.stride_h + 1);
             if (lo >= hi) continue;
             const float* xa = xpad + (n * sh.H + lo * p.stride_h + off) * Wp * C + t / kp % npr * MR;
-            micro_tile_product_runs<float>(mt, hi - lo, sh.Wo, xa, p.stride_w * C, p.stride_h * Wp * C,
-                                           gy + ((n * sh.Ho + lo) * sh.Wo) * K + t % kp * NR, K, sh.Wo * K, at(t), K,
-                                           true);
+            const float* gb = gy + (n * sh.Ho + lo) * sh.Wo * K + t % kp * NR;
+            micro_tile_product_runs<float>(mt, hi - lo, sh.Wo, xa, p.stride_w * C, p.stride_h * Wp * C, gb, K,
+                                           sh.Wo * K, tile_at(t), K, true);
           }
         }
       }
@@ -1484,7 +1486,6 @@ void scatter_phases(const float* ys, float* y, int64_t N, int64_t K, int64_t Ho,
     }
   });
 }
-
 
 // One group, a spatial kernel and under 8 input channels (the 3-channel 7x7 stems), both tensors
 // under the scratch cap: the float32 data and weight gradients compute in NCHW whatever the layout

@@ -637,7 +637,7 @@ void data_grad_blocked(const T* gy, const T* w, const T* bias, T* gx, const Conv
         block_row(gy, n, C, Ho, Wo, c0, nc, g0 + i, bc0 + j0, j0, j1, Wb, nhwc, buf + i * Wb * L);
       const V bv = load_block<T>(bl);
       const bool direct = nhwc && nc == L;
-      int64_t taps[2 * 64];  // a phase's taps: [dY offset in the buffer, filter offset]
+      int64_t taps[2 * 64];  // a phase's taps: [dY offset in the buffer, filter offset] (R * S <= 64)
       for (int64_t h = h0; h < h1; ++h) {
         T* xr = direct ? gx + (n * H + h) * W * C + c0 : out + (h - h0) * W * L;
         const int64_t xs = direct ? C : L;
@@ -651,7 +651,6 @@ void data_grad_blocked(const T* gy, const T* w, const T* bias, T* gx, const Conv
             for (int64_t s2 = 0; s2 < S; ++s2) {
               const int64_t c = phi + p.pad_l - s2 * dw;
               if ((c % stw + stw) % stw != 0) continue;
-              if (nt == 64) break;
               taps[2 * nt] = ((g - g0) * Wb + floor_div(c, stw) - bc0) * L;
               taps[2 * nt++ + 1] = (r * S + s2) * L;
             }

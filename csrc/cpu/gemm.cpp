@@ -425,7 +425,7 @@ const Kernel<T>& kernel_for(int64_t M, int64_t N) {
         if (M > 8 && N > 8 && N <= 16) return kernel_avx512_n16w();
       if (M <= 8 || N <= 16) return kernel_of<T, Isa::Avx2>();
       if constexpr (std::is_same_v<T, float>)
-        if (M > 8 && N > 32 && N <= 48) return kernel_avx512_n48();
+        if (N > 32 && N <= 48) return kernel_avx512_n48();
       // A few row panels (one block of A): 8-row panels where they pad fewer rows (64 rows:
       // 8 x 8 rather than 5 x 12 and a 12-row tile computing 4).
       if (M <= 240 && (M + 7) / 8 * 8 < (M + 11) / 12 * 12) return kernel_avx512_short<T>();
@@ -612,6 +612,28 @@ void pack_b(int NR, int64_t kc, int64_t nc, const T* B, int64_t rsb, int64_t csb
   }
 }
 
+// Whether nc columns end in a panel of at most 16 that the kernel's MR x 16 tile takes (uk_narrow).
+template <typename T>
+bool narrow_tail(const Kernel<T>& kn, int64_t nc) {
+  return kn.uk_narrow && nc % kn.NR > 0 && nc % kn.NR <= 16;
+}
+// B [kc, nc] packed as pack_b does, but (narrow) a last panel of at most 16 columns 16 wide
+// (narrow_tail), after the whole ones.
+template <typename T>
+void pack_b_narrow(const Kernel<T>& kn, int64_t kc, int64_t nc, const T* B, int64_t rsb, int64_t csb, T* dst,
+                   bool narrow = true) {
+  if (!narrow || !narrow_tail(kn, nc)) return pack_b(kn.NR, kc, nc, B, rsb, csb, dst);
+  const int64_t whole = nc - nc % kn.NR;
+  pack_b(kn.NR, kc, whole, B, rsb, csb, dst);
+  pack_b(16, kc, nc - whole, B + whole * csb, rsb, csb, dst + whole * kc);
+}
+// The columns of nc packed that way: whole panels, the narrow one 16 wide. A count not a multiple
+// of NR tells gemm_serial that a B packed whole (pack_b_once) has a narrow last panel.
+template <typename T>
+int64_t packed_b_cols(const Kernel<T>& kn, int64_t nc, bool narrow = true) {
+  return narrow && narrow_tail(kn, nc) ? nc - nc % kn.NR + 16 : (nc + kn.NR - 1) / kn.NR * kn.NR;
+}
+
 // Columns of B packed at a time. With one block of A (M <= MC) the packed B is
 // read once per block of columns, so a smaller block keeps it in L2 between its
 // packing and its use: 512 KiB of packed B instead of 3 MiB (measured on a 2 MiB-L2
@@ -654,16 +676,12 @@ void gemm_serial(
       // A last column panel of at most 16 columns on the MR x 16 tile (uk_narrow), packed 16 wide
       // after the others: 98 columns (an NCHW 7 x 7 layer at batch 2, weights read in place)
       // were 4 panels of 32, a quarter of the products padding.
-      const int64_t ntail = nc % NR, jtail = nc - ntail;
-      const bool narrow = kn.uk_narrow && ntail > 0 && ntail <= 16 && (!bpacked || Np % NR != 0);
-      if (bpacked) {
+      const int64_t jtail = nc - nc % NR;
+      const bool narrow = narrow_tail(kn, nc) && (!bpacked || Np % NR != 0);
+      if (bpacked)
         bpack = bpacked + pc * Np + (col0 + jc) * kc;
-      } else if (narrow) {
-        pack_b(NR, kc, jtail, B + pc * rsb + jc * csb, rsb, csb, bbuf);
-        pack_b(16, kc, ntail, B + pc * rsb + (jc + jtail) * csb, rsb, csb, bbuf + jtail * kc);
-      } else {
-        pack_b(NR, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bbuf);
-      }
+      else
+        pack_b_narrow(kn, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bbuf);
       auto tile_of = [&](int64_t jr) { return narrow && jr == jtail ? 16 : NR; };  // a panel's width
       // C[mr, nr] at c (+)= the tile buffer's (row stride tn): a partial tile, or C not row-major
       auto from_tile = [&](T* c, int64_t mr, int64_t nr, int tn) {
@@ -853,7 +871,7 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
     const int64_t ntail = nc % NR, jtail = nc - ntail;
-    const bool narrow = kn.uk_narrow && ntail > 0 && ntail <= 16;
+    const bool narrow = narrow_tail(kn, nc);
     const int64_t panels = (nc + NR - 1) / NR;
     // per panel: where it starts in C (straight to C) or its scratch panel's offset (-1 - offset)
     std::vector<int64_t> at(panels);
@@ -959,21 +977,6 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
 // gemm_serial with A's rows made by a callback (gemm_rows in gemm.h): each MR x kc
 // block of A is written row by row into an L1-sized buffer, then transposed into
 // the micro-kernel's panel; B is packed as in gemm_serial.
-// Whether nc columns end in a panel of at most 16 that the kernel's MR x 16 tile takes (uk_narrow).
-template <typename T>
-bool narrow_tail(const Kernel<T>& kn, int64_t nc) {
-  return kn.uk_narrow && nc % kn.NR > 0 && nc % kn.NR <= 16;
-}
-// B [kc, nc] packed as pack_b does, but a last panel of at most 16 columns 16 wide (narrow_tail).
-template <typename T>
-void pack_b_narrow(const Kernel<T>& kn, int64_t kc, int64_t nc, const T* B, int64_t rsb, int64_t csb, T* dst,
-                   bool narrow = true) {
-  if (!narrow || !narrow_tail(kn, nc)) return pack_b(kn.NR, kc, nc, B, rsb, csb, dst);
-  const int64_t whole = nc - nc % kn.NR;
-  pack_b(kn.NR, kc, whole, B, rsb, csb, dst);
-  pack_b(16, kc, nc - whole, B + whole * csb, rsb, csb, dst + whole * kc);
-}
-
 void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
                       const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate,
                       DirectFn direct = nullptr, int64_t seg_len = 0, GatherFn gather = nullptr) {
@@ -1139,7 +1142,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   // blocks): then the rows go in chunks of ~128 KiB of C, each through every reduction block
   // while in L2. Block by block over all the rows, C (3.2 MB for a 128 -> 128 stride-2 3x3
   // layer at batch 8) went through memory once a block (six times for that layer).
-  const int64_t ncp = narrow_ok && narrow_tail(kn, N) ? N - N % NR + 16 : (N + NR - 1) / NR * NR;
+  const int64_t ncp = packed_b_cols(kn, N, narrow_ok);
   if (N <= NC && K > block_at(0) && K * ncp * int64_t(sizeof(float)) <= (int64_t(1) << 20)) {
     float* bpack = thread_buffer<float>(kGemmPackB, K * ncp);
     for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
@@ -1329,25 +1332,15 @@ void gemm(
   });
 }
 
-// A packed B's columns: N rounded up to whole panels, or with a last panel of at most 16 columns
-// packed 16 wide for the kernel's MR x 16 tile (uk_narrow), as gemm_serial packs its own B. A
-// count not a multiple of NR tells gemm_serial the last panel is narrow.
-template <typename T>
-int64_t packed_b_cols(const Kernel<T>& kn, int64_t N) {
-  const int64_t tail = N % kn.NR;
-  return kn.uk_narrow && tail > 0 && tail <= 16 ? N - tail + 16 : (N + kn.NR - 1) / kn.NR * kn.NR;
-}
-
 template <typename T>
 PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, int64_t m_hint) {
   const Kernel<T>& kn = kernel_for<T>(m_hint, N);
-  const int64_t Np = packed_b_cols(kn, N), whole = Np % kn.NR ? N - N % kn.NR : N;
+  const int64_t Np = packed_b_cols(kn, N);
   T* dst = thread_buffer<T>(kGemmPackedB, std::max<int64_t>(1, Np * K));
   // Blocks of KC reduction rows, each [Np / NR panels][kc][NR] (what gemm_serial packs a block of B
   // into), a narrow last panel [kc][16] after them.
   pack_blocks(K, kn.KC, N * K, [&](int64_t pc, int64_t kc) {
-    pack_b(kn.NR, kc, whole, B + pc * rsb, rsb, csb, dst + pc * Np);
-    if (whole < N) pack_b(16, kc, N - whole, B + pc * rsb + whole * csb, rsb, csb, dst + pc * Np + whole * kc);
+    pack_b_narrow(kn, kc, N, B + pc * rsb, rsb, csb, dst + pc * Np);
   });
   return PackedB<T>{dst, K, N, &kn};
 }
