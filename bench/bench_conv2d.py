@@ -31,10 +31,11 @@ CASES = [pytest.param(*p.values, pass_, id=f"{p.id}-{pass_}") for p in device_ca
 @pytest.mark.parametrize("device,n,dtype,pass_", CASES)
 @pytest.mark.parametrize("layer", LAYERS, ids=[l[0] for l in LAYERS])
 def test_conv2d(benchmark, layer, device, n, dtype, pass_, layout, impl):
-    name, C, H, K, RS, stride, pad, groups = layer
+    name, C, H, K, RS, stride, pad, groups, *rest = layer
+    dil = rest[0] if rest else 1  # (a ninth field: the dilation)
     (R, S), pad = kernel_hw(RS), kernel_hw(pad)
-    Ho = (H + 2 * pad[0] - R) // stride + 1
-    Wo = (H + 2 * pad[1] - S) // stride + 1
+    Ho = (H + 2 * pad[0] - dil * (R - 1) - 1) // stride + 1
+    Wo = (H + 2 * pad[1] - dil * (S - 1) - 1) // stride + 1
     flops = 2.0 * n * K * (C // groups) * R * S * Ho * Wo * (3 if pass_ == "fwdbwd" else 1)
     tf32 = dtype == "tf32"
     label = "tf32" if tf32 else SHORT[dtype]
@@ -45,40 +46,43 @@ def test_conv2d(benchmark, layer, device, n, dtype, pass_, layout, impl):
     conv = convx.functional.conv2d if impl == "convx" else F.conv2d
     benchmark.group = f"conv2d {pass_} {name} {device} {label} {layout} N={n}"
     benchmark.extra_info.update(op=f"conv2d_{pass_}", layer=name, impl=impl, device=device, dtype=label,
-                                layout=layout, shape=f"{n},{C},{H},{H},{K},{R},{S},{stride},{pad[0]}x{pad[1]},1,{groups}")
+                                layout=layout,
+                                shape=f"{n},{C},{H},{H},{K},{R},{S},{stride},{pad[0]}x{pad[1]},{dil},{groups}")
     if pass_ == "fwd":
         def fn():
             with torch.no_grad():
-                conv(x, w, None, stride, pad, 1, groups)
+                conv(x, w, None, stride, pad, dil, groups)
     elif pass_ in ("dgrad", "wgrad"):
         gy = torch.randn(n, K, Ho, Wo, device=device, dtype=dtype).contiguous(memory_format=mf)
         padding = [pad[0], pad[0], pad[1], pad[1]]
         if impl == "convx" and pass_ == "dgrad":
             def fn():
-                torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [stride, stride], padding, [1, 1], groups)
+                torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [stride, stride], padding, [dil, dil],
+                                                      groups)
         elif impl == "convx":
             def fn():
-                torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), [stride, stride], padding, [1, 1],
+                torch.ops.convx.conv2d_backward_weight(gy, x, list(w.shape), [stride, stride], padding, [dil, dil],
                                                        groups, False)
         else:
             mask = [pass_ == "dgrad", pass_ == "wgrad", False]
 
             def fn():
-                torch.ops.aten.convolution_backward(gy, x, w, None, [stride, stride], list(pad), [1, 1], False,
+                torch.ops.aten.convolution_backward(gy, x, w, None, [stride, stride], list(pad), [dil, dil], False,
                                                     [0, 0], groups, mask)
     else:
         x.requires_grad_()
         w.requires_grad_()
 
         def fn():
-            y = conv(x, w, None, stride, pad, 1, groups)
+            y = conv(x, w, None, stride, pad, dil, groups)
             torch.autograd.grad(y, [x, w], torch.ones_like(y))
     if device == "cuda" and dtype == torch.float32:
         torch.backends.cudnn.allow_tf32 = tf32
     run_timed(benchmark, fn, device, flops, "tflops" if device == "cuda" else "gflops")
 
 
-FUSED_LAYERS = [l for l in LAYERS if l[7] == 1 and l[1] == l[3] and l[5] == 1][:4]  # shape-preserving: a residual fits
+# shape-preserving (a residual fits), undilated
+FUSED_LAYERS = [l for l in LAYERS if len(l) == 8 and l[7] == 1 and l[1] == l[3] and l[5] == 1][:4]
 
 
 @pytest.mark.parametrize("impl", ["convx", "torch"])

@@ -1,6 +1,6 @@
 """The layer shapes of ../shared/SHAPES.md, as data shared by the benchmarks.
 
-A conv layer: (name, C, H, K, R, stride, pad, groups). Square inputs; R and pad
+A conv layer: (name, C, H, K, R, stride, pad, groups[, dilation]). Square inputs; R and pad
 are an int (square kernel) or a (height, width) pair (Inception-v3's 1x7 / 7x1).
 """
 RESNET50 = [
@@ -111,8 +111,15 @@ MOBILE = [
     ("effnet.dw5x5.7_1152", 1152, 7, 1152, 5, 1, 2, 1152),
 ]
 
+# DeepLab-v3's dilated 3x3 layers (ResNet-50 at output stride 8: layer 3 at dilation 2, layer 4 at 4;
+# the ninth field is the dilation)
+DILATED = [
+    ("deeplab.l3.3x3_256_d2", 256, 28, 256, 3, 1, 2, 1, 2),
+    ("deeplab.l4.3x3_512_d4", 512, 28, 512, 3, 1, 4, 1, 4),
+]
+
 QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
-ALL = RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT + WIDTHS + MOBILE
+ALL = RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT + WIDTHS + MOBILE + DILATED
 
 
 def kernel_hw(v):
