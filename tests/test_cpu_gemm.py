@@ -168,6 +168,13 @@ def test_narrower_builds(isa):
 def test_fma_peak_is_measured():
     peak = torch.ops.convx.cpu_fma_peak(2_000_000)
     assert 1.0 < peak < 2000.0  # GFLOP/s of one core: a measurement, not a constant
+    nt = torch.get_num_threads()
+    both = torch.ops.convx.cpu_fma_peak(2_000_000, nt)
+    assert 1.0 < both < 2000.0 * nt
+    with pytest.raises(RuntimeError, match="threads"):
+        torch.ops.convx.cpu_fma_peak(1000, nt + 1)
+    with pytest.raises(RuntimeError, match="iterations"):
+        torch.ops.convx.cpu_fma_peak(0)
 
 
 # NCHW, one group: the layer's weights are packed once (pack_a_once) and every product reads that
@@ -190,9 +197,11 @@ PACKED_WEIGHT_CASES = {
     "1x1_two_images_one_tile": (2, 32, 5, 5, 260, (1, 1), 1, 0),
     "1x1_64ch_900px": (1, 96, 30, 30, 64, (1, 1), 1, 0),     # NCHW: 8 x 32 tile, 8 row panels
     "3x3s2_48ch": (2, 24, 33, 33, 48, (3, 3), 2, 1),
-    # NCHW 196 pixels (4 images of 49) against 150 channels, split by columns: a last column panel
+    # NCHW 196 pixels (4 images of 49) against 90 channels, split by columns: a last column panel
     # of 4 (AVX-512: on the 12 x 16 tile), the panels across images summed in the thread's scratch
-    "1x1_cols_across_images_tail": (4, 64, 7, 7, 150, (1, 1), 1, 0),
+    "1x1_cols_across_images_tail": (4, 64, 7, 7, 90, (1, 1), 1, 0),
+    # the same pixels against 150 channels (fewer than twice as many): split by rows
+    "1x1_rows_across_images": (4, 64, 7, 7, 150, (1, 1), 1, 0),
     # 9-16 output channels (AVX-512's 12 x 16 tile): a filter row's runs gathered from the padded
     # copy (32 channels 5x5), pixels gathered a tap at a time (64 channels, stride 2), 1x1 with 12;
     # and 16 input channels, whose channels_last data gradient is then that forward
@@ -206,6 +215,12 @@ PACKED_WEIGHT_CASES = {
     "5x5_48ch_in": (2, 48, 11, 12, 32, (5, 5), 1, 2),
     # 72 output channels, weights packed once: 64 on the 12 x 32 tile, a last panel of 8 packed 16 wide
     "1x1_72ch_narrow_tail": (2, 64, 15, 16, 72, (1, 1), 1, 0),
+    # channels_last with 256+ output channels against fewer than twice as many pixels: split by
+    # columns (each thread packs its half of the weights, reads every row): rows gathered (stride
+    # 2), read in place (1x1), made (1x7); a last panel of 4 in the second thread's half
+    "3x3s2_cols_first": (2, 24, 14, 14, 260, (3, 3), 2, 1),
+    "1x1_cols_first": (1, 40, 12, 12, 300, (1, 1), 1, 0),
+    "1x7_cols_first": (2, 20, 9, 9, 270, (1, 7), 1, (0, 3)),
 }
 
 

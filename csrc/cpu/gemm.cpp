@@ -1181,8 +1181,15 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
     return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len, gather);
   // Rows split between the threads (each makes only its rows of A; B is packed by each), unless
-  // there are few rows: then columns (A's rows made by every thread).
-  if (M >= 4 * kn.MR * nt) {
+  // there are few rows, or fewer than twice the columns and those enough for whole panels a
+  // thread: then columns (A's rows made, or read in place, by every thread; B's panels packed
+  // once). Each thread packing all of a late layer's weights (4608 x 512 for a 512-channel
+  // stride-2 3x3) cost more than every thread reading the rows; channels_last forwards, two
+  // threads, batch 8, in-process A/B (40 rounds, the order alternating): 512 @14 stride-2 3x3
+  // +11 %, 256 @14 stride 2 +7 %, 1024 -> 2048 1x1 stride 2 @14 +14 %, 192 -> 384 @14 stride 2
+  // (batch 4) +6 %, 256 @28 stride 2 (batch 2) +3 %; 1568 rows against 256 columns lost 2 %.
+  const bool cols_first = M < 2 * N && N >= 4 * kn.NR * nt;
+  if (M >= 4 * kn.MR * nt && !cols_first) {
     const int64_t chunk = ((M + nt - 1) / nt + kn.MR - 1) / kn.MR * kn.MR;
     struct Shift {
       RowsFn rows;
@@ -1281,17 +1288,22 @@ const char* cpu_isa_name() {
   }
 }
 
-// Run a product as one serial call, or split between the threads: the longer
-// side of C cut into one tile-aligned stripe a thread. Each stripe packs its
+// Run a product as one serial call, or split between the threads: C cut into
+// one tile-aligned stripe a thread, by rows unless the columns are at least
+// twice as many (or the rows too few for whole tiles a thread). Each stripe packs its
 // own panels and every C element is written by one thread, so the result does
 // not depend on scheduling. stripe(i0, mi, j0, nj): rows [i0, i0 + mi) and
 // columns [j0, j0 + nj) of C.
+// Rows up to twice the columns: each thread then reads half of A and packs all of B, rather
+// than all of A (two threads, Zen 5: 2048^3 432 -> 480 GFLOP/s, 1024 x 1024 x 4096 421 -> 454,
+// 392 x 512 x 4608 386 -> 427); from twice on the columns won (512 x 2048 x 2048 428 -> 455,
+// 64 x 4096 x 4096 246 -> 320).
 template <typename T, typename Stripe>
 void split_product(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, bool parallel, const Stripe& stripe) {
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
     return stripe(int64_t(0), M, int64_t(0), N);
-  if (N >= M) {
+  if (N >= 2 * M || (N >= M && M < 4 * kn.MR * nt)) {
     const int64_t chunk = ((N + nt - 1) / nt + kn.NR - 1) / kn.NR * kn.NR;
     at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) stripe(int64_t(0), M, t * chunk, std::min(chunk, N - t * chunk));

@@ -2,8 +2,9 @@
 //   torch.ops.convx.cpu_gemm(a, b)            a @ b through convx's packed GEMM (2-D, float32/float64)
 //   torch.ops.convx.cpu_winograd(enabled=None) the Winograd switch (convx.backends.cpu.winograd)
 //   torch.ops.convx.cpu_to_format(t, channels_last) t in NCHW or channels_last through layout.h's copy
-//   torch.ops.convx.cpu_fma_peak(iterations)  one core's float32 FMA rate in GFLOP/s, measured by a
-//                                            loop of independent FMAs in the widest vectors cpu_isa() allows
+//   torch.ops.convx.cpu_fma_peak(iterations, threads=1)  the float32 FMA rate in GFLOP/s of `threads`
+//                                            cores at once, measured by a loop of independent FMAs in the
+//                                            widest vectors cpu_isa() allows
 #include "gemm.h"
 #include "layout.h"
 #include "winograd.h"
@@ -13,9 +14,12 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <ATen/Parallel.h>
+
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 namespace convx::cpu {
 namespace {
@@ -63,12 +67,36 @@ __attribute__((target("avx512f,fma"))) double peak_avx512(int64_t it) { return f
 __attribute__((target("avx2,fma"))) double peak_avx2(int64_t it) { return fma_loop<32, 12>(it); }
 double peak_base(int64_t it) { return fma_loop<16, 12>(it); }
 
-double cpu_fma_peak(int64_t iterations) {
+double fma_peak_one(int64_t iterations) {
   switch (cpu_isa()) {
     case Isa::Avx512: return peak_avx512(iterations);
     case Isa::Avx2: return peak_avx2(iterations);
     default: return peak_base(iterations);
   }
+}
+
+// threads > 1: that many threads run the loop at once and their rates are summed, the ceiling
+// of a product split between them (both cores of a 2-core Zen 5 busy: 1-3 % under twice one).
+double cpu_fma_peak(int64_t iterations, int64_t threads) {
+  TORCH_CHECK(iterations > 0, "cpu_fma_peak: expected iterations > 0, got ", iterations);
+  TORCH_CHECK(threads >= 1 && threads <= at::get_num_threads(), "cpu_fma_peak: expected threads in [1, ",
+              at::get_num_threads(), "] (torch.get_num_threads()), got ", threads);
+  if (threads == 1) return fma_peak_one(iterations);
+  // The threads' flops over the wall time of all of them: loops that did not overlap count as
+  // one core's rate, not as the sum.
+  std::vector<double> gflop(threads, 0.0);
+  const auto t0 = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const auto s0 = std::chrono::steady_clock::now();
+      const double rate = fma_peak_one(iterations);
+      gflop[t] = rate * std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
+    }
+  });
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double sum = 0;
+  for (double g : gflop) sum += g;
+  return sum / wall;
 }
 
 // The Winograd switch: sets it when `enabled` is given; returns the setting in force.
@@ -83,7 +111,7 @@ bool cpu_winograd(std::optional<bool> enabled) {
 TORCH_LIBRARY_FRAGMENT(convx, m) {
   m.def("cpu_gemm(Tensor a, Tensor b) -> Tensor");
   m.def("cpu_to_format(Tensor t, bool channels_last) -> Tensor");
-  m.def("cpu_fma_peak(int iterations) -> float", &convx::cpu::cpu_fma_peak);
+  m.def("cpu_fma_peak(int iterations, int threads=1) -> float", &convx::cpu::cpu_fma_peak);
   m.def("cpu_winograd(bool? enabled=None) -> bool", &convx::cpu::cpu_winograd);
 }
 TORCH_LIBRARY_IMPL(convx, CPU, m) { 
