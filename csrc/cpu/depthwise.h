@@ -22,6 +22,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include <xmmintrin.h>
+
 namespace convx::cpu::depthwise {
 
 // The loops below vectorise along W (NCHW) or along channels (NHWC); each
@@ -197,11 +199,12 @@ CONVX_ALWAYS_INLINE inline void tap_sum(const T* src, const T* wt, const int64_t
 // pixels [wlo, whi) of output row ho of image n, all of whose taps are inside
 // the image. Per 64-byte channel block the filter's taps stay in registers and
 // four output pixels run at once (four independent sums hide the FMA
-// latency). Returns the channels written (whole blocks).
+// latency). stream: the outputs by non-temporal stores (stream_stores). Returns the
+// channels written (whole blocks).
 template <int R, int S, typename T>
 CONVX_ALWAYS_INLINE inline int64_t nhwc_interior(const T* x, const T* wt, const T* bias, T* y, int64_t n, int64_t ho,
                                                  int64_t wlo, int64_t whi, const Conv2dShape& sh,
-                                                 const Conv2dParams& p) {
+                                                 const Conv2dParams& p, bool stream = false) {
   using V = typename Block<T>::v;
   constexpr int L = Block<T>::n;
   const int64_t C = sh.C, K = sh.K, H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo;
@@ -231,7 +234,10 @@ CONVX_ALWAYS_INLINE inline int64_t nhwc_interior(const T* x, const T* wt, const 
           }
         }
         T* yp = yrow + wo * K + k0;
-        for (int i = 0; i < 8; ++i) store_block<T>(yp + i * K, a[i]);
+        if (stream)
+          for (int i = 0; i < 8; ++i) stream_block<T>(yp + i * K, a[i]);
+        else
+          for (int i = 0; i < 8; ++i) store_block<T>(yp + i * K, a[i]);
       }
     }
     for (; wo + 4 <= whi; wo += 4) {
@@ -246,6 +252,13 @@ CONVX_ALWAYS_INLINE inline int64_t nhwc_interior(const T* x, const T* wt, const 
           a3 += wrs * load_block<T>(xp + 3 * step);
         }
       T* yp = yrow + wo * K + k0;
+      if (stream) {
+        stream_block<T>(yp, a0);
+        stream_block<T>(yp + K, a1);
+        stream_block<T>(yp + 2 * K, a2);
+        stream_block<T>(yp + 3 * K, a3);
+        continue;
+      }
       store_block<T>(yp, a0);
       store_block<T>(yp + K, a1);
       store_block<T>(yp + 2 * K, a2);
@@ -549,6 +562,8 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
   // bias, then the taps in (r, s) order.
   const std::vector<T> wt = taps_major(w, K, R * S);
   const auto [in_lo, in_hi] = interior_columns(sh, p);
+  // the interior's outputs by non-temporal stores where there are many (stream_stores)
+  const bool stream = stream_stores(y, N * Ho * Wo * K * int64_t(sizeof(T)), K * int64_t(sizeof(T)));
   at::parallel_for(0, N * Ho, 1, [&](int64_t b, int64_t e) {
     std::vector<int64_t> taps(2 * R * S);  // [x offset, weight offset] per tap inside the image
     each(b, e, [&](int64_t t) CONVX_ALWAYS_INLINE {
@@ -558,9 +573,9 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
       if constexpr (kBlockType<T>) {
         if (rows_in && mult == 1 && in_lo < in_hi) {
           if (R == 3 && S == 3)
-            done_k = nhwc_interior<3, 3>(x, wt.data(), bias, y, n, ho, in_lo, in_hi, sh, p);
+            done_k = nhwc_interior<3, 3>(x, wt.data(), bias, y, n, ho, in_lo, in_hi, sh, p, stream);
           else if (R == 5 && S == 5)
-            done_k = nhwc_interior<5, 5>(x, wt.data(), bias, y, n, ho, in_lo, in_hi, sh, p);
+            done_k = nhwc_interior<5, 5>(x, wt.data(), bias, y, n, ho, in_lo, in_hi, sh, p, stream);
           done_lo = in_lo;
           done_hi = in_hi;
         }
@@ -593,6 +608,7 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
         }
       }
     });
+    if (stream) _mm_sfence();
   });
 }
 
