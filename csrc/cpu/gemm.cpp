@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace convx::cpu {
@@ -308,7 +309,26 @@ struct Kernel {
   UKernel<T> uk_narrow = nullptr;
   UKernelRows<T> ur_narrow = nullptr;
   UKernelRowsSeg<T> urs_narrow = nullptr;
+  // ur for m < MR rows (ur_part[m], m = 1 .. MR - 1; the same NR columns and B panels): a last,
+  // partial row panel read in place and stored straight into C, where it went through a packed
+  // copy, the whole MR-row tile and a scalar copy out of a tile buffer (ResNet-50's channels_last
+  // 1024 -> 256 1x1 @14, batch 8: 776 rows a thread, the last 8 of them 3 % of the layer's time)
+  const UKernelRows<T>* ur_part = nullptr;
 };
+
+// ur_part's table for AVX-512's tiles of NR columns: entry m reads m rows (entry 0 unused).
+template <typename T, int NR, int... M>
+const UKernelRows<T>* rows_parts_avx512(std::integer_sequence<int, M...>) {
+  static const UKernelRows<T> table[] = {nullptr, &ukernel_rows_avx512<T, M + 1, NR>...};
+  return table;
+}
+template <typename T>
+const UKernelRows<T>* rows_parts_12x32() {
+  if constexpr (std::is_same_v<T, float>)
+    return rows_parts_avx512<T, 32>(std::make_integer_sequence<int, 11>{});
+  else
+    return nullptr;
+}
 
 Isa detect_isa() {
   __builtin_cpu_init();
@@ -334,7 +354,8 @@ const Kernel<T>& kernel_of() {
         return f ? Kernel<T>{12, 32, 256, 240, 3072, &ukernel_avx512<T, 12, 32>, &ukernel_rows_avx512<T, 12, 32>,
                              &ukernel_brows_avx512<T, 12, 32>, "avx512", &ukernel_rows_seg_avx512<T, 12, 32>,
                              &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
-                             &ukernel_rows_seg_avx512<T, 12, 16>}
+                             &ukernel_rows_seg_avx512<T, 12, 16>,
+                             rows_parts_12x32<T>()}
                  : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
                              &ukernel_brows_avx512<T, 12, 16>, "avx512", &ukernel_rows_seg_avx512<T, 12, 16>};
       case Isa::Avx2:
@@ -728,11 +749,20 @@ void gemm_serial(
               }
             }
           if (mfull == mc) continue;
-          // the last, partial row panel goes through the packed path below
+          // the last, partial row panel: its rows in place on ur_part's tile of that many rows
+          // where the kernel has one, its whole column panels straight into C
+          const int64_t mr = mc - mfull;
+          const bool part = kn.ur_part && csc == 1;
+          if (part)
+            for (int64_t jr = 0; jr < nc; jr += NR)
+              if (nc - jr >= NR && tile_of(jr) == NR)
+                kn.ur_part[mr](kc, ablk + mfull * rsa, rsa, bpack + jr * kc, C + (ic + mfull) * rsc + jc + jr, rsc,
+                               add, nullptr);
+          if (part && nc % NR == 0) continue;
+          // else (or for its last, partial column panel) the packed path below
           pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, apack);
-          for (int64_t jr = 0; jr < nc; jr += NR) {
+          for (int64_t jr = part ? nc - nc % NR : 0; jr < nc; jr += NR) {
             const int64_t nr = std::min<int64_t>(NR, nc - jr);
-            const int64_t mr = mc - mfull;
             T* c = C + (ic + mfull) * rsc + (jc + jr) * csc;
             const int tn = tile_of(jr);
             (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack, bpack + jr * kc, tile, tn, false);
@@ -1063,6 +1093,10 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             const int64_t nr = std::min<int64_t>(NR, nc - jr), tw = width(jr);
             float* c = C + ir * rsc + (jc + jr);
             const bool whole = mr == MR && nr == tw;
+            if (mr < MR && nr == NR && tw == NR && kn.ur_part) {  // a partial row panel: mr rows straight to C
+              kn.ur_part[mr](kc, arows, kc, bpack + jr * kc, c, rsc, add, nullptr);
+              continue;
+            }
             float* dst = whole ? c : tile;
             const int64_t ldd = whole ? rsc : tw;
             const bool addd = whole && add;
