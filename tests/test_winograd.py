@@ -330,6 +330,67 @@ def test_transposed_stride1_with_bias(layout):
     assert not torch.equal(y, _exact(run))
 
 
+# A 4x4 stride-2 transposed convolution with padding 1 (the data gradient of that convolution) on
+# Winograd as one 3x3 convolution with its four output phases as channels (conv2d.cpp's
+# phase_winograd_data_grad; 24 x 24 input pixels or more): partial tiles, odd channel counts,
+# bias or none, each layout of input and weight.
+PHASE_CASES = {
+    "64_to_48_24x26": (2, 64, 24, 26, 48, True),
+    "33_to_17_25x30": (1, 33, 25, 30, 17, False),
+    "20_to_40_32x32": (2, 20, 32, 32, 40, True),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(PHASE_CASES.values()), ids=list(PHASE_CASES))
+def test_transposed_4x4_stride2_within_bound(case, layout):
+    N, Cin, H, W, Cout, bias = case
+    g = torch.Generator().manual_seed(11)
+    cl, dense = torch.channels_last, torch.contiguous_format
+    x = torch.randn(N, Cin, H, W, generator=g).contiguous(memory_format=cl if layout in ("nhwc", "x_nhwc_w_nchw") else dense)
+    w = torch.randn(Cin, Cout, 4, 4, generator=g).contiguous(memory_format=cl if layout in ("nhwc", "x_nchw_w_nhwc") else dense)
+    b = torch.randn(Cout, generator=g) if bias else None
+    run = lambda: convx.functional.conv_transpose2d(x, w, b, stride=2, padding=1)  # noqa: E731
+    y = run()
+    b64 = None if b is None else b.double()
+    ref = F.conv_transpose2d(x.double(), w.double(), b64, stride=2, padding=1)
+    mag = F.conv_transpose2d(x.double().abs(), w.double().abs(), None if b is None else b64.abs(), stride=2, padding=1)
+    torch_y = F.conv_transpose2d(x, w, b, stride=2, padding=1)
+    assert y.shape == ref.shape == (N, Cout, 2 * H, 2 * W)
+    for mf in (dense, cl):
+        assert y.is_contiguous(memory_format=mf) == torch_y.is_contiguous(memory_format=mf)
+    # a 4 x 4 tile of the 3x3 convolution is 8 x 8 output pixels: the scale within 7 of each
+    # (M counts an output pixel's own 4 taps, where the tile's rounding comes from all four phases'
+    # 16: measured up to 67 * 2^-24 * M on these cases, bounded by twice the 3x3 layers' 64)
+    mag = F.max_pool2d(mag, 15, stride=1, padding=7)
+    err = (y.double() - ref).abs()
+    assert (err <= 2 * BOUND * mag + 1e-12).all(), f"error {(err / mag).max().item() / U:.1f} * 2^-24 * M"
+    assert not torch.equal(y, _exact(run)), "the Winograd path did not run"
+    # the same product as conv2d's data gradient (a 4x4 stride-2 layer's backward), through autograd
+    xx = torch.randn(N, Cout, 2 * H, 2 * W, generator=g).contiguous(memory_format=cl if layout == "nhwc" else dense)
+    xx.requires_grad_()
+    yy = convx.functional.conv2d(xx, w, None, stride=2, padding=1)  # conv2d's weight [K = Cin][C = Cout][4][4]
+    gx, = torch.autograd.grad(yy, xx, x)
+    torch.testing.assert_close(gx, y if b is None else y - b.view(1, -1, 1, 1), rtol=0, atol=1e-5)
+
+
+def test_transposed_4x4_stride2_small_images_stay_exact():
+    """Under 24 x 24 input pixels (and with output_padding, or in float64) the GEMM path."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 32, 23, 23, generator=g)
+    w = torch.randn(32, 24, 4, 4, generator=g)
+    for kw in ({}, {"output_padding": 1}):
+        run = lambda: convx.functional.conv_transpose2d(x, w, None, stride=2, padding=1, **kw)  # noqa: E731
+        assert torch.equal(run(), _exact(run))
+    x = torch.randn(1, 16, 24, 24, generator=g)
+    w = torch.randn(16, 8, 4, 4, generator=g)
+    run = lambda: convx.functional.conv_transpose2d(x, w, None, stride=2, padding=1, output_padding=1)  # noqa
+    assert torch.equal(run(), _exact(run))
+    y64 = convx.functional.conv_transpose2d(x.double(), w.double(), None, stride=2, padding=1)
+    torch.testing.assert_close(y64, F.conv_transpose2d(x.double(), w.double(), None, stride=2, padding=1),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_module_training_step_matches_torch():
     """A convx.Conv2d forward + backward on Winograd-sized layers, against torch.nn.Conv2d."""
     torch.manual_seed(0)
