@@ -115,6 +115,17 @@ def test_parity_streamed_channels_last(dtype):
     check_layout("channels_last", dtype, STREAMED, STREAMED_MAX, STREAMED_AVG, [(64, 64)])
 
 
+# 64 channels (whole 64-byte lines a pixel) and 8 MiB of float32 or more: the forward's values
+# and indices and the gradient go out by non-temporal stores (isa_each.h's stream_stores) where
+# the result is that large (3x3 at stride 1: both; 2x2: the gradient), by plain stores below
+NONTEMPORAL = (2, 64, 128, 128)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d).split(".")[-1])
+def test_parity_nontemporal_channels_last(dtype):
+    check_layout("channels_last", dtype, NONTEMPORAL, MAX_CASES[:3], AVG_CASES[:2], [(64, 64)])
+
+
 @pytest.mark.parametrize("shape", [SHAPE, WIDE], ids=["37ch", "259ch"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_thread_count_does_not_change_bits(layout, shape):
@@ -145,6 +156,7 @@ for layout in ("contiguous", "channels_last"):
     t.check_layout(layout, torch.float32)
 t.check_layout("channels_last", torch.float32, t.WIDE)
 t.check_layout("channels_last", torch.float32, t.STREAMED, t.STREAMED_MAX, t.STREAMED_AVG, [(64, 64)])
+t.check_layout("channels_last", torch.float32, t.NONTEMPORAL, t.MAX_CASES[:3], t.AVG_CASES[:2], [(64, 64)])
 print("ok")
 """
 

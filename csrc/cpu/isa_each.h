@@ -128,13 +128,15 @@ CONVX_ALWAYS_INLINE inline void store_block(T* p, typename Block<A>::v r) {
 // (SSE's 16-byte movntps, in every build: a body run through each() is compiled for the baseline
 // before it is inlined, so no wider intrinsic; the write-combining buffers join the four.)
 // Whether a loop writing `bytes` of output at y, every stored block at a multiple of `stride`
-// bytes from y, stores them so (stream_block): where the output is 4 MiB or more, whose lines
+// bytes from y, stores them so (stream_block): where the output is 8 MiB or more, whose lines
 // the caches would mostly give up before it is read, and which otherwise cost a read of each
 // line from memory before its write. Channels_last depthwise 3x3 @56, 144 channels, batch 8
 // (14 MB out), beside torch in the benchmark's alternating rounds: 0.61-0.92 -> 0.41-0.50 ms
 // (torch's own time fell alike, 0.60-0.93 -> 0.41-0.51: it no longer found its input evicted
 // by our output); MobileNetV2 channels_last forward and training step, batch 2 and 8: within
-// 1 %.
+// 1 %. Channels_last pooling, batch 8, 2x2: max 64 @224 forward +6-13 % (26 MB out), forward +
+// backward +11 % (dX 103 MB), 256 @56 +11 % (dX 26 MB), 512 @28 +5 % (dX 13 MB); but the
+// average's forward of 6.4 MB (256 @56) lost 10 % streamed: hence 8 MiB, not less.
 template <typename A>
 CONVX_ALWAYS_INLINE inline void stream_block(A* p, typename Block<A>::v r) {
   for (int q = 0; q < 4; ++q) {
@@ -145,7 +147,7 @@ CONVX_ALWAYS_INLINE inline void stream_block(A* p, typename Block<A>::v r) {
 }
 
 inline bool stream_stores(const void* y, int64_t bytes, int64_t stride) {
-  return bytes >= (int64_t(4) << 20) && reinterpret_cast<std::uintptr_t>(y) % 64 == 0 && stride % 64 == 0;
+  return bytes >= (int64_t(8) << 20) && reinterpret_cast<std::uintptr_t>(y) % 64 == 0 && stride % 64 == 0;
 }
 
 // The sum of a block's lanes, by halves (64 -> 32 -> 16 bytes, then the last lanes).

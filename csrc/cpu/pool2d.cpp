@@ -353,19 +353,33 @@ constexpr int64_t kTapInputBytes = int64_t(16) << 20;
 using MaxPixelFn = void (*)(const float*, const int64_t*, const float*, int64_t, int64_t, float*, int64_t*, float*);
 using MaxGradPixelFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, int64_t, int64_t, float*);
 
-// 16 / 8 index lanes (floats) as int64 at ind.
+// 16 / 8 index lanes (floats) as int64 at ind (kStream: by non-temporal stores, ind 64 / 32-byte aligned).
+template <bool kStream = false>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) inline void store_index16(int64_t* ind, __m512 ix) {
   const __m512i i = _mm512_cvttps_epi32(ix);
-  _mm512_storeu_si512(ind, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)));
-  _mm512_storeu_si512(ind + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1)));
+  const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)), hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1));
+  if constexpr (kStream) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(ind), lo);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(ind + 8), hi);
+  } else {
+    _mm512_storeu_si512(ind, lo);
+    _mm512_storeu_si512(ind + 8, hi);
+  }
 }
+template <bool kStream = false>
 __attribute__((target("avx2,fma"))) inline void store_index8(int64_t* ind, __m256 ix) {
   const __m256i i = _mm256_cvttps_epi32(ix);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(i)));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1)));
+  const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(i)), hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1));
+  if constexpr (kStream) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(ind), lo);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(ind + 4), hi);
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + 4), hi);
+  }
 }
 
-template <bool kIdx>
+template <bool kIdx, bool kStream = false>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx512(
     const float* x, const int64_t* off, const float* here, int64_t nt, int64_t C, float* y, int64_t* ind,
     float* ixb) {
@@ -389,8 +403,11 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
       }
     }
     for (int64_t c = 0; c < Cv; c += 16) {
-      _mm512_storeu_ps(y + c, _mm512_loadu_ps(vb + c));
-      if constexpr (kIdx) store_index16(ind + c, _mm512_loadu_ps(ixb + c));
+      if constexpr (kStream)
+        _mm512_stream_ps(y + c, _mm512_loadu_ps(vb + c));
+      else
+        _mm512_storeu_ps(y + c, _mm512_loadu_ps(vb + c));
+      if constexpr (kIdx) store_index16<kStream>(ind + c, _mm512_loadu_ps(ixb + c));
     }
   } else {
     for (int64_t c = 0; c < Cv; c += 16) {
@@ -401,14 +418,17 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
         a = _mm512_mask_mov_ps(a, take, v);
         if constexpr (kIdx) ix = _mm512_mask_mov_ps(ix, take, _mm512_set1_ps(here[k]));
       }
-      _mm512_storeu_ps(y + c, a);
-      if constexpr (kIdx) store_index16(ind + c, ix);
+      if constexpr (kStream)
+        _mm512_stream_ps(y + c, a);
+      else
+        _mm512_storeu_ps(y + c, a);
+      if constexpr (kIdx) store_index16<kStream>(ind + c, ix);
     }
   }
   max_pixel_scalar<float, float, float>(x, off, here, nt, Cv, C, y, ind);
 }
 
-template <bool kIdx>
+template <bool kIdx, bool kStream = false>
 __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const int64_t* off, const float* here,
                                                         int64_t nt, int64_t C, float* y, int64_t* ind,
                                                         float* ixb) {
@@ -432,8 +452,11 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
       }
     }
     for (int64_t c = 0; c < Cv; c += 8) {
-      _mm256_storeu_ps(y + c, _mm256_loadu_ps(vb + c));
-      if constexpr (kIdx) store_index8(ind + c, _mm256_loadu_ps(ixb + c));
+      if constexpr (kStream)
+        _mm256_stream_ps(y + c, _mm256_loadu_ps(vb + c));
+      else
+        _mm256_storeu_ps(y + c, _mm256_loadu_ps(vb + c));
+      if constexpr (kIdx) store_index8<kStream>(ind + c, _mm256_loadu_ps(ixb + c));
     }
   } else {
     for (int64_t c = 0; c < Cv; c += 8) {
@@ -444,8 +467,11 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
         a = _mm256_blendv_ps(a, v, take);
         if constexpr (kIdx) ix = _mm256_blendv_ps(ix, _mm256_set1_ps(here[k]), take);
       }
-      _mm256_storeu_ps(y + c, a);
-      if constexpr (kIdx) store_index8(ind + c, ix);
+      if constexpr (kStream)
+        _mm256_stream_ps(y + c, a);
+      else
+        _mm256_storeu_ps(y + c, a);
+      if constexpr (kIdx) store_index8<kStream>(ind + c, ix);
     }
   }
   max_pixel_scalar<float, float, float>(x, off, here, nt, Cv, C, y, ind);
@@ -456,6 +482,7 @@ void max_pixel_base(const float* x, const int64_t* off, const float* here, int64
   max_pixel_scalar<float, float, float>(x, off, here, nt, 0, C, y, ind);
 }
 
+template <bool kStream>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_grad_pixel_avx512(
     const float* gy, const int64_t* ind, const int64_t* off, int64_t no, int64_t q, int64_t C, float* gx) {
   const __m512i qv = _mm512_set1_epi64(q);
@@ -468,11 +495,15 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_grad_pixe
                             __mmask16(__mmask16(_mm512_cmpeq_epi64_mask(_mm512_loadu_si512(id + 8), qv)) << 8);
       a = _mm512_mask_add_ps(a, hit, a, _mm512_loadu_ps(gy + off[k] + c));
     }
-    _mm512_storeu_ps(gx + c, a);
+    if constexpr (kStream)
+      _mm512_stream_ps(gx + c, a);
+    else
+      _mm512_storeu_ps(gx + c, a);
   }
   max_grad_pixel_scalar<float, float>(gy, ind, off, no, q, c, C, gx);
 }
 
+template <bool kStream>
 __attribute__((target("avx2,fma"))) void max_grad_pixel_avx2(const float* gy, const int64_t* ind,
                                                              const int64_t* off, int64_t no, int64_t q, int64_t C,
                                                              float* gx) {
@@ -490,7 +521,10 @@ __attribute__((target("avx2,fma"))) void max_grad_pixel_avx2(const float* gy, co
                            _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(lo, even))));
       a = _mm256_add_ps(a, _mm256_and_ps(hit, _mm256_loadu_ps(gy + off[k] + c)));  // + 0 where missed: same sum
     }
-    _mm256_storeu_ps(gx + c, a);
+    if constexpr (kStream)
+      _mm256_stream_ps(gx + c, a);
+    else
+      _mm256_storeu_ps(gx + c, a);
   }
   max_grad_pixel_scalar<float, float>(gy, ind, off, no, q, c, C, gx);
 }
@@ -504,19 +538,35 @@ void max_grad_pixel_base(const float* gy, const int64_t* ind, const int64_t* off
 // gradient: a forward under no_grad, as torch's max_pool2d_kernel without indices), ind null:
 // the same rule with no index lanes and no int64 index tensor written (twice the values'
 // bytes: the 2x2 max over 8x256x56x56 wrote 45 MB for torch's 32).
-MaxPixelFn max_pixel_float(Isa isa, bool indices) {
+// stream: y (and the indices) by non-temporal stores (isa_each.h's stream_stores)
+MaxPixelFn max_pixel_float(Isa isa, bool indices, bool stream) {
   switch (isa) {
-    case Isa::Avx512: return indices ? max_pixel_avx512<true> : max_pixel_avx512<false>;
-    case Isa::Avx2: return indices ? max_pixel_avx2<true> : max_pixel_avx2<false>;
+    case Isa::Avx512:
+      return indices ? (stream ? max_pixel_avx512<true, true> : max_pixel_avx512<true>)
+                     : (stream ? max_pixel_avx512<false, true> : max_pixel_avx512<false>);
+    case Isa::Avx2:
+      return indices ? (stream ? max_pixel_avx2<true, true> : max_pixel_avx2<true>)
+                     : (stream ? max_pixel_avx2<false, true> : max_pixel_avx2<false>);
     default: return max_pixel_base;
   }
 }
-MaxGradPixelFn max_grad_pixel_float() {
+// stream: dX's channels by non-temporal stores (isa_each.h's stream_stores; every pixel's
+// channels a whole number of 64-byte lines, 64-byte aligned)
+MaxGradPixelFn max_grad_pixel_float(bool stream) {
   switch (cpu_isa()) {
-    case Isa::Avx512: return max_grad_pixel_avx512;
-    case Isa::Avx2: return max_grad_pixel_avx2;
+    case Isa::Avx512: return stream ? max_grad_pixel_avx512<true> : max_grad_pixel_avx512<false>;
+    case Isa::Avx2: return stream ? max_grad_pixel_avx2<true> : max_grad_pixel_avx2<false>;
     default: return max_grad_pixel_base;
   }
+}
+
+// A block of A stored into T's (stream: by non-temporal stores where T is A).
+template <typename T, typename A>
+CONVX_ALWAYS_INLINE inline void put_block(T* p, typename Block<A>::v v, bool stream) {
+  if constexpr (std::is_same_v<T, A>) {
+    if (stream) return stream_block<A>(p, v);
+  }
+  store_block<A>(p, v);
 }
 
 // Average pooling tap by tap (kTapRunBytes), the sums in acc[C] (a buffer in
@@ -526,14 +576,14 @@ MaxGradPixelFn max_grad_pixel_float() {
 // into y, one pass each over the channels.
 template <typename T, typename A>
 CONVX_ALWAYS_INLINE inline void avg_pixel_taps(const T* x, const int64_t* off, int64_t nt, int64_t C, A d, A* acc,
-                                               T* y) {
+                                               T* y, bool stream) {
   using V = typename Block<A>::v;
   constexpr int L = Block<A>::n;
   const int64_t Cv = C / L * L;
   // V{} + sum: a window of -0s averages to +0, as torch's 0-started sum does
   if (nt == 1) {
     const T* p = x + off[0];
-    for (int64_t c = 0; c < Cv; c += L) store_block<A>(y + c, (V{} + load_block<A>(p + c)) / d);
+    for (int64_t c = 0; c < Cv; c += L) put_block<T, A>(y + c, (V{} + load_block<A>(p + c)) / d, stream);
     for (int64_t c = Cv; c < C; ++c) y[c] = T((A(0) + A(p[c])) / d);
     return;
   }
@@ -550,19 +600,20 @@ CONVX_ALWAYS_INLINE inline void avg_pixel_taps(const T* x, const int64_t* off, i
   // the last tap added as y is written
   const T* p = x + off[nt - 1];
   for (int64_t c = 0; c < Cv; c += L)
-    store_block<A>(y + c, (V{} + (load_block<A>(acc + c) + load_block<A>(p + c))) / d);
+    put_block<T, A>(y + c, (V{} + (load_block<A>(acc + c) + load_block<A>(p + c))) / d, stream);
   for (int64_t c = Cv; c < C; ++c) y[c] = T((A(0) + (acc[c] + A(p[c]))) / d);
 }
 
 template <typename T, typename A>
-CONVX_ALWAYS_INLINE inline void avg_pixel(const T* x, const int64_t* off, int64_t nt, int64_t C, A d, T* y) {
+CONVX_ALWAYS_INLINE inline void avg_pixel(const T* x, const int64_t* off, int64_t nt, int64_t C, A d, T* y,
+                                          bool stream) {
   using V = typename Block<A>::v;
   constexpr int L = Block<A>::n;
   int64_t c = 0;
   for (; c + L <= C; c += L) {
     V a = V{};  // torch's start: a window of -0s averages to +0
     for (int64_t k = 0; k < nt; ++k) a += load_block<A>(x + off[k] + c);
-    store_block<A>(y + c, a / d);
+    put_block<T, A>(y + c, a / d, stream);
   }
   for (; c < C; ++c) {
     A a = A(0);
@@ -589,7 +640,11 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
                       N * H * W * C * int64_t(sizeof(T)) >= kTapInputBytes;
   // streamed inputs at AVX2 width at most (isa_each.h's streaming_isa)
   const Isa isa = by_tap ? streaming_isa() : cpu_isa();
-  const MaxPixelFn max_pixel = max_pixel_float(isa, ind != nullptr);
+  // y (and the indices) by non-temporal stores where large (stream_stores)
+  const bool stream = std::is_same_v<T, A> &&
+                      stream_stores(y, N * Ho * Wo * C * int64_t(sizeof(T)), C * int64_t(sizeof(T))) &&
+                      reinterpret_cast<std::uintptr_t>(ind) % 64 == 0;
+  const MaxPixelFn max_pixel = max_pixel_float(isa, ind != nullptr, stream);
   at::parallel_for(0, N * Ho, grain_of(Wo * C * max_taps), [&](int64_t b, int64_t e) {
     std::vector<int64_t> off_buf(max_taps);
     std::vector<I> here_buf(max_taps);
@@ -617,14 +672,15 @@ void forward_nhwc(const T* x, T* y, int64_t* ind, int64_t N, int64_t C, const Po
             max_pixel_scalar<T, A, I>(x, off, here, nt, 0, C, y + o, ind + o);
           }
         } else if (by_tap && nt > 0) {
-          avg_pixel_taps<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), acc_buf.data(), y + o);
+          avg_pixel_taps<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), acc_buf.data(), y + o, stream);
         } else {
-          avg_pixel<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), y + o);
+          avg_pixel<T, A>(x, off, nt, C, divisor<A>(p.div, th, tw, oh, ow), y + o, stream);
         }
       }
     };
     if (by_tap) each_streaming(b, e, row);
     else each(b, e, row);
+    if (stream) _mm_sfence();
   });
 }
 
@@ -685,13 +741,19 @@ void backward_nchw(const T* gy, const int64_t* ind, T* gx, int64_t planes, const
 // once, with no zero fill; channels run a register block at a time.
 template <typename T, typename A>
 CONVX_ALWAYS_INLINE inline void avg_grad_pixel(const T* gy, const int64_t* off, const A* div, int64_t no, int64_t C,
-                                               T* gx) {
+                                               T* gx, bool stream) {
   using V = typename Block<A>::v;
   constexpr int L = Block<A>::n;
   int64_t c = 0;
   for (; c + L <= C; c += L) {
     V a = V{};
     for (int64_t k = 0; k < no; ++k) a += load_block<A>(gy + off[k] + c) / div[k];
+    if constexpr (std::is_same_v<T, A>) {
+      if (stream) {
+        stream_block<A>(gx + c, a);
+        continue;
+      }
+    }
     store_block<A>(gx + c, a);
   }
   for (; c < C; ++c) {
@@ -710,7 +772,10 @@ void backward_nhwc(const T* gy, const int64_t* ind, T* gx, int64_t N, int64_t C,
   int64_t mh = 1, mw = 1;  // the most outputs reading one position, per axis
   for (int64_t i = 0; i < H; ++i) mh = std::max(mh, th.rs[i + 1] - th.rs[i]);
   for (int64_t i = 0; i < W; ++i) mw = std::max(mw, tw.rs[i + 1] - tw.rs[i]);
-  const MaxGradPixelFn max_grad_pixel = max_grad_pixel_float();
+  // dX by non-temporal stores where it is large (isa_each.h's stream_stores)
+  const bool stream = std::is_same_v<T, at::opmath_type<T>> &&
+                      stream_stores(gx, N * H * W * C * int64_t(sizeof(T)), C * int64_t(sizeof(T)));
+  const MaxGradPixelFn max_grad_pixel = max_grad_pixel_float(stream);
   at::parallel_for(0, N * H, grain_of(W * C * mh * mw), [&](int64_t b, int64_t e) {
     std::vector<int64_t> off_buf(mh * mw);
     std::vector<A> div_buf(is_max ? 0 : mh * mw);
@@ -734,10 +799,11 @@ void backward_nhwc(const T* gy, const int64_t* ind, T* gx, int64_t N, int64_t C,
           else
             max_grad_pixel_scalar<T, A>(gy, ind, off, no, q, 0, C, out);
         } else {
-          avg_grad_pixel<T, A>(gy, off, div, no, C, out);
+          avg_grad_pixel<T, A>(gy, off, div, no, C, out, stream);
         }
       }
     });
+    if (stream) _mm_sfence();
   });
 }
 
