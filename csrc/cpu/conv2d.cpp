@@ -1712,16 +1712,18 @@ bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2d
 // j - 1 .. j + 1 only (phase a = 0: rows m - 1 and m by taps 3 and 1; a = 1: rows m and m + 1
 // by taps 2 and 0), so the four phases are 4 C output channels of a 3x3 convolution (each
 // phase's filter zero outside its 2 x 2 taps) whose result, [N][4 C][Ho][Wo], is then put in
-// place: 9 multiply-adds a (pixel, c, k) on Winograd's 36 points a 4 x 4 tile against 16 by the
-// GEMM. Two threads, batch 8, transposed convolutions beside torch, in-process A/B: 256 -> 128
+// place by the output transform itself (winograd::conv3x3's phase_channels): 9 multiply-adds a
+// (pixel, c, k) on Winograd's 36 points a 4 x 4 tile against 16 by the GEMM. Two threads, batch 8, transposed convolutions beside torch, in-process A/B: 256 -> 128
 // @28 NCHW 0.98 -> 1.13x, channels_last 0.93 -> 0.99; 128 -> 64 @56 0.93 -> 1.24, 0.76 -> 1.00;
-// 512 -> 256 @24 channels_last 0.95 -> 1.08. Where dY has under 24 x 24 pixels (512 -> 256 @14)
-// the GEMM stayed faster: the weights, 2.25x the layer's, are built and transformed every call,
-// for few tiles. Rounding: tests/test_winograd.py (within twice the 3x3 layers' bound).
+// 512 -> 256 @24 channels_last 0.95 -> 1.08; with the phases written in place by the output
+// transform, in the benchmark: 128 -> 64 @56 1.39 / 1.11 (NCHW / channels_last), 256 -> 128 @28
+// 1.17 / 1.06. Where dY has under 20 x 20 pixels the GEMM stayed faster (the weights, 2.25x the
+// layer's, are built and transformed every call, for few tiles): @20 +7 %, @16 -5-0 %, @14
+// -18-22 %, @7 -40 %. Rounding: tests/test_winograd.py (within twice the 3x3 layers' bound).
 bool phase_winograd_data_grad(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {
   return gy.scalar_type() == at::kFloat && winograd::enabled() && p.groups == 1 && sh.R == 4 && sh.S == 4 &&
          p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.pad_t == 1 && p.pad_l == 1 &&
-         p.pad_b == 1 && p.pad_r == 1 && sh.H == 2 * sh.Ho && sh.W == 2 * sh.Wo && sh.Ho * sh.Wo >= 576 &&
+         p.pad_b == 1 && p.pad_r == 1 && sh.H == 2 * sh.Ho && sh.W == 2 * sh.Wo && sh.Ho * sh.Wo >= 400 &&
          winograd::applicable(sh.N, sh.K, 4 * sh.C, 3, 3, 1, 1, 1, 1, 1, sh.Ho, sh.Wo);
 }
 
@@ -1749,47 +1751,40 @@ at::Tensor phase_winograd_dgrad(const at::Tensor& grad_output, const at::Tensor&
       }
     }
   });
-  float* z = thread_buffer<float>(kConvCol, N * C4 * Ho * Wo);  // [N][4 C][Ho][Wo], NCHW or NHWC
-  winograd::conv3x3(gy.const_data_ptr<float>(), g, K * 9, 9, 1, false, nullptr, z, N, K, Ho, Wo, C4, Ho, Wo, 1, 1,
-                    nhwc);
   auto gx = at::empty({N, C, H, W}, grad_output.options().memory_format(mf));
   float* out = gx.data_ptr<float>();
   const at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
   const float* bp = bias ? bc.const_data_ptr<float>() : nullptr;
-  if (nhwc) {
-    // pixel (m, j), phase row a: channels [2 a C, 2 a C + 2 C) of z -> out pixels (2m + a, 2j .. 2j + 1)
-    at::parallel_for(0, N * Ho, 1, [&](int64_t b0, int64_t e0) {
-      for (int64_t t = b0; t < e0; ++t) {
-        const int64_t n = t / Ho, m = t % Ho;
-        for (int64_t a = 0; a < 2; ++a)
-          for (int64_t j = 0; j < Wo; ++j) {
-            const float* src = z + (t * Wo + j) * C4 + 2 * a * C;
-            float* dst = out + ((n * H + 2 * m + a) * W + 2 * j) * C;
-            if (bp)
-              for (int64_t q = 0; q < 2 * C; ++q) dst[q] = src[q] + bp[q < C ? q : q - C];
-            else
-              std::memcpy(dst, src, 2 * C * sizeof(float));
-          }
-      }
-    });
-  } else {
-    at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t e0) {
-      for (int64_t t = b0; t < e0; ++t) {
-        const int64_t n = t / C, c = t % C;
-        const float bv = bp ? bp[c] : 0.f;
-        for (int64_t m = 0; m < Ho; ++m)
-          for (int64_t a = 0; a < 2; ++a) {
-            const float* s0 = z + ((n * C4 + 2 * a * C + c) * Ho + m) * Wo;
-            const float* s1 = s0 + C * Ho * Wo;  // phase (a, 1)
-            float* dst = out + ((n * C + c) * H + 2 * m + a) * W;
-            for (int64_t j = 0; j < Wo; ++j) {
-              dst[2 * j] = s0[j] + bv;
-              dst[2 * j + 1] = s1[j] + bv;
-            }
-          }
-      }
-    });
+  if (!nhwc || C % 16 == 0) {  // the output transform writes each phase in place (and adds the bias)
+    float* b4 = nullptr;
+    if (bp) {
+      b4 = thread_buffer<float>(kConvPadded, C4);
+      for (int64_t q = 0; q < 4; ++q) std::memcpy(b4 + q * C, bp, C * sizeof(float));
+    }
+    winograd::conv3x3(gy.const_data_ptr<float>(), g, K * 9, 9, 1, false, b4, out, N, K, Ho, Wo, C4, Ho, Wo, 1, 1, nhwc,
+                      C);
+    return gx;
   }
+  // channels_last with channels not a multiple of 16 (the output transform's vectors would cross
+  // phases): z [N][Ho][Wo][4 C], then pixel (m, j), phase row a: channels [2 a C, 2 a C + 2 C)
+  // of z -> out pixels (2m + a, 2j .. 2j + 1)
+  float* z = thread_buffer<float>(kConvCol, N * C4 * Ho * Wo);
+  winograd::conv3x3(gy.const_data_ptr<float>(), g, K * 9, 9, 1, false, nullptr, z, N, K, Ho, Wo, C4, Ho, Wo, 1, 1,
+                    true);
+  at::parallel_for(0, N * Ho, 1, [&](int64_t b0, int64_t e0) {
+    for (int64_t t = b0; t < e0; ++t) {
+      const int64_t n = t / Ho, m = t % Ho;
+      for (int64_t a = 0; a < 2; ++a)
+        for (int64_t j = 0; j < Wo; ++j) {
+          const float* src = z + (t * Wo + j) * C4 + 2 * a * C;
+          float* dst = out + ((n * H + 2 * m + a) * W + 2 * j) * C;
+          if (bp)
+            for (int64_t q = 0; q < 2 * C; ++q) dst[q] = src[q] + bp[q < C ? q : q - C];
+          else
+            std::memcpy(dst, src, 2 * C * sizeof(float));
+        }
+    }
+  });
   return gx;
 }
 

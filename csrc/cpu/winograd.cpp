@@ -257,6 +257,7 @@ struct Geometry {
   int64_t Cp, Kp, TH, TW, Wb;  // padded channels, tiles, band width (4 TW + 2)
   int64_t MR, NR, KC;          // the GEMM's register tile and reduction chunk
   bool nhwc;
+  int64_t phase_channels = 0;  // conv3x3's (NHWC): y as [N][2 Ho][2 Wo][K / 4], channel k at phase k / (K / 4)
 };
 
 Geometry geometry(const MicroTile& mt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho,
@@ -405,7 +406,10 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
             if (!g.nhwc) {
               Vt::store(obuf + (i * 4 + j) * Kc + (k - k0), o[j]);
             } else if (i < hn && j < wn) {
-              float* dst = y + ((n * g.Ho + h0 + i) * g.Wo + w0 + j) * g.K + k;
+              const int64_t pc = g.phase_channels, ph = pc ? k / pc : 0;
+              float* dst = pc ? y + ((n * 2 * g.Ho + 2 * (h0 + i) + ph / 2) * 2 * g.Wo + 2 * (w0 + j) + ph % 2) * pc +
+                                    (k - ph * pc)
+                              : y + ((n * g.Ho + h0 + i) * g.Wo + w0 + j) * g.K + k;
               if (kl == L)
                 Vt::store(dst, o[j]);
               else
@@ -414,7 +418,16 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
           }
         }
       }
-      if (!g.nhwc) {
+      if (!g.nhwc && g.phase_channels) {  // channel k: (phase, c) of y [N][K / 4][2 Ho][2 Wo]
+        const int64_t pc = g.phase_channels, W2 = 2 * g.Wo;
+        for (int64_t k = kb; k < kend; ++k) {
+          const int64_t ph = k / pc, c = k - ph * pc;
+          const float* src = obuf + (k - k0);
+          float* dst = y + ((n * pc + c) * 2 * g.Ho + 2 * h0 + ph / 2) * W2 + 2 * w0 + ph % 2;
+          for (int64_t i = 0; i < hn; ++i)
+            for (int64_t j = 0; j < wn; ++j) dst[2 * i * W2 + 2 * j] = src[(i * 4 + j) * Kc];
+        }
+      } else if (!g.nhwc) {
         const int64_t P = g.Ho * g.Wo;
         float* yt = y + n * g.K * P + h0 * g.Wo + w0;
         for (int64_t k = kb; k < kend; ++k) {
@@ -674,9 +687,12 @@ bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t s
 
 void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias, float* y,
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
-             int64_t pad_l, bool nhwc) {
+             int64_t pad_l, bool nhwc, int64_t phase_channels) {
+  TORCH_CHECK(phase_channels == 0 || (K == 4 * phase_channels && (!nhwc || phase_channels % kCAlign == 0)),
+              "convx: winograd::conv3x3: phase_channels ", phase_channels, " for K = ", K);
   const MicroTile mt = micro_tile<float>();
-  const Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
+  Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
+  g.phase_channels = phase_channels;
   const Isa isa = cpu_isa();
   const WeightArgs wa{w, sk, sc, flip, ts};
 
