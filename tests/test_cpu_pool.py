@@ -1,7 +1,7 @@
 """The CPU pooling kernels' vector paths, on shapes that reach them (test_pool2d's
 shapes are too small to): channels_last with 37 channels (two AVX-512 blocks,
 four AVX2 blocks, and a tail) and with 259 (runs of 512 bytes and more, in
-the register order on small inputs and tap by tap on inputs of 16 MiB and
+the register order on small inputs and tap by tap on inputs of 4 MiB and
 more: float's and bfloat16's, with a tail), NCHW rows of 8 or more outputs at strides 1, 2
 and 3, adaptive windows of one size and of several, global average; every
 dtype; NaN, +-inf and ties against torch's index rules; gradients; the result

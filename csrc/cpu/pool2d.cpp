@@ -338,9 +338,12 @@ inline void max_grad_pixel_scalar(const T* gy, const int64_t* ind, const int64_t
 // time, which they did not follow on the Zen 4 (batch 8, 2x2 windows: max over
 // 128 @112 and 256 @56 at 0.56-0.62 of torch's rate, tap by tap 0.69-0.75,
 // average 256 @56 0.66 -> 0.84), but it is the faster order on inputs the
-// caches keep (512 @28 and @14: 1.25-1.34 against 1.06) and on short runs.
+// caches keep (512 @14, 3.2 MB: 1.7-2.0x torch either way) and on short runs.
+// From 4 MiB (was 16): on the Zen 5, in the benchmark's rounds (each library's
+// own input, so two of them and their outputs), max 2x2 over 512 @28 (12.8 MB)
+// went 0.80-1.03 -> 1.32-1.34x torch tap by tap.
 constexpr int64_t kTapRunBytes = 512;
-constexpr int64_t kTapInputBytes = int64_t(16) << 20;
+constexpr int64_t kTapInputBytes = int64_t(4) << 20;
 
 // float builds of the two with AVX-512 / AVX2 intrinsics (GCC leaves a compare
 // and select written over vectors or arrays in these loops scalar): 16 / 8
