@@ -1713,11 +1713,12 @@ bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2d
 // by taps 2 and 0), so the four phases are 4 C output channels of a 3x3 convolution (each
 // phase's filter zero outside its 2 x 2 taps) whose result, [N][4 C][Ho][Wo], is then put in
 // place by the output transform itself (winograd::conv3x3's phase_channels): 9 multiply-adds a
-// (pixel, c, k) on Winograd's 36 points a 4 x 4 tile against 16 by the GEMM. Two threads, batch 8, transposed convolutions beside torch, in-process A/B: 256 -> 128
-// @28 NCHW 0.98 -> 1.13x, channels_last 0.93 -> 0.99; 128 -> 64 @56 0.93 -> 1.24, 0.76 -> 1.00;
-// 512 -> 256 @24 channels_last 0.95 -> 1.08; with the phases written in place by the output
-// transform, in the benchmark: 128 -> 64 @56 1.39 / 1.11 (NCHW / channels_last), 256 -> 128 @28
-// 1.17 / 1.06. Where dY has under 20 x 20 pixels the GEMM stayed faster (the weights, 2.25x the
+// (pixel, c, k) on Winograd's 36 points a 4 x 4 tile against 16 by the GEMM. Two threads, batch
+// 8, transposed convolutions beside torch, in-process A/B (the phases then put in place by a
+// copy): 256 -> 128 @28 NCHW 0.98 -> 1.13x, channels_last 0.93 -> 0.99; 128 -> 64 @56 0.93 ->
+// 1.24, 0.76 -> 1.00; 512 -> 256 @24 channels_last 0.95 -> 1.08; with the phases written in
+// place by the output transform, in the benchmark: 128 -> 64 @56 1.39 / 1.11 (NCHW /
+// channels_last), 256 -> 128 @28 1.17 / 1.06. Where dY has under 20 x 20 pixels the GEMM stayed faster (the weights, 2.25x the
 // layer's, are built and transformed every call, for few tiles): @20 +7 %, @16 -5-0 %, @14
 // -18-22 %, @7 -40 %. Rounding: tests/test_winograd.py (within twice the 3x3 layers' bound).
 bool phase_winograd_data_grad(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {

@@ -257,7 +257,7 @@ struct Geometry {
   int64_t Cp, Kp, TH, TW, Wb;  // padded channels, tiles, band width (4 TW + 2)
   int64_t MR, NR, KC;          // the GEMM's register tile and reduction chunk
   bool nhwc;
-  int64_t phase_channels = 0;  // conv3x3's (NHWC): y as [N][2 Ho][2 Wo][K / 4], channel k at phase k / (K / 4)
+  int64_t phase_channels = 0;  // conv3x3's: channel k of phase k / (K / 4) of y, 2 Ho x 2 Wo (winograd.h)
 };
 
 Geometry geometry(const MicroTile& mt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho,
