@@ -93,6 +93,8 @@ CASES = {
     "filter_rows_s2_asym": (2, 24, 19, 17, 48, (5, 3), 2, (3, 0, 1, 2), 1, 1),
     "filter_rows_pad_past": (1, 8, 6, 7, 16, (3, 5), 1, (4, 3, 1, 5), 1, 1),
     "filter_rows_chunks": (3, 8, 5, 9, 16, (1, 3), 1, (0, 0, 1, 1), 1, 1),
+    # strided with 8192 input pixels or more a plane: NCHW computes in NCHW (no channels_last copies)
+    "stride2_large_plane": (1, 16, 91, 92, 24, (3, 3), 2, (1, 1, 1, 1), 1, 1),
 }
 
 
