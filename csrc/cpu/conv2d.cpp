@@ -1724,9 +1724,10 @@ bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2d
 // copy): 256 -> 128 @28 NCHW 0.98 -> 1.13x, channels_last 0.93 -> 0.99; 128 -> 64 @56 0.93 ->
 // 1.24, 0.76 -> 1.00; 512 -> 256 @24 channels_last 0.95 -> 1.08; with the phases written in
 // place by the output transform, in the benchmark: 128 -> 64 @56 1.39 / 1.11 (NCHW /
-// channels_last), 256 -> 128 @28 1.17 / 1.06. Where dY has under 20 x 20 pixels the GEMM stayed faster (the weights, 2.25x the
-// layer's, are built and transformed every call, for few tiles): @20 +7 %, @16 -5-0 %, @14
-// -18-22 %, @7 -40 %. Rounding: tests/test_winograd.py (within twice the 3x3 layers' bound).
+// channels_last), 256 -> 128 @28 1.17 / 1.06. Where dY has under 20 x 20 pixels the GEMM stayed
+// faster (the weights, 2.25x the layer's, are built and transformed every call, for few tiles):
+// @20 +7 %, @16 -5-0 %, @14 -18-22 %, @7 -40 %. Rounding: tests/test_winograd.py (within twice
+// the 3x3 layers' bound).
 bool phase_winograd_data_grad(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {
   return gy.scalar_type() == at::kFloat && winograd::enabled() && p.groups == 1 && sh.R == 4 && sh.S == 4 &&
          p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.pad_t == 1 && p.pad_l == 1 &&
@@ -1758,16 +1759,16 @@ at::Tensor phase_winograd_dgrad(const at::Tensor& grad_output, const at::Tensor&
       }
     }
   });
+  // the bias once a phase, added by the output transform
+  float* b4 = nullptr;
+  if (bias) {
+    const at::Tensor bc = bias->contiguous();
+    b4 = thread_buffer<float>(kConvPadded, C4);
+    for (int64_t q = 0; q < 4; ++q) std::memcpy(b4 + q * C, bc.const_data_ptr<float>(), C * sizeof(float));
+  }
   auto gx = at::empty({N, C, H, W}, grad_output.options().memory_format(mf));
   float* out = gx.data_ptr<float>();
-  const at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
-  const float* bp = bias ? bc.const_data_ptr<float>() : nullptr;
-  if (!nhwc || C % 16 == 0) {  // the output transform writes each phase in place (and adds the bias)
-    float* b4 = nullptr;
-    if (bp) {
-      b4 = thread_buffer<float>(kConvPadded, C4);
-      for (int64_t q = 0; q < 4; ++q) std::memcpy(b4 + q * C, bp, C * sizeof(float));
-    }
+  if (!nhwc || C % 16 == 0) {  // the output transform writes each phase in place
     winograd::conv3x3(gy.const_data_ptr<float>(), g, K * 9, 9, 1, false, b4, out, N, K, Ho, Wo, C4, Ho, Wo, 1, 1, nhwc,
                       C);
     return gx;
@@ -1776,20 +1777,14 @@ at::Tensor phase_winograd_dgrad(const at::Tensor& grad_output, const at::Tensor&
   // phases): z [N][Ho][Wo][4 C], then pixel (m, j), phase row a: channels [2 a C, 2 a C + 2 C)
   // of z -> out pixels (2m + a, 2j .. 2j + 1)
   float* z = thread_buffer<float>(kConvCol, N * C4 * Ho * Wo);
-  winograd::conv3x3(gy.const_data_ptr<float>(), g, K * 9, 9, 1, false, nullptr, z, N, K, Ho, Wo, C4, Ho, Wo, 1, 1,
-                    true);
+  winograd::conv3x3(gy.const_data_ptr<float>(), g, K * 9, 9, 1, false, b4, z, N, K, Ho, Wo, C4, Ho, Wo, 1, 1, true);
   at::parallel_for(0, N * Ho, 1, [&](int64_t b0, int64_t e0) {
     for (int64_t t = b0; t < e0; ++t) {
       const int64_t n = t / Ho, m = t % Ho;
       for (int64_t a = 0; a < 2; ++a)
-        for (int64_t j = 0; j < Wo; ++j) {
-          const float* src = z + (t * Wo + j) * C4 + 2 * a * C;
-          float* dst = out + ((n * H + 2 * m + a) * W + 2 * j) * C;
-          if (bp)
-            for (int64_t q = 0; q < 2 * C; ++q) dst[q] = src[q] + bp[q < C ? q : q - C];
-          else
-            std::memcpy(dst, src, 2 * C * sizeof(float));
-        }
+        for (int64_t j = 0; j < Wo; ++j)
+          std::memcpy(out + ((n * H + 2 * m + a) * W + 2 * j) * C, z + (t * Wo + j) * C4 + 2 * a * C,
+                      2 * C * sizeof(float));
     }
   });
   return gx;

@@ -234,10 +234,7 @@ CONVX_ALWAYS_INLINE inline int64_t nhwc_interior(const T* x, const T* wt, const 
           }
         }
         T* yp = yrow + wo * K + k0;
-        if (stream)
-          for (int i = 0; i < 8; ++i) stream_block<T>(yp + i * K, a[i]);
-        else
-          for (int i = 0; i < 8; ++i) store_block<T>(yp + i * K, a[i]);
+        for (int i = 0; i < 8; ++i) put_block<T, T>(yp + i * K, a[i], stream);
       }
     }
     for (; wo + 4 <= whi; wo += 4) {
@@ -252,17 +249,10 @@ CONVX_ALWAYS_INLINE inline int64_t nhwc_interior(const T* x, const T* wt, const 
           a3 += wrs * load_block<T>(xp + 3 * step);
         }
       T* yp = yrow + wo * K + k0;
-      if (stream) {
-        stream_block<T>(yp, a0);
-        stream_block<T>(yp + K, a1);
-        stream_block<T>(yp + 2 * K, a2);
-        stream_block<T>(yp + 3 * K, a3);
-        continue;
-      }
-      store_block<T>(yp, a0);
-      store_block<T>(yp + K, a1);
-      store_block<T>(yp + 2 * K, a2);
-      store_block<T>(yp + 3 * K, a3);
+      put_block<T, T>(yp, a0, stream);
+      put_block<T, T>(yp + K, a1, stream);
+      put_block<T, T>(yp + 2 * K, a2, stream);
+      put_block<T, T>(yp + 3 * K, a3, stream);
     }
     for (; wo < whi; ++wo) {
       V a = bv;

@@ -146,6 +146,15 @@ CONVX_ALWAYS_INLINE inline void stream_block(A* p, typename Block<A>::v r) {
   }
 }
 
+// A block of A stored into T's: by stream_block where asked and T is A, else store_block.
+template <typename T, typename A>
+CONVX_ALWAYS_INLINE inline void put_block(T* p, typename Block<A>::v v, bool stream) {
+  if constexpr (std::is_same_v<T, A>) {
+    if (stream) return stream_block<A>(p, v);
+  }
+  store_block<A>(p, v);
+}
+
 inline bool stream_stores(const void* y, int64_t bytes, int64_t stride) {
   return bytes >= (int64_t(8) << 20) && reinterpret_cast<std::uintptr_t>(y) % 64 == 0 && stride % 64 == 0;
 }

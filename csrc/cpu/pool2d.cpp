@@ -356,6 +356,22 @@ constexpr int64_t kTapInputBytes = int64_t(4) << 20;
 using MaxPixelFn = void (*)(const float*, const int64_t*, const float*, int64_t, int64_t, float*, int64_t*, float*);
 using MaxGradPixelFn = void (*)(const float*, const int64_t*, const int64_t*, int64_t, int64_t, int64_t, float*);
 
+// 16 / 8 floats at p (kStream: by a non-temporal store, p 64 / 32-byte aligned).
+template <bool kStream>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) inline void store16(float* p, __m512 v) {
+  if constexpr (kStream)
+    _mm512_stream_ps(p, v);
+  else
+    _mm512_storeu_ps(p, v);
+}
+template <bool kStream>
+__attribute__((target("avx2,fma"))) inline void store8(float* p, __m256 v) {
+  if constexpr (kStream)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_storeu_ps(p, v);
+}
+
 // 16 / 8 index lanes (floats) as int64 at ind (kStream: by non-temporal stores, ind 64 / 32-byte aligned).
 template <bool kStream = false>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) inline void store_index16(int64_t* ind, __m512 ix) {
@@ -406,10 +422,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
       }
     }
     for (int64_t c = 0; c < Cv; c += 16) {
-      if constexpr (kStream)
-        _mm512_stream_ps(y + c, _mm512_loadu_ps(vb + c));
-      else
-        _mm512_storeu_ps(y + c, _mm512_loadu_ps(vb + c));
+      store16<kStream>(y + c, _mm512_loadu_ps(vb + c));
       if constexpr (kIdx) store_index16<kStream>(ind + c, _mm512_loadu_ps(ixb + c));
     }
   } else {
@@ -421,10 +434,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_pixel_avx
         a = _mm512_mask_mov_ps(a, take, v);
         if constexpr (kIdx) ix = _mm512_mask_mov_ps(ix, take, _mm512_set1_ps(here[k]));
       }
-      if constexpr (kStream)
-        _mm512_stream_ps(y + c, a);
-      else
-        _mm512_storeu_ps(y + c, a);
+      store16<kStream>(y + c, a);
       if constexpr (kIdx) store_index16<kStream>(ind + c, ix);
     }
   }
@@ -455,10 +465,7 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
       }
     }
     for (int64_t c = 0; c < Cv; c += 8) {
-      if constexpr (kStream)
-        _mm256_stream_ps(y + c, _mm256_loadu_ps(vb + c));
-      else
-        _mm256_storeu_ps(y + c, _mm256_loadu_ps(vb + c));
+      store8<kStream>(y + c, _mm256_loadu_ps(vb + c));
       if constexpr (kIdx) store_index8<kStream>(ind + c, _mm256_loadu_ps(ixb + c));
     }
   } else {
@@ -470,10 +477,7 @@ __attribute__((target("avx2,fma"))) void max_pixel_avx2(const float* x, const in
         a = _mm256_blendv_ps(a, v, take);
         if constexpr (kIdx) ix = _mm256_blendv_ps(ix, _mm256_set1_ps(here[k]), take);
       }
-      if constexpr (kStream)
-        _mm256_stream_ps(y + c, a);
-      else
-        _mm256_storeu_ps(y + c, a);
+      store8<kStream>(y + c, a);
       if constexpr (kIdx) store_index8<kStream>(ind + c, ix);
     }
   }
@@ -498,10 +502,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void max_grad_pixe
                             __mmask16(__mmask16(_mm512_cmpeq_epi64_mask(_mm512_loadu_si512(id + 8), qv)) << 8);
       a = _mm512_mask_add_ps(a, hit, a, _mm512_loadu_ps(gy + off[k] + c));
     }
-    if constexpr (kStream)
-      _mm512_stream_ps(gx + c, a);
-    else
-      _mm512_storeu_ps(gx + c, a);
+    store16<kStream>(gx + c, a);
   }
   max_grad_pixel_scalar<float, float>(gy, ind, off, no, q, c, C, gx);
 }
@@ -524,10 +525,7 @@ __attribute__((target("avx2,fma"))) void max_grad_pixel_avx2(const float* gy, co
                            _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(lo, even))));
       a = _mm256_add_ps(a, _mm256_and_ps(hit, _mm256_loadu_ps(gy + off[k] + c)));  // + 0 where missed: same sum
     }
-    if constexpr (kStream)
-      _mm256_stream_ps(gx + c, a);
-    else
-      _mm256_storeu_ps(gx + c, a);
+    store8<kStream>(gx + c, a);
   }
   max_grad_pixel_scalar<float, float>(gy, ind, off, no, q, c, C, gx);
 }
@@ -561,15 +559,6 @@ MaxGradPixelFn max_grad_pixel_float(bool stream) {
     case Isa::Avx2: return stream ? max_grad_pixel_avx2<true> : max_grad_pixel_avx2<false>;
     default: return max_grad_pixel_base;
   }
-}
-
-// A block of A stored into T's (stream: by non-temporal stores where T is A).
-template <typename T, typename A>
-CONVX_ALWAYS_INLINE inline void put_block(T* p, typename Block<A>::v v, bool stream) {
-  if constexpr (std::is_same_v<T, A>) {
-    if (stream) return stream_block<A>(p, v);
-  }
-  store_block<A>(p, v);
 }
 
 // Average pooling tap by tap (kTapRunBytes), the sums in acc[C] (a buffer in
