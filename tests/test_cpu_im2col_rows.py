@@ -9,6 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import convx
+
+
+@pytest.fixture(autouse=True)
+def _gemm_paths():
+    """1 x r / r x 1 layers take Winograd along the line when it is on (test_winograd_line.py):
+    the GEMM path is this file's subject."""
+    with convx.backends.cpu.flags(winograd=False):
+        yield
+
 # N, C, H, W, K, (R, S), stride, (pad_h, pad_w), dilation, groups
 CASES = {
     "stem_3ch_7x7_s2": (2, 3, 30, 27, 16, (7, 7), 2, (3, 3), 1, 1),

@@ -46,4 +46,17 @@ bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t 
 void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64_t N, int64_t C, int64_t H, int64_t W,
                     int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc);
 
+// Winograd F(m, r) along one axis (winograd_line.cpp): float32 1 x r and r x 1 convolutions,
+// r = 3 or 7, at stride 1, dilation 1, one group, no padding across the line (pad_unit: the
+// padding on the axis of size 1), 16 or more channels in and out and 48 tiles or more.
+bool line_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                     int64_t dil_h, int64_t dil_w, int64_t groups, int64_t pad_unit, int64_t Ho, int64_t Wo);
+// y [N, Ho, Wo, K] (NHWC) = bias + sum_{c,j} g(k, c, j) x[n, pixel j - pad along the line, c] for
+// the r taps along W (along_w: a 1 x r filter, Ho == H) or along H (r x 1, Wo == W); x NHWC, the
+// filter read in place as conv3x3's (tap j at j * ts; flip: transposed and reversed, the data
+// gradient's). Positions outside x read 0.
+void conv_line(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias,
+               float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t r,
+               bool along_w, int64_t pad);
+
 }  // namespace convx::cpu::winograd
