@@ -8,11 +8,14 @@
 turns it off at load time): float32 3x3 convolutions at stride 1, dilation 1
 and one group, with 16 or more channels in and out and at least 24 output tiles
 of 4x4, run Winograd F(4x4, 3x3) on the CPU, forward and data gradient (so
-also the stride-1 3x3 transposed convolution); grouped ones with 16 or 32
-channels a group run F(2x2, 3x3) on AVX-512, forward and data gradient. Its rounding error is larger
+also the stride-1 3x3 transposed convolution), and the weight gradient with
+enough tiles; grouped ones with 16 or 32 channels a group run F(2x2, 3x3) on
+AVX-512, forward and data gradient; 1 x 3, 3 x 1, 1 x 7 and 7 x 1 ones
+(Inception's) run Winograd along the line, F(m, 3) or F(m, 7), forward and
+data gradient, and for 7 taps the weight gradient. Its rounding error is larger
 than the direct path's (a few times 1e-6 of the output's scale against a
 float64 reference where the direct path has a few times 1e-7; see README,
-"Winograd"); float64 never takes it, nor does the weight gradient.
+"Winograd"); float64 never takes it.
 The setting is process-wide, read when each convolution runs.
 """
 import contextlib

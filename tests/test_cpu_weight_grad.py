@@ -34,6 +34,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import convx
+
+
+@pytest.fixture(autouse=True)
+def _gemm_paths():
+    """Winograd (3x3 layers with enough tiles, test_winograd.py; 1 x 7 / 7 x 1 along the line,
+    test_winograd_line.py) off: the paths below are this file's subject."""
+    with convx.backends.cpu.flags(winograd=False):
+        yield
+
 # N, C, H, W, K, (R, S), stride, (top, bottom, left, right) padding, dilation, groups
 CASES = {
     "3x3_s1": (2, 24, 13, 11, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),

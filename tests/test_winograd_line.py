@@ -1,7 +1,8 @@
 """Winograd along one axis on the CPU (csrc/cpu/winograd_line.cpp): float32 1 x r and r x 1
 convolutions (r = 3, 7) at stride 1, forward and data gradient (the forward of the rotated
 weight), by F(m, r) tiles of m outputs: F(4, 7) and F(2, 7); F(6, 3), F(4, 3) and F(2, 3), the
-one with the fewest products along the line.
+one with the fewest products along the line; and, for 7 taps, the weight gradient by F(7, m)
+over the same tiles.
 
 Judged as test_winograd.py's 2-D tiles are, element by element against float64:
 |y - y64| <= 64 * 2^-24 * M, M the largest value of |W| (*) |X| within 5 positions along the
@@ -105,6 +106,46 @@ def test_data_gradient_within_bound(case, layout):
     assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
 
 
+# the weight gradient: 7 taps (F(7, 4) and F(7, 2) over the same tiles)
+WGRAD_CASES = {k: v for k, v in CASES.items() if 7 in v[5]}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(WGRAD_CASES.values()), ids=list(WGRAD_CASES))
+def test_weight_gradient_within_bound(case, layout):
+    """dW's error against float64 within 64 * 2^-24 times the largest sum |x||dy| of the filter's
+    taps (its r products mix in every transformed tile; measured: at most about 36)."""
+    x32, w32, _, pad = _tensors(case, layout, seed=4)
+    y_shape = _conv64(x32.double(), w32.double(), None, pad).shape
+    gy = torch.randn(y_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).float()
+    gy = gy.contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    run = lambda: torch.ops.convx.conv2d_backward_weight(gy, x32, list(w32.shape), [1, 1], list(pad), [1, 1], 1,  # noqa
+                                                         False)[0]
+    gw = run()
+
+    def wgrad64(xd, gyd):
+        wd = torch.zeros(w32.shape, dtype=torch.float64, requires_grad=True)
+        return torch.autograd.grad(_conv64(xd, wd, None, pad), wd, gyd)[0]
+
+    ref = wgrad64(x32.double(), gy.double())
+    mag = wgrad64(x32.double().abs(), gy.double().abs()).amax(dim=(2, 3), keepdim=True)
+    assert gw.shape == ref.shape and gw.dtype == torch.float32
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    assert gw.is_contiguous(memory_format=mf)
+    err = (gw.double() - ref).abs()
+    assert (err <= BOUND * mag).all(), f"error {(err / mag).max().item() / U:.1f} * 2^-24 * M, bound 64"
+    assert not torch.equal(gw, _exact(run)), "the Winograd path did not run"
+
+
+def test_three_tap_weight_gradient_stays_exact():
+    """3 taps keep the GEMM's weight gradient (F(3, 4) measured slower)."""
+    x32, w32, _, pad = _tensors(CASES["iv3_1x3_f43"], "nhwc")
+    gy = torch.randn(_conv64(x32.double(), w32.double(), None, pad).shape).float()
+    run = lambda: torch.ops.convx.conv2d_backward_weight(gy, x32, list(w32.shape), [1, 1], list(pad), [1, 1], 1,  # noqa
+                                                         False)[0]
+    assert torch.equal(run(), _exact(run))
+
+
 def test_fused_epilogue_on_the_line_result():
     x32, w32, b32, pad = _tensors(CASES["iv3_7x1_f47"], "nhwc")
     y = torch.ops.convx.conv2d(x32, w32, b32, [1, 1], list(pad), [1, 1], 1)
@@ -182,6 +223,14 @@ for mf in (torch.contiguous_format, torch.channels_last):
         assert ((y.double() - ref).abs() <= 64 * 2.0 ** -24 * mag).all(), ("forward", k)
         with convx.backends.cpu.flags(winograd=False):
             assert not torch.equal(y, convx.functional.conv2d(x, w, b, padding=pad))
+    # the weight gradient (7 taps)
+    x = torch.randn(4, 20, 9, 13, generator=g).contiguous(memory_format=mf)
+    gy = torch.randn(4, 36, 9, 13, generator=g).contiguous(memory_format=mf)
+    gw = torch.ops.convx.conv2d_backward_weight(gy, x, [36, 20, 1, 7], [1, 1], [0, 0, 3, 3], [1, 1], 1, False)[0]
+    wd = torch.zeros(36, 20, 1, 7, dtype=torch.float64, requires_grad=True)
+    wref, = torch.autograd.grad(F.conv2d(x.double(), wd, padding=(0, 3)), wd, gy.double())
+    wmag, = torch.autograd.grad(F.conv2d(x.double().abs(), wd, padding=(0, 3)), wd, gy.double().abs())
+    assert ((gw.double() - wref).abs() <= 64 * 2.0 ** -24 * wmag.amax(dim=(2, 3), keepdim=True)).all(), "wgrad"
 print("ok")
 """
 

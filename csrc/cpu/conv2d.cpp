@@ -1408,6 +1408,13 @@ bool winograd_line_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
                                                           p.dil_h, p.dil_w, p.groups, pad_unit, sh.H, sh.W);
 }
 
+bool winograd_line_weight_grad(const Conv2dShape& sh, const Conv2dParams& p) {
+  const int64_t pad_unit = sh.R == 1 ? p.pad_t + p.pad_b : p.pad_l + p.pad_r;
+  return winograd::enabled() &&
+         winograd::line_weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h,
+                                               p.dil_w, p.groups, pad_unit, sh.Ho, sh.Wo);
+}
+
 // Whether a layer's input and output both fit layout.h's scratch buffers (float32).
 bool fits_scratch(const Conv2dShape& sh) {
   return sh.N * sh.C * sh.H * sh.W <= kScratchCapFloats && sh.N * sh.K * sh.Ho * sh.Wo <= kScratchCapFloats;
@@ -2081,6 +2088,18 @@ struct CpuConv {
     const bool wino = ct == at::kFloat && winograd::enabled() &&
                       winograd::weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h,
                                                        p.dil_w, p.groups, sh.Ho, sh.Wo);
+    // 1 x r / r x 1: Winograd along the line (winograd_line.cpp), in channels_last (its dW
+    // [K][taps][C] is the channels_last weight)
+    if (ct == at::kFloat && winograd_line_weight_grad(sh, p)) {
+      auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
+                               kLayoutWeight);
+      const auto gy = to_format_scratch(grad_output.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
+      const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutSecond);
+      winograd::weight_grad_line(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(),
+                                 sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, std::max(sh.R, sh.S), sh.R == 1,
+                                 sh.R == 1 ? p.pad_l : p.pad_t);
+      return to_format(gw, mf).to(dt);
+    }
     // dilated 3x3: Winograd's weight gradient over the batch of the phases of X and dY (dW sums
     // over the batch, so over the phases too)
     Phases ph;

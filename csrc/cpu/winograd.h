@@ -59,4 +59,14 @@ void conv_line(const float* x, const float* w, int64_t sk, int64_t sc, int64_t t
                float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t r,
                bool along_w, int64_t pad);
 
+// The weight gradient of such a layer by the same tiles (F(r, m)): dw [K][taps][C] (channels_last's
+// layout) = sum over n and the output pixels of dy[.., k] x[.., tap - pad along the line, c]; x and
+// dy NHWC. Taken (line_weight_grad_applicable) for 7 taps where line_applicable is and the
+// transforms of every tile fit 64 MiB.
+bool line_weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
+                                 int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t pad_unit,
+                                 int64_t Ho, int64_t Wo);
+void weight_grad_line(const float* x, const float* dy, float* dw, int64_t N, int64_t C, int64_t H, int64_t W,
+                      int64_t K, int64_t Ho, int64_t Wo, int64_t r, bool along_w, int64_t pad);
+
 }  // namespace convx::cpu::winograd

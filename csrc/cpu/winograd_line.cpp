@@ -37,6 +37,7 @@
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -47,7 +48,7 @@
 namespace convx::cpu::winograd {
 namespace {
 
-constexpr int kMaxA = 10, kMaxM = 6, kMaxR = 7;
+constexpr int kMaxA = 10, kMaxM = 7, kMaxR = 7;  // (the weight gradient's F(r, m): up to 7 outputs)
 constexpr int64_t kCAlign = 16;  // channels padded to the widest vector (16 floats)
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -176,6 +177,102 @@ LINE_INLINE float* tile_output(float* y, const LineGeometry& g, int m, int64_t t
   if (g.along_w) return y + (line * g.Wo + pos) * g.K;
   const int64_t n = line / g.Wo, w = line % g.Wo;
   return y + ((n * g.Ho + pos) * g.Wo + w) * g.K;
+}
+
+// ---------------------------------------------------------------- weight gradient
+//
+// dW[k][c][j] = sum over tiles of the correlation of the tile's a inputs x with its m values of dY:
+// F(r, m) (the same a points), dW = A'^T [ (G' dY) (.) (B'^T x) ] summed over the tiles, so per
+// point M_xi [C, K] = sum_t V_xi[t][c] dU_xi[t][k] (V = B'^T x, dU = G' dY), then
+// dW[., ., j] = sum_xi A'^T[j][xi] M_xi: a products of C x K x tiles instead of r of C x K x
+// pixels (F(4, 7): 10 x 5 tiles against 7 x 17 pixels a line of 17).
+
+// V[xi][t][c] = sum_j B'^T[xi][j] x_j[c] and dU[xi][t][k] = sum_i G'[xi][i] dy_i[k] for tiles [t0, t1).
+template <int VB, int A, int MO>
+LINE_INLINE void wgrad_transforms(const float* x, const float* dy, const LineGeometry& g, const Transforms& tf,
+                                  int64_t t0, int64_t t1, float* v, int64_t vs, float* du, int64_t us) {
+  using Vt = Vec<VB>;
+  using V = typename Vt::V;
+  constexpr int L = Vt::L;
+  float bt[A][A], gt[A][MO];
+  for (int i = 0; i < A; ++i)
+    for (int j = 0; j < A; ++j) bt[i][j] = tf.BT[i][j];
+  for (int i = 0; i < A; ++i)
+    for (int j = 0; j < MO; ++j) gt[i][j] = tf.G[i][j];
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* d[A];
+    for (int j = 0; j < A; ++j) d[j] = tile_input(x, g, MO, t, j);
+    float* vt = v + t * g.Cp;
+    for (int64_t c = 0; c < g.Cp; c += L) {
+      V dv[A];
+      const int64_t cl = std::min<int64_t>(L, g.C - c);
+      for (int j = 0; j < A; ++j)
+        dv[j] = !d[j] || cl <= 0 ? V{} : cl == L ? Vt::load(d[j] + c) : Vt::load_part(d[j] + c, cl);
+      for (int xi = 0; xi < A; ++xi) {
+        V sum = dv[0] * bt[xi][0];
+        for (int j = 1; j < A; ++j) sum += dv[j] * bt[xi][j];
+        Vt::store(vt + xi * vs + c, sum);
+      }
+    }
+    const float* e[MO];
+    for (int i = 0; i < MO; ++i) e[i] = tile_output(const_cast<float*>(dy), g, MO, t, i);
+    float* ut = du + t * g.Kp;
+    for (int64_t k = 0; k < g.Kp; k += L) {
+      V ev[MO];
+      const int64_t kl = std::min<int64_t>(L, g.K - k);
+      for (int i = 0; i < MO; ++i)
+        ev[i] = !e[i] || kl <= 0 ? V{} : kl == L ? Vt::load(e[i] + k) : Vt::load_part(e[i] + k, kl);
+      for (int xi = 0; xi < A; ++xi) {
+        V sum = ev[0] * gt[xi][0];
+        for (int i = 1; i < MO; ++i) sum += ev[i] * gt[xi][i];
+        Vt::store(ut + xi * us + k, sum);
+      }
+    }
+  }
+}
+
+// dw[k][j][c] (channels_last's [K][taps][C]) = sum_xi A'^T[j][xi] M_xi[c][k] for c in [c0, c1).
+template <int VB, int A, int RO>
+LINE_INLINE void wgrad_output(const float* m, int64_t ms, const LineGeometry& g, const Transforms& tf, int64_t c0,
+                              int64_t c1, float* dw) {
+  using Vt = Vec<VB>;
+  using V = typename Vt::V;
+  constexpr int L = Vt::L;
+  float at[RO][A];
+  for (int j = 0; j < RO; ++j)
+    for (int xi = 0; xi < A; ++xi) at[j][xi] = tf.AT[j][xi];
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t k = 0; k < g.K; k += L) {
+      V mv[A];
+      for (int xi = 0; xi < A; ++xi) mv[xi] = Vt::load(m + xi * ms + c * g.Kp + k);
+      const int64_t kl = std::min<int64_t>(L, g.K - k);
+      for (int j = 0; j < RO; ++j) {
+        V sum = mv[0] * at[j][0];
+        for (int xi = 1; xi < A; ++xi) sum += mv[xi] * at[j][xi];
+        alignas(64) float o[L];
+        Vt::store(o, sum);
+        for (int64_t q = 0; q < kl; ++q) dw[((k + q) * RO + j) * g.C + c] = o[q];
+      }
+    }
+}
+
+template <int VB>
+LINE_INLINE void wgrad_transforms_any(const float* x, const float* dy, const LineGeometry& g, const Transforms& tf,
+                                      int64_t t0, int64_t t1, float* v, int64_t vs, float* du, int64_t us) {
+  switch (tf.m * 16 + tf.r) {  // F(r, m): tf.m = r taps out, tf.r = m values of dY a tile (7 taps only)
+    case 7 * 16 + 2: return wgrad_transforms<VB, 8, 2>(x, dy, g, tf, t0, t1, v, vs, du, us);
+    case 7 * 16 + 4: return wgrad_transforms<VB, 10, 4>(x, dy, g, tf, t0, t1, v, vs, du, us);
+    default: TORCH_CHECK(false, "convx: winograd line: F(", tf.m, ", ", tf.r, ") is not built");
+  }
+}
+template <int VB>
+LINE_INLINE void wgrad_output_any(const float* m, int64_t ms, const LineGeometry& g, const Transforms& tf,
+                                  int64_t c0, int64_t c1, float* dw) {
+  switch (tf.m * 16 + tf.a) {
+    case 7 * 16 + 8: return wgrad_output<VB, 8, 7>(m, ms, g, tf, c0, c1, dw);
+    case 7 * 16 + 10: return wgrad_output<VB, 10, 7>(m, ms, g, tf, c0, c1, dw);
+    default: TORCH_CHECK(false, "convx: winograd line: F(", tf.m, ", ", tf.r, ") is not built");
+  }
 }
 
 // u[jp][xi][c][NR] = sum_j G[xi][j] g(k = jp NR + kk, c, j) for the panels [p0, p1) (zero past C, K).
@@ -313,6 +410,31 @@ LINE_INLINE void line_task_any(const float* x, const float* u, const float* bias
 LINE_TARGETS(LINE_DEFINE)
 #undef LINE_DEFINE
 
+#define LINE_DEFINE_WGRAD(name, attr, vb)                                                                          \
+  attr void wgrad_transforms_##name(const float* x, const float* dy, const LineGeometry& g, const Transforms& tf, \
+                                    int64_t t0, int64_t t1, float* v, int64_t vs, float* du, int64_t us) {         \
+    wgrad_transforms_any<vb>(x, dy, g, tf, t0, t1, v, vs, du, us);                                                  \
+  }                                                                                                                \
+  attr void wgrad_output_##name(const float* m, int64_t ms, const LineGeometry& g, const Transforms& tf,          \
+                                int64_t c0, int64_t c1, float* dw) {                                               \
+    wgrad_output_any<vb>(m, ms, g, tf, c0, c1, dw);                                                                 \
+  }
+LINE_TARGETS(LINE_DEFINE_WGRAD)
+#undef LINE_DEFINE_WGRAD
+
+LineGeometry line_geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int m,
+                           bool along_w, int64_t pad, const MicroTile& mt) {
+  LineGeometry g{};
+  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad = pad, g.along_w = along_w;
+  TORCH_CHECK(along_w ? H == Ho : W == Wo, "convx: winograd line: the other axis must keep its size");
+  g.Lin = along_w ? W : H, g.Lout = along_w ? Wo : Ho;
+  g.TL = ceil_div(g.Lout, m);
+  g.T = N * (along_w ? Ho : Wo) * g.TL;
+  g.Cp = round_up(C, kCAlign), g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
+  g.Kp = round_up(K, g.NR);
+  return g;
+}
+
 }  // namespace
 
 // One pass of the weight transform (a x C x K multiply-adds of r each) and a
@@ -332,15 +454,8 @@ void conv_line(const float* x, const float* w, int64_t sk, int64_t sc, int64_t t
                float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t r,
                bool along_w, int64_t pad) {
   const MicroTile mt = micro_tile<float>();
-  LineGeometry g{};
-  g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad = pad, g.along_w = along_w;
-  TORCH_CHECK(along_w ? H == Ho : W == Wo, "convx: winograd line: the other axis must keep its size");
-  g.Lin = along_w ? W : H, g.Lout = along_w ? Wo : Ho;
-  const Transforms& tf = transforms(pick_m(int(r), g.Lout), int(r));
-  g.TL = ceil_div(g.Lout, tf.m);
-  g.T = N * (along_w ? Ho : Wo) * g.TL;
-  g.Cp = round_up(C, kCAlign), g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
-  g.Kp = round_up(K, g.NR);
+  const Transforms& tf = transforms(pick_m(int(r), along_w ? Wo : Ho), int(r));
+  const LineGeometry g = line_geometry(N, C, H, W, K, Ho, Wo, tf.m, along_w, pad, mt);
   const Isa isa = cpu_isa();
   const int64_t panels = g.Kp / g.NR;
 
@@ -381,6 +496,72 @@ void conv_line(const float* x, const float* w, int64_t sk, int64_t sc, int64_t t
         case Isa::Avx2: task_avx2(x, u, bias, y, g, tf, TB, t0, t1, p0, p1); break;
         default: task_base(x, u, bias, y, g, tf, TB, t0, t1, p0, p1); break;
       }
+    }
+  });
+}
+
+// The weight gradient's transforms of every tile at once: a x T x (Cp + Kp) floats, up to 64 MiB;
+// 7 taps only. Batch 8, 2 threads, in-process A/B against the GEMM path: 1x7 128 @17 1.08 ->
+// 0.79 ms, 192 @17 2.34 -> 1.47, 7x1 128 -> 192 1.63 -> 1.30; but 3 taps (F(3, 4): 6 products
+// for 12, and both operands transformed) 384 @8 0.98 -> 1.14, 64 @56 1.65 -> 2.24.
+bool line_weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
+                                 int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t pad_unit,
+                                 int64_t Ho, int64_t Wo) {
+  if (!line_applicable(N, C, K, R, S, stride_h, stride_w, dil_h, dil_w, groups, pad_unit, Ho, Wo)) return false;
+  const int64_t r = std::max(R, S), lo = R == 1 ? Wo : Ho, other = R == 1 ? Ho : Wo;
+  const int m = pick_m(int(r), lo);
+  const int64_t T = N * other * ceil_div(lo, m);
+  return r == 7 && (m + r - 1) * T * (round_up(C, kCAlign) + round_up(K, 32)) <= (int64_t(16) << 20);
+}
+
+void weight_grad_line(const float* x, const float* dy, float* dw, int64_t N, int64_t C, int64_t H, int64_t W,
+                      int64_t K, int64_t Ho, int64_t Wo, int64_t r, bool along_w, int64_t pad) {
+  const MicroTile mt = micro_tile_for_rows<float>(C);
+  const int m = pick_m(int(r), along_w ? Wo : Ho);
+  const Transforms& tf = transforms(int(r), m);  // F(r, m): r taps from m values of dY
+  const LineGeometry g = line_geometry(N, C, H, W, K, Ho, Wo, m, along_w, pad, mt);
+  const Isa isa = cpu_isa();
+  const int a = tf.a;
+  const int64_t T = g.T, MR = g.MR, NR = g.NR, Cp = g.Cp, Kp = g.Kp;
+  // (slices 64 bytes more than their size apart: see line_task)
+  const int64_t vs = T * Cp + 16, us = T * Kp + 16, ms = Cp * Kp + 16;
+  auto buf = at::empty({a * (vs + us + ms)}, at::kFloat);
+  float* v = buf.data_ptr<float>();
+  float* du = v + a * vs;
+  float* mm = du + a * us;
+  at::parallel_for(0, T, 8, [&](int64_t b, int64_t e) {
+    switch (isa) {
+      case Isa::Avx512: return wgrad_transforms_avx512(x, dy, g, tf, b, e, v, vs, du, us);
+      case Isa::Avx2: return wgrad_transforms_avx2(x, dy, g, tf, b, e, v, vs, du, us);
+      default: return wgrad_transforms_base(x, dy, g, tf, b, e, v, vs, du, us);
+    }
+  });
+  // M_xi [Cp, Kp] = V_xi^T dU_xi, a point a task: chunks of KC tiles, dU's chunk (L2) read by
+  // every row panel of c, each panel of V^T copied into the tile's [kc][MR] order first.
+  at::parallel_for(0, a, 1, [&](int64_t b, int64_t e) {
+    float* ap = line_buffer(0, g.KC * MR);
+    for (int64_t xi = b; xi < e; ++xi)
+      for (int64_t pc = 0; pc < T; pc += g.KC) {
+        const int64_t kc = std::min(g.KC, T - pc);
+        for (int64_t c0 = 0; c0 < Cp; c0 += MR) {
+          const int64_t mr = std::min(MR, Cp - c0);
+          const float* src = v + xi * vs + pc * Cp + c0;
+          for (int64_t t = 0; t < kc; ++t) {
+            float* d = ap + t * MR;
+            for (int64_t i = 0; i < mr; ++i) d[i] = src[t * Cp + i];
+            for (int64_t i = mr; i < MR; ++i) d[i] = 0.f;
+          }
+          for (int64_t j = 0; j < Kp; j += NR)
+            micro_tile_product_b_rows<float>(mt, kc, ap, du + xi * us + pc * Kp + j, Kp, mm + xi * ms + c0 * Kp + j,
+                                             Kp, mr, pc > 0);
+        }
+      }
+  });
+  at::parallel_for(0, C, 4, [&](int64_t b, int64_t e) {
+    switch (isa) {
+      case Isa::Avx512: return wgrad_output_avx512(mm, ms, g, tf, b, e, dw);
+      case Isa::Avx2: return wgrad_output_avx2(mm, ms, g, tf, b, e, dw);
+      default: return wgrad_output_base(mm, ms, g, tf, b, e, dw);
     }
   });
 }
