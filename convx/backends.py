@@ -7,7 +7,8 @@
 ``winograd`` (default True; the environment variable ``CONVX_CPU_WINOGRAD=0``
 turns it off at load time): float32 3x3 convolutions at stride 1, dilation 1
 and one group, with 16 or more channels in and out and at least 24 output tiles
-of 4x4, run Winograd F(4x4, 3x3) on the CPU, forward and data gradient (so
+of 4x4 (fewer, from 4, where the weights are small enough for them to repay
+their transform), run Winograd F(4x4, 3x3) on the CPU, forward and data gradient (so
 also the stride-1 3x3 transposed convolution), and the weight gradient with
 enough tiles; grouped ones with 16 or 32 channels a group run F(2x2, 3x3) on
 AVX-512, forward and data gradient; 1 x 3, 3 x 1, 1 x 7 and 7 x 1 ones

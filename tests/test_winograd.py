@@ -36,6 +36,8 @@ CASES = {
     "c300_chunks": (3, 300, 12, 12, 40, (1, 1, 1, 1)),
     "k16_56": (1, 32, 56, 56, 16, (1, 1, 1, 1)),
     "resnet_l2": (2, 128, 28, 28, 128, (1, 1, 1, 1)),
+    # 4 tiles (batch 1, 7 x 7): few tiles pay where the weights are not too large for them
+    "few_tiles_7x7": (1, 64, 7, 7, 96, (1, 1, 1, 1)),
 }
 # (the weight is read in either layout in place: OIHW, or channels_last's KRSC)
 LAYOUTS = ["nchw", "nhwc", "x_nhwc_w_nchw", "x_nchw_w_nhwc"]
@@ -423,7 +425,7 @@ def test_float64_and_other_geometries_stay_exact():
         (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 32, 3, 3, generator=g), dict(padding=1, dilation=2)),
         (torch.randn(2, 32, 16, 16, generator=g), torch.randn(32, 8, 3, 3, generator=g), dict(padding=1, groups=4)),
         (torch.randn(2, 8, 16, 16, generator=g), torch.randn(32, 8, 3, 3, generator=g), dict(padding=1)),  # C < 16
-        (torch.randn(1, 64, 12, 12, generator=g), torch.randn(64, 64, 3, 3, generator=g), dict(padding=1)),  # 9 tiles
+        (torch.randn(1, 64, 4, 4, generator=g), torch.randn(64, 64, 3, 3, generator=g), dict(padding=1)),  # 1 tile
     ]
     for x, w, kw in cases:
         y = convx.functional.conv2d(x, w, **kw)
@@ -449,6 +451,19 @@ def test_environment_variable_turns_it_off():
     env = dict(os.environ, CONVX_CPU_WINOGRAD="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+# Under 24 tiles the weight transform must pay for itself: layers with few tiles stay on the exact
+# path when their channels are few (under 32, or C x K under 64 x 64) or their weights large for
+# the tiles (C x K over tiles x 128 x 1024), bit for bit.
+@pytest.mark.parametrize("shape", [(1, 16, 8, 8, 64), (1, 32, 8, 8, 32), (1, 384, 4, 4, 384), (2, 512, 4, 4, 384)],
+                         ids=["16_channels", "32x32", "one_tile_384", "two_tiles_512x384"])
+def test_few_tiles_stay_exact(shape):
+    N, C, H, W, K = shape
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(N, C, H, W, generator=g), torch.randn(K, C, 3, 3, generator=g)
+    run = lambda: torch.ops.convx.conv2d(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)  # noqa: E731
+    assert torch.equal(run(), _exact(run))
 
 
 def test_independent_of_thread_count():

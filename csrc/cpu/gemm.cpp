@@ -1512,6 +1512,19 @@ void micro_tile_product_b_rows(const MicroTile& mt, int64_t kc, const T* Ap, con
 }
 
 template <typename T>
+void micro_tile_product_a_rows(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* Bp, T* C,
+                               int64_t ldc, int64_t mr, bool add) {
+  const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
+  if (!l1_sets_crowded(lda * int64_t(sizeof(T)), kn.MR, kc * int64_t(sizeof(T)))) {
+    if (mr == kn.MR) return kn.ur(kc, A, lda, Bp, C, ldc, add, nullptr);
+    if (kn.ur_part) return kn.ur_part[mr](kc, A, lda, Bp, C, ldc, add, nullptr);
+  }
+  alignas(64) T panel[16 * kGemmZeroRow];  // (MR <= 16, kc <= KC = 256)
+  pack_a(kn.MR, mr, kc, A, lda, int64_t(1), panel);
+  micro_tile_product<T>(mt, kc, panel, Bp, C, ldc, mr, add);
+}
+
+template <typename T>
 void micro_tile_product_runs(const MicroTile& mt, int64_t nrows, int64_t kc, const T* A, int64_t lda, int64_t arow,
                              const T* B, int64_t ldb, int64_t brow, T* C, int64_t ldc, bool add) {
   static_cast<const Kernel<T>*>(mt.kernel)->ub(kc, A, lda, B, ldb, C, ldc, add, nrows, arow, brow);
@@ -1530,6 +1543,8 @@ template void micro_tile_product_b_rows<float>(int64_t, const float*, const floa
                                                bool);
 template void pack_a_panels<float>(int64_t, int64_t, const float*, int64_t, float*);
 template void micro_tile_product<float>(int64_t, const float*, const float*, float*, int64_t, int64_t, bool);
+template void micro_tile_product_a_rows<float>(const MicroTile&, int64_t, const float*, int64_t, const float*, float*,
+                                               int64_t, int64_t, bool);
 
 template PackedB<float> pack_b_once<float>(int64_t, int64_t, const float*, int64_t, int64_t, int64_t);
 template PackedB<double> pack_b_once<double>(int64_t, int64_t, const double*, int64_t, int64_t, int64_t);

@@ -191,6 +191,12 @@ void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
 // C[mr, NR] (row stride ldc) (+)= Ap (one MR-row panel, kc deep) * Bp (kc x NR); mr <= MR rows stored.
 template <typename T>
 void micro_tile_product(int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr, bool add);
+// The same with A unpacked: mr rows of kc contiguous elements, lda apart, read in place (rows on
+// crowded L1 sets, l1_sets_crowded, and partial panels without an exact-height kernel through a
+// packed copy); kc <= the tile's KC.
+template <typename T>
+void micro_tile_product_a_rows(const MicroTile& mt, int64_t kc, const T* A, int64_t lda, const T* Bp, T* C,
+                               int64_t ldc, int64_t mr, bool add);
 // The same with B unpacked: kc rows of NR contiguous elements, ldb apart.
 template <typename T>
 void micro_tile_product_b_rows(int64_t kc, const T* Ap, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t mr,

@@ -15,8 +15,10 @@
 //    every thread work;
 //  * a task copies each 6-row band of input it needs into a zero-padded NHWC
 //    buffer (from NHWC: row copies; from NCHW: a transposing copy), transforms
-//    its tiles vectorised along channels into V [36][tiles][C] and packs each
-//    V_xi once into the GEMM's row panels;
+//    its tiles vectorised along channels into V [36][tiles][C]; the products
+//    read each V_xi packed into the GEMM's row panels (small weights, below)
+//    or where it is (large weights), a last partial panel by the exact-height
+//    tile;
 //  * for each panel of NR output channels and chunk of KC input channels it
 //    transforms that piece of the weights (read in place, OIHW or channels_last;
 //    vectorised along k, two rows of the 6 x 6 points at a time, 12 x KC x NR
@@ -354,7 +356,7 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   float* v = tls_buffer(1, 36 * vs);
   float* m = tls_buffer(2, 36 * ms + 16 * Kc);
   float* obuf = m + 36 * ms;  // NCHW: one output tile, [16][Kc]
-  float* vp = tls_buffer(3, 36 * ps);
+  float* vp = tls_buffer(3, ps);  // one point's V packed (small weights)
 
   // Input transform: V[xi][t][c].
   int64_t band_row = -1;
@@ -374,9 +376,25 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   // (KC input channels): u[xi][kc][NR].
   // (the points' slices 64 bytes more than their size apart, as V's)
   const int64_t nchunks = ceil_div(Cp, g.KC), XS = std::min(g.KC, Cp) * NR + 16, piece = 36 * XS;
-  auto product = [&](const float* a, const float* up, int64_t kc, float* c, bool add) __attribute__((always_inline)) {
+  // The products read V_xi packed into the tile's row panels (a), but a last partial panel's rows
+  // where they are (vrows: V_xi + the chunk's first channel, Cp apart), by the exact-height tile
+  // rather than the full one into a buffer (measured in the large-weights order, batch 8, 2
+  // threads: 512 @7, 32 tiles, 2.89 -> 2.76 ms; batch 2 0.95 -> 0.86)
+  const MicroTile mtile = micro_tile<float>();
+  auto product = [&](const float* a, const float* vrows, const float* up, int64_t kc, float* c, bool add)
+                     __attribute__((always_inline)) {
     for (int64_t ir = 0; ir < nt; ir += MR)
-      micro_tile_product<float>(kc, a + ir * kc, up, c + ir * Kc, Kc, std::min(MR, nt - ir), add);
+      if (nt - ir < MR)
+        micro_tile_product_a_rows<float>(mtile, kc, vrows + ir * Cp, Cp, up, c + ir * Kc, Kc, nt - ir, add);
+      else
+        micro_tile_product<float>(mtile, kc, a + ir * kc, up, c + ir * Kc, Kc, MR, add);
+  };
+  // ... or every row where it is (the large-weights order below, which otherwise kept a packed
+  // copy of all 36 points beside V: 512 @7, batch 8, 2.9 -> 2.3-2.6 ms; @14 and @28 within 2 %)
+  auto product_rows = [&](const float* vrows, const float* up, int64_t kc, float* c, bool add)
+                          __attribute__((always_inline)) {
+    for (int64_t ir = 0; ir < nt; ir += MR)
+      micro_tile_product_a_rows<float>(mtile, kc, vrows + ir * Cp, Cp, up, c + ir * Kc, Kc, std::min(MR, nt - ir), add);
   };
   // Output transform of channels [kb, ke) (of this task's [k0, k1)), run as soon as their
   // products are complete, while M's slices of them are in L2.
@@ -457,20 +475,20 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
       for (int64_t jr = k0; jr < k1; jr += NR)
         for (int64_t pc = 0; pc < Cp; pc += g.KC) {
           const int64_t kc = std::min(g.KC, Cp - pc);
-          product(vp + pc * ntp, u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece + xi * XS, kc,
+          product(vp + pc * ntp, v + xi * vs + pc, u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece + xi * XS, kc,
                   m + xi * ms + (jr - k0), pc > 0);
         }
     }
     out_transform(k0, k1);
   } else {
-    // Large weights: V packed once for all points; then one piece of U at a
+    // Large weights: V's rows read in place (product_rows); one piece of U at a
     // time, kRows rows of the 6 x 6 points (kRows x 6 x KC x NR floats, L2-sized,
     // so the transformed weights, 4x the weights, never go to memory), each U_xi
     // piece reused from L1 by every row panel of the block.
     constexpr int kRows = 2;
     float* u = tls_buffer(4, kRows * 6 * XS);
     float* wl = tls_buffer(5, panel_w);
-    for (int xi = 0; xi < 36; ++xi) pack_a_panels<float>(nt, Cp, v + xi * vs, Cp, vp + xi * ps);
+
     for (int64_t jr = k0; jr < k1; jr += NR) {
       gather_panel(wa, jr, g.C, g.K, Cp, NR, wl);
       for (int64_t pc = 0; pc < Cp; pc += g.KC) {
@@ -478,7 +496,7 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
         for (int i0 = 0; i0 < 6; i0 += kRows) {
           transform_weights_piece<VB>(0, pc, kc, NR, NR, wl, u, XS, i0, kRows);
           for (int xi = 6 * i0; xi < 6 * (i0 + kRows); ++xi)
-            product(vp + xi * ps + pc * ntp, u + (xi - 6 * i0) * XS, kc, m + xi * ms + (jr - k0), pc > 0);
+            product_rows(v + xi * vs + pc, u + (xi - 6 * i0) * XS, kc, m + xi * ms + (jr - k0), pc > 0);
         }
       }
       out_transform(jr, jr + NR);
@@ -675,14 +693,23 @@ void set_enabled(bool on) { g_enabled.store(on, std::memory_order_relaxed); }
 
 // The weights are transformed on every call (36 values for 9, by each task for
 // its channels), so a convolution needs enough output tiles to repay that:
-// measured here (2-core Xeon, when the transformed weights still went through
+// measured (2-core Xeon, when the transformed weights still went through
 // memory), 16 tiles of 256 -> 256 channels ran at 0.55 - 0.8x the direct path,
-// 32 tiles and more at 1.1x - 3x; 24 is the threshold.
+// 32 tiles and more at 1.1x - 3x; 24 was the threshold. With the transforms
+// by L2-sized pieces, fewer tiles pay too, while C x K <= tiles x 128 x 1024 (the
+// transform's share grows with the weights) and C x K >= 64 x 64 with 32
+// channels or more each (the tiniest layers are overhead). Zen 5, 2 threads,
+// channels_last, in-process A/B against the GEMM path: 512 @7 batch 4 (16
+// tiles) 3.58 -> 1.54 ms (torch 2.48), batch 2 1.70 -> 0.96, batch 1 1.14 ->
+// 0.72; 1024 @7 batch 2 6.6 -> 6.1; 768 @7 batch 2 3.45 -> 2.34; 256 @14 batch 1
+// 0.54 -> 0.39; 128 @14 batch 1 (NCHW) 0.25 -> 0.13; but 1024 @7 batch 1 (4 tiles)
+// 3.0 -> 5.9, 2048 -> 512 @4 batch 2 3.8 -> 7.5, 1024 -> 16 @8 batch 1 0.20 -> 0.34.
 bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
                 int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo) {
   const int64_t tiles = N * ceil_div(Ho, 4) * ceil_div(Wo, 4);
+  const bool few_pay = tiles >= 4 && C >= 32 && K >= 32 && C * K >= 64 * 64 && C * K <= tiles * 128 * 1024;
   return R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 &&
-         C >= 16 && K >= 16 && Ho >= 4 && Wo >= 4 && tiles >= 24;
+         C >= 16 && K >= 16 && Ho >= 4 && Wo >= 4 && (tiles >= 24 || few_pay);
 }
 
 void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias, float* y,

@@ -345,15 +345,20 @@ LINE_INLINE void line_task(const float* x, const float* u, const float* bias, fl
     }
   }
   for (int xi = 0; xi < A; ++xi) pack_a_panels<float>(nt, Cp, v + xi * vs, Cp, vp + xi * ps);
+  const MicroTile mtile = micro_tile<float>();
 
   for (int64_t jp = p0; jp < p1; ++jp) {
     const float* up = u + jp * A * Cp * NR;
     for (int xi = 0; xi < A; ++xi)
       for (int64_t pc = 0; pc < Cp; pc += g.KC) {
         const int64_t kc = std::min(g.KC, Cp - pc);
-        for (int64_t ir = 0; ir < nt; ir += MR)
-          micro_tile_product<float>(kc, vp + xi * ps + pc * ntp + ir * kc, up + (xi * Cp + pc) * NR,
-                                    mm + xi * ms + ir * NR, NR, std::min(MR, nt - ir), pc > 0);
+        for (int64_t ir = 0; ir < nt; ir += MR)  // (a last partial panel by the exact-height tile, in place)
+          if (nt - ir < MR)
+            micro_tile_product_a_rows<float>(mtile, kc, v + xi * vs + ir * Cp + pc, Cp, up + (xi * Cp + pc) * NR,
+                                             mm + xi * ms + ir * NR, NR, nt - ir, pc > 0);
+          else
+            micro_tile_product<float>(mtile, kc, vp + xi * ps + pc * ntp + ir * kc, up + (xi * Cp + pc) * NR,
+                                      mm + xi * ms + ir * NR, NR, MR, pc > 0);
       }
     // Output transform of this panel: y[i] = bias + sum_xi A^T[i][xi] M_xi.
     const int64_t kb = jp * NR, ke = std::min(g.K, kb + NR);
