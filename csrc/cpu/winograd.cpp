@@ -697,19 +697,23 @@ void set_enabled(bool on) { g_enabled.store(on, std::memory_order_relaxed); }
 // memory), 16 tiles of 256 -> 256 channels ran at 0.55 - 0.8x the direct path,
 // 32 tiles and more at 1.1x - 3x; 24 was the threshold. With the transforms
 // by L2-sized pieces, fewer tiles pay too, while C x K <= tiles x 128 x 1024 (the
-// transform's share grows with the weights) and C x K >= 64 x 64 with 32
-// channels or more each (the tiniest layers are overhead). Zen 5, 2 threads,
+// transform's share grows with the weights), with 32 input channels or more
+// and 64 output channels (the tiniest layers are overhead). Zen 5, 2 threads,
 // channels_last, in-process A/B against the GEMM path: 512 @7 batch 4 (16
 // tiles) 3.58 -> 1.54 ms (torch 2.48), batch 2 1.70 -> 0.96, batch 1 1.14 ->
 // 0.72; 1024 @7 batch 2 6.6 -> 6.1; 768 @7 batch 2 3.45 -> 2.34; 256 @14 batch 1
 // 0.54 -> 0.39; 128 @14 batch 1 (NCHW) 0.25 -> 0.13; but 1024 @7 batch 1 (4 tiles)
 // 3.0 -> 5.9, 2048 -> 512 @4 batch 2 3.8 -> 7.5, 1024 -> 16 @8 batch 1 0.20 -> 0.34.
+// Under 64 output channels (one or two column panels: thin products) it takes 64 tiles:
+// DenseNet's 128 -> 32 at batch 2, @14 (32 tiles) 0.071 -> 0.091 ms on Winograd, @7 0.029 ->
+// 0.043, 128 -> 48 @14 0.101 -> 0.111; @28 (98 tiles) 0.25 -> 0.15, @56 0.98 -> 0.50.
 bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
                 int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo) {
   const int64_t tiles = N * ceil_div(Ho, 4) * ceil_div(Wo, 4);
-  const bool few_pay = tiles >= 4 && C >= 32 && K >= 32 && C * K >= 64 * 64 && C * K <= tiles * 128 * 1024;
+  const bool many = tiles >= (K >= 64 ? 24 : 64);
+  const bool few_pay = tiles >= 4 && C >= 32 && K >= 64 && C * K <= tiles * 128 * 1024;
   return R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 &&
-         C >= 16 && K >= 16 && Ho >= 4 && Wo >= 4 && (tiles >= 24 || few_pay);
+         C >= 16 && K >= 16 && Ho >= 4 && Wo >= 4 && (many || few_pay);
 }
 
 void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias, float* y,
