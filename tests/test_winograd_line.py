@@ -17,9 +17,7 @@ import torch.nn.functional as F
 
 import convx
 from test_cpu_gemm import run_with_isa
-
-U = 2.0 ** -24
-BOUND = 64 * U
+from test_winograd import BOUND, U, _exact
 
 # N, C, H, W, K, (R, S), (top, bottom, left, right) padding -> the F(m, r) it takes
 CASES = {
@@ -60,11 +58,6 @@ def _within_bound(got, ref, mag, along_w, what):
     worst = (err - BOUND * mag).max().item()
     ratio = (err / (mag + 1e-300)).max().item() / U
     assert worst <= 1e-12, f"{what}: error {ratio:.1f} * 2^-24 * M, bound 64"
-
-
-def _exact(fn):
-    with convx.backends.cpu.flags(winograd=False):
-        return fn()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -1415,6 +1415,30 @@ bool winograd_line_weight_grad(const Conv2dShape& sh, const Conv2dParams& p) {
                                                p.dil_w, p.groups, pad_unit, sh.Ho, sh.Wo);
 }
 
+// A 1 x r / r x 1 layer's forward (x -> y; with the fused epilogue) or data gradient (dY -> dX, the
+// weight transposed and reversed) on Winograd along the line, in channels_last; the result in mf.
+at::Tensor line_winograd(const at::Tensor& in, const at::Tensor& weight, const at::Tensor* bias,
+                         const at::Tensor* residual, bool relu, const Conv2dShape& sh, const Conv2dParams& p,
+                         at::MemoryFormat mf, bool data_grad) {
+  const auto ct = compute_type(in.scalar_type());
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const int64_t r = std::max(sh.R, sh.S), lead = sh.R == 1 ? p.pad_l : p.pad_t;
+  const int64_t ci = data_grad ? sh.K : sh.C, hi = data_grad ? sh.Ho : sh.H, wi = data_grad ? sh.Wo : sh.W;
+  const int64_t co = data_grad ? sh.C : sh.K, ho = data_grad ? sh.H : sh.Ho, wo = data_grad ? sh.W : sh.Wo;
+  auto out = scratch_result({sh.N, co, ho, wo}, in.options().dtype(ct), cl, mf, kLayoutSecond);
+  const auto x = to_format_scratch(in.to(ct), cl, kLayoutFirst);
+  const bool w_krsc = wino_reads_krsc(weight);
+  const auto w = to_format_scratch(weight.to(ct), w_krsc ? cl : at::MemoryFormat::Contiguous, kLayoutWeight);
+  at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
+  winograd::conv_line(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.C * r, w_krsc ? 1 : r,
+                      w_krsc ? sh.C : 1, data_grad, b.defined() ? b.const_data_ptr<float>() : nullptr,
+                      out.data_ptr<float>(), sh.N, ci, hi, wi, co, ho, wo, r, sh.R == 1,
+                      data_grad ? r - 1 - lead : lead);
+  if (residual) out.add_(residual->to(ct));
+  if (relu) out.clamp_min_(0);
+  return to_format(out, mf).to(in.scalar_type());
+}
+
 // Whether a layer's input and output both fit layout.h's scratch buffers (float32).
 bool fits_scratch(const Conv2dShape& sh) {
   return sh.N * sh.C * sh.H * sh.W <= kScratchCapFloats && sh.N * sh.K * sh.Ho * sh.Wo <= kScratchCapFloats;
@@ -1847,23 +1871,8 @@ struct CpuConv {
     // few channels a group (grouped.h): NCHW by the NCHW kernel; channels_last by the channels_last
     // kernel where it applies (2-16 channels a group, whole vectors), else by the NCHW kernel in place
     const auto ct = compute_type(input.scalar_type());
-    if (ct == at::kFloat && input.scalar_type() != at::kDouble && winograd_line_forward(sh, p)) {
-      auto y = scratch_result({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct), at::MemoryFormat::ChannelsLast,
-                              mf, kLayoutSecond);
-      const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
-      const bool w_krsc = wino_reads_krsc(weight);
-      const auto w = to_format_scratch(weight.to(ct), w_krsc ? at::MemoryFormat::ChannelsLast
-                                                             : at::MemoryFormat::Contiguous, kLayoutWeight);
-      at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
-      const int64_t r = std::max(sh.R, sh.S);
-      winograd::conv_line(x.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.C * r, w_krsc ? 1 : r,
-                          w_krsc ? sh.C : 1, false, b.defined() ? b.const_data_ptr<float>() : nullptr,
-                          y.data_ptr<float>(), sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, r, sh.R == 1,
-                          sh.R == 1 ? p.pad_l : p.pad_t);
-      if (residual) y.add_(residual->to(ct));
-      if (relu) y.clamp_min_(0);
-      return to_format(y, mf).to(input.scalar_type());
-    }
+    if (ct == at::kFloat && input.scalar_type() != at::kDouble && winograd_line_forward(sh, p))
+      return line_winograd(input, weight, bias, residual, relu, sh, p, mf, false);
     // 32-channel groups in channels_last on AVX-512 with up to 64 output pixels an image: grouped.cpp's
     // kernel, two vectors a group, where most of the GEMM's register tiles cross image rows (batch
     // 8, 32 groups of 32 @7: forward 0.94-1.09 -> 0.87-1.00 ms, data gradient 1.05-1.12 -> 1.01-1.02,
@@ -1998,23 +2007,8 @@ struct CpuConv {
     const auto mf = conv_memory_format(grad_output, weight);
     if (phase_winograd_data_grad(grad_output, sh, p))
       return phase_winograd_dgrad(grad_output, weight, bias, sh, mf);
-    if (grad_output.scalar_type() != at::kDouble && winograd_line_data_grad(sh, p)) {
-      // dX = dY (*) W rotated and transposed along the line, at stride 1 with padding r - 1 - pad
-      const auto ct = compute_type(grad_output.scalar_type());
-      auto gx = scratch_result({sh.N, sh.C, sh.H, sh.W}, grad_output.options().dtype(ct),
-                               at::MemoryFormat::ChannelsLast, mf, kLayoutSecond);
-      const auto gy = to_format_scratch(grad_output.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
-      const bool w_krsc = wino_reads_krsc(weight);
-      const auto w = to_format_scratch(weight.to(ct), w_krsc ? at::MemoryFormat::ChannelsLast
-                                                             : at::MemoryFormat::Contiguous, kLayoutWeight);
-      at::Tensor b = bias ? bias->to(ct).contiguous() : at::Tensor();
-      const int64_t r = std::max(sh.R, sh.S);
-      winograd::conv_line(gy.const_data_ptr<float>(), w.const_data_ptr<float>(), sh.C * r, w_krsc ? 1 : r,
-                          w_krsc ? sh.C : 1, true, b.defined() ? b.const_data_ptr<float>() : nullptr,
-                          gx.data_ptr<float>(), sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.H, sh.W, r, sh.R == 1,
-                          r - 1 - (sh.R == 1 ? p.pad_l : p.pad_t));
-      return to_format(gx, mf).to(grad_output.scalar_type());
-    }
+    if (grad_output.scalar_type() != at::kDouble && winograd_line_data_grad(sh, p))
+      return line_winograd(grad_output, weight, bias, nullptr, false, sh, p, mf, true);  // dX = dY (*) W reversed
     if (regrouped_data_grad(grad_output, mf, sh, p) || data_grad_as_forward(grad_output, mf, sh, p)) {
       // dX = dY (*) W rotated 180 degrees and transposed (within each group), at stride 1 with
       // padding d*(R-1) - pad; grouped, on the regrouped forward

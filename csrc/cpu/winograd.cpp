@@ -52,6 +52,7 @@
 #include "winograd.h"
 
 #include "gemm.h"
+#include "vec.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -81,22 +82,9 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 float* tls_buffer(int slot, int64_t n) { return thread_buffer<float>(kWinogradFirst + slot, n); }
 
 #define WINO_INLINE __attribute__((always_inline)) inline
-// The vector helpers below are always inlined into the per-ISA task functions;
-// no vector crosses a call boundary, so GCC's ABI notes do not apply.
+// The vector helpers (vec.h, and below) are always inlined into the per-ISA task
+// functions; no vector crosses a call boundary, so GCC's ABI notes do not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
-
-template <int VB>
-struct Vec {
-  static constexpr int L = VB / 4;
-  typedef float V __attribute__((vector_size(VB)));
-  static WINO_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static WINO_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-  static WINO_INLINE V splat(float x) { return V{} + x; }
-};
 
 // ---------------------------------------------------------------- weights
 

@@ -35,6 +35,7 @@
 #include "winograd.h"
 
 #include "gemm.h"
+#include "vec.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -144,24 +145,9 @@ struct LineGeometry {
 };
 
 #define LINE_INLINE __attribute__((always_inline)) inline
+// The vector helpers (vec.h, and below) are always inlined into the per-ISA task
+// functions; no vector crosses a call boundary, so GCC's ABI notes do not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
-
-template <int VB>
-struct Vec {
-  static constexpr int L = VB / 4;
-  typedef float V __attribute__((vector_size(VB)));
-  static LINE_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  }
-  static LINE_INLINE V load_part(const float* p, int64_t n) {  // n < L floats, the rest 0
-    V v{};
-    std::memcpy(&v, p, n * sizeof(float));
-    return v;
-  }
-  static LINE_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-};
 
 // Tile t's input pixel of point j (nullptr: padding) and output pixel i (nullptr: past the end).
 LINE_INLINE const float* tile_input(const float* x, const LineGeometry& g, int m, int64_t t, int j) {
