@@ -214,6 +214,8 @@ WGRAD_CASES = {
     "streams_64": (4, 64, 48, 48, 64, (1, 1, 1, 1)),
     "shared_96": (2, 96, 40, 40, 96, (1, 1, 1, 1)),
     "valid_32_48": (2, 32, 34, 34, 48, (0, 0, 0, 0)),
+    # 128 x 128 or more from 32 tiles (a batch-2 layer @14)
+    "c128_32tiles": (2, 128, 14, 14, 144, (1, 1, 1, 1)),
     # C * K over 256 * 256: the block mode, 32 tiles of 7x7 images; over 256 tiles (two chunks)
     "blocks_270_250_7x7": (8, 270, 7, 7, 250, (1, 1, 1, 1)),
     "blocks_264_260_chunks": (4, 264, 8, 132, 260, (1, 1, 1, 1)),

@@ -768,14 +768,20 @@ inline bool wgrad_by_blocks(int64_t tiles, int64_t Cp, int64_t Kp) {
 // 0.36-0.44 ms. Past 256 x 256 channels, by blocks (weight_grad3x3) from 32 tiles
 // (7x7 images too), one thread, batch 8, per-round ratios against torch: 512 @7
 // 1.06-1.17 -> 1.67-1.80, 512 @14 0.80 -> 1.80. (The block mode at 256 x 256 and
-// under: 1.50-2.00 against the streams' and shared M's 1.91-2.45.)
+// under: 1.50-2.00 against the streams' and shared M's 1.91-2.45.) At 256 x 256 and under,
+// C x K of 128 x 128 or more pays from kWgradMinTilesLarge tiles (Zen 5, 2 threads, weight gradient
+// alone, in-process A/B against the GEMM path: 128 @28 batch 2, 98 tiles, 1.01 -> 0.60 ms; 128 @14
+// batch 2 0.25-0.28 -> 0.15-0.17; 256 @14 batch 4 2.08 -> 1.08, batch 2 1.00-1.32 -> 0.93-0.99;
+// GoogLeNet's 96 -> 208 @14 batch 2 0.32 -> 0.20; but 64 x 64 @28 and @14 even or slower, and 16 tiles
+// (256 @14 batch 1) 0.53 -> 0.77).
 bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
                             int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo) {
   const int64_t tiles = N * ceil_div(Ho, 4) * ceil_div(Wo, 4);
   if (!(R == 3 && S == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1 && groups == 1 && C >= 16 &&
         K >= 16 && Ho >= 4 && Wo >= 4))
     return false;
-  if (C * K <= 256 * 256) return ceil_div(Wo, 4) >= 3 && tiles >= kWgradMinTiles;
+  if (C * K <= 256 * 256)
+    return ceil_div(Wo, 4) >= 3 && (tiles >= kWgradMinTiles || (tiles >= kWgradMinTilesLarge && C * K >= 128 * 128));
   return tiles >= kWgradMinBlockTiles && wgrad_by_blocks(tiles, round_up(C, kCAlign), round_up(K, kCAlign));
 }
 

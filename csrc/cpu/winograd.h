@@ -37,9 +37,11 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts,
 // applicable's) by the same tiles: dw[k][c][r][s] (krsc == false) or
 // dw[k][r][s][c] (krsc) = sum over n, ho, wo of dy[n, k, ho, wo] x[n, c, ho - pad_t + r, wo - pad_l + s];
 // x and dy contiguous NCHW, or NHWC when `nhwc`. Taken (weight_grad_applicable)
-// with at least kWgradMinTiles output tiles, 3 a row, and C * K <= 256 * 256, or past
-// that with kWgradMinBlockTiles tiles whose transforms fit 64 MB (36 x tiles x (2 C + K) floats).
+// with at least kWgradMinTiles output tiles (kWgradMinTilesLarge where C * K >= 128 * 128), 3 a row,
+// and C * K <= 256 * 256, or past that with kWgradMinBlockTiles tiles whose transforms fit 64 MB
+// (36 x tiles x (2 C + K) floats).
 constexpr int64_t kWgradMinTiles = 128;
+constexpr int64_t kWgradMinTilesLarge = 32;
 constexpr int64_t kWgradMinBlockTiles = 32;  // C * K over 256 * 256 (weight_grad3x3's block mode)
 bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
                             int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo);
