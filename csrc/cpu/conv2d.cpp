@@ -1396,23 +1396,24 @@ bool winograd_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
 
 // 1 x r / r x 1 layers (r = 3, 7; Inception's factorised filters) at stride 1, one group: Winograd
 // along the line (winograd_line.cpp), in channels_last.
+// (the padding across the line: on the axis of the filter's size 1)
+int64_t pad_across_line(const Conv2dShape& sh, const Conv2dParams& p) {
+  return sh.R == 1 ? p.pad_t + p.pad_b : p.pad_l + p.pad_r;
+}
 bool winograd_line_forward(const Conv2dShape& sh, const Conv2dParams& p) {
-  const int64_t pad_unit = sh.R == 1 ? p.pad_t + p.pad_b : p.pad_l + p.pad_r;
   return winograd::enabled() && winograd::line_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w,
-                                                          p.dil_h, p.dil_w, p.groups, pad_unit, sh.Ho, sh.Wo);
+                                                          p.dil_h, p.dil_w, p.groups, pad_across_line(sh, p), sh.Ho,
+                                                          sh.Wo);
 }
-
 bool winograd_line_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
-  const int64_t pad_unit = sh.R == 1 ? p.pad_t + p.pad_b : p.pad_l + p.pad_r;
   return winograd::enabled() && winograd::line_applicable(sh.N, sh.K, sh.C, sh.R, sh.S, p.stride_h, p.stride_w,
-                                                          p.dil_h, p.dil_w, p.groups, pad_unit, sh.H, sh.W);
+                                                          p.dil_h, p.dil_w, p.groups, pad_across_line(sh, p), sh.H,
+                                                          sh.W);
 }
-
 bool winograd_line_weight_grad(const Conv2dShape& sh, const Conv2dParams& p) {
-  const int64_t pad_unit = sh.R == 1 ? p.pad_t + p.pad_b : p.pad_l + p.pad_r;
   return winograd::enabled() &&
          winograd::line_weight_grad_applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h,
-                                               p.dil_w, p.groups, pad_unit, sh.Ho, sh.Wo);
+                                               p.dil_w, p.groups, pad_across_line(sh, p), sh.Ho, sh.Wo);
 }
 
 // A 1 x r / r x 1 layer's forward (x -> y; with the fused epilogue) or data gradient (dY -> dX, the

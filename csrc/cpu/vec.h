@@ -1,6 +1,7 @@
 // A vector of VB bytes of floats (GCC vector types) for the Winograd task bodies
 // (winograd.cpp, winograd_line.cpp): always inlined into functions compiled for
-// AVX-512, AVX2 + FMA or the baseline, so no vector crosses a call boundary.
+// AVX-512, AVX2 + FMA or the baseline, so no vector crosses a call boundary; and
+// the channel padding and index arithmetic both files share.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,11 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace convx::cpu {
+
+constexpr int64_t kCAlign = 16;  // channels padded to the widest vector (16 floats)
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <int VB>
 struct Vec {

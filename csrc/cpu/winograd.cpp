@@ -73,10 +73,7 @@ std::atomic<bool> g_enabled{[] {
   return !(e && e[0] == '0');
 }()};
 
-constexpr int64_t kCAlign = 16;  // channels padded to the widest vector (16 floats)
 
-inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Per-thread float buffers (gemm.h's thread_buffer, Winograd's own slots 0-5).
 float* tls_buffer(int slot, int64_t n) { return thread_buffer<float>(kWinogradFirst + slot, n); }

@@ -50,10 +50,7 @@ namespace convx::cpu::winograd {
 namespace {
 
 constexpr int kMaxA = 10, kMaxM = 7, kMaxR = 7;  // (the weight gradient's F(r, m): up to 7 outputs)
-constexpr int64_t kCAlign = 16;  // channels padded to the widest vector (16 floats)
 
-inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Per-thread float buffers: Winograd's slots (gemm.h), free while this path runs.
 float* line_buffer(int slot, int64_t n) { return thread_buffer<float>(kWinogradFirst + slot, n); }
