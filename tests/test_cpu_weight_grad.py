@@ -23,6 +23,8 @@
 * other channels_last float32: im2col written into the micro-kernel's panels
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
   columns, chunk of the pixels), the chunks summed into copies of dW added in order;
+* a strided unpadded 1x1 layer (either layout, float32 and float64): the pixels it reads
+  (X[:, :, ::stride_h, ::stride_w]) gathered once, then the stride-1 1x1 layer's paths on them;
 * NCHW (fewer than 8 channels a group, float64): im2col in blocks of output rows, the
   1x1 input read as the column matrix; float32 with a spatial kernel and fewer than 8 channels
   (the 3-channel stems) computes there in either layout (channels_last's panels took the
@@ -60,6 +62,14 @@ CASES = {
     # under 128 (1x1_512ch_packed below) several images' planes side by side
     "1x1_per_image": (3, 40, 12, 11, 36, (1, 1), 1, (0, 0, 0, 0), 1, 1),
     "1x1_s2": (2, 48, 14, 14, 40, (1, 1), 2, (0, 0, 0, 0), 1, 1),
+    # strided unpadded 1x1: the pixels it reads gathered, then the stride-1 1x1 paths (odd sizes,
+    # unequal strides, dilation (no effect on 1x1), groups, 512 channels: the packed GEMM)
+    "1x1_s2_odd": (3, 36, 15, 13, 20, (1, 1), 2, (0, 0, 0, 0), 1, 1),
+    "1x1_s3x2_dil": (2, 24, 11, 12, 16, (1, 1), (3, 2), (0, 0, 0, 0), 2, 1),
+    "1x1_s2_groups": (2, 32, 10, 11, 24, (1, 1), 2, (0, 0, 0, 0), 1, 2),
+    "1x1_s2_512ch": (1, 512, 9, 9, 64, (1, 1), 2, (0, 0, 0, 0), 1, 1),
+    "1x1_s2_in_place": (2, 64, 20, 20, 64, (1, 1), 2, (0, 0, 0, 0), 1, 1),
+    "1x1_s2_padded": (2, 24, 10, 10, 16, (1, 1), 2, (1, 1, 1, 1), 1, 1),  # padded: not gathered
     "large_image": (1, 16, 96, 96, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
     "tiny_images": (40, 16, 4, 4, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # pixel chunks across images
     "late_3x3": (4, 64, 7, 7, 40, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # > 16 column panels: column blocks
@@ -127,11 +137,12 @@ def test_weight_grad_matches_float64(case, layout, dtype):
     mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, C, H, W, generator=g, dtype=dtype).contiguous(memory_format=mf)
-    Ho = (H + pad[0] + pad[1] - dil * (R - 1) - 1) // stride + 1
-    Wo = (W + pad[2] + pad[3] - dil * (S - 1) - 1) // stride + 1
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    Ho = (H + pad[0] + pad[1] - dil * (R - 1) - 1) // stride[0] + 1
+    Wo = (W + pad[2] + pad[3] - dil * (S - 1) - 1) // stride[1] + 1
     gy = torch.randn(N, K, Ho, Wo, generator=g, dtype=dtype).contiguous(memory_format=mf)
     w_shape = [K, C // groups, R, S]
-    gw = torch.ops.convx.conv2d_backward_weight(gy, x, w_shape, [stride, stride], list(pad), [dil, dil], groups,
+    gw = torch.ops.convx.conv2d_backward_weight(gy, x, w_shape, list(stride), list(pad), [dil, dil], groups,
                                                 False)[0]
     assert gw.shape == tuple(w_shape) and gw.dtype == dtype
     assert gw.is_contiguous(memory_format=mf) or gw.is_contiguous()

@@ -1193,12 +1193,56 @@ void wgrad_nhwc_tiled(const float* x, const float* gy, float* gw, const Conv2dSh
 }
 
 template <typename T>
+void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const Conv2dParams& p, bool nhwc, T* gw);
+
+// The weight gradient. A strided unpadded 1x1 layer (ResNet's downsamples) reads only the pixels
+// X[:, :, ::stride_h, ::stride_w]: they are gathered once into the weight gradient's padded-input
+// buffer (a quarter of X at stride 2) and the gradient taken as the stride-1 1x1 layer's on them,
+// whose paths read X's pixels as one matrix. Before, channels_last went through the packed
+// im2col tiles (six chunks of 262 pixels at 512 -> 1024 @28, each summed into its own 2 MB copy
+// of dW) and NCHW through its im2col. Batch 8 unless said, two threads, in-process A/B (torch):
+// channels_last 512 -> 1024 @28 5.41 -> 3.76 ms (4.05), 1024 -> 2048 @28 18.2 -> 14.4 (18.3),
+// batch 2 512 -> 1024 2.24 -> 0.89 (1.02), batch 1 256 -> 512 @56 0.65 -> 0.47 (0.48), 256 -> 512
+// @56 4.24 / 4.28 (4.10); NCHW 512 -> 1024 4.12 -> 3.80 (4.53), 256 -> 512 @56 4.86 -> 4.50 (5.64),
+// 1024 -> 2048 14.9 -> 14.1 (17.7), 64 -> 128 @56 0.40 -> 0.35 (0.43).
+template <typename T>
 void backward_weight_impl(const at::Tensor& gy, const at::Tensor& x, const Conv2dShape& sh, const Conv2dParams& p,
                           bool nhwc, T* gw) {
-  const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
-  const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
   const T* gyp = gy.const_data_ptr<T>();
   const T* xp = x.const_data_ptr<T>();
+  const bool unpadded = p.pad_t == 0 && p.pad_b == 0 && p.pad_l == 0 && p.pad_r == 0;
+  if (sh.R != 1 || sh.S != 1 || !unpadded || p.is_pointwise_identity(1, 1))
+    return backward_weight_ptr<T>(gyp, xp, sh, p, nhwc, gw);
+  const int64_t C = sh.C, H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo, sth = p.stride_h, stw = p.stride_w;
+  T* xs = workspace<T>(sh.N * C * Ho * Wo, kConvPadded);
+  if (nhwc)
+    at::parallel_for(0, sh.N * Ho, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {  // output row r: input row (r % Ho) * stride_h of image r / Ho
+        const T* src = xp + ((r / Ho) * H + (r % Ho) * sth) * W * C;
+        T* dst = xs + r * Wo * C;
+        for (int64_t w = 0; w < Wo; ++w) std::memcpy(dst + w * C, src + w * stw * C, C * sizeof(T));
+      }
+    });
+  else
+    at::parallel_for(0, sh.N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl)
+        for (int64_t h = 0; h < Ho; ++h) {
+          const T* src = xp + (pl * H + h * sth) * W;
+          T* dst = xs + (pl * Ho + h) * Wo;
+          for (int64_t w = 0; w < Wo; ++w) dst[w] = src[w * stw];
+        }
+    });
+  Conv2dShape s1 = sh;
+  s1.H = Ho, s1.W = Wo;
+  Conv2dParams p1 = p;
+  p1.stride_h = p1.stride_w = p1.dil_h = p1.dil_w = 1;
+  backward_weight_ptr<T>(gyp, xs, s1, p1, nhwc, gw);
+}
+
+template <typename T>
+void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const Conv2dParams& p, bool nhwc, T* gw) {
+  const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
+  const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
   if constexpr (std::is_same_v<T, float>) {
     if (nhwc) {
       // The shifted path reads the padded input in place but also computes the padding's pixels and
