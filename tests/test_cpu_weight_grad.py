@@ -20,7 +20,8 @@
   a filter row's S*C floats as the tile's rows read in place (wgrad_nhwc_filter_rows), the filter
   rows above or below the image skipped; dW^T summed in chunks of output rows where there are
   fewer than 8 tiles;
-* other channels_last float32: im2col written into the micro-kernel's panels
+* other channels_last float32 (and 1x1 layers with >= 4096 output pixels, <= 512 input
+  channels, K * C <= 128 Ki, one group): im2col written into the micro-kernel's panels
   (wgrad_nhwc_tiles) over the whole batch's pixels; units of (group, block of dW's
   columns, chunk of the pixels), the chunks summed into copies of dW added in order;
 * a strided unpadded 1x1 layer (either layout, float32 and float64): the pixels it reads
@@ -70,6 +71,11 @@ CASES = {
     "1x1_s2_512ch": (1, 512, 9, 9, 64, (1, 1), 2, (0, 0, 0, 0), 1, 1),
     "1x1_s2_in_place": (2, 64, 20, 20, 64, (1, 1), 2, (0, 0, 0, 0), 1, 1),
     "1x1_s2_padded": (2, 24, 10, 10, 16, (1, 1), 2, (1, 1, 1, 1), 1, 1),  # padded: not gathered
+    # channels_last 1x1 with >= 4096 pixels, <= 512 input channels and a small dW: the tiles path
+    # (whole row panels of dY^T in place where Kg fills them, partial ones packed)
+    "1x1_tiles_long": (2, 24, 48, 48, 20, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_tiles_k512": (1, 40, 64, 64, 512, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_s2_tiles": (2, 36, 96, 90, 24, (1, 1), 2, (0, 0, 0, 0), 1, 1),  # gathered, then the tiles
     "large_image": (1, 16, 96, 96, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
     "tiny_images": (40, 16, 4, 4, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # pixel chunks across images
     "late_3x3": (4, 64, 7, 7, 40, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # > 16 column panels: column blocks

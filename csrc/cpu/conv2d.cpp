@@ -1195,6 +1195,19 @@ void wgrad_nhwc_tiled(const float* x, const float* gy, float* gw, const Conv2dSh
 template <typename T>
 void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const Conv2dParams& p, bool nhwc, T* gw);
 
+// A channels_last 1x1 weight gradient (one group) on wgrad_nhwc_tiled rather than the packed GEMM
+// (dW = dY^T X, A = dY^T packed from its columns): the tiles read dY^T's whole row panels in place
+// and sum the pixels in 8 chunks, which pays where each chunk is long (>= 4096 pixels in all),
+// dW small (<= 512 KiB a copy) and one block of columns (<= 512 input channels). Batch 8 unless
+// said, two threads, in-process A/B, GEMM -> tiles (torch): 128 -> 512 @28 2.14 -> 1.92 ms (2.00),
+// 256 -> 512 @28 4.13 -> 3.92 (4.10), 512 -> 256 @28 4.04 -> 3.89 (3.84), batch 32 128 -> 512
+// @28 9.20 -> 7.74 (10.4), 512 -> 128 @28 2.05 / 2.07 (1.84). Outside that the GEMM kept them:
+// 256 -> 1024 @14 (1568 pixels) 1.91 against 2.53, 544 -> 128 @28 (two column blocks) 2.07
+// against 2.54, 512 -> 2048 @7 1.73 against 4.39.
+bool pointwise_wgrad_tiled(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups == 1 && sh.C <= 512 && sh.N * sh.Ho * sh.Wo >= 4096 && sh.K * sh.C <= 128 * 1024;
+}
+
 // The weight gradient. A strided unpadded 1x1 layer (ResNet's downsamples) reads only the pixels
 // X[:, :, ::stride_h, ::stride_w]: they are gathered once into the weight gradient's padded-input
 // buffer (a quarter of X at stride 2) and the gradient taken as the stride-1 1x1 layer's on them,
@@ -1258,7 +1271,7 @@ void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const
       if (shifted_large) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
       if (wgrad_in_place(sh, p)) return wgrad_nhwc_in_place(xp, gyp, gw, sh, p, interleaved_groups(sh));
       if (shifted && sh.Ho * sh.Wo > 256) return wgrad_nhwc_shifted(xp, gyp, gw, sh, p);
-      if (!p.is_pointwise_identity(R, S)) return wgrad_nhwc_tiled(xp, gyp, gw, sh, p);
+      if (!p.is_pointwise_identity(R, S) || pointwise_wgrad_tiled(sh, p)) return wgrad_nhwc_tiled(xp, gyp, gw, sh, p);
     }
   }
   // Images per GEMM: enough to make the reduction long, bounded in memory.
