@@ -66,6 +66,12 @@ CASES = {
     # rows gathered and prefetched ahead
     "gather_64ch_4_taps": (3, 64, 20, 24, 40, (3, 5), 1, (1, 2), 1, 1),
     "gather_512ch_pieces": (1, 512, 9, 9, 20, (3, 3), 1, (2, 2), 2, 1),  # blocks of 256, half a tap
+    # from 8 tiles of rows (96 on AVX-512): blocks of up to 1536 floats, 12 taps (gemm.h's kGatherKC,
+    # kGatherRuns): 3 taps of 512 channels with zero runs at the edges, 25 taps as 12 + 12 + 1,
+    # 2048 channels in pieces of 1024
+    "gather_long_512ch_s2": (1, 512, 21, 21, 40, (3, 3), 2, (1, 1), 1, 1),
+    "gather_long_5x5_12_taps": (1, 64, 14, 14, 24, (5, 5), 1, (2, 2), 1, 1),
+    "gather_long_2048ch": (2, 2048, 13, 13, 16, (3, 3), 2, (1, 1), 1, 1),
     "pieces_300ch_not_gathered": (1, 300, 7, 9, 20, (3, 3), 2, (1, 1), 1, 1),  # pieces of 150: direct()'s
     "gather_48ch_5_taps": (2, 48, 15, 13, 40, (5, 5), 1, (2, 2), 1, 1),  # blocks of 240: 5 taps
     "gather_dilated": (1, 64, 15, 16, 24, (3, 3), 1, (2, 1), 2, 1),
@@ -125,7 +131,7 @@ def _on_1_and_2_threads(x, w, *args):
 
 @pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
-                                  "padded_16ch_5x5"])
+                                  "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""

@@ -1009,7 +1009,8 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
 // the micro-kernel's panel; B is packed as in gemm_serial.
 void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
                       const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate,
-                      DirectFn direct = nullptr, int64_t seg_len = 0, GatherFn gather = nullptr) {
+                      DirectFn direct = nullptr, int64_t seg_len = 0, GatherFn gather = nullptr,
+                      bool gather_blocks = false) {
   const int MR = kn.MR, NR = kn.NR;
   const UKernelGather ug = gather && seg_len > 0 ? gather_kernel(kn) : nullptr;
   const UKernelGather ug_narrow = ug && kn.uk_narrow ? gather_kernel_narrow(kn) : nullptr;
@@ -1018,13 +1019,23 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   const bool narrow_ok = kn.ur_narrow && kn.urs_narrow && (!ug || ug_narrow);
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t NC = block_n(kn, M);
-  float* arows = thread_buffer<float>(kGemmPackA, MR * kn.KC);  // MR rows of kc
+  // Gathered rows (gather_blocks: gemm_rows' product has 8 tiles of rows or more, whatever share of
+  // them this call has, so the blocks and the sums' order do not depend on the thread count) in
+  // blocks of up to kGatherKC: a tile's accumulators
+  // then stay in registers over up to kGatherRuns taps, where blocks of 256 (one 256-channel tap)
+  // stored and reloaded them every tap; the tile's B panel (kc x NR) comes from L2, not L1.
+  // Channels_last, batch 8, two threads, process-alternating A/B (ratio to torch, medians of 3):
+  // stride-2 3x3 256 @28 0.94 -> 0.98, 128 @56 0.95 -> 0.97, 512 @14 1.00 -> 1.07, 64 @112 0.90
+  // -> 0.92, 192 -> 320 @17 (valid) 1.07 -> 1.12; 5x5 32 -> 64 @56 0.92 -> 0.94; batch 2 256 @28
+  // 1.06 -> 1.11. Fewer rows kept 256: batch 1 512 @7 (49 rows) 1.16 -> 1.12.
+  const int64_t KC = gather && gather_blocks ? kGatherKC : kn.KC;
+  float* arows = thread_buffer<float>(kGemmPackA, MR * KC);  // MR rows of kc
   alignas(64) float tile[12 * 32];
   // the reduction's blocks: KC, or aligned to the runs of seg_len (gemm.h)
   auto block_at = [&](int64_t pc) -> int64_t {
-    if (seg_len <= 0) return std::min(kn.KC, K - pc);
-    if (seg_len <= kn.KC) return std::min(kn.KC / seg_len * seg_len, K - pc);
-    const int64_t pieces = (seg_len + kn.KC - 1) / kn.KC, piece = (seg_len + pieces - 1) / pieces;
+    if (seg_len <= 0) return std::min(KC, K - pc);
+    if (seg_len <= KC) return std::min(std::min<int64_t>(KC / seg_len, gather ? kGatherRuns : KC) * seg_len, K - pc);
+    const int64_t pieces = (seg_len + KC - 1) / KC, piece = (seg_len + pieces - 1) / pieces;
     return std::min({piece, seg_len - pc % seg_len, K - pc});
   };
   // A tile's gathered rows (gather() in gemm.h), its runs whose rows are all zeros left out, and
@@ -1191,7 +1202,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
       }
     return;
   }
-  float* bpack = thread_buffer<float>(kGemmPackB, kn.KC * ((std::min(N, NC) + NR - 1) / NR * NR));
+  float* bpack = thread_buffer<float>(kGemmPackB, KC * ((std::min(N, NC) + NR - 1) / NR * NR));
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0, kc = 0; pc < K; pc += kc) {
@@ -1211,9 +1222,11 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
   // steps of 64 floats, did not fit L1 (64 -> 64 3x3 stride 2 @112, batch 8, one thread: 5 % slower).
   const Kernel<float>& fit = kernel_for<float>(M, N);
   const Kernel<float>& kn = gather && &fit == &kernel_avx512_n64<float>() ? kernel_of<float, Isa::Avx512>() : fit;
+  const bool gather_blocks = gather && M >= 8 * kn.MR;
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
-    return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len, gather);
+    return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len, gather,
+                            gather_blocks);
   // Rows split between the threads (each makes only its rows of A; B is packed by each), unless
   // there are few rows, or fewer than twice the columns and those enough for whole panels a
   // thread: then columns (A's rows made, or read in place, by every thread; B's panels packed
@@ -1256,7 +1269,8 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
               for (int64_t r = 0; r < count; ++r) crow[r] -= s->i0;
               return n;
             })
-                   : GatherFn(nullptr));
+                   : GatherFn(nullptr),
+            gather_blocks);
       }
     });
   } else {
@@ -1265,7 +1279,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
       for (int64_t t = b; t < e; ++t) {
         const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
         gemm_rows_serial(kn, M, nj, K, rows, ctx, B + j0 * csb, rsb, csb, C + j0, rsc, accumulate, direct, seg_len,
-                         gather);
+                         gather, gather_blocks);
       }
     });
   }
@@ -1519,7 +1533,7 @@ void micro_tile_product_a_rows(const MicroTile& mt, int64_t kc, const T* A, int6
     if (mr == kn.MR) return kn.ur(kc, A, lda, Bp, C, ldc, add, nullptr);
     if (kn.ur_part) return kn.ur_part[mr](kc, A, lda, Bp, C, ldc, add, nullptr);
   }
-  alignas(64) T panel[16 * kGemmZeroRow];  // (MR <= 16, kc <= KC = 256)
+  alignas(64) T panel[16 * 256];  // (MR <= 16, kc <= KC = 256)
   pack_a(kn.MR, mr, kc, A, lda, int64_t(1), panel);
   micro_tile_product<T>(mt, kc, panel, Bp, C, ldc, mr, add);
 }

@@ -149,10 +149,12 @@ using DirectFn = bool (*)(const void* ctx, int64_t i, int64_t count, int64_t k0,
 // pixels, a filter tap's channels a run: a tile's pixels may span two image rows, or the image's
 // edge (its taps outside read as zeros), and still not be copied. The rows then do not go through
 // direct() or rows().
-constexpr int kGatherRuns = 8;
+// With gather(), the reduction's blocks hold up to kGatherKC elements (and kGatherRuns runs).
+constexpr int kGatherRuns = 12;
+constexpr int64_t kGatherKC = 1536;
 using GatherFn = int (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16],
                          int64_t* crow);
-constexpr int64_t kGemmZeroRow = 256;  // gemm_zero_row()'s floats: at least any block of the reduction
+constexpr int64_t kGemmZeroRow = kGatherKC;  // gemm_zero_row()'s floats: at least any block of the reduction
 const float* gemm_zero_row();
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct = nullptr,
