@@ -6,7 +6,7 @@
   than 256 where the next path does not apply): no im2col, each tap's columns read in
   place from a zero-padded copy of the input (wgrad_nhwc_shifted), any kernel size,
   dilation, padding and groups;
-* channels_last float32 whose channels fill whole register tiles (C, K < 512): both
+* channels_last float32 whose channels fill whole register tiles (stride_w * C, K < 512): both
   operands read in place by the tile, a run of output pixels an image row for each tap
   (wgrad_nhwc_in_place), any kernel, stride, padding, dilation and groups; units of
   (group, tap, row block, column block) and chunks of the output rows;
@@ -85,6 +85,7 @@ CASES = {
     "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32: regrouped
     "1x7_in_place": (3, 32, 9, 17, 24, (1, 7), 1, (0, 0, 3, 3), 1, 1),  # runs cut by the padding
     "3x3_s2_in_place": (2, 32, 15, 16, 16, (3, 3), 2, (1, 1, 1, 1), 1, 1),
+    "3x3_s2_256ch_tiles": (1, 256, 13, 12, 24, (3, 3), 2, (1, 1, 1, 1), 1, 1),  # X's step 2 KiB: tiles
     "asym_dil_in_place": (2, 32, 12, 15, 32, (3, 3), 1, (2, 0, 1, 3), 2, 1),
     "5x5_s2_groups_in_place": (2, 64, 13, 11, 32, (5, 5), 2, (2, 1, 0, 2), 1, 2),
     "7x1_tall_in_place": (1, 32, 40, 6, 16, (7, 1), 1, (3, 3, 0, 0), 1, 1),  # > 256 pixels: row blocks

@@ -955,13 +955,16 @@ struct ChunkCopies {
 // and stride*C floats (the rows by Wo*K and stride*W*C), so the register tile
 // reads dY[.., k0:k0+MR] and X[.., c0:c0+NR] where they are, a run a row, with
 // no im2col, no padding's pixels computed and nothing packed. Whole tiles only
-// (Kg a multiple of the tile's rows, Cg of its columns), and rows under 2 KiB
-// apart (C, K < 512): with rows further apart every step of the tile is on a
+// (Kg a multiple of the tile's rows, Cg of its columns), and steps under 2 KiB
+// (stride_w * C, K < 512 floats): with rows further apart every step of the tile is on a
 // new page, and the packed paths measured faster (ResNet-50's 1024 -> 256 1x1
 // @14: 1.19x torch packed, 0.93x in place); at exactly 2 KiB (512 channels)
 // a step's lines fall in two of L1's 64 sets and the packed paths won too
 // (batch 8: 512 -> 128 1x1 @28 2.88 -> 2.61 ms, 128 -> 512 3.06 -> 2.84,
 // 512 -> 256 5.70 -> 4.82, 512 3x3 @14 23.1 -> 20.8; torch 2.3, 2.4, 4.3, 19.0).
+// The same at stride 2 from 256 channels, X's step 2 KiB (then wgrad_nhwc_tiled; batch 8 unless
+// said, two threads, in-process A/B, torch in parentheses): 3x3 256 @28 4.76 -> 4.01 ms (4.69),
+// batch 2 1.18 -> 1.00 (1.35), 256 @56 21.1 -> 20.3 (28.5).
 // The register tile of wgrad_nhwc_in_place: micro_tile_for_rows', or for groups of 16 channels
 // AVX-512's 16 x 16 (micro_tile_for_cols).
 MicroTile wgrad_tile(const Conv2dShape& sh, const Conv2dParams& p) {
@@ -972,7 +975,7 @@ bool wgrad_whole_tiles(const Conv2dShape& sh, const Conv2dParams& p) {
   return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0;
 }
 bool wgrad_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
-  return wgrad_whole_tiles(sh, p) && sh.C < 512 && sh.K < 512;
+  return wgrad_whole_tiles(sh, p) && p.stride_w * sh.C < 512 && sh.K < 512;
 }
 
 // Where each group's pixels are for wgrad_nhwc_in_place: pixel q of group g of X at
