@@ -28,8 +28,8 @@
   (X[:, :, ::stride_h, ::stride_w]) gathered once, then the stride-1 1x1 layer's paths on them;
 * NCHW (fewer than 8 channels a group, float64): im2col in blocks of output rows, the
   1x1 input read as the column matrix; float32 with a spatial kernel and fewer than 8 channels
-  (the 3-channel stems) computes there in either layout (channels_last's panels took the
-  channels 3 floats at a time).
+  (the 3-channel stems) computes there from NCHW, while channels_last keeps its own paths
+  (filter rows where K fills whole tiles, else the tiles).
 
 Shapes cut every register tile (Kg not a multiple of 12 or 6, Cg*R*S not of 32 or 16).
 """
@@ -80,6 +80,9 @@ CASES = {
     "tiny_images": (40, 16, 4, 4, 20, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # pixel chunks across images
     "late_3x3": (4, 64, 7, 7, 40, (3, 3), 1, (1, 1, 1, 1), 1, 1),  # > 16 column panels: column blocks
     "stem_c3": (2, 3, 20, 20, 16, (7, 7), 2, (3, 3, 3, 3), 1, 1),  # < 8 channels: the layout's own path
+    "few_ch_k24_7x7_s2": (2, 3, 30, 29, 24, (7, 7), 2, (3, 3, 3, 3), 1, 1),
+    "one_ch_5x5": (3, 1, 12, 13, 32, (5, 5), 1, (2, 2, 2, 2), 1, 1),
+    "few_ch_11x11_s4": (1, 3, 41, 43, 32, (11, 11), 4, (2, 2, 2, 2), 1, 1),
     "1x1_in_place": (2, 64, 20, 20, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # one tile block: pixel chunks
     "1x1_in_place_blocks": (1, 288, 6, 7, 288, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 2 x 2 blocks, partial
     "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32: regrouped

@@ -1678,8 +1678,13 @@ bool strided_data_grad_channels_last(const at::Tensor& gy, const Conv2dShape& sh
 // group computes in channels_last whatever the layout (its NHWC paths, with
 // no im2col matrix, beat NCHW's blocked im2col even with both operands
 // converted: 128 channels @28 13.2 -> ~10 ms). Fewer channels (the 3-channel
-// stem) compute in NCHW (few_channels_nchw_grads; with torch's copy of its large
-// channels_last dY, 25 ms at 64 x 112 x 112 x 8, they had stayed in the result's layout).
+// stem) stay in the result's layout: channels_last on its own paths (wgrad_nhwc_filter_rows,
+// the tiles), which beat the NCHW copies they had been sent through (batch 8 unless said, two
+// threads, in-process A/B, torch in parentheses): ResNet's stem 3 -> 64 7x7 stride 2 @224 8.48
+// -> 5.08 ms (5.52), batch 2 2.15 -> 1.06 (1.14), Inception-v3's 3 -> 32 3x3 stride 2 @299 5.22
+// -> 1.19 (1.19), 3 -> 32 3x3 stride 2 @224 2.83 -> 0.51 (0.48), 4 -> 64 5x5 @112 6.48 -> 3.52
+// (3.46), AlexNet's 3 -> 96 11x11 stride 4 4.10 against 6.24 (3.70), 1 -> 32 5x5 @28 0.26 -> 0.07
+// (0.14); 3 -> 24 7x7 stride 2 (no whole tiles) 4.98 -> 3.57 (2.33).
 at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p,
                                     at::ScalarType ct) {
   // (Strided, from 8192 input pixels a plane, NCHW stays NCHW: converting its 26 MB input
@@ -1696,7 +1701,8 @@ at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& 
   // at stride 1 NCHW's own kernel stayed faster (144 3x3 @56 2.2 against 2.9 copied)
   if (ct == at::kFloat && is_depthwise(sh, p) && (p.stride_h > 1 || p.stride_w > 1))
     return at::MemoryFormat::ChannelsLast;
-  if (ct == at::kFloat && few_channels_nchw_grads(sh, p)) return at::MemoryFormat::Contiguous;
+  if (ct == at::kFloat && result == at::MemoryFormat::Contiguous && few_channels_nchw_grads(sh, p))
+    return at::MemoryFormat::Contiguous;
   return compute_format(result, sh, p);
 }
 
