@@ -28,8 +28,9 @@
   (X[:, :, ::stride_h, ::stride_w]) gathered once, then the stride-1 1x1 layer's paths on them;
 * NCHW (fewer than 8 channels a group, float64): im2col in blocks of output rows, the
   1x1 input read as the column matrix; float32 with a spatial kernel and fewer than 8 channels
-  (the 3-channel stems) computes there from NCHW, while channels_last keeps its own paths
-  (filter rows where K fills whole tiles, else the tiles).
+  (the 3-channel stems) computes there from NCHW images over 64 x 64 pixels, while
+  channels_last (and smaller NCHW images, copied) takes its own paths (filter rows where K fills
+  whole tiles, else the tiles).
 
 Shapes cut every register tile (Kg not a multiple of 12 or 6, Cg*R*S not of 32 or 16).
 """

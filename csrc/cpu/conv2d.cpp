@@ -1701,8 +1701,15 @@ at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& 
   // at stride 1 NCHW's own kernel stayed faster (144 3x3 @56 2.2 against 2.9 copied)
   if (ct == at::kFloat && is_depthwise(sh, p) && (p.stride_h > 1 || p.stride_w > 1))
     return at::MemoryFormat::ChannelsLast;
+  // From NCHW they compute in NCHW on images over 64 x 64 pixels; on smaller ones NCHW's
+  // several-image products (each thread packing every image's transposed im2col) lost to both
+  // operands copied to channels_last (in-process A/B, two threads, torch in parentheses): batch 32
+  // 3 -> 32 3x3 @32 1.12 -> 0.25 ms (0.22), batch 64 1 -> 32 5x5 @28 1.69 -> 0.46 (0.30), batch 8
+  // 3 -> 64 3x3 @32 0.37 -> 0.14 (0.15), @64 0.65 -> 0.48 (0.40), 3 -> 64 7x7 stride 2 @56 0.92 ->
+  // 0.46 (0.41); above, the copies cost more (3 -> 32 5x5 @96 1.41 against 2.13, the 7x7 stride-2
+  // stem @224 7.3 against 7.4).
   if (ct == at::kFloat && result == at::MemoryFormat::Contiguous && few_channels_nchw_grads(sh, p))
-    return at::MemoryFormat::Contiguous;
+    return sh.H * sh.W <= 4096 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   return compute_format(result, sh, p);
 }
 
