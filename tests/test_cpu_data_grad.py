@@ -1,0 +1,97 @@
+"""The channels_last float32 CPU data gradient of strided layers by the phases of dX
+(csrc/cpu/conv2d.cpp, phase_rows_dgrad): for each phase (a, b) of dX's pixels modulo the
+strides, a stride-1 product over the taps that reach it, dY's pixels gathered where they lie
+(zeros outside), written straight to the phase's pixels. Taken for one group, dilation 1, a
+kernel at least the stride in each direction and K >= 48; NCHW strided data gradients with
+>= 8 channels compute in channels_last (strided_data_grad_channels_last) and take it too.
+Against float64, on strides 2 and 3 (unequal ones too), kernels 2-7, padding that makes dr / ds
+negative, odd sizes, K past the gather's blocks, the transposed convolution's bias, and one or
+two threads."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convx
+
+
+@pytest.fixture(autouse=True)
+def _no_winograd():
+    """Winograd's phase path (4x4 stride 2, test_winograd.py) off: the GEMM phases are this file's."""
+    with convx.backends.cpu.flags(winograd=False):
+        yield
+
+
+# N, C, H, W, K, (R, S), (stride_h, stride_w), (pad_h, pad_w)
+CASES = {
+    "3x3_s2": (2, 16, 15, 16, 64, (3, 3), (2, 2), (1, 1)),
+    "3x3_s2_valid_odd": (2, 24, 15, 13, 48, (3, 3), (2, 2), (0, 0)),
+    "4x4_s2": (1, 8, 17, 13, 64, (4, 4), (2, 2), (1, 1)),
+    "5x5_s2x3": (2, 8, 20, 21, 96, (5, 5), (2, 3), (2, 1)),
+    "7x7_s2_stem_like": (1, 16, 19, 18, 64, (7, 7), (2, 2), (3, 3)),
+    "3x3_s3x2_pad_past": (3, 5, 11, 10, 50, (3, 3), (3, 2), (2, 1)),
+    "2x2_s2": (2, 16, 8, 9, 64, (2, 2), (2, 2), (0, 0)),
+    "3x5_s2_rect": (2, 12, 13, 17, 56, (3, 5), (2, 2), (1, 2)),
+    # K = 600: taps in pieces (blocks of the reduction within one tap's channels)
+    "3x3_s2_k600": (1, 16, 28, 28, 600, (3, 3), (2, 2), (1, 1)),
+    # enough rows for the long blocks (>= 96 on AVX-512): 12 taps of 64 channels a block
+    "4x4_s2_many_rows": (2, 16, 40, 38, 64, (4, 4), (2, 2), (1, 1)),
+}
+
+
+def _data_grad(case, layout, g):
+    N, C, H, W, K, (R, S), stride, pad = case
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    w = torch.randn(K, C, R, S, generator=g).contiguous(memory_format=mf)
+    Ho = (H + 2 * pad[0] - R) // stride[0] + 1
+    Wo = (W + 2 * pad[1] - S) // stride[1] + 1
+    gy = torch.randn(N, K, Ho, Wo, generator=g).contiguous(memory_format=mf)
+    args = ([N, C, H, W], list(stride), [pad[0], pad[0], pad[1], pad[1]], [1, 1], 1)
+    return gy, w, args
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_strided_data_grad_matches_float64(case, layout):
+    g = torch.Generator().manual_seed(0)
+    gy, w, args = _data_grad(case, layout, g)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, *args)
+    N, C, H, W, K, (R, S), stride, pad = case
+    x = torch.zeros(N, C, H, W, dtype=torch.float64)
+    ref, = torch.ops.aten.convolution_backward(gy.double(), x, w.double(), None, list(stride), list(pad), [1, 1],
+                                               False, [0, 0], 1, [True, False, False])[:1]
+    mag, = torch.ops.aten.convolution_backward(gy.double().abs(), x, w.double().abs(), None, list(stride), list(pad),
+                                               [1, 1], False, [0, 0], 1, [True, False, False])[:1]
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    assert gx.shape == ref.shape and gx.is_contiguous(memory_format=mf)
+    err = (gx.double() - ref).abs()
+    assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / (mag + 1e-30)).max().item() / 2.0 ** -24
+
+
+@pytest.mark.parametrize("case", ["3x3_s2", "4x4_s2_many_rows", "3x3_s2_k600"])
+def test_strided_data_grad_thread_count(case):
+    g = torch.Generator().manual_seed(1)
+    gy, w, args = _data_grad(CASES[case], "nhwc", g)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = torch.ops.convx.conv2d_backward_input(gy, w, *args)
+        torch.set_num_threads(2)
+        b = torch.ops.convx.conv2d_backward_input(gy, w, *args)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 9, 32, 4, 2, 1), (1, 96, 7, 48, 3, 2, 1), (2, 64, 6, 16, 3, 3, 0)])
+def test_transposed_forward_with_bias(shape):
+    """conv_transpose2d's forward is this data gradient plus the bias (the bias written first)."""
+    N, Ci, H, Co, R, s, pd = shape
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(N, Ci, H, H, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(Ci, Co, R, R, generator=g).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(Co, generator=g)
+    y = convx.functional.conv_transpose2d(x, w, b, s, pd)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), s, pd)
+    mag = F.conv_transpose2d(x.double().abs(), w.double().abs(), b.double().abs(), s, pd)
+    assert y.shape == ref.shape
+    assert ((y.double() - ref).abs() <= 16 * 2.0 ** -24 * mag + 1e-30).all()
