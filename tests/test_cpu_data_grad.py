@@ -2,8 +2,9 @@
 (csrc/cpu/conv2d.cpp, phase_rows_dgrad): for each phase (a, b) of dX's pixels modulo the
 strides, a stride-1 product over the taps that reach it, dY's pixels gathered where they lie
 (zeros outside), written straight to the phase's pixels. Taken for one group, dilation 1, a
-kernel at least the stride in each direction and K >= 48; NCHW strided data gradients with
->= 8 channels compute in channels_last (strided_data_grad_channels_last) and take it too.
+kernel at least the stride in each direction, K >= 48 and 256 pixels a phase; NCHW strided
+data gradients with >= 8 channels compute in channels_last (strided_data_grad_channels_last)
+and take it too.
 Against float64, on strides 2 and 3 (unequal ones too), kernels 2-7, padding that makes dr / ds
 negative, odd sizes, K past the gather's blocks, the transposed convolution's bias, and one or
 two threads."""
@@ -23,18 +24,20 @@ def _no_winograd():
 
 # N, C, H, W, K, (R, S), (stride_h, stride_w), (pad_h, pad_w)
 CASES = {
-    "3x3_s2": (2, 16, 15, 16, 64, (3, 3), (2, 2), (1, 1)),
-    "3x3_s2_valid_odd": (2, 24, 15, 13, 48, (3, 3), (2, 2), (0, 0)),
-    "4x4_s2": (1, 8, 17, 13, 64, (4, 4), (2, 2), (1, 1)),
-    "5x5_s2x3": (2, 8, 20, 21, 96, (5, 5), (2, 3), (2, 1)),
-    "7x7_s2_stem_like": (1, 16, 19, 18, 64, (7, 7), (2, 2), (3, 3)),
-    "3x3_s3x2_pad_past": (3, 5, 11, 10, 50, (3, 3), (3, 2), (2, 1)),
-    "2x2_s2": (2, 16, 8, 9, 64, (2, 2), (2, 2), (0, 0)),
-    "3x5_s2_rect": (2, 12, 13, 17, 56, (3, 5), (2, 2), (1, 2)),
+    "3x3_s2": (2, 16, 25, 26, 64, (3, 3), (2, 2), (1, 1)),
+    "3x3_s2_valid_odd": (2, 24, 25, 23, 48, (3, 3), (2, 2), (0, 0)),
+    "4x4_s2": (1, 8, 33, 35, 64, (4, 4), (2, 2), (1, 1)),
+    "5x5_s2x3": (2, 8, 30, 31, 96, (5, 5), (2, 3), (2, 1)),
+    "7x7_s2_stem_like": (1, 16, 35, 33, 64, (7, 7), (2, 2), (3, 3)),
+    "3x3_s3x2_pad_past": (3, 5, 25, 22, 50, (3, 3), (3, 2), (2, 1)),
+    "2x2_s2": (2, 16, 24, 25, 64, (2, 2), (2, 2), (0, 0)),
+    "3x5_s2_rect": (2, 12, 25, 27, 56, (3, 5), (2, 2), (1, 2)),
     # K = 600: taps in pieces (blocks of the reduction within one tap's channels)
-    "3x3_s2_k600": (1, 16, 28, 28, 600, (3, 3), (2, 2), (1, 1)),
+    "3x3_s2_k600": (1, 16, 34, 32, 600, (3, 3), (2, 2), (1, 1)),
     # enough rows for the long blocks (>= 96 on AVX-512): 12 taps of 64 channels a block
     "4x4_s2_many_rows": (2, 16, 40, 38, 64, (4, 4), (2, 2), (1, 1)),
+    # under 256 pixels a phase: the column matrix and col2im instead
+    "3x3_s2_few_pixels": (2, 16, 15, 16, 64, (3, 3), (2, 2), (1, 1)),
 }
 
 
@@ -82,7 +85,7 @@ def test_strided_data_grad_thread_count(case):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("shape", [(2, 64, 9, 32, 4, 2, 1), (1, 96, 7, 48, 3, 2, 1), (2, 64, 6, 16, 3, 3, 0)])
+@pytest.mark.parametrize("shape", [(2, 64, 17, 32, 4, 2, 1), (1, 96, 17, 48, 3, 2, 1), (2, 64, 12, 16, 3, 3, 0)])
 def test_transposed_forward_with_bias(shape):
     """conv_transpose2d's forward is this data gradient plus the bias (the bias written first)."""
     N, Ci, H, Co, R, s, pd = shape
