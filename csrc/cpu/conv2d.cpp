@@ -653,14 +653,14 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
 // 4.25 -> 3.76 ms (3.68), 256 @28 3.97 -> 3.69 (4.07), 512 @14 4.32 -> 4.09 (4.67), 64 @112 6.03
 // -> 4.42 (4.04), batch 2 256 @28 1.10 -> 0.97 (0.98), NCHW 128 @56 (through channels_last) 5.08
 // -> 4.66 (6.73); 32 -> 64 5x5 stride 2 @56 1.80 -> 1.48 (1.31).
+constexpr int64_t kPhaseMaxTaps = 64;
 struct PhaseRows {
   const float* gy;  // dY, NHWC
   int64_t K, Ho, Wo, H, W;  // dY's channels and size, dX's size
   int64_t a, b, sth, stw, Hp, Wp;  // the phase, the strides, its pixel grid
   int64_t taps;
-  int64_t dr[64], ds[64];  // each tap's offset into dY from (i, j)
+  int64_t dr[kPhaseMaxTaps], ds[kPhaseMaxTaps];  // each tap's offset into dY from (i, j)
 };
-constexpr int64_t kPhaseMaxTaps = 64;
 
 int phase_rows_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16],
                       int64_t* crow) {

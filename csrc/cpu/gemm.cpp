@@ -1021,9 +1021,9 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   const int64_t NC = block_n(kn, M);
   // Gathered rows (gather_blocks: gemm_rows' product has 8 tiles of rows or more, whatever share of
   // them this call has, so the blocks and the sums' order do not depend on the thread count) in
-  // blocks of up to kGatherKC: a tile's accumulators
-  // then stay in registers over up to kGatherRuns taps, where blocks of 256 (one 256-channel tap)
-  // stored and reloaded them every tap; the tile's B panel (kc x NR) comes from L2, not L1.
+  // blocks of up to kGatherKC: a tile's accumulators then stay in registers over up to kGatherRuns
+  // taps, where blocks of 256 (one 256-channel tap) stored and reloaded them every tap; the tile's
+  // B panel (kc x NR) then comes from L2, not L1.
   // Channels_last, batch 8, two threads, process-alternating A/B (ratio to torch, medians of 3):
   // stride-2 3x3 256 @28 0.94 -> 0.98, 128 @56 0.95 -> 0.97, 512 @14 1.00 -> 1.07, 64 @112 0.90
   // -> 0.92, 192 -> 320 @17 (valid) 1.07 -> 1.12; 5x5 32 -> 64 @56 0.92 -> 0.94; batch 2 256 @28

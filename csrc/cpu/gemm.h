@@ -29,7 +29,7 @@ enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 // im2col / padded input 2-3, Winograd 4-9, an A or a B packed once for
 // several products (PackedA, PackedB below) 10-11, a convolution's operands
 // copied to the layout it computes in (layout.h's scratch tensors) 12-13, its
-// weight in that layout 14, a data gradient's rotated weight 15, an NCHW weight
+// weight in that layout 14, a data gradient's rotated (or per-phase) weight 15, an NCHW weight
 // gradient's transposed block or a channels_last one's dW^T by filter rows 16 and
 // gemm_packed_a's column panels that cross images 17.
 enum ThreadBufferSlot {
