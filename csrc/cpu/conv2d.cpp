@@ -738,16 +738,17 @@ void phase_rows_dgrad(const float* gy, const float* w, const float* bias, float*
       ph.Hp = sh.H > a ? ceil_div(sh.H - a, sth) : 0;
       ph.Wp = sh.W > b ? ceil_div(sh.W - b, stw) : 0;
       if (ph.Hp == 0 || ph.Wp == 0) continue;
-      // tap r serves the phase where a + pad_t - r is a multiple of the stride (dr = that / stride)
+      // tap r serves the phase where a + pad_t - r is a multiple of the stride (dr = that / stride,
+      // exact for negative multiples too)
       for (int64_t r = 0; r < sh.R; ++r) {
         const int64_t u = a + p.pad_t - r;
-        if (((u % sth) + sth) % sth != 0) continue;
+        if (u % sth != 0) continue;
         for (int64_t q = 0; q < sh.S; ++q) {
           const int64_t v = b + p.pad_l - q;
-          if (((v % stw) + stw) % stw != 0) continue;
+          if (v % stw != 0) continue;
           const int64_t t = ph.taps++;
-          ph.dr[t] = u >= 0 ? u / sth : -((-u) / sth);
-          ph.ds[t] = v >= 0 ? v / stw : -((-v) / stw);
+          ph.dr[t] = u / sth;
+          ph.ds[t] = v / stw;
           at::parallel_for(0, K, 64, [&](int64_t kb, int64_t ke) {
             for (int64_t k = kb; k < ke; ++k)
               std::memcpy(bw + (t * K + k) * C, w + ((k * sh.R + r) * sh.S + q) * C, C * sizeof(float));
