@@ -38,10 +38,10 @@ CASES = {
     "resnet_l2": (2, 128, 28, 28, 128, (1, 1, 1, 1)),
     # 4 tiles (batch 1, 7 x 7): few tiles pay where the weights are not too large for them
     "few_tiles_7x7": (1, 64, 7, 7, 96, (1, 1, 1, 1)),
-    # an NCHW layer with large images and tensors (8.5 MB) computed in NCHW, where the others are
-    # computed in channels_last (conv2d.cpp's winograd_format)
-    "nchw_native_large": (1, 16, 260, 256, 16, (1, 1, 1, 1)),
 }
+# (NCHW layers with images of up to 17 x 17 are computed in channels_last, conv2d.cpp's
+# winograd_format: 16ch, odd_17_33_edges, asym_pad, c300_chunks and few_tiles_7x7 here; the
+# others in NCHW)
 # (the weight is read in either layout in place: OIHW, or channels_last's KRSC)
 LAYOUTS = ["nchw", "nhwc", "x_nhwc_w_nchw", "x_nchw_w_nhwc"]
 

@@ -1574,16 +1574,14 @@ bool winograd_forward(const Conv2dShape& sh, const Conv2dParams& p) {
   return winograd::enabled() &&
          winograd::applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.groups, sh.Ho, sh.Wo);
 }
-// The layout Winograd computes a 3x3 layer in (both run natively): an NCHW layer's in channels_last
-// (its input and result copied, layout.h's scratch tensors) unless its images are large (56 x 56
-// and more) and its tensors too (8 MiB for input and result), where the NCHW transforms' long
-// rows won. Batch 8, 2 threads, in-process A/B, forward (data gradient): 64 @14 +10 % (+8),
-// 128 @28 +6 % (-5-+3), 256 @14 +13 % (+3), 512 @7 +9 % (+2), 512 @14 +15 %, GoogLeNet's
-// 96 -> 208 @14 +8 % (+13), 96 @35 +3 % (+3), batch 1 128 @56 +4 %; kept NCHW: 64 @56 -2 %
-// (0), 64 @112 -6 %, 256 @56 -3 %, batch 2 64 @224 -4 %.
-at::MemoryFormat winograd_format(at::MemoryFormat mf, int64_t N, int64_t C, int64_t K, int64_t H, int64_t W) {
-  if (mf == at::MemoryFormat::ChannelsLast) return mf;
-  return H * W < 3136 || N * (C + K) * H * W * 4 < (int64_t(8) << 20) ? at::MemoryFormat::ChannelsLast : mf;
+// The layout Winograd computes a 3x3 layer in (both run natively): an NCHW layer's with images of
+// up to 17 x 17 in channels_last (its input and result copied, layout.h's scratch tensors), where
+// the NCHW transposes into and out of the tiles cost more than the copies. Batch 8, 2 threads,
+// in-process A/B, forward (data gradient): 64 @14 +13 % (+13), 128 @7 +3 %, 256 @14 +5 % (+4),
+// 512 @7 +8 % (+6), 512 @14 +8 %, GoogLeNet's 96 -> 208 @14 +7 % (+4), 192 @17 +3 % (-1); kept
+// NCHW: 64 @20 -3 % (-3), 128 @28 -7 % (-3), 64 @56 -15 % (-19), 64 @112 -21 %, batch 1 128 @56 -6 %.
+at::MemoryFormat winograd_format(at::MemoryFormat mf, int64_t H, int64_t W) {
+  return H * W <= 17 * 17 ? at::MemoryFormat::ChannelsLast : mf;
 }
 bool winograd_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
   return winograd::enabled() &&
@@ -2158,7 +2156,7 @@ struct CpuConv {
     const bool grp_nchw = !wino && !wide && input.scalar_type() != at::kDouble && grouped::nchw_applicable(sh, p) &&
                           (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
-    const auto cf = wino     ? winograd_format(mf, sh.N, sh.C, sh.K, sh.H, sh.W)
+    const auto cf = wino     ? winograd_format(mf, sh.H, sh.W)
                     : grp_nchw ? mf  // (the grouped NCHW kernel reads and writes either layout)
                     : grp      ? at::MemoryFormat::ChannelsLast
                                : compute_format(mf, sh, p, ct == at::kFloat);
@@ -2237,7 +2235,7 @@ struct CpuConv {
                           grouped::data_grad_nchw_applicable(sh, p) && (mf == at::MemoryFormat::Contiguous || !grp_cl);
     const bool grp = !wino && !grp_nchw && grp_cl;
     const bool few = grad_output.scalar_type() == at::kFloat && few_channels_nchw_grads(sh, p);
-    const auto cf = wino     ? winograd_format(mf, sh.N, sh.K, sh.C, sh.Ho, sh.Wo)
+    const auto cf = wino     ? winograd_format(mf, sh.Ho, sh.Wo)
                     : grp_nchw ? mf
                     : grp      ? at::MemoryFormat::ChannelsLast
                     : few      ? at::MemoryFormat::Contiguous

@@ -52,6 +52,7 @@
 #include "winograd.h"
 
 #include "gemm.h"
+#include "layout.h"
 #include "vec.h"
 
 #include <ATen/Parallel.h>
@@ -284,24 +285,13 @@ WINO_INLINE void fill_band(const float* x, const Geometry& g, int64_t n, int64_t
         }
       }
     } else {
-      // [C][W] -> [W][Cp], 8 channels x 8 columns at a time; band column u reads x column u - pad_l.
+      // [C][W] -> [W][Cp] by layout.h's 8 x 8 transposes; band column u reads x column u - pad_l.
+      // (A scalar copy was a sixth of an NCHW layer's time: 64 @56, batch 8.)
       const int64_t HW = g.H * g.W;
       const float* xr = x + (n * C * g.H + h) * g.W + (u0 - g.pad_l);  // xr[c * HW + (u - u0)]
-      int64_t c0 = 0;
-      for (; c0 + 8 <= C; c0 += 8) {
-        int64_t u = u0;
-        for (; u + 8 <= u1; u += 8)
-          for (int cc = 0; cc < 8; ++cc) {
-            const float* src = xr + (c0 + cc) * HW + (u - u0);
-            for (int uu = 0; uu < 8; ++uu) row[(u + uu) * Cp + c0 + cc] = src[uu];
-          }
-        for (; u < u1; ++u)
-          for (int cc = 0; cc < 8; ++cc) row[u * Cp + c0 + cc] = xr[(c0 + cc) * HW + (u - u0)];
-      }
-      for (int64_t u = u0; u < u1; ++u) {
-        for (int64_t c = c0; c < C; ++c) row[u * Cp + c] = xr[c * HW + (u - u0)];
-        for (int64_t c = C; c < Cp; ++c) row[u * Cp + c] = 0.f;
-      }
+      transpose_strided(xr, HW, row + u0 * Cp, Cp, C, u1 - u0);
+      if (Cp > C)
+        for (int64_t u = u0; u < u1; ++u) std::memset(row + u * Cp + C, 0, (Cp - C) * sizeof(float));
     }
   }
 }
@@ -339,8 +329,9 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   // a multiple of 4 KiB they would all map to one L1 set (and 4K-alias).
   const int64_t vs = TB * Cp + 16, ms = TB * Kc + 16, ps = ntp * Cp + 16;
   float* v = tls_buffer(1, 36 * vs);
-  float* m = tls_buffer(2, 36 * ms + 16 * Kc);
-  float* obuf = m + 36 * ms;  // NCHW: one output tile, [16][Kc]
+  float* m = tls_buffer(2, 36 * ms + 32 * Kc);
+  float* obuf = m + 36 * ms;      // NCHW: one output tile, [16][Kc]
+  float* obuf_t = obuf + 16 * Kc;  // and transposed, [Kc][16]
   float* vp = tls_buffer(3, ps);  // one point's V packed (small weights)
 
   // Input transform: V[xi][t][c].
@@ -431,13 +422,19 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
             for (int64_t j = 0; j < wn; ++j) dst[2 * i * W2 + 2 * j] = src[(i * 4 + j) * Kc];
         }
       } else if (!g.nhwc) {
+        // the tile's [16][Kc] -> [Kc][16] by layout.h's 8 x 8 transposes, then each channel's
+        // 4 x 4 pixels a row at a time (a scalar scatter cost as much as the input's copy)
         const int64_t P = g.Ho * g.Wo;
         float* yt = y + n * g.K * P + h0 * g.Wo + w0;
+        transpose_strided(obuf + (kb - k0), Kc, obuf_t, 16, 16, kend - kb);
         for (int64_t k = kb; k < kend; ++k) {
-          const float* src = obuf + (k - k0);
+          const float* src = obuf_t + (k - kb) * 16;
           float* dst = yt + k * P;
-          for (int64_t i = 0; i < hn; ++i)
-            for (int64_t j = 0; j < wn; ++j) dst[i * g.Wo + j] = src[(i * 4 + j) * Kc];
+          if (wn == 4)
+            for (int64_t i = 0; i < hn; ++i) std::memcpy(dst + i * g.Wo, src + i * 4, 4 * sizeof(float));
+          else
+            for (int64_t i = 0; i < hn; ++i)
+              for (int64_t j = 0; j < wn; ++j) dst[i * g.Wo + j] = src[i * 4 + j];
         }
       }
     }
@@ -538,24 +535,12 @@ WINO_INLINE void fill_dy_band(const float* dy, const Geometry& g, int64_t n, int
         std::memcpy(row + u * Kp, src + u * K, K * sizeof(float));
         std::memset(row + u * Kp + K, 0, (Kp - K) * sizeof(float));
       }
-    } else {
+    } else {  // [K][Wo] -> [Wo][Kp] (layout.h's transposes, as fill_band's)
       const int64_t P = g.Ho * g.Wo;
       const float* src = dy + n * K * P + h * g.Wo;  // src[k * P + u]
-      int64_t k0 = 0;
-      for (; k0 + 8 <= K; k0 += 8) {
-        int64_t u = 0;
-        for (; u + 8 <= g.Wo; u += 8)
-          for (int kk = 0; kk < 8; ++kk) {
-            const float* sp = src + (k0 + kk) * P + u;
-            for (int uu = 0; uu < 8; ++uu) row[(u + uu) * Kp + k0 + kk] = sp[uu];
-          }
-        for (; u < g.Wo; ++u)
-          for (int kk = 0; kk < 8; ++kk) row[u * Kp + k0 + kk] = src[(k0 + kk) * P + u];
-      }
-      for (int64_t u = 0; u < g.Wo; ++u) {
-        for (int64_t k = k0; k < K; ++k) row[u * Kp + k] = src[k * P + u];
-        for (int64_t k = K; k < Kp; ++k) row[u * Kp + k] = 0.f;
-      }
+      transpose_strided(src, P, row, Kp, K, g.Wo);
+      if (Kp > K)
+        for (int64_t u = 0; u < g.Wo; ++u) std::memset(row + u * Kp + K, 0, (Kp - K) * sizeof(float));
     }
   }
 }
