@@ -73,10 +73,14 @@ void moments_span(const T* __restrict x, int64_t n, at::opmath_type<T> shift, do
   }
 }
 
-// The channels_last row loops below are always inlined into each()'s builds
-// (isa_each.h: AVX-512 / AVX2 / baseline by the CPU's feature bits); this file is
+// The channels_last row loops below are always inlined into each_streaming()'s builds
+// (isa_each.h: AVX2 at most, else the baseline, by the CPU's feature bits); this file is
 // otherwise compiled for baseline x86-64 (measured: the channels_last training
-// step 10-20 % faster with 16-float registers than with 4).
+// step 10-20 % faster with 16-float registers than with 4). Not AVX-512's: on Zen 5 (2 threads,
+// batch 8, training forward + backward, in-process A/B, each op on its own tensors) its builds
+// were slower, 1.80 -> 1.47 ms @28 x 512, 0.77 -> 0.68 @14 x 1024, 3.75 -> 3.22 @112 x 64,
+// 3.48 -> 3.31 @56 x 256 (eval within 2 %); the NCHW planes keep AVX-512's (eval @28 x 512
+// 0.40 against 0.51, @7 x 2048 0.053 against 0.061).
 //
 // Channel rows (channels_last): s1[c] += x[c] - shift[c] and s2[c] += (x[c] -
 // shift[c])^2 over npix pixel rows `stride` apart, in the compute type;
@@ -386,7 +390,7 @@ struct CpuNorm {
       const auto row_sums = [&](const std::vector<acc_t>& shift) {
         return channel_sums<2, acc_t>(g, no_span, [&](int64_t off, int64_t c0, int64_t nc, int64_t np, acc_t* acc,
                                                       int64_t rl) {
-          each(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
+          each_streaming(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
             shifted_moments_rows<scalar_t>(xp + off + c0, g.C, np, nc, shift.data() + c0, acc, acc + rl);
           });
         });
@@ -491,7 +495,7 @@ struct CpuNorm {
         } else {
           at::parallel_for(0, g.N * g.HW, plane_grain(g.C, 16), [&](int64_t b0, int64_t e0) {
             const int64_t off = b0 * g.C;
-            each(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
+            each_streaming(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
               apply_rows<scalar_t, kRes(), kRelu()>(xp + off, rp ? rp + off : nullptr, yp + off, g.C, e0 - b0, g.C,
                                                     scale.data(), shift.data());
             });
@@ -537,7 +541,7 @@ struct CpuNorm {
               },
               [&](int64_t off, int64_t c0, int64_t nc, int64_t np, acc_t* acc, int64_t rl) {
                 off += c0;
-                each(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
+                each_streaming(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
                   bwd_sums_rows<scalar_t, kRelu(), kStore()>(gp + off, yp ? yp + off : nullptr, xp + off,
                                                              grp ? grp + off : nullptr, g.C, np, nc, mu.data() + c0,
                                                              acc, acc + rl);
@@ -572,7 +576,7 @@ struct CpuNorm {
           } else {
             at::parallel_for(0, g.N * g.HW, plane_grain(g.C, 16), [&](int64_t b0, int64_t e0) {
               const int64_t off = b0 * g.C;
-              each(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
+              each_streaming(0, 1, [&](int64_t) CONVX_ALWAYS_INLINE {
                 dx_rows<scalar_t, kRelu(), kHaveDz()>(gp + off, yp ? yp + off : nullptr, grp ? grp + off : nullptr,
                                                       xp + off, gxp + off, g.C, e0 - b0, g.C, A.data(), B.data(),
                                                       C0.data(), training);
