@@ -39,9 +39,8 @@ CASES = {
     # 4 tiles (batch 1, 7 x 7): few tiles pay where the weights are not too large for them
     "few_tiles_7x7": (1, 64, 7, 7, 96, (1, 1, 1, 1)),
 }
-# (NCHW layers with images of up to 17 x 17 are computed in channels_last, conv2d.cpp's
-# winograd_format: 16ch, odd_17_33_edges, asym_pad, c300_chunks and few_tiles_7x7 here; the
-# others in NCHW)
+# (NCHW layers with images of up to 14 x 14 pixels are computed in channels_last, conv2d.cpp's
+# winograd_format: odd_17_33_edges, c300_chunks and few_tiles_7x7 here; the others in NCHW)
 # (the weight is read in either layout in place: OIHW, or channels_last's KRSC)
 LAYOUTS = ["nchw", "nhwc", "x_nhwc_w_nchw", "x_nchw_w_nhwc"]
 

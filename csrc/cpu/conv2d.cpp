@@ -1575,13 +1575,13 @@ bool winograd_forward(const Conv2dShape& sh, const Conv2dParams& p) {
          winograd::applicable(sh.N, sh.C, sh.K, sh.R, sh.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.groups, sh.Ho, sh.Wo);
 }
 // The layout Winograd computes a 3x3 layer in (both run natively): an NCHW layer's with images of
-// up to 17 x 17 in channels_last (its input and result copied, layout.h's scratch tensors), where
-// the NCHW transposes into and out of the tiles cost more than the copies. Batch 8, 2 threads,
-// in-process A/B, forward (data gradient): 64 @14 +13 % (+13), 128 @7 +3 %, 256 @14 +5 % (+4),
-// 512 @7 +8 % (+6), 512 @14 +8 %, GoogLeNet's 96 -> 208 @14 +7 % (+4), 192 @17 +3 % (-1); kept
-// NCHW: 64 @20 -3 % (-3), 128 @28 -7 % (-3), 64 @56 -15 % (-19), 64 @112 -21 %, batch 1 128 @56 -6 %.
+// up to 14 x 14 in channels_last (its input and result copied, layout.h's scratch tensors), where
+// the NCHW transposes into and out of the tiles cost about as much as the copies or more. Batch
+// 8, 2 threads, in-process A/B (the order alternating), forward (data gradient): 128 @7 -2 %
+// (+14 %), GoogLeNet's 96 -> 208 @14 +5 % (+9 %), 512 @7 +2 % (+2 %), 256 @14 -1 % (+2 %),
+// 64 @14 -2 % (0); kept NCHW: 192 @17 +1 % (-2 %), 64 @20 -4 % (0), 128 @28 -3 %, 64 @56 -14 %.
 at::MemoryFormat winograd_format(at::MemoryFormat mf, int64_t H, int64_t W) {
-  return H * W <= 17 * 17 ? at::MemoryFormat::ChannelsLast : mf;
+  return H * W <= 14 * 14 ? at::MemoryFormat::ChannelsLast : mf;
 }
 bool winograd_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
   return winograd::enabled() &&
