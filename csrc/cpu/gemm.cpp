@@ -41,7 +41,8 @@ template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = fa
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
                                                         T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
                                                         int64_t ldb = 0, int64_t nrows = 1, int64_t arow = 0,
-                                                        int64_t brow = 0, const T* pf = nullptr) {
+                                                        int64_t brow = 0, const T* pf = nullptr,
+                                                        const T* bias = nullptr) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
@@ -49,10 +50,17 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
   // left the 24-iteration nests rolled, kept acc in a stack array and copied it in and out
   // around the k loop (measured in L1: 140 -> 167 GFLOP/s at kc = 16, 180 -> 189 at 64).
   V acc[MR][NV];
+  // bias (with !add): C = A B + bias, the accumulators starting from it
+  V bv0[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    bv0[j] = V{};
+    if (bias && !add) std::memcpy(&bv0[j], bias + j * VL, sizeof(V));
+  }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = V{};
+    for (int j = 0; j < NV; ++j) acc[i][j] = bv0[j];
   // The C tile's lines are requested for writing now, so their misses (C is
   // often far out of cache: a 1x1 convolution's output) overlap the k loop.
 #pragma GCC unroll 16
@@ -128,12 +136,13 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
 template <typename T>
 using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
 template <typename T>
-using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, const T* pf);
+using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, const T* pf, const T* bias);
 template <typename T>
 using UKernelBRows = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, bool, int64_t, int64_t,
                               int64_t);
 template <typename T>
-using UKernelRowsSeg = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, int64_t, int64_t, int64_t);
+using UKernelRowsSeg = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, int64_t, int64_t, int64_t,
+                                const T* bias);
 
 // One build of the register tile per instruction set, chosen once at load
 // time from the CPU's feature bits (not its model name: an AMD EPYC has AVX2
@@ -158,26 +167,27 @@ template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_rows_avx512(int64_t kc, const T* a,
                                                                                    int64_t lda, const T* b, T* c,
                                                                                    int64_t rsc, bool add,
-                                                                                   const T* pf) {
+                                                                                   const T* pf, const T* bias) {
   if (pf)
-    ukernel_body<T, MR, NR, 64, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf);
+    ukernel_body<T, MR, NR, 64, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias);
   else
-    ukernel_body<T, MR, NR, 64, true>(kc, a, b, c, rsc, add, lda);
+    ukernel_body<T, MR, NR, 64, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_rows_avx2(int64_t kc, const T* a, int64_t lda, const T* b, T* c,
-                                                           int64_t rsc, bool add, const T* pf) {
+                                                           int64_t rsc, bool add, const T* pf, const T* bias) {
   if (pf)
-    ukernel_body<T, MR, NR, 32, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf);
+    ukernel_body<T, MR, NR, 32, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias);
   else
-    ukernel_body<T, MR, NR, 32, true>(kc, a, b, c, rsc, add, lda);
+    ukernel_body<T, MR, NR, 32, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias);
 }
 template <typename T, int MR, int NR>
-void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add, const T* pf) {
+void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add, const T* pf,
+                       const T* bias) {
   if (pf)
-    ukernel_body<T, MR, NR, 16, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf);
+    ukernel_body<T, MR, NR, 16, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias);
   else
-    ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda);
+    ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_brows_avx512(int64_t kc, const T* a,
@@ -202,19 +212,19 @@ void ukernel_brows_base(int64_t kc, const T* a, int64_t lda, const T* b, int64_t
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_rows_seg_avx512(
     int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add, int64_t nrows, int64_t arow,
-    int64_t brow) {
-  ukernel_body<T, MR, NR, 64, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow);
+    int64_t brow, const T* bias) {
+  ukernel_body<T, MR, NR, 64, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow, nullptr, bias);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_rows_seg_avx2(int64_t kc, const T* a, int64_t lda, const T* b, T* c,
                                                                int64_t rsc, bool add, int64_t nrows, int64_t arow,
-                                                               int64_t brow) {
-  ukernel_body<T, MR, NR, 32, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow);
+                                                               int64_t brow, const T* bias) {
+  ukernel_body<T, MR, NR, 32, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow, nullptr, bias);
 }
 template <typename T, int MR, int NR>
 void ukernel_rows_seg_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add,
-                           int64_t nrows, int64_t arow, int64_t brow) {
-  ukernel_body<T, MR, NR, 16, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow);
+                           int64_t nrows, int64_t arow, int64_t brow, const T* bias) {
+  ukernel_body<T, MR, NR, 16, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow, nullptr, bias);
 }
 
 // The register tile with A's rows gathered (gemm_rows' gather): n runs of len steps, run t's MR rows
@@ -223,15 +233,22 @@ void ukernel_rows_seg_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c
 template <typename T, int MR, int NR, int VB>
 __attribute__((always_inline)) inline void ukernel_gather_body(int n, int64_t len, const int64_t* koff,
                                                                const T* const (*a)[16], const T* b,
-                                                               T* const* crow, int64_t coff, bool add) {
+                                                               T* const* crow, int64_t coff, bool add,
+                                                               const T* bias) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
   V acc[MR][NV];
+  V bv0[NV];  // bias (with !add): the accumulators start from it
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    bv0[j] = V{};
+    if (bias && !add) std::memcpy(&bv0[j], bias + j * VL, sizeof(V));
+  }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = V{};
+    for (int j = 0; j < NV; ++j) acc[i][j] = bv0[j];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
@@ -274,23 +291,24 @@ __attribute__((always_inline)) inline void ukernel_gather_body(int n, int64_t le
   }
 }
 using UKernelGather = void (*)(int, int64_t, const int64_t*, const float* const (*)[16], const float*, float* const*,
-                               int64_t, bool);
+                               int64_t, bool, const float* bias);
 template <int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_gather_avx512(
     int n, int64_t len, const int64_t* koff, const float* const (*a)[16], const float* b, float* const* crow,
-    int64_t coff, bool add) {
-  ukernel_gather_body<float, MR, NR, 64>(n, len, koff, a, b, crow, coff, add);
+    int64_t coff, bool add, const float* bias) {
+  ukernel_gather_body<float, MR, NR, 64>(n, len, koff, a, b, crow, coff, add, bias);
 }
 template <int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_gather_avx2(int n, int64_t len, const int64_t* koff,
                                                              const float* const (*a)[16], const float* b,
-                                                             float* const* crow, int64_t coff, bool add) {
-  ukernel_gather_body<float, MR, NR, 32>(n, len, koff, a, b, crow, coff, add);
+                                                             float* const* crow, int64_t coff, bool add,
+                                                             const float* bias) {
+  ukernel_gather_body<float, MR, NR, 32>(n, len, koff, a, b, crow, coff, add, bias);
 }
 template <int MR, int NR>
 void ukernel_gather_base(int n, int64_t len, const int64_t* koff, const float* const (*a)[16], const float* b,
-                         float* const* crow, int64_t coff, bool add) {
-  ukernel_gather_body<float, MR, NR, 16>(n, len, koff, a, b, crow, coff, add);
+                         float* const* crow, int64_t coff, bool add, const float* bias) {
+  ukernel_gather_body<float, MR, NR, 16>(n, len, koff, a, b, crow, coff, add, bias);
 }
 
 // A kernel and its blocking: KC x NR slivers of B stay in L1 (48 KiB on these
@@ -795,11 +813,12 @@ void gemm_serial(
                 if (csc == 1 && nr == NR) {
                   // the first of the MR rows' tiles prefetches the next MR rows (PF)
                   const bool next = jr == jg && ic + ir + 2 * MR <= M;
-                  kn.ur(kc, arows, lda, bpack + jr * kc, c, rsc, add, next && !copy ? ablk + (ir + MR) * rsa : nullptr);
+                  kn.ur(kc, arows, lda, bpack + jr * kc, c, rsc, add, next && !copy ? ablk + (ir + MR) * rsa : nullptr,
+                        nullptr);
                   continue;
                 }
                 const int tn = tile_of(jr);
-                (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr);
+                (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr, nullptr);
                 from_tile(c, MR, nr, tn);
               }
             }
@@ -812,7 +831,7 @@ void gemm_serial(
             for (int64_t jr = 0; jr < nc; jr += NR)
               if (nc - jr >= NR && tile_of(jr) == NR)
                 kn.ur_part[mr](kc, ablk + mfull * rsa, rsa, bpack + jr * kc, C + (ic + mfull) * rsc + jc + jr, rsc,
-                               add, nullptr);
+                               add, nullptr, nullptr);
           if (part && nc % NR == 0) continue;
           // else (or for its last, partial column panel) the packed path below
           pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, apack);
@@ -1008,7 +1027,7 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
         auto tile_at = [&](int64_t ir, int tw, const T* bp, T* c, int64_t ldc, bool addc) {
           if (!lda) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bp, c, ldc, addc);
           if (ir >= mfull) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apart, bp, c, ldc, addc);
-          (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows + ir * lda, lda, bp, c, ldc, addc, nullptr);
+          (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows + ir * lda, lda, bp, c, ldc, addc, nullptr, nullptr);
         };
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t jr = p * NR;
@@ -1065,13 +1084,15 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
 void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
                       const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate,
                       DirectFn direct = nullptr, int64_t seg_len = 0, GatherFn gather = nullptr,
-                      bool gather_blocks = false) {
+                      bool gather_blocks = false, const float* bias = nullptr) {
   const int MR = kn.MR, NR = kn.NR;
   const UKernelGather ug = gather && seg_len > 0 ? gather_kernel(kn) : nullptr;
   const UKernelGather ug_narrow = ug && kn.uk_narrow ? gather_kernel_narrow(kn) : nullptr;
   // a last panel of at most 16 columns on the MR x 16 tile where the kernel has one for each way
   // the rows are read
   const bool narrow_ok = kn.ur_narrow && kn.urs_narrow && (!ug || ug_narrow);
+  if (M > 0 && N > 0 && K <= 0 && bias && !accumulate)
+    for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * rsc, bias, N * sizeof(float));
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t NC = block_n(kn, M);
   // Gathered rows (gather_blocks: gemm_rows' product has 8 tiles of rows or more, whatever share of
@@ -1126,6 +1147,8 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   // packed block (bpack: panels [nc / NR][kc][NR]).
   auto rows_block = [&](int64_t i0, int64_t i1, int64_t jc, int64_t nc, int64_t pc, int64_t kc, const float* bpack) {
     const bool add = accumulate || pc > 0;
+    // bias: the first block's tiles start their accumulators from it (C's columns jc + jr on)
+    const float* b0 = bias && pc == 0 ? bias + jc : nullptr;
     // a last panel of at most 16 columns packed 16 wide (pack_b_narrow) on the MR x 16 tile
     const int64_t jtail = narrow_ok && narrow_tail(kn, nc) ? nc - nc % NR : nc;
     auto width = [&](int64_t jr) { return jr == jtail ? 16 : NR; };
@@ -1155,12 +1178,13 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             rows(ctx, ir, mr, pc, kc, arows);
             if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
           }
+
           for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
             const int64_t nr = std::min<int64_t>(NR, nc - jr), tw = width(jr);
             float* c = C + ir * rsc + (jc + jr);
             const bool whole = mr == MR && nr == tw;
             if (mr < MR && nr == NR && tw == NR && kn.ur_part) {  // a partial row panel: mr rows straight to C
-              kn.ur_part[mr](kc, arows, kc, bpack + jr * kc, c, rsc, add, nullptr);
+              kn.ur_part[mr](kc, arows, kc, bpack + jr * kc, c, rsc, add, nullptr, b0 ? b0 + jr : nullptr);
               continue;
             }
             float* dst = whole ? c : tile;
@@ -1168,9 +1192,10 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             const bool addd = whole && add;
             if (in_place)
               (tw == NR ? kn.urs : kn.urs_narrow)(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n,
-                                                  sg.step, sg.len * tw);
+                                                  sg.step, sg.len * tw, b0 ? b0 + jr : nullptr);
             else
-              (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr);
+              (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr,
+                                                b0 ? b0 + jr : nullptr);
             if (whole) continue;
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j)
@@ -1220,15 +1245,16 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
                   for (int64_t l = 0; l < q.len * int64_t(sizeof(float)); l += 64)
                     __builtin_prefetch(reinterpret_cast<const char*>(q.at[u][i]) + l, 0, 3);
           }
-          if (g[t].n == 0 && add) continue;
           const int64_t ir = r0 + t * MR, mr = std::min<int64_t>(MR, M - ir);
+          if (g[t].n == 0 && add) continue;
+          const float* bj = b0 ? b0 + jr : nullptr;
           if (mr == MR && nr == tw) {
-            ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, g[t].c, jc + jr, add);
+            ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, g[t].c, jc + jr, add, bj);
             continue;
           }
           float* trow[16];
           for (int i = 0; i < MR; ++i) trow[i] = tile + i * tw;
-          ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, trow, 0, false);
+          ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, trow, 0, false, bj);
           for (int64_t i = 0; i < mr; ++i) {
             float* c = g[t].c[i] + jc + jr;
             for (int64_t j = 0; j < nr; ++j) c[j] = add ? c[j] + tile[i * tw + j] : tile[i * tw + j];
@@ -1272,7 +1298,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
 
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct, int64_t seg_len,
-               GatherFn gather) {
+               GatherFn gather, const float* bias) {
   // Gathered rows on the 12 x 32 tile rather than 6 x 64 (33-64 columns): the tile's B panel, 256
   // steps of 64 floats, did not fit L1 (64 -> 64 3x3 stride 2 @112, batch 8, one thread: 5 % slower).
   const Kernel<float>& fit = kernel_for<float>(M, N);
@@ -1281,7 +1307,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
     return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len, gather,
-                            gather_blocks);
+                            gather_blocks, bias);
   // Rows split between the threads (each makes only its rows of A; B is packed by each), unless
   // there are few rows, or fewer than twice the columns and those enough for whole panels a
   // thread: then columns (A's rows made, or read in place, by every thread; B's panels packed
@@ -1325,7 +1351,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
               return n;
             })
                    : GatherFn(nullptr),
-            gather_blocks);
+            gather_blocks, bias);
       }
     });
   } else {
@@ -1334,7 +1360,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
       for (int64_t t = b; t < e; ++t) {
         const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
         gemm_rows_serial(kn, M, nj, K, rows, ctx, B + j0 * csb, rsb, csb, C + j0, rsc, accumulate, direct, seg_len,
-                         gather, gather_blocks);
+                         gather, gather_blocks, bias ? bias + j0 : nullptr);
       }
     });
   }
@@ -1585,8 +1611,8 @@ void micro_tile_product_a_rows(const MicroTile& mt, int64_t kc, const T* A, int6
                                int64_t ldc, int64_t mr, bool add) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
   if (!l1_sets_crowded(lda * int64_t(sizeof(T)), kn.MR, kc * int64_t(sizeof(T)))) {
-    if (mr == kn.MR) return kn.ur(kc, A, lda, Bp, C, ldc, add, nullptr);
-    if (kn.ur_part) return kn.ur_part[mr](kc, A, lda, Bp, C, ldc, add, nullptr);
+    if (mr == kn.MR) return kn.ur(kc, A, lda, Bp, C, ldc, add, nullptr, nullptr);
+    if (kn.ur_part) return kn.ur_part[mr](kc, A, lda, Bp, C, ldc, add, nullptr, nullptr);
   }
   alignas(64) T panel[16 * 256];  // (MR <= 16, kc <= KC = 256)
   pack_a(kn.MR, mr, kc, A, lda, int64_t(1), panel);
