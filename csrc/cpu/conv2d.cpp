@@ -503,7 +503,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
       const int64_t nn = std::min(nb, N - n);
       const T* xg = xp + (n * sh.C + g * Cg) * HW;
       T* yg = yp + (n * sh.K + g * Kg) * P;
-      if (bp)
+      // the weights packed once (wpack): the products start from the bias (rb), no pass over y first
+      const T* rb = wpack.data && bp ? bp + g * Kg : nullptr;
+      if (bp && !rb)
         maybe_parallel_for(par, 0, nn * Kg, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, P)),
                            [&](int64_t b0, int64_t e0) {
                              for (int64_t ik = b0; ik < e0; ++ik) {
@@ -512,7 +514,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
                              }
                            });
       if (wpack.data && direct)  // B: the images' planes themselves
-        return gemm_packed_a<T>(wpack, nn * P, BatchCols{P, sh.C * HW, sh.K * P}, xg, P, yg, P, bp != nullptr, par);
+        return gemm_packed_a<T>(wpack, nn * P, BatchCols{P, sh.C * HW, sh.K * P}, xg, P, yg, P, false, par, rb);
       if (nn > 1) {  // the images' im2col (a 1x1 layer's planes) side by side: col [CRS, nn * P]
         maybe_parallel_for(par, 0, nn, 1, [&](int64_t ib, int64_t ie) {
           for (int64_t i = ib; i < ie; ++i)
@@ -536,12 +538,12 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
             }
           return;
         }
-        return gemm_packed_a<T>(wpack, nn * P, BatchCols{P, P, sh.K * P}, col, nn * P, yg, P, bp != nullptr, par);
+        return gemm_packed_a<T>(wpack, nn * P, BatchCols{P, P, sh.K * P}, col, nn * P, yg, P, false, par, rb);
       }
       // yc [Kg, cols] (row stride P) (+)= W_g col [CRS, cols]
       auto product = [&](int64_t cols, const T* colp, T* yc) {
         if (wpack.data)
-          gemm_packed_a<T>(wpack, cols, BatchCols{cols, 0, 0}, colp, cols, yc, P, bp != nullptr, par);
+          gemm_packed_a<T>(wpack, cols, BatchCols{cols, 0, 0}, colp, cols, yc, P, false, par, rb);
         else
           gemm<T>(Kg, cols, CRS, wp + g * Kg * CRS, CRS, 1, colp, cols, 1, yc, P, 1, bp != nullptr, par);
       };

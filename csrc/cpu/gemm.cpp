@@ -42,7 +42,7 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
                                                         T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
                                                         int64_t ldb = 0, int64_t nrows = 1, int64_t arow = 0,
                                                         int64_t brow = 0, const T* pf = nullptr,
-                                                        const T* bias = nullptr) {
+                                                        const T* bias = nullptr, const T* rbias = nullptr) {
   constexpr int VL = VB / int(sizeof(T));
   constexpr int NV = NR / VL;
   typedef T V __attribute__((vector_size(VB)));
@@ -61,6 +61,12 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = bv0[j];
+  // rbias (with !add): C = A B + rbias[i] along each row (an NCHW layer's bias by output channel)
+  if (rbias && !add)
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] += rbias[i];
   // The C tile's lines are requested for writing now, so their misses (C is
   // often far out of cache: a 1x1 convolution's output) overlap the k loop.
 #pragma GCC unroll 16
@@ -134,9 +140,10 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
 }
 
 template <typename T>
-using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool);
+using UKernel = void (*)(int64_t, const T*, const T*, T*, int64_t, bool, const T* rbias);
 template <typename T>
-using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, const T* pf, const T* bias);
+using UKernelRows = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_t, bool, const T* pf, const T* bias,
+                             const T* rbias);
 template <typename T>
 using UKernelBRows = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, bool, int64_t, int64_t,
                               int64_t);
@@ -151,43 +158,46 @@ using UKernelRowsSeg = void (*)(int64_t, const T*, int64_t, const T*, T*, int64_
 // a[i] a broadcast operand of the FMA), AVX2 6 x 16 / 6 x 8 (12 of 16 ymm).
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_avx512(int64_t kc, const T* a, const T* b,
-                                                                              T* c, int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 64>(kc, a, b, c, rsc, add);
+                                                                              T* c, int64_t rsc, bool add,
+                                                                              const T* rbias) {
+  ukernel_body<T, MR, NR, 64>(kc, a, b, c, rsc, add, 0, 0, 1, 0, 0, nullptr, nullptr, rbias);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_avx2(int64_t kc, const T* a, const T* b, T* c, int64_t rsc,
-                                                      bool add) {
-  ukernel_body<T, MR, NR, 32>(kc, a, b, c, rsc, add);
+                                                      bool add, const T* rbias) {
+  ukernel_body<T, MR, NR, 32>(kc, a, b, c, rsc, add, 0, 0, 1, 0, 0, nullptr, nullptr, rbias);
 }
 template <typename T, int MR, int NR>
-void ukernel_base(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, bool add) {
-  ukernel_body<T, MR, NR, 16>(kc, a, b, c, rsc, add);
+void ukernel_base(int64_t kc, const T* a, const T* b, T* c, int64_t rsc, bool add, const T* rbias) {
+  ukernel_body<T, MR, NR, 16>(kc, a, b, c, rsc, add, 0, 0, 1, 0, 0, nullptr, nullptr, rbias);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_rows_avx512(int64_t kc, const T* a,
                                                                                    int64_t lda, const T* b, T* c,
                                                                                    int64_t rsc, bool add,
-                                                                                   const T* pf, const T* bias) {
+                                                                                   const T* pf, const T* bias,
+                                                                                   const T* rbias) {
   if (pf)
-    ukernel_body<T, MR, NR, 64, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias);
+    ukernel_body<T, MR, NR, 64, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias, rbias);
   else
-    ukernel_body<T, MR, NR, 64, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias);
+    ukernel_body<T, MR, NR, 64, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias, rbias);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx2,fma"))) void ukernel_rows_avx2(int64_t kc, const T* a, int64_t lda, const T* b, T* c,
-                                                           int64_t rsc, bool add, const T* pf, const T* bias) {
+                                                           int64_t rsc, bool add, const T* pf, const T* bias,
+                                                           const T* rbias) {
   if (pf)
-    ukernel_body<T, MR, NR, 32, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias);
+    ukernel_body<T, MR, NR, 32, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias, rbias);
   else
-    ukernel_body<T, MR, NR, 32, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias);
+    ukernel_body<T, MR, NR, 32, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias, rbias);
 }
 template <typename T, int MR, int NR>
 void ukernel_rows_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add, const T* pf,
-                       const T* bias) {
+                       const T* bias, const T* rbias) {
   if (pf)
-    ukernel_body<T, MR, NR, 16, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias);
+    ukernel_body<T, MR, NR, 16, true, false, false, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, pf, bias, rbias);
   else
-    ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias);
+    ukernel_body<T, MR, NR, 16, true>(kc, a, b, c, rsc, add, lda, 0, 1, 0, 0, nullptr, bias, rbias);
 }
 template <typename T, int MR, int NR>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_brows_avx512(int64_t kc, const T* a,
@@ -814,11 +824,12 @@ void gemm_serial(
                   // the first of the MR rows' tiles prefetches the next MR rows (PF)
                   const bool next = jr == jg && ic + ir + 2 * MR <= M;
                   kn.ur(kc, arows, lda, bpack + jr * kc, c, rsc, add, next && !copy ? ablk + (ir + MR) * rsa : nullptr,
-                        nullptr);
+                        nullptr, nullptr);
                   continue;
                 }
                 const int tn = tile_of(jr);
-                (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr, nullptr);
+                (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr, nullptr,
+                                                  nullptr);
                 from_tile(c, MR, nr, tn);
               }
             }
@@ -831,7 +842,7 @@ void gemm_serial(
             for (int64_t jr = 0; jr < nc; jr += NR)
               if (nc - jr >= NR && tile_of(jr) == NR)
                 kn.ur_part[mr](kc, ablk + mfull * rsa, rsa, bpack + jr * kc, C + (ic + mfull) * rsc + jc + jr, rsc,
-                               add, nullptr, nullptr);
+                               add, nullptr, nullptr, nullptr);
           if (part && nc % NR == 0) continue;
           // else (or for its last, partial column panel) the packed path below
           pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, apack);
@@ -839,7 +850,7 @@ void gemm_serial(
             const int64_t nr = std::min<int64_t>(NR, nc - jr);
             T* c = C + (ic + mfull) * rsc + (jc + jr) * csc;
             const int tn = tile_of(jr);
-            (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack, bpack + jr * kc, tile, tn, false);
+            (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack, bpack + jr * kc, tile, tn, false, nullptr);
             from_tile(c, mr, nr, tn);
           }
           continue;
@@ -851,11 +862,11 @@ void gemm_serial(
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
             T* c = C + (ic + ir) * rsc + (jc + jr) * csc;
             if (csc == 1 && mr == MR && nr == NR) {  // a whole tile: straight into C
-              kn.uk(kc, apack + ir * kc, bpack + jr * kc, c, rsc, add);
+              kn.uk(kc, apack + ir * kc, bpack + jr * kc, c, rsc, add, nullptr);
               continue;
             }
             const int tn = tile_of(jr);
-            (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bpack + jr * kc, tile, tn, false);
+            (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bpack + jr * kc, tile, tn, false, nullptr);
             from_tile(c, mr, nr, tn);
           }
         }
@@ -960,13 +971,13 @@ void pack_b_batch(int NR, int64_t kc, int64_t j0, int64_t nc, const T* B, int64_
 template <typename T>
 void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, const T* packed, int64_t Mp, int64_t row0,
                        const T* B, int64_t rsb, const BatchCols& bc, int64_t col0, T* C, int64_t rsc, bool accumulate,
-                       int64_t lda = 0) {
+                       int64_t lda = 0, const T* rbias = nullptr) {
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
       for (int64_t j = col0; j < col0 + N; ++j)
-        for (int64_t i = 0; i < M; ++i) C[j / bc.P * bc.c_image + i * rsc + j % bc.P] = T(0);
+        for (int64_t i = 0; i < M; ++i) C[j / bc.P * bc.c_image + i * rsc + j % bc.P] = rbias ? rbias[row0 + i] : T(0);
     return;
   }
   const int64_t NC = block_n(kn, M), Mr = (M + MR - 1) / MR * MR;
@@ -1025,9 +1036,17 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
         }
         // the tile product of row panel ir against B's panel bp into c (row stride ldc)
         auto tile_at = [&](int64_t ir, int tw, const T* bp, T* c, int64_t ldc, bool addc) {
-          if (!lda) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bp, c, ldc, addc);
-          if (ir >= mfull) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apart, bp, c, ldc, addc);
-          (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows + ir * lda, lda, bp, c, ldc, addc, nullptr, nullptr);
+          // rbias: the first block's whole row panels start from it (bias_rows: a partial one's)
+          const T* rb = rbias && pc == 0 && ir + MR <= mc ? rbias + row0 + ic + ir : nullptr;
+          if (!lda) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apack + ir * kc, bp, c, ldc, addc, rb);
+          if (ir >= mfull) return (tw == NR ? kn.uk : kn.uk_narrow)(kc, apart, bp, c, ldc, addc, rb);
+          (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows + ir * lda, lda, bp, c, ldc, addc, nullptr, nullptr, rb);
+        };
+        // the bias added to a partial row panel's mr rows of tw (row stride ldc) after the first block
+        auto bias_rows = [&](int64_t ir, int64_t mr, int tw, T* c, int64_t ldc) {
+          if (!rbias || pc > 0 || mr == MR) return;
+          for (int64_t i = 0; i < mr; ++i)
+            for (int j = 0; j < tw; ++j) c[i * ldc + j] += rbias[row0 + ic + ir + i];
         };
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t jr = p * NR;
@@ -1035,7 +1054,10 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
           const T* bp = bpack + jr * kc;
           if (at[p] < 0) {  // summed in the scratch panel (rows of tw), every tile whole
             T* s = scratch + (-1 - at[p]) + ic * tw;
-            for (int64_t ir = 0; ir < mc; ir += MR) tile_at(ir, tw, bp, s + ir * tw, tw, pc > 0);
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              tile_at(ir, tw, bp, s + ir * tw, tw, pc > 0);
+              bias_rows(ir, std::min<int64_t>(MR, mc - ir), tw, s + ir * tw, tw);
+            }
             continue;
           }
           T* cp = C + ic * rsc + at[p];
@@ -1046,6 +1068,7 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
               continue;
             }
             tile_at(ir, tw, bp, tile, tw, false);
+            bias_rows(ir, mr, tw, tile, tw);
             for (int64_t i = 0; i < mr; ++i) {
               T* c = cp + (ir + i) * rsc;
               const T* t = tile + i * tw;
@@ -1184,7 +1207,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             float* c = C + ir * rsc + (jc + jr);
             const bool whole = mr == MR && nr == tw;
             if (mr < MR && nr == NR && tw == NR && kn.ur_part) {  // a partial row panel: mr rows straight to C
-              kn.ur_part[mr](kc, arows, kc, bpack + jr * kc, c, rsc, add, nullptr, b0 ? b0 + jr : nullptr);
+              kn.ur_part[mr](kc, arows, kc, bpack + jr * kc, c, rsc, add, nullptr, b0 ? b0 + jr : nullptr, nullptr);
               continue;
             }
             float* dst = whole ? c : tile;
@@ -1195,7 +1218,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
                                                   sg.step, sg.len * tw, b0 ? b0 + jr : nullptr);
             else
               (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr,
-                                                b0 ? b0 + jr : nullptr);
+                                                b0 ? b0 + jr : nullptr, nullptr);
             if (whole) continue;
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j)
@@ -1519,11 +1542,11 @@ PackedA<T> pack_a_once(int64_t M, int64_t K, const T* A, int64_t rsa, int64_t cs
 
 template <typename T>
 void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T* B, int64_t rsb, T* C, int64_t rsc,
-                   bool accumulate, bool parallel) {
+                   bool accumulate, bool parallel, const T* rbias) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(a.kernel);
   const int64_t Mp = (a.M + kn.MR - 1) / kn.MR * kn.MR;
   auto stripe = [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
-    gemm_batch_serial(kn, mi, nj, a.K, a.data, Mp, i0, B, rsb, bc, j0, C + i0 * rsc, rsc, accumulate, a.lda);
+    gemm_batch_serial(kn, mi, nj, a.K, a.data, Mp, i0, B, rsb, bc, j0, C + i0 * rsc, rsc, accumulate, a.lda, rbias);
   };
   split_product(kn, a.M, N, a.K, parallel, stripe);
 }
@@ -1577,9 +1600,9 @@ template <typename T>
 void micro_tile_product(const MicroTile& mt, int64_t kc, const T* Ap, const T* Bp, T* C, int64_t ldc, int64_t mr,
                         bool add) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
-  if (mr == kn.MR) return kn.uk(kc, Ap, Bp, C, ldc, add);
+  if (mr == kn.MR) return kn.uk(kc, Ap, Bp, C, ldc, add, nullptr);
   alignas(64) T tile[12 * 32];
-  kn.uk(kc, Ap, Bp, tile, kn.NR, false);
+  kn.uk(kc, Ap, Bp, tile, kn.NR, false, nullptr);
   for (int64_t i = 0; i < mr; ++i)
     for (int64_t j = 0; j < kn.NR; ++j) C[i * ldc + j] = add ? C[i * ldc + j] + tile[i * kn.NR + j] : tile[i * kn.NR + j];
 }
@@ -1611,8 +1634,8 @@ void micro_tile_product_a_rows(const MicroTile& mt, int64_t kc, const T* A, int6
                                int64_t ldc, int64_t mr, bool add) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(mt.kernel);
   if (!l1_sets_crowded(lda * int64_t(sizeof(T)), kn.MR, kc * int64_t(sizeof(T)))) {
-    if (mr == kn.MR) return kn.ur(kc, A, lda, Bp, C, ldc, add, nullptr, nullptr);
-    if (kn.ur_part) return kn.ur_part[mr](kc, A, lda, Bp, C, ldc, add, nullptr, nullptr);
+    if (mr == kn.MR) return kn.ur(kc, A, lda, Bp, C, ldc, add, nullptr, nullptr, nullptr);
+    if (kn.ur_part) return kn.ur_part[mr](kc, A, lda, Bp, C, ldc, add, nullptr, nullptr, nullptr);
   }
   alignas(64) T panel[16 * 256];  // (MR <= 16, kc <= KC = 256)
   pack_a(kn.MR, mr, kc, A, lda, int64_t(1), panel);
@@ -1650,9 +1673,9 @@ template void gemm_packed_b<double>(int64_t, const double*, int64_t, int64_t, co
 template PackedA<float> pack_a_once<float>(int64_t, int64_t, const float*, int64_t, int64_t, int64_t);
 template PackedA<double> pack_a_once<double>(int64_t, int64_t, const double*, int64_t, int64_t, int64_t);
 template void gemm_packed_a<float>(const PackedA<float>&, int64_t, const BatchCols&, const float*, int64_t, float*,
-                                   int64_t, bool, bool);
+                                   int64_t, bool, bool, const float*);
 template void gemm_packed_a<double>(const PackedA<double>&, int64_t, const BatchCols&, const double*, int64_t, double*,
-                                    int64_t, bool, bool);
+                                    int64_t, bool, bool, const double*);
 template void gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t,
                           float*, int64_t, int64_t, bool, bool);
 template void gemm<double>(int64_t, int64_t, int64_t, const double*, int64_t, int64_t, const double*, int64_t,

@@ -100,8 +100,10 @@ struct BatchCols {
 // C [a.M, N] (+)= A B with the packed A over the columns of a batch (unit column
 // strides); split between the threads as gemm() is.
 template <typename T>
+// rbias (with accumulate false): C = A B + rbias[i] along row i (an NCHW layer's bias by output
+// channel), the tiles' accumulators starting from it: no separate pass over C.
 void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T* B, int64_t rsb, T* C, int64_t rsc,
-                   bool accumulate, bool parallel);
+                   bool accumulate, bool parallel, const T* rbias = nullptr);
 
 // Whether `rows` rows of row_bytes each, stride_bytes apart, put more than 6 lines on one of L1's
 // 64 sets (64-byte lines; 32 KiB 8-way and 48 KiB 12-way caches alike): rows a multiple of 4 KiB
