@@ -756,11 +756,18 @@ void gemm_serial(
     const T* A, int64_t rsa, int64_t csa,
     const T* B, int64_t rsb, int64_t csb,
     T* C, int64_t rsc, int64_t csc, bool accumulate,
-    const T* bpacked = nullptr, int64_t Np = 0, int64_t col0 = 0) {
+    const T* bpacked = nullptr, int64_t Np = 0, int64_t col0 = 0, const T* bias = nullptr) {
   // bpacked: B packed whole (pack_b_once; Np columns: packed_b_cols), this
   // product's columns starting at its column col0 (a multiple of NR).
+  // bias (accumulate false): C = A B + bias[j], the first block's tiles starting from it where A's
+  // rows are read in place (csa == 1), else C set to it first.
   const int MR = kn.MR, NR = kn.NR;
   if (M <= 0 || N <= 0) return;
+  if (bias && (csa != 1 || K <= 0)) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * rsc + j * csc] = bias[j];
+    accumulate = true, bias = nullptr;
+  }
   if (K <= 0) {
     if (!accumulate)
       for (int64_t i = 0; i < M; ++i)
@@ -788,13 +795,15 @@ void gemm_serial(
         pack_b_narrow(kn, kc, nc, B + pc * rsb + jc * csb, rsb, csb, bbuf);
       auto tile_of = [&](int64_t jr) { return narrow && jr == jtail ? 16 : NR; };  // a panel's width
       // C[mr, nr] at c (+)= the tile buffer's (row stride tn): a partial tile, or C not row-major
-      auto from_tile = [&](T* c, int64_t mr, int64_t nr, int tn) {
+      // (bj: the bias of its columns, added where the tile's product did not start from it)
+      auto from_tile = [&](T* c, int64_t mr, int64_t nr, int tn, const T* bj = nullptr) {
         for (int64_t i = 0; i < mr; ++i)
           for (int64_t j = 0; j < nr; ++j) {
             T& dst = c[i * rsc + j * csc];
-            dst = add ? dst + tile[i * tn + j] : tile[i * tn + j];
+            dst = add ? dst + tile[i * tn + j] : bj ? bj[j] + tile[i * tn + j] : tile[i * tn + j];
           }
       };
+      const T* b0 = bias && pc == 0 ? bias + jc : nullptr;  // the first block's tiles start from it
       // Rows of A contiguous along k: read unpacked, in place (the ROWS tile). An MR x kc
       // slice of A (12 KB) stays in L1 while it meets up to 512 KiB of packed B panels (L2),
       // then the next slice. Packing A cost 13% of a channels_last 1x1 layer's time (A is
@@ -824,12 +833,12 @@ void gemm_serial(
                   // the first of the MR rows' tiles prefetches the next MR rows (PF)
                   const bool next = jr == jg && ic + ir + 2 * MR <= M;
                   kn.ur(kc, arows, lda, bpack + jr * kc, c, rsc, add, next && !copy ? ablk + (ir + MR) * rsa : nullptr,
-                        nullptr, nullptr);
+                        b0 ? b0 + jr : nullptr, nullptr);
                   continue;
                 }
                 const int tn = tile_of(jr);
-                (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr, nullptr,
-                                                  nullptr);
+                (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr,
+                                                  b0 ? b0 + jr : nullptr, nullptr);
                 from_tile(c, MR, nr, tn);
               }
             }
@@ -842,7 +851,7 @@ void gemm_serial(
             for (int64_t jr = 0; jr < nc; jr += NR)
               if (nc - jr >= NR && tile_of(jr) == NR)
                 kn.ur_part[mr](kc, ablk + mfull * rsa, rsa, bpack + jr * kc, C + (ic + mfull) * rsc + jc + jr, rsc,
-                               add, nullptr, nullptr, nullptr);
+                               add, nullptr, b0 ? b0 + jr : nullptr, nullptr);
           if (part && nc % NR == 0) continue;
           // else (or for its last, partial column panel) the packed path below
           pack_a(MR, mc - mfull, kc, ablk + mfull * rsa, rsa, csa, apack);
@@ -851,7 +860,7 @@ void gemm_serial(
             T* c = C + (ic + mfull) * rsc + (jc + jr) * csc;
             const int tn = tile_of(jr);
             (tn == NR ? kn.uk : kn.uk_narrow)(kc, apack, bpack + jr * kc, tile, tn, false, nullptr);
-            from_tile(c, mr, nr, tn);
+            from_tile(c, mr, nr, tn, b0 ? b0 + jr : nullptr);
           }
           continue;
         }
@@ -1511,12 +1520,12 @@ PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t cs
 
 template <typename T>
 void gemm_packed_b(int64_t M, const T* A, int64_t rsa, int64_t csa, const PackedB<T>& b, T* C, int64_t rsc,
-                   int64_t csc, bool accumulate, bool parallel) {
+                   int64_t csc, bool accumulate, bool parallel, const T* bias) {
   const Kernel<T>& kn = *static_cast<const Kernel<T>*>(b.kernel);
   const int64_t Np = packed_b_cols(kn, b.N);
   split_product(kn, M, b.N, b.K, parallel, [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
     gemm_serial(kn, mi, nj, b.K, A + i0 * rsa, rsa, csa, static_cast<const T*>(nullptr), 0, 0,
-                C + i0 * rsc + j0 * csc, rsc, csc, accumulate, b.data, Np, j0);
+                C + i0 * rsc + j0 * csc, rsc, csc, accumulate, b.data, Np, j0, bias ? bias + j0 : nullptr);
   });
 }
 
@@ -1667,9 +1676,9 @@ template void micro_tile_product_a_rows<float>(const MicroTile&, int64_t, const 
 template PackedB<float> pack_b_once<float>(int64_t, int64_t, const float*, int64_t, int64_t, int64_t);
 template PackedB<double> pack_b_once<double>(int64_t, int64_t, const double*, int64_t, int64_t, int64_t);
 template void gemm_packed_b<float>(int64_t, const float*, int64_t, int64_t, const PackedB<float>&, float*, int64_t,
-                                   int64_t, bool, bool);
+                                   int64_t, bool, bool, const float*);
 template void gemm_packed_b<double>(int64_t, const double*, int64_t, int64_t, const PackedB<double>&, double*,
-                                    int64_t, int64_t, bool, bool);
+                                    int64_t, int64_t, bool, bool, const double*);
 template PackedA<float> pack_a_once<float>(int64_t, int64_t, const float*, int64_t, int64_t, int64_t);
 template PackedA<double> pack_a_once<double>(int64_t, int64_t, const double*, int64_t, int64_t, int64_t);
 template void gemm_packed_a<float>(const PackedA<float>&, int64_t, const BatchCols&, const float*, int64_t, float*,

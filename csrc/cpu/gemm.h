@@ -86,8 +86,10 @@ template <typename T>
 PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, int64_t m_hint);
 // C [M, b.N] (+)= A B with the packed B; otherwise as gemm().
 template <typename T>
+// bias (with accumulate false): C = A B + bias[j], the tiles' accumulators starting from it where A's
+// rows are read in place (csa == 1).
 void gemm_packed_b(int64_t M, const T* A, int64_t rsa, int64_t csa, const PackedB<T>& b, T* C, int64_t rsc,
-                   int64_t csc, bool accumulate, bool parallel);
+                   int64_t csc, bool accumulate, bool parallel, const T* bias = nullptr);
 
 // The columns of B and C gathered from a batch of images: column j is pixel
 // p = j % P of image n = j / P, at B + n * b_image + k * rsb + p and
