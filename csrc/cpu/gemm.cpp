@@ -36,6 +36,8 @@ namespace {
 // each time (an implicit GEMM's runs: gemm_rows' direct rows).
 // PF (with ROWS): pf is the next MR rows of A (lda apart, as a's), the tile's next A, which
 // the k loop prefetches into L1 a line a step (row after row, then the next line of each).
+// bias / rbias (with !add): C = A B + bias[j] (NR columns) / + rbias[i] (MR rows), the
+// accumulators starting from them (a layer's bias, no pass over C of its own).
 template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false, bool SEG = false,
           bool PF = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,

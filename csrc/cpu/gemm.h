@@ -160,8 +160,8 @@ using GatherFn = int (*)(const void* ctx, int64_t i, int64_t count, int64_t k0, 
                          int64_t* crow);
 constexpr int64_t kGemmZeroRow = kGatherKC;  // gemm_zero_row()'s floats: at least any block of the reduction
 const float* gemm_zero_row();
-// bias (with accumulate false): C = A B + bias[n], each tile's rows of C set to the bias just before
-// its first product (in L1), not all of C beforehand (a pass through memory).
+// bias (with accumulate false): C = A B + bias[n], the tiles' accumulators starting from it in the
+// first reduction block, not all of C set to it beforehand (a pass through memory).
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct = nullptr,
                int64_t seg_len = 0, GatherFn gather = nullptr, const float* bias = nullptr);
