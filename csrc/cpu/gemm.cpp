@@ -839,9 +839,10 @@ void gemm_serial(
                   continue;
                 }
                 const int tn = tile_of(jr);
+                // (a partial panel's bias added in the copy: the kernel would read tn of it)
                 (tn == NR ? kn.ur : kn.ur_narrow)(kc, arows, lda, bpack + jr * kc, tile, tn, false, nullptr,
-                                                  b0 ? b0 + jr : nullptr, nullptr);
-                from_tile(c, MR, nr, tn);
+                                                  nr == tn && b0 ? b0 + jr : nullptr, nullptr);
+                from_tile(c, MR, nr, tn, nr < tn && b0 ? b0 + jr : nullptr);
               }
             }
           if (mfull == mc) continue;
@@ -1224,16 +1225,19 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             float* dst = whole ? c : tile;
             const int64_t ldd = whole ? rsc : tw;
             const bool addd = whole && add;
+            // the bias where the panel is whole (the kernel reads tw of it), else in the copy below
+            const float* bk = b0 && nr == tw ? b0 + jr : nullptr;
             if (in_place)
               (tw == NR ? kn.urs : kn.urs_narrow)(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n,
-                                                  sg.step, sg.len * tw, b0 ? b0 + jr : nullptr);
+                                                  sg.step, sg.len * tw, bk);
             else
-              (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr,
-                                                b0 ? b0 + jr : nullptr, nullptr);
+              (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr, bk,
+                                                nullptr);
             if (whole) continue;
+            const float* bc = b0 && !bk ? b0 + jr : nullptr;
             for (int64_t i = 0; i < mr; ++i)
               for (int64_t j = 0; j < nr; ++j)
-                c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * tw + j] : tile[i * tw + j];
+                c[i * rsc + j] = add ? c[i * rsc + j] + tile[i * tw + j] : (bc ? bc[j] : 0.f) + tile[i * tw + j];
           }
         }
     };
@@ -1281,7 +1285,8 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
           }
           const int64_t ir = r0 + t * MR, mr = std::min<int64_t>(MR, M - ir);
           if (g[t].n == 0 && add) continue;
-          const float* bj = b0 ? b0 + jr : nullptr;
+          // the bias where the panel is whole (the kernel reads tw of it), else in the copy below
+          const float* bj = b0 && nr == tw ? b0 + jr : nullptr;
           if (mr == MR && nr == tw) {
             ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, g[t].c, jc + jr, add, bj);
             continue;
@@ -1289,9 +1294,11 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
           float* trow[16];
           for (int i = 0; i < MR; ++i) trow[i] = tile + i * tw;
           ugj(g[t].n, g[t].len, g[t].koff, g[t].at, bpack + jr * kc, trow, 0, false, bj);
+          const float* bc = b0 && !bj ? b0 + jr : nullptr;
           for (int64_t i = 0; i < mr; ++i) {
             float* c = g[t].c[i] + jc + jr;
-            for (int64_t j = 0; j < nr; ++j) c[j] = add ? c[j] + tile[i * tw + j] : tile[i * tw + j];
+            for (int64_t j = 0; j < nr; ++j)
+              c[j] = add ? c[j] + tile[i * tw + j] : (bc ? bc[j] : 0.f) + tile[i * tw + j];
           }
         }
       }
