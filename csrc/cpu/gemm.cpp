@@ -2,10 +2,11 @@
 // AVX2 8 floats x 2 x 2 ~= 96 GFLOP/s, AVX-512 16 floats x 2 x 2 ~= 192 GFLOP/s
 // in float32 (half that in float64; AVX-512 clocks run lower under load).
 #include "gemm.h"
+#include "layout.h"
 
 #include <ATen/Parallel.h>
 
-#include <immintrin.h>
+#include <xmmintrin.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -508,69 +509,22 @@ UKernelGather gather_kernel(const Kernel<float>& kn) {
   return nullptr;
 }
 
-// 8 rows of A (rsa apart) x 8 steps of k from a -> d[k * MR + i] (i < 8): an 8 x 8 transpose
-// in AVX registers (8 unpacks, 8 shuffles, 8 lane permutes).
-__attribute__((target("avx2"), always_inline)) inline void transpose8_to_panel(const float* a, int64_t rsa, float* d,
-                                                                               int64_t MR) {
-  const __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + rsa), r2 = _mm256_loadu_ps(a + 2 * rsa),
-               r3 = _mm256_loadu_ps(a + 3 * rsa), r4 = _mm256_loadu_ps(a + 4 * rsa),
-               r5 = _mm256_loadu_ps(a + 5 * rsa), r6 = _mm256_loadu_ps(a + 6 * rsa),
-               r7 = _mm256_loadu_ps(a + 7 * rsa);
-  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
-               t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
-               t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
-               u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
-               u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
-               u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-  _mm256_storeu_ps(d + 0 * MR, _mm256_permute2f128_ps(u0, u4, 0x20));
-  _mm256_storeu_ps(d + 1 * MR, _mm256_permute2f128_ps(u1, u5, 0x20));
-  _mm256_storeu_ps(d + 2 * MR, _mm256_permute2f128_ps(u2, u6, 0x20));
-  _mm256_storeu_ps(d + 3 * MR, _mm256_permute2f128_ps(u3, u7, 0x20));
-  _mm256_storeu_ps(d + 4 * MR, _mm256_permute2f128_ps(u0, u4, 0x31));
-  _mm256_storeu_ps(d + 5 * MR, _mm256_permute2f128_ps(u1, u5, 0x31));
-  _mm256_storeu_ps(d + 6 * MR, _mm256_permute2f128_ps(u2, u6, 0x31));
-  _mm256_storeu_ps(d + 7 * MR, _mm256_permute2f128_ps(u3, u7, 0x31));
-}
-
-// The 8-row groups of every panel (pack_a_rows_f32's), k in steps of 8; returns the rows of each
-// panel done (a multiple of 8) and the steps of k (a multiple of 8), the rest left to the caller.
-__attribute__((target("avx2"))) void pack_rows8_avx2(int MR, int64_t mc, int64_t kc, const float* A, int64_t rsa,
-                                                    float* dst) {
-  const int64_t kc8 = kc & ~int64_t(7);
-  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
-    const int64_t mr8 = std::min<int64_t>(MR, mc - i0) & ~int64_t(7);
-    for (int64_t i = 0; i < mr8; i += 8)
-      for (int64_t k = 0; k < kc8; k += 8) transpose8_to_panel(A + (i0 + i) * rsa + k, rsa, dst + i0 * kc + k * MR + i, MR);
-  }
-}
-
 // A's rows contiguous along k (csa == 1: the NHWC im2col, row-major operands):
-// the MR x kc block is transposed 8 x 8 at a time in AVX registers (where the CPU has AVX2) and
-// 4 x 4 in SSE registers (baseline x86-64), instead of one strided element at a time.
+// the MR x kc block is transposed 8 x 8 at a time in AVX registers where the CPU has AVX2 and MR is
+// a multiple of 8 (layout.h's transpose_strided), else 4 x 4 in SSE registers (baseline x86-64),
+// instead of one strided element at a time.
 inline void pack_a_rows_f32(int MR, int64_t mc, int64_t kc, const float* A, int64_t rsa, float* dst) {
   // (channels_last stride-2 3x3 forwards, whose weights are B's transposed columns, batch 8, 2
   // threads, in-process A/B: 512 @14 +2 %, 256 @14 -> 512 +2 %, 256 @28 +1 %)
-  const bool avx = MR % 8 == 0 && kc >= 8 && cpu_isa() != Isa::Base;
-  if (avx) pack_rows8_avx2(MR, mc, kc, A, rsa, dst);
-  const int64_t kc8 = kc & ~int64_t(7);
+  const bool avx = MR % 8 == 0 && cpu_isa() != Isa::Base;
   for (int64_t i0 = 0; i0 < mc; i0 += MR) {
     const int64_t mr = std::min<int64_t>(MR, mc - i0);
     const float* a = A + i0 * rsa;
     float* d = dst + i0 * kc;  // this panel: kc x MR
     int64_t i = 0;
     if (avx) {
-      // rows i < mr & ~7 done for k < kc8: their last steps of k, 4 rows at a time
-      const int64_t mr8 = mr & ~int64_t(7);
-      for (; i < mr8; i += 4) {
-        const float* r0 = a + i * rsa;
-        for (int64_t k = kc8; k < kc; ++k) {
-          d[k * MR + i] = r0[k];
-          d[k * MR + i + 1] = r0[rsa + k];
-          d[k * MR + i + 2] = r0[2 * rsa + k];
-          d[k * MR + i + 3] = r0[3 * rsa + k];
-        }
-      }
+      transpose_strided(a, rsa, d, MR, mr, kc);
+      i = mr;
     }
     for (; i + 4 <= mr; i += 4) {
       const float* r0 = a + i * rsa;
@@ -1213,7 +1167,6 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             rows(ctx, ir, mr, pc, kc, arows);
             if (mr < MR) std::fill(arows + mr * kc, arows + MR * kc, 0.f);
           }
-
           for (int64_t jr = jg; jr < std::min(nc, jg + jgroup); jr += NR) {
             const int64_t nr = std::min<int64_t>(NR, nc - jr), tw = width(jr);
             float* c = C + ir * rsc + (jc + jr);
@@ -1283,8 +1236,8 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
                   for (int64_t l = 0; l < q.len * int64_t(sizeof(float)); l += 64)
                     __builtin_prefetch(reinterpret_cast<const char*>(q.at[u][i]) + l, 0, 3);
           }
-          const int64_t ir = r0 + t * MR, mr = std::min<int64_t>(MR, M - ir);
           if (g[t].n == 0 && add) continue;
+          const int64_t ir = r0 + t * MR, mr = std::min<int64_t>(MR, M - ir);
           // the bias where the panel is whole (the kernel reads tw of it), else in the copy below
           const float* bj = b0 && nr == tw ? b0 + jr : nullptr;
           if (mr == MR && nr == tw) {
