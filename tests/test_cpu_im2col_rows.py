@@ -56,6 +56,9 @@ CASES = {
     "nchw_rows_blocks": (2, 3, 70, 91, 72, (7, 7), 2, (3, 3), 1, 1),
     "nchw_rows_dilated": (1, 4, 40, 33, 13, (5, 5), 1, (4, 3), 2, 1),  # no run read in place
     "nchw_rows_7ch_s1": (1, 7, 11, 13, 9, (4, 4), 1, (2, 1), 1, 1),  # C*R*S = 112, stride 1, one block
+    # a result of 8 MiB or more (layout.h's stream_bytes), 16k pixels a plane: the blocks written to
+    # the planes with streaming stores on AVX-512 (16 x 16 blocks, then 8 channels by the 8 x 8 ones)
+    "nchw_rows_streamed": (2, 3, 256, 256, 72, (7, 7), 2, (3, 3), 1, 1),
     # 64 channels a group or more: every tile's rows gathered in place (im2col_nhwc_gather), a tap's
     # channels a run, a block of the reduction whole taps (up to 4) or a piece of one; tiles across
     # image rows and at the edges (their taps outside the image read as zeros), the runs whose rows
@@ -129,7 +132,7 @@ def _on_1_and_2_threads(x, w, *args):
     return y1, y2
 
 
-@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
+@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks", "nchw_rows_streamed",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
                                   "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps"])
 def test_direct_rows_thread_count(case):

@@ -1,6 +1,6 @@
 """The CPU's NCHW <-> channels_last copies (csrc/cpu/layout.cpp) and the scratch tensors of the
-convolutions that compute in the other layout: exact copies for every shape (tiles of 64 and
-8 x 8 blocks cut anywhere, one channel, one pixel, 4-byte types other than float32, the rest
+convolutions that compute in the other layout: exact copies for every shape (tiles of 64, 16 x 16 and
+8 x 8 blocks cut anywhere, streamed large results, one channel, one pixel, 4-byte types other than float32, the rest
 falling back to torch's copy), and no result that shares the scratch memory of a later call."""
 import pytest
 import torch
@@ -21,6 +21,22 @@ def test_to_format_exact(shape, dtype):
         assert y.is_contiguous(memory_format=mf) and y.dtype == dtype and y.shape == x.shape
         assert torch.equal(y, x)
         assert y.numel() == 0 or y.data_ptr() != src.data_ptr()
+
+
+# 8 MiB or more (layout.h's stream_bytes): on AVX-512 written with streaming stores where the
+# destination's rows are a multiple of 16 floats apart (both ways for 48 channels and 240 x 240
+# pixels; NCHW -> channels_last of 40 channels not; 241 x 241 pixels neither way), edges of
+# the 16 x 16 blocks by the 8 x 8 ones and the scalar loop
+BIG = [(2, 40, 160, 200), (1, 48, 240, 240), (1, 37, 241, 241)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32])
+@pytest.mark.parametrize("shape", BIG, ids=[str(s) for s in BIG])
+def test_to_format_streamed(shape, dtype):
+    x = (torch.randn(shape) * 100).to(dtype)
+    for src, cl in ((x, True), (x.contiguous(memory_format=torch.channels_last), False)):
+        y = torch.ops.convx.cpu_to_format(src, cl)
+        assert torch.equal(y, x) and y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 def test_to_format_keeps_bits():

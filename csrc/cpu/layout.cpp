@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 
 // The vectors never cross a call boundary (pair() is inlined into tile_avx2).
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -70,38 +71,106 @@ __attribute__((target("avx2"))) void tile_avx2(const float* src, int64_t ls, flo
   if (ni8 < ni) block_scalar(src + ni8 * ls, ls, dst + ni8, ld, ni - ni8, nj);
 }
 
+// A 16 x 16 block in AVX-512 registers: 16 row loads, 64 shuffles (unpack the floats, then
+// the pairs, then two rounds of 128-bit lanes), 16 row stores of a whole 64-byte line each
+// (the 8 x 8 blocks wrote half lines, each line of an NCHW result taken twice). NT: the stores
+// streamed past the caches (dst 64-byte aligned, ld a multiple of 16).
+template <bool NT>
+__attribute__((target("avx512f"), always_inline)) inline void block16(const float* s, int64_t ls, float* d,
+                                                                      int64_t ld) {
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(s + i * ls);
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // r[4 g + c]: in 128-bit lane l, column 4 l + c of rows 4 g .. 4 g + 3
+#pragma GCC unroll 4
+  for (int g = 0; g < 16; g += 4) {
+    r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[g]), _mm512_castps_pd(t[g + 2])));
+    r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[g]), _mm512_castps_pd(t[g + 2])));
+    r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[g + 1]), _mm512_castps_pd(t[g + 3])));
+    r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[g + 1]), _mm512_castps_pd(t[g + 3])));
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+    const __m512 v0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88),
+                 v1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    const __m512 o[4] = {_mm512_shuffle_f32x4(u0, v0, 0x88), _mm512_shuffle_f32x4(u1, v1, 0x88),
+                         _mm512_shuffle_f32x4(u0, v0, 0xdd), _mm512_shuffle_f32x4(u1, v1, 0xdd)};
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {  // rows c, 4 + c, 8 + c, 12 + c of the result
+      if constexpr (NT) _mm512_stream_ps(d + (4 * q + c) * ld, o[q]);
+      else _mm512_storeu_ps(d + (4 * q + c) * ld, o[q]);
+    }
+  }
+}
+
+// tile_avx2 with 16 x 16 blocks in the same order, the edges (under 16) by tile_avx2.
+template <bool NT>
+__attribute__((target("avx512f,avx2"))) void tile_avx512(const float* src, int64_t ls, float* dst, int64_t ld,
+                                                        int64_t ni, int64_t nj) {
+  const int64_t ni16 = ni & ~int64_t(15), nj16 = nj & ~int64_t(15);
+  if (ld > ls) {
+    for (int64_t j = 0; j < nj16; j += 16)
+      for (int64_t i = 0; i < ni16; i += 16) block16<NT>(src + i * ls + j, ls, dst + j * ld + i, ld);
+  } else {
+    for (int64_t i = 0; i < ni16; i += 16)
+      for (int64_t j = 0; j < nj16; j += 16) block16<NT>(src + i * ls + j, ls, dst + j * ld + i, ld);
+  }
+  if (ni16 < ni) tile_avx2(src + ni16 * ls, ls, dst + ni16, ld, ni - ni16, nj);
+  if (nj16 < nj) tile_avx2(src + nj16, ls, dst + nj16 * ld, ld, ni16, nj - nj16);
+}
+
 // dst(n)[j * ld + i] = src(n)[i * ls + j] for i < rows, j < cols, n < batch, in
 // 64 x 64 tiles, every tile a task.
 template <typename Src, typename Dst>
 void transpose_tiles(int64_t batch, int64_t rows, int64_t cols, const Src& src, int64_t ls, const Dst& dst,
-                     int64_t ld) {
+                     int64_t ld, bool stream = false) {
   const int64_t ti = (rows + kTile - 1) / kTile, tj = (cols + kTile - 1) / kTile;
-  const bool avx2 = cpu_isa() != Isa::Base;
+  const Isa isa = cpu_isa();
+  const bool nt = stream && isa == Isa::Avx512 && ld % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(dst(0)) % 64 == 0 && (batch == 1 || reinterpret_cast<uintptr_t>(dst(1)) % 64 == 0);
   at::parallel_for(0, batch * ti * tj, 4, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / (ti * tj), i0 = (t / tj) % ti * kTile, j0 = t % tj * kTile;
       const int64_t ni = std::min(kTile, rows - i0), nj = std::min(kTile, cols - j0);
       const float* s = src(n) + i0 * ls + j0;
       float* d = dst(n) + j0 * ld + i0;
-      if (avx2) tile_avx2(s, ls, d, ld, ni, nj);
+      if (nt) tile_avx512<true>(s, ls, d, ld, ni, nj);
+      else if (isa == Isa::Avx512) tile_avx512<false>(s, ls, d, ld, ni, nj);
+      else if (isa != Isa::Base) tile_avx2(s, ls, d, ld, ni, nj);
       else block_scalar(s, ls, d, ld, ni, nj);
     }
+    if (nt) _mm_sfence();
   });
 }
 
 }  // namespace
 
-void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int64_t rows, int64_t cols) {
-  if (cpu_isa() == Isa::Base) return block_scalar(src, ls, dst, ld, rows, cols);
+void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int64_t rows, int64_t cols, bool stream) {
+  const Isa isa = cpu_isa();
+  if (isa == Isa::Base) return block_scalar(src, ls, dst, ld, rows, cols);
+  const bool nt = stream && isa == Isa::Avx512 && ld % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0;
   for (int64_t i0 = 0; i0 < rows; i0 += kTile)  // 64 x 64 tiles, as transpose_tiles'
-    for (int64_t j0 = 0; j0 < cols; j0 += kTile)
-      tile_avx2(src + i0 * ls + j0, ls, dst + j0 * ld + i0, ld, std::min(kTile, rows - i0), std::min(kTile, cols - j0));
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
+      const float* s = src + i0 * ls + j0;
+      float* d = dst + j0 * ld + i0;
+      const int64_t ni = std::min(kTile, rows - i0), nj = std::min(kTile, cols - j0);
+      if (nt) tile_avx512<true>(s, ls, d, ld, ni, nj);
+      else if (isa == Isa::Avx512) tile_avx512<false>(s, ls, d, ld, ni, nj);
+      else tile_avx2(s, ls, d, ld, ni, nj);
+    }
+  if (nt) _mm_sfence();
 }
 
-void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
+void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols, bool stream) {
   transpose_tiles(
       batch, rows, cols, [&](int64_t n) { return src + n * rows * cols; }, cols,
-      [&](int64_t n) { return dst + n * rows * cols; }, rows);
+      [&](int64_t n) { return dst + n * rows * cols; }, rows, stream);
 }
 
 namespace {
@@ -115,7 +184,7 @@ bool transposable(const at::Tensor& t, at::MemoryFormat mf) {
 }
 
 // out (format mf, t's sizes and type) = t
-void copy_into(const at::Tensor& t, at::MemoryFormat mf, at::Tensor& out) {
+void copy_into(const at::Tensor& t, at::MemoryFormat mf, at::Tensor& out, bool stream = false) {
   if (!transposable(t, mf)) {
     out.copy_(t);
     return;
@@ -124,17 +193,19 @@ void copy_into(const at::Tensor& t, at::MemoryFormat mf, at::Tensor& out) {
   // 4-byte elements moved as floats (bit patterns kept: no arithmetic on them)
   const float* src = static_cast<const float*>(t.const_data_ptr());
   float* dst = static_cast<float*>(out.mutable_data_ptr());
-  if (mf == at::MemoryFormat::ChannelsLast) transpose_batch(src, dst, N, C, HW);
-  else transpose_batch(src, dst, N, HW, C);
+  if (mf == at::MemoryFormat::ChannelsLast) transpose_batch(src, dst, N, C, HW, stream);
+  else transpose_batch(src, dst, N, HW, C, stream);
 }
 
 }  // namespace
+
+int64_t stream_bytes() { return int64_t(8) << 20; }
 
 at::Tensor to_format(const at::Tensor& t, at::MemoryFormat mf) {
   if (t.is_contiguous(mf)) return t;
   if (!transposable(t, mf)) return t.contiguous(mf);
   auto out = at::empty(t.sizes(), t.options().memory_format(mf));
-  copy_into(t, mf, out);
+  copy_into(t, mf, out, t.nbytes() >= stream_bytes());
   return out;
 }
 
