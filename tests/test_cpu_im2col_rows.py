@@ -75,6 +75,10 @@ CASES = {
     "gather_long_512ch_s2": (1, 512, 21, 21, 40, (3, 3), 2, (1, 1), 1, 1),
     "gather_long_5x5_12_taps": (1, 64, 14, 14, 24, (5, 5), 1, (2, 2), 1, 1),
     "gather_long_2048ch": (2, 2048, 13, 13, 16, (3, 3), 2, (1, 1), 1, 1),
+    # a filter row a block where it has 384 floats or more (conv2d.cpp: 3 taps of 128 channels,
+    # 3 blocks; 5 taps of 80, 5 blocks), 200 rows
+    "gather_filter_rows_128ch": (2, 128, 20, 20, 40, (3, 3), 2, (1, 1), 1, 1),
+    "gather_filter_rows_5x5": (2, 80, 10, 10, 24, (5, 5), 1, (2, 2), 1, 1),
     "pieces_300ch_not_gathered": (1, 300, 7, 9, 20, (3, 3), 2, (1, 1), 1, 1),  # pieces of 150: direct()'s
     "gather_48ch_5_taps": (2, 48, 15, 13, 40, (5, 5), 1, (2, 2), 1, 1),  # blocks of 240: 5 taps
     "gather_dilated": (1, 64, 15, 16, 24, (3, 3), 1, (2, 1), 2, 1),
@@ -134,7 +138,8 @@ def _on_1_and_2_threads(x, w, *args):
 
 @pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks", "nchw_rows_streamed",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
-                                  "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps"])
+                                  "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps",
+                                  "gather_filter_rows_128ch"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""

@@ -625,9 +625,18 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
                       &im2col_nhwc_direct, L, &im2col_nhwc_gather_rows, bp ? bp + g * Kg : nullptr);
             return;
           }
+          // Gathered blocks of one filter row (S taps, S >= 3, of 384 floats or more; kGatherKC caps
+          // it): each of a tile's rows then reads one run of S * C contiguous floats of x a block
+          // (at stride 2 a filter row's taps are neighbouring pixels), where blocks of up to
+          // kGatherKC took two or three filter rows. Batch 8 unless said, two threads, channels_last
+          // unless said, process-alternating A/B on an Intel Xeon (AVX-512): 3x3 stride 2 256 @28
+          // -5-8 % (NCHW -6 %, batch 2 0 %), 256 @56 -4 %, 128 @56 -6 %, 192 -> 320 @35 (valid) -8 %,
+          // 512 @14 -2 % (the same 1536 floats); 5x5 96 -> 128 @28 and 160 -> 192 stride 2 even.
+          // Shorter rows lost: 64 @112 stride 2 +3 % (192 floats), 48 -> 64 5x5 @56 +3 %.
           gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, false, par,
                     runs ? &im2col_nhwc_direct : nullptr, gather ? Cg : runs ? S * sh.C : 0,
-                    gather ? &im2col_nhwc_gather : nullptr, bp ? bp + g * Kg : nullptr);
+                    gather ? &im2col_nhwc_gather : nullptr, bp ? bp + g * Kg : nullptr,
+                    gather && S >= 3 && S * Cg >= 384 ? S * Cg : 0);
           return;
         }
       }

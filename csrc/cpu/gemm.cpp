@@ -1073,7 +1073,7 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
 void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
                       const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate,
                       DirectFn direct = nullptr, int64_t seg_len = 0, GatherFn gather = nullptr,
-                      bool gather_blocks = false, const float* bias = nullptr) {
+                      int64_t gather_kc = 0, const float* bias = nullptr) {
   const int MR = kn.MR, NR = kn.NR;
   const UKernelGather ug = gather && seg_len > 0 ? gather_kernel(kn) : nullptr;
   const UKernelGather ug_narrow = ug && kn.uk_narrow ? gather_kernel_narrow(kn) : nullptr;
@@ -1084,16 +1084,16 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
     for (int64_t i = 0; i < M; ++i) std::memcpy(C + i * rsc, bias, N * sizeof(float));
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t NC = block_n(kn, M);
-  // Gathered rows (gather_blocks: gemm_rows' product has 8 tiles of rows or more, whatever share of
+  // Gathered rows (gather_kc > 0: gemm_rows' product has 8 tiles of rows or more, whatever share of
   // them this call has, so the blocks and the sums' order do not depend on the thread count) in
-  // blocks of up to kGatherKC: a tile's accumulators then stay in registers over up to kGatherRuns
+  // blocks of up to gather_kc (kGatherKC, or gemm_rows' gather_block): a tile's accumulators then stay in registers over up to kGatherRuns
   // taps, where blocks of 256 (one 256-channel tap) stored and reloaded them every tap; the tile's
   // B panel (kc x NR) then comes from L2, not L1.
   // Channels_last, batch 8, two threads, process-alternating A/B (ratio to torch, medians of 3):
   // stride-2 3x3 256 @28 0.94 -> 0.98, 128 @56 0.95 -> 0.97, 512 @14 1.00 -> 1.07, 64 @112 0.90
   // -> 0.92, 192 -> 320 @17 (valid) 1.07 -> 1.12; 5x5 32 -> 64 @56 0.92 -> 0.94; batch 2 256 @28
   // 1.06 -> 1.11. Fewer rows kept 256: batch 1 512 @7 (49 rows) 1.16 -> 1.12.
-  const int64_t KC = gather && gather_blocks ? kGatherKC : kn.KC;
+  const int64_t KC = gather && gather_kc > 0 ? gather_kc : kn.KC;
   float* arows = thread_buffer<float>(kGemmPackA, MR * KC);  // MR rows of kc
   alignas(64) float tile[12 * 32];
   // the reduction's blocks: KC, or aligned to the runs of seg_len (gemm.h)
@@ -1292,16 +1292,17 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
 
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct, int64_t seg_len,
-               GatherFn gather, const float* bias) {
+               GatherFn gather, const float* bias, int64_t gather_block) {
   // Gathered rows on the 12 x 32 tile rather than 6 x 64 (33-64 columns): the tile's B panel, 256
   // steps of 64 floats, did not fit L1 (64 -> 64 3x3 stride 2 @112, batch 8, one thread: 5 % slower).
   const Kernel<float>& fit = kernel_for<float>(M, N);
   const Kernel<float>& kn = gather && &fit == &kernel_avx512_n64<float>() ? kernel_of<float, Isa::Avx512>() : fit;
-  const bool gather_blocks = gather && M >= 8 * kn.MR;
+  const int64_t gather_kc =
+      gather && M >= 8 * kn.MR ? (gather_block > 0 ? std::min(gather_block, kGatherKC) : kGatherKC) : 0;
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
     return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len, gather,
-                            gather_blocks, bias);
+                            gather_kc, bias);
   // Rows split between the threads (each makes only its rows of A; B is packed by each), unless
   // there are few rows, or fewer than twice the columns and those enough for whole panels a
   // thread: then columns (A's rows made, or read in place, by every thread; B's panels packed
@@ -1345,7 +1346,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
               return n;
             })
                    : GatherFn(nullptr),
-            gather_blocks, bias);
+            gather_kc, bias);
       }
     });
   } else {
@@ -1354,7 +1355,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
       for (int64_t t = b; t < e; ++t) {
         const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
         gemm_rows_serial(kn, M, nj, K, rows, ctx, B + j0 * csb, rsb, csb, C + j0, rsc, accumulate, direct, seg_len,
-                         gather, gather_blocks, bias ? bias + j0 : nullptr);
+                         gather, gather_kc, bias ? bias + j0 : nullptr);
       }
     });
   }
