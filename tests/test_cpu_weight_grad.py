@@ -91,6 +91,10 @@ CASES = {
     "3x3_s2_in_place": (2, 32, 15, 16, 16, (3, 3), 2, (1, 1, 1, 1), 1, 1),
     "3x3_s2_256ch_tiles": (1, 256, 13, 12, 24, (3, 3), 2, (1, 1, 1, 1), 1, 1),  # X's step 2 KiB: tiles
     "asym_dil_in_place": (2, 32, 12, 15, 32, (3, 3), 1, (2, 0, 1, 3), 2, 1),
+    # dilated, whole tiles: in place whatever the channels (512 here) or the image's size (1089
+    # output pixels), not the shifted path (which computes the padding's pixels too)
+    "dil4_512ch_in_place": (1, 512, 12, 12, 512, (3, 3), 1, (4, 4, 4, 4), 4, 1),
+    "dil2_large_in_place": (1, 128, 33, 33, 24, (3, 3), 1, (2, 2, 2, 2), 2, 1),
     "5x5_s2_groups_in_place": (2, 64, 13, 11, 32, (5, 5), 2, (2, 1, 0, 2), 1, 2),
     "7x1_tall_in_place": (1, 32, 40, 6, 16, (7, 1), 1, (3, 3, 0, 0), 1, 1),  # > 256 pixels: row blocks
     # grouped, whole tiles a group (AVX-512: Cg a multiple of 32, Kg of 8 or 12): regrouped
