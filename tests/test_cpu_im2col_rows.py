@@ -79,6 +79,10 @@ CASES = {
     # 3 blocks; 5 taps of 80, 5 blocks), 200 rows
     "gather_filter_rows_128ch": (2, 128, 20, 20, 40, (3, 3), 2, (1, 1), 1, 1),
     "gather_filter_rows_5x5": (2, 80, 10, 10, 24, (5, 5), 1, (2, 2), 1, 1),
+    # 33-64 output channels and over 240 rows: the 6 x 64 tile's gathered rows where L2 has 2 MiB
+    # (gemm_rows), a whole panel and a partial one (56 columns)
+    "gather_6x64": (2, 64, 24, 24, 64, (3, 3), 2, (1, 1), 1, 1),
+    "gather_6x64_partial": (2, 64, 24, 24, 56, (3, 3), 2, (1, 1), 1, 1),
     "pieces_300ch_not_gathered": (1, 300, 7, 9, 20, (3, 3), 2, (1, 1), 1, 1),  # pieces of 150: direct()'s
     "gather_48ch_5_taps": (2, 48, 15, 13, 40, (5, 5), 1, (2, 2), 1, 1),  # blocks of 240: 5 taps
     "gather_dilated": (1, 64, 15, 16, 24, (3, 3), 1, (2, 1), 2, 1),
@@ -139,7 +143,7 @@ def _on_1_and_2_threads(x, w, *args):
 @pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks", "nchw_rows_streamed",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
                                   "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps",
-                                  "gather_filter_rows_128ch"])
+                                  "gather_filter_rows_128ch", "gather_6x64_partial"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""
