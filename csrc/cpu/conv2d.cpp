@@ -1979,7 +1979,7 @@ void forward_nchw_rows(const float* x, const float* w, const float* bias, float*
       const RowsFrom from{&a, n * P + q0};
       gemm_rows(m, K, CRS, &im2col_nhwc_rows_from, &from, w, 1, CRS, buf, K, false, false,
                 runs ? &im2col_nhwc_direct_from : nullptr, runs ? sh.S * sh.C : 0, nullptr, bias);
-      transpose_strided(buf, K, y + n * K * P + q0, P, m, K, sh.N * K * P * 4 >= stream_bytes());
+      transpose_strided(buf, K, y + n * K * P + q0, P, m, K, sh.N * K * P * int64_t(sizeof(float)) >= kStreamBytes);
     }
   });
 }

@@ -155,8 +155,11 @@ CONVX_ALWAYS_INLINE inline void put_block(T* p, typename Block<A>::v v, bool str
   store_block<A>(p, v);
 }
 
+// Results of at least this many bytes are written with streaming stores (stream_stores here,
+// layout.h's transposes): above what two cores' L2 keep, where they are on their way to memory.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
 inline bool stream_stores(const void* y, int64_t bytes, int64_t stride) {
-  return bytes >= (int64_t(8) << 20) && reinterpret_cast<std::uintptr_t>(y) % 64 == 0 && stride % 64 == 0;
+  return bytes >= kStreamBytes && reinterpret_cast<std::uintptr_t>(y) % 64 == 0 && stride % 64 == 0;
 }
 
 // The sum of a block's lanes, by halves (64 -> 32 -> 16 bytes, then the last lanes).

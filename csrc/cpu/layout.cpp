@@ -1,7 +1,13 @@
 // See layout.h.
+// The vectors never cross a call boundary (pair() is inlined into tile_avx2, block16 into
+// tile_avx512; isa_each.h's blocks into their loops). GCC 12 takes the AVX-512 intrinsics'
+// deliberately undefined pass-through operands (_mm512_undefined_pd) for uninitialized reads.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "layout.h"
 
 #include "gemm.h"
+#include "isa_each.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -14,8 +20,6 @@
 #include <algorithm>
 #include <cstdint>
 
-// The vectors never cross a call boundary (pair() is inlined into tile_avx2).
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace convx::cpu {
 namespace {
@@ -132,8 +136,9 @@ void transpose_tiles(int64_t batch, int64_t rows, int64_t cols, const Src& src, 
                      int64_t ld, bool stream = false) {
   const int64_t ti = (rows + kTile - 1) / kTile, tj = (cols + kTile - 1) / kTile;
   const Isa isa = cpu_isa();
-  const bool nt = stream && isa == Isa::Avx512 && ld % 16 == 0 &&
-                  reinterpret_cast<uintptr_t>(dst(0)) % 64 == 0 && (batch == 1 || reinterpret_cast<uintptr_t>(dst(1)) % 64 == 0);
+  // (every image's block 64-byte aligned: the first two are, and the rest by the same step)
+  const bool nt = stream && isa == Isa::Avx512 && ld % 16 == 0 && reinterpret_cast<uintptr_t>(dst(0)) % 64 == 0 &&
+                  (batch == 1 || reinterpret_cast<uintptr_t>(dst(1)) % 64 == 0);
   at::parallel_for(0, batch * ti * tj, 4, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / (ti * tj), i0 = (t / tj) % ti * kTile, j0 = t % tj * kTile;
@@ -151,7 +156,8 @@ void transpose_tiles(int64_t batch, int64_t rows, int64_t cols, const Src& src, 
 
 }  // namespace
 
-void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int64_t rows, int64_t cols, bool stream) {
+void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int64_t rows, int64_t cols,
+                       bool stream) {
   const Isa isa = cpu_isa();
   if (isa == Isa::Base) return block_scalar(src, ls, dst, ld, rows, cols);
   const bool nt = stream && isa == Isa::Avx512 && ld % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0;
@@ -199,13 +205,11 @@ void copy_into(const at::Tensor& t, at::MemoryFormat mf, at::Tensor& out, bool s
 
 }  // namespace
 
-int64_t stream_bytes() { return int64_t(8) << 20; }
-
 at::Tensor to_format(const at::Tensor& t, at::MemoryFormat mf) {
   if (t.is_contiguous(mf)) return t;
   if (!transposable(t, mf)) return t.contiguous(mf);
   auto out = at::empty(t.sizes(), t.options().memory_format(mf));
-  copy_into(t, mf, out, t.nbytes() >= stream_bytes());
+  copy_into(t, mf, out, int64_t(t.nbytes()) >= kStreamBytes);
   return out;
 }
 

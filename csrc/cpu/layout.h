@@ -47,13 +47,10 @@ at::Tensor rotated_weight_scratch(const at::Tensor& w, int slot, int tmp_slot, i
 // dst[n][j][i] = src[n][i][j] for i < rows, j < cols, n < batch (4-byte elements).
 // stream: on AVX-512, a dst 64-byte aligned with rows a multiple of 16 floats apart is written
 // with streaming stores (whole lines past the caches, no read of them first) -- for a result
-// that is written once and not read back by the caller (to_format's results of stream_bytes()
-// or more). A scratch copy read next by a convolution keeps ordinary stores: streamed, the
+// that is written once and not read back by the caller (to_format's results of isa_each.h's
+// kStreamBytes or more). A scratch copy read next by a convolution keeps ordinary stores: streamed, the
 // convolution read it back from DRAM (NCHW 128 @56 stride 2, batch 8: +3 %).
 void transpose_batch(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols, bool stream = false);
-// Results of at least this many bytes are written with streaming stores (8 MiB: above what two
-// cores' L2 keep, where a result is on its way to memory anyway).
-int64_t stream_bytes();
 // dst[j * ld + i] = src[i * ls + j] for i < rows, j < cols, on the calling thread (the same 16 x 16
 // AVX-512 or 8 x 8 AVX2 transposes where the CPU has them; stream as transpose_batch's).
 void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int64_t rows, int64_t cols,
