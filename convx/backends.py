@@ -17,7 +17,16 @@ data gradient, and for 7 taps the weight gradient. Its rounding error is larger
 than the direct path's (a few times 1e-6 of the output's scale against a
 float64 reference where the direct path has a few times 1e-7; see README,
 "Winograd"); float64 never takes it.
-The setting is process-wide, read when each convolution runs.
+
+``winograd_phases`` (default None: this machine's choice): the 4x4 stride-2
+data gradient with padding 1, so also the forward of a 4x4 stride-2 transposed
+convolution (DCGAN's generator, upsampling decoders), by its four output
+phases as the channels of one 3x3 Winograd convolution, when ``winograd`` is
+on. None takes it where it measured faster than the GEMM path (CPUs with under
+2 MiB of L2 a core: the Zen 5; the Intel Xeon with 2 MiB ran the GEMM path
+faster on every layer); True takes it wherever it applies, False never.
+
+The settings are process-wide, read when each convolution runs.
 """
 import contextlib
 
@@ -36,23 +45,39 @@ class _CpuBackend:
         torch.ops.convx.cpu_winograd(bool(enabled))
 
     @property
+    def winograd_phases(self):
+        mode = int(torch.ops.convx.cpu_winograd_phases(None))
+        return None if mode < 0 else bool(mode)
+
+    @winograd_phases.setter
+    def winograd_phases(self, mode):
+        torch.ops.convx.cpu_winograd_phases(-1 if mode is None else int(bool(mode)))
+
+    @property
     def isa(self):
         """The instruction set the CPU kernels run with ('avx512', 'avx2' or 'base')."""
         return torch.ops.convx.cpu_isa()
 
+    _UNSET = object()
+
     @contextlib.contextmanager
-    def flags(self, winograd=None):
-        """Set the switches for a ``with`` block and restore them after it."""
-        old = self.winograd
+    def flags(self, winograd=None, winograd_phases=_UNSET):
+        """Set the switches for a ``with`` block and restore them after it (``winograd_phases``
+        may be set to None, the machine's choice, so an unset one is told apart)."""
+        old, old_phases = self.winograd, self.winograd_phases
         try:
             if winograd is not None:
                 self.winograd = winograd
+            if winograd_phases is not _CpuBackend._UNSET:
+                self.winograd_phases = winograd_phases
             yield
         finally:
             self.winograd = old
+            self.winograd_phases = old_phases
 
     def __repr__(self):
-        return f"convx.backends.cpu(winograd={self.winograd}, isa={self.isa!r})"
+        return (f"convx.backends.cpu(winograd={self.winograd}, winograd_phases={self.winograd_phases}, "
+                f"isa={self.isa!r})")
 
 
 cpu = _CpuBackend()

@@ -359,7 +359,8 @@ def test_transposed_4x4_stride2_within_bound(case, layout):
     w = torch.randn(Cin, Cout, 4, 4, generator=g).contiguous(memory_format=cl if layout in ("nhwc", "x_nchw_w_nhwc") else dense)
     b = torch.randn(Cout, generator=g) if bias else None
     run = lambda: convx.functional.conv_transpose2d(x, w, b, stride=2, padding=1)  # noqa: E731
-    y = run()
+    with convx.backends.cpu.flags(winograd_phases=True):  # (whatever this machine's choice)
+        y = run()
     b64 = None if b is None else b.double()
     ref = F.conv_transpose2d(x.double(), w.double(), b64, stride=2, padding=1)
     mag = F.conv_transpose2d(x.double().abs(), w.double().abs(), None if b is None else b64.abs(), stride=2, padding=1)
@@ -378,8 +379,33 @@ def test_transposed_4x4_stride2_within_bound(case, layout):
     xx = torch.randn(N, Cout, 2 * H, 2 * W, generator=g).contiguous(memory_format=cl if layout == "nhwc" else dense)
     xx.requires_grad_()
     yy = convx.functional.conv2d(xx, w, None, stride=2, padding=1)  # conv2d's weight [K = Cin][C = Cout][4][4]
-    gx, = torch.autograd.grad(yy, xx, x)
+    with convx.backends.cpu.flags(winograd_phases=True):
+        gx, = torch.autograd.grad(yy, xx, x)
     torch.testing.assert_close(gx, y if b is None else y - b.view(1, -1, 1, 1), rtol=0, atol=1e-5)
+
+
+def test_transposed_4x4_stride2_phases_switch():
+    """winograd_phases: True takes the phases, False the GEMM path (exact: the same bits as
+    Winograd off), None this machine's choice (one of the two); flags() restores it."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 32, 24, 24, generator=g)
+    w = torch.randn(32, 48, 4, 4, generator=g)
+    run = lambda: convx.functional.conv_transpose2d(x, w, None, stride=2, padding=1)  # noqa: E731
+    exact = _exact(run)
+    assert convx.backends.cpu.winograd_phases is None  # the default
+    with convx.backends.cpu.flags(winograd_phases=False):
+        assert convx.backends.cpu.winograd_phases is False
+        assert torch.equal(run(), exact)
+    with convx.backends.cpu.flags(winograd_phases=True):
+        assert torch.ops.convx.cpu_winograd_phases() == 1
+        y = run()
+        assert not torch.equal(y, exact)
+        torch.testing.assert_close(y, exact, rtol=1e-3, atol=1e-3)  # (Winograd: a few 1e-6 of the scale)
+    assert convx.backends.cpu.winograd_phases is None
+    assert any(torch.equal(run(), ref) for ref in (exact, y))
+    with convx.backends.cpu.flags(winograd=False, winograd_phases=True):  # Winograd off wins
+        assert torch.equal(run(), exact)
+    assert "winograd_phases=None" in repr(convx.backends.cpu)
 
 
 def test_transposed_4x4_stride2_small_images_stay_exact():

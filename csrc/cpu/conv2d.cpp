@@ -2016,9 +2016,16 @@ bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2d
 // faster (the weights, 2.25x the layer's, are built and transformed every call, for few tiles):
 // @20 +7 %, @16 -5-0 %, @14 -18-22 %, @7 -40 %. Rounding: tests/test_winograd.py (within twice
 // the 3x3 layers' bound).
+// On an Intel Xeon (2 MiB of L2 a core, the rule's proxy: the one such machine measured) the GEMM
+// path won every layer instead (batch 8, two threads, alternating rounds beside torch, the ratio
+// to torch NCHW / channels_last, phases -> GEMM: 256 -> 128 @28 0.91 / 0.78 -> 1.17 / 1.00,
+// 128 -> 64 @56 1.57 / 0.75 -> 1.72 / 0.92, 256 -> 128 @20 0.87 / 0.75 -> 1.06 / 1.00), so there it
+// keeps the GEMM unless winograd::phases() asks for the phases (1; 0 keeps the GEMM everywhere).
 bool phase_winograd_data_grad(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {
-  return gy.scalar_type() == at::kFloat && winograd::enabled() && p.groups == 1 && sh.R == 4 && sh.S == 4 &&
-         p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.pad_t == 1 && p.pad_l == 1 &&
+  const int mode = winograd::phases();
+  const bool phases = mode > 0 || (mode < 0 && l2_bytes() < (int64_t(2) << 20));
+  return gy.scalar_type() == at::kFloat && winograd::enabled() && phases && p.groups == 1 && sh.R == 4 &&
+         sh.S == 4 && p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.pad_t == 1 && p.pad_l == 1 &&
          p.pad_b == 1 && p.pad_r == 1 && sh.H == 2 * sh.Ho && sh.W == 2 * sh.Wo && sh.Ho * sh.Wo >= 400 &&
          winograd::applicable(sh.N, sh.K, 4 * sh.C, 3, 3, 1, 1, 1, 1, 1, sh.Ho, sh.Wo);
 }

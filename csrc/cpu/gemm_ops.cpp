@@ -1,6 +1,7 @@
 // Diagnostics of the CPU GEMM, as ops for the tests and the benchmarks:
 //   torch.ops.convx.cpu_gemm(a, b)            a @ b through convx's packed GEMM (2-D, float32/float64)
 //   torch.ops.convx.cpu_winograd(enabled=None) the Winograd switch (convx.backends.cpu.winograd)
+//   torch.ops.convx.cpu_winograd_phases(mode=None) the 4x4 stride-2 phases' switch (convx.backends.cpu.winograd_phases)
 //   torch.ops.convx.cpu_to_format(t, channels_last) t in NCHW or channels_last through layout.h's copy
 //   torch.ops.convx.cpu_fma_peak(iterations, threads=1)  the float32 FMA rate in GFLOP/s of `threads`
 //                                            cores at once, measured by a loop of independent FMAs in the
@@ -16,6 +17,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <optional>
@@ -105,6 +107,13 @@ bool cpu_winograd(std::optional<bool> enabled) {
   return winograd::enabled();
 }
 
+// The switch for Winograd's 4x4 stride-2 phases: sets it when `mode` is given (-1 the machine's
+// choice, 0 off, 1 on); returns the setting in force.
+int64_t cpu_winograd_phases(std::optional<int64_t> mode) {
+  if (mode.has_value()) winograd::set_phases(int(std::clamp<int64_t>(*mode, -1, 1)));
+  return winograd::phases();
+}
+
 }  // namespace
 }  // namespace convx::cpu
 
@@ -113,6 +122,7 @@ TORCH_LIBRARY_FRAGMENT(convx, m) {
   m.def("cpu_to_format(Tensor t, bool channels_last) -> Tensor");
   m.def("cpu_fma_peak(int iterations, int threads=1) -> float", &convx::cpu::cpu_fma_peak);
   m.def("cpu_winograd(bool? enabled=None) -> bool", &convx::cpu::cpu_winograd);
+  m.def("cpu_winograd_phases(int? mode=None) -> int", &convx::cpu::cpu_winograd_phases);
 }
 TORCH_LIBRARY_IMPL(convx, CPU, m) { 
   m.impl("cpu_gemm", &convx::cpu::cpu_gemm);

@@ -660,6 +660,11 @@ WINO_TARGETS(WINO_DEFINE_WGRAD)
 
 bool enabled() { return g_enabled.load(std::memory_order_relaxed); }
 void set_enabled(bool on) { g_enabled.store(on, std::memory_order_relaxed); }
+namespace {
+std::atomic<int> g_phases{-1};
+}  // namespace
+int phases() { return g_phases.load(std::memory_order_relaxed); }
+void set_phases(int mode) { g_phases.store(mode < 0 ? -1 : mode > 0 ? 1 : 0, std::memory_order_relaxed); }
 
 // The weights are transformed on every call (36 values for 9, by each task for
 // its channels), so a convolution needs enough output tiles to repay that:

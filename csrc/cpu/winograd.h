@@ -10,6 +10,12 @@ namespace convx::cpu::winograd {
 // The switch (torch.ops.convx.cpu_winograd / convx.backends.cpu.winograd).
 bool enabled();
 void set_enabled(bool on);
+// Winograd for the 4x4 stride-2 data gradient (the transposed 4x4 stride-2 forward) by its
+// output phases (conv2d.cpp's phase_winograd_data_grad), when enabled(): 1 taken, 0 not,
+// -1 (the default) where this machine measured it faster (torch.ops.convx.cpu_winograd_phases /
+// convx.backends.cpu.winograd_phases).
+int phases();
+void set_phases(int mode);
 
 // Whether a float32 convolution of this geometry takes the Winograd path
 // (when enabled): a 3x3 kernel at stride 1, dilation 1, one group, 16 or more
