@@ -140,7 +140,8 @@ def _on_1_and_2_threads(x, w, *args):
     return y1, y2
 
 
-@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks", "nchw_rows_streamed",
+@pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
+                                  "nchw_rows_streamed",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
                                   "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps",
                                   "gather_filter_rows_128ch", "gather_6x64_partial"])

@@ -36,7 +36,8 @@ def test_to_format_streamed(shape, dtype):
     x = (torch.randn(shape) * 100).to(dtype)
     for src, cl in ((x, True), (x.contiguous(memory_format=torch.channels_last), False)):
         y = torch.ops.convx.cpu_to_format(src, cl)
-        assert torch.equal(y, x) and y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        mf = torch.channels_last if cl else torch.contiguous_format
+        assert torch.equal(y, x) and y.is_contiguous(memory_format=mf)
 
 
 def test_to_format_keeps_bits():

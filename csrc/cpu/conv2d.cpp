@@ -1979,7 +1979,8 @@ void forward_nchw_rows(const float* x, const float* w, const float* bias, float*
       const RowsFrom from{&a, n * P + q0};
       gemm_rows(m, K, CRS, &im2col_nhwc_rows_from, &from, w, 1, CRS, buf, K, false, false,
                 runs ? &im2col_nhwc_direct_from : nullptr, runs ? sh.S * sh.C : 0, nullptr, bias);
-      transpose_strided(buf, K, y + n * K * P + q0, P, m, K, sh.N * K * P * int64_t(sizeof(float)) >= kStreamBytes);
+      const bool stream = sh.N * K * P * int64_t(sizeof(float)) >= kStreamBytes;  // (layout.h)
+      transpose_strided(buf, K, y + n * K * P + q0, P, m, K, stream);
     }
   });
 }
@@ -2025,8 +2026,9 @@ bool phase_winograd_data_grad(const at::Tensor& gy, const Conv2dShape& sh, const
   const int mode = winograd::phases();
   const bool phases = mode > 0 || (mode < 0 && l2_bytes() < (int64_t(2) << 20));
   return gy.scalar_type() == at::kFloat && winograd::enabled() && phases && p.groups == 1 && sh.R == 4 &&
-         sh.S == 4 && p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.pad_t == 1 && p.pad_l == 1 &&
-         p.pad_b == 1 && p.pad_r == 1 && sh.H == 2 * sh.Ho && sh.W == 2 * sh.Wo && sh.Ho * sh.Wo >= 400 &&
+         sh.S == 4 && p.stride_h == 2 && p.stride_w == 2 && p.dil_h == 1 && p.dil_w == 1 && p.pad_t == 1 &&
+         p.pad_l == 1 && p.pad_b == 1 && p.pad_r == 1 && sh.H == 2 * sh.Ho && sh.W == 2 * sh.Wo &&
+         sh.Ho * sh.Wo >= 400 &&
          winograd::applicable(sh.N, sh.K, 4 * sh.C, 3, 3, 1, 1, 1, 1, 1, sh.Ho, sh.Wo);
 }
 

@@ -1086,9 +1086,9 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
   const int64_t NC = block_n(kn, M);
   // Gathered rows (gather_kc > 0: gemm_rows' product has 8 tiles of rows or more, whatever share of
   // them this call has, so the blocks and the sums' order do not depend on the thread count) in
-  // blocks of up to gather_kc (kGatherKC, or gemm_rows' gather_block): a tile's accumulators then stay in registers over up to kGatherRuns
-  // taps, where blocks of 256 (one 256-channel tap) stored and reloaded them every tap; the tile's
-  // B panel (kc x NR) then comes from L2, not L1.
+  // blocks of up to gather_kc (kGatherKC, or gemm_rows' gather_block): a tile's accumulators then
+  // stay in registers over up to kGatherRuns taps, where blocks of 256 (one 256-channel tap) stored
+  // and reloaded them every tap; the tile's B panel (kc x NR) then comes from L2, not L1.
   // Channels_last, batch 8, two threads, process-alternating A/B (ratio to torch, medians of 3):
   // stride-2 3x3 256 @28 0.94 -> 0.98, 128 @56 0.95 -> 0.97, 512 @14 1.00 -> 1.07, 64 @112 0.90
   // -> 0.92, 192 -> 320 @17 (valid) 1.07 -> 1.12; 5x5 32 -> 64 @56 0.92 -> 0.94; batch 2 256 @28
@@ -1297,7 +1297,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
   // steps of 64 floats, did not fit L1 (Zen 5, 1 MiB of L2: 64 -> 64 3x3 stride 2 @112, batch 8,
   // one thread: 5 % slower).
   const Kernel<float>& fit = kernel_for<float>(M, N);
-  // Where L2 has 2 MiB or more (Intel's Sapphire / Granite Rapids) the 6 x 64 tile won instead: its
+  // Where L2 has 2 MiB or more (the Intel Xeon measured here) the 6 x 64 tile won instead: its
   // B panel streams from L2 while each tile's gathered rows are read once, not once per 32
   // columns (batch 8, two threads, process-alternating A/B on an Intel Xeon: 64 3x3 stride 2
   // @112 -8-10 %, @56 -6-10 % (NCHW -7 %), 48 -> 64 5x5 @35 -3 %, 128 -> 64 1x7 @17 -4 %).
