@@ -1368,34 +1368,39 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
   }
 }
 
+namespace {
+// The sysfs directory of cpu0's cache of `level` whose type is not "Instruction" ("" if none).
+std::string cache_dir(int level) {
+  for (int i = 0; i < 5; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream lv(dir + "level"), type(dir + "type");
+    int l = 0;
+    std::string t;
+    if (lv >> l && type >> t && l == level && t != "Instruction") return dir;
+  }
+  return "";
+}
+}  // namespace
+
 int l1_ways() {
   static const int ways = [] {
-    for (int i = 0; i < 4; ++i) {
-      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
-      std::ifstream level(dir + "level"), type(dir + "type"), w(dir + "ways_of_associativity");
-      int l = 0, n = 0;
-      std::string t;
-      if (level >> l && type >> t && w >> n && l == 1 && t == "Data" && n > 0) return n;
-    }
-    return 8;
+    const std::string dir = cache_dir(1);
+    std::ifstream w(dir + "ways_of_associativity");
+    int n = 0;
+    return !dir.empty() && w >> n && n > 0 ? n : 8;
   }();
   return ways;
 }
 
 int64_t l2_bytes() {
   static const int64_t bytes = [] {
-    for (int i = 0; i < 5; ++i) {
-      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
-      std::ifstream level(dir + "level"), size(dir + "size");
-      int l = 0;
-      int64_t kib = 0;
-      std::string unit;
-      if (level >> l && l == 2 && size >> kib && kib > 0) {
-        size >> unit;  // "2048K"
-        return unit == "M" ? kib << 20 : kib << 10;
-      }
-    }
-    return int64_t(1) << 20;
+    const std::string dir = cache_dir(2);
+    std::ifstream size(dir + "size");
+    int64_t kib = 0;
+    std::string unit;  // "2048K"
+    if (dir.empty() || !(size >> kib) || kib <= 0) return int64_t(1) << 20;
+    size >> unit;
+    return unit == "M" ? kib << 20 : kib << 10;
   }();
   return bytes;
 }

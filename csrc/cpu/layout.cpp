@@ -129,6 +129,19 @@ __attribute__((target("avx512f,avx2"))) void tile_avx512(const float* src, int64
   if (nj16 < nj) tile_avx2(src + nj16, ls, dst + nj16 * ld, ld, ni16, nj - nj16);
 }
 
+// Whether a transpose asked to stream into dst (row stride ld) can: AVX-512, 64-byte aligned rows.
+bool streams(bool stream, Isa isa, const float* dst, int64_t ld) {
+  return stream && isa == Isa::Avx512 && ld % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0;
+}
+
+// One tile by the widest transpose the CPU has (nt: tile_avx512's streaming stores, AVX-512 only).
+void tile_any(Isa isa, bool nt, const float* s, int64_t ls, float* d, int64_t ld, int64_t ni, int64_t nj) {
+  if (nt) tile_avx512<true>(s, ls, d, ld, ni, nj);
+  else if (isa == Isa::Avx512) tile_avx512<false>(s, ls, d, ld, ni, nj);
+  else if (isa != Isa::Base) tile_avx2(s, ls, d, ld, ni, nj);
+  else block_scalar(s, ls, d, ld, ni, nj);
+}
+
 // dst(n)[j * ld + i] = src(n)[i * ls + j] for i < rows, j < cols, n < batch, in
 // 64 x 64 tiles, every tile a task.
 template <typename Src, typename Dst>
@@ -137,18 +150,13 @@ void transpose_tiles(int64_t batch, int64_t rows, int64_t cols, const Src& src, 
   const int64_t ti = (rows + kTile - 1) / kTile, tj = (cols + kTile - 1) / kTile;
   const Isa isa = cpu_isa();
   // (every image's block 64-byte aligned: the first two are, and the rest by the same step)
-  const bool nt = stream && isa == Isa::Avx512 && ld % 16 == 0 && reinterpret_cast<uintptr_t>(dst(0)) % 64 == 0 &&
-                  (batch == 1 || reinterpret_cast<uintptr_t>(dst(1)) % 64 == 0);
+  const bool nt = streams(stream, isa, dst(0), ld) && (batch == 1 || streams(stream, isa, dst(1), ld));
   at::parallel_for(0, batch * ti * tj, 4, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t n = t / (ti * tj), i0 = (t / tj) % ti * kTile, j0 = t % tj * kTile;
       const int64_t ni = std::min(kTile, rows - i0), nj = std::min(kTile, cols - j0);
       const float* s = src(n) + i0 * ls + j0;
-      float* d = dst(n) + j0 * ld + i0;
-      if (nt) tile_avx512<true>(s, ls, d, ld, ni, nj);
-      else if (isa == Isa::Avx512) tile_avx512<false>(s, ls, d, ld, ni, nj);
-      else if (isa != Isa::Base) tile_avx2(s, ls, d, ld, ni, nj);
-      else block_scalar(s, ls, d, ld, ni, nj);
+      tile_any(isa, nt, s, ls, dst(n) + j0 * ld + i0, ld, ni, nj);
     }
     if (nt) _mm_sfence();
   });
@@ -160,16 +168,11 @@ void transpose_strided(const float* src, int64_t ls, float* dst, int64_t ld, int
                        bool stream) {
   const Isa isa = cpu_isa();
   if (isa == Isa::Base) return block_scalar(src, ls, dst, ld, rows, cols);
-  const bool nt = stream && isa == Isa::Avx512 && ld % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0;
+  const bool nt = streams(stream, isa, dst, ld);
   for (int64_t i0 = 0; i0 < rows; i0 += kTile)  // 64 x 64 tiles, as transpose_tiles'
-    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
-      const float* s = src + i0 * ls + j0;
-      float* d = dst + j0 * ld + i0;
-      const int64_t ni = std::min(kTile, rows - i0), nj = std::min(kTile, cols - j0);
-      if (nt) tile_avx512<true>(s, ls, d, ld, ni, nj);
-      else if (isa == Isa::Avx512) tile_avx512<false>(s, ls, d, ld, ni, nj);
-      else tile_avx2(s, ls, d, ld, ni, nj);
-    }
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile)
+      tile_any(isa, nt, src + i0 * ls + j0, ls, dst + j0 * ld + i0, ld, std::min(kTile, rows - i0),
+               std::min(kTile, cols - j0));
   if (nt) _mm_sfence();
 }
 

@@ -73,6 +73,7 @@ std::atomic<bool> g_enabled{[] {
   const char* e = std::getenv("CONVX_CPU_WINOGRAD");
   return !(e && e[0] == '0');
 }()};
+std::atomic<int> g_phases{-1};  // phases(): -1 the machine's choice, 0 off, 1 on
 
 
 
@@ -660,9 +661,6 @@ WINO_TARGETS(WINO_DEFINE_WGRAD)
 
 bool enabled() { return g_enabled.load(std::memory_order_relaxed); }
 void set_enabled(bool on) { g_enabled.store(on, std::memory_order_relaxed); }
-namespace {
-std::atomic<int> g_phases{-1};
-}  // namespace
 int phases() { return g_phases.load(std::memory_order_relaxed); }
 void set_phases(int mode) { g_phases.store(mode < 0 ? -1 : mode > 0 ? 1 : 0, std::memory_order_relaxed); }
 
