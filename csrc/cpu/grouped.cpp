@@ -2,6 +2,7 @@
 #include "grouped.h"
 
 #include "gemm.h"
+#include "isa_each.h"
 #include "layout.h"
 #include "winograd.h"
 
@@ -719,6 +720,10 @@ struct PJob {
   // in's and out's images, channels, rows and columns this far apart (img == 0: NCHW contiguous);
   // channels_last is read and written in place (chan == 1)
   Strides is{}, os{};
+  // NCHW rows of whole vectors or of 4 or more: each row's vectors stored in place (nchw_task),
+  // by streaming stores where the result has isa_each.h's kStreamBytes or more and its rows are
+  // whole 64-byte lines (run_nchw)
+  bool direct = false, stream = false;
 };
 
 // The buffer of one task: its Cg channels' sh * sw phase planes ([Hq][Wq] and L + (S - 1) * dw / sw
@@ -791,11 +796,25 @@ GROUPED_INLINE void fill_phases(const float* in, const Strides& st, int64_t Cg, 
           // w + L < width). The scalar strided copy was half of a stride-2 layer's time (32
           // groups of 8, 256 @56, batch 8: 3.2 ms, and 2.2 when 4K aliasing between its loads
           // and stores happened not to strike).
-          if (step == 2)
+          // Then half and quarter vectors (rows narrower than a vector: 15 columns of 32 groups
+          // of 8 at stride 2 @28 went one float at a time, most of the layer's time).
+          if (step == 2) {
             for (; w + L < width; w += L) {
               const auto v = vload_even<4 * L>(sc + 2 * w);
               std::memcpy(dc + w, &v, sizeof(v));
             }
+            if constexpr (L >= 8)
+              for (; w + L / 2 < width; w += L / 2) {
+                const auto v = vload_even<2 * L>(sc + 2 * w);
+                std::memcpy(dc + w, &v, sizeof(v));
+              }
+            if constexpr (L >= 16)
+              for (; w + L / 4 < width; w += L / 4) {
+                const auto v = vload_even<L>(sc + 2 * w);
+                std::memcpy(dc + w, &v, sizeof(v));
+              }
+            for (; w < width; ++w) dc[w] = sc[2 * w];
+          }
           for (; w < width; ++w) dc[w] = sc[w * step];
         }
       }
@@ -803,9 +822,23 @@ GROUPED_INLINE void fill_phases(const float* in, const Strides& st, int64_t Cg, 
   }
 }
 
+// VB bytes of floats stored at p (16-byte aligned) without reading their lines first or keeping
+// them in the caches (isa_each.h's stream_block: 16-byte stores in every build, which the
+// write-combining buffers join into whole lines).
+template <int VB>
+GROUPED_INLINE void stream_vec(float* p, const typename Vec<float, VB>::type& v) {
+  for (int q = 0; q < VB / 16; ++q) {
+    __m128 h;
+    std::memcpy(&h, reinterpret_cast<const char*>(&v) + 16 * q, 16);
+    _mm_stream_ps(p + 4 * q, h);
+  }
+}
+
+// The KB x PV vectors of outputs at position o of the planes' runs: output channel k's at
+// dst + k * dstride (PV vectors), by stream_vec where stream.
 template <int VB, int KB, int PV>
 GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, const float* wk, const float* bk,
-                              float* yk, int64_t o) {
+                              int64_t o, float* dst, int64_t dstride, bool stream) {
   using V = typename Vec<float, VB>::type;
   constexpr int L = VB / 4;
   const int64_t RS = j.R * j.S, wstep = j.Cg * RS;
@@ -833,19 +866,26 @@ GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, 
       }
     }
   }
+  if (stream) {
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
+      for (int q = 0; q < PV; ++q) stream_vec<VB>(dst + k * dstride + q * L, acc[k][q]);
+    return;
+  }
 #pragma GCC unroll 8
   for (int k = 0; k < KB; ++k)
 #pragma GCC unroll 8
-    for (int q = 0; q < PV; ++q) std::memcpy(yk + k * pb.run + o + q * L, &acc[k][q], sizeof(V));
+    for (int q = 0; q < PV; ++q) std::memcpy(dst + k * dstride + q * L, &acc[k][q], sizeof(V));
 }
 
-// The last (run - o) / L < P + 1 vectors of a run: one tile of that many.
+// The last n < P + 1 vectors at o: one tile of that many (as nchw_tile's).
 template <int VB, int KB, int P>
 GROUPED_INLINE void nchw_tail(const PJob& j, const PBlock& pb, const float* xb, const float* wk, const float* bk,
-                              float* yk, int64_t o, int64_t run) {
+                              int64_t o, int64_t n, float* dst, int64_t dstride, bool stream) {
   if constexpr (P > 0) {
-    if ((run - o) / (VB / 4) == P) return nchw_tile<VB, KB, P>(j, pb, xb, wk, bk, yk, o);
-    nchw_tail<VB, KB, P - 1>(j, pb, xb, wk, bk, yk, o, run);
+    if (n == P) return nchw_tile<VB, KB, P>(j, pb, xb, wk, bk, o, dst, dstride, stream);
+    nchw_tail<VB, KB, P - 1>(j, pb, xb, wk, bk, o, n, dst, dstride, stream);
   }
 }
 
@@ -865,31 +905,53 @@ GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
                  j.sh, j.sw, pb.Wq, pb.phase, pb.plane, buf);
   float* yb = buf + j.Cg * pb.plane;
   const float* wg = j.w + g * j.Kg * j.Cg * j.R * j.S;
+  float* out = j.out + n * j.os.img + g * j.Kg * j.os.chan + ho0 * j.os.row;
+  if (j.direct) {
+    // NCHW: each output row's vectors stored in place (the columns past Wo in the planes' runs
+    // not computed), a last part of a vector through a tile's buffer. Through yb and a copy out,
+    // 3 -> 64 3x3 @64, batch 8, ran 15 % slower than the im2col GEMM (the result, 8 MB, passed
+    // through L2 twice); but rows of under four vectors with a part (14 columns, 32 groups of 8
+    // at stride 2 @28) ran 18 % slower in place, their tiles of one or two vectors and the parts
+    // copied one float at a time, than as whole tiles along the runs.
+    alignas(64) float part[KB * L];
+    const int64_t whole = j.Wo / L * L;
+    for (int64_t k0 = 0; k0 < j.Kg; k0 += KB) {
+      const float* wk = wg + k0 * j.Cg * j.R * j.S;
+      const float* bk = j.bias ? j.bias + g * j.Kg + k0 : nullptr;
+      for (int64_t i = 0; i < rows; ++i) {
+        float* yr = out + k0 * j.os.chan + i * j.os.row;
+        const int64_t o = i * pb.Wq;
+        int64_t x = 0;
+        for (; x + PV * L <= whole; x += PV * L)
+          nchw_tile<VB, KB, PV>(j, pb, buf, wk, bk, o + x, yr + x, j.os.chan, j.stream);
+        nchw_tail<VB, KB, PV - 1>(j, pb, buf, wk, bk, o + x, (whole - x) / L, yr + x, j.os.chan, j.stream);
+        if (whole == j.Wo) continue;
+        nchw_tile<VB, KB, 1>(j, pb, buf, wk, bk, o + whole, part, L, false);
+        for (int k = 0; k < KB; ++k)
+          for (int64_t q = whole; q < j.Wo; ++q) yr[k * j.os.chan + q] = part[k * L + q - whole];
+      }
+    }
+    return;
+  }
   for (int64_t k0 = 0; k0 < j.Kg; k0 += KB) {
     const float* wk = wg + k0 * j.Cg * j.R * j.S;
     const float* bk = j.bias ? j.bias + g * j.Kg + k0 : nullptr;
     float* yk = yb + k0 * pb.run;
     int64_t o = 0;
-    for (; o + PV * L <= run; o += PV * L) nchw_tile<VB, KB, PV>(j, pb, buf, wk, bk, yk, o);
-    nchw_tail<VB, KB, PV - 1>(j, pb, buf, wk, bk, yk, o, run);
+    for (; o + PV * L <= run; o += PV * L) nchw_tile<VB, KB, PV>(j, pb, buf, wk, bk, o, yk + o, pb.run, false);
+    nchw_tail<VB, KB, PV - 1>(j, pb, buf, wk, bk, o, (run - o) / L, yk + o, pb.run, false);
   }
-  float* out = j.out + n * j.os.img + g * j.Kg * j.os.chan + ho0 * j.os.row;
-  if (j.os.chan == 1) {  // channels_last: each pixel's Kg channels together
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t x = 0; x < j.Wo; ++x)
-        for (int64_t k = 0; k < j.Kg; ++k) out[i * j.os.row + x * j.os.col + k] = yb[k * pb.run + i * pb.Wq + x];
+  if (j.os.col == 1) {  // NCHW
+    for (int64_t k = 0; k < j.Kg; ++k)
+      for (int64_t i = 0; i < rows; ++i)
+        std::memcpy(out + k * j.os.chan + i * j.os.row, yb + k * pb.run + i * pb.Wq, j.Wo * sizeof(float));
     return;
   }
-  for (int64_t k = 0; k < j.Kg; ++k) {
-    float* dst = out + k * j.os.chan;
-    const float* src = yb + k * pb.run;
-    if (j.os.col == 1) {
-      for (int64_t i = 0; i < rows; ++i) std::memcpy(dst + i * j.os.row, src + i * pb.Wq, j.Wo * sizeof(float));
-    } else {
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t x = 0; x < j.Wo; ++x) dst[i * j.os.row + x * j.os.col] = src[i * pb.Wq + x];
-    }
-  }
+  // channels_last: each pixel's Kg channels together
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t x = 0; x < j.Wo; ++x)
+      for (int64_t k = 0; k < j.Kg; ++k)
+        out[i * j.os.row + x * j.os.col + k * j.os.chan] = yb[k * pb.run + i * pb.Wq + x];
 }
 
 // Register blocks: AVX-512 (32 registers) up to 8 channels x 2 vectors or 4 x 3, 2 x 6;
@@ -933,6 +995,11 @@ void run_nchw(PJob j) {
   j.rows = rows;
   if (j.is.img == 0) j.is = nchw_strides(j.G * j.Cg, j.H, j.W);
   if (j.os.img == 0) j.os = nchw_strides(j.G * j.Kg, j.Ho, j.Wo);
+  // (the stem's 26 MB result, 3 -> 64 7x7 stride 2 at batch 8, copied out of yb with ordinary
+  // stores read each line from memory first: 23 % on top of the product's time)
+  j.direct = j.os.col == 1 && (j.Wo % L == 0 || j.Wo >= 4 * L);
+  j.stream = j.direct && j.os.row == j.Wo && j.os.chan == j.Ho * j.Wo && j.Wo % Block<float>::n == 0 &&
+             stream_stores(j.out, j.N * j.os.img * int64_t(sizeof(float)), j.Wo * int64_t(sizeof(float)));
   int64_t off[64];
   tap_offsets(j.R, j.S, j.dh, j.dw, j.sh, j.sw, pblock(j, rows, L), off);
   j.off = off;
@@ -941,10 +1008,11 @@ void run_nchw(PJob j) {
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
     std::vector<float> buf(size);  // zeros: the padding every task's planes keep
     switch (isa) {
-      case Isa::Avx512: return nchw_avx512(j, buf.data(), b, e);
-      case Isa::Avx2: return nchw_avx2(j, buf.data(), b, e);
-      default: return nchw_base(j, buf.data(), b, e);
+      case Isa::Avx512: nchw_avx512(j, buf.data(), b, e); break;
+      case Isa::Avx2: nchw_avx2(j, buf.data(), b, e); break;
+      default: nchw_base(j, buf.data(), b, e); break;
     }
+    if (j.stream) _mm_sfence();
   });
 }
 
@@ -1350,6 +1418,10 @@ bool winograd_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
   return p.groups > 1 && sh.Cg == sh.Kg && (sh.Kg == 2 || sh.Kg == 4 || sh.Kg == 8 || sh.Kg == 16 || sh.Kg == 32) &&
          sh.R * sh.S <= 64 && p.stride_h <= 4 && p.stride_w <= 4;
+}
+
+bool dense_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups == 1 && sh.C < 8 && sh.K % 8 == 0 && sh.R * sh.S <= 64 && p.stride_h <= 4 && p.stride_w <= 4;
 }
 
 bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {

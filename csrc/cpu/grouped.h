@@ -61,6 +61,10 @@ void weight_grad(const float* x, const float* gy, float* gw, const Conv2dShape& 
 // into a zero-padded buffer, split into stride phases), no layout copies of the
 // operands or the result. The data gradient at stride 1.
 bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
+// One group of few input channels (C < 8: the 3-channel stems and first layers) and K a multiple of
+// 8 output channels, the same limits on taps and strides: forward_nchw as a single group (Cg = C,
+// Kg = K), whose planes of so few channels stay in L1 while every block of 8 output channels reads them.
+bool dense_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 // y [N, K, Ho, Wo] = conv(x [N, C, H, W], w [K, Cg, R, S] contiguous) + bias; x and y contiguous
 // in NCHW, or with nhwc in channels_last (read and written in place: each task's planes are made
