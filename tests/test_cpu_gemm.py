@@ -126,6 +126,13 @@ for (r, s), st, pad in (((3, 3), 2, (1, 1)), ((7, 1), 1, (3, 0)), ((1, 7), 1, (0
         yg = torch.ops.convx.conv2d(xg.float(), wg.float(), bg.float(), [st, st], [pad[0], pad[0], pad[1], pad[1]],
                                     [1, 1], 1)
     torch.testing.assert_close(yg.double(), torch.nn.functional.conv2d(xg, wg, bg, st, pad), atol=1e-3, rtol=1e-4)
+# channels_last, 3 -> 16 3x3 with a 8 MiB result: streamed from the tiles read in place (gemm_rows'
+# stream: AVX2's 6 x 16 tile), the edges' tiles by ordinary stores
+xn = torch.randn(1, 3, 256, 512, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+wn, bn = torch.randn(16, 3, 3, 3, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+yn = torch.ops.convx.conv2d(xn.float(), wn.float(), bn.float(), [1, 1], [1, 1, 1, 1], [1, 1], 1)
+torch.testing.assert_close(yn.double(), torch.nn.functional.conv2d(xn, wn, bn, 1, 1), atol=1e-4, rtol=1e-4)
+assert yn.is_contiguous(memory_format=torch.channels_last)
 # add + ReLU and its gradient (each_streaming()'s builds), 1001 elements: a tail on every build
 xa, xb = torch.randn(1001, requires_grad=True), torch.randn(1001, requires_grad=True)
 ya = convx.functional.add_relu(xa, xb)

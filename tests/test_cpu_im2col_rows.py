@@ -110,6 +110,12 @@ CASES = {
     "narrow_tail_gather_12": (4, 64, 17, 17, 80, (3, 3), 2, (1, 1), 1, 1),  # 324 rows: 12 x 32 / 12 x 16
     "narrow_tail_padded": (2, 16, 14, 13, 72, (5, 5), 1, (2, 2), 1, 1),
     "narrow_tail_b_whole": (2, 24, 24, 40, 80, (3, 5), 1, (1, 2), 1, 1),
+    # channels_last, a reduction of at most 64 and a result of 8 MiB or more: the tiles read in
+    # place write it by streaming stores (gemm_rows' stream), the edge tiles (rows made) by ordinary
+    # ones; 64 output channels (the 6 x 64 tile on AVX-512), 16 (12 x 16), 48 (8 x 48)
+    "streamed_64k": (1, 3, 256, 256, 64, (3, 3), 1, (1, 1), 1, 1),
+    "streamed_16k": (1, 3, 256, 512, 16, (3, 3), 1, (1, 1), 1, 1),
+    "streamed_48k": (1, 3, 211, 214, 48, (3, 3), 1, (1, 1), 1, 1),
 }
 
 
@@ -144,7 +150,7 @@ def _on_1_and_2_threads(x, w, *args):
 
 
 @pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
-                                  "nchw_rows_streamed",
+                                  "nchw_rows_streamed", "streamed_64k",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
                                   "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps",
                                   "gather_filter_rows_128ch", "gather_6x64_partial"])

@@ -40,7 +40,7 @@ namespace {
 // bias / rbias (with !add): C = A B + bias[j] (NR columns) / + rbias[i] (MR rows), the
 // accumulators starting from them (a layer's bias, no pass over C of its own).
 template <typename T, int MR, int NR, int VB, bool ROWS = false, bool BROWS = false, bool SEG = false,
-          bool PF = false>
+          bool PF = false, bool NT = false>
 __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __restrict a, const T* __restrict b,
                                                         T* __restrict c, int64_t rsc, bool add, int64_t lda = 0,
                                                         int64_t ldb = 0, int64_t nrows = 1, int64_t arow = 0,
@@ -75,7 +75,8 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NR * int(sizeof(T)); j += 64) __builtin_prefetch(reinterpret_cast<const char*>(c + i * rsc) + j, 1, 3);
+    for (int j = 0; j < NR * int(sizeof(T)); j += 64)
+      if (!NT || add) __builtin_prefetch(reinterpret_cast<const char*>(c + i * rsc) + j, 1, 3);
   for (int64_t row = 0; row < (BROWS || SEG ? nrows : 1); ++row) {
     const T* __restrict ak = a + (BROWS || SEG ? row * arow : 0);
     const T* __restrict bk = b + (BROWS || SEG ? row * brow : 0);
@@ -137,6 +138,16 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
         V old;
         std::memcpy(&old, c + i * rsc + j * VL, sizeof(V));
         v += old;
+      }
+      if constexpr (NT) {
+        if (!add) {  // (float: 16-byte streaming stores, which the write-combining buffers join)
+          for (int q = 0; q < VB / 16; ++q) {
+            __m128 h;
+            std::memcpy(&h, reinterpret_cast<const char*>(&v) + 16 * q, 16);
+            _mm_stream_ps(reinterpret_cast<float*>(c + i * rsc + j * VL) + 4 * q, h);
+          }
+          continue;
+        }
       }
       std::memcpy(c + i * rsc + j * VL, &v, sizeof(V));
     }
@@ -222,17 +233,20 @@ void ukernel_brows_base(int64_t kc, const T* a, int64_t lda, const T* b, int64_t
   ukernel_body<T, MR, NR, 16, false, true>(kc, a, b, c, rsc, add, lda, ldb, nrows, arow, brow);
 }
 
-template <typename T, int MR, int NR>
+// NT: C (with !add) written by streaming stores (gemm_rows' stream)
+template <typename T, int MR, int NR, bool NT = false>
 __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) void ukernel_rows_seg_avx512(
     int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add, int64_t nrows, int64_t arow,
     int64_t brow, const T* bias) {
-  ukernel_body<T, MR, NR, 64, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow, nullptr, bias);
+  ukernel_body<T, MR, NR, 64, true, false, true, false, NT>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow,
+                                                              nullptr, bias);
 }
-template <typename T, int MR, int NR>
+template <typename T, int MR, int NR, bool NT = false>
 __attribute__((target("avx2,fma"))) void ukernel_rows_seg_avx2(int64_t kc, const T* a, int64_t lda, const T* b, T* c,
                                                                int64_t rsc, bool add, int64_t nrows, int64_t arow,
                                                                int64_t brow, const T* bias) {
-  ukernel_body<T, MR, NR, 32, true, false, true>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow, nullptr, bias);
+  ukernel_body<T, MR, NR, 32, true, false, true, false, NT>(kc, a, b, c, rsc, add, lda, 0, nrows, arow, brow,
+                                                              nullptr, bias);
 }
 template <typename T, int MR, int NR>
 void ukernel_rows_seg_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t rsc, bool add,
@@ -345,7 +359,16 @@ struct Kernel {
   // copy, the whole MR-row tile and a scalar copy out of a tile buffer (ResNet-50's channels_last
   // 1024 -> 256 1x1 @14, batch 8: 776 rows a thread, the last 8 of them 3 % of the layer's time)
   const UKernelRows<T>* ur_part = nullptr;
+  // urs writing C by streaming stores (float: AVX-512's and AVX2's tiles; gemm_rows' stream)
+  UKernelRowsSeg<T> urs_nt = nullptr;
 };
+
+// k with its urs_nt set
+template <typename T>
+Kernel<T> with_nt(Kernel<T> k, UKernelRowsSeg<T> urs_nt) {
+  k.urs_nt = urs_nt;
+  return k;
+}
 
 // ur_part's table for AVX-512's tiles of NR columns: entry m reads m rows (entry 0 unused).
 template <typename T, int NR, int... M>
@@ -386,12 +409,13 @@ const Kernel<T>& kernel_of() {
                              &ukernel_brows_avx512<T, 12, 32>, "avx512", &ukernel_rows_seg_avx512<T, 12, 32>,
                              &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
                              &ukernel_rows_seg_avx512<T, 12, 16>,
-                             rows_parts_12x32<T>()}
+                             rows_parts_12x32<T>(), &ukernel_rows_seg_avx512<T, 12, 32, true>}
                  : Kernel<T>{12, 16, 256, 120, 1536, &ukernel_avx512<T, 12, 16>, &ukernel_rows_avx512<T, 12, 16>,
                              &ukernel_brows_avx512<T, 12, 16>, "avx512", &ukernel_rows_seg_avx512<T, 12, 16>};
       case Isa::Avx2:
-        return f ? Kernel<T>{6, 16, 256, 144, 3072, &ukernel_avx2<T, 6, 16>, &ukernel_rows_avx2<T, 6, 16>,
-                             &ukernel_brows_avx2<T, 6, 16>, "avx2", &ukernel_rows_seg_avx2<T, 6, 16>}
+        return f ? with_nt(Kernel<T>{6, 16, 256, 144, 3072, &ukernel_avx2<T, 6, 16>, &ukernel_rows_avx2<T, 6, 16>,
+                                     &ukernel_brows_avx2<T, 6, 16>, "avx2", &ukernel_rows_seg_avx2<T, 6, 16>},
+                           &ukernel_rows_seg_avx2<T, 6, 16, true>)
                  : Kernel<T>{6, 8, 256, 96, 1536, &ukernel_avx2<T, 6, 8>, &ukernel_rows_avx2<T, 6, 8>,
                              &ukernel_brows_avx2<T, 6, 8>, "avx2", &ukernel_rows_seg_avx2<T, 6, 8>};
       default:
@@ -426,8 +450,10 @@ const Kernel<T>& kernel_avx512_short() {
 template <typename T>
 const Kernel<T>& kernel_avx512_n64() {
   static_assert(std::is_same_v<T, float>, "the 6 x 64 tile is float32's");
-  static const Kernel<T> k{6, 64, 256, 240, 3072, &ukernel_avx512<T, 6, 64>, &ukernel_rows_avx512<T, 6, 64>,
-                           &ukernel_brows_avx512<T, 6, 64>, "avx512", &ukernel_rows_seg_avx512<T, 6, 64>};
+  static const Kernel<T> k = with_nt(Kernel<T>{6, 64, 256, 240, 3072, &ukernel_avx512<T, 6, 64>,
+                                               &ukernel_rows_avx512<T, 6, 64>, &ukernel_brows_avx512<T, 6, 64>,
+                                               "avx512", &ukernel_rows_seg_avx512<T, 6, 64>},
+                                     &ukernel_rows_seg_avx512<T, 6, 64, true>);
   return k;
 }
 
@@ -447,9 +473,11 @@ const Kernel<float>& kernel_avx512_n16() {
 // 64 -> 16 3x3 stride 2 @56 +52 %, 3 -> 16 stride 2 @224 +29 %, 16 -> 16 1x1 @56 +25 %, ResNeXt's
 // 32 groups of 32 @7 +42 % (channels_last) and 32 groups of 8 @28 +40 % (NCHW); no layer slower.
 const Kernel<float>& kernel_avx512_n16w() {
-  static const Kernel<float> k{12, 16, 256, 240, 3072, &ukernel_avx512<float, 12, 16>,
-                               &ukernel_rows_avx512<float, 12, 16>, &ukernel_brows_avx512<float, 12, 16>, "avx512",
-                               &ukernel_rows_seg_avx512<float, 12, 16>};
+  static const Kernel<float> k =
+      with_nt(Kernel<float>{12, 16, 256, 240, 3072, &ukernel_avx512<float, 12, 16>,
+                            &ukernel_rows_avx512<float, 12, 16>, &ukernel_brows_avx512<float, 12, 16>, "avx512",
+                            &ukernel_rows_seg_avx512<float, 12, 16>},
+              &ukernel_rows_seg_avx512<float, 12, 16, true>);
   return k;
 }
 
@@ -458,9 +486,10 @@ const Kernel<float>& kernel_avx512_n16w() {
 // the 6 x 64 tile computed a quarter padded: batch 8, channels_last, two threads, 192 -> 48 1x1 @35
 // +35 %, 480 -> 48 @14 +35 %, 256 -> 48 3x3 stride 2 @28 +33 %, 64 -> 48 5x5 @35 +27 %.
 const Kernel<float>& kernel_avx512_n48() {
-  static const Kernel<float> k{8, 48, 256, 240, 3072, &ukernel_avx512<float, 8, 48>,
-                               &ukernel_rows_avx512<float, 8, 48>, &ukernel_brows_avx512<float, 8, 48>, "avx512",
-                               &ukernel_rows_seg_avx512<float, 8, 48>};
+  static const Kernel<float> k =
+      with_nt(Kernel<float>{8, 48, 256, 240, 3072, &ukernel_avx512<float, 8, 48>, &ukernel_rows_avx512<float, 8, 48>,
+                            &ukernel_brows_avx512<float, 8, 48>, "avx512", &ukernel_rows_seg_avx512<float, 8, 48>},
+              &ukernel_rows_seg_avx512<float, 8, 48, true>);
   return k;
 }
 
@@ -1073,7 +1102,7 @@ void gemm_batch_serial(const Kernel<T>& kn, int64_t M, int64_t N, int64_t K, con
 void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx,
                       const float* B, int64_t rsb, int64_t csb, float* C, int64_t rsc, bool accumulate,
                       DirectFn direct = nullptr, int64_t seg_len = 0, GatherFn gather = nullptr,
-                      int64_t gather_kc = 0, const float* bias = nullptr) {
+                      int64_t gather_kc = 0, const float* bias = nullptr, bool stream = false) {
   const int MR = kn.MR, NR = kn.NR;
   const UKernelGather ug = gather && seg_len > 0 ? gather_kernel(kn) : nullptr;
   const UKernelGather ug_narrow = ug && kn.uk_narrow ? gather_kernel_narrow(kn) : nullptr;
@@ -1103,6 +1132,9 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
     const int64_t pieces = (seg_len + KC - 1) / KC, piece = (seg_len + pieces - 1) / pieces;
     return std::min({piece, seg_len - pc % seg_len, K - pc});
   };
+  // stream: the tiles of rows read in place write C by streaming stores where the kernel has them
+  // and the reduction is one block (C written once, not read back)
+  const bool nt_c = stream && kn.urs_nt && !accumulate && block_at(0) >= K;
   // A tile's gathered rows (gather() in gemm.h), its runs whose rows are all zeros left out, and
   // its rows of C
   bool permuted = false;  // some row of A is not that row of C (no rows() or direct() then)
@@ -1181,8 +1213,8 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
             // the bias where the panel is whole (the kernel reads tw of it), else in the copy below
             const float* bk = b0 && nr == tw ? b0 + jr : nullptr;
             if (in_place)
-              (tw == NR ? kn.urs : kn.urs_narrow)(sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n,
-                                                  sg.step, sg.len * tw, bk);
+              (tw != NR ? kn.urs_narrow : nt_c && whole && !addd ? kn.urs_nt : kn.urs)(
+                  sg.len, sg.a, sg.lda, bpack + jr * kc, dst, ldd, addd, sg.n, sg.step, sg.len * tw, bk);
             else
               (tw == NR ? kn.ur : kn.ur_narrow)(kc, arows, kc, bpack + jr * kc, dst, ldd, addd, nullptr, bk,
                                                 nullptr);
@@ -1286,13 +1318,14 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
       rows_block(0, M, jc, nc, pc, kc, bpack);
     }
   }
+  if (nt_c) _mm_sfence();
 }
 
 }  // namespace
 
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct, int64_t seg_len,
-               GatherFn gather, const float* bias, int64_t gather_block) {
+               GatherFn gather, const float* bias, int64_t gather_block, bool stream) {
   // Gathered rows on the 12 x 32 tile rather than 6 x 64 (33-64 columns): the tile's B panel, 256
   // steps of 64 floats, did not fit L1 (Zen 5, 1 MiB of L2: 64 -> 64 3x3 stride 2 @112, batch 8,
   // one thread: 5 % slower).
@@ -1309,7 +1342,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
   const int64_t nt = parallel ? at::get_num_threads() : 1;
   if (nt <= 1 || 2.0 * double(M) * double(N) * double(K) < 2e6 || at::in_parallel_region())
     return gemm_rows_serial(kn, M, N, K, rows, ctx, B, rsb, csb, C, rsc, accumulate, direct, seg_len, gather,
-                            gather_kc, bias);
+                            gather_kc, bias, stream);
   // Rows split between the threads (each makes only its rows of A; B is packed by each), unless
   // there are few rows, or fewer than twice the columns and those enough for whole panels a
   // thread: then columns (A's rows made, or read in place, by every thread; B's panels packed
@@ -1353,7 +1386,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
               return n;
             })
                    : GatherFn(nullptr),
-            gather_kc, bias);
+            gather_kc, bias, stream);
       }
     });
   } else {
@@ -1362,7 +1395,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
       for (int64_t t = b; t < e; ++t) {
         const int64_t j0 = t * chunk, nj = std::min(chunk, N - j0);
         gemm_rows_serial(kn, M, nj, K, rows, ctx, B + j0 * csb, rsb, csb, C + j0, rsc, accumulate, direct, seg_len,
-                         gather, gather_kc, bias ? bias + j0 : nullptr);
+                         gather, gather_kc, bias ? bias + j0 : nullptr, stream);
       }
     });
   }

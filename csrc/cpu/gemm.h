@@ -165,10 +165,14 @@ const float* gemm_zero_row();
 // bias (with accumulate false): C = A B + bias[n], the tiles' accumulators starting from it in the
 // first reduction block, not all of C set to it beforehand (a pass through memory).
 // gather_block > 0: the gathered rows' blocks hold at most that many elements (and kGatherKC).
+// stream: C, written once (accumulate false, the reduction one block), by streaming stores from the
+// tiles whose rows direct() finds (AVX-512's and AVX2's float kernels), C's rows 16-byte aligned
+// (64-byte aligned rows make whole lines): for a large result not read soon (isa_each.h's
+// stream_stores).
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct = nullptr,
                int64_t seg_len = 0, GatherFn gather = nullptr, const float* bias = nullptr,
-               int64_t gather_block = 0);
+               int64_t gather_block = 0, bool stream = false);
 
 // The register tile as a building block, for products that pack their own
 // operands (Winograd's 36 small GEMMs, csrc/cpu/winograd.cpp). The tile is
