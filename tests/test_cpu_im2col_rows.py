@@ -116,6 +116,13 @@ CASES = {
     "streamed_64k": (1, 3, 256, 256, 64, (3, 3), 1, (1, 1), 1, 1),
     "streamed_16k": (1, 3, 256, 512, 16, (3, 3), 1, (1, 1), 1, 1),
     "streamed_48k": (1, 3, 211, 214, 48, (3, 3), 1, (1, 1), 1, 1),
+    # channels_last, few channels (C < 8) and C*R*S <= 64, padded: from a zero-padded copy of the
+    # input, tiles within an output row read in place, those across two rows made (no gather);
+    # 32 columns (12-pixel tiles across rows), stride 2 with a 5x5, and padding at the left and
+    # right only with 20 output channels (a partial panel)
+    "padded_few_3x3": (4, 3, 30, 32, 16, (3, 3), 1, (1, 1), 1, 1),
+    "padded_few_5x5_s2": (3, 2, 31, 29, 24, (5, 5), 2, (2, 2), 1, 1),
+    "padded_few_cols_only": (2, 7, 9, 23, 20, (1, 3), 1, (0, 1), 1, 1),
 }
 
 
@@ -150,7 +157,7 @@ def _on_1_and_2_threads(x, w, *args):
 
 
 @pytest.mark.parametrize("case", ["direct_3x5", "direct_pieces_s2", "direct_7x1", "nchw_rows_blocks",
-                                  "nchw_rows_streamed", "streamed_64k",
+                                  "nchw_rows_streamed", "streamed_64k", "padded_few_3x3",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
                                   "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps",
                                   "gather_filter_rows_128ch", "gather_6x64_partial"])

@@ -607,6 +607,15 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
                                                      !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024))));
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p, gather && cols};
           const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
+          // A short reduction (C*R*S <= 64: VGG's 3 -> 64 3x3, 27) and a result of 8 MiB or more
+          // (the result's own layout: such layers compute in it): the result by streaming stores
+          // (gemm_rows' stream), its lines not read before written. VGG's first layer @224, batch 8,
+          // channels_last (103 MB out), process-alternating A/B: 0.95 -> 1.11x torch (time -22 %);
+          // the stem (147) measured even.
+          auto stream_short = [&](const float* yc) {
+            return G == 1 && CRS <= 64 &&
+                   stream_stores(yc, M * sh.K * int64_t(sizeof(float)), sh.K * int64_t(sizeof(float)));
+          };
           // Fewer channels (one group): from a zero-padded copy of the input, a filter row a run
           // (at most kGatherRuns of them a block of the reduction), where a filter row has 80 floats
           // or more. Batch 8, 2 threads, in-process A/B: 16 -> 32 5x5 @28 +14 %, 32 -> 96 5x5 @28
@@ -625,6 +634,23 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
                       &im2col_nhwc_direct, L, &im2col_nhwc_gather_rows, bp ? bp + g * Kg : nullptr);
             return;
           }
+          // Few channels and a short reduction (C < 8, C*R*S <= 64: RGB first layers), padded: from
+          // a zero-padded copy of the input too, so that only a tile across two output rows is
+          // copied (rows()), not also every tile at the image's edges (with bounds tests); no
+          // gather (its runs would be S * C floats, 9 for a 3x3). Channels_last, two threads,
+          // process-alternating A/B: CIFAR's 3 -> 16 3x3 @32, batch 128, 0.77 -> 0.93x torch (time
+          // -21 %), 3 -> 32 @64, batch 32, -10 %; VGG's 3 -> 64 @224 even.
+          const bool padded = p.pad_t > 0 || p.pad_b > 0 || p.pad_l > 0 || p.pad_r > 0;
+          if (G == 1 && runs && sh.C < 8 && CRS <= 64 && padded && nn * Hp * Wp * sh.C <= kScratchCapFloats) {
+            float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
+            pad_nhwc(xn, nn, sh.H, sh.W, sh.C, p, xpad, par);
+            Conv2dParams q = p;
+            q.pad_t = q.pad_b = q.pad_l = q.pad_r = 0;
+            const Im2colRows ap{xpad, Hp, Wp, sh.C, Cg, S, sh.Ho, sh.Wo, &q};
+            gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &ap, wp, brs, bcs, yg, sh.K, false, par,
+                      &im2col_nhwc_direct, L, nullptr, bp ? bp + g * Kg : nullptr, 0, stream_short(yg));
+            return;
+          }
           // Gathered blocks of one filter row (S taps, S >= 3, of 384 floats or more; kGatherKC caps
           // it): each of a tile's rows then reads one run of S * C contiguous floats of x a block
           // (at stride 2 a filter row's taps are neighbouring pixels), where blocks of up to
@@ -633,16 +659,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // -5-8 % (NCHW -6 %, batch 2 0 %), 256 @56 -4 %, 128 @56 -6 %, 192 -> 320 @35 (valid) -8 %,
           // 512 @14 -2 % (the same 1536 floats); 5x5 96 -> 128 @28 and 160 -> 192 stride 2 even.
           // Shorter rows lost: 64 @112 stride 2 +3 % (192 floats), 48 -> 64 5x5 @56 +3 %.
-          // A short reduction (C*R*S <= 64: VGG's 3 -> 64 3x3, 27) and a result of 8 MiB or more
-          // (the output in the result's layout: these compute in it): the result by streaming
-          // stores, not read before written. VGG's first layer @224, batch 8, channels_last
-          // (103 MB out), process-alternating A/B: 9.7 -> 7.4 ms (torch 9.0); the stem (147) even.
-          const bool stream = G == 1 && CRS <= 64 &&
-                              stream_stores(yg, M * sh.K * int64_t(sizeof(float)), sh.K * int64_t(sizeof(float)));
           gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &a, wp + g * CRS * Kg, brs, bcs, yg, sh.K, false, par,
                     runs ? &im2col_nhwc_direct : nullptr, gather ? Cg : runs ? S * sh.C : 0,
                     gather ? &im2col_nhwc_gather : nullptr, bp ? bp + g * Kg : nullptr,
-                    gather && S >= 3 && S * Cg >= 384 ? S * Cg : 0, stream);
+                    gather && S >= 3 && S * Cg >= 384 ? S * Cg : 0, stream_short(yg));
           return;
         }
       }
