@@ -60,8 +60,8 @@ void maybe_parallel_for(bool parallel, int64_t begin, int64_t end, int64_t grain
     f(begin, end);
 }
 
-// xpad [N][Hp][Wp][C] = channels_last x [N][H][W][C] with p's padding as zeros (Hp = H + pad_t +
-// pad_b, Wp = W + pad_l + pad_r), its rows split between the threads when `parallel`.
+// xpad [N][Hp][Wp][C] = channels_last x [N][H][W][C] with p's padding (>= 0) as zeros (Hp = H +
+// pad_t + pad_b, Wp = W + pad_l + pad_r), its rows split between the threads when `parallel`.
 void pad_nhwc(const float* x, int64_t N, int64_t H, int64_t W, int64_t C, const Conv2dParams& p, float* xpad,
               bool parallel) {
   const int64_t Hp = H + p.pad_t + p.pad_b, Wp = W + p.pad_l + p.pad_r;
@@ -640,7 +640,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // gather (its runs would be S * C floats, 9 for a 3x3). Channels_last, two threads,
           // process-alternating A/B: CIFAR's 3 -> 16 3x3 @32, batch 128, 0.77 -> 0.93x torch (time
           // -21 %), 3 -> 32 @64, batch 32, -10 %; VGG's 3 -> 64 @224 even.
-          const bool padded = p.pad_t > 0 || p.pad_b > 0 || p.pad_l > 0 || p.pad_r > 0;
+          // (negative padding, a transposed convolution's data gradient cropping its output
+          // padding, is not for pad_nhwc)
+          const bool padded = std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) >= 0 &&
+                              std::max({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) > 0;
           if (G == 1 && runs && sh.C < 8 && CRS <= 64 && padded && nn * Hp * Wp * sh.C <= kScratchCapFloats) {
             float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
             pad_nhwc(xn, nn, sh.H, sh.W, sh.C, p, xpad, par);
