@@ -259,11 +259,13 @@ def test_conv_transpose2d(device):
     @example(cfg=_cfg(n=0, h=0, w=0, output_padding=(0, 0)))
     @example(cfg=_cfg(n=0, h=0, w=0, k=(2, 2), output_padding=(0, 0)))
     @example(cfg=_cfg(dilation=(1, 2), padding=(0, 1), output_padding=(0, 1)))
-    # a data gradient with negative padding (cropping the output padding) on a 2-channel float32
-    # channels_last forward: not from a zero-padded copy (pad_nhwc), which took the negative
-    # padding as lengths
+    # a data gradient with negative padding (cropping the output padding) on a float32 channels_last
+    # forward: not from a zero-padded copy (pad_nhwc), which took the negative padding as lengths;
+    # 2 channels (C*R*S <= 64), and 16 channels of a 1 x 5 filter (rows of 80 floats, gathered)
     @example(cfg=_cfg(n=3, cin=2, cout=2, h=7, w=17, k=(2, 4), stride=(1, 3), dilation=(2, 1), padding=(2, 0),
                       output_padding=(0, 1), bias=True, dtype=torch.float32, w_layout="channels_last", seed=5132597))
+    @example(cfg=_cfg(n=3, cin=2, cout=16, h=7, w=17, k=(2, 5), stride=(1, 3), dilation=(2, 1), padding=(2, 0),
+                      output_padding=(0, 1), dtype=torch.float32, w_layout="channels_last", seed=1))
     def run(cfg):
         _check_conv(cfg, transposed=True)
     run()

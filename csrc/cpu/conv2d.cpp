@@ -623,7 +623,18 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // 3x3 -5-13 %, 8 channels 5x5 -5 %, 24 channels 3x3 stride 2 -3 %). The copy within the
           // scratch cap (the thread keeps the buffer).
           const int64_t L = S * sh.C, Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r;
-          if (Cg < 48 && runs && L >= 80 && (L > KC || std::min(KC / L, R) <= kGatherRuns) &&
+          const bool rows_gathered = Cg < 48 && runs && L >= 80 && (L > KC || std::min(KC / L, R) <= kGatherRuns);
+          // Few channels and a short reduction (C < 8, C*R*S <= 64: RGB first layers), padded: from
+          // the zero-padded copy too, so that only a tile across two output rows is copied (rows()),
+          // not also every tile at the image's edges (with bounds tests); no gather (its runs would
+          // be S * C floats, 9 for a 3x3). Channels_last, two threads, process-alternating A/B:
+          // CIFAR's 3 -> 16 3x3 @32, batch 128, 0.77 -> 0.93x torch (time -21 %), 3 -> 32 @64,
+          // batch 32, -10 %; VGG's 3 -> 64 @224 even.
+          const bool few = G == 1 && runs && sh.C < 8 && CRS <= 64 &&
+                           std::max({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) > 0;
+          // (Not with negative padding, a transposed convolution's data gradient cropping its
+          // output padding: pad_nhwc took it as lengths.)
+          if ((rows_gathered || few) && std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) >= 0 &&
               nn * Hp * Wp * sh.C <= kScratchCapFloats) {
             float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
             pad_nhwc(xn, nn, sh.H, sh.W, sh.C, p, xpad, par);
@@ -631,27 +642,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
             q.pad_t = q.pad_b = q.pad_l = q.pad_r = 0;
             const Im2colRows ap{xpad, Hp, Wp, sh.C, Cg, S, sh.Ho, sh.Wo, &q};
             gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &ap, wp, brs, bcs, yg, sh.K, false, par,
-                      &im2col_nhwc_direct, L, &im2col_nhwc_gather_rows, bp ? bp + g * Kg : nullptr);
-            return;
-          }
-          // Few channels and a short reduction (C < 8, C*R*S <= 64: RGB first layers), padded: from
-          // a zero-padded copy of the input too, so that only a tile across two output rows is
-          // copied (rows()), not also every tile at the image's edges (with bounds tests); no
-          // gather (its runs would be S * C floats, 9 for a 3x3). Channels_last, two threads,
-          // process-alternating A/B: CIFAR's 3 -> 16 3x3 @32, batch 128, 0.77 -> 0.93x torch (time
-          // -21 %), 3 -> 32 @64, batch 32, -10 %; VGG's 3 -> 64 @224 even.
-          // (negative padding, a transposed convolution's data gradient cropping its output
-          // padding, is not for pad_nhwc)
-          const bool padded = std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) >= 0 &&
-                              std::max({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) > 0;
-          if (G == 1 && runs && sh.C < 8 && CRS <= 64 && padded && nn * Hp * Wp * sh.C <= kScratchCapFloats) {
-            float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
-            pad_nhwc(xn, nn, sh.H, sh.W, sh.C, p, xpad, par);
-            Conv2dParams q = p;
-            q.pad_t = q.pad_b = q.pad_l = q.pad_r = 0;
-            const Im2colRows ap{xpad, Hp, Wp, sh.C, Cg, S, sh.Ho, sh.Wo, &q};
-            gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &ap, wp, brs, bcs, yg, sh.K, false, par,
-                      &im2col_nhwc_direct, L, nullptr, bp ? bp + g * Kg : nullptr, 0, stream_short(yg));
+                      &im2col_nhwc_direct, L, rows_gathered ? &im2col_nhwc_gather_rows : nullptr,
+                      bp ? bp + g * Kg : nullptr, 0, stream_short(yg));
             return;
           }
           // Gathered blocks of one filter row (S taps, S >= 3, of 384 floats or more; kGatherKC caps
@@ -1980,7 +1972,8 @@ void forward_regrouped(const float* xr, const float* w, const float* bias, float
 // An NCHW float32 forward with few input channels and a large filter (3-channel 7x7 stems, which
 // compute_format keeps in NCHW: under 8 channels its channels_last copies cost more than they
 // gained) whose output channels are not whole blocks of 8 (those take grouped.cpp's NCHW kernel,
-// grouped::dense_nchw_applicable, since; the figures below predate it): products of forward_regrouped's kind over blocks of whole output rows of one
+// grouped::dense_nchw_applicable, since; the figures below predate it): products of
+// forward_regrouped's kind over blocks of whole output rows of one
 // image (about 256 KiB of result), each made [pixels][K] in the thread's buffer with its im2col
 // made as read from a channels_last copy of the input (or read there in place), then transposed
 // into the NCHW planes while in L2. The NCHW path's im2col matrix (C*R*S rows of every output
