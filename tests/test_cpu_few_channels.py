@@ -4,6 +4,8 @@ copied a block of rows at a time into zero-padded stride phases, each output row
 in place (a last part of a vector through a buffer), streamed where the result has 8 MiB or more
 and its rows are whole 64-byte lines. Against float64, the same bits on 1 and 2 threads, and the
 AVX2 and baseline builds."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,14 +90,15 @@ def test_fused_and_half():
     torch.testing.assert_close(yb.double(), refb, atol=0.1, rtol=0.02)
 
 
+# (this file's directory by its absolute path: `make sanitize` runs the tests from another one)
 _CHILD = r"""
 import sys, torch
-sys.path.insert(0, "tests")
+sys.path.insert(0, %r)
 from test_cpu_few_channels import CASES, STREAMED, _check
 for name in ("stem_23_cols", "vgg_64_cols", "narrow_rows_1ch", "s3_dil_asym", "pad_past_40k", "streamed_3x3"):
     _check({**CASES, **STREAMED}[name])
 print("ok")
-"""
+""" % os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
