@@ -2,6 +2,7 @@
 // AVX2 8 floats x 2 x 2 ~= 96 GFLOP/s, AVX-512 16 floats x 2 x 2 ~= 192 GFLOP/s
 // in float32 (half that in float64; AVX-512 clocks run lower under load).
 #include "gemm.h"
+#include "isa_each.h"
 #include "layout.h"
 
 #include <ATen/Parallel.h>
@@ -140,12 +141,8 @@ __attribute__((always_inline)) inline void ukernel_body(int64_t kc, const T* __r
         v += old;
       }
       if constexpr (NT) {
-        if (!add) {  // (float: 16-byte streaming stores, which the write-combining buffers join)
-          for (int q = 0; q < VB / 16; ++q) {
-            __m128 h;
-            std::memcpy(&h, reinterpret_cast<const char*>(&v) + 16 * q, 16);
-            _mm_stream_ps(reinterpret_cast<float*>(c + i * rsc + j * VL) + 4 * q, h);
-          }
+        if (!add) {
+          stream_bytes<VB>(c + i * rsc + j * VL, &v);
           continue;
         }
       }

@@ -822,20 +822,8 @@ GROUPED_INLINE void fill_phases(const float* in, const Strides& st, int64_t Cg, 
   }
 }
 
-// VB bytes of floats stored at p (16-byte aligned) without reading their lines first or keeping
-// them in the caches (isa_each.h's stream_block: 16-byte stores in every build, which the
-// write-combining buffers join into whole lines).
-template <int VB>
-GROUPED_INLINE void stream_vec(float* p, const typename Vec<float, VB>::type& v) {
-  for (int q = 0; q < VB / 16; ++q) {
-    __m128 h;
-    std::memcpy(&h, reinterpret_cast<const char*>(&v) + 16 * q, 16);
-    _mm_stream_ps(p + 4 * q, h);
-  }
-}
-
 // The KB x PV vectors of outputs at position o of the planes' runs: output channel k's at
-// dst + k * dstride (PV vectors), by stream_vec where stream.
+// dst + k * dstride (PV vectors), by streaming stores (isa_each.h's stream_bytes) where stream.
 template <int VB, int KB, int PV>
 GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, const float* wk, const float* bk,
                               int64_t o, float* dst, int64_t dstride, bool stream) {
@@ -870,7 +858,7 @@ GROUPED_INLINE void nchw_tile(const PJob& j, const PBlock& pb, const float* xb, 
 #pragma GCC unroll 8
     for (int k = 0; k < KB; ++k)
 #pragma GCC unroll 8
-      for (int q = 0; q < PV; ++q) stream_vec<VB>(dst + k * dstride + q * L, acc[k][q]);
+      for (int q = 0; q < PV; ++q) stream_bytes<VB>(dst + k * dstride + q * L, &acc[k][q]);
     return;
   }
 #pragma GCC unroll 8
@@ -998,6 +986,7 @@ void run_nchw(PJob j) {
   // (the stem's 26 MB result, 3 -> 64 7x7 stride 2 at batch 8, copied out of yb with ordinary
   // stores read each line from memory first: 23 % on top of the product's time)
   j.direct = j.os.col == 1 && (j.Wo % L == 0 || j.Wo >= 4 * L);
+  // (rows and planes contiguous: not a strided data gradient's phase of dX, rows st_h * W apart)
   j.stream = j.direct && j.os.row == j.Wo && j.os.chan == j.Ho * j.Wo && j.Wo % Block<float>::n == 0 &&
              stream_stores(j.out, j.N * j.os.img * int64_t(sizeof(float)), j.Wo * int64_t(sizeof(float)));
   int64_t off[64];

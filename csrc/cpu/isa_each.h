@@ -137,13 +137,19 @@ CONVX_ALWAYS_INLINE inline void store_block(T* p, typename Block<A>::v r) {
 // 1 %. Channels_last pooling, batch 8, 2x2: max 64 @224 forward +6-13 % (26 MB out), forward +
 // backward +11 % (dX 103 MB), 256 @56 +11 % (dX 26 MB), 512 @28 +5 % (dX 13 MB); but the
 // average's forward of 6.4 MB (256 @56) lost 10 % streamed: hence 8 MiB, not less.
+// stream_bytes: the Bytes (a multiple of 16) at v stored so at p (16-byte aligned), for vectors of
+// any width (grouped.cpp's NCHW rows, gemm.cpp's streamed tiles).
+template <int Bytes>
+CONVX_ALWAYS_INLINE inline void stream_bytes(void* p, const void* v) {
+  for (int q = 0; q < Bytes / 16; ++q) {
+    __m128 h;
+    __builtin_memcpy(&h, static_cast<const char*>(v) + 16 * q, 16);
+    _mm_stream_ps(static_cast<float*>(p) + 4 * q, h);
+  }
+}
 template <typename A>
 CONVX_ALWAYS_INLINE inline void stream_block(A* p, typename Block<A>::v r) {
-  for (int q = 0; q < 4; ++q) {
-    __m128 v;
-    __builtin_memcpy(&v, reinterpret_cast<const char*>(&r) + 16 * q, 16);
-    _mm_stream_ps(reinterpret_cast<float*>(p) + 4 * q, v);
-  }
+  stream_bytes<64>(p, &r);
 }
 
 // A block of A stored into T's: by stream_block where asked and T is A, else store_block.
