@@ -87,6 +87,8 @@ CASES = {
     "1x1_in_place": (2, 64, 20, 20, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # one tile block: pixel chunks
     "1x1_in_place_blocks": (1, 288, 6, 7, 288, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 2 x 2 blocks, partial
     "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32: regrouped
+    # 256 channels, 4,704 pixels of 28 x 28 images: the tiles where L2 has under 2 MiB, else the GEMM
+    "1x1_256ch_l2_choice": (6, 256, 28, 28, 40, (1, 1), 1, (0, 0, 0, 0), 1, 1),
     "1x7_in_place": (3, 32, 9, 17, 24, (1, 7), 1, (0, 0, 3, 3), 1, 1),  # runs cut by the padding
     "3x3_s2_in_place": (2, 32, 15, 16, 16, (3, 3), 2, (1, 1, 1, 1), 1, 1),
     "3x3_s2_256ch_tiles": (1, 256, 13, 12, 24, (3, 3), 2, (1, 1, 1, 1), 1, 1),  # X's step 2 KiB: tiles

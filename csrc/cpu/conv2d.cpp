@@ -1370,12 +1370,19 @@ void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const
 // (dW = dY^T X, A = dY^T packed from its columns): the tiles read dY^T's whole row panels in place
 // and sum the pixels in 8 chunks, which pays where each chunk is long (>= 4096 pixels in all),
 // dW small (<= 512 KiB a copy) and one block of columns (<= 512 input channels). Batch 8 unless
-// said, two threads, in-process A/B, GEMM -> tiles (torch): 128 -> 512 @28 2.14 -> 1.92 ms (2.00),
-// 256 -> 512 @28 4.13 -> 3.92 (4.10), 512 -> 256 @28 4.04 -> 3.89 (3.84), batch 32 128 -> 512
-// @28 9.20 -> 7.74 (10.4), 512 -> 128 @28 2.05 / 2.07 (1.84). Outside that the GEMM kept them:
-// 256 -> 1024 @14 (1568 pixels) 1.91 against 2.53, 544 -> 128 @28 (two column blocks) 2.07
-// against 2.54, 512 -> 2048 @7 1.73 against 4.39.
+// said, two threads, in-process A/B on a Zen 5 (1 MiB of L2), GEMM -> tiles (torch): 128 -> 512
+// @28 2.14 -> 1.92 ms (2.00), 256 -> 512 @28 4.13 -> 3.92 (4.10), 512 -> 256 @28 4.04 -> 3.89
+// (3.84), batch 32 128 -> 512 @28 9.20 -> 7.74 (10.4), 512 -> 128 @28 2.05 / 2.07 (1.84). Outside
+// that the GEMM kept them: 256 -> 1024 @14 (1568 pixels) 1.91 against 2.53, 544 -> 128 @28 (two
+// column blocks) 2.07 against 2.54, 512 -> 2048 @7 1.73 against 4.39. Where L2 has 2 MiB or more
+// (the Intel Xeon measured here) the GEMM won from 256 input channels on images under 56 x 56
+// (process-alternating A/B, 6 rounds, tiles -> GEMM (torch)): 512 -> 256 @28 7.61 -> 6.63 ms
+// (6.4), 256 -> 512 @28 7.29 -> 6.60, 512 -> 128 @28 3.79 -> 3.43, batch 16 512 -> 256 @28 15.4
+// -> 13.9, the stride-2 256 -> 512 @56 (28 x 28 after its gather) 8.47 -> 7.36; the tiles kept
+// 256 -> 128 @56 (6.77 against 7.08), 64 -> 256 @56 (3.20 against 3.55) and 128 -> 512 @28 (3.49
+// against 3.59).
 bool pointwise_wgrad_tiled(const Conv2dShape& sh, const Conv2dParams& p) {
+  if (sh.C >= 256 && sh.Ho * sh.Wo < 56 * 56 && l2_bytes() >= (int64_t(2) << 20)) return false;
   return p.groups == 1 && sh.C <= 512 && sh.N * sh.Ho * sh.Wo >= 4096 && sh.K * sh.C <= 128 * 1024;
 }
 
