@@ -85,7 +85,9 @@ CASES = {
     "one_ch_5x5": (3, 1, 12, 13, 32, (5, 5), 1, (2, 2, 2, 2), 1, 1),
     "few_ch_11x11_s4": (1, 3, 41, 43, 32, (11, 11), 4, (2, 2, 2, 2), 1, 1),
     "1x1_in_place": (2, 64, 20, 20, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # one tile block: pixel chunks
-    "1x1_in_place_blocks": (1, 288, 6, 7, 288, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 2 x 2 blocks, partial
+    "1x1_288ch_packed": (1, 288, 6, 7, 288, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # over 256 channels: not in place
+    # in place in 2 x 2 blocks cut evenly (144 + 144 columns, the rows about 132 + 132)
+    "3x3_in_place_even_blocks": (1, 288, 6, 5, 264, (3, 3), 1, (1, 1, 1, 1), 1, 1),
     "1x1_in_place_groups": (2, 64, 9, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 2),  # Kg 16, Cg 32: regrouped
     # 256 channels, 4,704 pixels of 28 x 28 images: the tiles where L2 has under 2 MiB, else the GEMM
     "1x1_256ch_l2_choice": (6, 256, 28, 28, 40, (1, 1), 1, (0, 0, 0, 0), 1, 1),

@@ -1130,6 +1130,10 @@ struct ChunkCopies {
 // a step's lines fall in two of L1's 64 sets and the packed paths won too
 // (batch 8: 512 -> 128 1x1 @28 2.88 -> 2.61 ms, 128 -> 512 3.06 -> 2.84,
 // 512 -> 256 5.70 -> 4.82, 512 3x3 @14 23.1 -> 20.8; torch 2.3, 2.4, 4.3, 19.0).
+// A 1x1 layer reads in place up to 256 channels (steps of 1 KiB): from 288 the packed paths won
+// (Intel Xeon, batch 8, process-alternating A/B, in place -> packed: 288 @28 3.78 -> 3.55 ms,
+// 320 @28 4.64 -> 4.51, 384 @28 6.63 -> 6.19, 384 @14 1.82 -> 1.57, 320 @56 24.1 -> 22.3),
+// where 96 @56 (1.71 -> 1.95) and 256 -> 128 @56 (6.86 -> 7.57) kept it.
 // The same at stride 2 from 256 channels, X's step 2 KiB (then wgrad_nhwc_tiled; batch 8 unless
 // said, two threads, in-process A/B, torch in parentheses): 3x3 256 @28 4.76 -> 4.01 ms (4.69),
 // batch 2 1.18 -> 1.00 (1.35), 256 @56 21.1 -> 20.3 (28.5).
@@ -1143,7 +1147,8 @@ bool wgrad_whole_tiles(const Conv2dShape& sh, const Conv2dParams& p) {
   return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0;
 }
 bool wgrad_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
-  return wgrad_whole_tiles(sh, p) && p.stride_w * sh.C < 512 && sh.K < 512;
+  const bool pointwise = sh.R == 1 && sh.S == 1;
+  return wgrad_whole_tiles(sh, p) && p.stride_w * sh.C < (pointwise ? 257 : 512) && sh.K < 512;
 }
 
 // Where each group's pixels are for wgrad_nhwc_in_place: pixel q of group g of X at
@@ -1167,7 +1172,13 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
   const int64_t MR = mt.MR, NR = mt.NR, G = p.groups, Kg = sh.Kg, Cg = sh.Cg, RS = sh.R * sh.S;
   const int64_t rows = sh.N * sh.Ho, ldc = RS * Cg;
   constexpr int64_t kUnits = 8, kMinRows = 4, kBlock = 256, kPixels = 128;
-  const int64_t bi = std::max<int64_t>(MR, kBlock / MR * MR), bj = std::max<int64_t>(NR, kBlock / NR * NR);
+  // blocks of up to kBlock rows and columns, the rows (columns) cut evenly: 320 channels as 160 +
+  // 160, not 256 + 64 (the threads' shares of the units then differed fourfold, one thread waiting:
+  // batch 8, in place, process-alternating A/B, 1x1 320 @28 7.23 -> 4.61 ms, 288 @28 6.24 -> 3.74,
+  // 384 @28 8.63 -> 6.50, 320 @56 37.1 -> 24.1; torch 4.1, 3.3, 5.7, 18.3)
+  const int64_t bi_max = std::max<int64_t>(MR, kBlock / MR * MR), bj_max = std::max<int64_t>(NR, kBlock / NR * NR);
+  const int64_t bi = std::min(bi_max, ceil_div(ceil_div(Kg, ceil_div(Kg, bi_max)), MR) * MR);
+  const int64_t bj = std::min(bj_max, ceil_div(ceil_div(Cg, ceil_div(Cg, bj_max)), NR) * NR);
   const int64_t rb = ceil_div(Kg, bi), cb = ceil_div(Cg, bj), tiles = G * RS * rb * cb;
   const int64_t chunks =
       tiles >= kUnits ? 1 : std::clamp<int64_t>(ceil_div(kUnits, tiles), 1, std::max<int64_t>(1, rows / kMinRows));
