@@ -1352,9 +1352,15 @@ void wgrad_nhwc_tiled(const float* x, const float* gy, float* gw, const Conv2dSh
   const int64_t NR = micro_tile<float>().NR, G = p.groups, Kg = sh.Kg, CRS = sh.Cg * sh.R * sh.S;
   const int64_t L = sh.N * sh.Ho * sh.Wo;
   constexpr int64_t kUnits = 8, kMinChunk = 256;
-  // Few columns (<= 16 panels): one block, so dY^T is packed once a pixel, not once a block.
-  const int64_t panels = ceil_div(CRS, NR), per = NR * (panels <= 16 ? panels : std::max<int64_t>(1, panels / kUnits));
-  const int64_t blocks = ceil_div(CRS, per);
+  // Few columns (<= 16 panels): one block, so dY^T is packed once a pixel, not once a block; else
+  // kUnits blocks of whole panels cut evenly (a block of panels / kUnits panels, the last what
+  // was left, made 288 -> 384 3x3 stride 2's 81 panels 9 blocks, 8 of 10 and one of 1: two
+  // threads' shares 50 and 31 panels; process-alternating A/B, batch 8: 288 -> 384 @35 26.1 ->
+  // 21.4 ms, NCHW 29.9 -> 25.7, 320 @28 13.6 -> 11.2; torch 21.9, 22.1, 12.9)
+  const int64_t panels = ceil_div(CRS, NR), blocks = panels <= 16 ? 1 : kUnits;
+  auto block_cols = [&](int64_t blk, int64_t& j0, int64_t& j1) {
+    j0 = std::min(CRS, blk * panels / blocks * NR), j1 = std::min(CRS, (blk + 1) * panels / blocks * NR);
+  };
   const int64_t chunks =
       G * blocks >= kUnits ? 1 : std::clamp<int64_t>(ceil_div(kUnits, G * blocks), 1, std::max<int64_t>(1, L / kMinChunk));
   const int64_t chunk = ceil_div(L, chunks), dw = G * Kg * CRS;
@@ -1363,7 +1369,9 @@ void wgrad_nhwc_tiled(const float* x, const float* gy, float* gw, const Conv2dSh
   at::parallel_for(0, G * blocks * chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t u = b; u < e; ++u) {
       const int64_t c = u % chunks, blk = (u / chunks) % blocks, g = u / (chunks * blocks);
-      const int64_t j0 = blk * per, j1 = std::min(CRS, j0 + per), q0 = c * chunk, q1 = std::min(L, q0 + chunk);
+      const int64_t q0 = c * chunk, q1 = std::min(L, q0 + chunk);
+      int64_t j0, j1;
+      block_cols(blk, j0, j1);
       float* out = pp + c * dw + g * Kg * CRS;
       if (q0 < q1)
         wgrad_nhwc_tiles(x, gy, out, sh, p, g, j0, j1, q0, q1);
