@@ -75,6 +75,7 @@ CASES = {
     # channels_last 1x1 with >= 4096 pixels, <= 512 input channels and a small dW: the tiles path
     # (whole row panels of dY^T in place where Kg fills them, partial ones packed)
     "1x1_tiles_long": (2, 24, 48, 48, 20, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_tiles_16x16": (2, 48, 48, 48, 32, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 48 columns: AVX-512's 16 x 16 tile
     "1x1_tiles_k512": (1, 40, 64, 64, 512, (1, 1), 1, (0, 0, 0, 0), 1, 1),
     "1x1_s2_tiles": (2, 36, 96, 90, 24, (1, 1), 2, (0, 0, 0, 0), 1, 1),  # gathered, then the tiles
     "large_image": (1, 16, 96, 96, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
