@@ -1402,8 +1402,7 @@ void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const
 // (process-alternating A/B, 6 rounds, tiles -> GEMM (torch)): 512 -> 256 @28 7.61 -> 6.63 ms
 // (6.4), 256 -> 512 @28 7.29 -> 6.60, 512 -> 128 @28 3.79 -> 3.43, batch 16 512 -> 256 @28 15.4
 // -> 13.9, the stride-2 256 -> 512 @56 (28 x 28 after its gather) 8.47 -> 7.36; the tiles kept
-// 256 -> 128 @56 (6.77 against 7.08), 64 -> 256 @56 (3.20 against 3.55) and 128 -> 512 @28 (3.49
-// against 3.59).
+// 128 -> 512 @28 (3.49 against 3.59).
 bool pointwise_wgrad_tiled(const Conv2dShape& sh, const Conv2dParams& p) {
   if (sh.C >= 256 && sh.Ho * sh.Wo < 56 * 56 && l2_bytes() >= (int64_t(2) << 20)) return false;
   return p.groups == 1 && sh.C <= 512 && sh.N * sh.Ho * sh.Wo >= 4096 && sh.K * sh.C <= 128 * 1024;
