@@ -1152,7 +1152,7 @@ bool wgrad_whole_tiles(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 bool wgrad_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
   const bool pointwise = sh.R == 1 && sh.S == 1;
-  return wgrad_whole_tiles(sh, p) && p.stride_w * sh.C < (pointwise ? 257 : 512) && sh.K < 512;
+  return wgrad_whole_tiles(sh, p) && p.stride_w * sh.C <= (pointwise ? 256 : 511) && sh.K < 512;
 }
 
 // Where each group's pixels are for wgrad_nhwc_in_place: pixel q of group g of X at
@@ -1180,9 +1180,11 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
   // 160, not 256 + 64 (the threads' shares of the units then differed fourfold, one thread waiting:
   // batch 8, in place, process-alternating A/B, 1x1 320 @28 7.23 -> 4.61 ms, 288 @28 6.24 -> 3.74,
   // 384 @28 8.63 -> 6.50, 320 @56 37.1 -> 24.1; torch 4.1, 3.3, 5.7, 18.3)
-  const int64_t bi_max = std::max<int64_t>(MR, kBlock / MR * MR), bj_max = std::max<int64_t>(NR, kBlock / NR * NR);
-  const int64_t bi = std::min(bi_max, ceil_div(ceil_div(Kg, ceil_div(Kg, bi_max)), MR) * MR);
-  const int64_t bj = std::min(bj_max, ceil_div(ceil_div(Cg, ceil_div(Cg, bj_max)), NR) * NR);
+  auto even_block = [](int64_t n, int64_t unit) {  // whole units, at most kBlock (or one unit)
+    const int64_t most = std::max<int64_t>(unit, kBlock / unit * unit);
+    return std::min(most, ceil_div(ceil_div(n, ceil_div(n, most)), unit) * unit);
+  };
+  const int64_t bi = even_block(Kg, MR), bj = even_block(Cg, NR);
   const int64_t rb = ceil_div(Kg, bi), cb = ceil_div(Cg, bj), tiles = G * RS * rb * cb;
   const int64_t chunks =
       tiles >= kUnits ? 1 : std::clamp<int64_t>(ceil_div(kUnits, tiles), 1, std::max<int64_t>(1, rows / kMinRows));
@@ -1404,8 +1406,8 @@ void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const
 // -> 13.9, the stride-2 256 -> 512 @56 (28 x 28 after its gather) 8.47 -> 7.36; the tiles kept
 // 128 -> 512 @28 (3.49 against 3.59).
 bool pointwise_wgrad_tiled(const Conv2dShape& sh, const Conv2dParams& p) {
-  if (sh.C >= 256 && sh.Ho * sh.Wo < 56 * 56 && l2_bytes() >= (int64_t(2) << 20)) return false;
-  return p.groups == 1 && sh.C <= 512 && sh.N * sh.Ho * sh.Wo >= 4096 && sh.K * sh.C <= 128 * 1024;
+  const bool gemm_wins = sh.C >= 256 && sh.Ho * sh.Wo < 56 * 56 && l2_bytes() >= (int64_t(2) << 20);
+  return p.groups == 1 && sh.C <= 512 && sh.N * sh.Ho * sh.Wo >= 4096 && sh.K * sh.C <= 128 * 1024 && !gemm_wins;
 }
 
 // The weight gradient. A strided unpadded 1x1 layer (ResNet's downsamples) reads only the pixels
