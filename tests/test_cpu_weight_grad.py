@@ -75,7 +75,19 @@ CASES = {
     # channels_last 1x1 with >= 4096 pixels, <= 512 input channels and a small dW: the tiles path
     # (whole row panels of dY^T in place where Kg fills them, partial ones packed)
     "1x1_tiles_long": (2, 24, 48, 48, 20, (1, 1), 1, (0, 0, 0, 0), 1, 1),
-    "1x1_tiles_16x16": (2, 48, 48, 48, 32, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 48 columns: AVX-512's 16 x 16 tile
+    # 80 columns (an odd number of 16), K >= 512 (not in place): AVX-512's 16 x 16 tile
+    "1x1_tiles_16x16": (1, 80, 64, 64, 512, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_tiles_8x48": (1, 48, 64, 64, 520, (1, 1), 1, (0, 0, 0, 0), 1, 1),  # 48 columns: AVX-512's 8 x 48
+    # in place on AVX-512's 8 x 48 (48 columns, rows of 8) and 16 x 16 (16 columns, rows of 16) tiles
+    "1x1_in_place_8x48": (2, 48, 12, 11, 40, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_in_place_16x16": (2, 16, 12, 11, 48, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "3x3_in_place_8x48": (2, 48, 9, 8, 40, (3, 3), 1, (1, 1, 1, 1), 1, 1),
+    # input channels that fill no whole tile, output channels that do: dW^T in place (X and dY in
+    # each other's roles), transposed; expanding (24 -> 144: 8 x 48 on AVX-512) or not (40 -> 32),
+    # and after the stride-2 gather
+    "1x1_swapped_expand": (2, 24, 12, 11, 144, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_swapped_reduce": (2, 40, 10, 9, 32, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_s2_swapped": (2, 24, 14, 13, 144, (1, 1), 2, (0, 0, 0, 0), 1, 1),
     "1x1_tiles_k512": (1, 40, 64, 64, 512, (1, 1), 1, (0, 0, 0, 0), 1, 1),
     "1x1_s2_tiles": (2, 36, 96, 90, 24, (1, 1), 2, (0, 0, 0, 0), 1, 1),  # gathered, then the tiles
     "large_image": (1, 16, 96, 96, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
@@ -112,6 +124,7 @@ CASES = {
     # 16-channel groups, 16 (or 32) output channels a group: AVX-512's 16 x 16 tile
     "regrouped_cg16": (2, 64, 9, 11, 64, (3, 3), 1, (1, 1, 1, 1), 1, 4),
     "regrouped_cg16_kg32_s2": (2, 48, 13, 12, 96, (3, 3), 2, (1, 0, 1, 2), 1, 3),
+    "regrouped_cg48": (2, 96, 9, 8, 80, (3, 3), 1, (1, 1, 1, 1), 1, 2),  # 48-channel groups: AVX-512's 8 x 48
     # 16-channel groups on 17 x 17 output pixels: regrouped from NCHW, grouped.cpp's kernel in channels_last
     "regrouped_cg16_17x17": (1, 32, 17, 17, 32, (3, 3), 1, (1, 1, 1, 1), 1, 2),
     "shifted_dilated_large": (1, 32, 36, 36, 32, (3, 3), 1, (2, 2, 2, 2), 2, 1),  # 36 x 36: shifted
@@ -181,7 +194,7 @@ def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
     for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
                  "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7", "regrouped_cg16", "filter_rows_5x5",
-                 "filter_rows_chunks"):
+                 "filter_rows_chunks", "1x1_swapped_expand"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)

@@ -1141,11 +1141,15 @@ struct ChunkCopies {
 // The same at stride 2 from 256 channels, X's step 2 KiB (then wgrad_nhwc_tiled; batch 8 unless
 // said, two threads, in-process A/B, torch in parentheses): 3x3 256 @28 4.76 -> 4.01 ms (4.69),
 // batch 2 1.18 -> 1.00 (1.35), 256 @56 21.1 -> 20.3 (28.5).
-// The register tile of wgrad_nhwc_in_place: micro_tile_for_rows', or for groups of 16 channels
-// AVX-512's 16 x 16 (micro_tile_for_cols).
-MicroTile wgrad_tile(const Conv2dShape& sh, const Conv2dParams& p) {
-  return p.groups > 1 ? micro_tile_for_cols<float>(sh.Kg, sh.Cg) : micro_tile_for_rows<float>(sh.Kg);
-}
+// The register tile of wgrad_nhwc_in_place: micro_tile_for_cols' (micro_tile_for_rows', or on
+// AVX-512 the 8 x 48 or 16 x 16 tile where those fill whole tiles and the 32 columns do not).
+// Before, one group took micro_tile_for_rows' alone, and 48, 80, 144 or 240 input channels went
+// through the tiles path's packed panels. Batch 8, channels_last, two threads, Intel Xeon,
+// process-alternating A/B, 1x1 (torch): 144 -> 24 @56 1.62 -> 0.88 ms (1.07), 240 -> 40 @28
+// 0.85 -> 0.59 (0.76), 48 -> 288 @56 3.86 -> 2.61 (2.8), 48 -> 16 @112 1.72 -> 0.81 (1.0), 16 -> 96
+// @112 2.21 -> 1.62 (1.8), 144 -> 48 @28 0.64 -> 0.45; 3x3 80 -> 160 @14 -6 %, 48 @14 -8 %, 112 ->
+// 224 @14 -4 %, 16 -> 32 @28 -6 %, 5x5 16 -> 48 @14 -4 % (from the filter-row path); no layer slower.
+MicroTile wgrad_tile(const Conv2dShape& sh, const Conv2dParams&) { return micro_tile_for_cols<float>(sh.Kg, sh.Cg); }
 bool wgrad_whole_tiles(const Conv2dShape& sh, const Conv2dParams& p) {
   const MicroTile mt = wgrad_tile(sh, p);
   return sh.Kg % mt.MR == 0 && sh.Cg % mt.NR == 0;
@@ -1410,6 +1414,29 @@ bool pointwise_wgrad_tiled(const Conv2dShape& sh, const Conv2dParams& p) {
   return p.groups == 1 && sh.C <= 512 && sh.N * sh.Ho * sh.Wo >= 4096 && sh.K * sh.C <= 128 * 1024 && !gemm_wins;
 }
 
+// A 1x1 layer's shape with X and dY in each other's roles: its weight gradient is dW^T.
+Conv2dShape swapped_roles(const Conv2dShape& sh) {
+  Conv2dShape sw = sh;
+  std::swap(sw.C, sw.K);
+  std::swap(sw.Cg, sw.Kg);
+  return sw;
+}
+
+// A channels_last 1x1 weight gradient (one group, stride 1, unpadded) whose input channels fill no
+// whole tile but whose output channels do, and whose input channels fill the tile's rows (the
+// expansions 24 -> 144, 40 -> 240 of MobileNet and EfficientNet, on AVX-512's 8 x 48 tile): dW^T
+// taken in place, X's pixels as the tile's rows and dY's as its columns, then transposed (K * C
+// floats), rather than dW on the tiles path, which packs X's columns into panels a quarter empty.
+// Batch 8, two threads, Intel Xeon, process-alternating A/B, tiles -> swapped (torch): 24 -> 144
+// @56 1.39 -> 0.82 ms (0.91), @112 7.39 -> 3.09 (4.5), 40 -> 240 @28 0.96 -> 0.58 (0.70), @56
+// 3.39 -> 1.87 (2.0). Where both ways read in place the swap was no rule: 32 -> 192 @112 -16 %,
+// 32 -> 64 @112 +9 %, 64 -> 128 @28 +6-11 %, 64 -> 256 @56 +0-4 %; on the packed GEMM it lost at
+// 7 x 7 (512 -> 2048 +42 %).
+bool pointwise_wgrad_swapped(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups == 1 && p.is_pointwise_identity(sh.R, sh.S) && !wgrad_in_place(sh, p) &&
+         wgrad_in_place(swapped_roles(sh), p);
+}
+
 // The weight gradient. A strided unpadded 1x1 layer (ResNet's downsamples) reads only the pixels
 // X[:, :, ::stride_h, ::stride_w]: they are gathered once into the weight gradient's padded-input
 // buffer (a quarter of X at stride 2) and the gradient taken as the stride-1 1x1 layer's on them,
@@ -1459,6 +1486,16 @@ void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const
   const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
   const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
   if constexpr (std::is_same_v<T, float>) {
+    if (nhwc && pointwise_wgrad_swapped(sh, p)) {  // dW^T as X's and dY's weight gradient, then transposed
+      T* gwt = workspace<T>(sh.C * sh.K, kConvWgradSwapped);
+      backward_weight_ptr<T>(xp, gyp, swapped_roles(sh), p, nhwc, gwt);
+      const int64_t C = sh.C, K = sh.K;
+      at::parallel_for(0, K, 16, [&](int64_t b, int64_t e) {
+        for (int64_t k = b; k < e; ++k)
+          for (int64_t c = 0; c < C; ++c) gw[k * C + c] = gwt[c * K + k];
+      });
+      return;
+    }
     if (nhwc) {
       // The shifted path reads the padded input in place but also computes the padding's pixels and
       // wastes half a tile when Cg < NR: it pays on large images only (measured: 0.65 vs 0.43 of

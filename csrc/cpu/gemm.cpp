@@ -1601,6 +1601,10 @@ template <typename T>
 MicroTile micro_tile_for_cols(int64_t rows, int64_t cols) {
   const MicroTile mt = micro_tile_for_rows<T>(rows);
   if constexpr (std::is_same_v<T, float>) {
+    if (cpu_isa() == Isa::Avx512 && cols % mt.NR != 0 && cols % 48 == 0 && rows % 8 == 0) {
+      const Kernel<float>& kn = kernel_avx512_n48();
+      return MicroTile{kn.MR, kn.NR, kn.KC, &kn};
+    }
     if (cpu_isa() == Isa::Avx512 && cols % mt.NR != 0 && cols % 16 == 0 && rows % 16 == 0) {
       const Kernel<float>& kn = kernel_avx512_n16();
       return MicroTile{kn.MR, kn.NR, kn.KC, &kn};

@@ -31,11 +31,12 @@ enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 // copied to the layout it computes in (layout.h's scratch tensors) 12-13, its
 // weight in that layout 14, a data gradient's rotated (or per-phase) weight 15, an NCHW weight
 // gradient's transposed block or a channels_last one's dW^T by filter rows 16 and
-// gemm_packed_a's column panels that cross images 17.
+// gemm_packed_a's column panels that cross images 17, a channels_last 1x1 weight gradient taken with
+// X and dY swapped (its dW^T) 18.
 enum ThreadBufferSlot {
   kGemmPackB = 0, kGemmPackA = 1, kConvCol = 2, kConvPadded = 3, kWinogradFirst = 4, kGemmPackedA = 10,
   kGemmPackedB = 11, kLayoutFirst = 12, kLayoutSecond = 13, kLayoutWeight = 14, kLayoutRotated = 15,
-  kConvWgradT = 16, kGemmBatchC = 17, kThreadBufferSlots = 18
+  kConvWgradT = 16, kGemmBatchC = 17, kConvWgradSwapped = 18, kThreadBufferSlots = 19
 };
 void* thread_buffer(int slot, int64_t bytes);
 template <typename T>
@@ -192,9 +193,9 @@ MicroTile micro_tile();
 // 2 full panels instead of 12 + 4), else micro_tile().
 template <typename T>
 MicroTile micro_tile_for_rows(int64_t rows);
-// The tile for whole tiles of `rows` x `cols` (a grouped weight gradient's Kg x Cg): 16 x 16
-// on AVX-512 where cols is a multiple of 16 but not of the 32 columns, and rows of 16; else
-// micro_tile_for_rows(rows).
+// The tile for whole tiles of `rows` x `cols` (a weight gradient's Kg x Cg): on AVX-512 where cols
+// is not a multiple of the 32 columns, 8 x 48 where it is of 48 and rows of 8, else 16 x 16 where
+// it is of 16 and rows of 16; else micro_tile_for_rows(rows).
 template <typename T>
 MicroTile micro_tile_for_cols(int64_t rows, int64_t cols);
 // The float tile with the most columns that divide `cols` (AVX-512: 6 x 64, 12 x 32 or 16 x 16;
