@@ -3,8 +3,9 @@ Cg == Kg in {2, 4, 8, 16}; channels_last forward and weight gradient at any stri
 at stride 1 or, at dilation 1, one stride-1 job a phase of dX; NCHW forward at any stride (padded planes in stride phases, a block of rows a task),
 data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and weight gradient (up to
 16 channels a group, any stride) in NCHW, also 32 channels a group in either layout; the rest in
-channels_last. Groups of whole 32-column register tiles copied out a group at a time and run as
-one GEMM a group (conv2d.cpp's regrouped paths); in channels_last on AVX-512, 32-channel groups
+channels_last. Groups of whole 32-column register tiles (or 48 on AVX-512, or partial panels of
+other multiples of 8 over 16) copied out a group at a time and run as one GEMM a group
+(conv2d.cpp's regrouped paths); in channels_last on AVX-512, 32-channel groups
 with up to 64 output pixels on the blocked copy, two vectors a group. Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
@@ -44,6 +45,14 @@ CASES = {
     "cg64_regrouped": (1, 128, 6, 7, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
     "cg32_regrouped_dil_asym_s2": (1, 96, 13, 11, 3, (3, 3), 2, (2, 0, 1, 3), 2, True),
     "cg32_regrouped_1x1": (2, 64, 5, 5, 2, (1, 1), 1, (0, 0, 0, 0), 1, True),
+    # 48 channels a group (whole 8 x 48 tiles on AVX-512): regrouped in either layout at any size;
+    # other multiples of 8 over 16 (partial panels): in channels_last, and in NCHW up to 256 output
+    # pixels (above, 18 x 17 here, the per-group GEMMs)
+    "cg48_regrouped": (2, 96, 9, 10, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg48_regrouped_s2": (1, 192, 30, 29, 4, (3, 3), 2, (1, 1, 1, 1), 1, False),
+    "cg24_regrouped_partial": (2, 96, 12, 11, 4, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg24_nchw_gemms": (1, 48, 18, 17, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "cg80_regrouped_partial": (1, 160, 7, 8, 2, (3, 3), 1, (0, 2, 1, 1), 1, True),
     # the data gradient as the regrouped forward of dY with the rotated weight: dilation and
     # asymmetric padding (within d * (R - 1)) at stride 1
     "cg32_regrouped_dil_asym": (1, 64, 11, 12, 2, (3, 3), 1, (2, 1, 0, 3), 2, True),

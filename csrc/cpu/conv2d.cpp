@@ -2011,9 +2011,22 @@ bool im2col_nhwc_direct_from(const void* ctx, int64_t i, int64_t count, int64_t 
 // 32-channel groups, medians in one process, NCHW / channels_last (torch 0.68-2.9 ms): 32 groups
 // @7 1.23 / 1.26 -> 1.00 / 1.03 ms; channels_last 16 groups @14 1.99 -> 1.72, 8 @14 1.03 -> 0.82,
 // 8 @28 3.43 -> 3.28; NCHW 16 @14 1.79 against 1.99, 8 @28 2.98 against 3.48 (kept).
+// Also groups of 48 output channels (AVX-512's 8 x 48 tile, whole panels) in either layout, and of
+// other multiples of 8 over 16 (partial panels) in channels_last and on NCHW images up to 16 x 16
+// pixels, which went through per-group NCHW GEMMs (RegNet's 24- to 112-channel groups). Batch 8,
+// forward + backward, process-alternating A/B, Intel Xeon, before -> after (torch / convx after):
+// channels_last 2 groups of 48 @56 44.0 -> 33.8 ms (0.74), 4 of 48 @28 21.1 -> 14.2 (0.82), 9 of
+// 48 @14 12.3 -> 7.9 (0.91), 21 of 48 @7 10.5 -> 5.0 (1.15), 4 of 48 stride 2 @56 33.1 -> 30.1;
+// NCHW 2 of 48 @56 36.4 -> 31.2, 4 of 48 @28 18.5 -> 15.8, 21 of 48 @7 10.1 -> 6.0, 3 of 80 @14
+// 8.86 -> 7.50; forward alone, channels_last: 4 of 24 @28 2.15 -> 1.81, 4 of 56 @14 2.71 -> 1.92,
+// 3 of 80 @14 3.28 -> 2.10, 4 of 112 @14 7.84 -> 5.30. NCHW above 16 x 16 kept its GEMMs (4 of 24
+// @28 6.93 against 7.56, 4 of 56 @28 26.1 against 28.8, 4 of 24 @56 26.4 against 27.1).
 bool forward_regrouped_applicable(const Conv2dShape& sh, const Conv2dParams& p, at::MemoryFormat mf) {
-  return p.groups > 1 && !is_depthwise(sh, p) && sh.Kg % micro_tile<float>().NR == 0 && fits_scratch(sh) &&
-         (mf == at::MemoryFormat::ChannelsLast || sh.Ho * sh.Wo <= 64);
+  const int64_t pixels = sh.Ho * sh.Wo;
+  const bool panels32 = sh.Kg % micro_tile<float>().NR == 0;
+  const bool whole = panels32 || sh.Kg == 48, partial = !whole && sh.Kg > 16 && sh.Kg % 8 == 0;
+  return p.groups > 1 && !is_depthwise(sh, p) && (whole || partial) && fits_scratch(sh) &&
+         (mf == at::MemoryFormat::ChannelsLast || pixels <= 64 || (!panels32 && (sh.Kg == 48 || pixels <= 256)));
 }
 
 // xr: regroup(x); w: [K][R][S][Cg] (the channels_last weight); y: channels_last [N][Ho][Wo][K].
