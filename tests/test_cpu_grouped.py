@@ -53,6 +53,10 @@ CASES = {
     "cg24_regrouped_partial": (2, 96, 12, 11, 4, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "cg24_nchw_gemms": (1, 48, 18, 17, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
     "cg80_regrouped_partial": (1, 160, 7, 8, 2, (3, 3), 1, (0, 2, 1, 1), 1, True),
+    # weight gradients at stride 1 a group at a time as one-group layers on the groups' copies
+    # (24 and 80 channels above; 32 on 33 x 32 pixels, past the regrouped tiles; 1x1 groups of 24)
+    "cg32_groups_dense_33x32": (1, 64, 33, 32, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "cg24_groups_dense_1x1": (2, 96, 6, 7, 4, (1, 1), 1, (0, 0, 0, 0), 1, True),
     # the data gradient as the regrouped forward of dY with the rotated weight: dilation and
     # asymmetric padding (within d * (R - 1)) at stride 1
     "cg32_regrouped_dil_asym": (1, 64, 11, 12, 2, (3, 3), 1, (2, 1, 0, 3), 2, True),
@@ -252,6 +256,9 @@ THREAD_CASES = {
     "regrouped_cg32": ((3, 64, 7, 8), (64, 32, 3, 3), 2, True),
     # channels_last 16-channel groups on AVX-512: units of (vector of channels, image, output row)
     "blocked_cg16": ((3, 32, 9, 17), (32, 16, 3, 3), 2, False),
+    # 24-channel groups: the forward's regrouped partial panels; the weight gradient a group at a
+    # time on the one-group paths
+    "groups_dense_cg24": ((2, 96, 12, 11), (96, 24, 3, 3), 4, True),
 }
 
 

@@ -39,6 +39,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -1986,6 +1987,23 @@ bool wgrad_regrouped(const Conv2dShape& sh, const Conv2dParams& p, at::MemoryFor
          (mf == at::MemoryFormat::Contiguous || wgrad_tile(sh, p).NR >= 32 || pixels <= 256);
 }
 
+// A grouped float32 weight gradient at stride 1 that neither grouped.cpp's kernels nor the regrouped
+// in-place tiles take (groups of 24, 48, 80 channels; 32 or 64 on images of 32 x 32 pixels or
+// more), computed a group at a time as a one-group layer's on copies of the group's X and dY: each
+// group then has every path of one group (Winograd's 3x3 weight gradient, the filter rows, the
+// swapped 1x1), where the grouped layer had the shifted path's tiles and NCHW its per-group
+// im2col GEMMs. Batch 8, two threads, Intel Xeon, process-alternating A/B, before -> after
+// (torch): channels_last 2 groups of 48 3x3 @56 12.8 -> 7.7 ms (7.7), 3 of 48 @56 25.4 -> 12.4
+// (15.8), 4 of 56 @28 11.7 -> 5.8 (6.1), 4 of 24 @28 3.06 -> 2.17 (1.48), 2 of 32 @56 6.39 -> 4.10,
+// @112 25.0 -> 17.6, 1x1 3 groups of 80 @28 2.71 -> 2.37; NCHW 2 of 48 @56 9.89 -> 8.29, 4 of 24
+// @28 2.58 -> 2.06, 4 of 32 @56 10.7 -> 9.4. At stride 2 the grouped paths stayed (2 of 48 @112
+// 19.5 against 19.6, NCHW 4 of 56 @56 11.0 against 12.3); 9 and 21 groups of 48 at 14 x 14 and 7 x
+// 7 keep the regrouped tiles (wgrad_regrouped).
+bool wgrad_groups_dense(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups > 1 && !is_depthwise(sh, p) && sh.Cg >= 8 && p.stride_h == 1 && p.stride_w == 1 &&
+         fits_scratch(sh) && (sh.R * sh.S > 1 || p.is_pointwise_identity(sh.R, sh.S));
+}
+
 // im2col_nhwc_rows / _direct for a product over the output pixels from i0 on.
 struct RowsFrom {
   const Im2colRows* a;
@@ -2476,6 +2494,30 @@ struct CpuConv {
     const bool grp_nchw = !wino && !regrouped && ct == at::kFloat && mf == at::MemoryFormat::Contiguous &&
                           grouped::weight_grad_nchw_applicable(sh, p);
     const bool grp = !wino && !regrouped && !grp_nchw && ct == at::kFloat && grouped::applicable(sh, p);
+    if (!wino && !regrouped && !grp_nchw && !grp && ct == at::kFloat && wgrad_groups_dense(sh, p)) {
+      // each group's X and dY copied out ([G][pixels][Cg], regroup) and its weight gradient taken as
+      // a one-group layer's on them (channels_last tensors over the copies), into its rows of dW
+      auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(at::MemoryFormat::ChannelsLast));
+      if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
+      const int64_t xg = sh.N * sh.H * sh.W * sh.Cg, yg = sh.N * sh.Ho * sh.Wo * sh.Kg, wg = sh.Kg * sh.Cg * sh.R * sh.S;
+      float* xr = thread_buffer<float>(kLayoutFirst, p.groups * xg);
+      float* yr = thread_buffer<float>(kLayoutSecond, p.groups * yg);
+      regroup(input.to(ct), p.groups, xr);
+      regroup(grad_output.to(ct), p.groups, yr);
+      Conv2dShape s1 = sh;
+      s1.C = sh.Cg, s1.K = sh.Kg;
+      Conv2dParams p1 = p;
+      p1.groups = 1;
+      const auto opts = grad_output.options().dtype(ct);
+      const std::vector<int64_t> xs{sh.N, sh.Cg, sh.H, sh.W}, ys{sh.N, sh.Kg, sh.Ho, sh.Wo};
+      for (int64_t g = 0; g < p.groups; ++g) {
+        const auto xt = at::from_blob(xr + g * xg, xs, c10::get_channels_last_strides_2d(xs), opts);
+        const auto yt = at::from_blob(yr + g * yg, ys, c10::get_channels_last_strides_2d(ys), opts);
+        const auto r = weight_grad(yt, xt, {sh.Kg, sh.Cg, sh.R, sh.S}, s1, p1).contiguous(at::MemoryFormat::ChannelsLast);
+        std::memcpy(gw.mutable_data_ptr<float>() + g * wg, r.const_data_ptr<float>(), wg * sizeof(float));
+      }
+      return to_format(gw, mf).to(dt);
+    }
     if (regrouped) {
       // [K][R][S][Cg]: the channels_last weight
       auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
