@@ -57,6 +57,10 @@ CASES = {
     # (24 and 80 channels above; 32 on 33 x 32 pixels, past the regrouped tiles; 1x1 groups of 24)
     "cg32_groups_dense_33x32": (1, 64, 33, 32, 2, (3, 3), 1, (1, 1, 1, 1), 1, False),
     "cg24_groups_dense_1x1": (2, 96, 6, 7, 4, (1, 1), 1, (0, 0, 0, 0), 1, True),
+    # forward and data gradient a group at a time as one-group layers (groups of no grouped.cpp
+    # kernel, a spatial kernel, >= 28 x 28 output pixels): Winograd's 3x3 at stride 1, stride 2
+    "cg48_as_dense_30x28": (1, 96, 30, 28, 2, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "cg24_as_dense_s2": (1, 48, 58, 57, 2, (3, 3), 2, (1, 1, 1, 1), 1, False),
     # the data gradient as the regrouped forward of dY with the rotated weight: dilation and
     # asymmetric padding (within d * (R - 1)) at stride 1
     "cg32_regrouped_dil_asym": (1, 64, 11, 12, 2, (3, 3), 1, (2, 1, 0, 3), 2, True),
@@ -314,3 +318,22 @@ def test_regrouped_mixed_layouts():
         ref = F.conv2d(F.pad(x.double(), (1, 1, 2, 0)), w.double(), b.double(), 1, 0, 1, 2)
         assert y.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_groups_as_dense_fused_epilogue(layout, dtype):
+    """A layer computed a group at a time (conv2d.cpp's groups_as_dense): bias, residual and ReLU
+    applied to each group's channels, the result in the input's layout and dtype."""
+    g = torch.Generator().manual_seed(3)
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(1, 96, 29, 28, generator=g).contiguous(memory_format=mf)
+    w = torch.randn(80, 48, 3, 3, generator=g) / 20
+    b = torch.randn(80, generator=g)
+    r = torch.randn(1, 80, 29, 28, generator=g).contiguous(memory_format=mf)
+    y = convx.functional.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), padding=1, groups=2, residual=r.to(dtype),
+                                relu=True)
+    ref = (F.conv2d(x.double(), w.double(), b.double(), padding=1, groups=2) + r.double()).clamp_min(0)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=mf)
+    tol = 1e-4 if dtype == torch.float32 else 6e-2
+    torch.testing.assert_close(y.double(), ref, atol=tol, rtol=tol)
