@@ -2553,24 +2553,25 @@ struct CpuConv {
     const bool grp = !wino && !regrouped && !grp_nchw && ct == at::kFloat && grouped::applicable(sh, p);
     if (!wino && !regrouped && !grp_nchw && !grp && ct == at::kFloat && wgrad_groups_dense(sh, p)) {
       // each group's X and dY copied out ([G][pixels][Cg], regroup) and its weight gradient taken as
-      // a one-group layer's on them (channels_last tensors over the copies), into its rows of dW
-      auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(at::MemoryFormat::ChannelsLast));
+      // a one-group layer's on them, into its rows of dW. The copies are channels_last tensors,
+      // which the one-group op reads in place (it takes no layout scratch: kLayoutFirst and
+      // kLayoutSecond hold them) and whose dW it returns channels_last, [Kg][R][S][Cg].
+      const auto cl = at::MemoryFormat::ChannelsLast;
+      auto gw = at::empty(weight_size, grad_output.options().dtype(ct).memory_format(cl));
       if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
-      const int64_t xg = sh.N * sh.H * sh.W * sh.Cg, yg = sh.N * sh.Ho * sh.Wo * sh.Kg, wg = sh.Kg * sh.Cg * sh.R * sh.S;
+      const int64_t xg = sh.N * sh.H * sh.W * sh.Cg, yg = sh.N * sh.Ho * sh.Wo * sh.Kg;
+      const int64_t wg = sh.Kg * sh.Cg * sh.R * sh.S;
       float* xr = thread_buffer<float>(kLayoutFirst, p.groups * xg);
       float* yr = thread_buffer<float>(kLayoutSecond, p.groups * yg);
       regroup(input.to(ct), p.groups, xr);
       regroup(grad_output.to(ct), p.groups, yr);
-      Conv2dShape s1 = sh;
-      s1.C = sh.Cg, s1.K = sh.Kg;
-      Conv2dParams p1 = p;
-      p1.groups = 1;
+      const auto [s1, p1] = one_group(sh, p);
       const auto opts = grad_output.options().dtype(ct);
       const std::vector<int64_t> xs{sh.N, sh.Cg, sh.H, sh.W}, ys{sh.N, sh.Kg, sh.Ho, sh.Wo};
       for (int64_t g = 0; g < p.groups; ++g) {
         const auto xt = at::from_blob(xr + g * xg, xs, c10::get_channels_last_strides_2d(xs), opts);
         const auto yt = at::from_blob(yr + g * yg, ys, c10::get_channels_last_strides_2d(ys), opts);
-        const auto r = weight_grad(yt, xt, {sh.Kg, sh.Cg, sh.R, sh.S}, s1, p1).contiguous(at::MemoryFormat::ChannelsLast);
+        const auto r = weight_grad(yt, xt, {sh.Kg, sh.Cg, sh.R, sh.S}, s1, p1).contiguous(cl);
         std::memcpy(gw.mutable_data_ptr<float>() + g * wg, r.const_data_ptr<float>(), wg * sizeof(float));
       }
       return to_format(gw, mf).to(dt);
