@@ -9,7 +9,10 @@
 * channels_last float32 whose channels fill whole register tiles (stride_w * C, K < 512): both
   operands read in place by the tile, a run of output pixels an image row for each tap
   (wgrad_nhwc_in_place), any kernel, stride, padding, dilation and groups; units of
-  (group, tap, row block, column block) and chunks of the output rows;
+  (group, tap, row block, column block) and chunks of the output rows; the tile chosen by the
+  columns too (AVX-512's 8 x 48 for multiples of 48, 16 x 16 for other multiples of 16);
+* a channels_last 1x1 layer whose input channels fill no tile but whose output channels do: dW^T
+  as the layer's with X and dY swapped, read in place, then transposed;
 * grouped float32 (either layout) whose groups fill whole register tiles (Kg a multiple of the
   tile's rows, Cg of its 32 or 16 columns; AVX-512's 16 x 16 tile for 16-channel groups), under
   32 x 32 output pixels (16 x 16 for 16-column tiles in channels_last): each group's X and dY
