@@ -1490,11 +1490,7 @@ void backward_weight_ptr(const T* gyp, const T* xp, const Conv2dShape& sh, const
     if (nhwc && pointwise_wgrad_swapped(sh, p)) {  // dW^T as X's and dY's weight gradient, then transposed
       T* gwt = workspace<T>(sh.C * sh.K, kConvWgradSwapped);
       backward_weight_ptr<T>(xp, gyp, swapped_roles(sh), p, nhwc, gwt);
-      const int64_t C = sh.C, K = sh.K;
-      at::parallel_for(0, K, 16, [&](int64_t b, int64_t e) {
-        for (int64_t k = b; k < e; ++k)
-          for (int64_t c = 0; c < C; ++c) gw[k * C + c] = gwt[c * K + k];
-      });
+      transpose_batch(gwt, gw, 1, sh.C, sh.K);  // dW^T [C][K] -> dW [K][C]
       return;
     }
     if (nhwc) {
@@ -1966,6 +1962,23 @@ at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& 
   return compute_format(result, sh, p);
 }
 
+// A grouped float32 weight gradient at stride 1 that neither grouped.cpp's kernels nor the regrouped
+// in-place tiles take (groups of 24, 48, 80 channels; 32 or 64 on images of 32 x 32 pixels or
+// more), computed a group at a time as a one-group layer's on copies of the group's X and dY: each
+// group then has every path of one group (Winograd's 3x3 weight gradient, the filter rows, the
+// swapped 1x1), where the grouped layer had the shifted path's tiles and NCHW its per-group
+// im2col GEMMs. Batch 8, two threads, Intel Xeon, process-alternating A/B, before -> after
+// (torch): channels_last 2 groups of 48 3x3 @56 12.8 -> 7.7 ms (7.7), 3 of 48 @56 25.4 -> 12.4
+// (15.8), 4 of 56 @28 11.7 -> 5.8 (6.1), 4 of 24 @28 3.06 -> 2.17 (1.48), 2 of 32 @56 6.39 -> 4.10,
+// @112 25.0 -> 17.6, 1x1 3 groups of 80 @28 2.71 -> 2.37; NCHW 2 of 48 @56 9.89 -> 8.29, 4 of 24
+// @28 2.58 -> 2.06, 4 of 32 @56 10.7 -> 9.4. At stride 2 the grouped paths stayed (2 of 48 @112
+// 19.5 against 19.6, NCHW 4 of 56 @56 11.0 against 12.3); 9 and 21 groups of 48 at 14 x 14 and 7 x
+// 7 keep the regrouped tiles (wgrad_regrouped).
+bool wgrad_groups_dense(const Conv2dShape& sh, const Conv2dParams& p) {
+  return p.groups > 1 && !is_depthwise(sh, p) && sh.Cg >= 8 && p.stride_h == 1 && p.stride_w == 1 &&
+         fits_scratch(sh) && (sh.R * sh.S > 1 || p.is_pointwise_identity(sh.R, sh.S));
+}
+
 // A grouped float32 weight gradient on wgrad_nhwc_in_place with each group's X and dY copied out
 // first ([G][pixels][Cg], [G][pixels][Kg]: regroup), whatever the layout: groups of whole register
 // tiles (wgrad_tile: 32 channels, or 16 in 16 x 16 tiles, on AVX-512; 16 on AVX2), on images of
@@ -1986,29 +1999,11 @@ at::MemoryFormat weight_grad_format(at::MemoryFormat result, const Conv2dShape& 
 // A/B: channels_last 4.81 -> 4.10 ms, NCHW 4.91 -> 4.22, torch 3.7 / 4.6), where 32-channel
 // groups kept these tiles (2 of 32 @28 1.18 against 1.26 ms) and smaller images did (9 groups of 48
 // @14 2.29 against 3.43).
-bool wgrad_groups_dense(const Conv2dShape& sh, const Conv2dParams& p);
 bool wgrad_regrouped(const Conv2dShape& sh, const Conv2dParams& p, at::MemoryFormat mf) {
   const int64_t pixels = sh.Ho * sh.Wo;
   if (pixels >= 28 * 28 && sh.Cg % 32 != 0 && wgrad_groups_dense(sh, p)) return false;
   return p.groups > 1 && !is_depthwise(sh, p) && wgrad_whole_tiles(sh, p) && pixels < 1024 && fits_scratch(sh) &&
          (mf == at::MemoryFormat::Contiguous || wgrad_tile(sh, p).NR >= 32 || pixels <= 256);
-}
-
-// A grouped float32 weight gradient at stride 1 that neither grouped.cpp's kernels nor the regrouped
-// in-place tiles take (groups of 24, 48, 80 channels; 32 or 64 on images of 32 x 32 pixels or
-// more), computed a group at a time as a one-group layer's on copies of the group's X and dY: each
-// group then has every path of one group (Winograd's 3x3 weight gradient, the filter rows, the
-// swapped 1x1), where the grouped layer had the shifted path's tiles and NCHW its per-group
-// im2col GEMMs. Batch 8, two threads, Intel Xeon, process-alternating A/B, before -> after
-// (torch): channels_last 2 groups of 48 3x3 @56 12.8 -> 7.7 ms (7.7), 3 of 48 @56 25.4 -> 12.4
-// (15.8), 4 of 56 @28 11.7 -> 5.8 (6.1), 4 of 24 @28 3.06 -> 2.17 (1.48), 2 of 32 @56 6.39 -> 4.10,
-// @112 25.0 -> 17.6, 1x1 3 groups of 80 @28 2.71 -> 2.37; NCHW 2 of 48 @56 9.89 -> 8.29, 4 of 24
-// @28 2.58 -> 2.06, 4 of 32 @56 10.7 -> 9.4. At stride 2 the grouped paths stayed (2 of 48 @112
-// 19.5 against 19.6, NCHW 4 of 56 @56 11.0 against 12.3); 9 and 21 groups of 48 at 14 x 14 and 7 x
-// 7 keep the regrouped tiles (wgrad_regrouped).
-bool wgrad_groups_dense(const Conv2dShape& sh, const Conv2dParams& p) {
-  return p.groups > 1 && !is_depthwise(sh, p) && sh.Cg >= 8 && p.stride_h == 1 && p.stride_w == 1 &&
-         fits_scratch(sh) && (sh.R * sh.S > 1 || p.is_pointwise_identity(sh.R, sh.S));
 }
 
 // A grouped layer's shape and parameters as one group's.
