@@ -111,6 +111,21 @@ MOBILE = [
     ("effnet.dw5x5.7_1152", 1152, 7, 1152, 5, 1, 2, 1152),
 ]
 
+# RegNet's grouped 3x3 layers, whose groups (24, 48, 56 channels) no grouped.cpp kernel takes
+# (RegNetX-3.2GF: 48-channel groups; RegNetY-1.6GF: 24; RegNetX-1.6GF: 56), and MobileNetV2 /
+# EfficientNet-B0's 1x1 expansions whose input channels fill no register tile (the swapped weight
+# gradient; not in SHAPES.md)
+REGNET = [
+    ("regnetx32.1.grouped2.56_96", 96, 56, 96, 3, 1, 1, 2),
+    ("regnetx32.2.grouped4.28_192", 192, 28, 192, 3, 1, 1, 4),
+    ("regnetx32.2.grouped4.s2_192", 192, 56, 192, 3, 2, 1, 4),
+    ("regnetx32.3.grouped9.14_432", 432, 14, 432, 3, 1, 1, 9),
+    ("regnety16.1.grouped2.56_48", 48, 56, 48, 3, 1, 1, 2),
+    ("regnetx16.2.grouped4.28_224", 224, 28, 224, 3, 1, 1, 4),
+    ("mnv2.1x1_24_144", 24, 56, 144, 1, 1, 0, 1),
+    ("effnet.1x1_40_240", 40, 28, 240, 1, 1, 0, 1),
+]
+
 # DeepLab-v3's dilated 3x3 layers (ResNet-50 at output stride 8: layer 3 at dilation 2, layer 4 at 4;
 # the ninth field is the dilation)
 DILATED = [
@@ -119,7 +134,8 @@ DILATED = [
 ]
 
 QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
-ALL = RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT + WIDTHS + MOBILE + DILATED
+ALL = (RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT + WIDTHS + MOBILE + DILATED +
+       REGNET)
 
 
 def kernel_hw(v):
