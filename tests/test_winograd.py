@@ -346,6 +346,8 @@ PHASE_CASES = {
     "33_to_17_25x30": (1, 33, 25, 30, 17, False),
     "20_to_40_32x32": (2, 20, 32, 32, 40, True),
     "48_to_32_20x20": (1, 48, 20, 20, 32, False),
+    # 16 phase channels (4 out): AVX-512's 16-column tile, partial row panels
+    "24_to_4_26x22": (2, 24, 26, 22, 4, True),
 }
 
 

@@ -114,8 +114,11 @@ void gemm_packed_a(const PackedA<T>& a, int64_t N, const BatchCols& bc, const T*
 // each other (Zen 4's 8-way L1: a 3136 x 256 x 1024 product, A's rows 4 KiB apart, 60 GFLOP/s
 // a core against 80-100 with the rows 64 bytes further apart). Such rows are copied first.
 inline bool l1_sets_crowded(int64_t stride_bytes, int rows, int64_t row_bytes) {
-  int count[64] = {};
   const int64_t lines = std::min<int64_t>(64, (row_bytes + 63) / 64);
+  // rows within 384 consecutive lines put at most 6 on any set (the test is per product call:
+  // Winograd's 16-channel tiles spent a tenth of their time counting)
+  if (rows <= 0 || (stride_bytes >= 0 && ((int64_t(rows - 1) * stride_bytes) >> 6) + lines <= 6 * 64)) return false;
+  int count[64] = {};
   for (int i = 0; i < rows; ++i) {
     const int64_t first = (int64_t(i) * stride_bytes) >> 6;
     for (int64_t l = 0; l < lines; ++l)

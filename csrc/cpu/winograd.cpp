@@ -16,9 +16,8 @@
 //  * a task copies each 6-row band of input it needs into a zero-padded NHWC
 //    buffer (from NHWC: row copies; from NCHW: a transposing copy), transforms
 //    its tiles vectorised along channels into V [36][tiles][C]; the products
-//    read each V_xi packed into the GEMM's row panels (small weights, below)
-//    or where it is (large weights), a last partial panel by the exact-height
-//    tile;
+//    read each V_xi's rows where they are, a last partial panel by the
+//    exact-height tile (up to 16 output channels: AVX-512's 16-column tile);
 //  * for each panel of NR output channels and chunk of KC input channels it
 //    transforms that piece of the weights (read in place, OIHW or channels_last;
 //    vectorised along k, two rows of the 6 x 6 points at a time, 12 x KC x NR
@@ -245,6 +244,7 @@ struct Geometry {
   int64_t N, C, H, W, K, Ho, Wo, pad_t, pad_l;
   int64_t Cp, Kp, TH, TW, Wb;  // padded channels, tiles, band width (4 TW + 2)
   int64_t MR, NR, KC;          // the GEMM's register tile and reduction chunk
+  MicroTile mt;
   bool nhwc;
   int64_t phase_channels = 0;  // conv3x3's: channel k of phase k / (K / 4) of y, 2 Ho x 2 Wo (winograd.h)
 };
@@ -254,7 +254,7 @@ Geometry geometry(const MicroTile& mt, int64_t N, int64_t C, int64_t H, int64_t 
   Geometry g;
   g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.Ho = Ho, g.Wo = Wo, g.pad_t = pad_t, g.pad_l = pad_l;
   g.nhwc = nhwc;
-  g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC;
+  g.MR = mt.MR, g.NR = mt.NR, g.KC = mt.KC, g.mt = mt;
   g.Cp = round_up(C, kCAlign);
   g.Kp = round_up(K, g.NR);
   g.TH = ceil_div(Ho, 4), g.TW = ceil_div(Wo, 4), g.Wb = 4 * g.TW + 2;
@@ -324,16 +324,14 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   using V = typename Vt::V;
   constexpr int L = Vt::L;
   const int64_t Cp = g.Cp, Kc = k1 - k0, nt = t1 - t0, MR = g.MR, NR = g.NR;
-  const int64_t ntp = ceil_div(nt, MR) * MR;
   float* band = tls_buffer(0, 6 * g.Wb * Cp);
   // The 36 points' slices are 64 bytes more than their size apart: at sizes of
   // a multiple of 4 KiB they would all map to one L1 set (and 4K-alias).
-  const int64_t vs = TB * Cp + 16, ms = TB * Kc + 16, ps = ntp * Cp + 16;
+  const int64_t vs = TB * Cp + 16, ms = TB * Kc + 16;
   float* v = tls_buffer(1, 36 * vs);
   float* m = tls_buffer(2, 36 * ms + 32 * Kc);
   float* obuf = m + 36 * ms;      // NCHW: one output tile, [16][Kc]
   float* obuf_t = obuf + 16 * Kc;  // and transposed, [Kc][16]
-  float* vp = tls_buffer(3, ps);  // one point's V packed (small weights)
 
   // Input transform: V[xi][t][c].
   int64_t band_row = -1;
@@ -353,21 +351,14 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   // (KC input channels): u[xi][kc][NR].
   // (the points' slices 64 bytes more than their size apart, as V's)
   const int64_t nchunks = ceil_div(Cp, g.KC), XS = std::min(g.KC, Cp) * NR + 16, piece = 36 * XS;
-  // The products read V_xi packed into the tile's row panels (a), but a last partial panel's rows
-  // where they are (vrows: V_xi + the chunk's first channel, Cp apart), by the exact-height tile
-  // rather than the full one into a buffer (measured in the large-weights order, batch 8, 2
-  // threads: 512 @7, 32 tiles, 2.89 -> 2.76 ms; batch 2 0.95 -> 0.86)
-  const MicroTile mtile = micro_tile<float>();
-  auto product = [&](const float* a, const float* vrows, const float* up, int64_t kc, float* c, bool add)
-                     __attribute__((always_inline)) {
-    for (int64_t ir = 0; ir < nt; ir += MR)
-      if (nt - ir < MR)
-        micro_tile_product_a_rows<float>(mtile, kc, vrows + ir * Cp, Cp, up, c + ir * Kc, Kc, nt - ir, add);
-      else
-        micro_tile_product<float>(mtile, kc, a + ir * kc, up, c + ir * Kc, Kc, MR, add);
-  };
-  // ... or every row where it is (the large-weights order below, which otherwise kept a packed
-  // copy of all 36 points beside V: 512 @7, batch 8, 2.9 -> 2.3-2.6 ms; @14 and @28 within 2 %)
+  // The products read V_xi's rows where they are (vrows: V_xi + the chunk's first channel, Cp
+  // apart; a last partial panel by the exact-height tile). The large-weights order below had kept
+  // a packed copy of all 36 points beside V: 512 @7, batch 8, 2.9 -> 2.3-2.6 ms read in place, @14
+  // and @28 within 2 %. The small-weights order packed each V_xi into the tile's row panels until
+  // l1_sets_crowded stopped counting lines on every call: read in place, channels_last, batch 8,
+  // 2 threads, process-alternating A/B, 64 @56 -11 % (NCHW -2 %), 48 @56 -4 %, 64 -> 80 @28 -4 %;
+  // AVX2 64 @56 -6 % (NCHW -10 %), 16 @32 batch 128 -10 %.
+  const MicroTile mtile = g.mt;
   auto product_rows = [&](const float* vrows, const float* up, int64_t kc, float* c, bool add)
                           __attribute__((always_inline)) {
     for (int64_t ir = 0; ir < nt; ir += MR)
@@ -383,9 +374,12 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
       const int64_t hn = std::min<int64_t>(4, g.Ho - h0), wn = std::min<int64_t>(4, g.Wo - w0);
       const float* mt = m + (t - t0) * Kc;
       for (int64_t k = kb; k < kend; k += L) {
-        V mm[36], tmp[24];
-        for (int xi = 0; xi < 36; ++xi) mm[xi] = Vt::load(mt + xi * ms + (k - k0));
-        for (int j = 0; j < 6; ++j) at6(mm + j, 6, tmp + j * 4);  // tmp[j][i] = (A^T m)[i][j]
+        V tmp[24];
+        for (int j = 0; j < 6; ++j) {  // tmp[j][i] = (A^T m)[i][j], a column of m at a time
+          V col[6];
+          for (int i = 0; i < 6; ++i) col[i] = Vt::load(mt + (i * 6 + j) * ms + (k - k0));
+          at6(col, 1, tmp + j * 4);
+        }
         const int64_t kl = std::min<int64_t>(L, g.K - k);
         V b = V{};
         if (bias) {
@@ -443,8 +437,7 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
   const int64_t panel_w = Cp * 9 * NR;  // one gathered panel of weights
   if (int64_t(sizeof(float)) * piece * (Kc / NR) * nchunks <= (int64_t(1) << 20)) {
     // Small weights (e.g. 64 x 64 channels): every piece of this task's channels
-    // first (at most 1 MiB, L2), then point by point V_xi is packed into the
-    // GEMM's row panels (an L1-sized buffer) and multiplied by all of them.
+    // first (at most 1 MiB, L2), then point by point V_xi multiplied by all of them.
     float* u = tls_buffer(4, piece * (Kc / NR) * nchunks);
     float* wl = tls_buffer(5, panel_w);
     for (int64_t jr = k0; jr < k1; jr += NR) {
@@ -453,15 +446,11 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
         transform_weights_piece<VB>(0, pc, std::min(g.KC, Cp - pc), NR, NR, wl,
                                     u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece, XS, 0, 6);
     }
-    for (int xi = 0; xi < 36; ++xi) {
-      pack_a_panels<float>(nt, Cp, v + xi * vs, Cp, vp);
+    for (int xi = 0; xi < 36; ++xi)
       for (int64_t jr = k0; jr < k1; jr += NR)
-        for (int64_t pc = 0; pc < Cp; pc += g.KC) {
-          const int64_t kc = std::min(g.KC, Cp - pc);
-          product(vp + pc * ntp, v + xi * vs + pc, u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece + xi * XS, kc,
-                  m + xi * ms + (jr - k0), pc > 0);
-        }
-    }
+        for (int64_t pc = 0; pc < Cp; pc += g.KC)
+          product_rows(v + xi * vs + pc, u + ((jr - k0) / NR * nchunks + pc / g.KC) * piece + xi * XS,
+                       std::min(g.KC, Cp - pc), m + xi * ms + (jr - k0), pc > 0);
     out_transform(k0, k1);
   } else {
     // Large weights: V's rows read in place (product_rows); one piece of U at a
@@ -694,7 +683,13 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts,
              int64_t pad_l, bool nhwc, int64_t phase_channels) {
   TORCH_CHECK(phase_channels == 0 || (K == 4 * phase_channels && (!nhwc || phase_channels % kCAlign == 0)),
               "convx: winograd::conv3x3: phase_channels ", phase_channels, " for K = ", K);
-  const MicroTile mt = micro_tile<float>();
+  // Up to 16 output channels on AVX-512's 16-column tile, not its 32-column one half empty (16 ->
+  // 16 @32, batch 128, channels_last, 2 threads, process-alternating A/B: -19 %, NCHW -16 %; 32 ->
+  // 16 -33 %). Larger layers whose channels fill no whole 32 kept the wide tile: a 16-column
+  // one measured 48 @56 -3-9 %, GoogLeNet's 96 -> 208 @14 -6-11 %, but 64 -> 80 @28 +7-11 %,
+  // 832 -> 48 @7 +3 %.
+  const MicroTile wide = micro_tile<float>();
+  const MicroTile mt = K <= 16 && 16 % wide.NR != 0 ? micro_tile_whole_cols(16) : wide;
   Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
   g.phase_channels = phase_channels;
   const Isa isa = cpu_isa();
