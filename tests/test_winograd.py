@@ -212,6 +212,10 @@ def test_grouped_within_bound(case, layout):
 # row): stream mode (M under 1 MiB, several chunks a stream), shared mode (M larger), edges.
 WGRAD_CASES = {
     "16ch_128tiles": (8, 16, 16, 16, 20, (1, 1, 1, 1)),
+    # up to 16 output channels (AVX-512's 16 x 16 tile): 16 input channels (V_xi read as the
+    # panel itself) and 24 (two panels, the second half empty), edges
+    "16_to_16": (8, 16, 18, 17, 16, (1, 1, 1, 1)),
+    "24_to_16_edges": (6, 24, 21, 19, 16, (2, 0, 1, 2)),
     "odd_17_33_edges": (3, 17, 30, 26, 33, (2, 0, 1, 2)),
     "streams_64": (4, 64, 48, 48, 64, (1, 1, 1, 1)),
     "shared_96": (2, 96, 40, 40, 96, (1, 1, 1, 1)),
