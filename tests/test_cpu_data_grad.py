@@ -2,7 +2,7 @@
 (csrc/cpu/conv2d.cpp, phase_rows_dgrad): for each phase (a, b) of dX's pixels modulo the
 strides, a stride-1 product over the taps that reach it, dY's pixels gathered where they lie
 (zeros outside), written straight to the phase's pixels. Taken for one group, dilation 1, a
-kernel at least the stride in each direction, K >= 48 and 256 pixels a phase; NCHW strided
+kernel at least the stride in each direction, K >= 8 and 256 pixels a phase; NCHW strided
 data gradients with >= 8 channels compute in channels_last (strided_data_grad_channels_last)
 and take it too.
 Against float64, on strides 2 and 3 (unequal ones too), kernels 2-7, padding that makes dr / ds
@@ -36,6 +36,10 @@ CASES = {
     "3x3_s2_k600": (1, 16, 34, 32, 600, (3, 3), (2, 2), (1, 1)),
     # enough rows for the long blocks (>= 96 on AVX-512): 12 taps of 64 channels a block
     "4x4_s2_many_rows": (2, 16, 40, 38, 64, (4, 4), (2, 2), (1, 1)),
+    # short runs to gather (K of 8 to 40: CIFAR's 16 -> 32 stride 2), C under one tile's columns
+    "3x3_s2_k32_c16": (4, 16, 32, 31, 32, (3, 3), (2, 2), (1, 1)),
+    "3x3_s2_k8": (2, 12, 33, 30, 8, (3, 3), (2, 2), (1, 1)),
+    "5x5_s2_k20": (2, 16, 29, 28, 20, (5, 5), (2, 2), (2, 2)),
     # under 256 pixels a phase: the column matrix and col2im instead
     "3x3_s2_few_pixels": (2, 16, 15, 16, 64, (3, 3), (2, 2), (1, 1)),
 }
@@ -70,7 +74,7 @@ def test_strided_data_grad_matches_float64(case, layout):
     assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / (mag + 1e-30)).max().item() / 2.0 ** -24
 
 
-@pytest.mark.parametrize("case", ["3x3_s2", "4x4_s2_many_rows", "3x3_s2_k600"])
+@pytest.mark.parametrize("case", ["3x3_s2", "4x4_s2_many_rows", "3x3_s2_k600", "3x3_s2_k32_c16"])
 def test_strided_data_grad_thread_count(case):
     g = torch.Generator().manual_seed(1)
     gy, w, args = _data_grad(CASES[case], "nhwc", g)

@@ -754,14 +754,18 @@ void phase_rows_copy(const void* ctx, int64_t i, int64_t count, int64_t k0, int6
 }
 
 // Taken for one group, dilation 1, a stride that the kernel covers (every phase has a tap) and
-// K >= 48 (a tap's run long enough to gather), with at most kPhaseMaxTaps taps a phase, and 256
-// pixels a phase or more: with fewer, each thread packing every phase's weights cost more than
-// the column matrix saved (batch 2, NCHW, in-process A/B: 192 -> 320 3x3 stride 2 @17 (valid)
-// 0.60 -> 0.70 ms, 512 @14 1.81 -> 1.93).
+// K >= 8, with at most kPhaseMaxTaps taps a phase, and 256 pixels a phase or more: with fewer,
+// each thread packing every phase's weights cost more than the column matrix saved (batch 2,
+// NCHW, in-process A/B: 192 -> 320 3x3 stride 2 @17 (valid) 0.60 -> 0.70 ms, 512 @14 1.81 ->
+// 1.93). (It had wanted K >= 48, a tap's run long enough to gather; shorter runs still beat the
+// column matrix and its scalar col2im. Channels_last, 3x3 stride 2 unless said, process-
+// alternating A/B, ratio to torch before -> after: CIFAR's 16 -> 32 @32, batch 128, 0.59 -> 0.77
+// (NCHW 0.91 -> 1.15), 64 -> 32 @56 0.67 -> 0.90, 96 -> 32 @28 1.01 -> 1.30, 16 -> 32 @112 0.50
+// -> 0.61, 8 -> 16 @112 0.40 -> 0.49, 16 -> 16 5x5 @56 0.42 -> 0.66, 32 -> 8 @28 0.77 -> 0.79.)
 bool phase_rows_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
   return (p.stride_h > 1 || p.stride_w > 1) && p.groups == 1 && p.dil_h == 1 && p.dil_w == 1 &&
          sh.N * sh.H * sh.W >= 256 * p.stride_h * p.stride_w &&
-         sh.R >= p.stride_h && sh.S >= p.stride_w && sh.K >= 48 &&
+         sh.R >= p.stride_h && sh.S >= p.stride_w && sh.K >= 8 &&
          ceil_div(sh.R, p.stride_h) * ceil_div(sh.S, p.stride_w) <= kPhaseMaxTaps;
 }
 
