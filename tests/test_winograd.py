@@ -91,6 +91,24 @@ def test_forward_within_bound(case, layout):
     assert not torch.equal(y, _exact(run)), "the Winograd path did not run"
 
 
+def test_large_channels_last_result_streamed():
+    """A channels_last result of 8 MiB or more is written by streaming stores (16 MiB here), edge
+    tiles and the bias included; its data gradient (the same transforms, dX as large) too."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(16, 32, 66, 63, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(48, 32, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(48, generator=g)
+    y = torch.ops.convx.conv2d(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    assert y.numel() * 4 >= 8 << 20 and y.is_contiguous(memory_format=torch.channels_last)
+    ref = _conv64(x.double(), w.double(), b.double(), (1, 1, 1, 1))
+    _within_bound(y, ref, _conv64(x.double().abs(), w.double().abs(), b.double().abs(), (1, 1, 1, 1)), "forward")
+    gy = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, list(x.shape), [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    ref = torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), padding=1)
+    mag = torch.nn.grad.conv2d_input(x.shape, w.double().abs(), gy.double().abs(), padding=1)
+    _within_bound(gx, ref, mag, "data gradient")
+
+
 # Dilated 3x3 at stride 1 (conv2d.cpp's dilated_winograd): the d * d phases of the image as a
 # batch of ordinary 3x3 convolutions on Winograd. N, C, H, W, K, dilation, (top, bottom, left,
 # right) padding (top and left multiples of d): sizes that d does not divide (phases of unequal
