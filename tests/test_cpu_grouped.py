@@ -5,7 +5,8 @@ data gradient (stride 1, or a stride-1 convolution a phase at dilation 1) and we
 16 channels a group, any stride) in NCHW, also 32 channels a group in either layout; the rest in
 channels_last. Groups of whole 32-column register tiles (or 48 on AVX-512, or partial panels of
 other multiples of 8 over 16) copied out a group at a time and run as one GEMM a group
-(conv2d.cpp's regrouped paths); in channels_last on AVX-512, 32-channel groups
+(conv2d.cpp's regrouped paths); channels_last strided groups of 48 channels or more on 28 x 28
+output pixels or more, one GEMM a group over the interleaved channels; in channels_last on AVX-512, 32-channel groups
 with up to 64 output pixels on the blocked copy, two vectors a group. Against float64, both layouts, and every ISA build."""
 import pytest
 import torch
@@ -99,6 +100,12 @@ CASES = {
     "cg2_ilv_7x7": (2, 32, 9, 17, 16, (7, 7), 1, (3, 3, 3, 3), 1, True),
     "cg4_ilv_5x5_dil": (1, 32, 13, 16, 8, (5, 5), 1, (4, 3, 2, 5), 2, False),
     "cg8_ilv_pad_past": (2, 32, 9, 16, 4, (3, 3), 1, (2, 2, 3, 2), 1, True),
+    # channels_last strided groups of 48 channels or more on 28 x 28 output pixels or more: the
+    # product on the fly over the interleaved groups (conv2d.cpp's grouped_strided_on_the_fly);
+    # NCHW a group at a time
+    "cg48_s2_on_the_fly": (2, 192, 57, 56, 4, (3, 3), 2, (1, 1, 1, 1), 1, True),
+    "cg64_s2_asym_pad": (1, 128, 60, 58, 2, (3, 3), 2, (0, 1, 2, 1), 1, False),
+    "cg56_5x5_s2_dil": (1, 112, 66, 63, 2, (5, 5), 2, (2, 2, 3, 1), 2, True),
 }
 
 
@@ -263,6 +270,8 @@ THREAD_CASES = {
     # 24-channel groups: the forward's regrouped partial panels; the weight gradient a group at a
     # time on the one-group paths
     "groups_dense_cg24": ((2, 96, 12, 11), (96, 24, 3, 3), 4, True),
+    # 48-channel groups at stride 2 on 28 x 28 output pixels (channels_last: on the fly)
+    "strided_cg48": ((1, 96, 56, 57), (96, 48, 3, 3), 2, True),
 }
 
 
@@ -276,7 +285,9 @@ def test_thread_count(case, layout):
     x = torch.randn(xs, generator=g).contiguous(memory_format=mf)
     w = torch.randn(ws, generator=g)
     gy = torch.randn(xs[0], ws[0], *xs[2:], generator=g).contiguous(memory_format=mf)
-    args = ([1, 1], [1, 1, 1, 1], [1, 1], groups)
+    st = 2 if xs[2] > 32 else 1
+    gy = gy[:, :, ::st, ::st].contiguous(memory_format=mf)
+    args = ([st, st], [1, 1, 1, 1], [1, 1], groups)
     old = torch.get_num_threads()
     got = []
     try:
@@ -320,20 +331,23 @@ def test_regrouped_mixed_layouts():
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_groups_as_dense_fused_epilogue(layout, dtype):
-    """A layer computed a group at a time (conv2d.cpp's groups_as_dense): bias, residual and ReLU
-    applied to each group's channels, the result in the input's layout and dtype."""
+def test_groups_as_dense_fused_epilogue(layout, dtype, stride):
+    """A layer computed a group at a time (conv2d.cpp's groups_as_dense; channels_last at stride 2,
+    grouped_strided_on_the_fly's interleaved groups): bias, residual and ReLU applied to each
+    group's channels, the result in the input's layout and dtype."""
     g = torch.Generator().manual_seed(3)
     mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    x = torch.randn(1, 96, 29, 28, generator=g).contiguous(memory_format=mf)
+    H, W = (29, 28) if stride == 1 else (58, 55)
+    x = torch.randn(1, 96, H, W, generator=g).contiguous(memory_format=mf)
     w = torch.randn(80, 48, 3, 3, generator=g) / 20
     b = torch.randn(80, generator=g)
     r = torch.randn(1, 80, 29, 28, generator=g).contiguous(memory_format=mf)
-    y = convx.functional.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), padding=1, groups=2, residual=r.to(dtype),
-                                relu=True)
-    ref = (F.conv2d(x.double(), w.double(), b.double(), padding=1, groups=2) + r.double()).clamp_min(0)
+    y = convx.functional.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), stride=stride, padding=1, groups=2,
+                                residual=r.to(dtype), relu=True)
+    ref = (F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=1, groups=2) + r.double()).clamp_min(0)
     assert y.dtype == dtype and y.is_contiguous(memory_format=mf)
     tol = 1e-4 if dtype == torch.float32 else 6e-2
     torch.testing.assert_close(y.double(), ref, atol=tol, rtol=tol)

@@ -1732,6 +1732,20 @@ bool is_depthwise(const Conv2dShape& sh, const Conv2dParams& p) {
 // data gradient as the stride-1 convolution of dY with the rotated weight.
 // Whether Winograd reads this weight as channels_last's [K][3][3][C] in place (a dense
 // channels_last weight that is not also contiguous) rather than an OIHW copy.
+// A channels_last grouped strided forward with groups of 48 channels or more (gathered: a tap's
+// channels one run) on 28 x 28 output pixels or more: forward_impl's product on the fly, a group
+// at a time over the interleaved channels (compute_format), not a group at a time on copies
+// (groups_as_dense: each group's input and result copied out and back) nor regrouped. Batch 8
+// unless said, two threads, process-alternating A/B, 3x3 stride 2 from 56 x 56 unless said:
+// 2 groups of 64 -18 %, 4 of 48 -16 %, 4 of 56 -15 %, 8 of 56 -14 %, 9 of 48 @28 -10 %, 7 of 112
+// @28 -10 %, 2 of 120 -8 %, 5 of 48 -4 %, batch 2 4 of 48 -12 %. (Groups of 24 and 32 channels,
+// whose taps it does not gather, measured +10-18 %; under 28 x 28 output pixels, 3 of 80 @28 +20
+// % against the regrouped path.)
+bool grouped_strided_on_the_fly(const Conv2dShape& sh, const Conv2dParams& p, at::MemoryFormat mf) {
+  return mf == at::MemoryFormat::ChannelsLast && p.groups > 1 && !is_depthwise(sh, p) &&
+         (p.stride_h > 1 || p.stride_w > 1) && sh.R * sh.S > 1 && sh.Cg >= 48 && sh.Ho * sh.Wo >= 28 * 28;
+}
+
 bool wino_reads_krsc(const at::Tensor& w) {
   return !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
@@ -1927,7 +1941,8 @@ bool few_channels_nchw_grads(const Conv2dShape& sh, const Conv2dParams& p) {
 at::MemoryFormat compute_format(at::MemoryFormat result, const Conv2dShape& sh, const Conv2dParams& p,
                                 bool float_forward = false) {
   if (is_depthwise(sh, p)) return result;
-  if (p.groups > 1) return at::MemoryFormat::Contiguous;
+  if (p.groups > 1)
+    return float_forward && grouped_strided_on_the_fly(sh, p, result) ? result : at::MemoryFormat::Contiguous;
   if (float_forward && result == at::MemoryFormat::Contiguous && weights_in_place(sh, p)) return result;
   if (float_forward && result == at::MemoryFormat::Contiguous && sh.R * sh.S > 1 && sh.Cg >= 8 &&
       fits_scratch(sh))
@@ -2310,7 +2325,8 @@ struct CpuConv {
                                   std::optional<at::MemoryFormat> result_format = std::nullopt) {
     check_cpu_dtype(input, "input");
     const auto mf = result_format ? *result_format : conv_memory_format(input, weight);
-    if (input.scalar_type() != at::kDouble && groups_as_dense(sh, p)) {
+    const bool strided_on_the_fly = grouped_strided_on_the_fly(sh, p, mf);
+    if (input.scalar_type() != at::kDouble && groups_as_dense(sh, p) && !strided_on_the_fly) {
       auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
       const auto [s1, p1] = one_group(sh, p);
       for (int64_t g = 0; g < p.groups; ++g) {
@@ -2375,7 +2391,7 @@ struct CpuConv {
     const bool wide = ct == at::kFloat && !wino && input.scalar_type() != at::kDouble &&
                       (gwino || (grouped::wide_applicable(sh, p) && mf == at::MemoryFormat::ChannelsLast &&
                                  sh.Ho * sh.Wo <= 64));
-    if (ct == at::kFloat && !wino && !wide && forward_regrouped_applicable(sh, p, mf)) {
+    if (ct == at::kFloat && !wino && !wide && !strided_on_the_fly && forward_regrouped_applicable(sh, p, mf)) {
       auto y = scratch_result({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct), at::MemoryFormat::ChannelsLast,
                               mf, kLayoutSecond);
       if (y.numel() == 0) return to_format(y, mf).to(input.scalar_type());
