@@ -102,3 +102,58 @@ def test_transposed_forward_with_bias(shape):
     mag = F.conv_transpose2d(x.double().abs(), w.double().abs(), b.double().abs(), s, pd)
     assert y.shape == ref.shape
     assert ((y.double() - ref).abs() <= 16 * 2.0 ** -24 * mag + 1e-30).all()
+
+
+# Grouped, channels_last (conv2d.cpp's grouped_phase_rows): a product a phase and group, dX's and
+# dY's pixels where they lie among the other groups' channels. N, C, H, W, K, (R, S), stride,
+# (pad_h, pad_w), groups: 48-channel groups; 16 in, 12 out (no grouped.cpp kernel); 5x5 at unequal
+# strides, 16 in, 24 out.
+GROUPED = {
+    "cg48": (2, 96, 30, 29, 96, (3, 3), (2, 2), (1, 1), 2),
+    "cg16_kg12": (1, 64, 34, 31, 48, (3, 3), (2, 2), (1, 1), 4),
+    "cg16_kg24_5x5_s2x3": (2, 48, 30, 27, 72, (5, 5), (2, 3), (2, 1), 3),
+}
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("case", list(GROUPED.values()), ids=list(GROUPED))
+def test_grouped_strided_data_grad(case, layout):
+    N, C, H, W, K, (R, S), stride, pad, groups = case
+    mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(K, C // groups, R, S, generator=g).contiguous(memory_format=mf)
+    Ho = (H + 2 * pad[0] - R) // stride[0] + 1
+    Wo = (W + 2 * pad[1] - S) // stride[1] + 1
+    gy = torch.randn(N, K, Ho, Wo, generator=g).contiguous(memory_format=mf)
+    args = ([N, C, H, W], list(stride), [pad[0], pad[0], pad[1], pad[1]], [1, 1], groups)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, *args)
+    x = torch.zeros(N, C, H, W, dtype=torch.float64)
+    ref, mag = (torch.ops.aten.convolution_backward(a, x, b, None, list(stride), list(pad), [1, 1], False, [0, 0],
+                                                    groups, [True, False, False])[0]
+                for a, b in ((gy.double(), w.double()), (gy.double().abs(), w.double().abs())))
+    assert gx.shape == ref.shape and gx.is_contiguous(memory_format=mf)
+    err = (gx.double() - ref).abs()
+    assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / (mag + 1e-30)).max().item() / 2.0 ** -24
+    if layout == "nhwc":  # the same bits on one thread and two
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = torch.ops.convx.conv2d_backward_input(gy, w, *args)
+            torch.set_num_threads(2)
+            two = torch.ops.convx.conv2d_backward_input(gy, w, *args)
+        finally:
+            torch.set_num_threads(old)
+        assert torch.equal(one, two)
+
+
+def test_grouped_transposed_forward_with_bias():
+    """A grouped strided conv_transpose2d (a grouped data gradient plus the bias), channels_last."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 96, 17, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(96, 24, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)  # 2 groups: 48 -> 24 each
+    b = torch.randn(48, generator=g)
+    y = convx.functional.conv_transpose2d(x, w, b, 2, 1, 1, 2)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), 2, 1, 1, 2)
+    mag = F.conv_transpose2d(x.double().abs(), w.double().abs(), b.double().abs(), 2, 1, 1, 2)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert ((y.double() - ref).abs() <= 16 * 2.0 ** -24 * mag + 1e-30).all()

@@ -699,11 +699,12 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
 // -> 4.66 (6.73); 32 -> 64 5x5 stride 2 @56 1.80 -> 1.48 (1.31).
 constexpr int64_t kPhaseMaxTaps = 64;
 struct PhaseRows {
-  const float* gy;  // dY, NHWC
-  int64_t K, Ho, Wo, H, W;  // dY's channels and size, dX's size
+  const float* gy;  // dY, NHWC (its group's first channel)
+  int64_t K, Ho, Wo, H, W;  // dY's channels (a group's) and size, dX's size
   int64_t a, b, sth, stw, Hp, Wp;  // the phase, the strides, its pixel grid
   int64_t taps;
   int64_t dr[kPhaseMaxTaps], ds[kPhaseMaxTaps];  // each tap's offset into dY from (i, j)
+  int64_t ldy;  // dY's pixels' stride (all its channels)
 };
 
 int phase_rows_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, int64_t kc, const float* (*at)[16],
@@ -722,7 +723,7 @@ int phase_rows_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, int
     int64_t n = n0, pi = i0, pj = j0;
     for (int64_t r = 0; r < count; ++r) {
       const int64_t ho = pi + dr, wo = pj + ds;
-      at[t][r] = ho >= 0 && ho < a.Ho && wo >= 0 && wo < a.Wo ? a.gy + ((n * a.Ho + ho) * a.Wo + wo) * a.K + c0 : zeros;
+      at[t][r] = ho >= 0 && ho < a.Ho && wo >= 0 && wo < a.Wo ? a.gy + ((n * a.Ho + ho) * a.Wo + wo) * a.ldy + c0 : zeros;
       if (t == 0) crow[r] = (n * a.H + a.a + a.sth * pi) * a.W + a.b + a.stw * pj;
       if (++pj == a.Wp) {
         pj = 0;
@@ -745,7 +746,7 @@ void phase_rows_copy(const void* ctx, int64_t i, int64_t count, int64_t k0, int6
       const int64_t ho = pi + a.dr[tap], wo = pj + a.ds[tap];
       float* d = dst + r * kc + (k - k0);
       if (ho >= 0 && ho < a.Ho && wo >= 0 && wo < a.Wo)
-        std::memcpy(d, a.gy + ((n * a.Ho + ho) * a.Wo + wo) * a.K + c, len * sizeof(float));
+        std::memcpy(d, a.gy + ((n * a.Ho + ho) * a.Wo + wo) * a.ldy + c, len * sizeof(float));
       else
         std::fill(d, d + len, 0.f);
       k += len;
@@ -753,8 +754,9 @@ void phase_rows_copy(const void* ctx, int64_t i, int64_t count, int64_t k0, int6
   }
 }
 
-// Taken for one group, dilation 1, a stride that the kernel covers (every phase has a tap) and
-// K >= 8, with at most kPhaseMaxTaps taps a phase, and 256 pixels a phase or more: with fewer,
+// Taken for dilation 1, a stride that the kernel covers (every phase has a tap) and K >= 8 (a
+// group's: groups of 8 channels or more that grouped.cpp's kernels do not take, channels_last:
+// grouped_phase_rows), with at most kPhaseMaxTaps taps a phase, and 256 pixels a phase or more: with fewer,
 // each thread packing every phase's weights cost more than the column matrix saved (batch 2,
 // NCHW, in-process A/B: 192 -> 320 3x3 stride 2 @17 (valid) 0.60 -> 0.70 ms, 512 @14 1.81 ->
 // 1.93). (It had wanted K >= 48, a tap's run long enough to gather; shorter runs still beat the
@@ -763,26 +765,29 @@ void phase_rows_copy(const void* ctx, int64_t i, int64_t count, int64_t k0, int6
 // (NCHW 0.91 -> 1.15), 64 -> 32 @56 0.67 -> 0.90, 96 -> 32 @28 1.01 -> 1.30, 16 -> 32 @112 0.50
 // -> 0.61, 8 -> 16 @112 0.40 -> 0.49, 16 -> 16 5x5 @56 0.42 -> 0.66, 32 -> 8 @28 0.77 -> 0.79.)
 bool phase_rows_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
-  return (p.stride_h > 1 || p.stride_w > 1) && p.groups == 1 && p.dil_h == 1 && p.dil_w == 1 &&
+  return (p.stride_h > 1 || p.stride_w > 1) && p.dil_h == 1 && p.dil_w == 1 &&
+         (p.groups == 1 || (sh.Cg >= 8 && !grouped::data_grad_applicable(sh, p))) &&
          sh.N * sh.H * sh.W >= 256 * p.stride_h * p.stride_w &&
-         sh.R >= p.stride_h && sh.S >= p.stride_w && sh.K >= 8 &&
+         sh.R >= p.stride_h && sh.S >= p.stride_w && sh.Kg >= 8 &&
          ceil_div(sh.R, p.stride_h) * ceil_div(sh.S, p.stride_w) <= kPhaseMaxTaps;
 }
 
 // gx [N][H][W][C] = (bias +) the data gradient of dY [N][Ho][Wo][K] through the channels_last
-// weight w [K][R][S][C].
+// weight w [K][R][S][Cg]; groups one product a phase and group, dX's and dY's pixels read and
+// written where they lie among the other groups' channels.
 void phase_rows_dgrad(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
                       const Conv2dParams& p) {
-  const int64_t C = sh.C, K = sh.K, sth = p.stride_h, stw = p.stride_w;
+  const int64_t C = sh.C, Cg = sh.Cg, K = sh.Kg, sth = p.stride_h, stw = p.stride_w;
   if (bias)
     at::parallel_for(0, sh.N * sh.H * sh.W, 1024, [&](int64_t b, int64_t e) {
       for (int64_t q = b; q < e; ++q) std::copy(bias, bias + C, gx + q * C);
     });
-  // each phase's B [taps * K][C]: row (t, k) = w[k][r_t][s_t][:]
-  float* bw = thread_buffer<float>(kLayoutRotated, sh.R * sh.S * K * C);
+  // each phase's B [taps * Kg][Cg] of group g: row (t, k) = w[g Kg + k][r_t][s_t][:]
+  float* bw = thread_buffer<float>(kLayoutRotated, sh.R * sh.S * K * Cg);
+  for (int64_t g = 0; g < p.groups; ++g)
   for (int64_t a = 0; a < sth; ++a)
     for (int64_t b = 0; b < stw; ++b) {
-      PhaseRows ph{gy, K, sh.Ho, sh.Wo, sh.H, sh.W, a, b, sth, stw, 0, 0, 0, {}, {}};
+      PhaseRows ph{gy + g * K, K, sh.Ho, sh.Wo, sh.H, sh.W, a, b, sth, stw, 0, 0, 0, {}, {}, sh.K};
       ph.Hp = sh.H > a ? ceil_div(sh.H - a, sth) : 0;
       ph.Wp = sh.W > b ? ceil_div(sh.W - b, stw) : 0;
       if (ph.Hp == 0 || ph.Wp == 0) continue;
@@ -799,12 +804,12 @@ void phase_rows_dgrad(const float* gy, const float* w, const float* bias, float*
           ph.ds[t] = v / stw;
           at::parallel_for(0, K, 64, [&](int64_t kb, int64_t ke) {
             for (int64_t k = kb; k < ke; ++k)
-              std::memcpy(bw + (t * K + k) * C, w + ((k * sh.R + r) * sh.S + q) * C, C * sizeof(float));
+              std::memcpy(bw + (t * K + k) * Cg, w + (((g * K + k) * sh.R + r) * sh.S + q) * Cg, Cg * sizeof(float));
           });
         }
       }
-      gemm_rows(sh.N * ph.Hp * ph.Wp, C, ph.taps * K, &phase_rows_copy, &ph, bw, C, 1, gx, C, bias != nullptr, true,
-                nullptr, K, &phase_rows_gather);
+      gemm_rows(sh.N * ph.Hp * ph.Wp, Cg, ph.taps * K, &phase_rows_copy, &ph, bw, Cg, 1, gx + g * Cg, C,
+                bias != nullptr, true, nullptr, K, &phase_rows_gather);
     }
 }
 
@@ -1984,6 +1989,17 @@ bool data_grad_as_forward(const at::Tensor& gy, at::MemoryFormat mf, const Conv2
 // stride 2 128 @56 5.39 -> 4.73 ms, 256 @28 5.07 -> 4.37, 64 @112 8.02 -> 6.71, 32 -> 64 @147
 // (valid) 7.56 -> 6.15; the transposed 4x4 stride 2 512 -> 256 @14 (a data gradient) 15.8 -> 13.9
 // (torch 14.6-15.0). Not 1x1 (stride 2, 256 -> 512 @56: 4.30 -> 5.61) nor the 3-channel stem.
+// A channels_last grouped strided data gradient by dX's phases (phase_rows_dgrad, a product a
+// phase and group over the interleaved channels), not a group at a time on copies (groups_as_dense)
+// nor on per-group NCHW GEMMs and col2im (fewer output pixels). Batch 8 unless said, two threads,
+// 3x3 stride 2, process-alternating A/B, ratio to torch before -> after: 4 groups of 48 @56 0.65
+// -> 0.79, 2 of 64 @56 0.59 -> 0.81, 4 of 24 @56 0.55 -> 0.73, 9 of 48 @28 0.50 -> 1.07, 3 of 80
+// @28 0.54 -> 1.04, batch 2 4 of 48 @56 0.68 -> 0.84.
+bool grouped_phase_rows(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
+  return gy.scalar_type() != at::kDouble && mf == at::MemoryFormat::ChannelsLast && p.groups > 1 &&
+         !is_depthwise(sh, p) && phase_rows_data_grad(sh, p) && fits_scratch(sh);
+}
+
 bool strided_data_grad_channels_last(const at::Tensor& gy, const Conv2dShape& sh, const Conv2dParams& p) {
   return gy.scalar_type() != at::kDouble && (p.stride_h > 1 || p.stride_w > 1) && p.groups == 1 &&
          sh.R * sh.S > 1 && sh.C >= 8 && fits_scratch(sh);
@@ -2487,7 +2503,8 @@ struct CpuConv {
                               const Conv2dShape& sh, const Conv2dParams& p) {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, weight);
-    if (grad_output.scalar_type() != at::kDouble && groups_as_dense(sh, p)) {
+    const bool grouped_phases = grouped_phase_rows(grad_output, mf, sh, p);
+    if (grad_output.scalar_type() != at::kDouble && groups_as_dense(sh, p) && !grouped_phases) {
       auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().memory_format(mf));
       const auto [s1, p1] = one_group(sh, p);
       for (int64_t g = 0; g < p.groups; ++g) {
@@ -2523,7 +2540,7 @@ struct CpuConv {
                     : grp_nchw ? mf
                     : grp      ? at::MemoryFormat::ChannelsLast
                     : few      ? at::MemoryFormat::Contiguous
-                    : strided_data_grad_channels_last(grad_output, sh, p) ? at::MemoryFormat::ChannelsLast
+                    : strided_data_grad_channels_last(grad_output, sh, p) || grouped_phases ? at::MemoryFormat::ChannelsLast
                                                                           : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
