@@ -167,6 +167,58 @@ def test_data_gradient_within_bound(case, layout):
     assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
 
 
+# Grouped, channels_last, 28 x 28 output pixels or more, groups outside grouped.cpp's kernels:
+# conv2d.cpp's groups_winograd_in_place, each group on conv3x3 reading and writing its channels
+# among the others' (pixel strides). N, C, K, H, W, groups, padding: 24- and 48-channel groups,
+# 24 -> 40 (Kg != Cg), asymmetric padding; in either weight layout.
+GROUPS_IN_PLACE = {
+    "g2_cg24": (1, 48, 48, 30, 29, 2, (1, 1, 1, 1)),
+    "g4_cg48": (2, 192, 192, 28, 28, 4, (1, 1, 1, 1)),
+    "g3_24_to_40_asym": (2, 72, 120, 29, 31, 3, (2, 0, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("w_layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("case", list(GROUPS_IN_PLACE.values()), ids=list(GROUPS_IN_PLACE))
+def test_groups_in_place_within_bound(case, w_layout):
+    N, C, K, H, W, G, pad = case
+    cl = torch.channels_last
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=cl)
+    w = torch.randn(K, C // G, 3, 3, generator=g).contiguous(memory_format=cl if w_layout == "nhwc" else
+                                                             torch.contiguous_format)
+    b = torch.randn(K, generator=g)
+    t, bo, l, r = pad
+
+    def conv64(x, w, b):
+        return F.conv2d(F.pad(x, (l, r, t, bo)), w, b, groups=G)
+
+    run = lambda: torch.ops.convx.conv2d(x, w, b, [1, 1], list(pad), [1, 1], G)  # noqa: E731
+    y = run()
+    assert y.is_contiguous(memory_format=cl) and y.shape[2] * y.shape[3] >= 28 * 28
+    _within_bound(y, conv64(x.double(), w.double(), b.double()), conv64(x.double().abs(), w.double().abs(),
+                                                                       b.double().abs()), "forward")
+    assert not torch.equal(y, _exact(run)), "the Winograd path did not run"
+    # the fused epilogue on the whole result (bias, residual, ReLU)
+    res = torch.randn(y.shape, generator=g).contiguous(memory_format=cl)
+    fused = convx.functional.conv2d(x, w, b, padding=(t, l) if (t, l) == (bo, r) else 0, groups=G, residual=res,
+                                    relu=True) if (t, l) == (bo, r) else None
+    if fused is not None:
+        torch.testing.assert_close(fused, (y + res).clamp_min(0), rtol=0, atol=0)
+    gy = torch.randn(y.shape, generator=g).contiguous(memory_format=cl)
+    run = lambda: torch.ops.convx.conv2d_backward_input(gy, w, [N, C, H, W], [1, 1], list(pad), [1, 1], G)  # noqa
+    gx = run()
+    assert gx.is_contiguous(memory_format=cl)
+
+    def grad64(wd, gyd):
+        xd = torch.zeros(N, C, H, W, dtype=torch.float64, requires_grad=True)
+        return torch.autograd.grad(conv64(xd, wd, None), xd, gyd)[0]
+
+    _within_bound(gx, grad64(w.double(), gy.double()), grad64(w.double().abs(), gy.double().abs()),
+                  "data gradient")
+    assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
+
+
 # Grouped, 16 or 32 channels a group, channels_last on AVX-512: grouped.cpp's F(2x2, 3x3), forward
 # and data gradient. N, C, H, W, channels a group, padding: whole tiles with blocks of tiles crossing
 # images, odd sizes (partial edge tiles, a short last block), asymmetric padding (the data

@@ -248,6 +248,7 @@ struct Geometry {
   MicroTile mt;
   bool nhwc;
   bool stream = false;  // conv3x3's NHWC result by streaming stores (isa_each.h's stream_stores)
+  int64_t ldx = 0, ldy = 0;  // NHWC: x's and y's pixels' strides (C and K, or a group's among more)
   int64_t phase_channels = 0;  // conv3x3's: channel k of phase k / (K / 4) of y, 2 Ho x 2 Wo (winograd.h)
 };
 
@@ -260,6 +261,7 @@ Geometry geometry(const MicroTile& mt, int64_t N, int64_t C, int64_t H, int64_t 
   g.Cp = round_up(C, kCAlign);
   g.Kp = round_up(K, g.NR);
   g.TH = ceil_div(Ho, 4), g.TW = ceil_div(Wo, 4), g.Wb = 4 * g.TW + 2;
+  g.ldx = C, g.ldy = K;
   return g;
 }
 
@@ -278,12 +280,12 @@ WINO_INLINE void fill_band(const float* x, const Geometry& g, int64_t n, int64_t
     std::memset(row, 0, u0 * Cp * sizeof(float));
     std::memset(row + u1 * Cp, 0, (Wb - u1) * Cp * sizeof(float));
     if (g.nhwc) {
-      const float* xr = x + ((n * g.H + h) * g.W + (u0 - g.pad_l)) * C;
-      if (Cp == C) {
+      const float* xr = x + ((n * g.H + h) * g.W + (u0 - g.pad_l)) * g.ldx;
+      if (Cp == C && g.ldx == C) {
         std::memcpy(row + u0 * Cp, xr, (u1 - u0) * C * sizeof(float));
       } else {
         for (int64_t u = u0; u < u1; ++u) {
-          std::memcpy(row + u * Cp, xr + (u - u0) * C, C * sizeof(float));
+          std::memcpy(row + u * Cp, xr + (u - u0) * g.ldx, C * sizeof(float));
           std::memset(row + u * Cp + C, 0, (Cp - C) * sizeof(float));
         }
       }
@@ -400,7 +402,7 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
               const int64_t pc = g.phase_channels, ph = pc ? k / pc : 0;
               float* dst = pc ? y + ((n * 2 * g.Ho + 2 * (h0 + i) + ph / 2) * 2 * g.Wo + 2 * (w0 + j) + ph % 2) * pc +
                                     (k - ph * pc)
-                              : y + ((n * g.Ho + h0 + i) * g.Wo + w0 + j) * g.K + k;
+                              : y + ((n * g.Ho + h0 + i) * g.Wo + w0 + j) * g.ldy + k;
               if (kl == L && g.stream)
                 stream_bytes<VB>(dst, &o[j]);
               else if (kl == L)
@@ -684,7 +686,7 @@ bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t s
 
 void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias, float* y,
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
-             int64_t pad_l, bool nhwc, int64_t phase_channels) {
+             int64_t pad_l, bool nhwc, int64_t phase_channels, int64_t ldx, int64_t ldy) {
   TORCH_CHECK(phase_channels == 0 || (K == 4 * phase_channels && (!nhwc || phase_channels % kCAlign == 0)),
               "convx: winograd::conv3x3: phase_channels ", phase_channels, " for K = ", K);
   // Up to 16 output channels on AVX-512's 16-column tile, not its 32-column one half empty (16 ->
@@ -696,10 +698,13 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts,
   const MicroTile mt = K <= 16 && 16 % wide.NR != 0 ? micro_tile_whole_cols(16) : wide;
   Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
   g.phase_channels = phase_channels;
+  TORCH_CHECK(nhwc || (ldx == 0 && ldy == 0), "convx: winograd::conv3x3: pixel strides for NCHW");
+  if (ldx > 0) g.ldx = ldx;
+  if (ldy > 0) g.ldy = ldy;
   // An NHWC result of 8 MiB or more by streaming stores (its lines not read from memory before
   // written): batch 8 unless said, 2 threads, process-alternating A/B: 16 @32 batch 128 -8 %, 64
   // @112 -7 %, 128 @28 batch 32 -16 %.
-  g.stream = nhwc && phase_channels == 0 &&
+  g.stream = nhwc && phase_channels == 0 && g.ldy == K &&
              stream_stores(y, N * Ho * Wo * K * int64_t(sizeof(float)), K * int64_t(sizeof(float)));
   const Isa isa = cpu_isa();
   const WeightArgs wa{w, sk, sc, flip, ts};

@@ -34,10 +34,11 @@ bool applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t s
 // phase_channels > 0 (K = 4 phase_channels; NHWC: a multiple of 16): output channel k is channel
 // k % phase_channels of phase (a, b) = (k / phase_channels) / 2, % 2, written to pixel
 // (2 ho + a, 2 wo + b) of y [N][phase_channels][2 Ho][2 Wo] (NHWC: [N][2 Ho][2 Wo][phase_channels];
-// conv2d.cpp's transposed 4x4 stride 2).
+// conv2d.cpp's transposed 4x4 stride 2). NHWC: ldx, ldy > 0 the strides of x's and y's pixels
+// (floats; a group's channels among more: x + g Cg, ldx the layer's C), else C and K.
 void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts, bool flip, const float* bias, float* y,
              int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t,
-             int64_t pad_l, bool nhwc, int64_t phase_channels = 0);
+             int64_t pad_l, bool nhwc, int64_t phase_channels = 0, int64_t ldx = 0, int64_t ldy = 0);
 
 // The weight gradient of a float32 3x3 / stride-1 convolution (geometry as
 // applicable's) by the same tiles: dw[k][c][r][s] (krsc == false) or
