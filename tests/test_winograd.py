@@ -219,6 +219,48 @@ def test_groups_in_place_within_bound(case, w_layout):
     assert not torch.equal(gx, _exact(run)), "the Winograd path did not run"
 
 
+# (the weight gradient wants 128 output tiles or more a group: more images)
+WGRAD_GROUPS_IN_PLACE = {
+    "g2_cg24": (2, 48, 48, 30, 29, 2, (1, 1, 1, 1)),
+    "g4_cg48": (3, 192, 192, 28, 28, 4, (1, 1, 1, 1)),
+    "g3_24_to_40_asym": (2, 72, 120, 29, 31, 3, (2, 0, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(WGRAD_GROUPS_IN_PLACE.values()), ids=list(WGRAD_GROUPS_IN_PLACE))
+def test_groups_in_place_weight_gradient_within_bound(case):
+    """The weight gradient of those layers (conv2d.cpp's wgrad_groups_winograd_in_place): each group's
+    channels of X and dY read among the others', dW channels_last."""
+    N, C, K, H, W, G, pad = case
+    cl = torch.channels_last
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=cl)
+    t, bo, l, r = pad
+    Ho, Wo = H + t + bo - 2, W + l + r - 2
+    gy = torch.randn(N, K, Ho, Wo, generator=g).contiguous(memory_format=cl)
+    run = lambda: torch.ops.convx.conv2d_backward_weight(gy, x, [K, C // G, 3, 3], [1, 1], list(pad), [1, 1], G,  # noqa
+                                                         False)[0]
+    gw = run()
+    assert gw.shape == (K, C // G, 3, 3) and gw.is_contiguous(memory_format=cl)
+
+    def wgrad64(xd, gyd):
+        w = torch.zeros(K, C // G, 3, 3, dtype=torch.float64, requires_grad=True)
+        return torch.autograd.grad(F.conv2d(F.pad(xd, (l, r, t, bo)), w, groups=G), w, gyd)[0]
+
+    ref = wgrad64(x.double(), gy.double())
+    mag = wgrad64(x.double().abs(), gy.double().abs()).amax(dim=(2, 3), keepdim=True)
+    err = (gw.double() - ref).abs()
+    assert (err <= BOUND * mag).all(), f"error {(err / mag).max().item() / U:.1f} * 2^-24 * M, bound 64"
+    assert not torch.equal(gw, _exact(run)), "the Winograd path did not run"
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, gw)
+
+
 # Grouped, 16 or 32 channels a group, channels_last on AVX-512: grouped.cpp's F(2x2, 3x3), forward
 # and data gradient. N, C, H, W, channels a group, padding: whole tiles with blocks of tiles crossing
 # images, odd sizes (partial edge tiles, a short last block), asymmetric padding (the data

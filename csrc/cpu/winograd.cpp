@@ -526,9 +526,9 @@ WINO_INLINE void fill_dy_band(const float* dy, const Geometry& g, int64_t n, int
     }
     std::memset(row + g.Wo * Kp, 0, (Wb - g.Wo) * Kp * sizeof(float));
     if (g.nhwc) {
-      const float* src = dy + ((n * g.Ho + h) * g.Wo) * K;
+      const float* src = dy + ((n * g.Ho + h) * g.Wo) * g.ldy;
       for (int64_t u = 0; u < g.Wo; ++u) {
-        std::memcpy(row + u * Kp, src + u * K, K * sizeof(float));
+        std::memcpy(row + u * Kp, src + u * g.ldy, K * sizeof(float));
         std::memset(row + u * Kp + K, 0, (Kp - K) * sizeof(float));
       }
     } else {  // [K][Wo] -> [Wo][Kp] (layout.h's transposes, as fill_band's)
@@ -781,13 +781,17 @@ bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t 
 }
 
 void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64_t N, int64_t C, int64_t H, int64_t W,
-                    int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc) {
+                    int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc, int64_t ldx,
+                    int64_t ldy) {
   // Up to 16 output channels on AVX-512's 16 x 16 tile, as conv3x3's forward, not a 32-column one
   // half empty (16 @32, batch 128, 2 threads, process-alternating A/B: channels_last -29 %, NCHW
   // -32 %; 16 @112 and @56, batch 8, -33 %)
   const MicroTile rows_mt = micro_tile_for_rows<float>(C);
   const MicroTile mt = K <= 16 && 16 % rows_mt.NR != 0 ? micro_tile_whole_cols(16) : rows_mt;
-  const Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
+  Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
+  TORCH_CHECK(nhwc || (ldx == 0 && ldy == 0), "convx: winograd::weight_grad3x3: pixel strides for NCHW");
+  if (ldx > 0) g.ldx = ldx;
+  if (ldy > 0) g.ldy = ldy;
   const Isa isa = cpu_isa();
   const int64_t T = N * g.TH * g.TW, MR = g.MR, NR = g.NR, msize = 36 * wgrad_ms(g);
   const int64_t cpanels = ceil_div(g.Cp, MR), units = 36 * cpanels;

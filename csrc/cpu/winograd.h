@@ -52,8 +52,10 @@ constexpr int64_t kWgradMinTilesLarge = 32;
 constexpr int64_t kWgradMinBlockTiles = 32;  // C * K over 256 * 256 (weight_grad3x3's block mode)
 bool weight_grad_applicable(int64_t N, int64_t C, int64_t K, int64_t R, int64_t S, int64_t stride_h,
                             int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups, int64_t Ho, int64_t Wo);
+// NHWC: ldx, ldy > 0 the strides of x's and dy's pixels (a group's channels among more), as conv3x3's.
 void weight_grad3x3(const float* x, const float* dy, float* dw, bool krsc, int64_t N, int64_t C, int64_t H, int64_t W,
-                    int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc);
+                    int64_t K, int64_t Ho, int64_t Wo, int64_t pad_t, int64_t pad_l, bool nhwc, int64_t ldx = 0,
+                    int64_t ldy = 0);
 
 // Winograd F(m, r) along one axis (winograd_line.cpp): float32 1 x r and r x 1 convolutions,
 // r = 3 or 7, at stride 1, dilation 1, one group, no padding across the line (pad_unit: the
