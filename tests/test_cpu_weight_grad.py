@@ -9,9 +9,9 @@
 * channels_last float32 whose channels fill whole register tiles (stride_w * C, K < 512): both
   operands read in place by the tile, a run of output pixels an image row for each tap
   (wgrad_nhwc_in_place), any kernel, stride, padding, dilation and groups; units of
-  (group, tap, row block, column block) and chunks of the output rows, or (one group, X and dY
-  past L2, dW up to 256 KiB) chunks of the output rows each through every tap a block of rows at
-  a time; the tile chosen by the columns too (AVX-512's 8 x 48 for multiples of 48, 16 x 16 for
+  (group, tap, row block, column block) and chunks of the output rows, or (X and dY past L2, dW
+  up to 512 KiB) chunks of the output rows each through every tap and group a block of rows at a
+  time; the tile chosen by the columns too (AVX-512's 8 x 48 for multiples of 48, 16 x 16 for
   other multiples of 16);
 * a channels_last 1x1 layer whose input channels fill no tile but whose output channels do: dW^T
   as the layer's with X and dY swapped, read in place, then transposed;
@@ -157,6 +157,10 @@ CASES = {
     # of whole rows through every tap; padding past the image, dilation, odd sizes
     "taps_inner_stride2": (16, 16, 72, 71, 32, (3, 3), 2, (1, 1, 1, 1), 1, 1),
     "taps_inner_5x5_dil": (16, 16, 70, 64, 16, (5, 5), 2, (3, 1, 2, 4), 2, 1),
+    # and grouped (each block through every group): regrouped copies (under 32 x 32 output pixels)
+    # and the groups interleaved in place
+    "taps_inner_groups_regrouped": (12, 96, 56, 56, 96, (3, 3), 2, (1, 1, 1, 1), 1, 2),
+    "taps_inner_groups_interleaved": (10, 96, 66, 68, 96, (3, 3), 2, (1, 1, 1, 1), 1, 2),
 }
 
 
@@ -203,7 +207,8 @@ def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
     for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
                  "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7", "regrouped_cg16", "filter_rows_5x5",
-                 "filter_rows_chunks", "1x1_swapped_expand", "taps_inner_stride2", "taps_inner_5x5_dil"):
+                 "filter_rows_chunks", "1x1_swapped_expand", "taps_inner_stride2", "taps_inner_5x5_dil",
+                 "taps_inner_groups_regrouped", "taps_inner_groups_interleaved"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):
             x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)

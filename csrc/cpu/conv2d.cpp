@@ -1213,10 +1213,11 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
   // about kPixels output pixels each through every tap and tile while in L1 / L2. Batch 8 unless
   // said, two threads, process-alternating A/B: CIFAR's 16 -> 32 3x3 stride 2 @32, batch 128,
   // 0.52 -> 1.05x torch (time -55 %), 16 -> 32 stride 2 @112 -47 %, 64 @112 stride 2 -24 %, 64
-  // @56 stride 2 -21 %. (dW of 128 x 128 3x3, 590 KB, measured -3 % at batch 8, +20 % at batch 2.)
+  // @56 stride 2 -21 %; dW up to 512 KiB and groups (a block through every group too): 96 -> 128
+  // stride 2 @56 -8 %, 4 groups of 48 stride 2 @56 -12 %, 2 of 64 -11 %, 5 of 48 -13 %. (dW of 128
+  // x 128 3x3, 590 KB, measured -3 % at batch 8, +20 % at batch 2, 3 chunks.)
   const int64_t in_bytes = (sh.N * sh.H * sh.W * sh.C + sh.N * sh.Ho * sh.Wo * sh.K) * int64_t(sizeof(float));
-  if (G == 1 && RS > 1 && rows >= 8 * kTapsInnerRows && in_bytes > l2_bytes() &&
-      dw * int64_t(sizeof(float)) <= (int64_t(256) << 10)) {
+  if (RS > 1 && rows >= 8 * kTapsInnerRows && in_bytes > l2_bytes() && dw * int64_t(sizeof(float)) <= (int64_t(512) << 10)) {
     const int64_t chunks = std::min(kTapsInnerChunks, rows / kTapsInnerRows), chunk = ceil_div(rows, chunks);
     ChunkCopies copies(gw, chunks, dw);
     float* pp = copies.data;
@@ -1237,14 +1238,17 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
               range(p.pad_l, s * p.dil_w, p.stride_w, sh.W, sh.Wo, wlo, whi);
               const int64_t ha = std::max(h0, hlo), hz = std::min(h1, hhi), len = whi - wlo;
               if (ha >= hz || len <= 0) continue;
-              const float* a = gy + ((n * sh.Ho + ha) * sh.Wo + wlo) * gl.y_pix;
-              const float* bx = x + ((n * sh.H + ha * p.stride_h - p.pad_t + r * p.dil_h) * sh.W + wlo * p.stride_w -
-                                     p.pad_l + s * p.dil_w) * gl.x_pix;
-              for (int64_t j = 0; j < Cg; j += NR)
-                for (int64_t i = 0; i < Kg; i += MR)
-                  micro_tile_product_runs<float>(mt, hz - ha, len, a + i, gl.y_pix, sh.Wo * gl.y_pix, bx + j,
-                                                 p.stride_w * gl.x_pix, p.stride_h * sh.W * gl.x_pix,
-                                                 out + i * ldc + tap * Cg + j, ldc, true);
+              for (int64_t g = 0; g < G; ++g) {
+                const float* a = gy + ((n * sh.Ho + ha) * sh.Wo + wlo) * gl.y_pix + g * gl.y_grp;
+                const float* bx = x + ((n * sh.H + ha * p.stride_h - p.pad_t + r * p.dil_h) * sh.W + wlo * p.stride_w -
+                                       p.pad_l + s * p.dil_w) * gl.x_pix + g * gl.x_grp;
+                float* og = out + g * Kg * ldc + tap * Cg;
+                for (int64_t j = 0; j < Cg; j += NR)
+                  for (int64_t i = 0; i < Kg; i += MR)
+                    micro_tile_product_runs<float>(mt, hz - ha, len, a + i, gl.y_pix, sh.Wo * gl.y_pix, bx + j,
+                                                   p.stride_w * gl.x_pix, p.stride_h * sh.W * gl.x_pix,
+                                                   og + i * ldc + j, ldc, true);
+              }
             }
           }
         }
