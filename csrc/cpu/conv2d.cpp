@@ -723,7 +723,8 @@ int phase_rows_gather(const void* ctx, int64_t i, int64_t count, int64_t k0, int
     int64_t n = n0, pi = i0, pj = j0;
     for (int64_t r = 0; r < count; ++r) {
       const int64_t ho = pi + dr, wo = pj + ds;
-      at[t][r] = ho >= 0 && ho < a.Ho && wo >= 0 && wo < a.Wo ? a.gy + ((n * a.Ho + ho) * a.Wo + wo) * a.ldy + c0 : zeros;
+      at[t][r] = ho >= 0 && ho < a.Ho && wo >= 0 && wo < a.Wo ? a.gy + ((n * a.Ho + ho) * a.Wo + wo) * a.ldy + c0
+                                                              : zeros;
       if (t == 0) crow[r] = (n * a.H + a.a + a.sth * pi) * a.W + a.b + a.stw * pj;
       if (++pj == a.Wp) {
         pj = 0;
@@ -756,10 +757,10 @@ void phase_rows_copy(const void* ctx, int64_t i, int64_t count, int64_t k0, int6
 
 // Taken for dilation 1, a stride that the kernel covers (every phase has a tap) and K >= 8 (a
 // group's: groups of 8 channels or more that grouped.cpp's kernels do not take, channels_last:
-// grouped_phase_rows), with at most kPhaseMaxTaps taps a phase, and 256 pixels a phase or more: with fewer,
-// each thread packing every phase's weights cost more than the column matrix saved (batch 2,
-// NCHW, in-process A/B: 192 -> 320 3x3 stride 2 @17 (valid) 0.60 -> 0.70 ms, 512 @14 1.81 ->
-// 1.93). (It had wanted K >= 48, a tap's run long enough to gather; shorter runs still beat the
+// grouped_phase_rows), with at most kPhaseMaxTaps taps a phase, and 256 pixels a phase or more:
+// with fewer, each thread packing every phase's weights cost more than the column matrix saved
+// (batch 2, NCHW, in-process A/B: 192 -> 320 3x3 stride 2 @17 (valid) 0.60 -> 0.70 ms, 512 @14
+// 1.81 -> 1.93). (It had wanted K >= 48, a tap's run long enough to gather; shorter runs still beat the
 // column matrix and its scalar col2im. Channels_last, 3x3 stride 2 unless said, process-
 // alternating A/B, ratio to torch before -> after: CIFAR's 16 -> 32 @32, batch 128, 0.59 -> 0.77
 // (NCHW 0.91 -> 1.15), 64 -> 32 @56 0.67 -> 0.90, 96 -> 32 @28 1.01 -> 1.30, 16 -> 32 @112 0.50
@@ -1217,7 +1218,8 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
   // stride 2 @56 -8 %, 4 groups of 48 stride 2 @56 -12 %, 2 of 64 -11 %, 5 of 48 -13 %. (dW of 128
   // x 128 3x3, 590 KB, measured -3 % at batch 8, +20 % at batch 2, 3 chunks.)
   const int64_t in_bytes = (sh.N * sh.H * sh.W * sh.C + sh.N * sh.Ho * sh.Wo * sh.K) * int64_t(sizeof(float));
-  if (RS > 1 && rows >= 8 * kTapsInnerRows && in_bytes > l2_bytes() && dw * int64_t(sizeof(float)) <= (int64_t(512) << 10)) {
+  if (RS > 1 && rows >= 8 * kTapsInnerRows && in_bytes > l2_bytes() &&
+      dw * int64_t(sizeof(float)) <= (int64_t(512) << 10)) {
     const int64_t chunks = std::min(kTapsInnerChunks, rows / kTapsInnerRows), chunk = ceil_div(rows, chunks);
     ChunkCopies copies(gw, chunks, dw);
     float* pp = copies.data;
@@ -2380,7 +2382,6 @@ struct CpuConv {
     const auto mf = result_format ? *result_format : conv_memory_format(input, weight);
     const bool strided_on_the_fly = grouped_strided_on_the_fly(sh, p, mf);
     if (groups_winograd_in_place(input, weight, mf, sh, p)) {
-      const auto [s1, p1] = one_group(sh, p);
       auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
       const bool krsc = wino_reads_krsc(weight);
       const at::Tensor w = krsc ? weight : weight.contiguous();
@@ -2608,7 +2609,8 @@ struct CpuConv {
                     : grp_nchw ? mf
                     : grp      ? at::MemoryFormat::ChannelsLast
                     : few      ? at::MemoryFormat::Contiguous
-                    : strided_data_grad_channels_last(grad_output, sh, p) || grouped_phases ? at::MemoryFormat::ChannelsLast
+                    : strided_data_grad_channels_last(grad_output, sh, p) || grouped_phases
+                        ? at::MemoryFormat::ChannelsLast
                                                                           : compute_format(mf, sh, p);
     const bool nhwc = cf == at::MemoryFormat::ChannelsLast;
     const auto ct = compute_type(grad_output.scalar_type());
@@ -2702,7 +2704,8 @@ struct CpuConv {
       // each group on Winograd reading its channels of X and dY where they lie (pixel strides C, K)
       auto gw = at::empty(weight_size, grad_output.options().memory_format(at::MemoryFormat::ChannelsLast));
       for (int64_t g = 0; g < p.groups; ++g)
-        winograd::weight_grad3x3(input.const_data_ptr<float>() + g * sh.Cg, grad_output.const_data_ptr<float>() + g * sh.Kg,
+        winograd::weight_grad3x3(input.const_data_ptr<float>() + g * sh.Cg,
+                                 grad_output.const_data_ptr<float>() + g * sh.Kg,
                                  gw.mutable_data_ptr<float>() + g * sh.Kg * 9 * sh.Cg, true, sh.N, sh.Cg, sh.H, sh.W,
                                  sh.Kg, sh.Ho, sh.Wo, p.pad_t, p.pad_l, true, sh.C, sh.K);
       return gw;

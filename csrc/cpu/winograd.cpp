@@ -245,7 +245,7 @@ struct Geometry {
   int64_t N, C, H, W, K, Ho, Wo, pad_t, pad_l;
   int64_t Cp, Kp, TH, TW, Wb;  // padded channels, tiles, band width (4 TW + 2)
   int64_t MR, NR, KC;          // the GEMM's register tile and reduction chunk
-  MicroTile mt;
+  MicroTile mt;                // (the tile itself, for the products)
   bool nhwc;
   bool stream = false;  // conv3x3's NHWC result by streaming stores (isa_each.h's stream_stores)
   int64_t ldx = 0, ldy = 0;  // NHWC: x's and y's pixels' strides (C and K, or a group's among more)
@@ -379,7 +379,9 @@ WINO_INLINE void task_body(const float* x, const WeightArgs& wa, const float* bi
       const float* mt = m + (t - t0) * Kc;
       for (int64_t k = kb; k < kend; k += L) {
         V tmp[24];
-        for (int j = 0; j < 6; ++j) {  // tmp[j][i] = (A^T m)[i][j], a column of m at a time
+        // tmp[j][i] = (A^T m)[i][j], a column of m at a time (all 36 loaded first went through the
+        // stack: 16 @32, batch 128, one thread, 5.75 -> 4.44 ms)
+        for (int j = 0; j < 6; ++j) {
           V col[6];
           for (int i = 0; i < 6; ++i) col[i] = Vt::load(mt + (i * 6 + j) * ms + (k - k0));
           at6(col, 1, tmp + j * 4);
