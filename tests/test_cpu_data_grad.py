@@ -74,19 +74,25 @@ def test_strided_data_grad_matches_float64(case, layout):
     assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / (mag + 1e-30)).max().item() / 2.0 ** -24
 
 
+def _on_threads(n, fn):
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n)
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _same_bits_on_one_and_two_threads(gy, w, args):
+    run = lambda: torch.ops.convx.conv2d_backward_input(gy, w, *args)  # noqa: E731
+    assert torch.equal(_on_threads(1, run), _on_threads(2, run))
+
+
 @pytest.mark.parametrize("case", ["3x3_s2", "4x4_s2_many_rows", "3x3_s2_k600", "3x3_s2_k32_c16"])
 def test_strided_data_grad_thread_count(case):
     g = torch.Generator().manual_seed(1)
     gy, w, args = _data_grad(CASES[case], "nhwc", g)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = torch.ops.convx.conv2d_backward_input(gy, w, *args)
-        torch.set_num_threads(2)
-        b = torch.ops.convx.conv2d_backward_input(gy, w, *args)
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(a, b)
+    _same_bits_on_one_and_two_threads(gy, w, args)
 
 
 @pytest.mark.parametrize("shape", [(2, 64, 17, 32, 4, 2, 1), (1, 96, 17, 48, 3, 2, 1), (2, 64, 12, 16, 3, 3, 0)])
@@ -134,16 +140,8 @@ def test_grouped_strided_data_grad(case, layout):
     assert gx.shape == ref.shape and gx.is_contiguous(memory_format=mf)
     err = (gx.double() - ref).abs()
     assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / (mag + 1e-30)).max().item() / 2.0 ** -24
-    if layout == "nhwc":  # the same bits on one thread and two
-        old = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1)
-            one = torch.ops.convx.conv2d_backward_input(gy, w, *args)
-            torch.set_num_threads(2)
-            two = torch.ops.convx.conv2d_backward_input(gy, w, *args)
-        finally:
-            torch.set_num_threads(old)
-        assert torch.equal(one, two)
+    if layout == "nhwc":
+        _same_bits_on_one_and_two_threads(gy, w, args)
 
 
 def test_grouped_transposed_forward_with_bias():
