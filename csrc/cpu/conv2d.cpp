@@ -1217,6 +1217,18 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
   // @56 stride 2 -21 %; dW up to 512 KiB and groups (a block through every group too): 96 -> 128
   // stride 2 @56 -8 %, 4 groups of 48 stride 2 @56 -12 %, 2 of 64 -11 %, 5 of 48 -13 %. (dW of 128
   // x 128 3x3, 590 KB, measured -3 % at batch 8, +20 % at batch 2, 3 chunks.)
+  // dW's block [i0, i1) x [j0, j1) of group g's tap (r, s) at o (+)= its products over nr output rows of
+  // image n from h on, the pixels [wlo, wlo + len) of each, both operands read in place
+  auto tap_rows = [&](float* o, int64_t g, int64_t r, int64_t s, int64_t n, int64_t h, int64_t nr, int64_t wlo,
+                      int64_t len, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const float* a = gy + ((n * sh.Ho + h) * sh.Wo + wlo) * gl.y_pix + g * gl.y_grp;
+    const float* bx = x + ((n * sh.H + h * p.stride_h - p.pad_t + r * p.dil_h) * sh.W + wlo * p.stride_w - p.pad_l +
+                           s * p.dil_w) * gl.x_pix + g * gl.x_grp;
+    for (int64_t j = j0; j < j1; j += NR)
+      for (int64_t i = i0; i < i1; i += MR)
+        micro_tile_product_runs<float>(mt, nr, len, a + i, gl.y_pix, sh.Wo * gl.y_pix, bx + j, p.stride_w * gl.x_pix,
+                                       p.stride_h * sh.W * gl.x_pix, o + i * ldc + j, ldc, true);
+  };
   const int64_t in_bytes = (sh.N * sh.H * sh.W * sh.C + sh.N * sh.Ho * sh.Wo * sh.K) * int64_t(sizeof(float));
   if (RS > 1 && rows >= 8 * kTapsInnerRows && in_bytes > l2_bytes() &&
       dw * int64_t(sizeof(float)) <= (int64_t(512) << 10)) {
@@ -1240,17 +1252,8 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
               range(p.pad_l, s * p.dil_w, p.stride_w, sh.W, sh.Wo, wlo, whi);
               const int64_t ha = std::max(h0, hlo), hz = std::min(h1, hhi), len = whi - wlo;
               if (ha >= hz || len <= 0) continue;
-              for (int64_t g = 0; g < G; ++g) {
-                const float* a = gy + ((n * sh.Ho + ha) * sh.Wo + wlo) * gl.y_pix + g * gl.y_grp;
-                const float* bx = x + ((n * sh.H + ha * p.stride_h - p.pad_t + r * p.dil_h) * sh.W + wlo * p.stride_w -
-                                       p.pad_l + s * p.dil_w) * gl.x_pix + g * gl.x_grp;
-                float* og = out + g * Kg * ldc + tap * Cg;
-                for (int64_t j = 0; j < Cg; j += NR)
-                  for (int64_t i = 0; i < Kg; i += MR)
-                    micro_tile_product_runs<float>(mt, hz - ha, len, a + i, gl.y_pix, sh.Wo * gl.y_pix, bx + j,
-                                                   p.stride_w * gl.x_pix, p.stride_h * sh.W * gl.x_pix,
-                                                   og + i * ldc + j, ldc, true);
-              }
+              for (int64_t g = 0; g < G; ++g)
+                tap_rows(out + g * Kg * ldc + tap * Cg, g, r, s, n, ha, hz - ha, wlo, len, 0, Kg, 0, Cg);
             }
           }
         }
@@ -1277,17 +1280,8 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
       if (len <= 0) continue;
       for (int64_t n = t0 / sh.Ho; n * sh.Ho < t1; ++n) {
         const int64_t hb = std::max(hlo, t0 - n * sh.Ho), he = std::min(hhi, t1 - n * sh.Ho);
-        for (int64_t h0 = hb; h0 < he; h0 += block) {
-          const int64_t nr = std::min(block, he - h0);
-          const float* a = gy + ((n * sh.Ho + h0) * sh.Wo + wlo) * gl.y_pix + g * gl.y_grp;
-          const float* bx = x + ((n * sh.H + h0 * p.stride_h - p.pad_t + r * p.dil_h) * sh.W + wlo * p.stride_w -
-                                 p.pad_l + s * p.dil_w) * gl.x_pix + g * gl.x_grp;
-          for (int64_t j = j0; j < j1; j += NR)
-            for (int64_t i = i0; i < i1; i += MR)
-              micro_tile_product_runs<float>(mt, nr, len, a + i, gl.y_pix, sh.Wo * gl.y_pix, bx + j,
-                                             p.stride_w * gl.x_pix, p.stride_h * sh.W * gl.x_pix, out + i * ldc + j,
-                                             ldc, true);
-        }
+        for (int64_t h0 = hb; h0 < he; h0 += block)
+          tap_rows(out, g, r, s, n, h0, std::min(block, he - h0), wlo, len, i0, i1, j0, j1);
       }
     }
   });
@@ -1734,6 +1728,11 @@ void check_cpu_dtype(const at::Tensor& t, const char* name) {
       t.scalar_type());
 }
 
+// The data gradient's shape as a stride-1 forward's: dY's K channels in, dX's C out.
+Conv2dShape transposed_shape(const Conv2dShape& sh) {
+  return {sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.Kg, sh.Cg};
+}
+
 bool is_depthwise(const Conv2dShape& sh, const Conv2dParams& p) {
   return sh.Cg == 1 && p.groups == sh.C && p.groups > 1;
 }
@@ -2154,6 +2153,25 @@ bool groups_winograd_in_place(const at::Tensor& x, const at::Tensor& w, at::Memo
   return winograd_forward(s1, p1);
 }
 
+// Those groups on conv3x3, a group's channels read and written in place (pixel strides): the
+// forward (flip false; t the layer's shape) or the data gradient (flip: x is dY, t its
+// transposed_shape, the weight rotated and transposed by conv3x3 itself). y: channels_last
+// [N][t.K][t.Ho][t.Wo]; pad_t, pad_l as conv3x3's.
+at::Tensor winograd_groups(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias, bool flip,
+                           const Conv2dShape& t, int64_t groups, int64_t pad_t, int64_t pad_l) {
+  auto y = at::empty({t.N, t.K, t.Ho, t.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const bool krsc = wino_reads_krsc(weight);
+  const at::Tensor w = krsc ? weight : weight.contiguous();
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  const int64_t wc = flip ? t.Kg : t.Cg;  // the weight's input channels a group
+  for (int64_t g = 0; g < groups; ++g)
+    winograd::conv3x3(x.const_data_ptr<float>() + g * t.Cg, w.const_data_ptr<float>() + g * t.Kg * t.Cg * 9, wc * 9,
+                      krsc ? 1 : 9, krsc ? wc : 1, flip, b.defined() ? b.const_data_ptr<float>() + g * t.Kg : nullptr,
+                      y.data_ptr<float>() + g * t.Kg, t.N, t.Cg, t.H, t.W, t.Kg, t.Ho, t.Wo, pad_t, pad_l, true, 0,
+                      t.C, t.K);
+  return y;
+}
+
 // im2col_nhwc_rows / _direct for a product over the output pixels from i0 on.
 struct RowsFrom {
   const Im2colRows* a;
@@ -2267,7 +2285,7 @@ void forward_nchw_rows(const float* x, const float* w, const float* bias, float*
 // (channels_last 16-channel groups: grouped::data_grad's Winograd, without the rotated copy).
 bool regrouped_data_grad(const at::Tensor& gy, at::MemoryFormat mf, const Conv2dShape& sh, const Conv2dParams& p) {
   if (gy.scalar_type() == at::kDouble || p.groups == 1 || p.stride_h != 1 || p.stride_w != 1) return false;
-  const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.Kg, sh.Cg};
+  const Conv2dShape t = transposed_shape(sh);
   return pads_within_filter(sh, p) && !is_depthwise(sh, p) &&
          (forward_regrouped_applicable(t, p, mf) ||
           ((sh.Cg == 32 || mf == at::MemoryFormat::Contiguous) && grouped::winograd_applicable(t, p)));
@@ -2382,16 +2400,7 @@ struct CpuConv {
     const auto mf = result_format ? *result_format : conv_memory_format(input, weight);
     const bool strided_on_the_fly = grouped_strided_on_the_fly(sh, p, mf);
     if (groups_winograd_in_place(input, weight, mf, sh, p)) {
-      auto y = at::empty({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().memory_format(mf));
-      const bool krsc = wino_reads_krsc(weight);
-      const at::Tensor w = krsc ? weight : weight.contiguous();
-      const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
-      for (int64_t g = 0; g < p.groups; ++g)
-        winograd::conv3x3(input.const_data_ptr<float>() + g * sh.Cg, w.const_data_ptr<float>() + g * sh.Kg * sh.Cg * 9,
-                          sh.Cg * 9, krsc ? 1 : 9, krsc ? sh.Cg : 1, false,
-                          b.defined() ? b.const_data_ptr<float>() + g * sh.Kg : nullptr,
-                          y.data_ptr<float>() + g * sh.Kg, sh.N, sh.Cg, sh.H, sh.W, sh.Kg, sh.Ho, sh.Wo, p.pad_t,
-                          p.pad_l, true, 0, sh.C, sh.K);
+      auto y = winograd_groups(input, weight, bias, false, sh, p.groups, p.pad_t, p.pad_l);
       if (residual) y.add_(*residual);
       if (relu) y.clamp_min_(0);
       return y;
@@ -2558,20 +2567,10 @@ struct CpuConv {
     check_cpu_dtype(grad_output, "grad_output");
     const auto mf = conv_memory_format(grad_output, weight);
     const bool grouped_phases = grouped_phase_rows(grad_output, mf, sh, p);
-    const Conv2dShape tr{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.Kg, sh.Cg};  // dX = dY (*) W^T
+    const Conv2dShape tr = transposed_shape(sh);  // dX = dY (*) W^T
     if (p.stride_h == 1 && p.stride_w == 1 && groups_winograd_in_place(grad_output, weight, mf, tr, p)) {
       // dX = dY (*) rot180(W)^T a group at a time, dY's and dX's pixels among the other groups'
-      auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().memory_format(mf));
-      const bool krsc = wino_reads_krsc(weight);
-      const at::Tensor w = krsc ? weight : weight.contiguous();
-      const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
-      for (int64_t g = 0; g < p.groups; ++g)
-        winograd::conv3x3(grad_output.const_data_ptr<float>() + g * sh.Kg,
-                          w.const_data_ptr<float>() + g * sh.Kg * sh.Cg * 9, sh.Cg * 9, krsc ? 1 : 9, krsc ? sh.Cg : 1,
-                          true, b.defined() ? b.const_data_ptr<float>() + g * sh.Cg : nullptr,
-                          gx.data_ptr<float>() + g * sh.Cg, sh.N, sh.Kg, sh.Ho, sh.Wo, sh.Cg, sh.H, sh.W,
-                          2 - p.pad_t, 2 - p.pad_l, true, 0, sh.K, sh.C);
-      return gx;
+      return winograd_groups(grad_output, weight, bias, true, tr, p.groups, 2 - p.pad_t, 2 - p.pad_l);
     }
     if (grad_output.scalar_type() != at::kDouble && groups_as_dense(sh, p) && !grouped_phases) {
       auto gx = at::empty({sh.N, sh.C, sh.H, sh.W}, grad_output.options().memory_format(mf));
@@ -2594,7 +2593,7 @@ struct CpuConv {
       Conv2dParams q = p;
       q.pad_t = p.dil_h * (sh.R - 1) - p.pad_t, q.pad_b = p.dil_h * (sh.R - 1) - p.pad_b;
       q.pad_l = p.dil_w * (sh.S - 1) - p.pad_l, q.pad_r = p.dil_w * (sh.S - 1) - p.pad_r;
-      const Conv2dShape t{sh.N, sh.K, sh.Ho, sh.Wo, sh.C, sh.R, sh.S, sh.H, sh.W, sh.Kg, sh.Cg};
+      const Conv2dShape t = transposed_shape(sh);
       // (channels_last, the layout that forward computes in, in scratch memory: no copy there)
       const at::Tensor wr = rotated_weight_scratch(weight, kLayoutRotated, kLayoutWeight, p.groups);
       return forward_fused(grad_output, wr, bias, nullptr, false, t, q, mf);
