@@ -126,6 +126,19 @@ REGNET = [
     ("effnet.1x1_40_240", 40, 28, 240, 1, 1, 0, 1),
 ]
 
+# CIFAR's ResNet (He et al. 2016, 20-110 layers, 1x1 projection shortcuts), 32 x 32 images: few
+# channels (16-64), run at the batch it trains at (CONVX_BENCH_CPU_N=128; not in SHAPES.md):
+#   CONVX_BENCH_SET=all CONVX_BENCH_CPU_N=128 pytest bench/bench_conv2d.py -k cifar ...
+CIFAR = [
+    ("cifar.stem_3_16", 3, 32, 16, 3, 1, 1, 1),
+    ("cifar.3x3_16", 16, 32, 16, 3, 1, 1, 1),
+    ("cifar.3x3_16_32_s2", 16, 32, 32, 3, 2, 1, 1),
+    ("cifar.1x1_16_32_s2", 16, 32, 32, 1, 2, 0, 1),
+    ("cifar.3x3_32", 32, 16, 32, 3, 1, 1, 1),
+    ("cifar.3x3_32_64_s2", 32, 16, 64, 3, 2, 1, 1),
+    ("cifar.3x3_64", 64, 8, 64, 3, 1, 1, 1),
+]
+
 # DeepLab-v3's dilated 3x3 layers (ResNet-50 at output stride 8: layer 3 at dilation 2, layer 4 at 4;
 # the ninth field is the dilation)
 DILATED = [
@@ -135,7 +148,7 @@ DILATED = [
 
 QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
 ALL = (RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT + WIDTHS + MOBILE + DILATED +
-       REGNET)
+       REGNET + CIFAR)
 
 
 def kernel_hw(v):
