@@ -8,7 +8,10 @@ import torch
 import convx  # noqa: F401
 
 SHAPES = [(2, 128, 56, 56), (1, 3, 224, 17), (1, 20, 112, 112), (3, 65, 9, 7), (2, 8, 8, 8), (1, 1, 5, 5), (4, 7, 1, 1),
-          (1, 200, 3, 100), (0, 4, 3, 3), (2, 64, 0, 5)]
+          (1, 200, 3, 100), (0, 4, 3, 3), (2, 64, 0, 5),
+          # edges of the 16 x 16 and 8 x 8 blocks: 3x3 and 5x5 weights' taps, 196- and 49-pixel planes,
+          # rows and columns both short (17 x 33, 31 x 49)
+          (40, 64, 3, 3), (6, 37, 5, 5), (2, 512, 14, 14), (3, 31, 7, 7), (2, 17, 3, 11)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.float64, torch.bfloat16])

@@ -151,6 +151,13 @@ CASES = {
     "filter_rows_s2_asym": (2, 24, 19, 17, 48, (5, 3), 2, (3, 0, 1, 2), 1, 1),
     "filter_rows_pad_past": (1, 8, 6, 7, 16, (3, 5), 1, (4, 3, 1, 5), 1, 1),
     "filter_rows_chunks": (3, 8, 5, 9, 16, (1, 3), 1, (0, 0, 1, 1), 1, 1),
+    # AVX-512's exact row panels (gemm.h's micro_tile_whole_cols with rows): a 3x3 filter row over 3
+    # channels on 9 x 16 (CIFAR's stem) and 9 x 32 (stride 2), 6 channels (two 9-row panels), 4
+    # channels on 12 x 16
+    "filter_rows_9x16_stem": (4, 3, 32, 32, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
+    "filter_rows_9x32_s2": (2, 3, 67, 66, 32, (3, 3), 2, (1, 1, 1, 1), 1, 1),
+    "filter_rows_18_rows": (2, 6, 40, 37, 16, (3, 3), 1, (1, 1, 1, 1), 1, 1),
+    "filter_rows_12x16": (2, 4, 41, 40, 16, (3, 3), 1, (1, 0, 1, 2), 1, 1),
     # strided with 8192 input pixels or more a plane: NCHW computes in NCHW (no channels_last copies)
     "stride2_large_plane": (1, 16, 91, 92, 24, (3, 3), 2, (1, 1, 1, 1), 1, 1),
     # in place with the taps inner (X and dY past L2, dW small): 16 chunks of output rows, blocks
@@ -207,7 +214,7 @@ def test_weight_grad_independent_of_thread_count():
     g = torch.Generator().manual_seed(1)
     for case in ("3x3_s1_big", "stride2_big", "groups_cg8", "tiny_images", "late_3x3", "1x1_in_place",
                  "1x7_in_place", "stem_blocked", "regrouped_8_groups_7x7", "regrouped_cg16", "filter_rows_5x5",
-                 "filter_rows_chunks", "1x1_swapped_expand", "taps_inner_stride2", "taps_inner_5x5_dil",
+                 "filter_rows_chunks", "filter_rows_9x16_stem", "1x1_swapped_expand", "taps_inner_stride2", "taps_inner_5x5_dil",
                  "taps_inner_groups_regrouped", "taps_inner_groups_interleaved"):
         N, C, H, W, K, (R, S), stride, pad, dil, groups = CASES[case]
         for mf in (torch.channels_last, torch.contiguous_format):

@@ -1302,7 +1302,7 @@ void wgrad_nhwc_in_place(const float* x, const float* gy, float* gw, const Conv2
 // 5x5 @56 (the shifted path's) 0.74 -> 0.98. Under 32 x 32 output pixels the in-place tiles keep
 // the layers whose channels fill them (32 or 64 channels 5x5 / 7x7 @14: 0.95-1.13 there, 0.84-0.97
 // here), and from 128 channels the other paths (512 -> 512 3x3 stride 2 @14 halved here).
-MicroTile wgrad_filter_rows_tile(const Conv2dShape& sh) { return micro_tile_whole_cols(sh.K); }
+MicroTile wgrad_filter_rows_tile(const Conv2dShape& sh) { return micro_tile_whole_cols(sh.K, sh.S * sh.C); }
 
 bool wgrad_filter_rows(const Conv2dShape& sh, const Conv2dParams& p) {
   return p.groups == 1 && p.dil_w == 1 && sh.S > 1 && sh.K % wgrad_filter_rows_tile(sh).NR == 0;

@@ -204,7 +204,10 @@ MicroTile micro_tile_for_cols(int64_t rows, int64_t cols);
 // The float tile with the most columns that divide `cols` (AVX-512: 6 x 64, 12 x 32 or 16 x 16;
 // else micro_tile()): C's columns in whole tiles, the fewest loads of A a step (products whose
 // rows A reads in place, MR broadcasts a step, and whose columns are a layer's output channels).
-MicroTile micro_tile_whole_cols(int64_t cols);
+// rows > 0 (the products' rows, in panels of MR): on AVX-512, for 16 or 32 columns (not 64) the
+// 9 x 16 or 9 x 32 tile where 9-row panels pad a tenth fewer rows (or more) than 12- and 16-row
+// ones, else for 16 columns 12 x 16 where 12-row panels pad a tenth fewer than 16-row ones.
+MicroTile micro_tile_whole_cols(int64_t cols, int64_t rows = 0);
 // A [M, K] (row-major, row stride lda) -> packed (round_up(M, MR) * K elements).
 template <typename T>
 void pack_a_panels(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
