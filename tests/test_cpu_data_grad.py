@@ -1,5 +1,6 @@
 """The channels_last float32 CPU data gradient of strided layers by the phases of dX
-(csrc/cpu/conv2d.cpp, phase_rows_dgrad): for each phase (a, b) of dX's pixels modulo the
+(csrc/cpu/conv2d.cpp, phase_rows_dgrad; 16 or 32 channels with up to 9 taps by scatter,
+scatter_dgrad): for each phase (a, b) of dX's pixels modulo the
 strides, a stride-1 product over the taps that reach it, dY's pixels gathered where they lie
 (zeros outside), written straight to the phase's pixels. Taken for one group, dilation 1, a
 kernel at least the stride in each direction, K >= 8 and 256 pixels a phase; NCHW strided
@@ -40,8 +41,20 @@ CASES = {
     "3x3_s2_k32_c16": (4, 16, 32, 31, 32, (3, 3), (2, 2), (1, 1)),
     "3x3_s2_k8": (2, 12, 33, 30, 8, (3, 3), (2, 2), (1, 1)),
     "5x5_s2_k20": (2, 16, 29, 28, 20, (5, 5), (2, 2), (2, 2)),
-    # under 256 pixels a phase: the column matrix and col2im instead
+    # under 256 pixels a phase (16 channels: the scatter below; else the column matrix and col2im)
     "3x3_s2_few_pixels": (2, 16, 15, 16, 64, (3, 3), (2, 2), (1, 1)),
+    "3x3_s2_few_pixels_c24": (2, 24, 15, 16, 64, (3, 3), (2, 2), (1, 1)),
+    # by scatter (scatter_dgrad: 16 or 32 channels, up to 9 taps, K up to 256, two images or more):
+    # the tiles' products added into a zero-padded dX an image at a time; 1x1 (no phase has a tap
+    # but one), K of a whole reduction block, unequal strides, stride 3 with padding past the
+    # kernel, output rows not a whole number of tiles (partial tiles)
+    "scatter_1x1_s2": (4, 32, 17, 18, 64, (1, 1), (2, 2), (0, 0)),
+    "scatter_3x3_s2_k256": (2, 32, 23, 29, 256, (3, 3), (2, 2), (1, 1)),
+    "scatter_3x3_s2x1": (2, 16, 20, 19, 24, (3, 3), (2, 1), (1, 1)),
+    "scatter_2x3_s3_pad_past": (3, 32, 22, 25, 40, (2, 3), (3, 3), (2, 1)),
+    "scatter_3x3_s2_wide_rows": (2, 16, 57, 61, 8, (3, 3), (2, 2), (1, 1)),
+    # one image: the phases
+    "scatter_one_image": (1, 16, 32, 32, 32, (3, 3), (2, 2), (1, 1)),
 }
 
 
@@ -88,14 +101,16 @@ def _same_bits_on_one_and_two_threads(gy, w, args):
     assert torch.equal(_on_threads(1, run), _on_threads(2, run))
 
 
-@pytest.mark.parametrize("case", ["3x3_s2", "4x4_s2_many_rows", "3x3_s2_k600", "3x3_s2_k32_c16"])
+@pytest.mark.parametrize("case", ["3x3_s2", "4x4_s2_many_rows", "3x3_s2_k600", "3x3_s2_k32_c16", "scatter_1x1_s2",
+                                  "scatter_3x3_s2_wide_rows", "scatter_one_image"])
 def test_strided_data_grad_thread_count(case):
     g = torch.Generator().manual_seed(1)
     gy, w, args = _data_grad(CASES[case], "nhwc", g)
     _same_bits_on_one_and_two_threads(gy, w, args)
 
 
-@pytest.mark.parametrize("shape", [(2, 64, 17, 32, 4, 2, 1), (1, 96, 17, 48, 3, 2, 1), (2, 64, 12, 16, 3, 3, 0)])
+@pytest.mark.parametrize("shape", [(2, 64, 17, 32, 4, 2, 1), (1, 96, 17, 48, 3, 2, 1), (2, 64, 12, 16, 3, 3, 0),
+                                   (3, 32, 9, 16, 3, 2, 1), (2, 64, 11, 32, 1, 2, 0)])
 def test_transposed_forward_with_bias(shape):
     """conv_transpose2d's forward is this data gradient plus the bias (the bias written first)."""
     N, Ci, H, Co, R, s, pd = shape
