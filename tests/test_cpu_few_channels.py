@@ -1,5 +1,6 @@
 """NCHW float32 forwards with few input channels (C < 8) and a multiple of 8 output channels on the
-CPU: grouped.cpp's NCHW kernel as one group (grouped::dense_nchw_applicable), the input's planes
+CPU, and forwards of up to 4 output channels in either layout (a decoder's RGB output, a stem's data
+gradient): grouped.cpp's NCHW kernel as one group (grouped::dense_nchw_applicable), the input's planes
 copied a block of rows at a time into zero-padded stride phases, each output row's vectors stored
 in place (a last part of a vector through a buffer), streamed where the result has 8 MiB or more
 and its rows are whole 64-byte lines. Against float64, the same bits on 1 and 2 threads, and the
@@ -30,6 +31,16 @@ CASES = {
     "1x1_s2": (1, 2, 16, 35, 8, (1, 1), 2, (0, 0, 0, 0), 1, True),
     "1x7": (1, 3, 10, 40, 16, (1, 7), 1, (0, 0, 3, 3), 1, False),
 }
+# Up to 4 output channels, any C (the same kernel, KB = K), NCHW and channels_last (read and written
+# by their strides): 1, 2, 3 and 4 output channels, stride 2 with dilation and asymmetric padding, a
+# 1x1 over 256 channels (rows get fewer so the planes fit the task's buffer)
+FEW_OUT = {
+    "out3_64ch": (2, 64, 20, 23, 3, (3, 3), 1, (1, 1, 1, 1), 1, True),
+    "out1_s2_dil": (1, 32, 25, 30, 1, (3, 3), 2, (2, 1, 0, 2), 2, False),
+    "out2_5x5": (2, 12, 17, 19, 2, (5, 5), 1, (2, 2, 2, 2), 1, True),
+    "out4_1x1_256ch": (2, 256, 9, 11, 4, (1, 1), 1, (0, 0, 0, 0), 1, True),
+    "out3_wide_rows": (1, 16, 6, 150, 3, (3, 3), 1, (1, 1, 1, 1), 1, False),
+}
 # results of 8 MiB or more with rows of whole 64-byte lines: streamed
 STREAMED = {
     "streamed_3x3": (2, 3, 256, 256, 16, (3, 3), 1, (1, 1, 1, 1), 1, True),
@@ -37,18 +48,18 @@ STREAMED = {
 }
 
 
-def _check(case, seed=0):
+def _check(case, seed=0, layout=torch.contiguous_format):
     N, C, H, W, K, (R, S), st, pad, dil, bias = case
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, C, H, W, generator=g)
-    w = torch.randn(K, C, R, S, generator=g)
+    x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=layout)
+    w = torch.randn(K, C, R, S, generator=g).contiguous(memory_format=layout)
     b = torch.randn(K, generator=g) if bias else None
     y = torch.ops.convx.conv2d(x, w, b, [st, st], list(pad), [dil, dil], 1)
     t, bo, l, r = pad
     xd = F.pad(x.double(), (l, r, t, bo))
     ref = F.conv2d(xd, w.double(), None if b is None else b.double(), st, 0, dil)
     mag = F.conv2d(xd.abs(), w.double().abs(), None if b is None else b.double().abs(), st, 0, dil)
-    assert y.shape == ref.shape and y.is_contiguous()
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=layout)
     u = 2.0 ** -24
     assert ((y.double() - ref).abs() <= 2 * (C * R * S + 1) * u * mag + 1e-30).all()
     return x, w, b, y
@@ -59,10 +70,30 @@ def test_forward_matches_float64(case):
     _check(case)
 
 
-@pytest.mark.parametrize("case", ["stem_23_cols", "streamed_3x3"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", list(FEW_OUT.values()), ids=list(FEW_OUT))
+def test_few_outputs_match_float64(case, layout):
+    _check(case, layout=layout)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_stem_data_grad(layout):
+    """A 3-channel stem's data gradient: the forward of dY (16 channels) with the rotated weight, 3 out."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(16, 3, 3, 3, generator=g).contiguous(memory_format=layout)
+    gy = torch.randn(4, 16, 19, 21, generator=g).contiguous(memory_format=layout)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, [4, 3, 19, 21], [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    x = torch.zeros(4, 3, 19, 21, dtype=torch.float64)
+    ref = torch.ops.aten.convolution_backward(gy.double(), x, w.double(), None, [1, 1], [1, 1], [1, 1], False, [0, 0],
+                                              1, [True, False, False])[0]
+    assert gx.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(gx.double(), ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["stem_23_cols", "streamed_3x3", "out3_64ch"])
 def test_thread_count(case):
     """Each output is one tile's sum in a fixed order: the same bits on 1 and 2 threads."""
-    c = {**CASES, **STREAMED}[case]
+    c = {**CASES, **STREAMED, **FEW_OUT}[case]
     N, C, H, W, K, (R, S), st, pad, dil, bias = c
     x, w, b, y = _check(c)
     n = torch.get_num_threads()
@@ -94,14 +125,17 @@ def test_fused_and_half():
 _CHILD = r"""
 import sys, torch
 sys.path.insert(0, %r)
-from test_cpu_few_channels import CASES, STREAMED, _check
+from test_cpu_few_channels import CASES, STREAMED, FEW_OUT, _check
 for name in ("stem_23_cols", "vgg_64_cols", "narrow_rows_1ch", "s3_dil_asym", "pad_past_40k", "streamed_3x3"):
     _check({**CASES, **STREAMED}[name])
+for name in FEW_OUT:
+    _check(FEW_OUT[name])
+    _check(FEW_OUT[name], layout=torch.channels_last)
 print("ok")
 """ % os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_narrower_builds(isa):
-    """The AVX2 (4 x 2 vectors of 8) and baseline (4 x 2 of 4) builds of the kernel."""
+    """The AVX2 (4 x 2 vectors of 8, 3 x 3, 1 x 6) and baseline (the same of 4) builds of the kernel."""
     run_with_isa(_CHILD, isa)

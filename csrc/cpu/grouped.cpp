@@ -942,17 +942,22 @@ GROUPED_INLINE void nchw_task(const PJob& j, float* buf, int64_t task) {
         out[i * j.os.row + x * j.os.col + k * j.os.chan] = yb[k * pb.run + i * pb.Wq + x];
 }
 
-// Register blocks: AVX-512 (32 registers) up to 8 channels x 2 vectors or 4 x 3, 2 x 6;
-// AVX2 and the baseline (16) up to 4 x 2, 2 x 4.
+// Register blocks: AVX-512 (32 registers) 8 channels x 3 vectors, 4 x 5, 3 x 6, 2 x 6, 1 x 8;
+// AVX2 and the baseline (16) 4 x 2, 3 x 3, 2 x 4, 1 x 6 (1 and 3 channels: a layer's few outputs,
+// dense_nchw_applicable).
 template <int VB>
 GROUPED_INLINE void nchw_tasks(const PJob& j, float* buf, int64_t b, int64_t e) {
   for (int64_t t = b; t < e; ++t) {
     if constexpr (VB == 64) {
-      if (j.Kg == 2) nchw_task<VB, 2, 6>(j, buf, t);
+      if (j.Kg == 1) nchw_task<VB, 1, 8>(j, buf, t);
+      else if (j.Kg == 2) nchw_task<VB, 2, 6>(j, buf, t);
+      else if (j.Kg == 3) nchw_task<VB, 3, 6>(j, buf, t);
       else if (j.Kg == 4) nchw_task<VB, 4, 5>(j, buf, t);
       else nchw_task<VB, 8, 3>(j, buf, t);
     } else {
-      if (j.Kg == 2) nchw_task<VB, 2, 4>(j, buf, t);
+      if (j.Kg == 1) nchw_task<VB, 1, 6>(j, buf, t);
+      else if (j.Kg == 2) nchw_task<VB, 2, 4>(j, buf, t);
+      else if (j.Kg == 3) nchw_task<VB, 3, 3>(j, buf, t);
       else nchw_task<VB, 4, 2>(j, buf, t);
     }
   }
@@ -1410,7 +1415,8 @@ bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 }
 
 bool dense_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
-  return p.groups == 1 && sh.C < 8 && sh.K % 8 == 0 && sh.R * sh.S <= 64 && p.stride_h <= 4 && p.stride_w <= 4;
+  return p.groups == 1 && ((sh.C < 8 && sh.K % 8 == 0) || sh.K <= 4) && sh.R * sh.S <= 64 && p.stride_h <= 4 &&
+         p.stride_w <= 4;
 }
 
 bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p) {

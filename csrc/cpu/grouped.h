@@ -64,6 +64,9 @@ bool nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 // One group of few input channels (C < 8: the 3-channel stems and first layers) and K a multiple of
 // 8 output channels, the same limits on taps and strides: forward_nchw as a single group (Cg = C,
 // Kg = K), whose planes of so few channels stay in L1 while every block of 8 output channels reads them.
+// Or of up to 4 output channels, any C (a decoder's RGB or mask output layer, the 3-channel stem's
+// data gradient as the forward of dY): vectors along the output rows where the GEMM's tiles of 16
+// or more output channels computed mostly padding.
 bool dense_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 bool data_grad_nchw_applicable(const Conv2dShape& sh, const Conv2dParams& p);
 // y [N, K, Ho, Wo] = conv(x [N, C, H, W], w [K, Cg, R, S] contiguous) + bias; x and y contiguous
