@@ -90,6 +90,24 @@ def test_stem_data_grad(layout):
     torch.testing.assert_close(gx.double(), ref, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [(2, 64, 3, 17, 23, 1, 1), (1, 32, 1, 20, 20, 2, 2), (2, 16, 2, 13, 11, 1, 0)])
+def test_few_outputs_data_grad(shape, layout):
+    """The data gradient of a layer of under 8 output channels (dX's a multiple of 8): the forward of
+    dY (under 8 channels, grouped.cpp's kernel in NCHW) with the rotated, transposed weight."""
+    N, C, K, H, W, dil, pad = shape
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(K, C, 3, 3, generator=g).contiguous(memory_format=layout)
+    Ho, Wo = H + 2 * pad - 2 * dil, W + 2 * pad - 2 * dil
+    gy = torch.randn(N, K, Ho, Wo, generator=g).contiguous(memory_format=layout)
+    gx = torch.ops.convx.conv2d_backward_input(gy, w, [N, C, H, W], [1, 1], [pad] * 4, [dil, dil], 1)
+    x = torch.zeros(N, C, H, W, dtype=torch.float64)
+    ref = torch.ops.aten.convolution_backward(gy.double(), x, w.double(), None, [1, 1], [pad, pad], [dil, dil], False,
+                                              [0, 0], 1, [True, False, False])[0]
+    assert gx.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(gx.double(), ref, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("case", ["stem_23_cols", "streamed_3x3", "out3_64ch"])
 def test_thread_count(case):
     """Each output is one tile's sum in a fixed order: the same bits on 1 and 2 threads."""
