@@ -824,7 +824,8 @@ void phase_rows_dgrad(const float* gy, const float* w, const float* bias, float*
 // The phases' products (phase_rows_dgrad) gathered a run of K floats a tap and row, whose
 // bookkeeping outweighed reductions that short (a phase's taps times K); the column matrix (the
 // NHWC path below) went through memory. Taken for 16 or 32 channels, up to 9 taps and K up to the
-// tile's reduction block (256), stride 2 or more, two images or more. Channels_last, 3x3 stride 2
+// tile's reduction block (256), a stride of 2 or more, two images or more (a padded image within
+// the scratch cap). Channels_last, 3x3 stride 2
 // unless said, two threads, process-alternating A/B on the Intel Xeon, time before -> after:
 // CIFAR's 16 -> 32 @32 (batch 128) -35 % (0.75 -> 1.13x torch; NCHW -20 %), 32 -> 64 @16 -12 %,
 // 1x1 16 -> 32 -40 % (0.89 -> 1.57x); batch 8: 32 -> 128 @56 -8 %, 32 -> 256 -9 %, 32 -> 64 1x1
@@ -833,8 +834,9 @@ void phase_rows_dgrad(const float* gy, const float* w, const float* bias, float*
 // ones on 28 pixels through a packed copy), 16 -> 32 5x5 @56 +44 % (25 products of 32 steps a tile).
 bool scatter_data_grad(const Conv2dShape& sh, const Conv2dParams& p) {
   return (p.stride_h > 1 || p.stride_w > 1) && p.groups == 1 && (sh.C == 16 || sh.C == 32) &&
-         sh.R * sh.S <= 9 && sh.K <= micro_tile<float>().KC && sh.N >= 2 &&
-         std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) >= 0;
+         sh.R * sh.S <= 9 && sh.K <= micro_tile_whole_cols(sh.C).KC && sh.N >= 2 &&
+         std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) >= 0 &&
+         (sh.H + p.pad_t + p.pad_b) * (sh.W + p.pad_l + p.pad_r) * sh.C <= kScratchCapFloats;  // a padded image
 }
 
 void scatter_dgrad(const float* gy, const float* w, const float* bias, float* gx, const Conv2dShape& sh,
@@ -2613,8 +2615,8 @@ struct CpuConv {
     // read and written by its strides. Against the GEMM's 16-column (or wider) tiles, batch 8 unless
     // said, two threads, process-alternating A/B on the Intel Xeon: 64 -> 3 3x3 @128 0.61 -> 2.84x
     // torch NCHW, 0.55 -> 1.15 channels_last; 32 -> 1 @64 0.74 -> 3.30; 256 -> 1 @64 0.68 -> 2.24;
-    // CIFAR's stem's data gradient as the forward of dY (16 -> 3 @32, batch 128) 0.72 -> 2.75, 0.61
-    // -> 1.39 channels_last.
+    // 16 -> 3 @32, batch 128 (CIFAR's stem's data gradient as the forward of dY, NCHW) 0.72 -> 2.75,
+    // channels_last 0.61 -> 1.39.
     if (ct == at::kFloat && gemm_path && (!nhwc || sh.K <= 4) && grouped::dense_nchw_applicable(sh, p)) {
       const auto wc = to_format_scratch(w, at::MemoryFormat::Contiguous, kLayoutWeight);
       grouped::forward_nchw(x.const_data_ptr<float>(), wc.const_data_ptr<float>(),
