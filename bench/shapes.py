@@ -139,6 +139,14 @@ CIFAR = [
     ("cifar.3x3_64", 64, 8, 64, 3, 1, 1, 1),
 ]
 
+# Layers of few output channels (not in SHAPES.md): a U-Net-style decoder's RGB output and a
+# segmentation head's single-channel 1x1 and 3x3 outputs
+FEW_OUTPUTS = [
+    ("decoder.out_64_3", 64, 128, 3, 3, 1, 1, 1),
+    ("seghead.3x3_256_1", 256, 64, 1, 3, 1, 1, 1),
+    ("seghead.1x1_64_1", 64, 128, 1, 1, 1, 0, 1),
+]
+
 # DeepLab-v3's dilated 3x3 layers (ResNet-50 at output stride 8: layer 3 at dilation 2, layer 4 at 4;
 # the ninth field is the dilation)
 DILATED = [
@@ -148,7 +156,7 @@ DILATED = [
 
 QUICK = RESNET50 + [GOOGLENET[9], VGG16[0]] + INCEPTION_V3[2:4] + OTHER
 ALL = (RESNET50 + VGG16 + GOOGLENET + GOOGLENET_5X5 + INCEPTION_V3 + OTHER + RESNEXT + WIDTHS + MOBILE + DILATED +
-       REGNET + CIFAR)
+       REGNET + CIFAR + FEW_OUTPUTS)
 
 
 def kernel_hw(v):
