@@ -32,8 +32,9 @@ CASES = {
     "1x7": (1, 3, 10, 40, 16, (1, 7), 1, (0, 0, 3, 3), 1, False),
 }
 # Up to 4 output channels, any C (the same kernel, KB = K), NCHW and channels_last (read and written
-# by their strides): 1, 2, 3 and 4 output channels, stride 2 with dilation and asymmetric padding, a
-# 1x1 over 256 channels (rows get fewer so the planes fit the task's buffer)
+# by their strides; a channels_last 1x1 takes the GEMM): 1, 2, 3 and 4 output channels, stride 2 with
+# dilation and asymmetric padding, a 1x1 over 256 channels (rows get fewer so the planes fit the
+# task's buffer)
 FEW_OUT = {
     "out3_64ch": (2, 64, 20, 23, 3, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "out1_s2_dil": (1, 32, 25, 30, 1, (3, 3), 2, (2, 1, 0, 2), 2, False),
