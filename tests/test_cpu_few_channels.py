@@ -32,15 +32,17 @@ CASES = {
     "1x7": (1, 3, 10, 40, 16, (1, 7), 1, (0, 0, 3, 3), 1, False),
 }
 # Up to 4 output channels, any C (the same kernel, KB = K), NCHW and channels_last (read and written
-# by their strides; a channels_last 1x1 takes the GEMM): 1, 2, 3 and 4 output channels, stride 2 with
+# by their strides; a channels_last 1x1 takes the GEMM, and channels_last over a multiple of 16
+# channels few_outputs.cpp: test_cpu_few_outputs.py): 1, 2, 3 and 4 output channels, stride 2 with
 # dilation and asymmetric padding, a 1x1 over 256 channels (rows get fewer so the planes fit the
-# task's buffer)
+# task's buffer), 24 channels (this kernel in channels_last too)
 FEW_OUT = {
     "out3_64ch": (2, 64, 20, 23, 3, (3, 3), 1, (1, 1, 1, 1), 1, True),
     "out1_s2_dil": (1, 32, 25, 30, 1, (3, 3), 2, (2, 1, 0, 2), 2, False),
     "out2_5x5": (2, 12, 17, 19, 2, (5, 5), 1, (2, 2, 2, 2), 1, True),
     "out4_1x1_256ch": (2, 256, 9, 11, 4, (1, 1), 1, (0, 0, 0, 0), 1, True),
     "out3_wide_rows": (1, 16, 6, 150, 3, (3, 3), 1, (1, 1, 1, 1), 1, False),
+    "out3_24ch_s2": (2, 24, 19, 22, 3, (3, 3), 2, (1, 1, 1, 1), 1, True),
 }
 # results of 8 MiB or more with rows of whole 64-byte lines: streamed
 STREAMED = {

@@ -29,6 +29,7 @@
 // float32 and rounded once at the end.
 #include "../common/conv_ops.h"
 #include "depthwise.h"
+#include "few_outputs.h"
 #include "gemm.h"
 #include "grouped.h"
 #include "layout.h"
@@ -2619,7 +2620,15 @@ struct CpuConv {
     // channels_last 0.61 -> 1.39.
     // Not channels_last 1x1 layers: read by strides plane by plane, 64 -> 1 @128 and 256 -> 3 @64
     // ran 30-40 % slower there than the GEMM reading the pixels' channels in place.
-    if (ct == at::kFloat && gemm_path && (!nhwc || (sh.K <= 4 && sh.R * sh.S > 1)) &&
+    // channels_last over a multiple of 16 input channels: few_outputs.cpp, vectors along the input
+    // channels read where they lie, a block of pixels' sums at once (in-process ratio to torch,
+    // batch 8, two threads, Intel Xeon): 64 -> 3 3x3 @128 1.15 -> 2.4, 256 -> 1 3x3 @64 0.99 ->
+    // 4.7, 64 -> 1 1x1 @128 (the GEMM) 0.73 -> 2.0.
+    if (ct == at::kFloat && gemm_path && nhwc && few_outputs::applicable(sh, p)) {
+      const auto wc = to_format_scratch(w, at::MemoryFormat::ChannelsLast, kLayoutWeight);
+      few_outputs::forward_nhwc(x.const_data_ptr<float>(), wc.const_data_ptr<float>(),
+                                b.defined() ? b.const_data_ptr<float>() : nullptr, y.data_ptr<float>(), sh, p);
+    } else if (ct == at::kFloat && gemm_path && (!nhwc || (sh.K <= 4 && sh.R * sh.S > 1)) &&
         grouped::dense_nchw_applicable(sh, p)) {
       const auto wc = to_format_scratch(w, at::MemoryFormat::Contiguous, kLayoutWeight);
       grouped::forward_nchw(x.const_data_ptr<float>(), wc.const_data_ptr<float>(),
@@ -2660,6 +2669,26 @@ struct CpuConv {
     const auto mf = conv_memory_format(grad_output, weight);
     const bool grouped_phases = grouped_phase_rows(grad_output, mf, sh, p);
     const Conv2dShape tr = transposed_shape(sh);  // dX = dY (*) W^T
+    // Up to 4 channels of dY over a multiple of 16 of dX at stride 1 (few_outputs.cpp: each dX pixel's
+    // channel vectors summed over its taps and dY's channels): channels_last, and NCHW (dY and dX
+    // through layout copies) where it is not the forward of dY, whose weights outnumber dY there
+    // (the GEMM's 4-step products and col2im had run it at 0.4x torch). Batch 8, two threads,
+    // ratio to torch: 256 -> 4 3x3 @14 0.38 -> 1.65 channels_last, 0.40 -> 2.15 NCHW; 64 -> 1 1x1
+    // @128 channels_last 1.04 -> 1.64.
+    if (grad_output.scalar_type() == at::kFloat && few_outputs::data_grad_applicable(sh, p) &&
+        (mf == at::MemoryFormat::ChannelsLast ||
+         (sh.R * sh.S > 1 && !data_grad_as_forward(grad_output, mf, sh, p)))) {
+      const auto cl = at::MemoryFormat::ChannelsLast;
+      auto gx = scratch_result({sh.N, sh.C, sh.H, sh.W}, grad_output.options(), cl, mf, kLayoutSecond);
+      if (gx.numel() == 0) return to_format(gx, mf);
+      const auto gy = to_format_scratch(grad_output, cl, kLayoutFirst);
+      const auto w = to_format_scratch(weight, cl, kLayoutWeight);
+      const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+      few_outputs::data_grad_nhwc(gy.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                                  b.defined() ? b.const_data_ptr<float>() : nullptr, gx.mutable_data_ptr<float>(), sh,
+                                  p);
+      return to_format(gx, mf);
+    }
     if (p.stride_h == 1 && p.stride_w == 1 && groups_winograd_in_place(grad_output, weight, mf, tr, p)) {
       // dX = dY (*) rot180(W)^T a group at a time, dY's and dX's pixels among the other groups'
       return winograd_groups(grad_output, weight, bias, true, tr, p.groups, 2 - p.pad_t, 2 - p.pad_l);
@@ -2764,6 +2793,23 @@ struct CpuConv {
       winograd::weight_grad_line(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(),
                                  sh.N, sh.C, sh.H, sh.W, sh.K, sh.Ho, sh.Wo, std::max(sh.R, sh.S), sh.R == 1,
                                  sh.R == 1 ? p.pad_l : p.pad_t);
+      return to_format(gw, mf).to(dt);
+    }
+    // Up to 4 output channels over a multiple of 16 input channels (few_outputs.cpp: dW's channel
+    // vectors for a tap held in registers along each output row), where the GEMM's tiles (dW's 3
+    // rows on 8-row tiles) computed mostly padding: channels_last, and NCHW with a spatial filter
+    // (X copied channels_last; an NCHW 1x1's GEMM on the planes themselves beat the copy). Batch 8,
+    // two threads, ratio to torch: 64 -> 3 3x3 @128 0.84 -> 2.1 channels_last, 0.99 -> 1.40 NCHW;
+    // 256 -> 1 3x3 @64 0.97 -> 3.4, 0.84 -> 1.48; 64 -> 1 1x1 @128 channels_last 0.60 -> 1.2-1.5.
+    if (ct == at::kFloat && few_outputs::applicable(sh, p) &&
+        (mf == at::MemoryFormat::ChannelsLast || sh.R * sh.S > 1)) {
+      auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
+                               kLayoutWeight);
+      if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
+      const auto gy = to_format_scratch(grad_output.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
+      const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutSecond);
+      few_outputs::weight_grad_nhwc(x.const_data_ptr<float>(), gy.const_data_ptr<float>(),
+                                    gw.mutable_data_ptr<float>(), sh, p);
       return to_format(gw, mf).to(dt);
     }
     // dilated 3x3: Winograd's weight gradient over the batch of the phases of X and dY (dW sums
