@@ -29,6 +29,7 @@
 // float32 and rounded once at the end.
 #include "../common/conv_ops.h"
 #include "depthwise.h"
+#include "few_inputs.h"
 #include "few_outputs.h"
 #include "gemm.h"
 #include "grouped.h"
@@ -2818,6 +2819,21 @@ struct CpuConv {
       const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutSecond);
       few_outputs::weight_grad_nhwc(x.const_data_ptr<float>(), gy.const_data_ptr<float>(),
                                     gw.mutable_data_ptr<float>(), sh, p);
+      return to_format(gw, mf).to(dt);
+    }
+    // RGB stems' channels_last weight gradient (few_inputs.cpp: vectors along dW's output channels,
+    // each input value a broadcast operand), where the GEMM's filter-row tiles read dY's 16-64
+    // columns for 9-21 rows. Batch 8 unless said, two threads, process-alternating A/B: the 3 -> 64
+    // 7x7 stride-2 stem @224 -9.5 % (0.92 -> 1.06x torch), 3 -> 64 5x5 @112 -12 %, CIFAR's 3 -> 16
+    // @32 (batch 128) -7 %. Not NCHW (dY's copy to channels_last: the stem +51 %).
+    if (ct == at::kFloat && mf == at::MemoryFormat::ChannelsLast && few_inputs::weight_grad_applicable(sh, p)) {
+      auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
+                               kLayoutWeight);
+      if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
+      const auto gy = to_format_scratch(grad_output.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
+      const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutSecond);
+      few_inputs::weight_grad_nhwc(x.const_data_ptr<float>(), gy.const_data_ptr<float>(),
+                                   gw.mutable_data_ptr<float>(), sh, p);
       return to_format(gw, mf).to(dt);
     }
     // dilated 3x3: Winograd's weight gradient over the batch of the phases of X and dY (dW sums
