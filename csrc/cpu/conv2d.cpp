@@ -2804,6 +2804,18 @@ struct CpuConv {
                                  sh.R == 1 ? p.pad_l : p.pad_t);
       return to_format(gw, mf).to(dt);
     }
+    // a float32 kernel writing the channels_last dW [K][R][S][C] from channels_last X and dY (copies
+    // where they are not)
+    using NhwcWeightGrad = void (*)(const float*, const float*, float*, const Conv2dShape&, const Conv2dParams&);
+    auto channels_last_kernel = [&](NhwcWeightGrad kernel) {
+      auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
+                               kLayoutWeight);
+      if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
+      const auto gy = to_format_scratch(grad_output.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
+      const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutSecond);
+      kernel(x.const_data_ptr<float>(), gy.const_data_ptr<float>(), gw.mutable_data_ptr<float>(), sh, p);
+      return to_format(gw, mf).to(dt);
+    };
     // Up to 4 output channels over a multiple of 16 input channels (few_outputs.cpp: dW's channel
     // vectors for a tap held in registers along each output row), where the GEMM's tiles (dW's 3
     // rows on 8-row tiles) computed mostly padding: channels_last, and NCHW with a spatial filter
@@ -2811,31 +2823,15 @@ struct CpuConv {
     // two threads, ratio to torch: 64 -> 3 3x3 @128 0.84 -> 2.1 channels_last, 0.99 -> 1.40 NCHW;
     // 256 -> 1 3x3 @64 0.97 -> 3.4, 0.84 -> 1.48; 64 -> 1 1x1 @128 channels_last 0.60 -> 1.2-1.5.
     if (ct == at::kFloat && few_outputs::applicable(sh, p) &&
-        (mf == at::MemoryFormat::ChannelsLast || sh.R * sh.S > 1)) {
-      auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
-                               kLayoutWeight);
-      if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
-      const auto gy = to_format_scratch(grad_output.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
-      const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutSecond);
-      few_outputs::weight_grad_nhwc(x.const_data_ptr<float>(), gy.const_data_ptr<float>(),
-                                    gw.mutable_data_ptr<float>(), sh, p);
-      return to_format(gw, mf).to(dt);
-    }
+        (mf == at::MemoryFormat::ChannelsLast || sh.R * sh.S > 1))
+      return channels_last_kernel(&few_outputs::weight_grad_nhwc);
     // RGB stems' channels_last weight gradient (few_inputs.cpp: vectors along dW's output channels,
     // each input value a broadcast operand), where the GEMM's filter-row tiles read dY's 16-64
     // columns for 9-21 rows. Batch 8 unless said, two threads, process-alternating A/B: the 3 -> 64
     // 7x7 stride-2 stem @224 -9.5 % (0.92 -> 1.06x torch), 3 -> 64 5x5 @112 -12 %, CIFAR's 3 -> 16
     // @32 (batch 128) -7 %. Not NCHW (dY's copy to channels_last: the stem +51 %).
-    if (ct == at::kFloat && mf == at::MemoryFormat::ChannelsLast && few_inputs::weight_grad_applicable(sh, p)) {
-      auto gw = scratch_result(weight_size, grad_output.options().dtype(ct), at::MemoryFormat::ChannelsLast, mf,
-                               kLayoutWeight);
-      if (grad_output.numel() == 0) return gw.zero_().contiguous(mf).to(dt);
-      const auto gy = to_format_scratch(grad_output.to(ct), at::MemoryFormat::ChannelsLast, kLayoutFirst);
-      const auto x = to_format_scratch(input.to(ct), at::MemoryFormat::ChannelsLast, kLayoutSecond);
-      few_inputs::weight_grad_nhwc(x.const_data_ptr<float>(), gy.const_data_ptr<float>(),
-                                   gw.mutable_data_ptr<float>(), sh, p);
-      return to_format(gw, mf).to(dt);
-    }
+    if (ct == at::kFloat && mf == at::MemoryFormat::ChannelsLast && few_inputs::weight_grad_applicable(sh, p))
+      return channels_last_kernel(&few_inputs::weight_grad_nhwc);
     // dilated 3x3: Winograd's weight gradient over the batch of the phases of X and dY (dW sums
     // over the batch, so over the phases too)
     Phases ph;

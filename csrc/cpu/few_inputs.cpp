@@ -15,12 +15,8 @@ namespace {
 using V = Block<float>::v;  // 16 floats: one zmm, two ymm or four xmm registers
 constexpr int kLanes = Block<float>::n;
 
-CONVX_ALWAYS_INLINE inline V vload(const float* p) {
-  V r;
-  __builtin_memcpy(&r, p, sizeof r);
-  return r;
-}
-CONVX_ALWAYS_INLINE inline void vstore(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
+CONVX_ALWAYS_INLINE inline V vload(const float* p) { return load_block<float>(p); }
+CONVX_ALWAYS_INLINE inline void vstore(float* p, V v) { store_block<float>(p, v); }
 
 // A filter row's taps over the channels, S * C floats: the run a pixel's input makes in the padded
 // copy at dilation 1 (its J values a block: 9 for a 3x3 over 3 channels, 15 for 5x5, 21 for 7x7).

@@ -14,12 +14,8 @@ namespace {
 using V = Block<float>::v;  // 16 floats: one zmm, two ymm or four xmm registers
 constexpr int kLanes = Block<float>::n;
 
-CONVX_ALWAYS_INLINE inline V vload(const float* p) {
-  V r;
-  __builtin_memcpy(&r, p, sizeof r);
-  return r;
-}
-CONVX_ALWAYS_INLINE inline void vstore(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
+CONVX_ALWAYS_INLINE inline V vload(const float* p) { return load_block<float>(p); }
+CONVX_ALWAYS_INLINE inline void vstore(float* p, V v) { store_block<float>(p, v); }
 
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
