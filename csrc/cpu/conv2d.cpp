@@ -2831,7 +2831,17 @@ struct CpuConv {
     // 7x7 stride-2 stem @224 -9.5 % (0.92 -> 1.06x torch), 3 -> 64 5x5 @112 -12 %, CIFAR's 3 -> 16
     // @32 (batch 128) -7 %. Not NCHW (dY's copy to channels_last: the stem +51 %).
     if (ct == at::kFloat && mf == at::MemoryFormat::ChannelsLast && few_inputs::weight_grad_applicable(sh, p))
-      return channels_last_kernel(&few_inputs::weight_grad_nhwc);
+      return channels_last_kernel([](const float* x, const float* gy, float* gw, const Conv2dShape& sh,
+                                     const Conv2dParams& p) {
+        // (on X zero-padded: every tap in bounds)
+        Conv2dShape sp = sh;
+        Conv2dParams pp = p;
+        sp.H += p.pad_t + p.pad_b, sp.W += p.pad_l + p.pad_r;
+        pp.pad_t = pp.pad_b = pp.pad_l = pp.pad_r = 0;
+        float* xpad = thread_buffer<float>(kConvPadded, sh.N * sp.H * sp.W * sh.C);
+        pad_nhwc(x, sh.N, sh.H, sh.W, sh.C, p, xpad, true);
+        few_inputs::weight_grad_nhwc(xpad, gy, gw, sp, pp);
+      });
     // dilated 3x3: Winograd's weight gradient over the batch of the phases of X and dY (dW sums
     // over the batch, so over the phases too)
     Phases ph;

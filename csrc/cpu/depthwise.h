@@ -15,6 +15,7 @@
 #include "gemm.h"
 #include "isa_each.h"
 #include "layout.h"
+#include "vec.h"
 
 #include <ATen/Parallel.h>
 
@@ -603,7 +604,6 @@ void forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& sh,
 }
 
 // floor(a / b) for b > 0
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // The data gradient on channel blocks, multiplier 1, any filter, stride, padding and dilation:
 //   dx[h, w] = bias + sum over (r, s) of w[r, s] dy[(h + pad_t - r dh) / sh, (w + pad_l - s dw) / sw]

@@ -15,9 +15,6 @@ namespace {
 using V = Block<float>::v;  // 16 floats: one zmm, two ymm or four xmm registers
 constexpr int kLanes = Block<float>::n;
 
-CONVX_ALWAYS_INLINE inline V vload(const float* p) { return load_block<float>(p); }
-CONVX_ALWAYS_INLINE inline void vstore(float* p, V v) { store_block<float>(p, v); }
-
 // A filter row's taps over the channels, S * C floats: the run a pixel's input makes in the padded
 // copy at dilation 1 (its J values a block: 9 for a 3x3 over 3 channels, 15 for 5x5, 21 for 7x7).
 // Where the GEMM's filter-row tiles stay ahead: a 3x3 over 3 channels into 32 or 64 output channels
@@ -42,7 +39,7 @@ CONVX_ALWAYS_INLINE inline void run_block(const Args& a, int64_t row0, int64_t r
 #pragma GCC unroll 4
   for (int q = 0; q < RB; ++q)
 #pragma GCC unroll 32
-    for (int j = 0; j < J; ++j) acc[q][j] = vload(buf + (q * J + j) * a.K);
+    for (int j = 0; j < J; ++j) acc[q][j] = load_block<float>(buf + (q * J + j) * a.K);
   const int64_t xs = a.sw * a.C, rs = a.dh * a.Wp * a.C;
   for (int64_t row = row0; row < row1; ++row) {
     const int64_t n = row / a.Ho, ho = row - n * a.Ho;
@@ -50,7 +47,7 @@ CONVX_ALWAYS_INLINE inline void run_block(const Args& a, int64_t row0, int64_t r
     const float* dr = a.gy + row * a.Wo * a.K + kv * kLanes;
     for (int64_t wo = 0; wo < a.Wo; ++wo) {
       const float* px = xr + wo * xs;
-      const V d = vload(dr + wo * a.K);
+      const V d = load_block<float>(dr + wo * a.K);
 #pragma GCC unroll 4
       for (int q = 0; q < RB; ++q)
 #pragma GCC unroll 32
@@ -60,7 +57,7 @@ CONVX_ALWAYS_INLINE inline void run_block(const Args& a, int64_t row0, int64_t r
 #pragma GCC unroll 4
   for (int q = 0; q < RB; ++q)
 #pragma GCC unroll 32
-    for (int j = 0; j < J; ++j) vstore(buf + (q * J + j) * a.K, acc[q][j]);
+    for (int j = 0; j < J; ++j) store_block<float>(buf + (q * J + j) * a.K, acc[q][j]);
 }
 
 }  // namespace
@@ -72,30 +69,13 @@ bool weight_grad_applicable(const Conv2dShape& sh, const Conv2dParams& p) {
 
 void weight_grad_nhwc(const float* x, const float* gy, float* gw, const Conv2dShape& sh, const Conv2dParams& p) {
   const int64_t C = sh.C, K = sh.K, R = sh.R, S = sh.S, L = S * C;
-  const int64_t Hp = sh.H + p.pad_t + p.pad_b, Wp = sh.W + p.pad_l + p.pad_r;
-  // the zero-padded input, with a vector of slack (a block reads its J values a pixel)
-  float* xp = thread_buffer<float>(kConvPadded, sh.N * Hp * Wp * C + kLanes);
-  at::parallel_for(0, sh.N * Hp, 16, [&](int64_t b, int64_t e) {
-    for (int64_t nh = b; nh < e; ++nh) {
-      const int64_t n = nh / Hp, h = nh - n * Hp - p.pad_t;
-      float* dst = xp + nh * Wp * C;
-      if (h < 0 || h >= sh.H) {
-        std::memset(dst, 0, Wp * C * sizeof(float));
-        continue;
-      }
-      std::memset(dst, 0, p.pad_l * C * sizeof(float));
-      std::memcpy(dst + p.pad_l * C, x + (n * sh.H + h) * sh.W * C, sh.W * C * sizeof(float));
-      std::memset(dst + (p.pad_l + sh.W) * C, 0, p.pad_r * C * sizeof(float));
-    }
-  });
-  std::memset(xp + sh.N * Hp * Wp * C, 0, kLanes * sizeof(float));
   // chunks of output rows fixed by the shape (about 64 pixels' rows or more each, at most 32)
   const int64_t rows = sh.N * sh.Ho;
   const int64_t chunks = std::clamp<int64_t>(rows * sh.Wo / 2048, 1, 32), per = (rows + chunks - 1) / chunks;
   // each chunk's dW^T [R * L][K] (the channels_last weight's [K][R][S][C] transposed)
   const int64_t part = R * L * K;
   float* parts = thread_buffer<float>(kConvCol, chunks * part);
-  const Args a{xp, gy, Hp, Wp, C, K, sh.Ho, sh.Wo, p.stride_h, p.stride_w, p.dil_h};
+  const Args a{x, gy, sh.H, sh.W, C, K, sh.Ho, sh.Wo, p.stride_h, p.stride_w, p.dil_h};
   // a block: one vector of dY's channels and all three filter rows of a 3x3 over 3 channels (27
   // accumulators), else one filter row
   const int64_t rb = L == 9 && R == 3 ? 3 : 1;

@@ -2,6 +2,7 @@
 #include "few_outputs.h"
 
 #include "isa_each.h"
+#include "vec.h"
 
 #include <ATen/Parallel.h>
 
@@ -13,11 +14,6 @@ namespace {
 
 using V = Block<float>::v;  // 16 floats: one zmm, two ymm or four xmm registers
 constexpr int kLanes = Block<float>::n;
-
-CONVX_ALWAYS_INLINE inline V vload(const float* p) { return load_block<float>(p); }
-CONVX_ALWAYS_INLINE inline void vstore(float* p, V v) { store_block<float>(p, v); }
-
-int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // The outputs o in [lo, hi) of [0, n_out) whose input o * stride - pad + off lies in [0, n_in).
 struct Range {
@@ -53,10 +49,10 @@ CONVX_ALWAYS_INLINE inline void forward_block(const float* xrow0, int64_t xs, co
     for (int64_t v = 0; v < nv; ++v) {
       V wv[K];
 #pragma GCC unroll 4
-      for (int k = 0; k < K; ++k) wv[k] = vload(wt + k * wk + v * kLanes);
+      for (int k = 0; k < K; ++k) wv[k] = load_block<float>(wt + k * wk + v * kLanes);
 #pragma GCC unroll 8
       for (int q = 0; q < PB; ++q) {
-        const V xv = vload(xt + q * xs + v * kLanes);
+        const V xv = load_block<float>(xt + q * xs + v * kLanes);
 #pragma GCC unroll 4
         for (int k = 0; k < K; ++k) acc[q][k] += xv * wv[k];
       }
@@ -139,7 +135,7 @@ CONVX_ALWAYS_INLINE inline void wgrad_run(const float* x, int64_t xs, const floa
 #pragma GCC unroll 4
     for (int k = 0; k < K; ++k)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[u][k][v] = u == 0 ? vload(g + k * gk + v * kLanes) : V{};
+      for (int v = 0; v < NV; ++v) acc[u][k][v] = u == 0 ? load_block<float>(g + k * gk + v * kLanes) : V{};
   int64_t i = 0;
   for (; i + U <= n; i += U)
 #pragma GCC unroll 8
@@ -148,7 +144,7 @@ CONVX_ALWAYS_INLINE inline void wgrad_run(const float* x, int64_t xs, const floa
       const float* d = dy + (i + u) * K;
       V xv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) xv[v] = vload(xp + v * kLanes);
+      for (int v = 0; v < NV; ++v) xv[v] = load_block<float>(xp + v * kLanes);
 #pragma GCC unroll 4
       for (int k = 0; k < K; ++k) {
         const float dk = d[k];
@@ -162,7 +158,7 @@ CONVX_ALWAYS_INLINE inline void wgrad_run(const float* x, int64_t xs, const floa
 #pragma GCC unroll 4
     for (int k = 0; k < K; ++k)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[0][k][v] += d[k] * vload(xp + v * kLanes);
+      for (int v = 0; v < NV; ++v) acc[0][k][v] += d[k] * load_block<float>(xp + v * kLanes);
   }
 #pragma GCC unroll 4
   for (int k = 0; k < K; ++k)
@@ -171,7 +167,7 @@ CONVX_ALWAYS_INLINE inline void wgrad_run(const float* x, int64_t xs, const floa
       V s = acc[0][k][v];
 #pragma GCC unroll 8
       for (int u = 1; u < U; ++u) s += acc[u][k][v];
-      vstore(g + k * gk + v * kLanes, s);
+      store_block<float>(g + k * gk + v * kLanes, s);
     }
 }
 
@@ -198,7 +194,7 @@ CONVX_ALWAYS_INLINE inline void dgrad_block(const float* dy, const int64_t* dyof
 #pragma GCC unroll 4
   for (int q = 0; q < PB; ++q)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[q][v] = bias ? vload(bias + v * kLanes) : V{};
+    for (int v = 0; v < NV; ++v) acc[q][v] = bias ? load_block<float>(bias + v * kLanes) : V{};
   for (int t = 0; t < ntaps; ++t) {
     const float* d = dy + dyoff[t];
     const float* wt = w + woff[t];
@@ -206,7 +202,7 @@ CONVX_ALWAYS_INLINE inline void dgrad_block(const float* dy, const int64_t* dyof
     for (int k = 0; k < K; ++k) {
       V wv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) wv[v] = vload(wt + k * wk + v * kLanes);
+      for (int v = 0; v < NV; ++v) wv[v] = load_block<float>(wt + k * wk + v * kLanes);
 #pragma GCC unroll 4
       for (int q = 0; q < PB; ++q) {
         const float dq = d[q * K + k];
@@ -218,7 +214,7 @@ CONVX_ALWAYS_INLINE inline void dgrad_block(const float* dy, const int64_t* dyof
 #pragma GCC unroll 4
   for (int q = 0; q < PB; ++q)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) vstore(dx + q * C + v * kLanes, acc[q][v]);
+    for (int v = 0; v < NV; ++v) store_block<float>(dx + q * C + v * kLanes, acc[q][v]);
 }
 
 template <int K, int PB>

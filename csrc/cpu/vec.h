@@ -16,6 +16,8 @@ constexpr int64_t kCAlign = 16;  // channels padded to the widest vector (16 flo
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// a / b rounded towards minus infinity (b > 0)
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 template <int VB>
 struct Vec {
