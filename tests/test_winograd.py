@@ -36,6 +36,8 @@ CASES = {
     "c300_chunks": (8, 300, 12, 12, 40, (1, 1, 1, 1)),
     "k16_56": (1, 32, 56, 56, 16, (1, 1, 1, 1)),
     "resnet_l2": (2, 128, 28, 28, 128, (1, 1, 1, 1)),
+    # 128 tiles (two threads: blocks of 64 on AVX-512's 8-row tile, of 72 and 56 on 12-row ones)
+    "gnet_4a_128_tiles": (8, 96, 14, 14, 208, (1, 1, 1, 1)),
     # 4 tiles (batch 1, 7 x 7): few tiles pay where the weights are not too large for them
     "few_tiles_7x7": (1, 64, 7, 7, 96, (1, 1, 1, 1)),
 }

@@ -697,7 +697,30 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts,
   // one measured 48 @56 -3-9 %, GoogLeNet's 96 -> 208 @14 -6-11 %, but 64 -> 80 @28 +7-11 %,
   // 832 -> 48 @7 +3 %.
   const MicroTile wide = micro_tile<float>();
-  const MicroTile mt = K <= 16 && 16 % wide.NR != 0 ? micro_tile_whole_cols(16) : wide;
+  // Blocks of TB tiles (up to 96, a multiple of the row tile) and the row tile itself, 12 or
+  // AVX-512's 8 rows, chosen together: the fewest tiles on the busiest thread, each block counted
+  // kBlockRows rows more for the weights it transforms (so fewer, larger blocks on a near tie), the
+  // 8-row tile only where that is fewer. GoogLeNet's 96 -> 208 @14 at batch 8 has 128 tiles: 72 +
+  // 56 on 12-row tiles, 64 + 64 on 8-row ones (and 512 tiles blocks of 96 rather than 24). Batch 8
+  // unless said, 2 threads, in-process A/B against blocks by tiles alone on the 12-row tile (Zen 4):
+  // 96 -> 208 @14 -7 % channels_last, -11 % NCHW, forward + backward -5 %; 256 @14 -7 % (forward +
+  // backward NCHW -6 %); 128 @32 batch 4 -12 %; 64 @32 -9 % (forward + backward -3 %); 64 @56,
+  // 256 @14 batch 2, 16 @32 batch 128 even. (Which tile computes a row does not change its sums.)
+  const int64_t T = N * ceil_div(Ho, 4) * ceil_div(Wo, 4);
+  const int64_t nt = at::get_num_threads();
+  constexpr int64_t kBlockRows = 8;
+  auto plan = [&](int64_t MR) -> std::pair<int64_t, int64_t> {  // (the busiest thread's rows, TB)
+    if (T <= 96) return {ceil_div(T, MR) * MR, T};
+    int64_t best = -1, TB = 96 / MR * MR;
+    for (int64_t tb = 96 / MR * MR; tb >= 2 * MR; tb -= MR) {
+      const int64_t cost = ceil_div(ceil_div(T, tb), nt) * (tb + kBlockRows);
+      if (best < 0 || cost < best) best = cost, TB = tb;
+    }
+    return {best, TB};
+  };
+  const MicroTile eight = micro_tile_for_rows<float>(8);
+  const bool short_rows = T > 96 && eight.MR < wide.MR && plan(eight.MR).first < plan(wide.MR).first;
+  const MicroTile mt = K <= 16 && 16 % wide.NR != 0 ? micro_tile_whole_cols(16) : short_rows ? eight : wide;
   Geometry g = geometry(mt, N, C, H, W, K, Ho, Wo, pad_t, pad_l, nhwc);
   g.phase_channels = phase_channels;
   TORCH_CHECK(nhwc || (ldx == 0 && ldy == 0), "convx: winograd::conv3x3: pixel strides for NCHW");
@@ -711,22 +734,9 @@ void conv3x3(const float* x, const float* w, int64_t sk, int64_t sc, int64_t ts,
   const Isa isa = cpu_isa();
   const WeightArgs wa{w, sk, sc, flip, ts};
 
-  // Blocks of TB tiles, and chunks of the output channels so that there are at
-  // least 2 tasks a thread. Each task transforms the weights of its channels,
-  // so fewer, larger blocks transform them fewer times.
-  const int64_t T = N * g.TH * g.TW;
-  const int64_t nt = at::get_num_threads();
-  // Block size: the multiple of the row tile (up to 96) whose blocks spread
-  // most evenly over the threads (fewest tiles on the busiest thread; the
-  // larger block on a tie within 3%).
-  int64_t TB = std::min<int64_t>(T, 96);
-  if (T > 96) {
-    int64_t best = -1;
-    for (int64_t tb = 96; tb >= 2 * g.MR; tb -= g.MR) {
-      const int64_t load = ceil_div(ceil_div(T, tb), nt) * tb;
-      if (best < 0 || load * 100 < best * 97) best = load, TB = tb;
-    }
-  }
+  // Chunks of the output channels so that there are at least 2 tasks a thread. Each task
+  // transforms the weights of its channels.
+  const int64_t TB = plan(g.MR).second;
   const int64_t blocks = ceil_div(T, TB);
   const int64_t panels = g.Kp / g.NR;
   const int64_t chunks = std::clamp<int64_t>(ceil_div(2 * nt, blocks), 1, panels);
