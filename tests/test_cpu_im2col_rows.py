@@ -118,9 +118,11 @@ CASES = {
     "streamed_48k": (1, 3, 211, 214, 48, (3, 3), 1, (1, 1), 1, 1),
     # channels_last, few channels (C < 8) and C*R*S <= 64, padded: from a zero-padded copy of the
     # input, tiles within an output row read in place, those across two rows made (no gather);
-    # 32 columns (12-pixel tiles across rows), stride 2 with a 5x5, and padding at the left and
-    # right only with 20 output channels (a partial panel)
+    # rows of 32 and 40 pixels (AVX-512's 8-row tiles, every tile within a row; 12-row ones cross
+    # rows elsewhere), stride 2 with a 5x5, and padding at the left and right only with 20 output
+    # channels (a partial panel)
     "padded_few_3x3": (4, 3, 30, 32, 16, (3, 3), 1, (1, 1), 1, 1),
+    "padded_few_3x3_40_cols": (2, 3, 11, 40, 32, (3, 3), 1, (1, 1), 1, 1),
     "padded_few_5x5_s2": (3, 2, 31, 29, 24, (5, 5), 2, (2, 2), 1, 1),
     "padded_few_cols_only": (2, 7, 9, 23, 20, (1, 3), 1, (0, 1), 1, 1),
 }

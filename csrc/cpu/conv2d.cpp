@@ -612,11 +612,16 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
           // A short reduction (C*R*S <= 64: VGG's 3 -> 64 3x3, 27) and a result of 8 MiB or more
           // (the result's own layout: such layers compute in it): the result by streaming stores
-          // (gemm_rows' stream), its lines not read before written. VGG's first layer @224, batch 8,
-          // channels_last (103 MB out), process-alternating A/B: 0.95 -> 1.11x torch (time -22 %);
-          // the stem (147) measured even.
+          // (gemm_rows' stream), its lines not read before written, where L2 has 2 MiB or more (the
+          // Intel Xeon: VGG's first layer @224, batch 8, channels_last (103 MB out), process-
+          // alternating A/B: 0.95 -> 1.11x torch (time -22 %); the stem (147) measured even). On Zen
+          // 4 (1 MiB) they cost time instead: 2 threads, channels_last, in-process A/B, stores
+          // through the caches against streamed: VGG's 3 -> 64 @224 -8 %, stride 2 -5 %, 3 -> 32
+          // @224 -8 %, CIFAR's 3 -> 16 @32 batch 128 -9 %, 3 -> 32 @64 batch 32 -12 %, 6 -> 64 @112
+          // -5 %. (Winograd's streamed results of the same size kept their gain there: 64 @112 -8 %.)
+          const bool stream_ok = l2_bytes() >= (int64_t(2) << 20);
           auto stream_short = [&](const float* yc) {
-            return G == 1 && CRS <= 64 &&
+            return G == 1 && CRS <= 64 && stream_ok &&
                    stream_stores(yc, M * sh.K * int64_t(sizeof(float)), sh.K * int64_t(sizeof(float)));
           };
           // Fewer channels (one group): from a zero-padded copy of the input, a filter row a run
@@ -646,7 +651,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
             const Im2colRows ap{xpad, Hp, Wp, sh.C, Cg, S, sh.Ho, sh.Wo, &q};
             gemm_rows(M, Kg, CRS, &im2col_nhwc_rows, &ap, wp, brs, bcs, yg, sh.K, false, par,
                       &im2col_nhwc_direct, L, rows_gathered ? &im2col_nhwc_gather_rows : nullptr,
-                      bp ? bp + g * Kg : nullptr, 0, stream_short(yg));
+                      bp ? bp + g * Kg : nullptr, 0, stream_short(yg), sh.Wo);
             return;
           }
           // Gathered blocks of one filter row (S taps, S >= 3, of 384 floats or more; kGatherKC caps

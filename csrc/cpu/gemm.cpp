@@ -1338,7 +1338,7 @@ void gemm_rows_serial(const Kernel<float>& kn, int64_t M, int64_t N, int64_t K, 
 
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct, int64_t seg_len,
-               GatherFn gather, const float* bias, int64_t gather_block, bool stream) {
+               GatherFn gather, const float* bias, int64_t gather_block, bool stream, int64_t row_len) {
   // Gathered rows on the 12 x 32 tile rather than 6 x 64 (33-64 columns): the tile's B panel, 256
   // steps of 64 floats, did not fit L1 (Zen 5, 1 MiB of L2: 64 -> 64 3x3 stride 2 @112, batch 8,
   // one thread: 5 % slower).
@@ -1348,8 +1348,15 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, co
   // columns (batch 8, two threads, process-alternating A/B on an Intel Xeon: 64 3x3 stride 2
   // @112 -8-10 %, @56 -6-10 % (NCHW -7 %), 48 -> 64 5x5 @35 -3 %, 128 -> 64 1x7 @17 -4 %).
   const bool wide_gather = l2_bytes() >= (int64_t(2) << 20);
+  // Output rows of a multiple of 8 pixels (not of 12) on the 8-row tile, every tile then read in
+  // place, where the 12-row tiles crossing two rows went through rows()' copies (CIFAR's 3 -> 16
+  // 3x3 @32: a third of the layer's time). Not where the 12-row tiles' streaming stores write C.
+  const bool eight = !gather && row_len > 0 && row_len % 8 == 0 && row_len % fit.MR != 0 &&
+                     (&fit == &kernel_of<float, Isa::Avx512>() || &fit == &kernel_avx512_n16w()) &&
+                     (!stream || N < fit.NR);
   const Kernel<float>& kn =
-      gather && !wide_gather && &fit == &kernel_avx512_n64<float>() ? kernel_of<float, Isa::Avx512>() : fit;
+      eight ? kernel_avx512_short<float>()
+      : gather && !wide_gather && &fit == &kernel_avx512_n64<float>() ? kernel_of<float, Isa::Avx512>() : fit;
   const int64_t gather_kc =
       gather && M >= 8 * kn.MR ? (gather_block > 0 ? std::min(gather_block, kGatherKC) : kGatherKC) : 0;
   const int64_t nt = parallel ? at::get_num_threads() : 1;

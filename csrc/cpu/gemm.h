@@ -173,10 +173,12 @@ const float* gemm_zero_row();
 // tiles whose rows direct() finds (AVX-512's and AVX2's float kernels), C's rows 16-byte aligned
 // (64-byte aligned rows make whole lines): for a large result not read soon (isa_each.h's
 // stream_stores).
+// row_len > 0: direct() finds a tile's rows only within runs of row_len rows (an image row of
+// output pixels); such runs a multiple of 8 and not of 12 take AVX-512's 8-row tile (no gather()).
 void gemm_rows(int64_t M, int64_t N, int64_t K, RowsFn rows, const void* ctx, const float* B, int64_t rsb,
                int64_t csb, float* C, int64_t rsc, bool accumulate, bool parallel, DirectFn direct = nullptr,
                int64_t seg_len = 0, GatherFn gather = nullptr, const float* bias = nullptr,
-               int64_t gather_block = 0, bool stream = false);
+               int64_t gather_block = 0, bool stream = false, int64_t row_len = 0);
 
 // The register tile as a building block, for products that pack their own
 // operands (Winograd's 36 small GEMMs, csrc/cpu/winograd.cpp). The tile is
