@@ -224,6 +224,9 @@ PACKED_WEIGHT_CASES = {
     "5x5_48ch_in": (2, 48, 11, 12, 32, (5, 5), 1, 2),
     # 72 output channels, weights packed once: 64 on the 12 x 32 tile, a last panel of 8 packed 16 wide
     "1x1_72ch_narrow_tail": (2, 64, 15, 16, 72, (1, 1), 1, 0),
+    # over 64 output channels on an 8-way L1 (Zen 4): the 6 x 64 tile, 1024 channels' rows (4 KiB
+    # apart) read in place 6 a tile, a last panel of 36
+    "1x1_1024ch_100_out": (1, 1024, 16, 16, 100, (1, 1), 1, 0),
     # channels_last with 256+ output channels against fewer than twice as many pixels: split by
     # columns (each thread packs its half of the weights, reads every row): rows gathered (stride
     # 2), read in place (1x1), made (1x7); a last panel of 4 in the second thread's half

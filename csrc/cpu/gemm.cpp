@@ -1556,7 +1556,18 @@ void gemm(
 
 template <typename T>
 PackedB<T> pack_b_once(int64_t K, int64_t N, const T* B, int64_t rsb, int64_t csb, int64_t m_hint) {
-  const Kernel<T>& kn = kernel_for<T>(m_hint, N);
+  // Over 64 columns too, the 6 x 64 tile where L1 has 8 ways (Zen 4): a channels_last layer's
+  // pixels (A's rows, read in place) meet each B panel of 64 columns once, not twice, and rows 4 KiB
+  // apart (1024 channels) are read where they are, 6 a tile, where 12 crowded L1's sets and were
+  // copied (7 % of the layer's time). Batch 8, 2 threads, channels_last, in-process A/B against the
+  // 12 x 32 tile (Zen 4): 1x1 1024 -> 256 @14 -4 % (forward + backward -2 %), 1024 -> 512 @7 -5 %,
+  // 512 -> 128 @28 -3 %, 64 -> 256 @56 -3 %; 512 -> 1024 stride 2 @28, 256 -> 1024 @14, 2048 -> 512
+  // @7 even. (NCHW products, the weights their A, ran 4-6 % slower on it: kernel_for unchanged.)
+  const Kernel<T>* six = nullptr;
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_isa() == Isa::Avx512 && l1_ways() < 12 && m_hint > 240 && N > 64)
+      six = &kernel_avx512_n64<T>();
+  const Kernel<T>& kn = six ? *six : kernel_for<T>(m_hint, N);
   const int64_t Np = packed_b_cols(kn, N);
   T* dst = thread_buffer<T>(kGemmPackedB, std::max<int64_t>(1, Np * K));
   // Blocks of KC reduction rows, each [Np / NR panels][kc][NR] (what gemm_serial packs a block of B
