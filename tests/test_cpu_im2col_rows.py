@@ -78,6 +78,11 @@ CASES = {
     "gather_long_512ch_s2": (1, 512, 21, 21, 40, (3, 3), 2, (1, 1), 1, 1),
     "gather_long_5x5_12_taps": (1, 64, 14, 14, 24, (5, 5), 1, (2, 2), 1, 1),
     "gather_long_2048ch": (2, 2048, 13, 13, 16, (3, 3), 2, (1, 1), 1, 1),
+    # the same pixels 4 KiB apart on an 8-way L1: gathered from a copy of the input with its pixels
+    # 16 floats further apart (conv2d.cpp's pixels_spaced), 2 images of odd size, 70 outputs (a
+    # partial panel); dilated 1024 channels at stride 1
+    "spaced_512ch_s2_odd": (2, 512, 15, 13, 70, (3, 3), 2, (1, 1), 1, 1),
+    "spaced_dilated_1024ch": (1, 1024, 11, 10, 20, (3, 3), 1, (1, 2), 2, 1),
     # a filter row a block where it has 384 floats or more (conv2d.cpp: 3 taps of 128 channels,
     # 3 blocks; 5 taps of 80, 5 blocks), 200 rows
     "gather_filter_rows_128ch": (2, 128, 20, 20, 40, (3, 3), 2, (1, 1), 1, 1),
@@ -146,6 +151,46 @@ def test_forward_matches_float64(case, layout):
     assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (err / mag).max().item() / 2.0 ** -24
 
 
+# Rules that read L1's associativity (gemm.h's l1_ways): on an 8-way L1 a tile's rows 4 KiB apart
+# are copied (im2col_nhwc_rows), or, for a gathered layer, read from a copy of the input with its
+# pixels spaced out (conv2d.cpp's pixels_spaced: 512 channels at stride 2, 2048, NCHW too); on a
+# 12-way one they are gathered in place. Both sides on any machine, in subprocesses with
+# CONVX_CPU_L1_WAYS set.
+_L1_CHILD = """
+import json, sys
+import torch, torch.nn.functional as F
+import convx
+for case in json.loads(sys.argv[1]):
+    N, C, H, W, K, (R, S), stride, pad, dil, groups = case
+    for mf in (torch.channels_last, torch.contiguous_format):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(N, C, H, W, generator=g).contiguous(memory_format=mf)
+        w = torch.randn(K, C // groups, R, S, generator=g).contiguous(memory_format=mf)
+        b = torch.randn(K, generator=g)
+        y = torch.ops.convx.conv2d(x, w, b, [stride, stride], [pad[0], pad[0], pad[1], pad[1]], [dil, dil], groups)
+        ref = F.conv2d(x.double(), w.double(), b.double(), stride, pad, dil, groups)
+        mag = F.conv2d(x.double().abs(), w.double().abs(), b.double().abs(), stride, pad, dil, groups)
+        assert y.shape == ref.shape and y.is_contiguous(memory_format=mf), case
+        err = (y.double() - ref).abs()
+        assert (err <= 16 * 2.0 ** -24 * mag + 1e-30).all(), (case, (err / mag).max().item() / 2.0 ** -24)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("ways", ["8", "12"])
+def test_l1_ways_both_sides(ways):
+    import json
+    import os
+    import subprocess
+    import sys
+    names = ["direct_rows_4k_apart", "direct_rows_4k_apart_s2", "gather_long_512ch_s2", "gather_long_2048ch",
+             "gather_512ch_pieces", "gather_6x64", "spaced_512ch_s2_odd", "spaced_dilated_1024ch"]
+    env = dict(os.environ, CONVX_CPU_L1_WAYS=ways)
+    out = subprocess.run([sys.executable, "-c", _L1_CHILD, json.dumps([CASES[n] for n in names])],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
 def _on_1_and_2_threads(x, w, *args):
     old = torch.get_num_threads()
     try:
@@ -162,7 +207,7 @@ def _on_1_and_2_threads(x, w, *args):
                                   "nchw_rows_streamed", "streamed_64k", "padded_few_3x3",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
                                   "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps",
-                                  "gather_filter_rows_128ch", "gather_6x64_partial"])
+                                  "gather_filter_rows_128ch", "gather_6x64_partial", "spaced_512ch_s2_odd"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""

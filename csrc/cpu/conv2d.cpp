@@ -456,9 +456,29 @@ inline bool weights_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
   return p.groups == 1 && pixels <= 256 && sh.K >= 2 * pixels;
 }
 
+// A channels_last float32 forward with a spatial kernel whose gathered rows (gemm_rows' gather,
+// each of a tile's 12 pixels read where it lies) would crowd L1's sets (an 8-way L1; 512
+// channels at stride 2: the pixels 4 KiB apart, every row on one set) reads a copy of the input
+// whose pixels are 16 floats further apart (layout.h's channels_last_spaced) instead, its rows
+// then gathered where they were copied a tile at a time (im2col_nhwc_rows). For an NCHW input the
+// spaced copy is the transpose it had anyway. One group, at least 48 channels in whole blocks of
+// the reduction (the gather's own rule in forward_impl), not the column order's padding (pad_t =
+// pad_b = 0). Batch 8 unless said, two threads, Zen 4 (8-way L1), in-process A/B against the
+// copied rows: 3x3 stride 2 512 @14 channels_last -5 %, NCHW -4 %, batch 4 512 @28 -7 % / -6 %,
+// 1024 @14 -1 %. (1x1 stride-2 layers lost: 512 -> 1024 @28 +8 %.)
+bool pixels_spaced(const Conv2dShape& sh, const Conv2dParams& p) {
+  const int64_t KC = micro_tile<float>().KC, pieces = ceil_div(sh.Cg, KC);
+  const int64_t block = sh.Cg <= KC ? KC / sh.Cg * sh.Cg : sh.Cg / pieces;
+  return p.groups == 1 && sh.R * sh.S > 1 && sh.Cg >= 48 && block >= 192 && (sh.Cg <= KC || sh.Cg % KC == 0) &&
+         !(p.pad_t == 0 && p.pad_b == 0 && p.pad_l + p.pad_r > 0) && !weights_in_place(sh, p) && l1_ways() < 12 &&
+         l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024);
+}
+constexpr int64_t kPixelSpacing = 16;  // floats
+
+// xpix: x's pixels' stride in floats (NHWC; 0: sh.C), another only where pixels_spaced
 template <typename T>
 void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, const Conv2dShape& sh,
-                  const Conv2dParams& p, bool nhwc, at::Tensor& y) {
+                  const Conv2dParams& p, bool nhwc, at::Tensor& y, int64_t xpix = 0) {
   const int64_t N = sh.N, G = p.groups, Cg = sh.Cg, Kg = sh.Kg, R = sh.R, S = sh.S;
   const int64_t HW = sh.H * sh.W, P = sh.Ho * sh.Wo, CRS = Cg * R * S;
   const bool direct = p.is_pointwise_identity(R, S);
@@ -605,11 +625,14 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // direct() in blocks of 216-230)
           const int64_t KC = micro_tile<float>().KC, pieces = (Cg + KC - 1) / KC;
           const int64_t block = Cg <= KC ? KC / Cg * Cg : Cg / pieces;
-          const bool gather = Cg >= 48 && (cols || (block >= 192 && (Cg <= KC || Cg % KC == 0) &&
-                                                    (l1_ways() >= 12 ||
-                                                     !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024))));
-          const Im2colRows a{xn + g * Cg, sh.H, sh.W, sh.C, Cg, S, sh.Ho, sh.Wo, &p, gather && cols};
-          const bool runs = G == 1 && p.dil_w == 1;  // im2col_nhwc_direct's rows in place
+          // (pixels spaced out: pixels_spaced took the same rule's crowded case)
+          const bool spaced = xpix > 0 && xpix != sh.C;
+          const bool gather = spaced || (Cg >= 48 && (cols || (block >= 192 && (Cg <= KC || Cg % KC == 0) &&
+                                                              (l1_ways() >= 12 ||
+                                                               !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024)))));
+          const Im2colRows a{xn + g * Cg, sh.H, sh.W, spaced ? xpix : sh.C, Cg, S, sh.Ho, sh.Wo, &p, gather && cols};
+          // im2col_nhwc_direct's rows in place (its filter rows S*C contiguous floats: not spaced)
+          const bool runs = G == 1 && p.dil_w == 1 && !spaced;
           // A short reduction (C*R*S <= 64: VGG's 3 -> 64 3x3, 27) and a result of 8 MiB or more
           // (the result's own layout: such layers compute in it): the result by streaming stores
           // (gemm_rows' stream), its lines not read before written, where L2 has 2 MiB or more (the
@@ -642,7 +665,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
                            std::max({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) > 0;
           // (Not with negative padding, a transposed convolution's data gradient cropping its
           // output padding: pad_nhwc took it as lengths.)
-          if ((rows_gathered || few) && std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) >= 0 &&
+          if ((rows_gathered || few) && !spaced && std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) >= 0 &&
               nn * Hp * Wp * sh.C <= kScratchCapFloats) {
             float* xpad = workspace<float>(nn * Hp * Wp * sh.C, kConvPadded);
             pad_nhwc(xn, nn, sh.H, sh.W, sh.C, p, xpad, par);
@@ -2605,12 +2628,18 @@ struct CpuConv {
     // scratch tensors (layout.h)
     auto y = scratch_result({sh.N, sh.K, sh.Ho, sh.Wo}, input.options().dtype(ct), cf, mf, kLayoutSecond);
     if (y.numel() == 0) return to_format(y, mf).to(input.scalar_type());
-    auto x = to_format_scratch(input.to(ct), cf, kLayoutFirst);
+    const bool gemm_path = !wino && !grp && !grp_nchw && !is_depthwise(sh, p);
+    // (the spaced pixels only where forward_impl's gathered rows take the layer: not the few-output
+    // and few-input kernels below)
+    const bool spaced = ct == at::kFloat && input.scalar_type() != at::kDouble && gemm_path && nhwc &&
+                        !few_outputs::applicable(sh, p) && !(sh.K <= 4 && grouped::dense_nchw_applicable(sh, p)) &&
+                        pixels_spaced(sh, p);
+    auto x = spaced ? channels_last_spaced(input.to(ct), sh.C + kPixelSpacing, kLayoutFirst)
+                    : to_format_scratch(input.to(ct), cf, kLayoutFirst);
     // The GEMM path takes the weight in either layout (forward_impl: a channels_last weight is
     // read in place by the NHWC product); the other kernels want it contiguous. (A channels_last
     // weight went through a contiguous copy and, for NHWC, back: 2 x 9.4 MB a call for
     // 512 x 512 x 3 x 3, ~5% of a stride-2 layer's time.)
-    const bool gemm_path = !wino && !grp && !grp_nchw && !is_depthwise(sh, p);
     // (grouped.cpp's channels_last kernel takes the weight channels_last, [K][R][S][Cg]; Winograd
     // either layout in place: a channels_last model's 512 x 512 x 3 x 3 weight copied a call
     // cost 512 @7 a fifth of its time, 1.61 -> 1.25x torch)
@@ -2670,7 +2699,7 @@ struct CpuConv {
                                      b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), sh,
                                      p, nhwc);
       else
-        forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y);
+        forward_impl<scalar_t>(x, w, b.defined() ? &b : nullptr, sh, p, nhwc, y, spaced ? sh.C + kPixelSpacing : 0);
     });
     if (residual) y.add_(residual->to(ct));
     if (relu) y.clamp_min_(0);

@@ -127,8 +127,9 @@ inline bool l1_sets_crowded(int64_t stride_bytes, int rows, int64_t row_bytes) {
   return false;
 }
 
-// The L1 data cache's ways (Linux's sysfs; 8 where it does not say): a tile's 12 rows on one set
-// fit a 12-way L1 (Zen 5, Intel's 48 KiB L1) but not an 8-way one (Zen 4).
+// The L1 data cache's ways (Linux's sysfs; 8 where it does not say; CONVX_CPU_L1_WAYS overrides
+// it, read once): a tile's 12 rows on one set fit a 12-way L1 (Zen 5, Intel's 48 KiB L1) but not
+// an 8-way one (Zen 4).
 int l1_ways();
 // The L2 cache's size in bytes (sysfs; 1 MiB where it does not say).
 int64_t l2_bytes();

@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 
 namespace convx::cpu {
@@ -239,6 +241,34 @@ at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot)
   if (t.is_contiguous(mf)) return t;
   auto out = scratch_empty(t.sizes(), t.options(), mf, slot);
   copy_into(t, mf, out);
+  return out;
+}
+
+at::Tensor channels_last_spaced(const at::Tensor& t, int64_t pixel_stride, int slot) {
+  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == at::kFloat && pixel_stride >= t.size(1),
+              "convx: channels_last_spaced: a 4-D float32 tensor and a pixel stride of at least its channels");
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3), HW = H * W, Cp = pixel_stride;
+  const int64_t floats = N * HW * Cp;
+  const std::vector<int64_t> strides{HW * Cp, 1, W * Cp, Cp};
+  at::Tensor out = floats * int64_t(sizeof(float)) <= kScratchCapBytes
+                       ? at::from_blob(thread_buffer(slot, std::max<int64_t>(1, floats) * int64_t(sizeof(float))),
+                                       t.sizes(), strides, t.options())
+                       : at::empty({floats}, t.options()).as_strided(t.sizes(), strides);
+  if (floats == 0) return out;
+  float* dst = out.mutable_data_ptr<float>();
+  if (t.is_contiguous() && !t.is_conj() && !t.is_neg()) {
+    const float* src = t.const_data_ptr<float>();
+    transpose_tiles(
+        N, C, HW, [&](int64_t n) { return src + n * C * HW; }, HW, [&](int64_t n) { return dst + n * HW * Cp; },
+        Cp);
+  } else if (t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_conj() && !t.is_neg()) {
+    const float* src = t.const_data_ptr<float>();
+    at::parallel_for(0, N * HW, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+      for (int64_t q = b; q < e; ++q) std::memcpy(dst + q * Cp, src + q * C, C * sizeof(float));
+    });
+  } else {
+    out.copy_(t);
+  }
   return out;
 }
 

@@ -35,6 +35,14 @@ at::Tensor scratch_result(at::IntArrayRef sizes, const at::TensorOptions& option
 // t in memory format mf: t itself when it already is, else a scratch copy (as to_format's).
 at::Tensor to_format_scratch(const at::Tensor& t, at::MemoryFormat mf, int slot);
 
+// A 4-D float32 tensor [N, C, H, W] (any layout) as a scratch tensor in `slot` laid out as
+// channels_last with its pixels `pixel_stride` >= C floats apart (strides {H*W*pixel_stride, 1,
+// W*pixel_stride, pixel_stride}; the floats between a pixel's channels and the next pixel's are
+// left unset): an NCHW one by the tiled transpose, a channels_last one by a copy a pixel. Rows
+// of pixels 4 KiB apart land on one L1 set; a few floats more each spreads them (conv2d.cpp's
+// pixels_spaced). Above kScratchCapBytes an ordinary allocation.
+at::Tensor channels_last_spaced(const at::Tensor& t, int64_t pixel_stride, int slot);
+
 // A convolution weight [K, C, R, S] (any strides) rotated 180 degrees and
 // transposed: [C, K, R, S] in channels_last, out[c][k][r][s] = w[k][c][R-1-r][S-1-s]
 // (the weight of a data gradient computed as a forward of dY), a scratch
