@@ -464,8 +464,9 @@ inline bool weights_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
 // spaced copy is the transpose it had anyway. One group, at least 48 channels in whole blocks of
 // the reduction (the gather's own rule in forward_impl), not the column order's padding (pad_t =
 // pad_b = 0). Batch 8 unless said, two threads, Zen 4 (8-way L1), in-process A/B against the
-// copied rows: 3x3 stride 2 512 @14 channels_last -5 %, NCHW -4 %, batch 4 512 @28 -7 % / -6 %,
-// 1024 @14 -1 %. (1x1 stride-2 layers lost: 512 -> 1024 @28 +8 %.)
+// copied rows: 3x3 stride 2 512 @14 channels_last -5 % (0.97 -> 1.01x torch), NCHW -7 % (0.84 ->
+// 0.92), batch 4 512 @28 -5 % / -7 %, 1024 @14 -1 %; forward + backward -1 %. (1x1 stride-2
+// layers lost: 512 -> 1024 @28 +8 %.)
 bool pixels_spaced(const Conv2dShape& sh, const Conv2dParams& p) {
   const int64_t KC = micro_tile<float>().KC, pieces = ceil_div(sh.Cg, KC);
   const int64_t block = sh.Cg <= KC ? KC / sh.Cg * sh.Cg : sh.Cg / pieces;
