@@ -78,6 +78,12 @@ CASES = {
     "gather_long_512ch_s2": (1, 512, 21, 21, 40, (3, 3), 2, (1, 1), 1, 1),
     "gather_long_5x5_12_taps": (1, 64, 14, 14, 24, (5, 5), 1, (2, 2), 1, 1),
     "gather_long_2048ch": (2, 2048, 13, 13, 16, (3, 3), 2, (1, 1), 1, 1),
+    # 1x1 at a stride, unpadded: the pixels read copied out first, then a stride-1 1x1 product
+    # (conv2d.cpp's subsampled); 512 channels (rows 4 KiB apart before), stride 3 on a rectangle
+    "subsampled_1x1_s2": (2, 100, 15, 13, 70, (1, 1), 2, (0, 0), 1, 1),
+    "subsampled_1x1_512ch": (1, 512, 9, 9, 40, (1, 1), 2, (0, 0), 1, 1),
+    "subsampled_1x1_s3": (3, 64, 10, 17, 33, (1, 1), 3, (0, 0), 1, 1),
+    "padded_1x1_s2_not_subsampled": (2, 64, 9, 9, 40, (1, 1), 2, (1, 1), 1, 1),
     # the same pixels 4 KiB apart on an 8-way L1: gathered from a copy of the input with its pixels
     # 16 floats further apart (conv2d.cpp's pixels_spaced), 2 images of odd size, 70 outputs (a
     # partial panel); dilated 1024 channels at stride 1
@@ -207,7 +213,8 @@ def _on_1_and_2_threads(x, w, *args):
                                   "nchw_rows_streamed", "streamed_64k", "padded_few_3x3",
                                   "gather_64ch_4_taps", "gather_7x1_zero_runs", "gather_columns_1x7",
                                   "padded_16ch_5x5", "gather_long_512ch_s2", "gather_long_5x5_12_taps",
-                                  "gather_filter_rows_128ch", "gather_6x64_partial", "spaced_512ch_s2_odd"])
+                                  "gather_filter_rows_128ch", "gather_6x64_partial", "spaced_512ch_s2_odd",
+                                  "subsampled_1x1_s2"])
 def test_direct_rows_thread_count(case):
     """Rows read in place or made, split between 1 or 2 threads: the same bits (the NCHW case:
     its blocks of output rows split between the threads)."""
