@@ -115,6 +115,17 @@ def test_parity_streamed_channels_last(dtype):
     check_layout("channels_last", dtype, STREAMED, STREAMED_MAX, STREAMED_AVG, [(64, 64)])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("shape", [SHAPE, WIDE], ids=["37ch", "259ch"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_parity_whole_window_average(layout, shape, dtype):
+    """avg_pool2d with one window the input's size takes the global average's kernels (37 and 259
+    channels: a register block's tail and single channels); with a divisor override it does not."""
+    whole = tuple(shape[2:])
+    check_layout(layout, dtype, shape, [], [dict(kernel_size=whole), dict(kernel_size=whole, stride=3, ceil_mode=True),
+                                           dict(kernel_size=whole, divisor_override=7)], [])
+
+
 # 64 channels (whole 64-byte lines a pixel) and 8 MiB of float32 or more: the forward's values
 # and indices and the gradient go out by non-temporal stores (isa_each.h's stream_stores) where
 # the result is that large (3x3 at stride 1: both; 2x2: the gradient), by plain stores below
