@@ -459,8 +459,8 @@ inline bool weights_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
 // A channels_last float32 forward with a spatial kernel whose gathered rows (gemm_rows' gather,
 // each of a tile's 12 pixels read where it lies) would crowd L1's sets (an 8-way L1; 512
 // channels at stride 2: the pixels 4 KiB apart, every row on one set) reads a copy of the input
-// whose pixels are 16 floats further apart (layout.h's channels_last_spaced) instead, its rows
-// then gathered where they were copied a tile at a time (im2col_nhwc_rows). For an NCHW input the
+// whose pixels are 16 floats further apart (layout.h's channels_last_spaced) and gathers its
+// rows there, where they had been copied a tile at a time (im2col_nhwc_rows). For an NCHW input the
 // spaced copy is the transpose it had anyway. One group, at least 48 channels in whole blocks of
 // the reduction (the gather's own rule in forward_impl), not the column order's padding (pad_t =
 // pad_b = 0). Batch 8 unless said, two threads, Zen 4 (8-way L1), in-process A/B against the
@@ -511,8 +511,8 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   // in-process A/B on Zen 4 (ratio to torch): 512 -> 1024 @28 0.91 -> 1.08 (-15 %), 1024 -> 2048
   // @14 -2 %, 64 -> 256 @56 -3 %, 256 -> 512 @56 and batch 2 512 -> 1024 even.
   const bool subsampled = std::is_same_v<T, float> && nhwc && R == 1 && S == 1 && G == 1 && !in_place &&
-                          p.dil_h == 1 && p.dil_w == 1 && std::max({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) == 0 &&
-                          std::min({p.pad_t, p.pad_b, p.pad_l, p.pad_r}) == 0 && (p.stride_h > 1 || p.stride_w > 1);
+                          p.dil_h == 1 && p.dil_w == 1 && p.pad_t == 0 && p.pad_b == 0 && p.pad_l == 0 &&
+                          p.pad_r == 0 && (p.stride_h > 1 || p.stride_w > 1);
   const bool on_the_fly = std::is_same_v<T, float> && nhwc && !direct && !in_place && !subsampled;
   // NCHW, one group: the weights are the A of every product; packed once here (not once an
   // image and im2col block), and images under 256 pixels go several to a product (columns of
