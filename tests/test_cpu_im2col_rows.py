@@ -166,6 +166,7 @@ _L1_CHILD = """
 import json, sys
 import torch, torch.nn.functional as F
 import convx
+convx.backends.cpu.winograd = False  # the GEMM paths (this file's subject)
 for case in json.loads(sys.argv[1]):
     N, C, H, W, K, (R, S), stride, pad, dil, groups = case
     for mf in (torch.channels_last, torch.contiguous_format):
