@@ -467,12 +467,20 @@ inline bool weights_in_place(const Conv2dShape& sh, const Conv2dParams& p) {
 // copied rows: 3x3 stride 2 512 @14 channels_last -5 % (0.97 -> 1.01x torch), NCHW -7 % (0.84 ->
 // 0.92), batch 4 512 @28 -5 % / -7 %, 1024 @14 -1 %; forward + backward -1 %. (1x1 stride-2
 // layers lost: 512 -> 1024 @28 +8 %.)
+// The gathered rows' rule on the reduction (forward_impl): blocks of 192 floats or more, whole
+// taps or equal pieces of one (Cg within the tile's KC or a multiple of it).
+inline bool gather_blocks_ok(int64_t Cg) {
+  const int64_t KC = micro_tile<float>().KC, block = Cg <= KC ? KC / Cg * Cg : Cg / ceil_div(Cg, KC);
+  return block >= 192 && (Cg <= KC || Cg % KC == 0);
+}
+// Whether a tile's 12 gathered rows (pixels stride_w apart) would crowd L1's sets (gemm.h).
+inline bool gathered_rows_crowd(const Conv2dShape& sh, const Conv2dParams& p) {
+  return l1_ways() < 12 && l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024);
+}
 bool pixels_spaced(const Conv2dShape& sh, const Conv2dParams& p) {
-  const int64_t KC = micro_tile<float>().KC, pieces = ceil_div(sh.Cg, KC);
-  const int64_t block = sh.Cg <= KC ? KC / sh.Cg * sh.Cg : sh.Cg / pieces;
-  return p.groups == 1 && sh.R * sh.S > 1 && sh.Cg >= 48 && block >= 192 && (sh.Cg <= KC || sh.Cg % KC == 0) &&
-         !(p.pad_t == 0 && p.pad_b == 0 && p.pad_l + p.pad_r > 0) && !weights_in_place(sh, p) && l1_ways() < 12 &&
-         l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024);
+  return p.groups == 1 && sh.R * sh.S > 1 && sh.Cg >= 48 && gather_blocks_ok(sh.Cg) &&
+         !(p.pad_t == 0 && p.pad_b == 0 && p.pad_l + p.pad_r > 0) && !weights_in_place(sh, p) &&
+         gathered_rows_crowd(sh, p);
 }
 constexpr int64_t kPixelSpacing = 16;  // floats
 
@@ -644,13 +652,11 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
           // (and blocks of the reduction of 192 or more, unless down the columns: 288 -> 384 stride
           // 2 @35 in blocks of 144, 384 -> 384 in blocks of 192 ran 5-7 % slower than through
           // direct() in blocks of 216-230)
-          const int64_t KC = micro_tile<float>().KC, pieces = (Cg + KC - 1) / KC;
-          const int64_t block = Cg <= KC ? KC / Cg * Cg : Cg / pieces;
+          const int64_t KC = micro_tile<float>().KC;
           // (pixels spaced out: pixels_spaced took the same rule's crowded case)
           const bool spaced = xpix > 0 && xpix != sh.C;
-          const bool gather = spaced || (Cg >= 48 && (cols || (block >= 192 && (Cg <= KC || Cg % KC == 0) &&
-                                                              (l1_ways() >= 12 ||
-                                                               !l1_sets_crowded(p.stride_w * sh.C * int64_t(sizeof(float)), 12, 1024)))));
+          const bool gather =
+              spaced || (Cg >= 48 && (cols || (gather_blocks_ok(Cg) && !gathered_rows_crowd(sh, p))));
           const Im2colRows a{xn + g * Cg, sh.H, sh.W, spaced ? xpix : sh.C, Cg, S, sh.Ho, sh.Wo, &p, gather && cols};
           // im2col_nhwc_direct's rows in place (its filter rows S*C contiguous floats: not spaced)
           const bool runs = G == 1 && p.dil_w == 1 && !spaced;
