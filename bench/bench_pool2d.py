@@ -20,6 +20,8 @@ LAYERS = [
     ("maxpool2x2.14x512", 512, 14, "max", dict(kernel_size=2)),
     ("avgpool2x2.56x256", 256, 56, "avg", dict(kernel_size=2)),
     ("adaptive_avg.7x7x2048_1", 2048, 7, "adaptive_avg", dict(output_size=1)),
+    # (avg_pool2d with one window the input's size: the global average's kernels)
+    ("avgpool7x7.7x7x2048", 2048, 7, "avg", dict(kernel_size=7)),
     ("adaptive_avg.14x14x512_7", 512, 14, "adaptive_avg", dict(output_size=7)),
 ]
 IMPLS = {
